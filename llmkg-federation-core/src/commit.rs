@@ -1,0 +1,285 @@
+//! Signed, content-addressed commits.
+//!
+//! A [`Commit`] records its parents, the exact [`ChangeSet`] it applies to its first parent's
+//! state, its author and organization, a timestamp from the repository's clock, a message and
+//! the [`StateRoot`] of the resulting state. Its [`CommitId`] is the BLAKE3 hash of its
+//! canonical encoding (without the signature, under the domain `llmkg/commit/v1`), and it is
+//! signed by its author under the context `llmkg/commit/v1`.
+//!
+//! A [`SignedCommit`] can only be obtained by signing or by decoding bytes whose id, signature
+//! and authorship check out. Checking the state root needs the parent's state, which the
+//! [`Repository`](crate::Repository) does on every load and receipt.
+
+use serde::{Deserialize, Serialize};
+
+use crate::encoding::{self, DecodeError, content_id, hash_of};
+use crate::identity::{NodeId, NodeKeypair, OrgId, Signable, SignatureError, Signed};
+use crate::merkle::StateRoot;
+use crate::term::ChangeSet;
+use crate::time::Timestamp;
+
+/// Most parents a commit may have (a merge has two; octopus merges are not produced).
+pub const MAX_PARENTS: usize = 16;
+/// Longest commit message, in bytes.
+pub const MAX_MESSAGE_LEN: usize = 64 * 1024;
+
+content_id!(
+    /// The content id of a [`Commit`].
+    CommitId
+);
+
+impl CommitId {
+    const DOMAIN: &'static [u8] = b"llmkg/commit/v1";
+
+    /// The id of `commit`.
+    pub fn of(commit: &Commit) -> Self {
+        Self::from_bytes(hash_of(Self::DOMAIN, commit))
+    }
+}
+
+/// A commit: a signed step from its first parent's state to a new state.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(try_from = "RawCommit")]
+pub struct Commit {
+    // `parents` must stay the first field: ancestry walks read it from the front of the
+    // encoding without decoding the change set.
+    parents: Vec<CommitId>,
+    changes: ChangeSet,
+    author: NodeId,
+    org: OrgId,
+    timestamp: Timestamp,
+    message: String,
+    state_root: StateRoot,
+}
+
+#[derive(Deserialize)]
+struct RawCommit {
+    parents: Vec<CommitId>,
+    changes: ChangeSet,
+    author: NodeId,
+    org: OrgId,
+    timestamp: Timestamp,
+    message: String,
+    state_root: StateRoot,
+}
+
+/// Why a commit's fields were rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommitShapeError {
+    /// More than [`MAX_PARENTS`] parents.
+    #[error("{0} parents exceed the limit of {MAX_PARENTS}")]
+    TooManyParents(usize),
+    /// The same parent listed twice.
+    #[error("parent {0} is listed twice")]
+    DuplicateParent(CommitId),
+    /// The message is longer than [`MAX_MESSAGE_LEN`].
+    #[error("message of {0} bytes exceeds the limit of {MAX_MESSAGE_LEN} bytes")]
+    MessageTooLong(usize),
+}
+
+impl TryFrom<RawCommit> for Commit {
+    type Error = CommitShapeError;
+    fn try_from(r: RawCommit) -> Result<Self, Self::Error> {
+        Commit::new(
+            r.parents,
+            r.changes,
+            r.author,
+            r.org,
+            r.timestamp,
+            r.message,
+            r.state_root,
+        )
+    }
+}
+
+impl Commit {
+    /// Assembles a commit, checking the bounds on parents and message.
+    pub fn new(
+        parents: Vec<CommitId>,
+        changes: ChangeSet,
+        author: NodeId,
+        org: OrgId,
+        timestamp: Timestamp,
+        message: String,
+        state_root: StateRoot,
+    ) -> Result<Self, CommitShapeError> {
+        if parents.len() > MAX_PARENTS {
+            return Err(CommitShapeError::TooManyParents(parents.len()));
+        }
+        for (i, p) in parents.iter().enumerate() {
+            if parents.iter().take(i).any(|q| q == p) {
+                return Err(CommitShapeError::DuplicateParent(*p));
+            }
+        }
+        if message.len() > MAX_MESSAGE_LEN {
+            return Err(CommitShapeError::MessageTooLong(message.len()));
+        }
+        Ok(Commit {
+            parents,
+            changes,
+            author,
+            org,
+            timestamp,
+            message,
+            state_root,
+        })
+    }
+
+    /// The parents; the first is the one `changes` applies to. Empty for a root commit.
+    pub fn parents(&self) -> &[CommitId] {
+        &self.parents
+    }
+
+    /// The exact changes from the first parent's state (or the empty state).
+    pub fn changes(&self) -> &ChangeSet {
+        &self.changes
+    }
+
+    /// The node that made and signed the commit.
+    pub fn author(&self) -> NodeId {
+        self.author
+    }
+
+    /// The author's organization.
+    pub fn org(&self) -> &OrgId {
+        &self.org
+    }
+
+    /// When the commit was made, by the author's clock.
+    pub fn timestamp(&self) -> Timestamp {
+        self.timestamp
+    }
+
+    /// The commit message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The Merkle root of the state after this commit.
+    pub fn state_root(&self) -> StateRoot {
+        self.state_root
+    }
+
+    /// The content id.
+    pub fn id(&self) -> CommitId {
+        CommitId::of(self)
+    }
+}
+
+impl Signable for Commit {
+    const CONTEXT: &'static str = "llmkg/commit/v1";
+}
+
+/// A commit was rejected before its state was looked at. Nothing was stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommitVerifyError {
+    /// The bytes do not decode, or the signature does not verify.
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
+    /// The commit hashes to another id than the one it was fetched or announced under.
+    #[error("commit content hashes to {actual}, not {expected}")]
+    IdMismatch {
+        /// The id it was fetched or announced under.
+        expected: CommitId,
+        /// The id of its content.
+        actual: CommitId,
+    },
+    /// The signer is not the commit's author.
+    #[error("commit by {author} is signed by {signer}")]
+    SignerNotAuthor {
+        /// The author named in the commit.
+        author: NodeId,
+        /// Who signed it.
+        signer: NodeId,
+    },
+}
+
+impl From<DecodeError> for CommitVerifyError {
+    fn from(e: DecodeError) -> Self {
+        CommitVerifyError::Signature(SignatureError::Decode(e))
+    }
+}
+
+/// A commit whose id, signature and authorship have been verified.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct SignedCommit {
+    id: CommitId,
+    signed: Signed<Commit>,
+}
+
+impl SignedCommit {
+    /// Signs `commit` with `keypair`. The author must be the keypair's node.
+    pub fn sign(keypair: &NodeKeypair, commit: Commit) -> Result<Self, CommitVerifyError> {
+        if commit.author != keypair.node_id() {
+            return Err(CommitVerifyError::SignerNotAuthor {
+                author: commit.author,
+                signer: keypair.node_id(),
+            });
+        }
+        let id = commit.id();
+        Ok(Self {
+            id,
+            signed: keypair.sign(commit),
+        })
+    }
+
+    /// Decodes `bytes` and verifies signature and authorship, and, when given, that the
+    /// content hashes to `expected`.
+    pub fn decode(bytes: &[u8], expected: Option<CommitId>) -> Result<Self, CommitVerifyError> {
+        let signed = Signed::<Commit>::decode(bytes)?;
+        let id = signed.value().id();
+        if let Some(expected) = expected
+            && expected != id
+        {
+            return Err(CommitVerifyError::IdMismatch {
+                expected,
+                actual: id,
+            });
+        }
+        if signed.signer() != signed.value().author {
+            return Err(CommitVerifyError::SignerNotAuthor {
+                author: signed.value().author,
+                signer: signed.signer(),
+            });
+        }
+        Ok(Self { id, signed })
+    }
+
+    /// The encoded envelope, as stored and sent.
+    pub fn encode(&self) -> Vec<u8> {
+        self.signed.encode()
+    }
+
+    /// The content id.
+    pub fn id(&self) -> CommitId {
+        self.id
+    }
+
+    /// The commit.
+    pub fn commit(&self) -> &Commit {
+        self.signed.value()
+    }
+
+    /// The signature.
+    pub fn signature(&self) -> &[u8; 64] {
+        self.signed.signature()
+    }
+}
+
+/// Reads the parent list from the front of an encoded commit envelope without decoding or
+/// verifying the rest. Only for walks whose every step is verified afterwards.
+pub(crate) fn peek_parents(bytes: &[u8]) -> Result<Vec<CommitId>, DecodeError> {
+    let (parents, _) = encoding::decode_prefix::<Vec<CommitId>>(bytes)?;
+    if parents.len() > MAX_PARENTS {
+        return Err(DecodeError::Malformed {
+            what: "Commit",
+            reason: format!(
+                "{} parents exceed the limit of {MAX_PARENTS}",
+                parents.len()
+            ),
+        });
+    }
+    Ok(parents)
+}

@@ -1,0 +1,235 @@
+//! Canonical encoding, content hashing and content ids.
+//!
+//! Every hashed or signed value is encoded with [postcard] from its serde shape. The shapes in
+//! this crate use no maps with unspecified order, no floats and no skipped fields, and their
+//! decoders reject non-canonical forms, so one value has exactly one encoding on any machine.
+//!
+//! Decoding never panics, rejects trailing bytes, and allocates at most a small multiple of the
+//! input length: strings and byte strings are copied from the input, and sequences
+//! pre-allocate at most serde's cautious bound (1 MiB) before their elements are actually read.
+//! Inputs longer than [`MAX_ENCODED_LEN`] are refused before decoding starts.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use thiserror::Error;
+
+/// Largest encoded value this crate decodes: 256 MiB.
+pub const MAX_ENCODED_LEN: usize = 256 << 20;
+
+/// Bytes could not be decoded into the expected type. Nothing was constructed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The input is longer than the decoder accepts.
+    #[error("encoded value of {len} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// Length of the input.
+        len: usize,
+        /// The limit in force.
+        limit: usize,
+    },
+    /// The bytes are not a valid encoding of the type (truncated, bad tag, bad length,
+    /// invalid UTF-8, a value rejected by its constructor, ...).
+    #[error("malformed {what}: {reason}")]
+    Malformed {
+        /// The type being decoded.
+        what: &'static str,
+        /// The decoder's explanation.
+        reason: String,
+    },
+    /// A value decoded but bytes were left over.
+    #[error("malformed {what}: {extra} trailing bytes")]
+    TrailingBytes {
+        /// The type being decoded.
+        what: &'static str,
+        /// How many bytes were left.
+        extra: usize,
+    },
+}
+
+/// Encodes `value` canonically.
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_into(value, &mut out);
+    out
+}
+
+/// Appends the canonical encoding of `value` to `out`.
+pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) {
+    let taken = std::mem::take(out);
+    match postcard::to_extend(value, taken) {
+        Ok(v) => *out = v,
+        // The serde shapes of this crate always carry their lengths, which is the only thing
+        // postcard's serializer can reject; writing into a Vec cannot fail otherwise.
+        Err(e) => unreachable_encode(e),
+    }
+}
+
+#[cold]
+#[allow(clippy::panic)]
+fn unreachable_encode(e: postcard::Error) -> ! {
+    panic!("canonical encoding failed for a value of this crate: {e}")
+}
+
+/// Decodes a whole value of type `T` from `bytes`, rejecting trailing bytes.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    decode_with_limit(bytes, MAX_ENCODED_LEN)
+}
+
+/// Like [`decode`] with a caller-chosen size limit.
+pub fn decode_with_limit<T: DeserializeOwned>(
+    bytes: &[u8],
+    limit: usize,
+) -> Result<T, DecodeError> {
+    let what = short_type_name::<T>();
+    if bytes.len() > limit {
+        return Err(DecodeError::TooLarge {
+            len: bytes.len(),
+            limit,
+        });
+    }
+    match postcard::take_from_bytes::<T>(bytes) {
+        Ok((value, [])) => Ok(value),
+        Ok((_, rest)) => Err(DecodeError::TrailingBytes {
+            what,
+            extra: rest.len(),
+        }),
+        Err(e) => Err(DecodeError::Malformed {
+            what,
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// Decodes a prefix of `bytes` as `T`, returning the value and the rest.
+pub(crate) fn decode_prefix<'a, T: Deserialize<'a>>(
+    bytes: &'a [u8],
+) -> Result<(T, &'a [u8]), DecodeError> {
+    postcard::take_from_bytes::<T>(bytes).map_err(|e| DecodeError::Malformed {
+        what: short_type_name::<T>(),
+        reason: e.to_string(),
+    })
+}
+
+fn short_type_name<T>() -> &'static str {
+    let full = std::any::type_name::<T>();
+    let base = full.split('<').next().unwrap_or(full);
+    base.rsplit("::").next().unwrap_or(base)
+}
+
+/// A postcard output that feeds a BLAKE3 hasher instead of a buffer.
+struct HashFlavor(blake3::Hasher);
+
+impl postcard::ser_flavors::Flavor for HashFlavor {
+    type Output = blake3::Hasher;
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.update(&[data]);
+        Ok(())
+    }
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.update(data);
+        Ok(())
+    }
+    fn finalize(self) -> postcard::Result<blake3::Hasher> {
+        Ok(self.0)
+    }
+}
+
+/// BLAKE3 of `domain` followed by the canonical encoding of `value`, without materializing the
+/// encoding. `domain` separates the id spaces of different kinds of values.
+pub(crate) fn hash_of<T: Serialize + ?Sized>(domain: &[u8], value: &T) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&(domain.len() as u64).to_le_bytes());
+    hasher.update(domain);
+    match postcard::serialize_with_flavor(value, HashFlavor(hasher)) {
+        Ok(h) => *h.finalize().as_bytes(),
+        Err(e) => unreachable_encode(e),
+    }
+}
+
+/// Writes 32 bytes as lower-case hex.
+pub(crate) fn fmt_hex(bytes: &[u8], f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    for b in bytes {
+        write!(f, "{b:02x}")?;
+    }
+    Ok(())
+}
+
+/// Parses 64 hex digits.
+pub(crate) fn parse_hex32(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Defines a 32-byte content id newtype.
+macro_rules! content_id {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+        pub struct $name([u8; 32]);
+
+        impl $name {
+            /// The id from its raw bytes.
+            pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+                Self(bytes)
+            }
+
+            /// The raw bytes.
+            pub const fn as_bytes(&self) -> &[u8; 32] {
+                &self.0
+            }
+
+            /// The first 8 hex digits, for logs and summaries.
+            pub fn short(&self) -> String {
+                self.to_string().chars().take(8).collect()
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                $crate::encoding::fmt_hex(&self.0, f)
+            }
+        }
+
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.short())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = $crate::encoding::ParseIdError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                $crate::encoding::parse_hex32(s).map(Self).ok_or($crate::encoding::ParseIdError)
+            }
+        }
+    };
+}
+pub(crate) use content_id;
+
+/// A content id was not 64 hexadecimal digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[error("expected 64 hexadecimal digits")]
+pub struct ParseIdError;
+
+content_id!(
+    /// The content id of a [`Triple`](crate::Triple): BLAKE3 of its canonical encoding under the
+    /// domain `llmkg/triple/v1`.
+    TripleId
+);
+
+impl TripleId {
+    const DOMAIN: &'static [u8] = b"llmkg/triple/v1";
+
+    /// The id of `triple`.
+    pub fn of(triple: &crate::Triple) -> Self {
+        Self(hash_of(Self::DOMAIN, triple))
+    }
+}

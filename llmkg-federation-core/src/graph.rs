@@ -1,0 +1,383 @@
+//! The indexed, in-memory state of a graph at one commit.
+//!
+//! A [`GraphState`] interns every term once in a dictionary (`u32` ids) and keeps each triple
+//! in three ordered indexes — SPO, POS and OSP — so that every pattern with any combination of
+//! bound positions is answered by one range scan over an index whose key starts with the bound
+//! terms. Alongside, a [`MerkleTree`] over the triple ids yields the [`StateRoot`].
+//!
+//! Terms are not removed from the dictionary when their last triple goes; a state rebuilt from
+//! scratch (see [`Repository::materialize`](crate::Repository::materialize)) has none left over.
+
+use std::collections::BTreeSet;
+use std::collections::btree_set;
+
+use indexmap::IndexSet;
+use thiserror::Error;
+
+use crate::encoding::TripleId;
+use crate::merkle::{MerkleTree, StateRoot};
+use crate::term::{ChangeSet, Term, Triple};
+
+type Key = [u32; 3];
+
+/// A change set does not apply to a state. The state is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum ApplyError {
+    /// The change set adds a triple the state already holds.
+    #[error("adds a triple already present: {0}")]
+    AlreadyPresent(Box<Triple>),
+    /// The change set removes a triple the state does not hold.
+    #[error("removes a triple not present: {0}")]
+    NotPresent(Box<Triple>),
+    /// The dictionary would exceed 2³² terms.
+    #[error("the term dictionary is full (2^32 terms)")]
+    DictionaryFull,
+}
+
+/// A borrowed view of a triple stored in a [`GraphState`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct TripleRef<'a> {
+    /// The subject.
+    pub subject: &'a Term,
+    /// The predicate.
+    pub predicate: &'a Term,
+    /// The object.
+    pub object: &'a Term,
+}
+
+impl TripleRef<'_> {
+    /// An owned copy.
+    pub fn to_triple(&self) -> Triple {
+        Triple::from_valid_parts(
+            self.subject.clone(),
+            self.predicate.clone(),
+            self.object.clone(),
+        )
+    }
+}
+
+/// A triple pattern: each position either bound to a term or free.
+///
+/// ```
+/// use llmkg_federation_core::{Pattern, Term};
+/// let alice = Term::iri("https://example.org/alice")?;
+/// let everything_about_alice = Pattern::any().with_subject(alice);
+/// # Ok::<(), llmkg_federation_core::TermError>(())
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pattern {
+    /// The subject to match, or any.
+    pub subject: Option<Term>,
+    /// The predicate to match, or any.
+    pub predicate: Option<Term>,
+    /// The object to match, or any.
+    pub object: Option<Term>,
+}
+
+impl Pattern {
+    /// The pattern matching every triple.
+    pub fn any() -> Self {
+        Self::default()
+    }
+
+    /// Binds the subject.
+    pub fn with_subject(mut self, term: Term) -> Self {
+        self.subject = Some(term);
+        self
+    }
+
+    /// Binds the predicate.
+    pub fn with_predicate(mut self, term: Term) -> Self {
+        self.predicate = Some(term);
+        self
+    }
+
+    /// Binds the object.
+    pub fn with_object(mut self, term: Term) -> Self {
+        self.object = Some(term);
+        self
+    }
+}
+
+/// Which index a query scans, and how its keys map back to (s, p, o).
+#[derive(Clone, Copy, Debug)]
+enum Order {
+    Spo,
+    Pos,
+    Osp,
+}
+
+impl Order {
+    fn to_spo(self, k: Key) -> Key {
+        match self {
+            Order::Spo => k,
+            Order::Pos => [k[2], k[0], k[1]],
+            Order::Osp => [k[1], k[2], k[0]],
+        }
+    }
+}
+
+/// The triples matching a [`Pattern`], in index order.
+pub struct Matches<'a> {
+    dict: &'a IndexSet<Term>,
+    range: Option<btree_set::Range<'a, Key>>,
+    order: Order,
+}
+
+impl<'a> Iterator for Matches<'a> {
+    type Item = TripleRef<'a>;
+    fn next(&mut self) -> Option<Self::Item> {
+        let key = self.order.to_spo(*self.range.as_mut()?.next()?);
+        Some(TripleRef {
+            subject: self.dict.get_index(key[0] as usize)?,
+            predicate: self.dict.get_index(key[1] as usize)?,
+            object: self.dict.get_index(key[2] as usize)?,
+        })
+    }
+}
+
+/// The indexed state of a graph: term dictionary, SPO/POS/OSP indexes and Merkle tree.
+#[derive(Clone, Debug, Default)]
+pub struct GraphState {
+    dict: IndexSet<Term>,
+    spo: BTreeSet<Key>,
+    pos: BTreeSet<Key>,
+    osp: BTreeSet<Key>,
+    merkle: MerkleTree<Key>,
+}
+
+impl GraphState {
+    /// An empty state.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of triples.
+    pub fn len(&self) -> usize {
+        self.spo.len()
+    }
+
+    /// True if the state holds no triple.
+    pub fn is_empty(&self) -> bool {
+        self.spo.is_empty()
+    }
+
+    /// Number of distinct terms in the dictionary.
+    pub fn term_count(&self) -> usize {
+        self.dict.len()
+    }
+
+    fn key_of(&self, t: &Triple) -> Option<Key> {
+        Some([
+            self.dict.get_index_of(t.subject())? as u32,
+            self.dict.get_index_of(t.predicate())? as u32,
+            self.dict.get_index_of(t.object())? as u32,
+        ])
+    }
+
+    fn intern(&mut self, term: &Term) -> Result<u32, ApplyError> {
+        if let Some(i) = self.dict.get_index_of(term) {
+            return Ok(i as u32);
+        }
+        let i = self.dict.len();
+        if i >= u32::MAX as usize {
+            return Err(ApplyError::DictionaryFull);
+        }
+        self.dict.insert(term.clone());
+        Ok(i as u32)
+    }
+
+    /// True if the state holds `triple`.
+    pub fn contains(&self, triple: &Triple) -> bool {
+        self.key_of(triple).is_some_and(|k| self.spo.contains(&k))
+    }
+
+    fn insert_key(&mut self, k: Key, id: TripleId) {
+        self.spo.insert(k);
+        self.pos.insert([k[1], k[2], k[0]]);
+        self.osp.insert([k[2], k[0], k[1]]);
+        self.merkle.insert(id, k);
+    }
+
+    fn remove_key(&mut self, k: Key, id: &TripleId) {
+        self.spo.remove(&k);
+        self.pos.remove(&[k[1], k[2], k[0]]);
+        self.osp.remove(&[k[2], k[0], k[1]]);
+        self.merkle.remove(id);
+    }
+
+    /// Adds `triple`; returns false if it was already present.
+    pub fn insert(&mut self, triple: &Triple) -> Result<bool, ApplyError> {
+        let k = [
+            self.intern(triple.subject())?,
+            self.intern(triple.predicate())?,
+            self.intern(triple.object())?,
+        ];
+        if self.spo.contains(&k) {
+            return Ok(false);
+        }
+        self.insert_key(k, triple.id());
+        Ok(true)
+    }
+
+    /// Removes `triple`; returns false if it was not present.
+    pub fn remove(&mut self, triple: &Triple) -> bool {
+        match self.key_of(triple) {
+            Some(k) if self.spo.contains(&k) => {
+                self.remove_key(k, &triple.id());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Applies `changes` exactly: every removed triple must be present and every added triple
+    /// absent. On error the state is unchanged.
+    pub fn apply(&mut self, changes: &ChangeSet) -> Result<(), ApplyError> {
+        for t in changes.removed() {
+            if !self.contains(t) {
+                return Err(ApplyError::NotPresent(Box::new(t.clone())));
+            }
+        }
+        for t in changes.added() {
+            if self.contains(t) {
+                return Err(ApplyError::AlreadyPresent(Box::new(t.clone())));
+            }
+        }
+        if self.dict.len() + 3 * changes.added().len() >= u32::MAX as usize {
+            return Err(ApplyError::DictionaryFull);
+        }
+        for t in changes.removed() {
+            self.remove(t);
+        }
+        for t in changes.added() {
+            self.insert(t)?;
+        }
+        Ok(())
+    }
+
+    /// The part of `changes` that would change this state: additions not yet present and
+    /// removals that are present.
+    pub fn effective(&self, changes: &ChangeSet) -> ChangeSet {
+        let add = changes
+            .added()
+            .iter()
+            .filter(|t| !self.contains(t))
+            .cloned()
+            .collect();
+        let remove = changes
+            .removed()
+            .iter()
+            .filter(|t| self.contains(t))
+            .cloned()
+            .collect();
+        ChangeSet::from_sorted(add, remove)
+    }
+
+    /// The Merkle root of the current set of triples.
+    pub fn state_root(&mut self) -> StateRoot {
+        self.merkle.root()
+    }
+
+    /// The Merkle tree over the triple ids of this state.
+    pub fn merkle(&self) -> &MerkleTree<[u32; 3]> {
+        &self.merkle
+    }
+
+    fn resolve(&self, k: Key) -> Option<TripleRef<'_>> {
+        Some(TripleRef {
+            subject: self.dict.get_index(k[0] as usize)?,
+            predicate: self.dict.get_index(k[1] as usize)?,
+            object: self.dict.get_index(k[2] as usize)?,
+        })
+    }
+
+    /// The difference from `self` to `other`: the change set that turns this state into
+    /// `other`. Uses the Merkle trees, so it costs O(d · log n) for `d` differences.
+    pub fn diff(&self, other: &GraphState) -> ChangeSet {
+        let (only_self, only_other) = self.merkle.diff(&other.merkle);
+        let mut remove: Vec<Triple> = only_self
+            .iter()
+            .filter_map(|(_, k)| self.resolve(*k))
+            .map(|t| t.to_triple())
+            .collect();
+        let mut add: Vec<Triple> = only_other
+            .iter()
+            .filter_map(|(_, k)| other.resolve(*k))
+            .map(|t| t.to_triple())
+            .collect();
+        remove.sort_unstable();
+        add.sort_unstable();
+        ChangeSet::from_sorted(add, remove)
+    }
+
+    /// The triples matching `pattern`, answered from the index whose key order starts with the
+    /// bound positions (no scan of unrelated triples).
+    ///
+    /// ```
+    /// use llmkg_federation_core::{GraphState, Pattern, Term, Triple};
+    /// let (alice, bob) = (Term::iri("urn:ex:alice")?, Term::iri("urn:ex:bob")?);
+    /// let knows = Term::iri("http://xmlns.com/foaf/0.1/knows")?;
+    /// let mut state = GraphState::new();
+    /// state.insert(&Triple::new(alice.clone(), knows.clone(), bob.clone())?)?;
+    /// let who: Vec<_> = state.matching(&Pattern::any().with_object(bob)).collect();
+    /// assert_eq!(who.len(), 1);
+    /// assert_eq!(who[0].subject, &alice);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn matching(&self, pattern: &Pattern) -> Matches<'_> {
+        let lookup = |t: &Option<Term>| match t {
+            None => Some(None),
+            Some(t) => self.dict.get_index_of(t).map(|i| Some(i as u32)),
+        };
+        let (Some(s), Some(p), Some(o)) = (
+            lookup(&pattern.subject),
+            lookup(&pattern.predicate),
+            lookup(&pattern.object),
+        ) else {
+            // A bound term the dictionary has never seen matches nothing.
+            return Matches {
+                dict: &self.dict,
+                range: None,
+                order: Order::Spo,
+            };
+        };
+        let (order, index, prefix): (Order, &BTreeSet<Key>, [Option<u32>; 3]) = match (s, p, o) {
+            (Some(_), _, None) | (Some(_), Some(_), Some(_)) | (None, None, None) => {
+                (Order::Spo, &self.spo, [s, p, o])
+            }
+            (None, Some(_), _) => (Order::Pos, &self.pos, [p, o, None]),
+            (_, None, Some(_)) => (Order::Osp, &self.osp, [o, s, None]),
+        };
+        // The bound positions form a prefix of the chosen index's key.
+        let mut lo = [0u32; 3];
+        let mut hi = [u32::MAX; 3];
+        for (i, bound) in prefix.iter().enumerate() {
+            match bound {
+                Some(v) => {
+                    lo[i] = *v;
+                    hi[i] = *v;
+                }
+                None => break,
+            }
+        }
+        Matches {
+            dict: &self.dict,
+            range: Some(index.range(lo..=hi)),
+            order,
+        }
+    }
+
+    /// Every triple, in SPO index order.
+    pub fn iter(&self) -> Matches<'_> {
+        self.matching(&Pattern::any())
+    }
+
+    /// Every triple, owned and sorted.
+    pub fn triples(&self) -> Vec<Triple> {
+        let mut all: Vec<Triple> = self.iter().map(|t| t.to_triple()).collect();
+        all.sort_unstable();
+        all
+    }
+}

@@ -1,0 +1,77 @@
+//! # llmkg-federation-core
+//!
+//! The foundation of LLMKG Federation: the knowledge-graph model, canonical encoding and
+//! content ids, node identities and signatures, the Merkle state tree, the local versioned
+//! graph (git for triples) and the storage it runs on.
+//!
+//! ```text
+//!  Term / Triple / ChangeSet ──► Commit ──sign──► SignedCommit ──encode──► Store (objects)
+//!          │                        ▲                                       │
+//!          ▼                        │ state_root                            ▼
+//!     GraphState (dictionary + SPO/POS/OSP + MerkleTree)            refs (branches, CAS)
+//! ```
+//!
+//! The paved path is [`Repository`]:
+//!
+//! ```
+//! use llmkg_federation_core::{BranchName, ChangeSet, MemoryStore, NodeKeypair, OrgId,
+//!     Repository, SystemClock, Term, Triple};
+//!
+//! let mut repo = Repository::new(
+//!     MemoryStore::new(),
+//!     NodeKeypair::from_secret_bytes([1; 32]),
+//!     OrgId::new("acme")?,
+//!     SystemClock,
+//! );
+//! let main = BranchName::new("main")?;
+//! let t = Triple::new(
+//!     Term::iri("https://example.org/alice")?,
+//!     Term::iri("http://xmlns.com/foaf/0.1/name")?,
+//!     Term::string("Alice")?,
+//! )?;
+//! let id = repo.commit(&main, ChangeSet::adding([t]), "add alice")?;
+//! assert_eq!(repo.head(&main)?, Some(id));
+//! assert_eq!(repo.state(&main)?.len(), 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Durable storage is [`RedbStore`] (one file, every commit durable when the call returns);
+//! hosts can bring their own by implementing [`Store`] and running the conformance suite in
+//! [`testing`] (feature `testing`).
+//!
+//! ## What this crate does not do
+//!
+//! No networking, no consensus, no sync, no access control: those live in the sibling crates
+//! and build on the types here. Nothing here reads the system clock unless given
+//! [`SystemClock`], spawns threads or needs an async runtime.
+
+mod commit;
+pub mod encoding;
+mod graph;
+mod identity;
+pub mod merkle;
+mod repo;
+mod store;
+mod term;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod time;
+
+pub use commit::{
+    Commit, CommitId, CommitShapeError, CommitVerifyError, MAX_MESSAGE_LEN, MAX_PARENTS,
+    SignedCommit,
+};
+pub use encoding::{DecodeError, TripleId};
+pub use graph::{ApplyError, GraphState, Matches, Pattern, TripleRef};
+pub use identity::{InvalidOrgId, NodeId, NodeKeypair, OrgId, Signable, SignatureError, Signed};
+pub use merkle::{MerkleTree, StateRoot};
+pub use repo::{InvalidCommit, MergeOutcome, RepoError, Repository, three_way};
+pub use store::{
+    BranchName, InvalidBranchName, MemoryStore, ObjectId, RedbStore, RefUpdate, Store, StoreError,
+    WriteBatch,
+};
+pub use term::{
+    BlankNode, ChangeSet, Iri, LanguageTag, Literal, LiteralKind, MAX_TERM_LEN, RDF_LANG_STRING,
+    Term, TermError, Triple, XSD_STRING,
+};
+pub use time::{Clock, ManualClock, SystemClock, Timestamp};

@@ -1,0 +1,714 @@
+//! The knowledge-graph model: RDF terms, triples and change sets.
+//!
+//! Every value here is valid by construction: IRIs are checked against RFC 3987, language
+//! tags against BCP 47 (and normalized to lower case), blank-node labels against a small
+//! documented alphabet, and triples against RDF's position rules (a literal never stands as
+//! subject or predicate). Decoding applies the same checks and additionally rejects any
+//! non-canonical form, so that one value has exactly one encoding — content ids depend on it.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// The datatype IRI of plain string literals.
+pub const XSD_STRING: &str = "http://www.w3.org/2001/XMLSchema#string";
+/// The datatype IRI of language-tagged literals.
+pub const RDF_LANG_STRING: &str = "http://www.w3.org/1999/02/22-rdf-syntax-ns#langString";
+
+/// Longest accepted IRI, blank-node label, language tag or literal lexical form, in bytes.
+///
+/// Bounds every size a peer controls; 1 MiB is far beyond any real vocabulary.
+pub const MAX_TERM_LEN: usize = 1 << 20;
+
+/// A term, triple or change set was rejected. Nothing was constructed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum TermError {
+    /// The text is not an absolute IRI (RFC 3987).
+    #[error("invalid IRI {iri:?}: {reason}")]
+    InvalidIri {
+        /// The rejected text (truncated to 200 bytes).
+        iri: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// The text is not a well-formed BCP 47 language tag.
+    #[error("invalid language tag {tag:?}: {reason}")]
+    InvalidLanguageTag {
+        /// The rejected text (truncated to 200 bytes).
+        tag: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// A blank-node label is empty or uses characters outside `[A-Za-z0-9_.-]`.
+    #[error("invalid blank node label {0:?}: expected 1 or more of [A-Za-z0-9_.-]")]
+    InvalidBlankNode(String),
+    /// A value is longer than [`MAX_TERM_LEN`].
+    #[error("term of {len} bytes exceeds the limit of {MAX_TERM_LEN} bytes")]
+    TooLong {
+        /// The length of the rejected value.
+        len: usize,
+    },
+    /// A literal was given the datatype `rdf:langString` without a language tag.
+    #[error("a literal with datatype rdf:langString needs a language tag")]
+    LangStringWithoutTag,
+    /// Decoded data was valid but not in canonical form (for example a literal typed
+    /// `xsd:string` explicitly, or an upper-case language tag).
+    #[error("non-canonical encoding: {0}")]
+    NonCanonical(&'static str),
+    /// A literal was used as the subject of a triple.
+    #[error("a triple's subject must be an IRI or a blank node, not a literal")]
+    LiteralSubject,
+    /// The predicate of a triple was not an IRI.
+    #[error("a triple's predicate must be an IRI")]
+    NonIriPredicate,
+    /// A change set adds and removes the same triple.
+    #[error("a change set both adds and removes {0}")]
+    AddAndRemove(Box<Triple>),
+}
+
+fn truncated(s: &str) -> String {
+    let mut end = s.len().min(200);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.get(..end).unwrap_or_default().to_owned()
+}
+
+fn check_len(s: &str) -> Result<(), TermError> {
+    if s.len() > MAX_TERM_LEN {
+        Err(TermError::TooLong { len: s.len() })
+    } else {
+        Ok(())
+    }
+}
+
+/// An absolute IRI, validated against RFC 3987.
+///
+/// ```
+/// use llmkg_federation_core::Iri;
+/// let name = Iri::new("http://xmlns.com/foaf/0.1/name")?;
+/// assert_eq!(name.as_str(), "http://xmlns.com/foaf/0.1/name");
+/// assert!(Iri::new("not an iri").is_err());
+/// # Ok::<(), llmkg_federation_core::TermError>(())
+/// ```
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub struct Iri(Box<str>);
+
+impl Iri {
+    /// Validates `iri` as an absolute IRI.
+    pub fn new(iri: impl Into<String>) -> Result<Self, TermError> {
+        let iri: String = iri.into();
+        check_len(&iri)?;
+        match oxiri::Iri::parse(iri.as_str()) {
+            Ok(_) => Ok(Self(iri.into_boxed_str())),
+            Err(e) => Err(TermError::InvalidIri {
+                iri: truncated(&iri),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// The IRI text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Iri {
+    type Error = TermError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::new(value)
+    }
+}
+
+impl From<Iri> for String {
+    fn from(value: Iri) -> Self {
+        value.0.into()
+    }
+}
+
+impl fmt::Display for Iri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<{}>", self.0)
+    }
+}
+
+impl fmt::Debug for Iri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// A blank node, identified by a label of one or more `[A-Za-z0-9_.-]` characters.
+///
+/// Labels are stored as given: two blank nodes are the same node exactly when their labels are
+/// equal. Importers that need stable labels across files derive them (see the RDF interop
+/// documentation); this type does not rename anything.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub struct BlankNode(Box<str>);
+
+impl BlankNode {
+    /// Validates `label`.
+    pub fn new(label: impl Into<String>) -> Result<Self, TermError> {
+        let label: String = label.into();
+        check_len(&label)?;
+        let ok = !label.is_empty()
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        if ok {
+            Ok(Self(label.into_boxed_str()))
+        } else {
+            Err(TermError::InvalidBlankNode(truncated(&label)))
+        }
+    }
+
+    /// The label, without the `_:` prefix.
+    pub fn label(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for BlankNode {
+    type Error = TermError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::new(value)
+    }
+}
+
+impl From<BlankNode> for String {
+    fn from(value: BlankNode) -> Self {
+        value.0.into()
+    }
+}
+
+impl fmt::Display for BlankNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "_:{}", self.0)
+    }
+}
+
+impl fmt::Debug for BlankNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// A BCP 47 language tag, normalized to lower case (RDF compares tags case-insensitively).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub struct LanguageTag(Box<str>);
+
+impl LanguageTag {
+    /// Validates `tag` and normalizes it to lower case.
+    pub fn new(tag: impl Into<String>) -> Result<Self, TermError> {
+        let tag: String = tag.into();
+        check_len(&tag)?;
+        match oxilangtag::LanguageTag::parse(tag.as_str()) {
+            Ok(_) => Ok(Self(tag.to_ascii_lowercase().into_boxed_str())),
+            Err(e) => Err(TermError::InvalidLanguageTag {
+                tag: truncated(&tag),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// The tag text (lower case).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for LanguageTag {
+    type Error = TermError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        if value.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(TermError::NonCanonical(
+                "language tags are encoded in lower case",
+            ));
+        }
+        Self::new(value)
+    }
+}
+
+impl From<LanguageTag> for String {
+    fn from(value: LanguageTag) -> Self {
+        value.0.into()
+    }
+}
+
+impl fmt::Debug for LanguageTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What qualifies a literal's lexical form.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+pub enum LiteralKind {
+    /// A plain string: datatype `xsd:string`.
+    String,
+    /// A datatype other than `xsd:string` and `rdf:langString`.
+    Typed(Iri),
+    /// A language-tagged string: datatype `rdf:langString`.
+    Language(LanguageTag),
+}
+
+/// A literal: a lexical form with a datatype or a language tag.
+///
+/// The canonical representation of `"x"^^xsd:string` is [`LiteralKind::String`]: constructing
+/// a literal typed `xsd:string` yields exactly the same value as [`Literal::string`].
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "RawLiteral")]
+pub struct Literal {
+    value: Box<str>,
+    kind: LiteralKind,
+}
+
+#[derive(Deserialize)]
+struct RawLiteral {
+    value: String,
+    kind: LiteralKind,
+}
+
+impl TryFrom<RawLiteral> for Literal {
+    type Error = TermError;
+    fn try_from(raw: RawLiteral) -> Result<Self, Self::Error> {
+        check_len(&raw.value)?;
+        if let LiteralKind::Typed(dt) = &raw.kind {
+            if dt.as_str() == XSD_STRING {
+                return Err(TermError::NonCanonical(
+                    "xsd:string literals use LiteralKind::String",
+                ));
+            }
+            if dt.as_str() == RDF_LANG_STRING {
+                return Err(TermError::LangStringWithoutTag);
+            }
+        }
+        Ok(Self {
+            value: raw.value.into_boxed_str(),
+            kind: raw.kind,
+        })
+    }
+}
+
+impl Literal {
+    /// A plain string literal (`xsd:string`).
+    pub fn string(value: impl Into<String>) -> Result<Self, TermError> {
+        let value: String = value.into();
+        check_len(&value)?;
+        Ok(Self {
+            value: value.into_boxed_str(),
+            kind: LiteralKind::String,
+        })
+    }
+
+    /// A literal with a datatype. `xsd:string` gives the same value as [`Literal::string`];
+    /// `rdf:langString` is rejected because it needs a language tag.
+    pub fn typed(value: impl Into<String>, datatype: Iri) -> Result<Self, TermError> {
+        let value: String = value.into();
+        check_len(&value)?;
+        let kind = match datatype.as_str() {
+            XSD_STRING => LiteralKind::String,
+            RDF_LANG_STRING => return Err(TermError::LangStringWithoutTag),
+            _ => LiteralKind::Typed(datatype),
+        };
+        Ok(Self {
+            value: value.into_boxed_str(),
+            kind,
+        })
+    }
+
+    /// A language-tagged string literal. The tag is validated and lower-cased.
+    pub fn language(value: impl Into<String>, tag: &str) -> Result<Self, TermError> {
+        let value: String = value.into();
+        check_len(&value)?;
+        Ok(Self {
+            value: value.into_boxed_str(),
+            kind: LiteralKind::Language(LanguageTag::new(tag)?),
+        })
+    }
+
+    /// The lexical form.
+    pub fn value(&self) -> &str {
+        &self.value
+    }
+
+    /// The datatype or language tag.
+    pub fn kind(&self) -> &LiteralKind {
+        &self.kind
+    }
+
+    /// The datatype IRI as text (`xsd:string` and `rdf:langString` included).
+    pub fn datatype(&self) -> &str {
+        match &self.kind {
+            LiteralKind::String => XSD_STRING,
+            LiteralKind::Typed(iri) => iri.as_str(),
+            LiteralKind::Language(_) => RDF_LANG_STRING,
+        }
+    }
+
+    /// The language tag, for language-tagged strings.
+    pub fn language_tag(&self) -> Option<&str> {
+        match &self.kind {
+            LiteralKind::Language(tag) => Some(tag.as_str()),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Literal {
+    /// N-Triples syntax.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"")?;
+        for c in self.value.chars() {
+            match c {
+                '"' => f.write_str("\\\"")?,
+                '\\' => f.write_str("\\\\")?,
+                '\n' => f.write_str("\\n")?,
+                '\r' => f.write_str("\\r")?,
+                c => write!(f, "{c}")?,
+            }
+        }
+        f.write_str("\"")?;
+        match &self.kind {
+            LiteralKind::String => Ok(()),
+            LiteralKind::Typed(dt) => write!(f, "^^{dt}"),
+            LiteralKind::Language(tag) => write!(f, "@{}", tag.as_str()),
+        }
+    }
+}
+
+impl fmt::Debug for Literal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// An RDF term: an IRI, a blank node or a literal.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Term {
+    /// An IRI.
+    Iri(Iri),
+    /// A blank node.
+    Blank(BlankNode),
+    /// A literal.
+    Literal(Literal),
+}
+
+impl Term {
+    /// Shorthand for `Term::Iri(Iri::new(iri)?)`.
+    pub fn iri(iri: impl Into<String>) -> Result<Self, TermError> {
+        Iri::new(iri).map(Term::Iri)
+    }
+
+    /// Shorthand for `Term::Blank(BlankNode::new(label)?)`.
+    pub fn blank(label: impl Into<String>) -> Result<Self, TermError> {
+        BlankNode::new(label).map(Term::Blank)
+    }
+
+    /// Shorthand for a plain string literal.
+    pub fn string(value: impl Into<String>) -> Result<Self, TermError> {
+        Literal::string(value).map(Term::Literal)
+    }
+
+    /// The IRI, if this term is one.
+    pub fn as_iri(&self) -> Option<&Iri> {
+        match self {
+            Term::Iri(iri) => Some(iri),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Term {
+    /// N-Triples syntax.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Term::Iri(t) => fmt::Display::fmt(t, f),
+            Term::Blank(t) => fmt::Display::fmt(t, f),
+            Term::Literal(t) => fmt::Display::fmt(t, f),
+        }
+    }
+}
+
+impl fmt::Debug for Term {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl From<Iri> for Term {
+    fn from(value: Iri) -> Self {
+        Term::Iri(value)
+    }
+}
+
+impl From<BlankNode> for Term {
+    fn from(value: BlankNode) -> Self {
+        Term::Blank(value)
+    }
+}
+
+impl From<Literal> for Term {
+    fn from(value: Literal) -> Self {
+        Term::Literal(value)
+    }
+}
+
+/// An RDF triple. The subject is an IRI or a blank node and the predicate an IRI.
+///
+/// ```
+/// use llmkg_federation_core::{Iri, Literal, Triple};
+/// let t = Triple::new(
+///     Iri::new("https://example.org/alice")?,
+///     Iri::new("http://xmlns.com/foaf/0.1/name")?,
+///     Literal::string("Alice")?,
+/// )?;
+/// assert_eq!(
+///     t.to_string(),
+///     "<https://example.org/alice> <http://xmlns.com/foaf/0.1/name> \"Alice\" ."
+/// );
+/// # Ok::<(), llmkg_federation_core::TermError>(())
+/// ```
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "RawTriple")]
+pub struct Triple {
+    subject: Term,
+    predicate: Term,
+    object: Term,
+}
+
+#[derive(Deserialize)]
+struct RawTriple {
+    subject: Term,
+    predicate: Term,
+    object: Term,
+}
+
+impl TryFrom<RawTriple> for Triple {
+    type Error = TermError;
+    fn try_from(raw: RawTriple) -> Result<Self, Self::Error> {
+        Triple::new(raw.subject, raw.predicate, raw.object)
+    }
+}
+
+impl Triple {
+    /// Builds a triple, checking the position rules.
+    pub fn new(
+        subject: impl Into<Term>,
+        predicate: impl Into<Term>,
+        object: impl Into<Term>,
+    ) -> Result<Self, TermError> {
+        let (subject, predicate, object) = (subject.into(), predicate.into(), object.into());
+        if matches!(subject, Term::Literal(_)) {
+            return Err(TermError::LiteralSubject);
+        }
+        if !matches!(predicate, Term::Iri(_)) {
+            return Err(TermError::NonIriPredicate);
+        }
+        Ok(Self {
+            subject,
+            predicate,
+            object,
+        })
+    }
+
+    /// Builds a triple from parts already known to satisfy the position rules (they come
+    /// from a triple that did).
+    pub(crate) fn from_valid_parts(subject: Term, predicate: Term, object: Term) -> Self {
+        debug_assert!(!matches!(subject, Term::Literal(_)) && matches!(predicate, Term::Iri(_)));
+        Self {
+            subject,
+            predicate,
+            object,
+        }
+    }
+
+    /// The subject (an IRI or a blank node).
+    pub fn subject(&self) -> &Term {
+        &self.subject
+    }
+
+    /// The predicate (an IRI).
+    pub fn predicate(&self) -> &Term {
+        &self.predicate
+    }
+
+    /// The object.
+    pub fn object(&self) -> &Term {
+        &self.object
+    }
+
+    /// The content id of this triple.
+    pub fn id(&self) -> crate::TripleId {
+        crate::TripleId::of(self)
+    }
+}
+
+impl fmt::Display for Triple {
+    /// One N-Triples statement.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} {} .", self.subject, self.predicate, self.object)
+    }
+}
+
+impl fmt::Debug for Triple {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// A set of triples to add and a set to remove.
+///
+/// Both sets are kept sorted and free of duplicates, so that equal change sets have equal
+/// encodings; a triple may not be in both. Applied to a state, removals and additions
+/// commute because the sets are disjoint.
+///
+/// ```
+/// use llmkg_federation_core::{ChangeSet, Iri, Triple};
+/// let p = Iri::new("https://example.org/p")?;
+/// let t = |s: &str| Triple::new(Iri::new(s).unwrap(), p.clone(), Iri::new(s).unwrap());
+/// let changes = ChangeSet::new([t("urn:b")?, t("urn:a")?, t("urn:a")?], [t("urn:c")?])?;
+/// assert_eq!(changes.added().len(), 2);
+/// assert!(ChangeSet::new([t("urn:a")?], [t("urn:a")?]).is_err());
+/// # Ok::<(), llmkg_federation_core::TermError>(())
+/// ```
+#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "RawChangeSet")]
+pub struct ChangeSet {
+    add: Vec<Triple>,
+    remove: Vec<Triple>,
+}
+
+#[derive(Deserialize)]
+struct RawChangeSet {
+    add: Vec<Triple>,
+    remove: Vec<Triple>,
+}
+
+impl TryFrom<RawChangeSet> for ChangeSet {
+    type Error = TermError;
+    fn try_from(raw: RawChangeSet) -> Result<Self, Self::Error> {
+        let sorted = |v: &[Triple]| v.windows(2).all(|w| matches!(w, [a, b] if a < b));
+        if !sorted(&raw.add) || !sorted(&raw.remove) {
+            return Err(TermError::NonCanonical(
+                "change sets are sorted and duplicate-free",
+            ));
+        }
+        let set = ChangeSet {
+            add: raw.add,
+            remove: raw.remove,
+        };
+        set.check_disjoint()?;
+        Ok(set)
+    }
+}
+
+impl ChangeSet {
+    /// Builds a change set, sorting and de-duplicating both sides. Fails if a triple is both
+    /// added and removed.
+    pub fn new(
+        add: impl IntoIterator<Item = Triple>,
+        remove: impl IntoIterator<Item = Triple>,
+    ) -> Result<Self, TermError> {
+        let mut add: Vec<Triple> = add.into_iter().collect();
+        let mut remove: Vec<Triple> = remove.into_iter().collect();
+        add.sort_unstable();
+        add.dedup();
+        remove.sort_unstable();
+        remove.dedup();
+        let set = ChangeSet { add, remove };
+        set.check_disjoint()?;
+        Ok(set)
+    }
+
+    /// A change set that only adds.
+    pub fn adding(add: impl IntoIterator<Item = Triple>) -> Self {
+        let mut add: Vec<Triple> = add.into_iter().collect();
+        add.sort_unstable();
+        add.dedup();
+        ChangeSet {
+            add,
+            remove: Vec::new(),
+        }
+    }
+
+    /// A change set that only removes.
+    pub fn removing(remove: impl IntoIterator<Item = Triple>) -> Self {
+        let mut remove: Vec<Triple> = remove.into_iter().collect();
+        remove.sort_unstable();
+        remove.dedup();
+        ChangeSet {
+            add: Vec::new(),
+            remove,
+        }
+    }
+
+    /// Builds from vectors already sorted and duplicate-free, as produced by this crate.
+    pub(crate) fn from_sorted(add: Vec<Triple>, remove: Vec<Triple>) -> Self {
+        debug_assert!(add.windows(2).all(|w| w[0] < w[1]));
+        debug_assert!(remove.windows(2).all(|w| w[0] < w[1]));
+        ChangeSet { add, remove }
+    }
+
+    fn check_disjoint(&self) -> Result<(), TermError> {
+        // Both sides are sorted: a linear merge finds a common element.
+        let (mut i, mut j) = (self.add.iter().peekable(), self.remove.iter().peekable());
+        while let (Some(a), Some(r)) = (i.peek(), j.peek()) {
+            match a.cmp(r) {
+                std::cmp::Ordering::Less => {
+                    i.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    j.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    return Err(TermError::AddAndRemove(Box::new((*a).clone())));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The triples added, sorted.
+    pub fn added(&self) -> &[Triple] {
+        &self.add
+    }
+
+    /// The triples removed, sorted.
+    pub fn removed(&self) -> &[Triple] {
+        &self.remove
+    }
+
+    /// True when nothing is added or removed.
+    pub fn is_empty(&self) -> bool {
+        self.add.is_empty() && self.remove.is_empty()
+    }
+
+    /// Number of triples added plus removed.
+    pub fn len(&self) -> usize {
+        self.add.len() + self.remove.len()
+    }
+
+    /// The change set that undoes this one.
+    pub fn inverse(&self) -> ChangeSet {
+        ChangeSet {
+            add: self.remove.clone(),
+            remove: self.add.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for ChangeSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChangeSet")
+            .field("add", &self.add)
+            .field("remove", &self.remove)
+            .finish()
+    }
+}
