@@ -3,3 +3,6 @@
 //! The binaries are in `src/bin`: `federation-demo` (the main demo) and `bench-*` benchmarks,
 //! each of which prints the benchmark JSON document described in `docs/BENCHMARKS.md` when
 //! given `--json`.
+
+pub mod bench;
+pub mod synthetic;

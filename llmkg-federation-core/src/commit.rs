@@ -12,8 +12,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::encoding::{self, DecodeError, content_id, hash_of};
-use crate::identity::{NodeId, NodeKeypair, OrgId, Signable, SignatureError, Signed};
+use crate::encoding::{self, DecodeError, MAX_ENCODED_LEN, content_id, hash_bytes};
+use crate::identity::{EnvelopeTail, NodeId, NodeKeypair, OrgId, Signable, SignatureError};
 use crate::merkle::StateRoot;
 use crate::term::ChangeSet;
 use crate::time::Timestamp;
@@ -33,7 +33,12 @@ impl CommitId {
 
     /// The id of `commit`.
     pub fn of(commit: &Commit) -> Self {
-        Self::from_bytes(hash_of(Self::DOMAIN, commit))
+        Self::from_encoding(&encoding::encode(commit))
+    }
+
+    /// The id of the commit whose canonical encoding is `bytes`.
+    fn from_encoding(bytes: &[u8]) -> Self {
+        Self::from_bytes(hash_bytes(Self::DOMAIN, bytes))
     }
 }
 
@@ -81,15 +86,7 @@ pub enum CommitShapeError {
 impl TryFrom<RawCommit> for Commit {
     type Error = CommitShapeError;
     fn try_from(r: RawCommit) -> Result<Self, Self::Error> {
-        Commit::new(
-            r.parents,
-            r.changes,
-            r.author,
-            r.org,
-            r.timestamp,
-            r.message,
-            r.state_root,
-        )
+        Commit::new(r.parents, r.changes, r.author, r.org, r.timestamp, r.message, r.state_root)
     }
 }
 
@@ -115,15 +112,7 @@ impl Commit {
         if message.len() > MAX_MESSAGE_LEN {
             return Err(CommitShapeError::MessageTooLong(message.len()));
         }
-        Ok(Commit {
-            parents,
-            changes,
-            author,
-            org,
-            timestamp,
-            message,
-            state_root,
-        })
+        Ok(Commit { parents, changes, author, org, timestamp, message, state_root })
     }
 
     /// The parents; the first is the one `changes` applies to. Empty for a root commit.
@@ -169,6 +158,12 @@ impl Commit {
 
 impl Signable for Commit {
     const CONTEXT: &'static str = "llmkg/commit/v1";
+
+    /// A commit's signature covers its id, so signing and verifying cost the same whatever
+    /// the size of the change set.
+    fn signed_message(&self) -> Vec<u8> {
+        self.id().as_bytes().to_vec()
+    }
 }
 
 /// A commit was rejected before its state was looked at. Nothing was stored.
@@ -202,54 +197,74 @@ impl From<DecodeError> for CommitVerifyError {
     }
 }
 
-/// A commit whose id, signature and authorship have been verified.
+/// A commit whose id, signature and authorship have been verified, with its envelope bytes
+/// (the commit's canonical encoding, the signer and the signature, as stored and sent).
+///
+/// The envelope has the same format as [`Signed<Commit>`](crate::Signed); this type computes
+/// the id once and signs it, without re-encoding the commit.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct SignedCommit {
     id: CommitId,
-    signed: Signed<Commit>,
+    commit: Commit,
+    signer: NodeId,
+    signature: [u8; 64],
+    bytes: Vec<u8>,
 }
 
 impl SignedCommit {
     /// Signs `commit` with `keypair`. The author must be the keypair's node.
     pub fn sign(keypair: &NodeKeypair, commit: Commit) -> Result<Self, CommitVerifyError> {
-        if commit.author != keypair.node_id() {
-            return Err(CommitVerifyError::SignerNotAuthor {
-                author: commit.author,
-                signer: keypair.node_id(),
-            });
+        let signer = keypair.node_id();
+        if commit.author != signer {
+            return Err(CommitVerifyError::SignerNotAuthor { author: commit.author, signer });
         }
-        let id = commit.id();
-        Ok(Self {
-            id,
-            signed: keypair.sign(commit),
-        })
+        let mut bytes = encoding::encode(&commit);
+        let id = CommitId::from_encoding(&bytes);
+        let signature = keypair.sign_raw(Commit::CONTEXT, id.as_bytes());
+        encoding::encode_into(&EnvelopeTail { signer, signature }, &mut bytes);
+        Ok(Self { id, commit, signer, signature, bytes })
     }
 
     /// Decodes `bytes` and verifies signature and authorship, and, when given, that the
     /// content hashes to `expected`.
     pub fn decode(bytes: &[u8], expected: Option<CommitId>) -> Result<Self, CommitVerifyError> {
-        let signed = Signed::<Commit>::decode(bytes)?;
-        let id = signed.value().id();
+        if bytes.len() > MAX_ENCODED_LEN {
+            return Err(DecodeError::TooLarge { len: bytes.len(), limit: MAX_ENCODED_LEN }.into());
+        }
+        let (commit, rest) = encoding::decode_prefix::<Commit>(bytes)?;
+        let value_len = bytes.len() - rest.len();
+        let tail: EnvelopeTail = encoding::decode(rest)?;
+        // Decoding rejects non-canonical input, so these bytes are the canonical encoding.
+        let id = CommitId::from_encoding(bytes.get(..value_len).unwrap_or_default());
         if let Some(expected) = expected
             && expected != id
         {
-            return Err(CommitVerifyError::IdMismatch {
-                expected,
-                actual: id,
-            });
+            return Err(CommitVerifyError::IdMismatch { expected, actual: id });
         }
-        if signed.signer() != signed.value().author {
+        tail.signer.verify(Commit::CONTEXT, id.as_bytes(), &tail.signature)?;
+        if tail.signer != commit.author {
             return Err(CommitVerifyError::SignerNotAuthor {
-                author: signed.value().author,
-                signer: signed.signer(),
+                author: commit.author,
+                signer: tail.signer,
             });
         }
-        Ok(Self { id, signed })
+        Ok(Self {
+            id,
+            commit,
+            signer: tail.signer,
+            signature: tail.signature,
+            bytes: bytes.to_vec(),
+        })
+    }
+
+    /// The encoded envelope, as stored and sent.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
     }
 
     /// The encoded envelope, as stored and sent.
     pub fn encode(&self) -> Vec<u8> {
-        self.signed.encode()
+        self.bytes.clone()
     }
 
     /// The content id.
@@ -259,12 +274,17 @@ impl SignedCommit {
 
     /// The commit.
     pub fn commit(&self) -> &Commit {
-        self.signed.value()
+        &self.commit
     }
 
     /// The signature.
     pub fn signature(&self) -> &[u8; 64] {
-        self.signed.signature()
+        &self.signature
+    }
+
+    /// The signer (always the author).
+    pub fn signer(&self) -> NodeId {
+        self.signer
     }
 }
 
@@ -275,10 +295,7 @@ pub(crate) fn peek_parents(bytes: &[u8]) -> Result<Vec<CommitId>, DecodeError> {
     if parents.len() > MAX_PARENTS {
         return Err(DecodeError::Malformed {
             what: "Commit",
-            reason: format!(
-                "{} parents exceed the limit of {MAX_PARENTS}",
-                parents.len()
-            ),
+            reason: format!("{} parents exceed the limit of {MAX_PARENTS}", parents.len()),
         });
     }
     Ok(parents)

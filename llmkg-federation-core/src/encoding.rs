@@ -84,21 +84,12 @@ pub fn decode_with_limit<T: DeserializeOwned>(
 ) -> Result<T, DecodeError> {
     let what = short_type_name::<T>();
     if bytes.len() > limit {
-        return Err(DecodeError::TooLarge {
-            len: bytes.len(),
-            limit,
-        });
+        return Err(DecodeError::TooLarge { len: bytes.len(), limit });
     }
     match postcard::take_from_bytes::<T>(bytes) {
         Ok((value, [])) => Ok(value),
-        Ok((_, rest)) => Err(DecodeError::TrailingBytes {
-            what,
-            extra: rest.len(),
-        }),
-        Err(e) => Err(DecodeError::Malformed {
-            what,
-            reason: e.to_string(),
-        }),
+        Ok((_, rest)) => Err(DecodeError::TrailingBytes { what, extra: rest.len() }),
+        Err(e) => Err(DecodeError::Malformed { what, reason: e.to_string() }),
     }
 }
 
@@ -106,10 +97,8 @@ pub fn decode_with_limit<T: DeserializeOwned>(
 pub(crate) fn decode_prefix<'a, T: Deserialize<'a>>(
     bytes: &'a [u8],
 ) -> Result<(T, &'a [u8]), DecodeError> {
-    postcard::take_from_bytes::<T>(bytes).map_err(|e| DecodeError::Malformed {
-        what: short_type_name::<T>(),
-        reason: e.to_string(),
-    })
+    postcard::take_from_bytes::<T>(bytes)
+        .map_err(|e| DecodeError::Malformed { what: short_type_name::<T>(), reason: e.to_string() })
 }
 
 fn short_type_name<T>() -> &'static str {
@@ -118,42 +107,39 @@ fn short_type_name<T>() -> &'static str {
     base.rsplit("::").next().unwrap_or(base)
 }
 
-/// A postcard output that feeds a BLAKE3 hasher instead of a buffer.
-struct HashFlavor(blake3::Hasher);
-
-impl postcard::ser_flavors::Flavor for HashFlavor {
-    type Output = blake3::Hasher;
-    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
-        self.0.update(&[data]);
-        Ok(())
-    }
-    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        self.0.update(data);
-        Ok(())
-    }
-    fn finalize(self) -> postcard::Result<blake3::Hasher> {
-        Ok(self.0)
-    }
-}
-
-/// BLAKE3 of `domain` followed by the canonical encoding of `value`, without materializing the
-/// encoding. `domain` separates the id spaces of different kinds of values.
-pub(crate) fn hash_of<T: Serialize + ?Sized>(domain: &[u8], value: &T) -> [u8; 32] {
+/// BLAKE3 of the length-prefixed `domain` followed by `bytes`. `domain` separates the id
+/// spaces of different kinds of values.
+pub(crate) fn hash_bytes(domain: &[u8], bytes: &[u8]) -> [u8; 32] {
     let mut hasher = blake3::Hasher::new();
     hasher.update(&(domain.len() as u64).to_le_bytes());
     hasher.update(domain);
-    match postcard::serialize_with_flavor(value, HashFlavor(hasher)) {
-        Ok(h) => *h.finalize().as_bytes(),
-        Err(e) => unreachable_encode(e),
-    }
+    hasher.update(bytes);
+    *hasher.finalize().as_bytes()
 }
 
-/// Writes 32 bytes as lower-case hex.
+/// [`hash_bytes`] of the canonical encoding of `value`.
+pub(crate) fn hash_of<T: Serialize + ?Sized>(domain: &[u8], value: &T) -> [u8; 32] {
+    let mut buf = Vec::with_capacity(256);
+    encode_into(value, &mut buf);
+    hash_bytes(domain, &buf)
+}
+
+/// Writes bytes as lower-case hex.
 pub(crate) fn fmt_hex(bytes: &[u8], f: &mut fmt::Formatter<'_>) -> fmt::Result {
     for b in bytes {
         write!(f, "{b:02x}")?;
     }
     Ok(())
+}
+
+/// Bytes as lower-case hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use fmt::Write;
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
 }
 
 /// Parses 64 hex digits.
@@ -193,8 +179,9 @@ macro_rules! content_id {
         }
 
         impl std::fmt::Display for $name {
+            /// Lower-case hex; a precision keeps that many leading digits (`{id:.8}`).
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                $crate::encoding::fmt_hex(&self.0, f)
+                f.pad(&$crate::encoding::hex(&self.0))
             }
         }
 

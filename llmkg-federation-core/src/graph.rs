@@ -20,6 +20,11 @@ use crate::term::{ChangeSet, Term, Triple};
 
 type Key = [u32; 3];
 
+/// The dictionary's hasher: fast, and seeded per process so that peers cannot choose
+/// colliding terms in advance.
+type Hasher = foldhash::quality::RandomState;
+type Dictionary = IndexSet<Term, Hasher>;
+
 /// A change set does not apply to a state. The state is unchanged.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
@@ -49,11 +54,7 @@ pub struct TripleRef<'a> {
 impl TripleRef<'_> {
     /// An owned copy.
     pub fn to_triple(&self) -> Triple {
-        Triple::from_valid_parts(
-            self.subject.clone(),
-            self.predicate.clone(),
-            self.object.clone(),
-        )
+        Triple::from_valid_parts(self.subject.clone(), self.predicate.clone(), self.object.clone())
     }
 }
 
@@ -120,7 +121,7 @@ impl Order {
 
 /// The triples matching a [`Pattern`], in index order.
 pub struct Matches<'a> {
-    dict: &'a IndexSet<Term>,
+    dict: &'a Dictionary,
     range: Option<btree_set::Range<'a, Key>>,
     order: Order,
 }
@@ -140,7 +141,7 @@ impl<'a> Iterator for Matches<'a> {
 /// The indexed state of a graph: term dictionary, SPO/POS/OSP indexes and Merkle tree.
 #[derive(Clone, Debug, Default)]
 pub struct GraphState {
-    dict: IndexSet<Term>,
+    dict: Dictionary,
     spo: BTreeSet<Key>,
     pos: BTreeSet<Key>,
     osp: BTreeSet<Key>,
@@ -233,45 +234,58 @@ impl GraphState {
     }
 
     /// Applies `changes` exactly: every removed triple must be present and every added triple
-    /// absent. On error the state is unchanged.
+    /// absent. On error the set of triples (and so the root) is unchanged; the dictionary may
+    /// have gained terms, which is not observable through queries.
     pub fn apply(&mut self, changes: &ChangeSet) -> Result<(), ApplyError> {
+        let mut removals = Vec::with_capacity(changes.removed().len());
         for t in changes.removed() {
-            if !self.contains(t) {
-                return Err(ApplyError::NotPresent(Box::new(t.clone())));
+            match self.key_of(t) {
+                Some(k) if self.spo.contains(&k) => removals.push(k),
+                _ => return Err(ApplyError::NotPresent(Box::new(t.clone()))),
             }
         }
+        let mut additions = Vec::with_capacity(changes.added().len());
         for t in changes.added() {
-            if self.contains(t) {
+            let k =
+                [self.intern(t.subject())?, self.intern(t.predicate())?, self.intern(t.object())?];
+            if self.spo.contains(&k) {
                 return Err(ApplyError::AlreadyPresent(Box::new(t.clone())));
             }
+            additions.push(k);
         }
-        if self.dict.len() + 3 * changes.added().len() >= u32::MAX as usize {
-            return Err(ApplyError::DictionaryFull);
+        for (k, t) in removals.into_iter().zip(changes.removed()) {
+            self.remove_key(k, &t.id());
         }
-        for t in changes.removed() {
-            self.remove(t);
-        }
-        for t in changes.added() {
-            self.insert(t)?;
+        for (k, t) in additions.into_iter().zip(changes.added()) {
+            self.insert_key(k, t.id());
         }
         Ok(())
+    }
+
+    /// Applies the part of `changes` that changes this state — additions not yet present and
+    /// removals that are present — and returns that part.
+    pub fn apply_effective(&mut self, changes: ChangeSet) -> Result<ChangeSet, ApplyError> {
+        let (mut add, mut remove) = changes.into_parts();
+        remove.retain(|t| self.remove(t));
+        let mut failure = None;
+        add.retain(|t| match self.insert(t) {
+            Ok(inserted) => inserted,
+            Err(e) => {
+                failure = Some(e);
+                false
+            }
+        });
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(ChangeSet::from_sorted(add, remove)),
+        }
     }
 
     /// The part of `changes` that would change this state: additions not yet present and
     /// removals that are present.
     pub fn effective(&self, changes: &ChangeSet) -> ChangeSet {
-        let add = changes
-            .added()
-            .iter()
-            .filter(|t| !self.contains(t))
-            .cloned()
-            .collect();
-        let remove = changes
-            .removed()
-            .iter()
-            .filter(|t| self.contains(t))
-            .cloned()
-            .collect();
+        let add = changes.added().iter().filter(|t| !self.contains(t)).cloned().collect();
+        let remove = changes.removed().iter().filter(|t| self.contains(t)).cloned().collect();
         ChangeSet::from_sorted(add, remove)
     }
 
@@ -297,11 +311,8 @@ impl GraphState {
     /// `other`. Uses the Merkle trees, so it costs O(d · log n) for `d` differences.
     pub fn diff(&self, other: &GraphState) -> ChangeSet {
         let (only_self, only_other) = self.merkle.diff(&other.merkle);
-        let mut remove: Vec<Triple> = only_self
-            .iter()
-            .filter_map(|(_, k)| self.resolve(*k))
-            .map(|t| t.to_triple())
-            .collect();
+        let mut remove: Vec<Triple> =
+            only_self.iter().filter_map(|(_, k)| self.resolve(*k)).map(|t| t.to_triple()).collect();
         let mut add: Vec<Triple> = only_other
             .iter()
             .filter_map(|(_, k)| other.resolve(*k))
@@ -331,17 +342,11 @@ impl GraphState {
             None => Some(None),
             Some(t) => self.dict.get_index_of(t).map(|i| Some(i as u32)),
         };
-        let (Some(s), Some(p), Some(o)) = (
-            lookup(&pattern.subject),
-            lookup(&pattern.predicate),
-            lookup(&pattern.object),
-        ) else {
+        let (Some(s), Some(p), Some(o)) =
+            (lookup(&pattern.subject), lookup(&pattern.predicate), lookup(&pattern.object))
+        else {
             // A bound term the dictionary has never seen matches nothing.
-            return Matches {
-                dict: &self.dict,
-                range: None,
-                order: Order::Spo,
-            };
+            return Matches { dict: &self.dict, range: None, order: Order::Spo };
         };
         let (order, index, prefix): (Order, &BTreeSet<Key>, [Option<u32>; 3]) = match (s, p, o) {
             (Some(_), _, None) | (Some(_), Some(_), Some(_)) | (None, None, None) => {
@@ -362,11 +367,7 @@ impl GraphState {
                 None => break,
             }
         }
-        Matches {
-            dict: &self.dict,
-            range: Some(index.range(lo..=hi)),
-            order,
-        }
+        Matches { dict: &self.dict, range: Some(index.range(lo..=hi)), order }
     }
 
     /// Every triple, in SPO index order.

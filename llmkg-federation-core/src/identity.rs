@@ -72,10 +72,7 @@ impl NodeId {
         let key = self.verifying_key()?;
         let sig = Signature::from_bytes(signature);
         key.verify_strict(&signing_input(context, message), &sig)
-            .map_err(|_| SignatureError::BadSignature {
-                signer: *self,
-                kind: context,
-            })
+            .map_err(|_| SignatureError::BadSignature { signer: *self, kind: context })
     }
 }
 
@@ -122,9 +119,7 @@ impl NodeKeypair {
     /// The keypair whose secret key is `secret` (32 bytes of high-entropy randomness; keep it
     /// secret). Tests and simulations derive it from a seeded RNG.
     pub fn from_secret_bytes(secret: [u8; 32]) -> Self {
-        Self {
-            key: SigningKey::from_bytes(&secret),
-        }
+        Self { key: SigningKey::from_bytes(&secret) }
     }
 
     /// The secret key bytes, to persist the identity.
@@ -144,12 +139,8 @@ impl NodeKeypair {
 
     /// Signs `value`, producing an envelope anyone can verify.
     pub fn sign<T: Signable>(&self, value: T) -> Signed<T> {
-        let signature = self.sign_raw(T::CONTEXT, &encoding::encode(&value));
-        Signed {
-            value,
-            signer: self.node_id(),
-            signature,
-        }
+        let signature = self.sign_raw(T::CONTEXT, &value.signed_message());
+        Signed { value, signer: self.node_id(), signature }
     }
 }
 
@@ -164,6 +155,13 @@ pub trait Signable: Serialize + DeserializeOwned {
     /// The context string mixed into every signature of this kind, e.g. `"llmkg/commit/v1"`.
     /// Distinct kinds must use distinct contexts.
     const CONTEXT: &'static str;
+
+    /// The bytes the signature covers (after the context). By default the canonical
+    /// encoding; large values may sign their content id instead, which is equally binding
+    /// because the id is a collision-resistant hash of that encoding.
+    fn signed_message(&self) -> Vec<u8> {
+        encoding::encode(self)
+    }
 }
 
 /// A value with a verified signature.
@@ -194,14 +192,26 @@ struct Envelope<T> {
     signature: [u8; 64],
 }
 
+/// The end of every signed envelope: who signed, and the signature. An envelope is the
+/// value's canonical encoding followed by this.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct EnvelopeTail {
+    pub(crate) signer: NodeId,
+    #[serde(with = "sig_bytes")]
+    pub(crate) signature: [u8; 64],
+}
+
 mod sig_bytes {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub(super) fn serialize<S: Serializer>(sig: &&[u8; 64], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(&sig[..])
+    pub(crate) fn serialize<S: Serializer, B: AsRef<[u8]>>(
+        sig: &B,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(sig.as_ref())
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
         let bytes: &'de [u8] = <&[u8]>::deserialize(d)?;
         <[u8; 64]>::try_from(bytes)
             .map_err(|_| serde::de::Error::invalid_length(bytes.len(), &"64"))
@@ -244,13 +254,8 @@ impl<T: Signable> Signed<T> {
     /// decoders reject non-canonical input, that is the same as the bytes received.
     pub fn decode(bytes: &[u8]) -> Result<Self, SignatureError> {
         let env: Envelope<T> = encoding::decode(bytes)?;
-        env.signer
-            .verify(T::CONTEXT, &encoding::encode(&env.value), &env.signature)?;
-        Ok(Self {
-            value: env.value,
-            signer: env.signer,
-            signature: env.signature,
-        })
+        env.signer.verify(T::CONTEXT, &encoding::encode(&env.value), &env.signature)?;
+        Ok(Self { value: env.value, signer: env.signer, signature: env.signature })
     }
 }
 
@@ -279,9 +284,7 @@ impl OrgId {
         let name: String = name.into();
         let ok = (1..=64).contains(&name.len())
             && !name.starts_with('-')
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if ok {
             Ok(Self(name.into_boxed_str()))
         } else {
@@ -310,7 +313,7 @@ impl From<OrgId> for String {
 
 impl fmt::Display for OrgId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.pad(&self.0)
     }
 }
 

@@ -63,21 +63,12 @@ enum Kind<V> {
 
 fn nibble(id: &TripleId, depth: usize) -> usize {
     let byte = id.as_bytes().get(depth / 2).copied().unwrap_or(0);
-    if depth.is_multiple_of(2) {
-        (byte >> 4) as usize
-    } else {
-        (byte & 0x0f) as usize
-    }
+    if depth.is_multiple_of(2) { (byte >> 4) as usize } else { (byte & 0x0f) as usize }
 }
 
 impl<V: Copy> Node<V> {
     fn empty_leaf() -> Self {
-        Node {
-            hash: ZERO,
-            dirty: true,
-            count: 0,
-            kind: Kind::Leaf(Vec::new()),
-        }
+        Node { hash: ZERO, dirty: true, count: 0, kind: Kind::Leaf(Vec::new()) }
     }
 
     /// Builds the canonical node for `entries` (sorted, distinct) at `depth`.
@@ -85,12 +76,7 @@ impl<V: Copy> Node<V> {
         let count = entries.len();
         // Ids are 64 nibbles long: at depth 64 all remaining entries are equal, so a leaf.
         if count <= LEAF_CAPACITY || depth >= 64 {
-            return Node {
-                hash: ZERO,
-                dirty: true,
-                count,
-                kind: Kind::Leaf(entries),
-            };
+            return Node { hash: ZERO, dirty: true, count, kind: Kind::Leaf(entries) };
         }
         let mut buckets: [Vec<(TripleId, V)>; 16] = Default::default();
         for e in entries {
@@ -98,19 +84,9 @@ impl<V: Copy> Node<V> {
                 bucket.push(e);
             }
         }
-        let children = buckets.map(|b| {
-            if b.is_empty() {
-                None
-            } else {
-                Some(Box::new(Node::build(b, depth + 1)))
-            }
-        });
-        Node {
-            hash: ZERO,
-            dirty: true,
-            count,
-            kind: Kind::Branch(Box::new(children)),
-        }
+        let children = buckets
+            .map(|b| if b.is_empty() { None } else { Some(Box::new(Node::build(b, depth + 1))) });
+        Node { hash: ZERO, dirty: true, count, kind: Kind::Branch(Box::new(children)) }
     }
 
     fn insert(&mut self, id: TripleId, value: V, depth: usize) -> bool {
@@ -181,10 +157,7 @@ impl<V: Copy> Node<V> {
                 .ok()
                 .and_then(|i| entries.get(i))
                 .map(|e| e.1),
-            Kind::Branch(children) => children
-                .get(nibble(id, depth))?
-                .as_ref()?
-                .get(id, depth + 1),
+            Kind::Branch(children) => children.get(nibble(id, depth))?.as_ref()?.get(id, depth + 1),
         }
     }
 
@@ -259,9 +232,7 @@ impl<V: Copy> Default for MerkleTree<V> {
 impl<V: Copy> MerkleTree<V> {
     /// An empty tree.
     pub fn new() -> Self {
-        MerkleTree {
-            root: Node::empty_leaf(),
-        }
+        MerkleTree { root: Node::empty_leaf() }
     }
 
     /// Builds a tree from entries in any order (duplicates keep the first payload).
@@ -269,9 +240,7 @@ impl<V: Copy> MerkleTree<V> {
         let mut entries: Vec<(TripleId, V)> = entries.into_iter().collect();
         entries.sort_by_key(|e| e.0);
         entries.dedup_by(|a, b| a.0 == b.0);
-        MerkleTree {
-            root: Node::build(entries, 0),
-        }
+        MerkleTree { root: Node::build(entries, 0) }
     }
 
     /// Number of ids in the tree.
@@ -428,9 +397,6 @@ mod tests {
         b.remove(&id(3));
         let (only_a, only_b) = a.diff(&b);
         assert_eq!(only_a.iter().map(|e| e.0).collect::<Vec<_>>(), vec![id(3)]);
-        assert_eq!(
-            only_b.iter().map(|e| e.0).collect::<Vec<_>>(),
-            vec![id(9_999)]
-        );
+        assert_eq!(only_b.iter().map(|e| e.0).collect::<Vec<_>>(), vec![id(9_999)]);
     }
 }

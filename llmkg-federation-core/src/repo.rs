@@ -204,22 +204,15 @@ impl<S: Store> Repository<S> {
     }
 
     fn existing_head(&self, branch: &BranchName) -> Result<CommitId, RepoError> {
-        self.head(branch)?
-            .ok_or_else(|| RepoError::BranchNotFound(branch.clone()))
+        self.head(branch)?.ok_or_else(|| RepoError::BranchNotFound(branch.clone()))
     }
 
     /// Loads commit `id`, verifying its id, signature and authorship (not its state root:
     /// that needs its parent's state; see [`Repository::materialize`]).
     pub fn load_commit(&mut self, id: CommitId) -> Result<SignedCommit, RepoError> {
-        let bytes = self
-            .store
-            .object(&ObjectId::from(id))?
-            .ok_or(RepoError::CommitNotFound(id))?;
-        let commit =
-            SignedCommit::decode(&bytes, Some(id)).map_err(|e| RepoError::InvalidCommit {
-                id,
-                reason: e.into(),
-            })?;
+        let bytes = self.store.object(&ObjectId::from(id))?.ok_or(RepoError::CommitNotFound(id))?;
+        let commit = SignedCommit::decode(&bytes, Some(id))
+            .map_err(|e| RepoError::InvalidCommit { id, reason: e.into() })?;
         self.remember(&commit);
         Ok(commit)
     }
@@ -236,10 +229,7 @@ impl<S: Store> Repository<S> {
             return Ok(m.clone());
         }
         self.load_commit(id)?;
-        self.meta
-            .get(&id)
-            .cloned()
-            .ok_or(RepoError::CommitNotFound(id))
+        self.meta.get(&id).cloned().ok_or(RepoError::CommitNotFound(id))
     }
 
     /// The state at commit `id`, rebuilt from the store by replaying its first-parent chain
@@ -287,10 +277,7 @@ impl<S: Store> Repository<S> {
         for &cid in chain.iter().rev() {
             let commit = self.load_commit(cid).map_err(|e| match e {
                 RepoError::CommitNotFound(missing) if Some(missing) != Some(id) => {
-                    RepoError::InvalidCommit {
-                        id,
-                        reason: InvalidCommit::MissingParent(missing),
-                    }
+                    RepoError::InvalidCommit { id, reason: InvalidCommit::MissingParent(missing) }
                 }
                 e => e,
             })?;
@@ -353,8 +340,8 @@ impl<S: Store> Repository<S> {
         message: &str,
     ) -> Result<CommitId, RepoError> {
         let head = self.head(branch)?;
-        let state = self.take_state(branch, head)?;
-        let effective = state.effective(&changes);
+        let mut state = self.take_state(branch, head)?;
+        let effective = state.apply_effective(changes).map_err(RepoError::Apply)?;
         if effective.is_empty() {
             if let Some(h) = head {
                 self.heads.insert(branch.clone(), (h, state));
@@ -362,13 +349,13 @@ impl<S: Store> Repository<S> {
             return Err(RepoError::NothingToCommit);
         }
         let parents: Vec<CommitId> = head.into_iter().collect();
-        self.commit_on(branch, head, parents, state, effective, message)
+        self.write_commit(branch, head, parents, state, effective, message)
     }
 
-    /// Applies `changes` (exact, relative to `state`) to `state`, then signs and writes a
-    /// commit with `parents`, moving `branch` from `head`. The state is cached on success and
-    /// dropped on failure (it is rebuilt from the store when next needed).
-    fn commit_on(
+    /// Signs and writes a commit with `parents` and `changes`, already applied to `state`,
+    /// moving `branch` from `head`. The state is cached on success and dropped on failure (it
+    /// is rebuilt from the store when next needed).
+    fn write_commit(
         &mut self,
         branch: &BranchName,
         head: Option<CommitId>,
@@ -377,7 +364,6 @@ impl<S: Store> Repository<S> {
         changes: ChangeSet,
         message: &str,
     ) -> Result<CommitId, RepoError> {
-        state.apply(&changes).map_err(RepoError::Apply)?;
         let commit = Commit::new(
             parents,
             changes,
@@ -389,9 +375,11 @@ impl<S: Store> Repository<S> {
         )?;
         let signed = SignedCommit::sign(&self.keypair, commit).map_err(RepoError::Unverifiable)?;
         let id = signed.id();
-        let batch = WriteBatch::new()
-            .put_object(id, signed.encode())
-            .update_ref(branch.clone(), head, Some(id));
+        let batch = WriteBatch::new().put_object(id, signed.as_bytes().to_vec()).update_ref(
+            branch.clone(),
+            head,
+            Some(id),
+        );
         self.store.write(batch)?;
         self.remember(&signed);
         self.heads.insert(branch.clone(), (id, state));
@@ -404,10 +392,7 @@ impl<S: Store> Repository<S> {
             return Err(RepoError::BranchExists(branch.clone()));
         }
         self.load_commit(at)?;
-        match self
-            .store
-            .write(WriteBatch::new().update_ref(branch.clone(), None, Some(at)))
-        {
+        match self.store.write(WriteBatch::new().update_ref(branch.clone(), None, Some(at))) {
             Ok(()) => Ok(()),
             Err(StoreError::RefConflict { .. }) => Err(RepoError::BranchExists(branch.clone())),
             Err(e) => Err(e.into()),
@@ -417,8 +402,7 @@ impl<S: Store> Repository<S> {
     /// Deletes `branch`. Its commits stay in the store.
     pub fn delete_branch(&mut self, branch: &BranchName) -> Result<(), RepoError> {
         let head = self.existing_head(branch)?;
-        self.store
-            .write(WriteBatch::new().update_ref(branch.clone(), Some(head), None))?;
+        self.store.write(WriteBatch::new().update_ref(branch.clone(), Some(head), None))?;
         self.heads.remove(branch);
         Ok(())
     }
@@ -445,8 +429,7 @@ impl<S: Store> Repository<S> {
             None => GraphState::new(),
         };
         apply_verified(&mut state, &commit)?;
-        self.store
-            .write(WriteBatch::new().put_object(id, commit.encode()))?;
+        self.store.write(WriteBatch::new().put_object(id, commit.as_bytes().to_vec()))?;
         self.remember(&commit);
         Ok(id)
     }
@@ -511,10 +494,8 @@ impl<S: Store> Repository<S> {
             starts.extend(self.meta(*c)?.parents);
         }
         let dominated = self.ancestors(&starts)?;
-        let mut best: Vec<CommitId> = common
-            .into_iter()
-            .filter(|c| !dominated.contains(c))
-            .collect();
+        let mut best: Vec<CommitId> =
+            common.into_iter().filter(|c| !dominated.contains(c)).collect();
         best.sort();
         Ok(best)
     }
@@ -568,16 +549,11 @@ impl<S: Store> Repository<S> {
         let bases = self.merge_bases(ours, theirs)?;
         let base = self.base_state(&bases)?;
         let their_state = self.materialize(theirs)?;
-        let our_state = self.take_state(branch, Some(ours))?;
+        let mut our_state = self.take_state(branch, Some(ours))?;
         let changes = three_way(&our_state, &their_state, &base);
-        let id = self.commit_on(
-            branch,
-            Some(ours),
-            vec![ours, theirs],
-            our_state,
-            changes,
-            message,
-        )?;
+        our_state.apply(&changes).map_err(RepoError::Apply)?;
+        let parents = vec![ours, theirs];
+        let id = self.write_commit(branch, Some(ours), parents, our_state, changes, message)?;
         Ok(MergeOutcome::Merged(id))
     }
 
@@ -627,12 +603,10 @@ impl<S: Store> Repository<S> {
 /// Applies a verified commit's changes to its first parent's `state` and checks the root.
 fn apply_verified(state: &mut GraphState, commit: &SignedCommit) -> Result<(), RepoError> {
     let id = commit.id();
-    state
-        .apply(commit.commit().changes())
-        .map_err(|e| RepoError::InvalidCommit {
-            id,
-            reason: InvalidCommit::ChangesDoNotApply(e),
-        })?;
+    state.apply(commit.commit().changes()).map_err(|e| RepoError::InvalidCommit {
+        id,
+        reason: InvalidCommit::ChangesDoNotApply(e),
+    })?;
     let actual = state.state_root();
     let claimed = commit.commit().state_root();
     if actual != claimed {
@@ -649,18 +623,8 @@ fn apply_verified(state: &mut GraphState, commit: &SignedCommit) -> Result<(), R
 pub fn three_way(ours: &GraphState, theirs: &GraphState, base: &GraphState) -> ChangeSet {
     let d = ours.diff(theirs);
     // Only in theirs: keep if theirs added it (absent from base).
-    let add = d
-        .added()
-        .iter()
-        .filter(|t| !base.contains(t))
-        .cloned()
-        .collect();
+    let add = d.added().iter().filter(|t| !base.contains(t)).cloned().collect();
     // Only in ours: drop if theirs removed it (present in base).
-    let remove = d
-        .removed()
-        .iter()
-        .filter(|t| base.contains(t))
-        .cloned()
-        .collect();
+    let remove = d.removed().iter().filter(|t| base.contains(t)).cloned().collect();
     ChangeSet::from_sorted(add, remove)
 }

@@ -77,11 +77,7 @@ fn truncated(s: &str) -> String {
 }
 
 fn check_len(s: &str) -> Result<(), TermError> {
-    if s.len() > MAX_TERM_LEN {
-        Err(TermError::TooLong { len: s.len() })
-    } else {
-        Ok(())
-    }
+    if s.len() > MAX_TERM_LEN { Err(TermError::TooLong { len: s.len() }) } else { Ok(()) }
 }
 
 /// An absolute IRI, validated against RFC 3987.
@@ -104,10 +100,7 @@ impl Iri {
         check_len(&iri)?;
         match oxiri::Iri::parse(iri.as_str()) {
             Ok(_) => Ok(Self(iri.into_boxed_str())),
-            Err(e) => Err(TermError::InvalidIri {
-                iri: truncated(&iri),
-                reason: e.to_string(),
-            }),
+            Err(e) => Err(TermError::InvalidIri { iri: truncated(&iri), reason: e.to_string() }),
         }
     }
 
@@ -157,9 +150,7 @@ impl BlankNode {
         let label: String = label.into();
         check_len(&label)?;
         let ok = !label.is_empty()
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
         if ok {
             Ok(Self(label.into_boxed_str()))
         } else {
@@ -210,10 +201,9 @@ impl LanguageTag {
         check_len(&tag)?;
         match oxilangtag::LanguageTag::parse(tag.as_str()) {
             Ok(_) => Ok(Self(tag.to_ascii_lowercase().into_boxed_str())),
-            Err(e) => Err(TermError::InvalidLanguageTag {
-                tag: truncated(&tag),
-                reason: e.to_string(),
-            }),
+            Err(e) => {
+                Err(TermError::InvalidLanguageTag { tag: truncated(&tag), reason: e.to_string() })
+            }
         }
     }
 
@@ -227,9 +217,7 @@ impl TryFrom<String> for LanguageTag {
     type Error = TermError;
     fn try_from(value: String) -> Result<Self, Self::Error> {
         if value.bytes().any(|b| b.is_ascii_uppercase()) {
-            return Err(TermError::NonCanonical(
-                "language tags are encoded in lower case",
-            ));
+            return Err(TermError::NonCanonical("language tags are encoded in lower case"));
         }
         Self::new(value)
     }
@@ -281,18 +269,13 @@ impl TryFrom<RawLiteral> for Literal {
         check_len(&raw.value)?;
         if let LiteralKind::Typed(dt) = &raw.kind {
             if dt.as_str() == XSD_STRING {
-                return Err(TermError::NonCanonical(
-                    "xsd:string literals use LiteralKind::String",
-                ));
+                return Err(TermError::NonCanonical("xsd:string literals use LiteralKind::String"));
             }
             if dt.as_str() == RDF_LANG_STRING {
                 return Err(TermError::LangStringWithoutTag);
             }
         }
-        Ok(Self {
-            value: raw.value.into_boxed_str(),
-            kind: raw.kind,
-        })
+        Ok(Self { value: raw.value.into_boxed_str(), kind: raw.kind })
     }
 }
 
@@ -301,10 +284,7 @@ impl Literal {
     pub fn string(value: impl Into<String>) -> Result<Self, TermError> {
         let value: String = value.into();
         check_len(&value)?;
-        Ok(Self {
-            value: value.into_boxed_str(),
-            kind: LiteralKind::String,
-        })
+        Ok(Self { value: value.into_boxed_str(), kind: LiteralKind::String })
     }
 
     /// A literal with a datatype. `xsd:string` gives the same value as [`Literal::string`];
@@ -317,10 +297,7 @@ impl Literal {
             RDF_LANG_STRING => return Err(TermError::LangStringWithoutTag),
             _ => LiteralKind::Typed(datatype),
         };
-        Ok(Self {
-            value: value.into_boxed_str(),
-            kind,
-        })
+        Ok(Self { value: value.into_boxed_str(), kind })
     }
 
     /// A language-tagged string literal. The tag is validated and lower-cased.
@@ -511,22 +488,14 @@ impl Triple {
         if !matches!(predicate, Term::Iri(_)) {
             return Err(TermError::NonIriPredicate);
         }
-        Ok(Self {
-            subject,
-            predicate,
-            object,
-        })
+        Ok(Self { subject, predicate, object })
     }
 
     /// Builds a triple from parts already known to satisfy the position rules (they come
     /// from a triple that did).
     pub(crate) fn from_valid_parts(subject: Term, predicate: Term, object: Term) -> Self {
         debug_assert!(!matches!(subject, Term::Literal(_)) && matches!(predicate, Term::Iri(_)));
-        Self {
-            subject,
-            predicate,
-            object,
-        }
+        Self { subject, predicate, object }
     }
 
     /// The subject (an IRI or a blank node).
@@ -596,14 +565,9 @@ impl TryFrom<RawChangeSet> for ChangeSet {
     fn try_from(raw: RawChangeSet) -> Result<Self, Self::Error> {
         let sorted = |v: &[Triple]| v.windows(2).all(|w| matches!(w, [a, b] if a < b));
         if !sorted(&raw.add) || !sorted(&raw.remove) {
-            return Err(TermError::NonCanonical(
-                "change sets are sorted and duplicate-free",
-            ));
+            return Err(TermError::NonCanonical("change sets are sorted and duplicate-free"));
         }
-        let set = ChangeSet {
-            add: raw.add,
-            remove: raw.remove,
-        };
+        let set = ChangeSet { add: raw.add, remove: raw.remove };
         set.check_disjoint()?;
         Ok(set)
     }
@@ -632,10 +596,7 @@ impl ChangeSet {
         let mut add: Vec<Triple> = add.into_iter().collect();
         add.sort_unstable();
         add.dedup();
-        ChangeSet {
-            add,
-            remove: Vec::new(),
-        }
+        ChangeSet { add, remove: Vec::new() }
     }
 
     /// A change set that only removes.
@@ -643,10 +604,7 @@ impl ChangeSet {
         let mut remove: Vec<Triple> = remove.into_iter().collect();
         remove.sort_unstable();
         remove.dedup();
-        ChangeSet {
-            add: Vec::new(),
-            remove,
-        }
+        ChangeSet { add: Vec::new(), remove }
     }
 
     /// Builds from vectors already sorted and duplicate-free, as produced by this crate.
@@ -675,6 +633,11 @@ impl ChangeSet {
         Ok(())
     }
 
+    /// The triples added and the triples removed, each sorted.
+    pub fn into_parts(self) -> (Vec<Triple>, Vec<Triple>) {
+        (self.add, self.remove)
+    }
+
     /// The triples added, sorted.
     pub fn added(&self) -> &[Triple] {
         &self.add
@@ -697,18 +660,12 @@ impl ChangeSet {
 
     /// The change set that undoes this one.
     pub fn inverse(&self) -> ChangeSet {
-        ChangeSet {
-            add: self.remove.clone(),
-            remove: self.add.clone(),
-        }
+        ChangeSet { add: self.remove.clone(), remove: self.add.clone() }
     }
 }
 
 impl fmt::Debug for ChangeSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ChangeSet")
-            .field("add", &self.add)
-            .field("remove", &self.remove)
-            .finish()
+        f.debug_struct("ChangeSet").field("add", &self.add).field("remove", &self.remove).finish()
     }
 }

@@ -38,31 +38,17 @@ pub fn store_suite<S: Store>(mut make: impl FnMut() -> S) {
 
 /// Objects read back as written; absent ones are `None`.
 pub fn objects_round_trip(store: &impl Store) {
-    assert_eq!(
-        store.object(&oid(1)).unwrap(),
-        None,
-        "absent object must read as None"
-    );
+    assert_eq!(store.object(&oid(1)).unwrap(), None, "absent object must read as None");
     assert!(!store.contains_object(&oid(1)).unwrap());
-    store
-        .write(WriteBatch::new().put_object(oid(1), b"one".to_vec()))
-        .unwrap();
-    assert_eq!(
-        store.object(&oid(1)).unwrap().as_deref(),
-        Some(&b"one"[..]),
-        "read-your-writes"
-    );
+    store.write(WriteBatch::new().put_object(oid(1), b"one".to_vec())).unwrap();
+    assert_eq!(store.object(&oid(1)).unwrap().as_deref(), Some(&b"one"[..]), "read-your-writes");
     assert!(store.contains_object(&oid(1)).unwrap());
 }
 
 /// Writing an existing id keeps the first bytes and is not an error.
 pub fn objects_are_immutable(store: &impl Store) {
-    store
-        .write(WriteBatch::new().put_object(oid(2), b"first".to_vec()))
-        .unwrap();
-    store
-        .write(WriteBatch::new().put_object(oid(2), b"second".to_vec()))
-        .unwrap();
+    store.write(WriteBatch::new().put_object(oid(2), b"first".to_vec())).unwrap();
+    store.write(WriteBatch::new().put_object(oid(2), b"second".to_vec())).unwrap();
     assert_eq!(
         store.object(&oid(2)).unwrap().as_deref(),
         Some(&b"first"[..]),
@@ -74,9 +60,7 @@ pub fn objects_are_immutable(store: &impl Store) {
 pub fn refs_compare_and_swap(store: &impl Store) {
     let main = name("main");
     assert_eq!(store.reference(&main).unwrap(), None);
-    store
-        .write(WriteBatch::new().update_ref(main.clone(), None, Some(cid(1))))
-        .unwrap();
+    store.write(WriteBatch::new().update_ref(main.clone(), None, Some(cid(1)))).unwrap();
     assert_eq!(store.reference(&main).unwrap(), Some(cid(1)));
     match store.write(WriteBatch::new().update_ref(main.clone(), None, Some(cid(2)))) {
         Err(StoreError::RefConflict { actual, .. }) => assert_eq!(actual, Some(cid(1))),
@@ -86,51 +70,36 @@ pub fn refs_compare_and_swap(store: &impl Store) {
         Err(StoreError::RefConflict { .. }) => {}
         other => panic!("a stale expected value must be a RefConflict, got {other:?}"),
     }
-    store
-        .write(WriteBatch::new().update_ref(main.clone(), Some(cid(1)), Some(cid(2))))
-        .unwrap();
+    store.write(WriteBatch::new().update_ref(main.clone(), Some(cid(1)), Some(cid(2)))).unwrap();
     assert_eq!(store.reference(&main).unwrap(), Some(cid(2)));
-    store
-        .write(WriteBatch::new().update_ref(main.clone(), Some(cid(2)), None))
-        .unwrap();
-    assert_eq!(
-        store.reference(&main).unwrap(),
-        None,
-        "a ref updated to None is deleted"
-    );
+    store.write(WriteBatch::new().update_ref(main.clone(), Some(cid(2)), None)).unwrap();
+    assert_eq!(store.reference(&main).unwrap(), None, "a ref updated to None is deleted");
 }
 
 /// A batch with one failing compare-and-swap writes none of its objects or refs.
 pub fn conflicting_batch_writes_nothing(store: &impl Store) {
-    store
-        .write(WriteBatch::new().update_ref(name("b"), None, Some(cid(1))))
-        .unwrap();
+    store.write(WriteBatch::new().update_ref(name("b"), None, Some(cid(1)))).unwrap();
     let batch = WriteBatch::new()
         .put_object(oid(7), b"seven".to_vec())
         .update_ref(name("a"), None, Some(cid(7)))
         .update_ref(name("b"), Some(cid(5)), Some(cid(7)));
-    assert!(matches!(
-        store.write(batch),
-        Err(StoreError::RefConflict { .. })
-    ));
+    assert!(matches!(store.write(batch), Err(StoreError::RefConflict { .. })));
     assert_eq!(
         store.object(&oid(7)).unwrap(),
         None,
         "object of a failed batch must not be written"
     );
-    assert_eq!(
-        store.reference(&name("a")).unwrap(),
-        None,
-        "ref of a failed batch must not move"
-    );
+    assert_eq!(store.reference(&name("a")).unwrap(), None, "ref of a failed batch must not move");
     assert_eq!(store.reference(&name("b")).unwrap(), Some(cid(1)));
 }
 
 /// Updates of the same ref within a batch see the previous update.
 pub fn batch_is_applied_in_order(store: &impl Store) {
-    let batch = WriteBatch::new()
-        .update_ref(name("x"), None, Some(cid(1)))
-        .update_ref(name("x"), Some(cid(1)), Some(cid(2)));
+    let batch = WriteBatch::new().update_ref(name("x"), None, Some(cid(1))).update_ref(
+        name("x"),
+        Some(cid(1)),
+        Some(cid(2)),
+    );
     store.write(batch).unwrap();
     assert_eq!(store.reference(&name("x")).unwrap(), Some(cid(2)));
 }
@@ -138,9 +107,7 @@ pub fn batch_is_applied_in_order(store: &impl Store) {
 /// `references` lists every ref sorted by name.
 pub fn refs_are_listed_sorted(store: &impl Store) {
     for (n, v) in [("zeta", 1), ("alpha/main", 2), ("mid", 3)] {
-        store
-            .write(WriteBatch::new().update_ref(name(n), None, Some(cid(v))))
-            .unwrap();
+        store.write(WriteBatch::new().update_ref(name(n), None, Some(cid(v)))).unwrap();
     }
     let refs = store.references().unwrap();
     let names: Vec<&str> = refs.iter().map(|(n, _)| n.as_str()).collect();
@@ -152,11 +119,7 @@ pub fn refs_are_listed_sorted(store: &impl Store) {
 pub fn large_and_empty_objects(store: &impl Store) {
     let big: Vec<u8> = (0..4_000_000u32).map(|i| (i % 251) as u8).collect();
     store
-        .write(
-            WriteBatch::new()
-                .put_object(oid(3), Vec::new())
-                .put_object(oid(4), big.clone()),
-        )
+        .write(WriteBatch::new().put_object(oid(3), Vec::new()).put_object(oid(4), big.clone()))
         .unwrap();
     assert_eq!(store.object(&oid(3)).unwrap(), Some(Vec::new()));
     assert_eq!(store.object(&oid(4)).unwrap(), Some(big));

@@ -30,11 +30,7 @@ impl fmt::Display for Timestamp {
     /// RFC 3339, in UTC.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match chrono::DateTime::from_timestamp_micros(self.0) {
-            Some(t) => write!(
-                f,
-                "{}",
-                t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-            ),
+            Some(t) => write!(f, "{}", t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
             None => write!(f, "@{}us", self.0),
         }
     }

@@ -53,9 +53,8 @@ fn add(ns: impl IntoIterator<Item = u32>) -> ChangeSet {
 /// turns out empty.
 fn random_commit(repo: &mut Repository<MemoryStore>, branch: &BranchName, rng: &mut ChaCha8Rng) {
     let current: Vec<Triple> = repo.state(branch).unwrap().triples();
-    let adds: Vec<Triple> = (0..rng.random_range(1..6))
-        .map(|_| t(rng.random_range(0..60)))
-        .collect();
+    let adds: Vec<Triple> =
+        (0..rng.random_range(1..6)).map(|_| t(rng.random_range(0..60))).collect();
     let removes: Vec<Triple> = current
         .iter()
         .filter(|_| rng.random_range(0..5) == 0)
@@ -73,24 +72,15 @@ fn commit_records_only_effective_changes_and_injected_time() {
     let mut r = repo();
     let main = b("main");
     let c1 = r.commit(&main, add([1, 2, 3]), "first").unwrap();
-    assert!(matches!(
-        r.commit(&main, add([1, 2]), "again"),
-        Err(RepoError::NothingToCommit)
-    ));
+    assert!(matches!(r.commit(&main, add([1, 2]), "again"), Err(RepoError::NothingToCommit)));
     let changes = ChangeSet::new([t(3), t(4)], [t(1), t(99)]).unwrap();
     let c2 = r.commit(&main, changes, "second").unwrap();
     let commit = r.load_commit(c2).unwrap();
     assert_eq!(commit.commit().changes().added(), &[t(4)]);
     assert_eq!(commit.commit().changes().removed(), &[t(1)]);
     assert_eq!(commit.commit().parents(), &[c1]);
-    assert_eq!(
-        commit.commit().timestamp(),
-        Timestamp::from_micros(1_700_000_000_000_000)
-    );
-    assert_eq!(
-        set_of(r.state(&main).unwrap()),
-        [t(2), t(3), t(4)].into_iter().collect()
-    );
+    assert_eq!(commit.commit().timestamp(), Timestamp::from_micros(1_700_000_000_000_000));
+    assert_eq!(set_of(r.state(&main).unwrap()), [t(2), t(3), t(4)].into_iter().collect());
     // The cached state and a fresh replay agree, root included.
     let mut replayed = r.materialize(c2).unwrap();
     assert_eq!(replayed.state_root(), commit.commit().state_root());
@@ -104,23 +94,13 @@ fn branches_diff_and_log() {
     let c2 = r.commit(&main, add([3]), "two").unwrap();
     let feature = b("team/feature");
     r.create_branch(&feature, c1).unwrap();
-    assert!(matches!(
-        r.create_branch(&feature, c1),
-        Err(RepoError::BranchExists(_))
-    ));
+    assert!(matches!(r.create_branch(&feature, c1), Err(RepoError::BranchExists(_))));
     assert!(matches!(
         r.create_branch(&b("x"), CommitId::from_bytes([9; 32])),
         Err(RepoError::CommitNotFound(_))
     ));
-    let c3 = r
-        .commit(&feature, ChangeSet::new([t(4)], [t(1)]).unwrap(), "three")
-        .unwrap();
-    let names: Vec<String> = r
-        .branches()
-        .unwrap()
-        .iter()
-        .map(|(n, _)| n.to_string())
-        .collect();
+    let c3 = r.commit(&feature, ChangeSet::new([t(4)], [t(1)]).unwrap(), "three").unwrap();
+    let names: Vec<String> = r.branches().unwrap().iter().map(|(n, _)| n.to_string()).collect();
     assert_eq!(names, ["main", "team/feature"]);
 
     let d = r.diff(c2, c3).unwrap();
@@ -141,10 +121,7 @@ fn branches_diff_and_log() {
 
     r.delete_branch(&feature).unwrap();
     assert_eq!(r.head(&feature).unwrap(), None);
-    assert!(matches!(
-        r.delete_branch(&feature),
-        Err(RepoError::BranchNotFound(_))
-    ));
+    assert!(matches!(r.delete_branch(&feature), Err(RepoError::BranchNotFound(_))));
 }
 
 #[test]
@@ -188,12 +165,7 @@ fn queries_use_every_index_and_agree_with_a_scan() {
         let want: Vec<Triple> = all
             .iter()
             .filter(|x| pattern.subject.as_ref().is_none_or(|s| x.subject() == s))
-            .filter(|x| {
-                pattern
-                    .predicate
-                    .as_ref()
-                    .is_none_or(|p| x.predicate() == p)
-            })
+            .filter(|x| pattern.predicate.as_ref().is_none_or(|p| x.predicate() == p))
             .filter(|x| pattern.object.as_ref().is_none_or(|o| x.object() == o))
             .cloned()
             .collect();
@@ -348,28 +320,16 @@ fn criss_cross_merge_uses_a_virtual_base() {
     let (x, y) = (b("x"), b("y"));
     let o = r.commit(&x, add([1, 2, 3]), "base").unwrap();
     r.create_branch(&y, o).unwrap();
-    let x1 = r
-        .commit(&x, ChangeSet::new([t(10)], [t(1)]).unwrap(), "x1")
-        .unwrap();
-    let y1 = r
-        .commit(&y, ChangeSet::new([t(20)], [t(2)]).unwrap(), "y1")
-        .unwrap();
+    let x1 = r.commit(&x, ChangeSet::new([t(10)], [t(1)]).unwrap(), "x1").unwrap();
+    let y1 = r.commit(&y, ChangeSet::new([t(20)], [t(2)]).unwrap(), "y1").unwrap();
     r.create_branch(&b("xm"), x1).unwrap();
     r.create_branch(&b("ym"), y1).unwrap();
-    let MergeOutcome::Merged(mx) = r.merge(&b("xm"), y1, "y1 into x1").unwrap() else {
-        panic!()
-    };
-    let MergeOutcome::Merged(my) = r.merge(&b("ym"), x1, "x1 into y1").unwrap() else {
-        panic!()
-    };
+    let MergeOutcome::Merged(mx) = r.merge(&b("xm"), y1, "y1 into x1").unwrap() else { panic!() };
+    let MergeOutcome::Merged(my) = r.merge(&b("ym"), x1, "x1 into y1").unwrap() else { panic!() };
     // Each side keeps working: xm drops 3 and adds 30; ym adds 40.
-    r.commit(&b("xm"), ChangeSet::new([t(30)], [t(3)]).unwrap(), "x2")
-        .unwrap();
+    r.commit(&b("xm"), ChangeSet::new([t(30)], [t(3)]).unwrap(), "x2").unwrap();
     r.commit(&b("ym"), add([40]), "y2").unwrap();
-    let (hx, hy) = (
-        r.head(&b("xm")).unwrap().unwrap(),
-        r.head(&b("ym")).unwrap().unwrap(),
-    );
+    let (hx, hy) = (r.head(&b("xm")).unwrap().unwrap(), r.head(&b("ym")).unwrap().unwrap());
     let mut bases = vec![x1, y1];
     bases.sort();
     assert_eq!(r.merge_bases(mx, my).unwrap(), bases);
@@ -430,64 +390,40 @@ fn received_commits_are_fully_verified_and_nothing_bad_is_stored() {
     let wrong_root = signed(&key_a, make(add([3]), parent_state_root, &key_a, vec![c1]));
     match bob.receive(&wrong_root.encode()) {
         Err(RepoError::InvalidCommit {
-            reason: InvalidCommit::StateRootMismatch { .. },
-            ..
+            reason: InvalidCommit::StateRootMismatch { .. }, ..
         }) => {}
         other => panic!("wrong state root accepted: {other:?}"),
     }
     // 3. Changes that do not apply to the parent (removing an absent triple).
     let bad_changes = signed(
         &key_a,
-        make(
-            ChangeSet::removing([t(77)]),
-            good_commit.state_root(),
-            &key_a,
-            vec![c1],
-        ),
+        make(ChangeSet::removing([t(77)]), good_commit.state_root(), &key_a, vec![c1]),
     );
     assert!(matches!(
         bob.receive(&bad_changes.encode()),
-        Err(RepoError::InvalidCommit {
-            reason: InvalidCommit::ChangesDoNotApply(_),
-            ..
-        })
+        Err(RepoError::InvalidCommit { reason: InvalidCommit::ChangesDoNotApply(_), .. })
     ));
     // 4. A missing parent.
-    let orphan = signed(
-        &key_a,
-        make(add([3]), good_commit.state_root(), &key_a, vec![good]),
-    );
+    let orphan = signed(&key_a, make(add([3]), good_commit.state_root(), &key_a, vec![good]));
     assert!(matches!(
         bob.receive(&orphan.encode()),
-        Err(RepoError::InvalidCommit {
-            reason: InvalidCommit::MissingParent(_),
-            ..
-        })
+        Err(RepoError::InvalidCommit { reason: InvalidCommit::MissingParent(_), .. })
     ));
     // 5. Signed by another node than its author: the envelope carries B's key and signature
     //    over A's commit.
     let stolen = key_b.sign(good_commit.clone());
     assert!(matches!(
         bob.receive(&stolen.encode()),
-        Err(RepoError::Unverifiable(
-            CommitVerifyError::SignerNotAuthor { .. }
-        ))
+        Err(RepoError::Unverifiable(CommitVerifyError::SignerNotAuthor { .. }))
     ));
     // 6. A forged signature: A's envelope with the signature bytes of another message.
     let mut forged = good_bytes.clone();
     let n = forged.len();
     let other_sig = key_a.sign_raw("llmkg/commit/v1", b"something else");
     forged[n - 64..].copy_from_slice(&other_sig);
-    assert!(matches!(
-        bob.receive(&forged),
-        Err(RepoError::Unverifiable(_))
-    ));
+    assert!(matches!(bob.receive(&forged), Err(RepoError::Unverifiable(_))));
 
-    assert_eq!(
-        bob.store().object_count(),
-        objects_before,
-        "a rejected commit was stored"
-    );
+    assert_eq!(bob.store().object_count(), objects_before, "a rejected commit was stored");
     // The genuine commit is accepted.
     assert_eq!(bob.receive(&good_bytes).unwrap(), good);
     bob.create_branch(&b("from-alice"), good).unwrap();
@@ -508,10 +444,11 @@ fn corrupt_objects_in_the_store_are_detected_on_load() {
     let c1_bytes = r.store().object(&c1.into()).unwrap().unwrap();
     store
         .write(
-            WriteBatch::new()
-                .put_object(c1, c1_bytes.clone())
-                .put_object(c2, c1_bytes)
-                .update_ref(main.clone(), None, Some(c2)),
+            WriteBatch::new().put_object(c1, c1_bytes.clone()).put_object(c2, c1_bytes).update_ref(
+                main.clone(),
+                None,
+                Some(c2),
+            ),
         )
         .unwrap();
     let mut damaged = repo_with(store, 1, "acme");

@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Barrier};
 use std::thread;
 
 use llmkg_federation_core::{
@@ -71,16 +71,14 @@ fn redb_store_keeps_objects_and_refs_across_reopen() {
                     .update_ref(branch("gone"), None, Some(cid(9))),
             )
             .unwrap();
-        store
-            .write(WriteBatch::new().update_ref(branch("gone"), Some(cid(9)), None))
-            .unwrap();
+        store.write(WriteBatch::new().update_ref(branch("gone"), Some(cid(9)), None)).unwrap();
         // A failed batch must not show up after reopening either.
         assert!(matches!(
-            store.write(
-                WriteBatch::new()
-                    .put_object(oid(4), b"never".to_vec())
-                    .update_ref(branch("main"), Some(cid(1)), Some(cid(4)))
-            ),
+            store.write(WriteBatch::new().put_object(oid(4), b"never".to_vec()).update_ref(
+                branch("main"),
+                Some(cid(1)),
+                Some(cid(4))
+            )),
             Err(StoreError::RefConflict { .. })
         ));
     } // closed here
@@ -97,14 +95,9 @@ fn redb_store_keeps_objects_and_refs_across_reopen() {
         vec![(branch("main"), cid(3)), (branch("team/feature"), cid(2))]
     );
     // And the reopened store keeps working, compare-and-swap included.
-    store
-        .write(WriteBatch::new().update_ref(branch("main"), Some(cid(3)), Some(cid(5))))
-        .unwrap();
+    store.write(WriteBatch::new().update_ref(branch("main"), Some(cid(3)), Some(cid(5)))).unwrap();
     drop(store);
-    assert_eq!(
-        open(&path).reference(&branch("main")).unwrap(),
-        Some(cid(5))
-    );
+    assert_eq!(open(&path).reference(&branch("main")).unwrap(), Some(cid(5)));
 }
 
 #[test]
@@ -118,11 +111,11 @@ fn a_second_redb_store_on_an_open_file_is_refused() {
     let path = dir.path().join("repo.redb");
     let first = open(&path);
     first
-        .write(
-            WriteBatch::new()
-                .put_object(oid(1), b"one".to_vec())
-                .update_ref(branch("main"), None, Some(cid(1))),
-        )
+        .write(WriteBatch::new().put_object(oid(1), b"one".to_vec()).update_ref(
+            branch("main"),
+            None,
+            Some(cid(1)),
+        ))
         .unwrap();
 
     let second = catch_unwind(AssertUnwindSafe(|| RedbStore::open(&path)))
@@ -130,6 +123,7 @@ fn a_second_redb_store_on_an_open_file_is_refused() {
     match &second {
         Err(StoreError::Backend(e)) => {
             let msg = e.to_string();
+            println!("second open refused: {msg}");
             assert!(
                 msg.to_lowercase().contains("already open"),
                 "unexpected backend error for a second open: {msg}"
@@ -142,17 +136,12 @@ fn a_second_redb_store_on_an_open_file_is_refused() {
 
     // The first handle is unaffected and still writes.
     assert_eq!(first.reference(&branch("main")).unwrap(), Some(cid(1)));
-    first
-        .write(WriteBatch::new().update_ref(branch("main"), Some(cid(1)), Some(cid(2))))
-        .unwrap();
+    first.write(WriteBatch::new().update_ref(branch("main"), Some(cid(1)), Some(cid(2)))).unwrap();
     drop(first);
 
     let reopened = open(&path);
     assert_eq!(reopened.reference(&branch("main")).unwrap(), Some(cid(2)));
-    assert_eq!(
-        reopened.object(&oid(1)).unwrap().as_deref(),
-        Some(&b"one"[..])
-    );
+    assert_eq!(reopened.object(&oid(1)).unwrap().as_deref(), Some(&b"one"[..]));
 }
 
 const THREADS: u64 = 4;
@@ -167,10 +156,7 @@ fn counter_id(n: u64) -> CommitId {
 
 fn counter_of(id: CommitId) -> u64 {
     let bytes = id.as_bytes();
-    assert!(
-        bytes[8..].iter().all(|b| *b == 0xC0),
-        "ref holds a value no writer wrote: {id}"
-    );
+    assert!(bytes[8..].iter().all(|b| *b == 0xC0), "ref holds a value no writer wrote: {id}");
     u64::from_le_bytes(bytes[..8].try_into().unwrap())
 }
 
@@ -178,11 +164,14 @@ fn counter_of(id: CommitId) -> u64 {
 /// ref, retrying on conflicts. Returns the number of conflicts seen.
 fn contended_increments<S: Store + 'static>(store: Arc<S>) -> u64 {
     let name = branch("counter");
+    let start = Arc::new(Barrier::new(THREADS as usize));
     let workers: Vec<_> = (0..THREADS)
         .map(|_| {
             let store = Arc::clone(&store);
             let name = name.clone();
+            let start = Arc::clone(&start);
             thread::spawn(move || {
+                start.wait();
                 let mut written = Vec::new();
                 let mut conflicts = 0u64;
                 while (written.len() as u64) < INCREMENTS {
@@ -210,10 +199,7 @@ fn contended_increments<S: Store + 'static>(store: Arc<S>) -> u64 {
         let (written, c) = w.join().unwrap();
         conflicts += c;
         for n in written {
-            assert!(
-                all.insert(n),
-                "value {n} was written by two successful swaps"
-            );
+            assert!(all.insert(n), "value {n} was written by two successful swaps");
         }
     }
     let total = THREADS * INCREMENTS;
@@ -233,10 +219,7 @@ fn redb_store_compare_and_swap_under_contention() {
     let dir = TempDir::new().unwrap();
     let path = dir.path().join("counter.redb");
     let conflicts = contended_increments(Arc::new(open(&path)));
-    println!(
-        "redb: {} increments, {conflicts} conflicts",
-        THREADS * INCREMENTS
-    );
+    println!("redb: {} increments, {conflicts} conflicts", THREADS * INCREMENTS);
     // Durable too: the final value survives a reopen.
     assert_eq!(
         open(&path).reference(&branch("counter")).unwrap(),
@@ -247,8 +230,5 @@ fn redb_store_compare_and_swap_under_contention() {
 #[test]
 fn memory_store_compare_and_swap_under_contention() {
     let conflicts = contended_increments(Arc::new(MemoryStore::new()));
-    println!(
-        "memory: {} increments, {conflicts} conflicts",
-        THREADS * INCREMENTS
-    );
+    println!("memory: {} increments, {conflicts} conflicts", THREADS * INCREMENTS);
 }

@@ -45,22 +45,11 @@ impl Store for MemoryStore {
     }
 
     fn contains_object(&self, id: &ObjectId) -> Result<bool, StoreError> {
-        Ok(self
-            .inner
-            .read()
-            .map_err(|_| poisoned())?
-            .objects
-            .contains_key(id))
+        Ok(self.inner.read().map_err(|_| poisoned())?.objects.contains_key(id))
     }
 
     fn reference(&self, name: &BranchName) -> Result<Option<CommitId>, StoreError> {
-        Ok(self
-            .inner
-            .read()
-            .map_err(|_| poisoned())?
-            .refs
-            .get(name)
-            .copied())
+        Ok(self.inner.read().map_err(|_| poisoned())?.refs.get(name).copied())
     }
 
     fn references(&self) -> Result<Vec<(BranchName, CommitId)>, StoreError> {

@@ -62,9 +62,7 @@ impl BranchName {
         let chars_ok = name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'/' | b'-'));
-        let segments_ok = name
-            .split('/')
-            .all(|s| !s.is_empty() && s != "." && s != "..");
+        let segments_ok = name.split('/').all(|s| !s.is_empty() && s != "." && s != "..");
         if (1..=255).contains(&name.len()) && chars_ok && segments_ok {
             Ok(Self(name.into_boxed_str()))
         } else {
@@ -100,7 +98,7 @@ impl From<BranchName> for String {
 
 impl fmt::Display for BranchName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.pad(&self.0)
     }
 }
 
@@ -149,11 +147,7 @@ impl WriteBatch {
         expected: Option<CommitId>,
         new: Option<CommitId>,
     ) -> Self {
-        self.refs.push(RefUpdate {
-            name,
-            expected,
-            new,
-        });
+        self.refs.push(RefUpdate { name, expected, new });
         self
     }
 }
@@ -195,8 +189,9 @@ impl StoreError {
 ///   none of it. If any ref's current value differs from its `expected`, it fails with
 ///   [`StoreError::RefConflict`] and writes nothing.
 /// - **Durability.** A durable store has made the whole batch durable when `write` returns
-///   `Ok`; after a crash, every batch whose `write` returned is present and no part of any
-///   other batch is. (A [`MemoryStore`] is not durable at all.)
+///   `Ok`. After a crash, every batch whose `write` returned is present, and a batch that was
+///   in flight is either wholly present or wholly absent — never in part. (A
+///   [`MemoryStore`] is not durable at all.)
 /// - **Immutable objects.** Writing an id that is already present keeps the existing bytes
 ///   and is not an error. The store does not interpret object bytes; callers verify them.
 /// - **Read-your-writes.** Reads reflect every write that returned before them.

@@ -48,10 +48,7 @@ impl Store for RedbStore {
     fn object(&self, id: &ObjectId) -> Result<Option<Vec<u8>>, StoreError> {
         let tx = self.db.begin_read().map_err(backend)?;
         let table = tx.open_table(OBJECTS).map_err(backend)?;
-        Ok(table
-            .get(id.as_bytes())
-            .map_err(backend)?
-            .map(|v| v.value().to_vec()))
+        Ok(table.get(id.as_bytes()).map_err(backend)?.map(|v| v.value().to_vec()))
     }
 
     fn contains_object(&self, id: &ObjectId) -> Result<bool, StoreError> {
@@ -99,8 +96,7 @@ impl Store for RedbStore {
                 }
                 match u.new {
                     Some(id) => {
-                        refs.insert(u.name.as_str(), id.as_bytes())
-                            .map_err(backend)?;
+                        refs.insert(u.name.as_str(), id.as_bytes()).map_err(backend)?;
                     }
                     None => {
                         refs.remove(u.name.as_str()).map_err(backend)?;
@@ -110,9 +106,7 @@ impl Store for RedbStore {
             let mut objects = tx.open_table(OBJECTS).map_err(backend)?;
             for (id, bytes) in &batch.objects {
                 if objects.get(id.as_bytes()).map_err(backend)?.is_none() {
-                    objects
-                        .insert(id.as_bytes(), bytes.as_slice())
-                        .map_err(backend)?;
+                    objects.insert(id.as_bytes(), bytes.as_slice()).map_err(backend)?;
                 }
             }
         }
