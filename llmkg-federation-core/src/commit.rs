@@ -234,8 +234,10 @@ impl SignedCommit {
         let (commit, rest) = encoding::decode_prefix::<Commit>(bytes)?;
         let value_len = bytes.len() - rest.len();
         let tail: EnvelopeTail = encoding::decode(rest)?;
-        // Decoding rejects non-canonical input, so these bytes are the canonical encoding.
-        let id = CommitId::from_encoding(bytes.get(..value_len).unwrap_or_default());
+        let value_bytes = bytes.get(..value_len).unwrap_or_default();
+        // The id is the hash of the canonical encoding: refuse any other spelling of it.
+        encoding::ensure_canonical(&commit, value_bytes)?;
+        let id = CommitId::from_encoding(value_bytes);
         if let Some(expected) = expected
             && expected != id
         {

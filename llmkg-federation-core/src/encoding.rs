@@ -38,6 +38,14 @@ pub enum DecodeError {
         /// The decoder's explanation.
         reason: String,
     },
+    /// The bytes decode to a value whose canonical encoding differs from them (for example a
+    /// length written as a non-minimal varint). Accepting them would give one value two
+    /// content ids.
+    #[error("non-canonical encoding of {what}")]
+    NonCanonical {
+        /// The type being decoded.
+        what: &'static str,
+    },
     /// A value decoded but bytes were left over.
     #[error("malformed {what}: {extra} trailing bytes")]
     TrailingBytes {
@@ -72,13 +80,14 @@ fn unreachable_encode(e: postcard::Error) -> ! {
     panic!("canonical encoding failed for a value of this crate: {e}")
 }
 
-/// Decodes a whole value of type `T` from `bytes`, rejecting trailing bytes.
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+/// Decodes a whole value of type `T` from `bytes`, rejecting trailing bytes and any
+/// encoding other than the canonical one.
+pub fn decode<T: Serialize + DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     decode_with_limit(bytes, MAX_ENCODED_LEN)
 }
 
 /// Like [`decode`] with a caller-chosen size limit.
-pub fn decode_with_limit<T: DeserializeOwned>(
+pub fn decode_with_limit<T: Serialize + DeserializeOwned>(
     bytes: &[u8],
     limit: usize,
 ) -> Result<T, DecodeError> {
@@ -87,9 +96,23 @@ pub fn decode_with_limit<T: DeserializeOwned>(
         return Err(DecodeError::TooLarge { len: bytes.len(), limit });
     }
     match postcard::take_from_bytes::<T>(bytes) {
-        Ok((value, [])) => Ok(value),
+        Ok((value, [])) => {
+            ensure_canonical(&value, bytes)?;
+            Ok(value)
+        }
         Ok((_, rest)) => Err(DecodeError::TrailingBytes { what, extra: rest.len() }),
         Err(e) => Err(DecodeError::Malformed { what, reason: e.to_string() }),
+    }
+}
+
+/// Checks that `bytes` is exactly the canonical encoding of `value`. Postcard accepts
+/// non-minimal varints, and every other deviation is already rejected by the decoders of
+/// this crate; comparing with a re-encoding catches all of them at once.
+pub(crate) fn ensure_canonical<T: Serialize>(value: &T, bytes: &[u8]) -> Result<(), DecodeError> {
+    if encode(value) == bytes {
+        Ok(())
+    } else {
+        Err(DecodeError::NonCanonical { what: short_type_name::<T>() })
     }
 }
 
@@ -119,9 +142,12 @@ pub(crate) fn hash_bytes(domain: &[u8], bytes: &[u8]) -> [u8; 32] {
 
 /// [`hash_bytes`] of the canonical encoding of `value`.
 pub(crate) fn hash_of<T: Serialize + ?Sized>(domain: &[u8], value: &T) -> [u8; 32] {
-    let mut buf = Vec::with_capacity(256);
-    encode_into(value, &mut buf);
-    hash_bytes(domain, &buf)
+    // Small values (a triple, typically) are encoded on the stack.
+    let mut stack = [0u8; 384];
+    match postcard::to_slice(value, &mut stack) {
+        Ok(bytes) => hash_bytes(domain, bytes),
+        Err(_) => hash_bytes(domain, &encode(value)),
+    }
 }
 
 /// Writes bytes as lower-case hex.

@@ -194,11 +194,15 @@ impl GraphState {
         self.key_of(triple).is_some_and(|k| self.spo.contains(&k))
     }
 
-    fn insert_key(&mut self, k: Key, id: TripleId) {
-        self.spo.insert(k);
+    /// Inserts a triple known by its key; returns false if it was present.
+    fn insert_key(&mut self, k: Key, id: TripleId) -> bool {
+        if !self.spo.insert(k) {
+            return false;
+        }
         self.pos.insert([k[1], k[2], k[0]]);
         self.osp.insert([k[2], k[0], k[1]]);
         self.merkle.insert(id, k);
+        true
     }
 
     fn remove_key(&mut self, k: Key, id: &TripleId) {
@@ -215,10 +219,12 @@ impl GraphState {
             self.intern(triple.predicate())?,
             self.intern(triple.object())?,
         ];
-        if self.spo.contains(&k) {
+        if !self.spo.insert(k) {
             return Ok(false);
         }
-        self.insert_key(k, triple.id());
+        self.pos.insert([k[1], k[2], k[0]]);
+        self.osp.insert([k[2], k[0], k[1]]);
+        self.merkle.insert(triple.id(), k);
         Ok(true)
     }
 

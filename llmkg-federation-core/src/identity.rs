@@ -184,7 +184,7 @@ struct EnvelopeRef<'a, T> {
     signature: &'a [u8; 64],
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 struct Envelope<T> {
     value: T,
     signer: NodeId,
@@ -254,7 +254,7 @@ impl<T: Signable> Signed<T> {
     /// decoders reject non-canonical input, that is the same as the bytes received.
     pub fn decode(bytes: &[u8]) -> Result<Self, SignatureError> {
         let env: Envelope<T> = encoding::decode(bytes)?;
-        env.signer.verify(T::CONTEXT, &encoding::encode(&env.value), &env.signature)?;
+        env.signer.verify(T::CONTEXT, &env.value.signed_message(), &env.signature)?;
         Ok(Self { value: env.value, signer: env.signer, signature: env.signature })
     }
 }

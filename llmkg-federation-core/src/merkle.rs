@@ -38,7 +38,7 @@ use crate::encoding::{TripleId, content_id};
 pub type DiffSide<V> = Vec<(TripleId, V)>;
 
 /// The most ids a leaf holds before it splits into a branch.
-pub const LEAF_CAPACITY: usize = 16;
+pub const LEAF_CAPACITY: usize = 32;
 
 content_id!(
     /// The root hash of the Merkle state tree: identifies a set of triples.

@@ -83,6 +83,11 @@ fn envelope<T: Serialize>(value: &T, signer: [u8; 32], signature: &[u8]) -> Vec<
     encoding::encode(&Envelope { value, signer, signature: signature.to_vec() })
 }
 
+fn is_bad_commit_signature(r: &Result<SignedCommit, CommitVerifyError>, by: NodeId) -> bool {
+    matches!(r, Err(CommitVerifyError::Signature(SignatureError::BadSignature { signer, kind }))
+        if *signer == by && *kind == COMMIT_CONTEXT)
+}
+
 fn is_bad_signature<T: std::fmt::Debug>(r: &Result<T, SignatureError>, by: NodeId) -> bool {
     matches!(r, Err(SignatureError::BadSignature { signer, kind }) if *signer == by && *kind == COMMIT_CONTEXT)
 }
@@ -100,8 +105,23 @@ fn hand_built_envelope_matches_sign() {
     assert_eq!(bytes, signed.encode());
     let sc = SignedCommit::sign(&a, commit).unwrap();
     assert_eq!(bytes, sc.encode());
-    assert_eq!(Signed::<Commit>::decode(&bytes), Ok(signed));
     assert_eq!(SignedCommit::decode(&bytes, None), Ok(sc));
+}
+
+/// `Signed::<Commit>::decode` must accept what `NodeKeypair::sign` and `SignedCommit::sign`
+/// produce (same envelope format).
+#[test]
+fn signed_commit_envelope_verifies_through_signed_decode() {
+    let (a, b) = (keypair(1), keypair(2));
+    let commit = small_commit(a.node_id());
+    let signed = a.sign(commit.clone());
+    assert_eq!(Signed::<Commit>::decode(&signed.encode()), Ok(signed.clone()));
+    let sc = SignedCommit::sign(&a, commit.clone()).unwrap();
+    assert_eq!(Signed::<Commit>::decode(&sc.encode()), Ok(signed));
+    // B's signature over A's commit is a valid envelope (though not a valid commit).
+    let sig_b = b.sign_raw(COMMIT_CONTEXT, &commit.signed_message());
+    let env = Signed::<Commit>::decode(&envelope(&commit, *b.node_id().as_bytes(), &sig_b));
+    assert_eq!(env.map(|e| e.signer()), Ok(b.node_id()));
 }
 
 proptest! {
@@ -113,9 +133,7 @@ proptest! {
         let signed = kp.sign(commit.clone());
         prop_assert_eq!(signed.signer(), kp.node_id());
         prop_assert_eq!(signed.value(), &commit);
-        let decoded = Signed::<Commit>::decode(&signed.encode());
-        prop_assert_eq!(decoded, Ok(signed.clone()));
-        // The signature is over the context and the value's encoding.
+        // The signature is over the context and the value's signed message.
         prop_assert_eq!(
             kp.node_id().verify(COMMIT_CONTEXT, &commit.signed_message(), signed.signature()),
             Ok(())
@@ -167,9 +185,10 @@ proptest! {
 #[test]
 fn flipping_any_byte_of_the_envelope_is_rejected() {
     let a = keypair(1);
-    let signed = a.sign(small_commit(a.node_id()));
-    let bytes = signed.encode();
-    assert_eq!(Signed::<Commit>::decode(&bytes), Ok(signed.clone()));
+    let sc = SignedCommit::sign(&a, small_commit(a.node_id())).unwrap();
+    let bytes = sc.encode();
+    assert_eq!(bytes, a.sign(sc.commit().clone()).encode());
+    assert_eq!(SignedCommit::decode(&bytes, None), Ok(sc.clone()));
     for pos in 0..bytes.len() {
         for mask in [0x01u8, 0x80, 0xff] {
             let mut bad = bytes.clone();
@@ -180,7 +199,9 @@ fn flipping_any_byte_of_the_envelope_is_rejected() {
                 "flipping byte {pos} of {} with {mask:#04x} still verified",
                 bytes.len()
             );
-            assert!(SignedCommit::decode(&bad, None).is_err());
+            let r = SignedCommit::decode(&bad, None);
+            assert!(r.is_err(), "flipping byte {pos} with {mask:#04x} still verified: {r:?}");
+            assert!(SignedCommit::decode(&bad, Some(sc.id())).is_err());
         }
     }
 }
@@ -194,10 +215,8 @@ fn signature_by_another_key_is_rejected() {
     let bytes = envelope(&commit, *a.node_id().as_bytes(), &sig_b);
     let r = Signed::<Commit>::decode(&bytes);
     assert!(is_bad_signature(&r, a.node_id()), "{r:?}");
-    assert!(matches!(
-        SignedCommit::decode(&bytes, None),
-        Err(CommitVerifyError::Signature(SignatureError::BadSignature { .. }))
-    ));
+    let r = SignedCommit::decode(&bytes, None);
+    assert!(is_bad_commit_signature(&r, a.node_id()), "{r:?}");
     // A's genuine signature transplanted onto another commit.
     let sig_a = a.sign_raw(COMMIT_CONTEXT, &commit.signed_message());
     let mut other = small_commit(a.node_id());
@@ -213,6 +232,11 @@ fn signature_by_another_key_is_rejected() {
     .unwrap();
     let bytes = envelope(&other, *a.node_id().as_bytes(), &sig_a);
     assert!(is_bad_signature(&Signed::<Commit>::decode(&bytes), a.node_id()));
+    let r = SignedCommit::decode(&bytes, None);
+    assert!(is_bad_commit_signature(&r, a.node_id()), "{r:?}");
+    // The genuine envelope is accepted (the rejections above are about the signature).
+    let bytes = envelope(&commit, *a.node_id().as_bytes(), &sig_a);
+    assert!(SignedCommit::decode(&bytes, None).is_ok());
 }
 
 #[test]
@@ -225,7 +249,8 @@ fn signature_under_another_context_is_rejected() {
         let bytes = envelope(&commit, *a.node_id().as_bytes(), &sig);
         let r = Signed::<Commit>::decode(&bytes);
         assert!(is_bad_signature(&r, a.node_id()), "context {context:?}: {r:?}");
-        assert!(SignedCommit::decode(&bytes, None).is_err());
+        let r = SignedCommit::decode(&bytes, None);
+        assert!(is_bad_commit_signature(&r, a.node_id()), "context {context:?}: {r:?}");
     }
 }
 
@@ -333,9 +358,8 @@ fn signer_who_is_not_the_author_is_rejected() {
     // B validly signs a commit that names A as its author.
     let sig_b = b.sign_raw(COMMIT_CONTEXT, &commit.signed_message());
     let bytes = envelope(&commit, *b.node_id().as_bytes(), &sig_b);
-    // As a bare envelope the signature is fine ...
-    let env = Signed::<Commit>::decode(&bytes).unwrap();
-    assert_eq!(env.signer(), b.node_id());
+    // The signature itself is fine ...
+    assert_eq!(b.node_id().verify(COMMIT_CONTEXT, &commit.signed_message(), &sig_b), Ok(()));
     // ... but it is not a valid commit.
     let expected =
         Err(CommitVerifyError::SignerNotAuthor { author: a.node_id(), signer: b.node_id() });
