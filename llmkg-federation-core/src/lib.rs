@@ -37,7 +37,7 @@
 //!
 //! Durable storage is [`RedbStore`] (one file, every commit durable when the call returns);
 //! hosts can bring their own by implementing [`Store`] and running the conformance suite in
-//! [`testing`] (feature `testing`).
+//! the `testing` module (feature `testing`).
 //!
 //! ## What this crate does not do
 //!

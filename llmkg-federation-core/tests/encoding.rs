@@ -256,6 +256,7 @@ where
     T: Serialize + DeserializeOwned + PartialEq + Debug,
 {
     if let Ok(v) = encoding::decode::<T>(bytes) {
+        prop_assert_eq!(&encoding::encode(&v), bytes, "accepted a non-canonical encoding");
         round_trip(&v)?;
     }
     Ok(())
@@ -341,11 +342,15 @@ proptest! {
         let back = SignedCommit::decode(&bytes, Some(sc.id())).map_err(fail)?;
         prop_assert_eq!(&back, &sc);
         prop_assert_eq!(back.id(), sc.commit().id());
-        prop_assert_eq!(back.encode(), bytes);
+        prop_assert_eq!(&back.encode(), &bytes);
         prop_assert_eq!(back.signature(), sc.signature());
         prop_assert_eq!(back.commit().author(), sc.commit().author());
-        // (`Signed::<Commit>::decode` of the same bytes: see
-        // signatures.rs `signed_commit_envelope_verifies_through_signed_decode`.)
+        // The generic envelope decoder agrees.
+        let env = Signed::<Commit>::decode(&bytes).map_err(fail)?;
+        prop_assert_eq!(env.value(), sc.commit());
+        prop_assert_eq!(env.signer(), sc.commit().author());
+        prop_assert_eq!(env.signature(), sc.signature());
+        prop_assert_eq!(env.encode(), bytes);
     }
 
     #[test]
@@ -400,6 +405,7 @@ proptest! {
         decode_any::<NodeId>(&bytes)?;
         decode_any::<Commit>(&bytes)?;
         if let Ok(sc) = SignedCommit::decode(&bytes, None) {
+            prop_assert_eq!(&sc.encode(), &bytes);
             prop_assert_eq!(SignedCommit::decode(&sc.encode(), Some(sc.id())).map_err(fail)?, sc);
         }
         if let Ok(s) = Signed::<Commit>::decode(&bytes) {
@@ -762,14 +768,14 @@ fn non_minimal_varints_are_rejected() {
     // A timestamp of 0 is the single byte 0x00.
     assert_eq!(encoding::encode(&Timestamp::from_micros(0)), [0x00]);
     let r = encoding::decode::<Timestamp>(&[0x80, 0x00]);
-    assert!(r.is_err(), "over-long varint accepted: {r:?}");
+    assert!(matches!(r, Err(DecodeError::NonCanonical { .. })), "over-long varint: {r:?}");
 
     // An enum variant index.
     let term = Term::iri("urn:x:y").unwrap();
     let bytes = encoding::encode(&term);
     let long = [&[0x80, 0x00][..], &bytes[1..]].concat();
     let r = encoding::decode::<Term>(&long);
-    assert!(r.is_err(), "over-long variant index accepted: {r:?}");
+    assert!(matches!(r, Err(DecodeError::NonCanonical { .. })), "over-long variant: {r:?}");
 
     // A commit's parent count.
     let kp = NodeKeypair::from_secret_bytes([7; 32]);
@@ -778,7 +784,76 @@ fn non_minimal_varints_are_rejected() {
     assert_eq!(bytes[0], 0x00);
     let long = [&[0x80, 0x00][..], &bytes[1..]].concat();
     let r = encoding::decode::<Commit>(&long);
-    assert!(r.is_err(), "over-long parent count accepted: {r:?}");
+    assert!(matches!(r, Err(DecodeError::NonCanonical { .. })), "over-long count: {r:?}");
+}
+
+/// Re-spells the first varint of `bytes` (which must be a one-byte varint) with a redundant
+/// continuation byte: `[b]` becomes `[b | 0x80, 0x00]`, the same number.
+fn overlong_first_varint(bytes: &[u8]) -> Vec<u8> {
+    assert!(bytes[0] < 0x80);
+    [&[bytes[0] | 0x80, 0x00][..], &bytes[1..]].concat()
+}
+
+fn overlong_is_rejected<T>(v: &T) -> Result<(), TestCaseError>
+where
+    T: Serialize + DeserializeOwned + PartialEq + Debug,
+{
+    let bytes = encoding::encode(v);
+    // Every type here starts with a varint (a length, a variant index or a zigzag integer);
+    // values whose first varint takes several bytes are left out.
+    if bytes[0] < 0x80 {
+        let r = encoding::decode::<T>(&overlong_first_varint(&bytes));
+        prop_assert!(matches!(r, Err(DecodeError::NonCanonical { .. })), "{:?}", r);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn overlong_varints_are_rejected_everywhere(
+        iri in iri(),
+        lit in literal(),
+        term in term(),
+        triple in triple(),
+        changes in change_set(),
+        org in org_id(),
+        branch in branch_name(),
+        ts in timestamp(),
+    ) {
+        overlong_is_rejected(&iri)?;
+        overlong_is_rejected(&lit)?;
+        overlong_is_rejected(&term)?;
+        overlong_is_rejected(&triple)?;
+        overlong_is_rejected(&changes)?;
+        overlong_is_rejected(&org)?;
+        overlong_is_rejected(&branch)?;
+        overlong_is_rejected(&ts)?;
+    }
+
+    #[test]
+    fn overlong_varints_in_signed_commits_are_rejected(sc in signed_commit(), at in any::<Index>()) {
+        let bytes = sc.encode();
+        // Parent count at the front; also re-spell the signature's length prefix (64), the
+        // byte before the last 64.
+        let long = overlong_first_varint(&bytes);
+        prop_assert!(SignedCommit::decode(&long, None).is_err());
+        prop_assert!(SignedCommit::decode(&long, Some(sc.id())).is_err());
+        prop_assert!(Signed::<Commit>::decode(&long).is_err());
+        let n = bytes.len();
+        prop_assert_eq!(bytes[n - 65], 64);
+        let long = [&bytes[..n - 65], &[0xc0, 0x00][..], &bytes[n - 64..]].concat();
+        prop_assert!(SignedCommit::decode(&long, Some(sc.id())).is_err());
+        prop_assert!(Signed::<Commit>::decode(&long).is_err());
+        // Any single inserted 0x00 or 0x80 byte is rejected.
+        for extra in [0x00u8, 0x80] {
+            let mut ins = bytes.clone();
+            ins.insert(at.index(n + 1), extra);
+            prop_assert!(SignedCommit::decode(&ins, None).is_err());
+            prop_assert!(Signed::<Commit>::decode(&ins).is_err());
+        }
+    }
 }
 
 /// Without that check the author of a commit could sign a second, non-canonical
@@ -802,15 +877,23 @@ fn a_commit_has_one_id() {
     h.update(&long);
     let long_id = *h.finalize().as_bytes();
     // Envelope: value, signer (32 bytes), signature as a byte string (length 64, then bytes).
-    let mut envelope = long.clone();
-    envelope.extend_from_slice(kp.node_id().as_bytes());
-    envelope.push(64);
-    envelope.extend_from_slice(&kp.sign_raw("llmkg/commit/v1", &long_id));
-    let r = SignedCommit::decode(&envelope, None);
-    if let Ok(sc) = &r {
-        assert_eq!(sc.commit(), &commit);
-        assert_eq!(sc.id(), commit.id(), "the same commit was accepted under a second id");
-    }
+    let envelope = |value: &[u8], signed: &[u8; 32]| {
+        let mut e = value.to_vec();
+        e.extend_from_slice(kp.node_id().as_bytes());
+        e.push(64);
+        e.extend_from_slice(&kp.sign_raw("llmkg/commit/v1", signed));
+        e
+    };
+    // The recipe is right: the canonical envelope built this way is accepted ...
+    let sc = SignedCommit::decode(&envelope(&canonical, commit.id().as_bytes()), None).unwrap();
+    assert_eq!(sc.id(), commit.id());
+    // ... and the author's signature over the second spelling is not.
+    let r = SignedCommit::decode(&envelope(&long, &long_id), None);
+    assert!(
+        r.is_err(),
+        "the same commit was accepted under a second id: {:?}",
+        r.map(|sc| sc.id())
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -106,6 +106,7 @@ fn hand_built_envelope_matches_sign() {
     let sc = SignedCommit::sign(&a, commit).unwrap();
     assert_eq!(bytes, sc.encode());
     assert_eq!(SignedCommit::decode(&bytes, None), Ok(sc));
+    assert_eq!(Signed::<Commit>::decode(&bytes), Ok(signed));
 }
 
 /// `Signed::<Commit>::decode` must accept what `NodeKeypair::sign` and `SignedCommit::sign`
@@ -133,6 +134,7 @@ proptest! {
         let signed = kp.sign(commit.clone());
         prop_assert_eq!(signed.signer(), kp.node_id());
         prop_assert_eq!(signed.value(), &commit);
+        prop_assert_eq!(Signed::<Commit>::decode(&signed.encode()), Ok(signed.clone()));
         // The signature is over the context and the value's signed message.
         prop_assert_eq!(
             kp.node_id().verify(COMMIT_CONTEXT, &commit.signed_message(), signed.signature()),
@@ -189,6 +191,7 @@ fn flipping_any_byte_of_the_envelope_is_rejected() {
     let bytes = sc.encode();
     assert_eq!(bytes, a.sign(sc.commit().clone()).encode());
     assert_eq!(SignedCommit::decode(&bytes, None), Ok(sc.clone()));
+    assert!(Signed::<Commit>::decode(&bytes).is_ok());
     for pos in 0..bytes.len() {
         for mask in [0x01u8, 0x80, 0xff] {
             let mut bad = bytes.clone();
@@ -358,8 +361,9 @@ fn signer_who_is_not_the_author_is_rejected() {
     // B validly signs a commit that names A as its author.
     let sig_b = b.sign_raw(COMMIT_CONTEXT, &commit.signed_message());
     let bytes = envelope(&commit, *b.node_id().as_bytes(), &sig_b);
-    // The signature itself is fine ...
+    // The signature itself is fine, and the bare envelope verifies ...
     assert_eq!(b.node_id().verify(COMMIT_CONTEXT, &commit.signed_message(), &sig_b), Ok(()));
+    assert_eq!(Signed::<Commit>::decode(&bytes).map(|e| e.signer()), Ok(b.node_id()));
     // ... but it is not a valid commit.
     let expected =
         Err(CommitVerifyError::SignerNotAuthor { author: a.node_id(), signer: b.node_id() });

@@ -3,7 +3,7 @@
 //! A repository keeps two kinds of data: **objects**, immutable byte strings addressed by a
 //! 32-byte content id (today: encoded signed commits), and **refs**, mutable names (branches)
 //! pointing at a commit. Hosts may bring their own store by implementing [`Store`]; the
-//! [`testing`](crate::testing) module (feature `testing`) has the conformance suite that both
+//! `testing` module (feature `testing`) has the conformance suite that both
 //! built-in stores pass.
 //!
 //! | store | durability | use |
