@@ -287,14 +287,6 @@ impl GraphState {
         }
     }
 
-    /// The part of `changes` that would change this state: additions not yet present and
-    /// removals that are present.
-    pub fn effective(&self, changes: &ChangeSet) -> ChangeSet {
-        let add = changes.added().iter().filter(|t| !self.contains(t)).cloned().collect();
-        let remove = changes.removed().iter().filter(|t| self.contains(t)).cloned().collect();
-        ChangeSet::from_sorted(add, remove)
-    }
-
     /// The Merkle root of the current set of triples.
     pub fn state_root(&mut self) -> StateRoot {
         self.merkle.root()

@@ -276,7 +276,7 @@ impl<S: Store> Repository<S> {
         let mut expected_parent: Option<CommitId> = None;
         for &cid in chain.iter().rev() {
             let commit = self.load_commit(cid).map_err(|e| match e {
-                RepoError::CommitNotFound(missing) if Some(missing) != Some(id) => {
+                RepoError::CommitNotFound(missing) if missing != id => {
                     RepoError::InvalidCommit { id, reason: InvalidCommit::MissingParent(missing) }
                 }
                 e => e,

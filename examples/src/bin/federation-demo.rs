@@ -95,7 +95,7 @@ fn main() -> Result<(), Box<dyn Error>> {
 
     let p53 = format!("{EX}protein/p53");
     let old_label = t(&p53, LABEL, Literal::language("tumor protein p53", "en")?.into());
-    let a1 = acme.commit(
+    acme.commit(
         &acme_branch,
         ChangeSet::new(
             [t(&p53, LABEL, Literal::language("cellular tumor antigen p53", "en")?.into())],
@@ -108,7 +108,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         ChangeSet::adding(Generator::new(11, "https://kg.example.org/acme/").take(1_000)),
         "curate: add assay results",
     )?;
-    let g1 = globex.commit(
+    globex.commit(
         &globex_branch,
         ChangeSet::adding([
             t(&p53, SEE_ALSO, Term::iri("https://www.uniprot.org/uniprotkb/P04637")?),
@@ -137,7 +137,6 @@ fn main() -> Result<(), Box<dyn Error>> {
             );
         }
     }
-    let _ = (a1, g1);
 
     // 3. Globex sends its branch to Acme; Acme looks at the difference.
     let sent = replicate(&mut globex, &mut acme, g2)?;
