@@ -50,12 +50,14 @@ pub mod encoding;
 mod graph;
 mod identity;
 pub mod merkle;
+pub mod protocol;
 mod repo;
 mod store;
 mod term;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod time;
+pub mod transport;
 
 pub use commit::{
     Commit, CommitId, CommitShapeError, CommitVerifyError, MAX_MESSAGE_LEN, MAX_PARENTS,
@@ -74,4 +76,6 @@ pub use term::{
     BlankNode, ChangeSet, Iri, LanguageTag, Literal, LiteralKind, MAX_TERM_LEN, RDF_LANG_STRING,
     Term, TermError, Triple, XSD_STRING,
 };
+pub use protocol::{Protocol, Time, Transmit};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};
+pub use transport::{BoxFuture, Incoming, RequestId, Timer, Transport, TransportError};

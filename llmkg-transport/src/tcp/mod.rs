@@ -1,0 +1,1 @@
+//! The TCP + Noise transport (in progress).
