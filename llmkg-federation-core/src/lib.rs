@@ -67,6 +67,7 @@ pub use encoding::{DecodeError, TripleId};
 pub use graph::{ApplyError, GraphState, Matches, Pattern, TripleRef};
 pub use identity::{InvalidOrgId, NodeId, NodeKeypair, OrgId, Signable, SignatureError, Signed};
 pub use merkle::{MerkleTree, StateRoot};
+pub use protocol::{Protocol, Time, Transmit};
 pub use repo::{InvalidCommit, MergeOutcome, RepoError, Repository, three_way};
 pub use store::{
     BranchName, InvalidBranchName, MemoryStore, ObjectId, RedbStore, RefUpdate, Store, StoreError,
@@ -76,6 +77,5 @@ pub use term::{
     BlankNode, ChangeSet, Iri, LanguageTag, Literal, LiteralKind, MAX_TERM_LEN, RDF_LANG_STRING,
     Term, TermError, Triple, XSD_STRING,
 };
-pub use protocol::{Protocol, Time, Transmit};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};
 pub use transport::{BoxFuture, Incoming, RequestId, Timer, Transport, TransportError};

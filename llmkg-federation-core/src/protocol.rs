@@ -51,7 +51,16 @@ use crate::NodeId;
 /// (the simulator starts at zero, a driver at the moment it started), only differences mean
 /// anything. Arithmetic saturates instead of overflowing.
 #[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
     serde::Deserialize,
 )]
 pub struct Time(u64);

@@ -103,9 +103,11 @@ pub enum TransportError {
 ///
 /// - **Authentication.** `from` on everything [`recv`](Transport::recv) returns is the
 ///   verified identity of the sender, never a claim taken from the payload.
-/// - **Ordering.** Messages, requests and responses from one node to another are received in
-///   the order they were handed to the transport, for as long as the link between the two
-///   stays up. There is no ordering between different peers.
+/// - **Ordering.** Messages and requests from one node to another are received in the order
+///   they were handed to the transport, for as long as the link between the two stays up.
+///   There is no ordering between different peers. A response completes its
+///   [`request`](Transport::request) as soon as it arrives, whether or not anyone is calling
+///   [`recv`](Transport::recv); it is not ordered with the messages around it.
 /// - **At most once.** A completed [`send`](Transport::send) means the message was accepted
 ///   for delivery, not that it arrived. A disconnect may lose messages that were accepted but
 ///   not yet received; the transport never delivers a message twice and never delivers a

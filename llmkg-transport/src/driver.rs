@@ -1,0 +1,336 @@
+//! The generic async driver: runs any sans-io [`Protocol`] core over any [`Transport`] and
+//! [`Timer`].
+//!
+//! The driver is where the core meets real time and a real network, and the only place with
+//! locks: the core sits behind a mutex that the driver and the host's [`DriverHandle`] share.
+//! It spawns nothing and needs no particular runtime — [`Driver::run`] is one future; poll it
+//! on whatever executor the host uses (with [`StdTimer`](crate::StdTimer) or, under tokio,
+//! [`TokioTimer`](crate::TokioTimer)).
+//!
+//! ```text
+//!   transport.recv() ──decode──► core.handle_message ─┐
+//!   timer fires ───────────────► core.handle_timeout  ├─► drain: poll_transmit ─encode─► outbox ─► transport.send
+//!   handle.call(|core, now| ..) ─────────────────────┘          poll_event ──────► handle.next_event()
+//!                                                               poll_timeout ────► timer.sleep_until
+//! ```
+//!
+//! Inbound and outbound run concurrently inside the one future, so two drivers sending to
+//! each other cannot deadlock on full queues. The outbox between the core and the transport
+//! is bounded ([`DriverConfig::outbox_capacity`]); when the transport cannot keep up and the
+//! outbox is full, further transmits are dropped and counted in
+//! [`DriverStats::outbox_dropped`] — the core sees exactly the lossy network it is written
+//! for, and memory stays bounded. Events wait in a bounded queue for
+//! [`DriverHandle::next_event`]; while it is full the driver waits (it does not drop
+//! decisions), which in turn stops it reading from the network.
+//!
+//! Inbound payloads are decoded with the transport's maximum message size as the limit;
+//! payloads that do not decode are dropped and counted. Requests (see
+//! [`Transport::request`]) are not part of the sans-io vocabulary: the driver ignores and
+//! counts them, and the requester times out.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_channel::{Receiver, Sender, TrySendError};
+use futures_util::future::{Either, select};
+use llmkg_federation_core::encoding;
+use llmkg_federation_core::{
+    BoxFuture, Incoming, NodeId, Protocol, Time, Timer, Transport, TransportError,
+};
+
+/// Settings of a [`Driver`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DriverConfig {
+    /// Encoded messages waiting for the transport before new ones are dropped. Default 4,096.
+    pub outbox_capacity: usize,
+    /// Events waiting for the host before the driver pauses. Default 1,024.
+    pub event_capacity: usize,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        Self { outbox_capacity: 4096, event_capacity: 1024 }
+    }
+}
+
+/// What a driver has done so far. Counts only grow.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DriverStats {
+    /// Messages handed to the transport successfully.
+    pub messages_sent: u64,
+    /// Payload bytes of those messages.
+    pub bytes_sent: u64,
+    /// Messages the transport refused (unknown peer, closed, too large).
+    pub send_failures: u64,
+    /// Transmits dropped because the outbox was full.
+    pub outbox_dropped: u64,
+    /// Messages received and handed to the core.
+    pub messages_received: u64,
+    /// Payload bytes of those messages.
+    pub bytes_received: u64,
+    /// Inbound payloads that did not decode as the core's message type, dropped.
+    pub decode_failures: u64,
+    /// Inbound requests, which the driver does not answer.
+    pub requests_ignored: u64,
+    /// Times the core's timer fired.
+    pub timeouts: u64,
+    /// Peer connected / disconnected notifications seen.
+    pub connectivity_changes: u64,
+}
+
+/// Why [`Driver::run`] returned.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum DriverExit {
+    /// [`DriverHandle::shutdown`] was called.
+    Shutdown,
+    /// The transport was closed.
+    TransportClosed,
+    /// The transport failed while receiving.
+    TransportFailed(TransportError),
+}
+
+struct Shared<P> {
+    core: Mutex<P>,
+    stats: Mutex<DriverStats>,
+    shutdown: AtomicBool,
+}
+
+impl<P> Shared<P> {
+    fn core(&self) -> MutexGuard<'_, P> {
+        self.core.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn stats(&self) -> MutexGuard<'_, DriverStats> {
+        self.stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Runs a core; see the [module documentation](self).
+pub struct Driver<P: Protocol> {
+    shared: Arc<Shared<P>>,
+    transport: Arc<dyn Transport>,
+    timer: Arc<dyn Timer>,
+    config: DriverConfig,
+    events_tx: Sender<P::Event>,
+    wake_rx: Receiver<()>,
+}
+
+/// The host's side of a running [`Driver`]: local requests, events, statistics, shutdown.
+/// Clones share the driver.
+pub struct DriverHandle<P: Protocol> {
+    shared: Arc<Shared<P>>,
+    timer: Arc<dyn Timer>,
+    events_rx: Receiver<P::Event>,
+    wake_tx: Sender<()>,
+}
+
+impl<P: Protocol> Clone for DriverHandle<P> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            timer: Arc::clone(&self.timer),
+            events_rx: self.events_rx.clone(),
+            wake_tx: self.wake_tx.clone(),
+        }
+    }
+}
+
+impl<P: Protocol> DriverHandle<P> {
+    /// Runs `f` on the core at the current time — for core-specific requests such as a
+    /// proposal — then wakes the driver to send what the core produced.
+    pub fn call<R>(&self, f: impl FnOnce(&mut P, Time) -> R) -> R {
+        let result = {
+            let mut core = self.shared.core();
+            f(&mut core, self.timer.now())
+        };
+        self.wake();
+        result
+    }
+
+    /// The next event from the core, or `None` once the driver has stopped and every event
+    /// was taken.
+    pub async fn next_event(&self) -> Option<P::Event> {
+        self.events_rx.recv().await.ok()
+    }
+
+    /// An event if one is waiting.
+    pub fn try_next_event(&self) -> Option<P::Event> {
+        self.events_rx.try_recv().ok()
+    }
+
+    /// A snapshot of the driver's counters.
+    pub fn stats(&self) -> DriverStats {
+        self.shared.stats().clone()
+    }
+
+    /// Asks the driver to stop; [`Driver::run`] returns [`DriverExit::Shutdown`] soon after.
+    /// Messages still in the outbox are dropped.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.store(true, Ordering::Release);
+        self.wake();
+    }
+
+    fn wake(&self) {
+        // A full channel means a wake-up is already pending.
+        let _ = self.wake_tx.try_send(());
+    }
+}
+
+impl<P> Driver<P>
+where
+    P: Protocol,
+{
+    /// A driver for `core` with default settings, and its handle.
+    pub fn new(
+        core: P,
+        transport: Arc<dyn Transport>,
+        timer: Arc<dyn Timer>,
+    ) -> (Self, DriverHandle<P>) {
+        Self::with_config(core, transport, timer, DriverConfig::default())
+    }
+
+    /// A driver for `core` with `config`, and its handle.
+    pub fn with_config(
+        core: P,
+        transport: Arc<dyn Transport>,
+        timer: Arc<dyn Timer>,
+        config: DriverConfig,
+    ) -> (Self, DriverHandle<P>) {
+        let shared = Arc::new(Shared {
+            core: Mutex::new(core),
+            stats: Mutex::new(DriverStats::default()),
+            shutdown: AtomicBool::new(false),
+        });
+        let (events_tx, events_rx) = async_channel::bounded(config.event_capacity.max(1));
+        let (wake_tx, wake_rx) = async_channel::bounded(1);
+        let handle = DriverHandle {
+            shared: Arc::clone(&shared),
+            timer: Arc::clone(&timer),
+            events_rx,
+            wake_tx,
+        };
+        (Self { shared, transport, timer, config, events_tx, wake_rx }, handle)
+    }
+
+    /// Runs the core until [`DriverHandle::shutdown`] or until the transport closes.
+    pub async fn run(self) -> DriverExit {
+        let (outbox_tx, outbox_rx) = async_channel::bounded(self.config.outbox_capacity.max(1));
+        let inbound = Box::pin(self.inbound_loop(outbox_tx));
+        let outbound = Box::pin(self.outbound_loop(outbox_rx));
+        match select(inbound, outbound).await {
+            Either::Left((exit, _)) => exit,
+            // The outbound loop only ends when the inbound loop dropped the outbox.
+            Either::Right(((), inbound)) => inbound.await,
+        }
+    }
+
+    async fn outbound_loop(&self, outbox: Receiver<(NodeId, Vec<u8>)>) {
+        while let Ok((to, bytes)) = outbox.recv().await {
+            let len = bytes.len() as u64;
+            let result = self.transport.send(to, bytes).await;
+            let mut stats = self.shared.stats();
+            match result {
+                Ok(()) => {
+                    stats.messages_sent += 1;
+                    stats.bytes_sent += len;
+                }
+                Err(_) => stats.send_failures += 1,
+            }
+        }
+    }
+
+    /// Drains the core's outputs; returns its next deadline.
+    async fn drain(&self, outbox: &Sender<(NodeId, Vec<u8>)>) -> Option<Time> {
+        let mut events = Vec::new();
+        let deadline = {
+            let mut core = self.shared.core();
+            let mut dropped = 0;
+            while let Some(transmit) = core.poll_transmit() {
+                let bytes = encoding::encode(&transmit.message);
+                if let Err(TrySendError::Full(_) | TrySendError::Closed(_)) =
+                    outbox.try_send((transmit.to, bytes))
+                {
+                    dropped += 1;
+                }
+            }
+            while let Some(event) = core.poll_event() {
+                events.push(event);
+            }
+            if dropped > 0 {
+                self.shared.stats().outbox_dropped += dropped;
+            }
+            core.poll_timeout()
+        };
+        for event in events {
+            // The host dropped every handle: nobody wants events any more.
+            let _ = self.events_tx.send(event).await;
+        }
+        deadline
+    }
+
+    async fn inbound_loop(&self, outbox: Sender<(NodeId, Vec<u8>)>) -> DriverExit {
+        let max_len = self.transport.max_message_len();
+        let mut recv = self.transport.recv();
+        let mut wake: BoxFuture<'_, _> = Box::pin(self.wake_rx.recv());
+        let mut sleep: Option<(Time, BoxFuture<'static, ()>)> = None;
+        loop {
+            if self.shared.shutdown.load(Ordering::Acquire) {
+                return DriverExit::Shutdown;
+            }
+            let deadline = self.drain(&outbox).await.unwrap_or(Time::MAX);
+            if sleep.as_ref().is_none_or(|(at, _)| *at != deadline) {
+                sleep = Some((deadline, self.timer.sleep_until(deadline)));
+            }
+            let Some((_, sleeping)) = sleep.as_mut() else { continue };
+            match select(&mut recv, select(sleeping, &mut wake)).await {
+                Either::Left((received, _)) => {
+                    recv = self.transport.recv();
+                    match received {
+                        Ok(incoming) => self.on_incoming(incoming, max_len),
+                        Err(TransportError::Closed) => return DriverExit::TransportClosed,
+                        Err(error) => return DriverExit::TransportFailed(error),
+                    }
+                }
+                Either::Right((Either::Left(((), _)), _)) => {
+                    sleep = None;
+                    self.shared.stats().timeouts += 1;
+                    let now = self.timer.now();
+                    self.shared.core().handle_timeout(now);
+                }
+                Either::Right((Either::Right((woken, _)), _)) => {
+                    wake = match woken {
+                        Ok(()) => Box::pin(self.wake_rx.recv()),
+                        // Every handle is gone: nobody can wake us any more.
+                        Err(_) => Box::pin(std::future::pending()),
+                    };
+                }
+            }
+        }
+    }
+
+    fn on_incoming(&self, incoming: Incoming, max_len: usize) {
+        match incoming {
+            Incoming::Message { from, payload } => {
+                match encoding::decode_with_limit::<P::Message>(&payload, max_len) {
+                    Ok(message) => {
+                        {
+                            let mut stats = self.shared.stats();
+                            stats.messages_received += 1;
+                            stats.bytes_received += payload.len() as u64;
+                        }
+                        let now = self.timer.now();
+                        self.shared.core().handle_message(now, from, message);
+                    }
+                    Err(_) => self.shared.stats().decode_failures += 1,
+                }
+            }
+            Incoming::Request { .. } => self.shared.stats().requests_ignored += 1,
+            Incoming::PeerConnected { .. } | Incoming::PeerDisconnected { .. } => {
+                self.shared.stats().connectivity_changes += 1;
+            }
+            _ => {}
+        }
+    }
+}

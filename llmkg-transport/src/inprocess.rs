@@ -1,0 +1,347 @@
+//! An in-process [`Transport`]: nodes in one process talking over async channels.
+//!
+//! For embedding several nodes in one program and for integration tests. Runtime-agnostic: it
+//! needs no executor of its own and sleeps (request timeouts) on the [`Timer`] the network
+//! was created with.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use llmkg_federation_core::{Incoming, NodeKeypair, Transport};
+//! use llmkg_transport::{InProcessNetwork, StdTimer};
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+//! let net = InProcessNetwork::new(Arc::new(StdTimer::new()));
+//! let alice = net.join(NodeKeypair::from_secret_bytes([1; 32]).node_id())?;
+//! let bob = net.join(NodeKeypair::from_secret_bytes([2; 32]).node_id())?;
+//!
+//! alice.send(bob.local_id(), b"hello".to_vec()).await?;
+//! // Bob first learns that Alice is there, then gets her message.
+//! assert_eq!(bob.recv().await?, Incoming::PeerConnected { peer: alice.local_id() });
+//! assert_eq!(
+//!     bob.recv().await?,
+//!     Incoming::Message { from: alice.local_id(), payload: b"hello".to_vec() }
+//! );
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+//!
+//! Every member is connected to every other member. Each endpoint has one bounded inbound
+//! queue shared by all senders (its capacity is [`InProcessConfig::inbound_capacity`]
+//! messages and requests; connectivity notifications do not count against it): a sender
+//! waits while the receiver's queue is full. [`Transport::close`] leaves the network: the
+//! others see [`Incoming::PeerDisconnected`] and their pending requests to the closed node
+//! fail with [`TransportError::Disconnected`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_channel::{Receiver, Sender};
+use futures_util::future::{Either, select};
+use llmkg_federation_core::{
+    BoxFuture, Incoming, NodeId, RequestId, Timer, Transport, TransportError,
+};
+use thiserror::Error;
+
+/// Settings of an [`InProcessNetwork`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InProcessConfig {
+    /// Messages and requests an endpoint holds before senders wait. Default 1,024.
+    pub inbound_capacity: usize,
+    /// The largest payload carried. Default 16 MiB.
+    pub max_message_len: usize,
+}
+
+impl Default for InProcessConfig {
+    fn default() -> Self {
+        Self { inbound_capacity: 1024, max_message_len: 16 << 20 }
+    }
+}
+
+/// Why a node could not join an [`InProcessNetwork`]. Nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum InProcessError {
+    /// A live endpoint with this id is already a member.
+    #[error("node {0} is already a member of this network")]
+    AlreadyMember(NodeId),
+}
+
+type ResponseSender = Sender<Result<Vec<u8>, TransportError>>;
+
+struct Endpoint {
+    id: NodeId,
+    /// Unbounded: capacity is enforced by `permits` for data, connectivity events are few.
+    inbound_tx: Sender<Incoming>,
+    inbound_rx: Receiver<Incoming>,
+    /// A counting semaphore: a sender puts a token in before queueing a message or request,
+    /// the receiver takes one out when it dequeues one.
+    permits_tx: Sender<()>,
+    permits_rx: Receiver<()>,
+    /// Requests this endpoint sent and is waiting on: id → (peer asked, where to answer).
+    pending: Mutex<HashMap<u64, (NodeId, ResponseSender)>>,
+    next_request: AtomicU64,
+    closed: AtomicBool,
+}
+
+impl Endpoint {
+    fn pending(&self) -> MutexGuard<'_, HashMap<u64, (NodeId, ResponseSender)>> {
+        self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn notify(&self, event: Incoming) {
+        // Unbounded channel: fails only when the endpoint is closed, and then nobody reads.
+        let _ = self.inbound_tx.try_send(event);
+    }
+
+    async fn deliver(&self, item: Incoming) -> Result<(), TransportError> {
+        let peer = self.id;
+        self.permits_tx.send(()).await.map_err(|_| TransportError::Disconnected(peer))?;
+        self.inbound_tx.try_send(item).map_err(|_| TransportError::Disconnected(peer))
+    }
+
+    /// Fails every request waiting on `peer` (or on anyone, if `None`).
+    fn fail_pending(&self, peer: Option<NodeId>, error: impl Fn() -> TransportError) {
+        let mut pending = self.pending();
+        pending.retain(|_, (asked, tx)| {
+            if peer.is_none_or(|p| p == *asked) {
+                let _ = tx.try_send(Err(error()));
+                false
+            } else {
+                true
+            }
+        });
+    }
+}
+
+struct Shared {
+    config: InProcessConfig,
+    timer: Arc<dyn Timer>,
+    members: Mutex<BTreeMap<NodeId, Arc<Endpoint>>>,
+}
+
+impl Shared {
+    fn members(&self) -> MutexGuard<'_, BTreeMap<NodeId, Arc<Endpoint>>> {
+        self.members.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn member(&self, id: &NodeId) -> Option<Arc<Endpoint>> {
+        self.members().get(id).cloned()
+    }
+}
+
+/// A set of nodes in one process, all connected to each other. Clones share the network.
+#[derive(Clone)]
+pub struct InProcessNetwork {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for InProcessNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InProcessNetwork")
+            .field("config", &self.shared.config)
+            .field("members", &self.shared.members().len())
+            .finish()
+    }
+}
+
+impl InProcessNetwork {
+    /// An empty network with default settings; request timeouts sleep on `timer`.
+    pub fn new(timer: Arc<dyn Timer>) -> Self {
+        Self::with_config(InProcessConfig::default(), timer)
+    }
+
+    /// An empty network with `config`.
+    pub fn with_config(config: InProcessConfig, timer: Arc<dyn Timer>) -> Self {
+        Self { shared: Arc::new(Shared { config, timer, members: Mutex::new(BTreeMap::new()) }) }
+    }
+
+    /// Adds node `id`. Every current member sees [`Incoming::PeerConnected`] for it, and it
+    /// sees one for every current member.
+    pub fn join(&self, id: NodeId) -> Result<InProcessTransport, InProcessError> {
+        let capacity = self.shared.config.inbound_capacity.max(1);
+        let (inbound_tx, inbound_rx) = async_channel::unbounded();
+        let (permits_tx, permits_rx) = async_channel::bounded(capacity);
+        let endpoint = Arc::new(Endpoint {
+            id,
+            inbound_tx,
+            inbound_rx,
+            permits_tx,
+            permits_rx,
+            pending: Mutex::new(HashMap::new()),
+            next_request: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+        });
+        let mut members = self.shared.members();
+        if members.contains_key(&id) {
+            return Err(InProcessError::AlreadyMember(id));
+        }
+        for (peer, other) in members.iter() {
+            other.notify(Incoming::PeerConnected { peer: id });
+            endpoint.notify(Incoming::PeerConnected { peer: *peer });
+        }
+        members.insert(id, Arc::clone(&endpoint));
+        drop(members);
+        Ok(InProcessTransport { endpoint, shared: Arc::clone(&self.shared) })
+    }
+
+    /// The current members, in id order.
+    pub fn members(&self) -> Vec<NodeId> {
+        self.shared.members().keys().copied().collect()
+    }
+}
+
+/// One node's endpoint in an [`InProcessNetwork`].
+pub struct InProcessTransport {
+    endpoint: Arc<Endpoint>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for InProcessTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InProcessTransport").field("id", &self.endpoint.id).finish()
+    }
+}
+
+/// Removes a pending request when its `request` future ends or is dropped.
+struct PendingGuard<'a> {
+    endpoint: &'a Endpoint,
+    id: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.endpoint.pending().remove(&self.id);
+    }
+}
+
+impl InProcessTransport {
+    fn check(&self, payload: &[u8]) -> Result<(), TransportError> {
+        if self.endpoint.closed.load(Ordering::Acquire) {
+            return Err(TransportError::Closed);
+        }
+        let max = self.shared.config.max_message_len;
+        if payload.len() > max {
+            return Err(TransportError::MessageTooLarge { len: payload.len(), max });
+        }
+        Ok(())
+    }
+
+    fn peer(&self, to: NodeId) -> Result<Arc<Endpoint>, TransportError> {
+        self.shared.member(&to).ok_or(TransportError::UnknownPeer(to))
+    }
+
+    async fn request_inner(
+        &self,
+        to: NodeId,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, TransportError> {
+        self.check(&payload)?;
+        let peer = self.peer(to)?;
+        let deadline = self.shared.timer.now() + timeout;
+        let id = self.endpoint.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = async_channel::bounded(1);
+        self.endpoint.pending().insert(id, (to, tx));
+        let _guard = PendingGuard { endpoint: &self.endpoint, id };
+        let from = self.endpoint.id;
+        peer.deliver(Incoming::Request { from, id: RequestId(id), payload }).await?;
+        let sleep = self.shared.timer.sleep_until(deadline);
+        match select(Box::pin(rx.recv()), sleep).await {
+            Either::Left((Ok(result), _)) => result,
+            Either::Left((Err(_), _)) => Err(TransportError::Disconnected(to)),
+            Either::Right(((), _)) => Err(TransportError::Timeout { peer: to, after: timeout }),
+        }
+    }
+}
+
+impl Transport for InProcessTransport {
+    fn local_id(&self) -> NodeId {
+        self.endpoint.id
+    }
+
+    fn max_message_len(&self) -> usize {
+        self.shared.config.max_message_len
+    }
+
+    fn send(&self, to: NodeId, payload: Vec<u8>) -> BoxFuture<'_, Result<(), TransportError>> {
+        Box::pin(async move {
+            self.check(&payload)?;
+            let peer = self.peer(to)?;
+            peer.deliver(Incoming::Message { from: self.endpoint.id, payload }).await
+        })
+    }
+
+    fn request(
+        &self,
+        to: NodeId,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<Vec<u8>, TransportError>> {
+        Box::pin(self.request_inner(to, payload, timeout))
+    }
+
+    fn respond(
+        &self,
+        to: NodeId,
+        id: RequestId,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'_, Result<(), TransportError>> {
+        Box::pin(async move {
+            self.check(&payload)?;
+            let requester = self.peer(to)?;
+            let mut pending = requester.pending();
+            // Only the peer that was asked may answer.
+            if pending.get(&id.0).is_some_and(|(asked, _)| *asked == self.endpoint.id)
+                && let Some((_, tx)) = pending.remove(&id.0)
+            {
+                let _ = tx.try_send(Ok(payload));
+            }
+            Ok(())
+        })
+    }
+
+    fn recv(&self) -> BoxFuture<'_, Result<Incoming, TransportError>> {
+        Box::pin(async move {
+            if self.endpoint.closed.load(Ordering::Acquire) {
+                return Err(TransportError::Closed);
+            }
+            let item = self.endpoint.inbound_rx.recv().await.map_err(|_| TransportError::Closed)?;
+            if matches!(item, Incoming::Message { .. } | Incoming::Request { .. }) {
+                let _ = self.endpoint.permits_rx.try_recv();
+            }
+            Ok(item)
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if self.endpoint.closed.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            let me = self.endpoint.id;
+            let others: Vec<Arc<Endpoint>> = {
+                let mut members = self.shared.members();
+                if members.get(&me).is_some_and(|e| Arc::ptr_eq(e, &self.endpoint)) {
+                    members.remove(&me);
+                }
+                members.values().cloned().collect()
+            };
+            self.endpoint.inbound_rx.close();
+            self.endpoint.permits_rx.close();
+            self.endpoint.fail_pending(None, || TransportError::Closed);
+            for other in others {
+                other.fail_pending(Some(me), || TransportError::Disconnected(me));
+                other.notify(Incoming::PeerDisconnected { peer: me });
+            }
+        })
+    }
+}
+
+impl Drop for InProcessTransport {
+    /// Dropping an endpoint leaves the network, like [`Transport::close`].
+    fn drop(&mut self) {
+        futures_util::FutureExt::now_or_never(Transport::close(self));
+    }
+}

@@ -1,0 +1,82 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+//! One sans-io core, three hosts: the echo core run by the generic driver in-process and over
+//! TCP, and directly by the simulator.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use llmkg_federation_core::{NodeId, NodeKeypair, Timer, Transport};
+use llmkg_transport::echo::{Echo, EchoConfig, EchoEvent};
+use llmkg_transport::{Driver, DriverExit, InProcessNetwork, StdTimer};
+
+fn node(i: u8) -> NodeId {
+    NodeKeypair::from_secret_bytes([i; 32]).node_id()
+}
+
+/// Runs an echo pinger and responders over `transports` (the first pings the others) until
+/// every ping is answered; returns the pinger's events.
+async fn run_echo(transports: Vec<Arc<dyn Transport>>, timer: Arc<dyn Timer>) -> Vec<EchoEvent> {
+    let targets: Vec<NodeId> = transports[1..].iter().map(|t| t.local_id()).collect();
+    let targets_len = targets.len();
+    let config = EchoConfig::new(targets)
+        .rounds(20)
+        .interval(Duration::from_millis(1))
+        .timeout(Duration::from_secs(10));
+    let mut drivers = Vec::new();
+    let mut handles = Vec::new();
+    for (i, transport) in transports.into_iter().enumerate() {
+        let core = if i == 0 { Echo::new(config.clone()) } else { Echo::responder() };
+        let (driver, handle) = Driver::new(core, transport, Arc::clone(&timer));
+        drivers.push(driver.run());
+        handles.push(handle);
+    }
+    let pinger = handles[0].clone();
+    // Every ping ends in exactly one event: a pong or a loss.
+    let expected = 20 * targets_len;
+    let observer = async move {
+        let mut events = Vec::new();
+        while events.len() < expected {
+            match pinger.next_event().await {
+                Some(event) => events.push(event),
+                None => break,
+            }
+        }
+        for handle in &handles {
+            handle.shutdown();
+        }
+        (events, handles)
+    };
+    let (exits, (events, handles)) = futures_util::future::join(join_all(drivers), observer).await;
+    for exit in exits {
+        assert!(matches!(exit, DriverExit::Shutdown), "{exit:?}");
+    }
+    let responder_answers: u64 =
+        handles[1..].iter().map(|h| h.call(|core, _| core.pings_answered())).sum();
+    assert_eq!(responder_answers, events.len() as u64, "every ping answered exactly once");
+    let stats = handles[0].stats();
+    assert_eq!(stats.decode_failures, 0);
+    assert_eq!(stats.outbox_dropped, 0);
+    assert_eq!(stats.messages_sent, events.len() as u64);
+    events
+}
+
+fn check_all_answered(events: &[EchoEvent], peers: usize) {
+    assert_eq!(events.len(), 20 * peers);
+    for (i, event) in events.iter().enumerate() {
+        assert!(matches!(event, EchoEvent::Pong { .. }), "event #{i} is {event:?}");
+    }
+}
+
+#[test]
+fn echo_runs_in_process() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    rt.block_on(async {
+        let timer: Arc<dyn Timer> = Arc::new(StdTimer::new());
+        let net = InProcessNetwork::new(Arc::clone(&timer));
+        let transports: Vec<Arc<dyn Transport>> =
+            (1..=4).map(|i| Arc::new(net.join(node(i)).unwrap()) as Arc<dyn Transport>).collect();
+        let events = run_echo(transports, timer).await;
+        check_all_answered(&events, 3);
+    });
+}
