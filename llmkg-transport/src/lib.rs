@@ -51,3 +51,9 @@ pub use inprocess::{InProcessConfig, InProcessError, InProcessNetwork, InProcess
 pub use timer::StdTimer;
 #[cfg(feature = "tcp")]
 pub use timer::TokioTimer;
+
+/// The integrator's guide (`docs/guide-transport.md`), compiled and run as a doctest so its
+/// example cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/guide-transport.md")]
+struct GuideTransport;
