@@ -80,3 +80,32 @@ fn echo_runs_in_process() {
         check_all_answered(&events, 3);
     });
 }
+
+#[test]
+fn drivers_are_send_and_run_on_a_multi_threaded_runtime() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_time().build();
+    let rt = rt.unwrap();
+    rt.block_on(async {
+        let timer: Arc<dyn Timer> = Arc::new(llmkg_transport::TokioTimer::new());
+        let net = InProcessNetwork::new(Arc::clone(&timer));
+        let a: Arc<dyn Transport> = Arc::new(net.join(node(1)).unwrap());
+        let b: Arc<dyn Transport> = Arc::new(net.join(node(2)).unwrap());
+        let config = EchoConfig::new(vec![node(2)]).rounds(50).interval(Duration::ZERO);
+        let (pinger, ping_handle) = Driver::new(Echo::new(config), a, Arc::clone(&timer));
+        let (responder, echo_handle) = Driver::new(Echo::responder(), b, timer);
+        let tasks = [tokio::spawn(pinger.run()), tokio::spawn(responder.run())];
+        let mut pongs = 0;
+        while pongs < 50 {
+            match ping_handle.next_event().await.unwrap() {
+                EchoEvent::Pong { peer, .. } if peer == node(2) => pongs += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        ping_handle.shutdown();
+        echo_handle.shutdown();
+        for task in tasks {
+            assert!(matches!(task.await.unwrap(), DriverExit::Shutdown));
+        }
+        assert_eq!(echo_handle.call(|core, _| core.pings_answered()), 50);
+    });
+}
