@@ -1,1 +1,1325 @@
-//! The deterministic network simulator (in progress).
+//! The deterministic network simulator: many sans-io cores, one process, virtual time.
+//!
+//! A [`Sim`] drives a set of [`Protocol`] cores directly, with a discrete-event scheduler over
+//! virtual time ([`Time`], microseconds) and a network model seeded from one `u64`. There is
+//! no wall clock, no thread and no iteration over randomly ordered maps, so **the same seed and
+//! the same setup give the same run, event for event**; [`Sim::trace_hash`] digests everything
+//! that happened, so two runs can be compared with one value and a failing seed replays.
+//!
+//! # How a run works
+//!
+//! - Nodes are numbered `0..n` and have ed25519 identities ([`NodeId`]) derived from their
+//!   index (or supplied with [`SimBuilder::secrets`]). Each node's core is built by a factory
+//!   that receives a [`NodeContext`]: id, index, incarnation, a per-node seed derived from the
+//!   master seed, index and incarnation, the node's [`Disk`] and the list of all ids.
+//! - **Messages travel as bytes.** Whatever a core emits from `poll_transmit` is encoded with
+//!   the canonical encoding ([`encoding::encode`]); on arrival the bytes are decoded with
+//!   [`encoding::decode_with_limit`] (limit: [`SimBuilder::max_message_len`]). Bytes that do
+//!   not decode are dropped and counted ([`MessageStats::dropped_decode`]), never handed to a
+//!   core, never a panic. Byte counts are therefore exact, and arbitrary bytes can be put on
+//!   the wire with [`Sim::inject_raw`].
+//! - The host rule of [`Protocol`] is applied after every input: transmits, then events, then
+//!   the timer deadline are drained. A core's single deadline is honoured exactly: when it
+//!   passes, `handle_timeout` is called at that virtual time (a deadline that is already due
+//!   right after a fire is deferred by one microsecond, so a core that never clears its timer
+//!   cannot stall virtual time).
+//! - Entries (message arrivals, timers, scheduled faults) are processed in order of virtual
+//!   time, and entries due at the same instant in the order they were scheduled (the ordering
+//!   of a heap keyed by `(time, sequence number)`, implemented with per-instant FIFO buckets).
+//!
+//! # Network model
+//!
+//! Each directed link `(from, to)` follows a [`LinkConfig`] (the default one unless
+//! overridden with [`Sim::set_link`]): a [`Latency`] distribution (fixed, uniform, or a
+//! long-tailed floor-plus-exponential), a loss probability, a duplication probability and
+//! optional [`Reorder`]ing. Without reordering **a link is FIFO**: a copy is never scheduled
+//! before the previous copy on the same link, whatever latency was sampled. With reordering,
+//! a held-back copy gets extra delay and skips that rule, so later copies overtake it. Loss,
+//! duplication and latency are decided when a message is sent, from the network RNG.
+//!
+//! **Partitions** ([`Sim::partition`], [`Fault::Partition`]) split the nodes into groups; a
+//! message between groups is dropped, both when it is sent and when it would arrive (so a
+//! partition also cuts what is in flight). [`Sim::heal`] puts everyone back in one group.
+//!
+//! **Crash and restart.** [`Sim::crash`] drops the node's core: its memory, its queued outputs
+//! and its timer are gone; messages to it are dropped and counted (including those in flight
+//! when it crashed, even if it restarts before they arrive). [`Sim::restart`] calls the same
+//! factory again with the next incarnation and the same [`Disk`], so a restarted node keeps
+//! only what it made durable (see [`Disk`] for the contract). Messages a node sent before it
+//! crashed stay on the wire.
+//!
+//! **Byzantine nodes** are cores wrapped in [`Byzantine`], which drops, forges, equivocates
+//! and replays what the honest core sends. Links are authenticated, as with the real Noise
+//! transport: the receiver is always told the true sender.
+//!
+//! Faults can be applied immediately or scheduled at a virtual time with [`Sim::schedule`].
+//!
+//! # Observing a run
+//!
+//! - [`Sim::with_node`] calls a core-specific input (a proposal, a query) at the current
+//!   virtual time and drains the node's outputs; [`Sim::node`] reads a core.
+//! - Events emitted by cores are collected as `(Time, NodeId, P::Event)` and taken with
+//!   [`Sim::drain_events`] (or not collected at all, see [`SimBuilder::record_events`]).
+//! - [`Sim::stats`] counts messages and bytes sent, delivered and dropped (by cause) per link,
+//!   per node and in total, events processed and virtual time elapsed.
+//! - [`Sim::trace_hash`]: every delivery (with its bytes), drop, timer fire, emitted event,
+//!   crash, restart, partition, link change and host call feeds a running BLAKE3 hash. Events
+//!   contribute their time and node, plus their contents if [`Sim::set_event_digest`] is set.
+//!   [`SimBuilder::record_trace`] keeps the last entries for debugging a failing seed.
+//!
+//! # Running
+//!
+//! [`Sim::run_until`] processes everything scheduled up to a deadline and reports a
+//! [`RunOutcome`]: quiescent (no messages in flight and no pending faults; timers may remain
+//! beyond the deadline) or stopped at the deadline with work pending. [`Sim::run`] has no
+//! deadline and so returns only once nothing at all is scheduled (a core with a periodic timer
+//! never gets there; use [`Sim::run_for`] or [`Sim::run_until`]). [`Sim::step`] processes one
+//! entry at a time.
+//!
+//! # Example
+//!
+//! Two nodes play ping-pong over 5 ms links until the counter reaches 10:
+//!
+//! ```
+//! use std::time::Duration;
+//! use llmkg_federation_core::{NodeId, Protocol, Time, Transmit};
+//! use llmkg_transport::sim::{Latency, LinkConfig, RunOutcome, SimBuilder};
+//!
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct Ping(u32);
+//!
+//! #[derive(Default)]
+//! struct PingPong { out: Vec<Transmit<Ping>>, events: Vec<u32> }
+//!
+//! impl Protocol for PingPong {
+//!     type Message = Ping;
+//!     type Event = u32;
+//!     fn handle_message(&mut self, _now: Time, from: NodeId, Ping(n): Ping) {
+//!         self.events.push(n);
+//!         if n < 10 {
+//!             self.out.push(Transmit { to: from, message: Ping(n + 1) });
+//!         }
+//!     }
+//!     fn handle_timeout(&mut self, _now: Time) {}
+//!     fn poll_transmit(&mut self) -> Option<Transmit<Ping>> { self.out.pop() }
+//!     fn poll_timeout(&self) -> Option<Time> { None }
+//!     fn poll_event(&mut self) -> Option<u32> { self.events.pop() }
+//! }
+//!
+//! let link = LinkConfig::with_latency(Latency::Fixed(Duration::from_millis(5)));
+//! let mut sim = SimBuilder::new(7).nodes(2).default_link(link).build(|_ctx| PingPong::default())?;
+//! let (a, b) = (sim.node_ids()[0], sim.node_ids()[1]);
+//! sim.with_node(a, |core, _now| core.out.push(Transmit { to: b, message: Ping(0) }))?;
+//!
+//! assert_eq!(sim.run(), RunOutcome::Quiescent { at: Time::from_millis(55) });
+//! let events = sim.drain_events();
+//! assert_eq!(events.len(), 11);
+//! assert_eq!(events.last().map(|(at, node, n)| (*at, *node, *n)), Some((Time::from_millis(55), b, 10)));
+//! let stats = sim.stats();
+//! assert_eq!((stats.messages.sent, stats.messages.delivered, stats.events), (11, 11, 11));
+//! # Ok::<(), llmkg_transport::sim::SimError>(())
+//! ```
+//!
+//! [`encoding::encode`]: llmkg_federation_core::encoding::encode
+//! [`encoding::decode_with_limit`]: llmkg_federation_core::encoding::decode_with_limit
+
+mod byzantine;
+mod disk;
+mod network;
+mod queue;
+mod stats;
+mod trace;
+pub mod workloads;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use llmkg_federation_core::encoding;
+use llmkg_federation_core::{NodeId, NodeKeypair, Protocol, Time};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+pub use byzantine::{Byzantine, ByzantineConfig, ByzantineStats, Forger};
+pub use disk::{Disk, DiskOp};
+pub use network::{Latency, LinkConfig, Reorder};
+pub use stats::{MessageStats, NodeStats, SimStats};
+pub use trace::{DropReason, TraceEntry, TraceHash};
+
+use network::{CompiledLink, chance};
+use queue::Queue;
+use trace::{
+    TAG_CRASH, TAG_DELIVERED, TAG_DROPPED, TAG_EVENT, TAG_HOST, TAG_LINK, TAG_PARTITION,
+    TAG_RESTART, TAG_TIMEOUT, TAG_UNROUTABLE, Tracer,
+};
+
+/// Default for [`SimBuilder::max_message_len`]: 16 MiB.
+pub const DEFAULT_MAX_MESSAGE_LEN: usize = 16 << 20;
+
+/// A simulator call was given something it cannot act on. Nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SimError {
+    /// The id is not one of the simulated nodes.
+    #[error("node {0:?} is not part of the simulation")]
+    UnknownNode(NodeId),
+    /// The node is crashed.
+    #[error("node {0:?} is down")]
+    NodeDown(NodeId),
+    /// The node is running (it cannot be restarted).
+    #[error("node {0:?} is up")]
+    NodeUp(NodeId),
+    /// A node appears in two partition groups.
+    #[error("node {0:?} appears in more than one partition group")]
+    DuplicateInPartition(NodeId),
+    /// Two nodes were given the same identity.
+    #[error("two nodes share the identity {0:?}")]
+    DuplicateNode(NodeId),
+    /// A link configuration is invalid.
+    #[error("invalid link configuration: {0}")]
+    InvalidLink(&'static str),
+    /// A fault was scheduled before the current virtual time.
+    #[error("cannot schedule at {at}: the simulation is already at {now}")]
+    InPast {
+        /// The requested time.
+        at: Time,
+        /// The current virtual time.
+        now: Time,
+    },
+    /// More nodes than the simulator can index.
+    #[error("too many nodes: {0}")]
+    TooManyNodes(usize),
+}
+
+/// What a node's factory receives when the node is (re)built.
+pub struct NodeContext {
+    /// The node's identity.
+    pub id: NodeId,
+    /// The node's index (its position in [`Sim::node_ids`]).
+    pub index: usize,
+    /// 0 when the simulation is built, incremented by each restart.
+    pub incarnation: u32,
+    /// A seed for the core's RNG, derived from the master seed, the index and the incarnation.
+    pub seed: u64,
+    /// The node's durable storage; the same store across incarnations.
+    pub disk: Disk,
+    /// Every node id, in index order (including this node's).
+    pub nodes: Arc<[NodeId]>,
+    secret: [u8; 32],
+}
+
+impl NodeContext {
+    /// A ChaCha8 RNG seeded from [`seed`](Self::seed).
+    pub fn rng(&self) -> ChaCha8Rng {
+        ChaCha8Rng::seed_from_u64(self.seed)
+    }
+
+    /// Another seed derived from [`seed`](Self::seed) and `label`, for a second independent
+    /// RNG (a [`Byzantine`] wrapper's, say).
+    pub fn derive_seed(&self, label: &str) -> u64 {
+        let mut h = blake3::Hasher::new_derive_key("llmkg-federation sim derived seed v1");
+        h.update(&self.seed.to_le_bytes());
+        h.update(label.as_bytes());
+        first_u64(h.finalize().as_bytes())
+    }
+
+    /// The node's signing key (stable across incarnations).
+    pub fn keypair(&self) -> NodeKeypair {
+        NodeKeypair::from_secret_bytes(self.secret)
+    }
+
+    /// Every other node's id, in index order.
+    pub fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
+        let me = self.id;
+        self.nodes.iter().copied().filter(move |n| *n != me)
+    }
+}
+
+impl fmt::Debug for NodeContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeContext")
+            .field("id", &self.id)
+            .field("index", &self.index)
+            .field("incarnation", &self.incarnation)
+            .field("seed", &self.seed)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A fault to apply now ([`Sim::apply`]) or at a virtual time ([`Sim::schedule`]).
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Fault {
+    /// Splits the nodes into these groups; nodes listed in none form one more group together.
+    /// Replaces any partition in force.
+    Partition(Vec<Vec<NodeId>>),
+    /// Ends any partition.
+    Heal,
+    /// Crashes a node (a scheduled crash of a node already down does nothing).
+    Crash(NodeId),
+    /// Restarts a crashed node (a scheduled restart of a running node does nothing).
+    Restart(NodeId),
+    /// Overrides the configuration of one directed link.
+    SetLink {
+        /// Sender side.
+        from: NodeId,
+        /// Receiver side.
+        to: NodeId,
+        /// The new configuration.
+        config: LinkConfig,
+    },
+    /// Returns one directed link to the default configuration.
+    ClearLink {
+        /// Sender side.
+        from: NodeId,
+        /// Receiver side.
+        to: NodeId,
+    },
+    /// Replaces the default link configuration.
+    SetDefaultLink(LinkConfig),
+}
+
+/// Why a run stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RunOutcome {
+    /// Nothing is in flight and no fault is pending; timers may still be set beyond the
+    /// deadline. `at` is when the last entry was processed.
+    Quiescent {
+        /// Virtual time of the last processed entry.
+        at: Time,
+    },
+    /// The deadline was reached with messages in flight or faults pending.
+    Deadline {
+        /// Message copies still in flight.
+        in_flight: u64,
+    },
+}
+
+/// Configures and builds a [`Sim`].
+#[derive(Clone, Debug)]
+pub struct SimBuilder {
+    seed: u64,
+    nodes: usize,
+    secrets: Option<Vec<[u8; 32]>>,
+    default_link: LinkConfig,
+    max_message_len: usize,
+    trace_limit: usize,
+    record_events: bool,
+}
+
+impl SimBuilder {
+    /// A builder for a run seeded with `seed` (no nodes yet, 1 ms FIFO lossless links).
+    pub fn new(seed: u64) -> Self {
+        Self {
+            seed,
+            nodes: 0,
+            secrets: None,
+            default_link: LinkConfig::default(),
+            max_message_len: DEFAULT_MAX_MESSAGE_LEN,
+            trace_limit: 0,
+            record_events: true,
+        }
+    }
+
+    /// Simulates `n` nodes whose identities are derived from their index (the same for every
+    /// seed). Overrides [`secrets`](Self::secrets).
+    pub fn nodes(mut self, n: usize) -> Self {
+        self.nodes = n;
+        self.secrets = None;
+        self
+    }
+
+    /// Simulates one node per secret key, in this order.
+    pub fn secrets(mut self, secrets: Vec<[u8; 32]>) -> Self {
+        self.nodes = secrets.len();
+        self.secrets = Some(secrets);
+        self
+    }
+
+    /// The configuration of every link not overridden.
+    pub fn default_link(mut self, link: LinkConfig) -> Self {
+        self.default_link = link;
+        self
+    }
+
+    /// The largest payload a receiver decodes; longer ones are dropped as decode failures.
+    pub fn max_message_len(mut self, len: usize) -> Self {
+        self.max_message_len = len;
+        self
+    }
+
+    /// Keeps the last `limit` [`TraceEntry`]s (0, the default, keeps none). The trace hash is
+    /// computed either way.
+    pub fn record_trace(mut self, limit: usize) -> Self {
+        self.trace_limit = limit;
+        self
+    }
+
+    /// Whether to collect the events cores emit for [`Sim::drain_events`] (default: yes). They
+    /// are fed into the trace hash either way.
+    pub fn record_events(mut self, record: bool) -> Self {
+        self.record_events = record;
+        self
+    }
+
+    /// Builds the simulation at time zero, calling `factory` once per node in index order
+    /// (incarnation 0) and then draining each new core's outputs.
+    pub fn build<P, F>(self, factory: F) -> Result<Sim<P>, SimError>
+    where
+        P: Protocol,
+        F: FnMut(NodeContext) -> P + 'static,
+    {
+        let default_compiled = self.default_link.compile()?;
+        if u32::try_from(self.nodes).is_err() {
+            return Err(SimError::TooManyNodes(self.nodes));
+        }
+        let secrets: Vec<[u8; 32]> = match self.secrets {
+            Some(s) => s,
+            None => (0..self.nodes as u64)
+                .map(|i| {
+                    blake3::derive_key("llmkg-federation sim node identity v1", &i.to_le_bytes())
+                })
+                .collect(),
+        };
+        let ids: Vec<NodeId> =
+            secrets.iter().map(|s| NodeKeypair::from_secret_bytes(*s).node_id()).collect();
+        let mut index = IdMap::default();
+        for (i, id) in ids.iter().enumerate() {
+            if index.insert(*id, i as u32).is_some() {
+                return Err(SimError::DuplicateNode(*id));
+            }
+        }
+        let n = ids.len();
+        let mut net_seed = blake3::Hasher::new_derive_key("llmkg-federation sim network v1");
+        net_seed.update(&self.seed.to_le_bytes());
+        let world = World {
+            now: Time::ZERO,
+            seed: self.seed,
+            ids: ids.into(),
+            secrets,
+            index,
+            meta: (0..n).map(|_| NodeMeta::new()).collect(),
+            queue: Queue::new(),
+            rng: ChaCha8Rng::from_seed(*net_seed.finalize().as_bytes()),
+            default_link: self.default_link,
+            default_compiled,
+            link_index: if n <= DENSE_LINKS_MAX_NODES {
+                LinkIndex::Dense { n, slots: vec![u32::MAX; n * n] }
+            } else {
+                LinkIndex::Sparse(HashMap::default())
+            },
+            overrides: HashMap::default(),
+            links: Vec::new(),
+            totals: MessageStats::default(),
+            events: 0,
+            arrivals: 0,
+            timer_fires: 0,
+            faults: 0,
+            unroutable: 0,
+            last_event_at: Time::ZERO,
+            in_flight: 0,
+            pending_faults: 0,
+            tracer: Tracer::new(self.seed, n, self.trace_limit),
+            max_message_len: self.max_message_len,
+        };
+        let mut sim = Sim {
+            world,
+            cores: Vec::with_capacity(n),
+            factory: Box::new(factory),
+            events: Vec::new(),
+            record_events: self.record_events,
+            event_digest: None,
+            digest_buf: Vec::new(),
+        };
+        for i in 0..n {
+            let ctx = sim.world.context(i as u32);
+            let core = (sim.factory)(ctx);
+            sim.cores.push(Some(core));
+        }
+        for i in 0..n {
+            sim.drain(i as u32, false);
+        }
+        Ok(sim)
+    }
+}
+
+/// A deterministic discrete-event simulation of `P` cores on a modelled network.
+///
+/// See the [module documentation](self).
+pub struct Sim<P: Protocol> {
+    world: World,
+    cores: Vec<Option<P>>,
+    factory: Box<dyn FnMut(NodeContext) -> P>,
+    events: Vec<(Time, NodeId, P::Event)>,
+    record_events: bool,
+    event_digest: Option<EventDigest<P::Event>>,
+    digest_buf: Vec<u8>,
+}
+
+impl<P: Protocol> Sim<P> {
+    /// The current virtual time.
+    pub fn now(&self) -> Time {
+        self.world.now
+    }
+
+    /// The master seed.
+    pub fn seed(&self) -> u64 {
+        self.world.seed
+    }
+
+    /// Every node id, in index order.
+    pub fn node_ids(&self) -> &[NodeId] {
+        &self.world.ids
+    }
+
+    /// The id of the node at `index`.
+    pub fn node_id(&self, index: usize) -> Option<NodeId> {
+        self.world.ids.get(index).copied()
+    }
+
+    /// The index of node `id`.
+    pub fn index_of(&self, id: NodeId) -> Option<usize> {
+        self.world.index.get(&id).map(|i| *i as usize)
+    }
+
+    /// Number of simulated nodes.
+    pub fn node_count(&self) -> usize {
+        self.world.ids.len()
+    }
+
+    /// The core of node `id`, if the node exists and is running.
+    pub fn node(&self, id: NodeId) -> Option<&P> {
+        let i = self.index_of(id)?;
+        self.cores.get(i)?.as_ref()
+    }
+
+    /// Whether node `id` is running.
+    pub fn is_up(&self, id: NodeId) -> Result<bool, SimError> {
+        let i = self.world.resolve(id)?;
+        Ok(self.world.meta[i as usize].up)
+    }
+
+    /// A handle to node `id`'s durable storage (shared with the node).
+    pub fn disk(&self, id: NodeId) -> Result<Disk, SimError> {
+        let i = self.world.resolve(id)?;
+        Ok(self.world.meta[i as usize].disk.clone())
+    }
+
+    /// Calls `input` on node `id`'s core at the current virtual time (for core-specific inputs
+    /// such as a proposal), then drains the node's outputs.
+    pub fn with_node<R>(
+        &mut self,
+        id: NodeId,
+        input: impl FnOnce(&mut P, Time) -> R,
+    ) -> Result<R, SimError> {
+        let i = self.world.resolve(id)?;
+        let now = self.world.now;
+        let Some(core) = self.cores[i as usize].as_mut() else {
+            return Err(SimError::NodeDown(id));
+        };
+        self.world.tracer.head(TAG_HOST, now, i);
+        if self.world.tracer.recording() {
+            self.world.tracer.record(TraceEntry::HostCall { at: now, node: id });
+        }
+        let r = input(core, now);
+        self.drain(i, false);
+        Ok(r)
+    }
+
+    /// Puts `bytes` on the link `from → to` as if `from` had sent them, subject to the link
+    /// model like any message. Whatever does not decode as `P::Message` is dropped on arrival
+    /// and counted in [`MessageStats::dropped_decode`].
+    pub fn inject_raw(&mut self, from: NodeId, to: NodeId, bytes: Vec<u8>) -> Result<(), SimError> {
+        let f = self.world.resolve(from)?;
+        self.world.resolve(to)?;
+        self.world.send(f, to, bytes);
+        Ok(())
+    }
+
+    /// From now on, also feeds each event's contents into the trace hash: `digest` appends
+    /// bytes that identify the event to the buffer it is given (for example its canonical
+    /// encoding). Without a digest only an event's time and node are hashed.
+    pub fn set_event_digest(&mut self, digest: impl FnMut(&P::Event, &mut Vec<u8>) + 'static) {
+        self.event_digest = Some(Box::new(digest));
+    }
+
+    /// Takes the events emitted so far, as `(time, node, event)` in emission order.
+    pub fn drain_events(&mut self) -> Vec<(Time, NodeId, P::Event)> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// The events emitted and not yet drained.
+    pub fn events(&self) -> &[(Time, NodeId, P::Event)] {
+        &self.events
+    }
+
+    // ----- faults -----
+
+    /// Applies `fault` now.
+    pub fn apply(&mut self, fault: Fault) -> Result<(), SimError> {
+        let action = self.world.resolve_fault(fault)?;
+        self.apply_action(action)
+    }
+
+    /// Applies `fault` at virtual time `at` (after everything already scheduled for `at`).
+    /// Node ids and configurations are checked now.
+    pub fn schedule(&mut self, at: Time, fault: Fault) -> Result<(), SimError> {
+        if at < self.world.now {
+            return Err(SimError::InPast { at, now: self.world.now });
+        }
+        let action = self.world.resolve_fault(fault)?;
+        self.world.pending_faults += 1;
+        self.world.push(at, Kind::Fault(Box::new(action)));
+        Ok(())
+    }
+
+    /// Splits the nodes into `groups` now (see [`Fault::Partition`]).
+    pub fn partition<G: AsRef<[NodeId]>>(&mut self, groups: &[G]) -> Result<(), SimError> {
+        self.apply(Fault::Partition(groups.iter().map(|g| g.as_ref().to_vec()).collect()))
+    }
+
+    /// Ends any partition now.
+    pub fn heal(&mut self) {
+        self.apply_action(Action::Heal).unwrap_or(());
+    }
+
+    /// Crashes node `id` now: its core is dropped, its timer discarded.
+    pub fn crash(&mut self, id: NodeId) -> Result<(), SimError> {
+        self.apply(Fault::Crash(id))
+    }
+
+    /// Restarts the crashed node `id` now, rebuilding its core from its [`Disk`].
+    pub fn restart(&mut self, id: NodeId) -> Result<(), SimError> {
+        self.apply(Fault::Restart(id))
+    }
+
+    /// Overrides the configuration of the directed link `from → to` now.
+    pub fn set_link(
+        &mut self,
+        from: NodeId,
+        to: NodeId,
+        config: LinkConfig,
+    ) -> Result<(), SimError> {
+        self.apply(Fault::SetLink { from, to, config })
+    }
+
+    /// Replaces the default link configuration now.
+    pub fn set_default_link(&mut self, config: LinkConfig) -> Result<(), SimError> {
+        self.apply(Fault::SetDefaultLink(config))
+    }
+
+    fn apply_action(&mut self, action: Action) -> Result<(), SimError> {
+        let w = &mut self.world;
+        let now = w.now;
+        match action {
+            Action::Partition(groups, count) => {
+                w.tracer.head(TAG_PARTITION, now, count as u32);
+                for (m, g) in w.meta.iter_mut().zip(&groups) {
+                    m.group = *g;
+                    w.tracer.u32(*g);
+                }
+                if w.tracer.recording() {
+                    w.tracer.record(TraceEntry::Partition { at: now, groups: count });
+                }
+            }
+            Action::Heal => {
+                w.tracer.head(TAG_PARTITION, now, 1);
+                for m in &mut w.meta {
+                    m.group = 0;
+                }
+                if w.tracer.recording() {
+                    w.tracer.record(TraceEntry::Partition { at: now, groups: 1 });
+                }
+            }
+            Action::Crash(i) => {
+                let m = &mut w.meta[i as usize];
+                if !m.up {
+                    return Err(SimError::NodeDown(w.ids[i as usize]));
+                }
+                m.up = false;
+                m.crashes += 1;
+                // Invalidates the pending timer entry.
+                m.timer_gen += 1;
+                m.timer_armed = None;
+                self.cores[i as usize] = None;
+                w.tracer.head(TAG_CRASH, now, i);
+                if w.tracer.recording() {
+                    w.tracer.record(TraceEntry::Crash { at: now, node: w.ids[i as usize] });
+                }
+            }
+            Action::Restart(i) => {
+                let m = &mut w.meta[i as usize];
+                if m.up {
+                    return Err(SimError::NodeUp(w.ids[i as usize]));
+                }
+                m.up = true;
+                m.restarts += 1;
+                m.incarnation += 1;
+                let incarnation = m.incarnation;
+                w.tracer.head(TAG_RESTART, now, i);
+                w.tracer.u32(incarnation);
+                if w.tracer.recording() {
+                    let node = w.ids[i as usize];
+                    w.tracer.record(TraceEntry::Restart { at: now, node, incarnation });
+                }
+                let ctx = w.context(i);
+                self.cores[i as usize] = Some((self.factory)(ctx));
+                self.drain(i, false);
+            }
+            Action::SetLink(f, t, config) => {
+                w.overrides.insert(link_key(f, t), config);
+                w.trace_link_change(Some((f, t)));
+            }
+            Action::ClearLink(f, t) => {
+                w.overrides.remove(&link_key(f, t));
+                w.trace_link_change(Some((f, t)));
+            }
+            Action::SetDefault(config, compiled) => {
+                w.default_link = config;
+                w.default_compiled = compiled;
+                w.trace_link_change(None);
+            }
+        }
+        self.world.faults += 1;
+        Ok(())
+    }
+
+    // ----- running -----
+
+    /// Processes the next scheduled entry (skipping superseded timers) and returns its time,
+    /// or `None` if nothing is scheduled.
+    pub fn step(&mut self) -> Option<Time> {
+        loop {
+            let (at, kind) = self.world.queue.pop()?;
+            if self.process(at, kind) {
+                return Some(self.world.now);
+            }
+        }
+    }
+
+    /// Runs until nothing at all is scheduled. Never returns for cores that keep a timer set
+    /// forever; prefer [`run_until`](Self::run_until) for those.
+    pub fn run(&mut self) -> RunOutcome {
+        self.run_until(Time::MAX)
+    }
+
+    /// Runs for `duration` of virtual time (see [`run_until`](Self::run_until)).
+    pub fn run_for(&mut self, duration: Duration) -> RunOutcome {
+        self.run_until(self.world.now + duration)
+    }
+
+    /// Processes everything scheduled at or before `deadline`. Afterwards the clock reads
+    /// `deadline` (unless it is [`Time::MAX`], or already later). The outcome is
+    /// [`RunOutcome::Quiescent`] if no message is in flight and no fault is pending (timers
+    /// may remain), [`RunOutcome::Deadline`] otherwise.
+    pub fn run_until(&mut self, deadline: Time) -> RunOutcome {
+        let mut last = self.world.now;
+        while let Some(at) = self.world.queue.peek_time() {
+            if at > deadline {
+                break;
+            }
+            if let Some((at, kind)) = self.world.queue.pop()
+                && self.process(at, kind)
+            {
+                last = self.world.now;
+            }
+        }
+        if deadline != Time::MAX && deadline > self.world.now {
+            self.world.now = deadline;
+        }
+        if self.world.in_flight == 0 && self.world.pending_faults == 0 {
+            RunOutcome::Quiescent { at: last }
+        } else {
+            RunOutcome::Deadline { in_flight: self.world.in_flight }
+        }
+    }
+
+    /// Number of scheduled entries (message copies in flight, timers, faults; superseded
+    /// timer entries included until they are skipped).
+    pub fn pending(&self) -> usize {
+        self.world.queue.len()
+    }
+
+    /// Message copies in flight.
+    pub fn in_flight(&self) -> u64 {
+        self.world.in_flight
+    }
+
+    // ----- observing -----
+
+    /// Events processed so far (message arrivals plus timer fires).
+    pub fn events_processed(&self) -> u64 {
+        self.world.events
+    }
+
+    /// Network-wide message counters (cheap; [`stats`](Self::stats) has everything).
+    pub fn message_totals(&self) -> MessageStats {
+        self.world.totals
+    }
+
+    /// A snapshot of all counters.
+    pub fn stats(&self) -> SimStats {
+        let w = &self.world;
+        let mut nodes: Vec<NodeStats> = w
+            .meta
+            .iter()
+            .enumerate()
+            .map(|(i, m)| NodeStats {
+                index: i,
+                outbound: MessageStats::default(),
+                inbound: MessageStats::default(),
+                timer_fires: m.timer_fires,
+                unroutable: m.unroutable,
+                crashes: m.crashes,
+                restarts: m.restarts,
+                incarnation: m.incarnation,
+                up: m.up,
+            })
+            .collect();
+        let mut links = BTreeMap::new();
+        for l in &w.links {
+            nodes[l.from as usize].outbound.add(&l.stats);
+            nodes[l.to as usize].inbound.add(&l.stats);
+            if l.stats.sent + l.stats.duplicated > 0 {
+                links.insert((w.ids[l.from as usize], w.ids[l.to as usize]), l.stats);
+            }
+        }
+        SimStats {
+            now: w.now,
+            last_event_at: w.last_event_at,
+            events: w.events,
+            arrivals: w.arrivals,
+            timer_fires: w.timer_fires,
+            faults: w.faults,
+            unroutable: w.unroutable,
+            messages: w.totals,
+            nodes: nodes.into_iter().map(|s| (w.ids[s.index], s)).collect(),
+            links,
+        }
+    }
+
+    /// The digest of everything that happened so far. Equal for runs with the same seed and
+    /// the same setup and inputs; the exact value is not stable across versions of this
+    /// crate.
+    pub fn trace_hash(&self) -> TraceHash {
+        self.world.tracer.digest()
+    }
+
+    /// The recorded trace entries, oldest first (empty unless
+    /// [`SimBuilder::record_trace`] was set).
+    pub fn trace(&self) -> impl Iterator<Item = &TraceEntry> {
+        self.world.tracer.entries()
+    }
+
+    // ----- internals -----
+
+    /// Processes one popped entry; false if it was a superseded timer (nothing happened).
+    fn process(&mut self, at: Time, kind: Kind) -> bool {
+        let w = &mut self.world;
+        if at > w.now {
+            w.now = at;
+        }
+        match kind {
+            Kind::Deliver { link, incarnation, bytes } => {
+                self.arrive(link, incarnation, bytes);
+                true
+            }
+            Kind::Timer { node, generation } => self.fire(node, generation),
+            Kind::Fault(action) => {
+                self.world.pending_faults -= 1;
+                // A scheduled crash of a node already down (or restart of a running one) is a
+                // no-op by definition.
+                let _ = self.apply_action(*action);
+                true
+            }
+        }
+    }
+
+    fn arrive(&mut self, link: u32, incarnation: u32, bytes: Vec<u8>) {
+        let w = &mut self.world;
+        w.in_flight -= 1;
+        w.events += 1;
+        w.arrivals += 1;
+        w.last_event_at = w.now;
+        let (from, to) = (w.links[link as usize].from, w.links[link as usize].to);
+        let dest = &w.meta[to as usize];
+        if !dest.up || dest.incarnation != incarnation {
+            w.drop_copy(link, bytes.len(), DropReason::Crash);
+            return;
+        }
+        if w.meta[from as usize].group != dest.group {
+            w.drop_copy(link, bytes.len(), DropReason::Partition);
+            return;
+        }
+        let message = match encoding::decode_with_limit::<P::Message>(&bytes, w.max_message_len) {
+            Ok(m) => m,
+            Err(_) => {
+                w.drop_copy(link, bytes.len(), DropReason::Decode);
+                return;
+            }
+        };
+        w.delivered(link, &bytes);
+        let now = w.now;
+        let sender = w.ids[from as usize];
+        if let Some(core) = self.cores[to as usize].as_mut() {
+            core.handle_message(now, sender, message);
+            self.drain(to, false);
+        }
+    }
+
+    fn fire(&mut self, node: u32, generation: u64) -> bool {
+        let w = &mut self.world;
+        let m = &mut w.meta[node as usize];
+        if !m.up || m.timer_gen != generation {
+            return false;
+        }
+        m.timer_armed = None;
+        let Some(core) = self.cores[node as usize].as_mut() else {
+            return false;
+        };
+        let now = w.now;
+        match core.poll_timeout() {
+            Some(deadline) if deadline <= now => {
+                m.timer_fires += 1;
+                w.timer_fires += 1;
+                w.events += 1;
+                w.last_event_at = now;
+                w.tracer.head(TAG_TIMEOUT, now, node);
+                if w.tracer.recording() {
+                    w.tracer.record(TraceEntry::Timeout { at: now, node: w.ids[node as usize] });
+                }
+                core.handle_timeout(now);
+                self.drain(node, true);
+                true
+            }
+            later => {
+                w.arm(node, later, false);
+                false
+            }
+        }
+    }
+
+    /// Drains a core's outputs after an input: transmits, events, then its deadline.
+    fn drain(&mut self, node: u32, after_fire: bool) {
+        let Some(core) = self.cores.get_mut(node as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        let w = &mut self.world;
+        while let Some(t) = core.poll_transmit() {
+            let bytes = encoding::encode(&t.message);
+            w.send(node, t.to, bytes);
+        }
+        while let Some(event) = core.poll_event() {
+            w.tracer.head(TAG_EVENT, w.now, node);
+            if let Some(digest) = self.event_digest.as_mut() {
+                self.digest_buf.clear();
+                digest(&event, &mut self.digest_buf);
+                w.tracer.bytes(&self.digest_buf);
+            }
+            if w.tracer.recording() {
+                w.tracer.record(TraceEntry::Event { at: w.now, node: w.ids[node as usize] });
+            }
+            if self.record_events {
+                self.events.push((w.now, w.ids[node as usize], event));
+            }
+        }
+        let deadline = core.poll_timeout();
+        w.arm(node, deadline, after_fire);
+    }
+}
+
+impl<P: Protocol> fmt::Debug for Sim<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sim")
+            .field("seed", &self.world.seed)
+            .field("now", &self.world.now)
+            .field("nodes", &self.world.ids.len())
+            .field("pending", &self.world.queue.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Appends bytes identifying an event to a buffer (see [`Sim::set_event_digest`]).
+type EventDigest<E> = Box<dyn FnMut(&E, &mut Vec<u8>)>;
+
+/// Everything but the cores, so a core and the network can be borrowed at once.
+struct World {
+    now: Time,
+    seed: u64,
+    ids: Arc<[NodeId]>,
+    secrets: Vec<[u8; 32]>,
+    index: IdMap<NodeId, u32>,
+    meta: Vec<NodeMeta>,
+    queue: Queue<Kind>,
+    rng: ChaCha8Rng,
+    default_link: LinkConfig,
+    default_compiled: CompiledLink,
+    link_index: LinkIndex,
+    /// Per-link configurations overriding the default.
+    overrides: IdMap<u64, CompiledLink>,
+    links: Vec<LinkState>,
+    totals: MessageStats,
+    events: u64,
+    arrivals: u64,
+    timer_fires: u64,
+    faults: u64,
+    unroutable: u64,
+    last_event_at: Time,
+    in_flight: u64,
+    pending_faults: u64,
+    tracer: Tracer,
+    max_message_len: usize,
+}
+
+struct NodeMeta {
+    up: bool,
+    incarnation: u32,
+    group: u32,
+    disk: Disk,
+    /// Generation of the one valid timer entry; bumped to invalidate it.
+    timer_gen: u64,
+    /// When the valid timer entry (if any) is scheduled.
+    timer_armed: Option<Time>,
+    timer_fires: u64,
+    unroutable: u64,
+    crashes: u64,
+    restarts: u64,
+}
+
+impl NodeMeta {
+    fn new() -> Self {
+        Self {
+            up: true,
+            incarnation: 0,
+            group: 0,
+            disk: Disk::new(),
+            timer_gen: 0,
+            timer_armed: None,
+            timer_fires: 0,
+            unroutable: 0,
+            crashes: 0,
+            restarts: 0,
+        }
+    }
+}
+
+/// Up to this many nodes, link states are found through a dense `n × n` table (16 MiB at
+/// most) rather than a hash map.
+const DENSE_LINKS_MAX_NODES: usize = 2048;
+
+/// Where the state of link `(from, to)` is in [`World::links`] (`u32::MAX`: not yet used).
+enum LinkIndex {
+    Dense { n: usize, slots: Vec<u32> },
+    Sparse(IdMap<u64, u32>),
+}
+
+struct LinkState {
+    from: u32,
+    to: u32,
+    /// No FIFO copy on this link is scheduled before this instant (microseconds).
+    fifo_floor: u64,
+    stats: MessageStats,
+}
+
+impl LinkState {
+    fn new(from: u32, to: u32) -> Self {
+        Self { from, to, fifo_floor: 0, stats: MessageStats::default() }
+    }
+}
+
+enum Action {
+    Partition(Vec<u32>, usize),
+    Heal,
+    Crash(u32),
+    Restart(u32),
+    SetLink(u32, u32, CompiledLink),
+    ClearLink(u32, u32),
+    SetDefault(LinkConfig, CompiledLink),
+}
+
+enum Kind {
+    Deliver { link: u32, incarnation: u32, bytes: Vec<u8> },
+    Timer { node: u32, generation: u64 },
+    Fault(Box<Action>),
+}
+
+fn link_key(from: u32, to: u32) -> u64 {
+    (u64::from(from) << 32) | u64::from(to)
+}
+
+fn first_u64(bytes: &[u8; 32]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[..8]);
+    u64::from_le_bytes(b)
+}
+
+impl World {
+    fn resolve(&self, id: NodeId) -> Result<u32, SimError> {
+        self.index.get(&id).copied().ok_or(SimError::UnknownNode(id))
+    }
+
+    fn context(&self, i: u32) -> NodeContext {
+        let m = &self.meta[i as usize];
+        let mut h = blake3::Hasher::new_derive_key("llmkg-federation sim node seed v1");
+        h.update(&self.seed.to_le_bytes());
+        h.update(&u64::from(i).to_le_bytes());
+        h.update(&u64::from(m.incarnation).to_le_bytes());
+        NodeContext {
+            id: self.ids[i as usize],
+            index: i as usize,
+            incarnation: m.incarnation,
+            seed: first_u64(h.finalize().as_bytes()),
+            disk: m.disk.clone(),
+            nodes: self.ids.clone(),
+            secret: self.secrets[i as usize],
+        }
+    }
+
+    fn resolve_fault(&self, fault: Fault) -> Result<Action, SimError> {
+        Ok(match fault {
+            Fault::Partition(groups) => {
+                let mut assignment: Vec<Option<u32>> = vec![None; self.ids.len()];
+                for (g, members) in groups.iter().enumerate() {
+                    for id in members {
+                        let i = self.resolve(*id)? as usize;
+                        if assignment[i].is_some() {
+                            return Err(SimError::DuplicateInPartition(*id));
+                        }
+                        assignment[i] = Some(g as u32 + 1);
+                    }
+                }
+                let unlisted = assignment.iter().any(Option::is_none);
+                let nonempty = groups.iter().filter(|g| !g.is_empty()).count();
+                let count = nonempty + usize::from(unlisted);
+                Action::Partition(assignment.into_iter().map(|g| g.unwrap_or(0)).collect(), count)
+            }
+            Fault::Heal => Action::Heal,
+            Fault::Crash(id) => Action::Crash(self.resolve(id)?),
+            Fault::Restart(id) => Action::Restart(self.resolve(id)?),
+            Fault::SetLink { from, to, config } => {
+                Action::SetLink(self.resolve(from)?, self.resolve(to)?, config.compile()?)
+            }
+            Fault::ClearLink { from, to } => {
+                Action::ClearLink(self.resolve(from)?, self.resolve(to)?)
+            }
+            Fault::SetDefaultLink(config) => {
+                let compiled = config.compile()?;
+                Action::SetDefault(config, compiled)
+            }
+        })
+    }
+
+    fn trace_link_change(&mut self, link: Option<(u32, u32)>) {
+        let (f, t) = link.unwrap_or((u32::MAX, u32::MAX));
+        self.tracer.head(TAG_LINK, self.now, f);
+        self.tracer.u32(t);
+        if self.tracer.recording() {
+            let link = link.map(|(f, t)| (self.ids[f as usize], self.ids[t as usize]));
+            self.tracer.record(TraceEntry::LinkChanged { at: self.now, link });
+        }
+    }
+
+    fn push(&mut self, at: Time, kind: Kind) {
+        self.queue.push(at, kind);
+    }
+
+    /// The index of the state of link `from → to`, created on first use.
+    fn link(&mut self, from: u32, to: u32) -> u32 {
+        let next = self.links.len() as u32;
+        let slot = match &mut self.link_index {
+            LinkIndex::Dense { n, slots } => {
+                let i = from as usize * *n + to as usize;
+                match slots.get_mut(i) {
+                    Some(slot) => slot,
+                    // Not reached (both indices are below n); a fresh state keeps it sound.
+                    None => {
+                        self.links.push(LinkState::new(from, to));
+                        return next;
+                    }
+                }
+            }
+            LinkIndex::Sparse(map) => map.entry(link_key(from, to)).or_insert(u32::MAX),
+        };
+        if *slot == u32::MAX {
+            *slot = next;
+            self.links.push(LinkState::new(from, to));
+        }
+        *slot
+    }
+
+    /// Hands `bytes` from node `from` to the network, addressed to `to`.
+    fn send(&mut self, from: u32, to: NodeId, bytes: Vec<u8>) {
+        let Some(&dest) = self.index.get(&to) else {
+            self.unroutable += 1;
+            self.meta[from as usize].unroutable += 1;
+            self.tracer.head(TAG_UNROUTABLE, self.now, from);
+            self.tracer.bytes(to.as_bytes());
+            if self.tracer.recording() {
+                let from = self.ids[from as usize];
+                self.tracer.record(TraceEntry::Unroutable { at: self.now, from, to });
+            }
+            return;
+        };
+        let link = self.link(from, dest);
+        let len = bytes.len() as u64;
+        let state = &mut self.links[link as usize];
+        state.stats.sent += 1;
+        state.stats.sent_bytes += len;
+        self.totals.sent += 1;
+        self.totals.sent_bytes += len;
+        let config = if self.overrides.is_empty() {
+            self.default_compiled
+        } else {
+            self.overrides.get(&link_key(from, dest)).copied().unwrap_or(self.default_compiled)
+        };
+        let (receiver, sender) = (&self.meta[dest as usize], &self.meta[from as usize]);
+        if !receiver.up {
+            self.drop_copy(link, bytes.len(), DropReason::Crash);
+            return;
+        }
+        if sender.group != receiver.group {
+            self.drop_copy(link, bytes.len(), DropReason::Partition);
+            return;
+        }
+        let incarnation = receiver.incarnation;
+        if chance(&mut self.rng, config.loss) {
+            self.drop_copy(link, bytes.len(), DropReason::Loss);
+            return;
+        }
+        if chance(&mut self.rng, config.duplicate) {
+            self.links[link as usize].stats.duplicated += 1;
+            self.totals.duplicated += 1;
+            let copy = bytes.clone();
+            self.schedule_copy(link, &config, incarnation, bytes);
+            self.schedule_copy(link, &config, incarnation, copy);
+        } else {
+            self.schedule_copy(link, &config, incarnation, bytes);
+        }
+    }
+
+    fn schedule_copy(
+        &mut self,
+        link: u32,
+        config: &CompiledLink,
+        incarnation: u32,
+        bytes: Vec<u8>,
+    ) {
+        let mut at = self.now.as_micros().saturating_add(config.sample_latency(&mut self.rng));
+        match config.sample_reorder(&mut self.rng) {
+            Some(extra) => at = at.saturating_add(extra),
+            None => {
+                let state = &mut self.links[link as usize];
+                at = at.max(state.fifo_floor);
+                state.fifo_floor = at;
+            }
+        }
+        self.in_flight += 1;
+        self.push(Time::from_micros(at), Kind::Deliver { link, incarnation, bytes });
+    }
+
+    fn drop_copy(&mut self, link: u32, len: usize, reason: DropReason) {
+        let state = &mut self.links[link as usize];
+        for stats in [&mut state.stats, &mut self.totals] {
+            match reason {
+                DropReason::Loss => stats.dropped_loss += 1,
+                DropReason::Partition => stats.dropped_partition += 1,
+                DropReason::Crash => stats.dropped_crash += 1,
+                DropReason::Decode => stats.dropped_decode += 1,
+            }
+            stats.dropped_bytes += len as u64;
+        }
+        let (from, to) = (state.from, state.to);
+        self.tracer.head(TAG_DROPPED, self.now, from);
+        self.tracer.u32(to);
+        self.tracer.u32(len as u32);
+        self.tracer.drop_reason(reason);
+        if self.tracer.recording() {
+            let (from, to) = (self.ids[from as usize], self.ids[to as usize]);
+            self.tracer.record(TraceEntry::Dropped { at: self.now, from, to, bytes: len, reason });
+        }
+    }
+
+    fn delivered(&mut self, link: u32, bytes: &[u8]) {
+        let state = &mut self.links[link as usize];
+        let len = bytes.len() as u64;
+        state.stats.delivered += 1;
+        state.stats.delivered_bytes += len;
+        self.totals.delivered += 1;
+        self.totals.delivered_bytes += len;
+        let (from, to) = (state.from, state.to);
+        self.tracer.head(TAG_DELIVERED, self.now, from);
+        self.tracer.u32(to);
+        self.tracer.bytes(bytes);
+        if self.tracer.recording() {
+            let (from, to) = (self.ids[from as usize], self.ids[to as usize]);
+            let entry = TraceEntry::Delivered { at: self.now, from, to, bytes: bytes.len() };
+            self.tracer.record(entry);
+        }
+    }
+
+    /// Makes sure node `node`'s timer entry fires no later than `deadline` (deferred past
+    /// `now` if the node's timer has just fired).
+    fn arm(&mut self, node: u32, deadline: Option<Time>, after_fire: bool) {
+        let Some(deadline) = deadline else {
+            // A still-valid entry finds no deadline when it pops, and is dropped then.
+            return;
+        };
+        let floor = if after_fire { self.now + Duration::from_micros(1) } else { self.now };
+        let at = deadline.max(floor);
+        let m = &mut self.meta[node as usize];
+        if let Some(armed) = m.timer_armed
+            && armed <= at
+        {
+            // The earlier entry re-arms for the later deadline when it pops.
+            return;
+        }
+        m.timer_gen += 1;
+        m.timer_armed = Some(at);
+        let generation = m.timer_gen;
+        self.push(at, Kind::Timer { node, generation });
+    }
+}
+
+/// A fast hasher for keys that are uniformly random (node ids) or small integers (link keys).
+/// Maps using it are only ever looked up, never iterated, so their order cannot affect a run.
+#[derive(Default, Clone, Copy)]
+pub(super) struct IdHasher(u64);
+
+impl IdHasher {
+    #[inline]
+    fn mix(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.mix(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.mix(n);
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.mix(u64::from(n));
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.mix(n as u64);
+    }
+}
+
+/// A hash map for lookups only (see [`IdHasher`]); never iterate one where order matters.
+pub(super) type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;

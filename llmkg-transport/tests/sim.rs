@@ -1,0 +1,709 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+//! Integration tests of the deterministic network simulator.
+//!
+//! Every assertion that depends on a seed prints it, so a failure replays with that seed.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use llmkg_federation_core::{NodeId, NodeKeypair, Protocol, Time, Transmit};
+use llmkg_transport::sim::workloads::{Flood, FloodConfig};
+use llmkg_transport::sim::{
+    Byzantine, ByzantineConfig, Disk, Fault, Latency, LinkConfig, MessageStats, RunOutcome,
+    SimBuilder, SimError, SimStats, TraceHash,
+};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn uniform(min: u64, max: u64) -> LinkConfig {
+    LinkConfig::with_latency(Latency::Uniform { min: ms(min), max: ms(max) })
+}
+
+/// `sent + duplicated == delivered + dropped + in flight`, for totals, per link and per node.
+fn check_accounting(seed: u64, stats: &SimStats) {
+    let m = &stats.messages;
+    assert_eq!(
+        m.sent + m.duplicated,
+        m.delivered + m.dropped() + m.in_flight(),
+        "seed {seed}: totals {m:?}"
+    );
+    let mut links = MessageStats::default();
+    for l in stats.links.values() {
+        assert_eq!(l.sent + l.duplicated, l.delivered + l.dropped() + l.in_flight(), "seed {seed}");
+        links = add(links, l);
+    }
+    assert_eq!(&links, m, "seed {seed}: per-link stats do not sum to the totals");
+    let (mut out, mut inb) = (MessageStats::default(), MessageStats::default());
+    for n in stats.nodes.values() {
+        out = add(out, &n.outbound);
+        inb = add(inb, &n.inbound);
+    }
+    assert_eq!(&out, m, "seed {seed}: per-node outbound stats do not sum to the totals");
+    assert_eq!(&inb, m, "seed {seed}: per-node inbound stats do not sum to the totals");
+    assert_eq!(stats.events, stats.arrivals + stats.timer_fires, "seed {seed}");
+}
+
+fn add(mut a: MessageStats, b: &MessageStats) -> MessageStats {
+    a.sent += b.sent;
+    a.sent_bytes += b.sent_bytes;
+    a.duplicated += b.duplicated;
+    a.delivered += b.delivered;
+    a.delivered_bytes += b.delivered_bytes;
+    a.dropped_loss += b.dropped_loss;
+    a.dropped_partition += b.dropped_partition;
+    a.dropped_crash += b.dropped_crash;
+    a.dropped_decode += b.dropped_decode;
+    a.dropped_bytes += b.dropped_bytes;
+    a
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Determinism
+
+/// A small gossip run with every network feature on: loss, duplication, reordering, long-tail
+/// latency on some links, a partition that heals, a crash and a restart.
+fn gossip_run(seed: u64) -> (TraceHash, SimStats) {
+    let link = uniform(1, 30).loss(0.05).duplicate(0.02).reorder(0.1, ms(20));
+    let mut sim = SimBuilder::new(seed)
+        .nodes(40)
+        .default_link(link)
+        .build(|ctx| Flood::new(&ctx, FloodConfig::default()))
+        .unwrap();
+    let ids = sim.node_ids().to_vec();
+    let slow = LinkConfig::with_latency(Latency::Exponential { floor: ms(5), mean: ms(40) });
+    sim.set_link(ids[1], ids[2], slow.clone()).unwrap();
+    sim.schedule(Time::from_millis(5), Fault::Partition(vec![ids[..20].to_vec()])).unwrap();
+    sim.schedule(Time::from_millis(300), Fault::Heal).unwrap();
+    sim.schedule(Time::from_millis(50), Fault::Crash(ids[7])).unwrap();
+    sim.schedule(Time::from_millis(400), Fault::Restart(ids[7])).unwrap();
+    let link = Fault::SetLink { from: ids[3], to: ids[4], config: slow };
+    sim.schedule(Time::from_millis(100), link).unwrap();
+    sim.set_event_digest(|e, out| out.extend_from_slice(&e.rumor.to_le_bytes()));
+    for (i, origin) in [0usize, 25, 39].into_iter().enumerate() {
+        sim.with_node(ids[origin], |core, now| core.originate(now, i as u64)).unwrap();
+    }
+    sim.run_for(ms(10));
+    sim.with_node(ids[10], |core, now| core.originate(now, 99)).unwrap();
+    let outcome = sim.run();
+    assert!(matches!(outcome, RunOutcome::Quiescent { .. }), "seed {seed}: {outcome:?}");
+    (sim.trace_hash(), sim.stats())
+}
+
+#[test]
+fn same_seed_gives_the_same_trace_and_different_seeds_differ() {
+    let seed = 7;
+    let (first, stats) = gossip_run(seed);
+    check_accounting(seed, &stats);
+    assert!(stats.messages.dropped_loss > 0, "seed {seed}: {:?}", stats.messages);
+    assert!(stats.messages.dropped_partition > 0, "seed {seed}: {:?}", stats.messages);
+    assert!(stats.messages.dropped_crash > 0, "seed {seed}: {:?}", stats.messages);
+    assert!(stats.messages.duplicated > 0, "seed {seed}: {:?}", stats.messages);
+    for run in 1..100 {
+        let (hash, again) = gossip_run(seed);
+        assert_eq!(hash, first, "seed {seed}: run {run} diverged");
+        assert_eq!(again, stats, "seed {seed}: run {run} counted differently");
+    }
+    let mut seen = BTreeSet::from([first]);
+    for other in 100..120 {
+        let (hash, _) = gossip_run(other);
+        assert!(seen.insert(hash), "seed {other}: trace hash collides with an earlier seed");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. 1,000 nodes under loss and a healing partition
+
+#[test]
+fn thousand_node_flood_survives_loss_and_a_healing_partition() {
+    let seed = 1_000;
+    let n = 1_000;
+    let mut sim = SimBuilder::new(seed)
+        .nodes(n)
+        .default_link(uniform(1, 20).loss(0.05))
+        .record_events(false)
+        .build(|ctx| Flood::new(&ctx, FloodConfig::default()))
+        .unwrap();
+    let ids = sim.node_ids().to_vec();
+    sim.partition(&[&ids[..n / 2]]).unwrap();
+    sim.schedule(Time::from_millis(2_000), Fault::Heal).unwrap();
+    let rumors = [(0usize, 1u64), (n / 2, 2), (n - 1, 3)];
+    for (origin, rumor) in rumors {
+        sim.with_node(ids[origin], |core, now| core.originate(now, rumor)).unwrap();
+    }
+
+    // Before the heal each rumor stays on its side of the partition.
+    let outcome = sim.run_until(Time::from_millis(1_900));
+    assert!(matches!(outcome, RunOutcome::Deadline { .. }), "seed {seed}: {outcome:?}");
+    let left = |i: usize| i < n / 2;
+    for (i, id) in ids.iter().enumerate() {
+        let core = sim.node(*id).unwrap();
+        assert_eq!(core.knows(1), left(i), "seed {seed}: node {i} and rumor 1 before the heal");
+        assert_eq!(core.knows(2), !left(i), "seed {seed}: node {i} and rumor 2 before the heal");
+    }
+
+    let outcome = sim.run();
+    assert!(matches!(outcome, RunOutcome::Quiescent { .. }), "seed {seed}: {outcome:?}");
+    for (i, id) in ids.iter().enumerate() {
+        let core = sim.node(*id).unwrap();
+        for (_, rumor) in rumors {
+            assert!(core.knows(rumor), "seed {seed}: node {i} never learned rumor {rumor}");
+        }
+        assert_eq!(core.unacknowledged(), 0, "seed {seed}: node {i}");
+        assert_eq!(core.gave_up(), 0, "seed {seed}: node {i}");
+    }
+    let stats = sim.stats();
+    check_accounting(seed, &stats);
+    let m = stats.messages;
+    assert_eq!(m.in_flight(), 0, "seed {seed}");
+    assert_eq!(sim.pending(), 0, "seed {seed}: quiescent but entries remain");
+    assert!(m.dropped_partition > 0, "seed {seed}: {m:?}");
+    assert_eq!(m.dropped_crash + m.dropped_decode, 0, "seed {seed}: {m:?}");
+    // Loss is decided per copy handed to a link while the partition does not stop it.
+    let exposed = m.sent - m.dropped_partition;
+    let loss = m.dropped_loss as f64 / exposed as f64;
+    assert!((0.04..0.06).contains(&loss), "seed {seed}: loss rate {loss} ({m:?})");
+    assert!(stats.events > 20_000, "seed {seed}: only {} events", stats.events);
+    assert_eq!(stats.nodes.len(), n);
+    assert!(stats.now >= Time::from_millis(2_000), "seed {seed}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Link properties
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+enum Msg {
+    Seq(u64),
+    Bump,
+    Value(u64),
+}
+
+/// Sends what the host queues; reports every message received.
+#[derive(Default)]
+struct Recorder {
+    out: VecDeque<Transmit<Msg>>,
+    events: VecDeque<(NodeId, Msg)>,
+}
+
+impl Recorder {
+    fn send(&mut self, to: NodeId, message: Msg) {
+        self.out.push_back(Transmit { to, message });
+    }
+}
+
+impl Protocol for Recorder {
+    type Message = Msg;
+    type Event = (NodeId, Msg);
+    fn handle_message(&mut self, _now: Time, from: NodeId, message: Msg) {
+        self.events.push_back((from, message));
+    }
+    fn handle_timeout(&mut self, _now: Time) {}
+    fn poll_transmit(&mut self) -> Option<Transmit<Msg>> {
+        self.out.pop_front()
+    }
+    fn poll_timeout(&self) -> Option<Time> {
+        None
+    }
+    fn poll_event(&mut self) -> Option<(NodeId, Msg)> {
+        self.events.pop_front()
+    }
+}
+
+/// Sends `Seq(0..n)` from node 0 to node 1 over `link` (half at time 0, half 1 ms later) and
+/// returns the sequence numbers in arrival order plus the stats.
+fn stream(seed: u64, link: LinkConfig, n: u64) -> (Vec<u64>, SimStats) {
+    let mut sim =
+        SimBuilder::new(seed).nodes(2).default_link(link).build(|_| Recorder::default()).unwrap();
+    let (a, b) = (sim.node_ids()[0], sim.node_ids()[1]);
+    sim.with_node(a, |core, _| (0..n / 2).for_each(|i| core.send(b, Msg::Seq(i)))).unwrap();
+    sim.run_for(ms(1));
+    sim.with_node(a, |core, _| (n / 2..n).for_each(|i| core.send(b, Msg::Seq(i)))).unwrap();
+    assert!(matches!(sim.run(), RunOutcome::Quiescent { .. }), "seed {seed}");
+    let got = sim
+        .drain_events()
+        .into_iter()
+        .map(|(_, node, (from, msg))| {
+            assert_eq!((node, from), (b, a), "seed {seed}");
+            match msg {
+                Msg::Seq(i) => i,
+                other => panic!("seed {seed}: unexpected {other:?}"),
+            }
+        })
+        .collect();
+    let stats = sim.stats();
+    check_accounting(seed, &stats);
+    (got, stats)
+}
+
+fn inversions(seq: &[u64]) -> usize {
+    seq.windows(2).filter(|w| w[1] < w[0]).count()
+}
+
+#[test]
+fn links_are_fifo_without_reordering() {
+    for seed in 0..5 {
+        let (got, _) = stream(seed, uniform(1, 50), 500);
+        assert_eq!(got, (0..500).collect::<Vec<_>>(), "seed {seed}: not FIFO");
+        let tail = LinkConfig::with_latency(Latency::Exponential { floor: ms(1), mean: ms(30) });
+        let (got, _) = stream(seed, tail, 500);
+        assert_eq!(got, (0..500).collect::<Vec<_>>(), "seed {seed}: long tail not FIFO");
+    }
+}
+
+#[test]
+fn reordering_reorders_but_loses_nothing() {
+    let seed = 11;
+    let (mut got, _) = stream(seed, uniform(1, 50).reorder(0.3, ms(50)), 500);
+    assert!(inversions(&got) > 20, "seed {seed}: only {} inversions", inversions(&got));
+    got.sort_unstable();
+    assert_eq!(got, (0..500).collect::<Vec<_>>(), "seed {seed}");
+}
+
+#[test]
+fn duplication_duplicates() {
+    let seed = 12;
+    let n = 1_000;
+    let (got, stats) = stream(seed, uniform(1, 50).duplicate(0.25), n);
+    let extra = got.len() as u64 - n;
+    assert_eq!(extra, stats.messages.duplicated, "seed {seed}");
+    assert!((150..350).contains(&extra), "seed {seed}: {extra} duplicates");
+    assert_eq!(got.iter().collect::<BTreeSet<_>>().len() as u64, n, "seed {seed}");
+    // Duplicates travel FIFO too: the sequence never goes backwards.
+    assert_eq!(inversions(&got), 0, "seed {seed}");
+}
+
+#[test]
+fn loss_drops_about_the_configured_fraction() {
+    let seed = 13;
+    let n = 2_000;
+    let (got, stats) = stream(seed, uniform(1, 50).loss(0.2), n);
+    let lost = stats.messages.dropped_loss;
+    assert_eq!(got.len() as u64 + lost, n, "seed {seed}");
+    assert!((300..500).contains(&lost), "seed {seed}: lost {lost} of {n}");
+    assert_eq!(inversions(&got), 0, "seed {seed}");
+    // Deterministic for the seed.
+    let (again, _) = stream(seed, uniform(1, 50).loss(0.2), n);
+    assert_eq!(got, again, "seed {seed}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Crash and restart
+
+#[derive(Debug, PartialEq, Eq)]
+enum CounterEvent {
+    Bumped { memory: u64, durable: u64 },
+    Tick,
+}
+
+/// Node 0 sends `Bump` to node 1 every 10 ms, 100 times. Node 1 counts bumps in memory and on
+/// its disk; its first incarnation also sets a timer for 300 ms that emits `Tick`.
+struct Counter {
+    index: usize,
+    peer: NodeId,
+    disk: Disk,
+    memory: u64,
+    timer: Option<Time>,
+    sent: u64,
+    out: VecDeque<Transmit<Msg>>,
+    events: VecDeque<CounterEvent>,
+}
+
+impl Protocol for Counter {
+    type Message = Msg;
+    type Event = CounterEvent;
+    fn handle_message(&mut self, _now: Time, _from: NodeId, message: Msg) {
+        if message == Msg::Bump {
+            self.memory += 1;
+            let durable = self.disk.get_u64(b"count").unwrap_or(0) + 1;
+            self.disk.put_u64(b"count", durable);
+            self.events.push_back(CounterEvent::Bumped { memory: self.memory, durable });
+        }
+    }
+    fn handle_timeout(&mut self, now: Time) {
+        if self.index == 0 {
+            self.sent += 1;
+            self.out.push_back(Transmit { to: self.peer, message: Msg::Bump });
+            self.timer = (self.sent < 100).then(|| now + ms(10));
+        } else {
+            self.events.push_back(CounterEvent::Tick);
+            self.timer = None;
+        }
+    }
+    fn poll_transmit(&mut self) -> Option<Transmit<Msg>> {
+        self.out.pop_front()
+    }
+    fn poll_timeout(&self) -> Option<Time> {
+        self.timer
+    }
+    fn poll_event(&mut self) -> Option<CounterEvent> {
+        self.events.pop_front()
+    }
+}
+
+#[test]
+fn a_restarted_node_keeps_only_what_it_made_durable() {
+    let seed = 21;
+    let link = LinkConfig::with_latency(Latency::Fixed(ms(1)));
+    let mut sim = SimBuilder::new(seed)
+        .nodes(2)
+        .default_link(link)
+        .record_trace(1_000)
+        .build(|ctx| Counter {
+            index: ctx.index,
+            peer: ctx.nodes[1 - ctx.index],
+            memory: 0,
+            timer: match (ctx.index, ctx.incarnation) {
+                (0, _) => Some(Time::from_millis(10)),
+                (_, 0) => Some(Time::from_millis(300)),
+                _ => None,
+            },
+            disk: ctx.disk,
+            sent: 0,
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+        })
+        .unwrap();
+    let (a, b) = (sim.node_ids()[0], sim.node_ids()[1]);
+    sim.schedule(Time::from_micros(200_500), Fault::Crash(b)).unwrap();
+    sim.schedule(Time::from_micros(500_500), Fault::Restart(b)).unwrap();
+
+    sim.run_until(Time::from_millis(300));
+    assert!(sim.node(b).is_none(), "seed {seed}");
+    assert_eq!(sim.is_up(b), Ok(false));
+    assert_eq!(sim.with_node(b, |_, _| ()), Err(SimError::NodeDown(b)));
+    assert_eq!(sim.disk(b).unwrap().get_u64(b"count"), Some(19), "seed {seed}");
+
+    let outcome = sim.run();
+    assert_eq!(outcome, RunOutcome::Quiescent { at: Time::from_millis(1_001) }, "seed {seed}");
+    let core = sim.node(b).unwrap();
+    // Bumps sent at 10..=190 ms arrived before the crash; the one sent at 200 ms was in flight
+    // when it happened; those sent at 210..=500 ms found the node down; 510..=1000 ms arrived.
+    assert_eq!(core.memory, 50, "seed {seed}: memory survived the crash");
+    assert_eq!(core.disk.get_u64(b"count"), Some(69), "seed {seed}: durable count lost");
+    let events = sim.drain_events();
+    assert!(
+        events.iter().all(|(_, _, e)| *e != CounterEvent::Tick),
+        "seed {seed}: the crashed incarnation's timer fired"
+    );
+    assert_eq!(events.len(), 69, "seed {seed}");
+    let stats = sim.stats();
+    check_accounting(seed, &stats);
+    let link = stats.links[&(a, b)];
+    assert_eq!((link.sent, link.delivered, link.dropped_crash), (100, 69, 31), "seed {seed}");
+    let node = stats.nodes[&b];
+    assert_eq!((node.crashes, node.restarts, node.incarnation, node.up), (1, 1, 1, true));
+    let recorded = sim.trace().count();
+    assert!((100..=1_000).contains(&recorded), "seed {seed}: {recorded} trace entries");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Byzantine nodes and garbage
+
+/// Broadcasts or sends what the host asks; reports what it receives.
+type Node = Byzantine<Recorder>;
+
+fn byzantine_sim(seed: u64, config: ByzantineConfig, n: usize) -> llmkg_transport::sim::Sim<Node> {
+    SimBuilder::new(seed)
+        .nodes(n)
+        .build(move |ctx| {
+            let config = if ctx.index == 0 { config.clone() } else { ByzantineConfig::honest() };
+            Byzantine::new(Recorder::default(), config, ctx.derive_seed("byzantine"))
+                .with_peers(ctx.peers().collect())
+                .with_forger(|rng: &mut rand_chacha::ChaCha8Rng, _to: NodeId, m: &Msg| match m {
+                    Msg::Value(v) => Msg::Value(v.wrapping_add(1 + rng.next_u64() % 1_000_000)),
+                    other => other.clone(),
+                })
+        })
+        .unwrap()
+}
+
+/// What honest nodes received from node 0, per receiver.
+fn received_from_zero(sim: &mut llmkg_transport::sim::Sim<Node>) -> BTreeMap<NodeId, Vec<Msg>> {
+    let zero = sim.node_ids()[0];
+    let mut got: BTreeMap<NodeId, Vec<Msg>> = BTreeMap::new();
+    for (_, node, (from, msg)) in sim.drain_events() {
+        if from == zero {
+            got.entry(node).or_default().push(msg);
+        }
+    }
+    got
+}
+
+fn broadcast(sim: &mut llmkg_transport::sim::Sim<Node>, value: u64) {
+    let ids = sim.node_ids().to_vec();
+    sim.with_node(ids[0], |core, _| {
+        for to in &ids[1..] {
+            core.inner_mut().send(*to, Msg::Value(value));
+        }
+    })
+    .unwrap();
+    assert!(matches!(sim.run(), RunOutcome::Quiescent { .. }));
+}
+
+#[test]
+fn forging_gives_each_receiver_a_different_message() {
+    let seed = 31;
+    let config = ByzantineConfig { forge: 1.0, ..ByzantineConfig::default() };
+    let mut sim = byzantine_sim(seed, config, 10);
+    broadcast(&mut sim, 7);
+    let got = received_from_zero(&mut sim);
+    assert_eq!(got.len(), 9, "seed {seed}: {got:?}");
+    let values: BTreeSet<&Msg> = got.values().flatten().collect();
+    assert!(!values.contains(&Msg::Value(7)), "seed {seed}: an original got through");
+    assert!(values.len() > 1, "seed {seed}: receivers saw the same forgery");
+    let stats = sim.node(sim.node_ids()[0]).unwrap().stats();
+    assert_eq!((stats.forged, stats.passed), (9, 0), "seed {seed}");
+}
+
+#[test]
+fn equivocation_shows_different_versions_to_different_receivers() {
+    let seed = 32;
+    let config = ByzantineConfig { equivocate: 1.0, ..ByzantineConfig::default() };
+    let mut sim = byzantine_sim(seed, config, 10);
+    broadcast(&mut sim, 7);
+    let got = received_from_zero(&mut sim);
+    // Every honest node got the original, and some also a conflicting version.
+    assert!(got.values().all(|v| v.contains(&Msg::Value(7))), "seed {seed}: {got:?}");
+    let conflicted = got.values().filter(|v| v.iter().any(|m| *m != Msg::Value(7))).count();
+    assert!(conflicted > 0, "seed {seed}: {got:?}");
+    let all: BTreeSet<&Msg> = got.values().flatten().collect();
+    assert!(all.len() > 1, "seed {seed}");
+    let stats = sim.node(sim.node_ids()[0]).unwrap().stats();
+    assert_eq!((stats.equivocated, stats.passed), (9, 9), "seed {seed}");
+    assert_eq!(sim.stats().messages.delivered, 18, "seed {seed}");
+}
+
+#[test]
+fn dropping_everything_silences_a_node() {
+    let seed = 33;
+    let config = ByzantineConfig { drop: 1.0, replay: 1.0, ..ByzantineConfig::default() };
+    let mut sim = byzantine_sim(seed, config, 10);
+    broadcast(&mut sim, 7);
+    assert!(received_from_zero(&mut sim).is_empty(), "seed {seed}");
+    let zero = sim.node_ids()[0];
+    assert_eq!(sim.node(zero).unwrap().stats().dropped, 9, "seed {seed}");
+    assert_eq!(sim.stats().nodes[&zero].outbound.sent, 0, "seed {seed}");
+}
+
+#[test]
+fn replay_repeats_earlier_messages() {
+    let seed = 34;
+    let config = ByzantineConfig { replay: 1.0, ..ByzantineConfig::default() };
+    let mut sim = byzantine_sim(seed, config, 3);
+    let ids = sim.node_ids().to_vec();
+    sim.with_node(ids[0], |core, _| {
+        (0..20).for_each(|i| core.inner_mut().send(ids[1], Msg::Seq(i)))
+    })
+    .unwrap();
+    sim.run();
+    let replayed = sim.node(ids[0]).unwrap().stats().replayed;
+    assert_eq!(replayed, 19, "seed {seed}: every message after the first replays one");
+    let got = received_from_zero(&mut sim);
+    let total: usize = got.values().map(Vec::len).sum();
+    assert_eq!(total as u64, 20 + replayed, "seed {seed}");
+    let at_one = &got[&ids[1]];
+    let distinct: BTreeSet<&Msg> = at_one.iter().collect();
+    assert!(distinct.len() < at_one.len(), "seed {seed}: node 1 saw no repeat: {at_one:?}");
+}
+
+#[test]
+fn garbage_bytes_are_counted_as_decode_failures_and_never_delivered() {
+    let seed = 35;
+    let mut sim = SimBuilder::new(seed)
+        .nodes(2)
+        .max_message_len(64)
+        .build(|_| Box::new(Recorder::default()) as Box<dyn Protocol<Message = Msg, Event = _>>)
+        .unwrap();
+    let (a, b) = (sim.node_ids()[0], sim.node_ids()[1]);
+    sim.inject_raw(a, b, vec![0xff; 5]).unwrap(); // bad variant tag
+    sim.inject_raw(a, b, vec![0x00, 0x80, 0x00]).unwrap(); // Seq(0) with an over-long varint
+    sim.inject_raw(a, b, vec![]).unwrap(); // truncated
+    let mut trailing = llmkg_federation_core::encoding::encode(&Msg::Seq(1));
+    trailing.push(0);
+    sim.inject_raw(a, b, trailing).unwrap(); // trailing bytes
+    let mut huge = llmkg_federation_core::encoding::encode(&Msg::Seq(1));
+    huge.resize(100, 0);
+    sim.inject_raw(a, b, huge).unwrap(); // over the size limit
+    sim.inject_raw(a, b, llmkg_federation_core::encoding::encode(&Msg::Seq(9))).unwrap();
+    sim.run();
+    let events = sim.drain_events();
+    assert_eq!(events.len(), 1, "seed {seed}: {events:?}");
+    assert_eq!(events[0].2, (a, Msg::Seq(9)));
+    let stats = sim.stats();
+    assert_eq!(stats.messages.dropped_decode, 5, "seed {seed}: {:?}", stats.messages);
+    assert_eq!(stats.links[&(a, b)].delivered, 1);
+    check_accounting(seed, &stats);
+}
+
+// ---------------------------------------------------------------------------------------------
+// API edges
+
+#[test]
+fn bad_input_returns_errors() {
+    let mut sim = SimBuilder::new(1).nodes(3).build(|_| Recorder::default()).unwrap();
+    let ids = sim.node_ids().to_vec();
+    let stranger = NodeKeypair::from_secret_bytes([9; 32]).node_id();
+    assert_eq!(sim.with_node(stranger, |_, _| ()), Err(SimError::UnknownNode(stranger)));
+    assert_eq!(sim.crash(stranger), Err(SimError::UnknownNode(stranger)));
+    assert_eq!(sim.inject_raw(ids[0], stranger, vec![]), Err(SimError::UnknownNode(stranger)));
+    assert_eq!(sim.partition(&[vec![stranger]]), Err(SimError::UnknownNode(stranger)));
+    assert_eq!(
+        sim.partition(&[vec![ids[0]], vec![ids[1], ids[0]]]),
+        Err(SimError::DuplicateInPartition(ids[0]))
+    );
+    assert!(matches!(
+        sim.set_link(ids[0], ids[1], LinkConfig::default().loss(2.0)),
+        Err(SimError::InvalidLink(_))
+    ));
+    assert!(
+        SimBuilder::new(1)
+            .default_link(LinkConfig::default().duplicate(-1.0))
+            .build(|_| Recorder::default())
+            .is_err()
+    );
+    assert_eq!(sim.restart(ids[0]), Err(SimError::NodeUp(ids[0])));
+    sim.crash(ids[0]).unwrap();
+    assert_eq!(sim.crash(ids[0]), Err(SimError::NodeDown(ids[0])));
+    sim.run_until(Time::from_millis(10));
+    assert_eq!(
+        sim.schedule(Time::from_millis(5), Fault::Heal),
+        Err(SimError::InPast { at: Time::from_millis(5), now: Time::from_millis(10) })
+    );
+    assert!(sim.node(stranger).is_none());
+    assert_eq!(sim.index_of(stranger), None);
+    assert_eq!(sim.node_id(3), None);
+    let dup = SimBuilder::new(1).secrets(vec![[1; 32], [1; 32]]).build(|_| Recorder::default());
+    assert!(matches!(dup, Err(SimError::DuplicateNode(_))));
+
+    // A core addressing an unknown id is counted, not a panic.
+    sim.with_node(ids[1], |core, _| core.send(stranger, Msg::Bump)).unwrap();
+    assert_eq!(sim.stats().unroutable, 1);
+}
+
+#[test]
+fn step_and_deadline_outcomes() {
+    let link = LinkConfig::with_latency(Latency::Fixed(ms(10)));
+    let mut sim =
+        SimBuilder::new(3).nodes(2).default_link(link).build(|_| Recorder::default()).unwrap();
+    let (a, b) = (sim.node_ids()[0], sim.node_ids()[1]);
+    sim.with_node(a, |core, _| {
+        core.send(b, Msg::Seq(1));
+        core.send(b, Msg::Seq(2));
+    })
+    .unwrap();
+    assert_eq!(sim.run_until(Time::from_millis(5)), RunOutcome::Deadline { in_flight: 2 });
+    assert_eq!(sim.now(), Time::from_millis(5));
+    assert_eq!(sim.step(), Some(Time::from_millis(10)));
+    assert_eq!(sim.events().len(), 1);
+    assert_eq!(sim.in_flight(), 1);
+    assert_eq!(sim.step(), Some(Time::from_millis(10)));
+    assert_eq!(sim.step(), None);
+    assert_eq!(sim.run_for(ms(100)), RunOutcome::Quiescent { at: Time::from_millis(10) });
+    assert_eq!(sim.now(), Time::from_millis(110));
+    assert_eq!(sim.events_processed(), 2);
+    // Messages sent during a partition are dropped; after healing they flow again.
+    sim.partition(&[[a]]).unwrap();
+    sim.with_node(a, |core, _| core.send(b, Msg::Seq(3))).unwrap();
+    sim.heal();
+    sim.with_node(a, |core, _| core.send(b, Msg::Seq(4))).unwrap();
+    sim.run();
+    let totals = sim.message_totals();
+    assert_eq!((totals.sent, totals.delivered, totals.dropped_partition), (4, 3, 1));
+}
+
+/// Fires every `period` (or, with a zero period, keeps asking for a timer in the past).
+struct Ticker {
+    period: Duration,
+    next: Time,
+    fired: VecDeque<Time>,
+}
+
+impl Protocol for Ticker {
+    type Message = Msg;
+    type Event = Time;
+    fn handle_message(&mut self, _now: Time, _from: NodeId, _message: Msg) {}
+    fn handle_timeout(&mut self, now: Time) {
+        assert!(now >= self.next, "woken at {now} before the deadline {}", self.next);
+        self.fired.push_back(now);
+        self.next += self.period;
+    }
+    fn poll_transmit(&mut self) -> Option<Transmit<Msg>> {
+        None
+    }
+    fn poll_timeout(&self) -> Option<Time> {
+        Some(self.next)
+    }
+    fn poll_event(&mut self) -> Option<Time> {
+        self.fired.pop_front()
+    }
+}
+
+#[test]
+fn timers_fire_at_their_deadline_and_a_stuck_timer_cannot_stall_time() {
+    let mut sim = SimBuilder::new(5)
+        .nodes(2)
+        .build(|ctx| Ticker {
+            period: if ctx.index == 0 { ms(10) } else { Duration::ZERO },
+            next: if ctx.index == 0 { Time::from_millis(10) } else { Time::ZERO },
+            fired: VecDeque::new(),
+        })
+        .unwrap();
+    let (a, b) = (sim.node_ids()[0], sim.node_ids()[1]);
+    // Only timers remain beyond the deadline: quiescent (the stuck timer fired last, at 55 ms).
+    assert_eq!(
+        sim.run_until(Time::from_millis(55)),
+        RunOutcome::Quiescent { at: Time::from_millis(55) }
+    );
+    let events = sim.drain_events();
+    let ticks = |node| events.iter().filter(move |(_, n, _)| *n == node);
+    let at_a: Vec<u64> = ticks(a)
+        .map(|(at, _, fired)| {
+            assert_eq!(at, fired);
+            at.as_micros() / 1_000
+        })
+        .collect();
+    assert_eq!(at_a, vec![10, 20, 30, 40, 50]);
+    // The core whose deadline never moves is woken at most once per microsecond.
+    let at_b: Vec<u64> = ticks(b).take(4).map(|(at, _, _)| at.as_micros()).collect();
+    assert_eq!(at_b, vec![0, 1, 2, 3]);
+    assert_eq!(ticks(b).count(), 55_001);
+    assert_eq!(sim.stats().nodes[&a].timer_fires, 5);
+}
+
+/// Not a correctness test: measures simulator throughput. Run with
+/// `cargo test --release -p llmkg-transport --test sim -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn throughput_1000_nodes() {
+    let started = std::time::Instant::now();
+    let mut sim = SimBuilder::new(42)
+        .nodes(1_000)
+        .default_link(uniform(1, 20).loss(0.01))
+        .record_events(false)
+        .build(|ctx| Flood::new(&ctx, FloodConfig::default()))
+        .unwrap();
+    let built = started.elapsed();
+    let ids = sim.node_ids().to_vec();
+    let run_started = std::time::Instant::now();
+    let staggered = std::env::var("SIM_STAGGER").is_ok();
+    for rumor in 0..200u64 {
+        let origin = ids[(rumor as usize * 7) % ids.len()];
+        sim.with_node(origin, |core, now| core.originate(now, rumor)).unwrap();
+        if staggered {
+            sim.run_for(ms(20));
+        }
+    }
+    let outcome = sim.run();
+    let elapsed = run_started.elapsed();
+    let stats = sim.stats();
+    println!(
+        "build {built:?}; {outcome:?}; {} events in {elapsed:?} = {:.0} events/s; {:?}",
+        stats.events,
+        stats.events as f64 / elapsed.as_secs_f64(),
+        stats.messages
+    );
+}
