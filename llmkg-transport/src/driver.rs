@@ -5,7 +5,7 @@
 //! locks: the core sits behind a mutex that the driver and the host's [`DriverHandle`] share.
 //! It spawns nothing and needs no particular runtime — [`Driver::run`] is one future; poll it
 //! on whatever executor the host uses (with [`StdTimer`](crate::StdTimer) or, under tokio,
-//! [`TokioTimer`](crate::TokioTimer)).
+//! `TokioTimer` (feature `tcp`)).
 //!
 //! ```text
 //!   transport.recv() ──decode──► core.handle_message ─┐

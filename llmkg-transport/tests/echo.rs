@@ -109,3 +109,41 @@ fn drivers_are_send_and_run_on_a_multi_threaded_runtime() {
         assert_eq!(echo_handle.call(|core, _| core.pings_answered()), 50);
     });
 }
+
+#[test]
+fn echo_runs_in_the_simulator() {
+    use llmkg_transport::sim::{Latency, LinkConfig, RunOutcome, SimBuilder};
+    let link = LinkConfig::with_latency(Latency::Fixed(Duration::from_millis(5)));
+    let mut sim = SimBuilder::new(42)
+        .nodes(4)
+        .default_link(link)
+        .build(|ctx| {
+            if ctx.index == 0 {
+                let config = EchoConfig::new(ctx.peers().collect())
+                    .rounds(20)
+                    .interval(Duration::from_millis(1))
+                    .timeout(Duration::from_secs(10));
+                Echo::new(config)
+            } else {
+                Echo::responder()
+            }
+        })
+        .unwrap();
+    let outcome = sim.run();
+    // Last round sent at 19 ms, answered 10 ms later.
+    assert_eq!(outcome, RunOutcome::Quiescent { at: llmkg_federation_core::Time::from_millis(29) });
+    let pinger = sim.node_ids()[0];
+    let events: Vec<EchoEvent> = sim
+        .drain_events()
+        .into_iter()
+        .filter(|(_, node, _)| *node == pinger)
+        .map(|(_, _, event)| event)
+        .collect();
+    check_all_answered(&events, 3);
+    for event in &events {
+        // Fixed 5 ms links: every round trip takes exactly 10 ms of virtual time.
+        assert!(matches!(event, EchoEvent::Pong { rtt, .. } if *rtt == Duration::from_millis(10)));
+    }
+    let totals = sim.stats().messages;
+    assert_eq!((totals.sent, totals.delivered), (120, 120));
+}
