@@ -108,11 +108,44 @@ pub fn decode_with_limit<T: Serialize + DeserializeOwned>(
 /// Checks that `bytes` is exactly the canonical encoding of `value`. Postcard accepts
 /// non-minimal varints, and every other deviation is already rejected by the decoders of
 /// this crate; comparing with a re-encoding catches all of them at once.
+///
+/// The re-encoding is compared byte by byte as it is produced, without allocating, and stops
+/// at the first difference.
 pub(crate) fn ensure_canonical<T: Serialize>(value: &T, bytes: &[u8]) -> Result<(), DecodeError> {
-    if encode(value) == bytes {
-        Ok(())
-    } else {
-        Err(DecodeError::NonCanonical { what: short_type_name::<T>() })
+    match postcard::serialize_with_flavor(value, Compare { expected: bytes, pos: 0 }) {
+        Ok(true) => Ok(()),
+        // A difference, or a value that does not serialize: either way not canonical.
+        Ok(false) | Err(_) => Err(DecodeError::NonCanonical { what: short_type_name::<T>() }),
+    }
+}
+
+/// A postcard output that compares what is written with `expected` instead of storing it.
+struct Compare<'a> {
+    expected: &'a [u8],
+    pos: usize,
+}
+
+impl postcard::ser_flavors::Flavor for Compare<'_> {
+    /// True if the output was exactly `expected`.
+    type Output = bool;
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.try_extend(&[data])
+    }
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        let end = self.pos + data.len();
+        if self.expected.get(self.pos..end) == Some(data) {
+            self.pos = end;
+            Ok(())
+        } else {
+            // Any error stops serialization early; the caller maps it to "not canonical".
+            Err(postcard::Error::SerializeBufferFull)
+        }
+    }
+
+    fn finalize(self) -> postcard::Result<bool> {
+        Ok(self.pos == self.expected.len())
     }
 }
 
