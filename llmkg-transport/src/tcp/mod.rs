@@ -1,1 +1,81 @@
-//! The TCP + Noise transport (in progress).
+//! The TCP + Noise transport: encrypted, mutually authenticated links between nodes,
+//! identified by their ed25519 [`NodeId`](llmkg_federation_core::NodeId)s.
+//!
+//! ```text
+//!  send/request/respond ─► per-peer bounded queue ─► writer ─► Noise chunks ─► TCP
+//!  recv ◄─ bounded inbound queue ◄─ reader ◄─ frame decoder ◄─ Noise chunks ◄─ TCP
+//! ```
+//!
+//! **Connection setup** ([`handshake`](Hello)): both sides send a cleartext [`Hello`]
+//! (magic, [`PROTOCOL_VERSION`], [`FederationId`]) and refuse a peer of another version or
+//! federation. Both hellos become the Noise prologue, so tampering with them breaks the
+//! handshake. Then a Noise XX handshake ([`NOISE_PARAMS`]) with a fresh static key per
+//! transport; each side's [`HandshakePayload`] carries its node id and a signature over its
+//! Noise static key, binding the key to the identity. A side accepts the other only if the
+//! signature verifies over the key Noise authenticated, the identity is trusted (added with
+//! [`TcpTransport::add_peer`] or admitted by [`Trust`]), and, when dialing, it is the node
+//! that was dialed. Every refusal has a typed [`HandshakeError`].
+//!
+//! **Data**: [`Frame`]s (message, request, response, goodbye) form a byte stream, encrypted
+//! in Noise messages of at most 65535 bytes, each sent as `[u16 BE length][ciphertext]`. The
+//! receiver checks each declared frame length against `max_frame_len` before buffering
+//! anything. A malformed stream closes only that connection; the failure is published on
+//! [`TcpTransport::connection_failures`] and the peer is reported disconnected.
+//!
+//! **Links**: one live connection per peer. The node dials every added peer and redials it
+//! with capped, jittered exponential backoff; if both ends dial each other at once, both
+//! keep the connection initiated by the smaller node id. Each peer's outgoing queue is
+//! bounded and outlives connections: messages queued while the peer is away go out when it
+//! is back. The inbound queue is bounded too; while it is full, connections stop reading and
+//! TCP flow control pushes back on the senders.
+//!
+//! It deliberately does not: resolve names, traverse NATs, rekey long-lived sessions, or
+//! detect a silently vanished peer (no keepalive): a peer that disappears without closing
+//! its socket is noticed when a write fails.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use llmkg_federation_core::{Incoming, NodeKeypair, Transport};
+//! use llmkg_transport::tcp::{FederationId, TcpConfig, TcpTransport};
+//!
+//! let federation = FederationId::from_name("acme-research");
+//! let a_key = NodeKeypair::from_secret_bytes([1; 32]);
+//! let b_key = NodeKeypair::from_secret_bytes([2; 32]);
+//! let (a_id, b_id) = (a_key.node_id(), b_key.node_id());
+//! let a = TcpTransport::bind(TcpConfig::new(a_key, federation)).await?;
+//! let b = TcpTransport::bind(TcpConfig::new(b_key, federation)).await?;
+//! a.add_peer(b_id, b.local_addr())?; // a dials b
+//! b.add_peer(a_id, a.local_addr())?; // and b trusts a
+//! a.send(b_id, b"hello".to_vec()).await?;
+//! loop {
+//!     if let Incoming::Message { from, payload } = b.recv().await? {
+//!         assert_eq!((from, payload), (a_id, b"hello".to_vec()));
+//!         break;
+//!     }
+//! }
+//! a.close().await;
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod conn;
+mod error;
+mod frame;
+mod handshake;
+mod peer;
+mod transport;
+
+pub use config::{TcpConfig, Trust};
+pub use error::{ConnectionFailure, TcpError};
+pub use frame::{Frame, FrameDecoder, FrameError, INITIAL_PAYLOAD_CAPACITY, MAX_FRAME_HEADER_LEN};
+pub use handshake::{
+    FederationId, HANDSHAKE_PAYLOAD_LEN, HELLO_LEN, HandshakeError, HandshakePayload, Hello,
+    IDENTITY_BINDING_CONTEXT, MAGIC, MAX_HANDSHAKE_MESSAGE_LEN, NOISE_PARAMS, PROTOCOL_VERSION,
+};
+pub use transport::{TcpStats, TcpTransport};
+
+/// Largest Noise transport message (one encrypted chunk on the wire, without its 2-byte
+/// length prefix).
+pub const MAX_CHUNK_LEN: usize = conn::MAX_CHUNK_LEN;
+/// Largest plaintext carried by one chunk (the chunk minus the 16-byte AEAD tag).
+pub const MAX_CHUNK_PLAINTEXT: usize = conn::MAX_CHUNK_PLAINTEXT;

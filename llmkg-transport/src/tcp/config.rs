@@ -1,0 +1,151 @@
+//! Configuration of the TCP transport.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use llmkg_federation_core::{NodeId, NodeKeypair};
+
+use super::{FederationId, TcpError};
+
+/// Which authenticated identities may connect.
+///
+/// Nodes registered with [`TcpTransport::add_peer`](super::TcpTransport::add_peer) are always
+/// trusted; the policy decides about everyone else. The check runs after the peer has proved
+/// its identity and before anything is delivered from it.
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum Trust {
+    /// Only the listed nodes (and those added with `add_peer`). The default, with an empty
+    /// list: only nodes this host explicitly added.
+    AllowList(HashSet<NodeId>),
+    /// The host decides, per identity. Called during handshakes: keep it fast.
+    Callback(Arc<dyn Fn(&NodeId) -> bool + Send + Sync>),
+    /// Any node that proves an identity (a higher layer checks membership). The peer table
+    /// is still bounded by [`TcpConfig::max_peers`].
+    AnyAuthenticated,
+}
+
+impl Trust {
+    /// A policy calling `f`.
+    pub fn callback(f: impl Fn(&NodeId) -> bool + Send + Sync + 'static) -> Self {
+        Self::Callback(Arc::new(f))
+    }
+
+    /// Whether the policy admits `node`.
+    pub fn admits(&self, node: &NodeId) -> bool {
+        match self {
+            Trust::AllowList(list) => list.contains(node),
+            Trust::Callback(f) => f(node),
+            Trust::AnyAuthenticated => true,
+        }
+    }
+}
+
+impl Default for Trust {
+    fn default() -> Self {
+        Self::AllowList(HashSet::new())
+    }
+}
+
+impl fmt::Debug for Trust {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Trust::AllowList(list) => f.debug_tuple("AllowList").field(list).finish(),
+            Trust::Callback(_) => f.write_str("Callback(..)"),
+            Trust::AnyAuthenticated => f.write_str("AnyAuthenticated"),
+        }
+    }
+}
+
+/// Settings of a [`TcpTransport`](super::TcpTransport). Create with [`TcpConfig::new`] and
+/// adjust the public fields.
+///
+/// ```
+/// use llmkg_federation_core::NodeKeypair;
+/// use llmkg_transport::tcp::{FederationId, TcpConfig, Trust};
+/// let mut config =
+///     TcpConfig::new(NodeKeypair::from_secret_bytes([1; 32]), FederationId::from_name("demo"));
+/// config.max_frame_len = 1 << 20;
+/// config.trust = Trust::AnyAuthenticated;
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct TcpConfig {
+    /// This node's identity.
+    pub keypair: NodeKeypair,
+    /// The federation; peers of another federation are refused.
+    pub federation: FederationId,
+    /// Where to listen. Default `127.0.0.1:0` (loopback, any free port).
+    pub listen_addr: SocketAddr,
+    /// Largest payload carried ([`Transport::max_message_len`](llmkg_federation_core::Transport::max_message_len)).
+    /// Default 16 MiB; at most `u32::MAX`.
+    pub max_frame_len: usize,
+    /// Capacity, in messages, of each peer's outgoing queue. Default 1024.
+    pub outgoing_queue: usize,
+    /// Capacity, in events, of the inbound queue read by `recv`. Default 4096.
+    pub inbound_queue: usize,
+    /// Time allowed to connect, and separately to complete the hello and Noise handshake.
+    /// Default 5 s.
+    pub handshake_timeout: Duration,
+    /// First redial delay after a failure or disconnect; doubles up to `backoff_max`. Each
+    /// delay is jittered to between half and all of its value. Default 50 ms.
+    pub backoff_initial: Duration,
+    /// Largest redial delay. Default 5 s.
+    pub backoff_max: Duration,
+    /// How long `close` lets queued messages drain before cutting links. Default 2 s.
+    pub flush_timeout: Duration,
+    /// Who may connect besides added peers. Default: nobody else.
+    pub trust: Trust,
+    /// Bound on the peer table (added peers plus trusted nodes that connected). A new
+    /// identity beyond it is refused with
+    /// [`HandshakeError::TooManyPeers`](super::HandshakeError::TooManyPeers). Default 1024.
+    pub max_peers: usize,
+    /// Bound on unauthenticated inbound connections in handshake at once; beyond it the
+    /// listener stops accepting until one finishes. Default 64.
+    pub max_pending_handshakes: usize,
+}
+
+impl TcpConfig {
+    /// Defaults for `keypair` in `federation`.
+    pub fn new(keypair: NodeKeypair, federation: FederationId) -> Self {
+        Self {
+            keypair,
+            federation,
+            listen_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            max_frame_len: 16 << 20,
+            outgoing_queue: 1024,
+            inbound_queue: 4096,
+            handshake_timeout: Duration::from_secs(5),
+            backoff_initial: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(5),
+            flush_timeout: Duration::from_secs(2),
+            trust: Trust::default(),
+            max_peers: 1024,
+            max_pending_handshakes: 64,
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), TcpError> {
+        if self.max_frame_len == 0 || u32::try_from(self.max_frame_len).is_err() {
+            return Err(TcpError::InvalidConfig("max_frame_len must be in 1..=u32::MAX"));
+        }
+        if self.outgoing_queue == 0 || self.inbound_queue == 0 {
+            return Err(TcpError::InvalidConfig("queue capacities must be at least 1"));
+        }
+        if self.max_peers == 0 || self.max_pending_handshakes == 0 {
+            return Err(TcpError::InvalidConfig(
+                "max_peers and max_pending_handshakes must be >= 1",
+            ));
+        }
+        if self.backoff_initial.is_zero() || self.backoff_max < self.backoff_initial {
+            return Err(TcpError::InvalidConfig("need 0 < backoff_initial <= backoff_max"));
+        }
+        if self.handshake_timeout.is_zero() {
+            return Err(TcpError::InvalidConfig("handshake_timeout must be positive"));
+        }
+        Ok(())
+    }
+}

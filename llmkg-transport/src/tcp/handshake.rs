@@ -1,0 +1,478 @@
+//! Connection setup: the cleartext hello, then a Noise XX handshake whose payloads bind each
+//! side's Noise static key to its node identity.
+//!
+//! ```text
+//! initiator                                   responder
+//!   Hello(magic, version, federation)  ──►
+//!                                      ◄──  Hello(magic, version, federation)
+//!       both check version and federation; prologue = initiator hello ‖ responder hello
+//!   XX msg 1: e                        ──►
+//!                                      ◄──  XX msg 2: e, ee, s, es + HandshakePayload
+//!   XX msg 3: s, se + HandshakePayload ──►
+//! ```
+//!
+//! Handshake messages are framed as `[u16 BE length][bytes]`. A [`HandshakePayload`] is the
+//! sender's [`NodeId`] and its signature, under [`IDENTITY_BINDING_CONTEXT`], over the Noise
+//! static public key the handshake authenticates. Each side checks the signature against the
+//! key Noise actually authenticated, then its trust policy, then (when dialing) that the peer
+//! is the node it meant to reach.
+
+use std::fmt;
+use std::time::Duration;
+
+use llmkg_federation_core::{NodeId, NodeKeypair};
+use snow::StatelessTransportState;
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::TcpError;
+
+/// The first bytes of every connection.
+pub const MAGIC: [u8; 8] = *b"LLMKGFED";
+
+/// The wire protocol version this implementation speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Length of an encoded [`Hello`]: magic, version, federation id.
+pub const HELLO_LEN: usize = 8 + 2 + 32;
+
+/// The Noise protocol used after the hello.
+pub const NOISE_PARAMS: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
+
+/// Signature context binding a Noise static key to a node identity.
+pub const IDENTITY_BINDING_CONTEXT: &str = "llmkg/transport/noise-static/v1";
+
+/// Length of an encoded [`HandshakePayload`]: node id and signature.
+pub const HANDSHAKE_PAYLOAD_LEN: usize = 32 + 64;
+
+/// The longest handshake message accepted (the XX messages of this protocol are at most 192
+/// bytes).
+pub const MAX_HANDSHAKE_MESSAGE_LEN: usize = 1024;
+
+/// Names a federation; both ends of a connection must agree on it.
+///
+/// ```
+/// use llmkg_transport::tcp::FederationId;
+/// assert_eq!(FederationId::from_name("acme"), FederationId::from_name("acme"));
+/// assert_ne!(FederationId::from_name("acme"), FederationId::from_name("other"));
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FederationId([u8; 32]);
+
+impl FederationId {
+    /// The id with these bytes.
+    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The id derived from a human-readable federation name (a keyed BLAKE3 hash).
+    pub fn from_name(name: &str) -> Self {
+        Self(blake3::derive_key("llmkg/transport/federation-id/v1", name.as_bytes()))
+    }
+
+    /// The id bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Display for FederationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in &self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for FederationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hex = self.to_string();
+        write!(f, "FederationId({})", hex.get(..8).unwrap_or(&hex))
+    }
+}
+
+/// A connection could not be set up. Nothing was delivered; the connection is closed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum HandshakeError {
+    /// The peer does not speak this protocol (the first bytes are not [`MAGIC`]).
+    #[error("not an LLMKG federation connection (bad magic)")]
+    BadMagic,
+    /// The peer speaks another protocol version.
+    #[error("protocol version mismatch: ours {ours}, theirs {theirs}")]
+    VersionMismatch {
+        /// [`PROTOCOL_VERSION`].
+        ours: u16,
+        /// The peer's version.
+        theirs: u16,
+    },
+    /// The peer belongs to another federation.
+    #[error("federation mismatch: ours {ours}, theirs {theirs}")]
+    FederationMismatch {
+        /// This node's federation.
+        ours: FederationId,
+        /// The peer's federation.
+        theirs: FederationId,
+    },
+    /// A hello or handshake payload had the wrong shape.
+    #[error("malformed {what}: {reason}")]
+    Malformed {
+        /// Which message.
+        what: &'static str,
+        /// What was wrong.
+        reason: &'static str,
+    },
+    /// A handshake message was longer than [`MAX_HANDSHAKE_MESSAGE_LEN`].
+    #[error("handshake message of {len} bytes exceeds the maximum of {max} bytes")]
+    MessageTooLarge {
+        /// The declared length.
+        len: usize,
+        /// The maximum.
+        max: usize,
+    },
+    /// The Noise handshake failed (for example: a tampered hello or message).
+    #[error("noise handshake failed: {0}")]
+    Noise(String),
+    /// The peer's signature does not bind the Noise static key it used to the identity it
+    /// claims.
+    #[error("peer {claimed} did not sign the noise static key it used")]
+    BadIdentityBinding {
+        /// The identity the peer claimed.
+        claimed: NodeId,
+    },
+    /// The peer proved its identity, but this node does not trust it.
+    #[error("peer {0} is not trusted")]
+    UntrustedPeer(NodeId),
+    /// Dialing `expected`, this node reached another node.
+    #[error("expected peer {expected}, reached {actual}")]
+    UnexpectedPeer {
+        /// The node that was dialed.
+        expected: NodeId,
+        /// The node that answered.
+        actual: NodeId,
+    },
+    /// The peer is this node itself.
+    #[error("connected to itself")]
+    SelfConnection,
+    /// The peer is new and the peer table is full.
+    #[error("too many peers")]
+    TooManyPeers,
+    /// The handshake did not finish in time.
+    #[error("handshake did not finish within {after:?}")]
+    Timeout {
+        /// The configured handshake timeout.
+        after: Duration,
+    },
+    /// The peer closed the connection during the handshake.
+    #[error("peer closed the connection during the handshake")]
+    ConnectionClosed,
+}
+
+/// The cleartext greeting each side sends first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hello {
+    /// The sender's protocol version.
+    pub version: u16,
+    /// The sender's federation.
+    pub federation: FederationId,
+}
+
+impl Hello {
+    /// This implementation's hello for `federation`.
+    pub fn new(federation: FederationId) -> Self {
+        Self { version: PROTOCOL_VERSION, federation }
+    }
+
+    /// The wire form: magic, version (u16 BE), federation id.
+    pub fn encode(&self) -> [u8; HELLO_LEN] {
+        let mut out = [0u8; HELLO_LEN];
+        let (magic, rest) = out.split_at_mut(8);
+        let (version, federation) = rest.split_at_mut(2);
+        magic.copy_from_slice(&MAGIC);
+        version.copy_from_slice(&self.version.to_be_bytes());
+        federation.copy_from_slice(&self.federation.0);
+        out
+    }
+
+    /// Parses a hello. Never panics; allocates nothing.
+    pub fn decode(bytes: &[u8]) -> Result<Self, HandshakeError> {
+        let Some((magic, rest)) = bytes.split_first_chunk::<8>() else {
+            return Err(HandshakeError::BadMagic);
+        };
+        if *magic != MAGIC {
+            return Err(HandshakeError::BadMagic);
+        }
+        let Some((version, rest)) = rest.split_first_chunk::<2>() else {
+            return Err(HandshakeError::Malformed { what: "hello", reason: "too short" });
+        };
+        let Ok(federation) = <[u8; 32]>::try_from(rest) else {
+            return Err(HandshakeError::Malformed { what: "hello", reason: "wrong length" });
+        };
+        Ok(Self { version: u16::from_be_bytes(*version), federation: FederationId(federation) })
+    }
+
+    /// Checks that a peer sending `theirs` can talk to a node sending `self`.
+    pub fn check_compatible(&self, theirs: &Hello) -> Result<(), HandshakeError> {
+        if theirs.version != self.version {
+            return Err(HandshakeError::VersionMismatch {
+                ours: self.version,
+                theirs: theirs.version,
+            });
+        }
+        if theirs.federation != self.federation {
+            return Err(HandshakeError::FederationMismatch {
+                ours: self.federation,
+                theirs: theirs.federation,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What each side sends inside the Noise handshake: who it is, and its signature over its
+/// Noise static public key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandshakePayload {
+    /// The sender's identity.
+    pub node_id: NodeId,
+    /// `node_id`'s signature, under [`IDENTITY_BINDING_CONTEXT`], over the Noise static key.
+    pub signature: [u8; 64],
+}
+
+impl HandshakePayload {
+    /// The payload binding `noise_static_public` to `keypair`'s identity.
+    pub fn sign(keypair: &NodeKeypair, noise_static_public: &[u8]) -> Self {
+        Self {
+            node_id: keypair.node_id(),
+            signature: keypair.sign_raw(IDENTITY_BINDING_CONTEXT, noise_static_public),
+        }
+    }
+
+    /// The wire form: node id, then signature.
+    pub fn encode(&self) -> [u8; HANDSHAKE_PAYLOAD_LEN] {
+        let mut out = [0u8; HANDSHAKE_PAYLOAD_LEN];
+        let (id, sig) = out.split_at_mut(32);
+        id.copy_from_slice(self.node_id.as_bytes());
+        sig.copy_from_slice(&self.signature);
+        out
+    }
+
+    /// Parses a payload. Never panics; allocates nothing.
+    pub fn decode(bytes: &[u8]) -> Result<Self, HandshakeError> {
+        let malformed = |reason| HandshakeError::Malformed { what: "handshake payload", reason };
+        let Ok(bytes) = <&[u8; HANDSHAKE_PAYLOAD_LEN]>::try_from(bytes) else {
+            return Err(malformed("wrong length"));
+        };
+        let (id, sig) = bytes.split_at(32);
+        let id = <[u8; 32]>::try_from(id).map_err(|_| malformed("wrong length"))?;
+        let signature = <[u8; 64]>::try_from(sig).map_err(|_| malformed("wrong length"))?;
+        let node_id = NodeId::from_bytes(id).map_err(|_| malformed("invalid node id"))?;
+        Ok(Self { node_id, signature })
+    }
+
+    /// Checks that `node_id` signed `noise_static_public`.
+    pub fn verify(&self, noise_static_public: &[u8]) -> Result<(), HandshakeError> {
+        self.node_id
+            .verify(IDENTITY_BINDING_CONTEXT, noise_static_public, &self.signature)
+            .map_err(|_| HandshakeError::BadIdentityBinding { claimed: self.node_id })
+    }
+}
+
+/// Which side of the connection this node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    Initiator,
+    Responder,
+}
+
+/// What a handshake needs from the local node.
+pub(crate) struct Local<'a> {
+    pub(crate) id: NodeId,
+    pub(crate) federation: FederationId,
+    pub(crate) static_private: &'a [u8],
+    pub(crate) payload: &'a [u8; HANDSHAKE_PAYLOAD_LEN],
+}
+
+/// A finished handshake.
+pub(crate) struct Authenticated {
+    pub(crate) peer: NodeId,
+    pub(crate) cipher: StatelessTransportState,
+}
+
+fn noise_err(e: snow::Error) -> HandshakeError {
+    HandshakeError::Noise(e.to_string())
+}
+
+fn io_err(e: std::io::Error) -> TcpError {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        HandshakeError::ConnectionClosed.into()
+    } else {
+        TcpError::io(e)
+    }
+}
+
+async fn send_msg<S: AsyncWrite + Unpin>(stream: &mut S, msg: &[u8]) -> Result<(), TcpError> {
+    let mut out = Vec::with_capacity(2 + msg.len());
+    let len = u16::try_from(msg.len()).map_err(|_| HandshakeError::MessageTooLarge {
+        len: msg.len(),
+        max: MAX_HANDSHAKE_MESSAGE_LEN,
+    })?;
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(msg);
+    stream.write_all(&out).await.map_err(io_err)
+}
+
+async fn recv_msg<'b, S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &'b mut [u8; MAX_HANDSHAKE_MESSAGE_LEN],
+) -> Result<&'b [u8], TcpError> {
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len).await.map_err(io_err)?;
+    let len = usize::from(u16::from_be_bytes(len));
+    let Some(msg) = buf.get_mut(..len) else {
+        return Err(HandshakeError::MessageTooLarge { len, max: MAX_HANDSHAKE_MESSAGE_LEN }.into());
+    };
+    stream.read_exact(msg).await.map_err(io_err)?;
+    Ok(msg)
+}
+
+/// Checks the peer's payload against the static key Noise authenticated, then identity rules.
+fn check_peer(
+    payload: &[u8],
+    remote_static: Option<&[u8]>,
+    local: &Local<'_>,
+    expected: Option<NodeId>,
+    trusted: &(dyn Fn(&NodeId) -> bool + Sync),
+) -> Result<NodeId, HandshakeError> {
+    let payload = HandshakePayload::decode(payload)?;
+    let Some(remote_static) = remote_static else {
+        return Err(HandshakeError::Noise("no remote static key".into()));
+    };
+    payload.verify(remote_static)?;
+    let peer = payload.node_id;
+    if peer == local.id {
+        return Err(HandshakeError::SelfConnection);
+    }
+    if let Some(expected) = expected
+        && expected != peer
+    {
+        return Err(HandshakeError::UnexpectedPeer { expected, actual: peer });
+    }
+    if !trusted(&peer) {
+        return Err(HandshakeError::UntrustedPeer(peer));
+    }
+    Ok(peer)
+}
+
+/// Runs the hello exchange and the Noise XX handshake on `stream`. The caller bounds it in
+/// time.
+pub(crate) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    role: Role,
+    local: &Local<'_>,
+    expected: Option<NodeId>,
+    trusted: &(dyn Fn(&NodeId) -> bool + Sync),
+) -> Result<Authenticated, TcpError> {
+    let ours = Hello::new(local.federation);
+    let ours_bytes = ours.encode();
+    stream.write_all(&ours_bytes).await.map_err(io_err)?;
+    let mut theirs_bytes = [0u8; HELLO_LEN];
+    stream.read_exact(&mut theirs_bytes).await.map_err(io_err)?;
+    let theirs = Hello::decode(&theirs_bytes)?;
+    ours.check_compatible(&theirs)?;
+
+    let mut prologue = [0u8; 2 * HELLO_LEN];
+    let (first, second) = prologue.split_at_mut(HELLO_LEN);
+    match role {
+        Role::Initiator => {
+            first.copy_from_slice(&ours_bytes);
+            second.copy_from_slice(&theirs_bytes);
+        }
+        Role::Responder => {
+            first.copy_from_slice(&theirs_bytes);
+            second.copy_from_slice(&ours_bytes);
+        }
+    }
+    let params = NOISE_PARAMS.parse().map_err(noise_err)?;
+    let builder = snow::Builder::new(params)
+        .local_private_key(local.static_private)
+        .and_then(|b| b.prologue(&prologue))
+        .map_err(noise_err)?;
+
+    let mut out = [0u8; MAX_HANDSHAKE_MESSAGE_LEN];
+    let mut inbuf = [0u8; MAX_HANDSHAKE_MESSAGE_LEN];
+    let mut payload = [0u8; MAX_HANDSHAKE_MESSAGE_LEN];
+    let (hs, peer) = match role {
+        Role::Initiator => {
+            let mut hs = builder.build_initiator().map_err(noise_err)?;
+            let n = hs.write_message(&[], &mut out).map_err(noise_err)?;
+            send_msg(stream, out.get(..n).unwrap_or_default()).await?;
+            let msg = recv_msg(stream, &mut inbuf).await?;
+            let n = hs.read_message(msg, &mut payload).map_err(noise_err)?;
+            let peer = check_peer(
+                payload.get(..n).unwrap_or_default(),
+                hs.get_remote_static(),
+                local,
+                expected,
+                trusted,
+            )?;
+            let n = hs.write_message(local.payload, &mut out).map_err(noise_err)?;
+            send_msg(stream, out.get(..n).unwrap_or_default()).await?;
+            (hs, peer)
+        }
+        Role::Responder => {
+            let mut hs = builder.build_responder().map_err(noise_err)?;
+            let msg = recv_msg(stream, &mut inbuf).await?;
+            hs.read_message(msg, &mut payload).map_err(noise_err)?;
+            let n = hs.write_message(local.payload, &mut out).map_err(noise_err)?;
+            send_msg(stream, out.get(..n).unwrap_or_default()).await?;
+            let msg = recv_msg(stream, &mut inbuf).await?;
+            let n = hs.read_message(msg, &mut payload).map_err(noise_err)?;
+            let peer = check_peer(
+                payload.get(..n).unwrap_or_default(),
+                hs.get_remote_static(),
+                local,
+                expected,
+                trusted,
+            )?;
+            (hs, peer)
+        }
+    };
+    let cipher = hs.into_stateless_transport_mode().map_err(noise_err)?;
+    Ok(Authenticated { peer, cipher })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_round_trip_and_checks() {
+        let a = Hello::new(FederationId::from_name("a"));
+        assert_eq!(Hello::decode(&a.encode()), Ok(a));
+        let b = Hello::new(FederationId::from_name("b"));
+        assert!(matches!(a.check_compatible(&b), Err(HandshakeError::FederationMismatch { .. })));
+        let v2 = Hello { version: 2, ..a };
+        assert_eq!(
+            a.check_compatible(&v2),
+            Err(HandshakeError::VersionMismatch { ours: 1, theirs: 2 })
+        );
+        assert_eq!(Hello::decode(b"GARBAGE!and more bytes"), Err(HandshakeError::BadMagic));
+        assert!(Hello::decode(&a.encode()[..41]).is_err());
+    }
+
+    #[test]
+    fn payload_round_trip_and_binding() {
+        let kp = NodeKeypair::from_secret_bytes([3; 32]);
+        let p = HandshakePayload::sign(&kp, &[7; 32]);
+        let decoded = HandshakePayload::decode(&p.encode()).unwrap();
+        assert_eq!(decoded, p);
+        assert!(decoded.verify(&[7; 32]).is_ok());
+        assert_eq!(
+            decoded.verify(&[8; 32]),
+            Err(HandshakeError::BadIdentityBinding { claimed: kp.node_id() })
+        );
+        assert!(HandshakePayload::decode(&[0; 95]).is_err());
+    }
+}

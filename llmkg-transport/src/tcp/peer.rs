@@ -1,0 +1,398 @@
+//! The per-peer supervisor: owns the peer's outgoing queue, its single live connection, and
+//! the dialer with capped exponential backoff.
+//!
+//! All connection changes of one peer go through its actor, one at a time, so the
+//! connected/disconnected events it emits are in order with the messages around them: it
+//! pushes `PeerConnected` before the connection's reader starts, and `PeerDisconnected`
+//! only after the reader has stopped.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use llmkg_federation_core::{Incoming, NodeId};
+use snow::StatelessTransportState;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep_until, timeout};
+
+use super::conn::{Sealer, read_loop, write_loop};
+use super::handshake::{self, HandshakeError, Role};
+use super::transport::{Inner, Level, wait_level};
+use super::{ConnectionFailure, Frame, TcpError};
+
+/// A connection that finished its handshake, waiting for its peer's actor to adopt it.
+pub(crate) struct Established {
+    pub(crate) stream: TcpStream,
+    pub(crate) peer_addr: SocketAddr,
+    pub(crate) cipher: StatelessTransportState,
+    /// Who dialed.
+    pub(crate) initiator: NodeId,
+    /// Whether this actor's own dialer made it.
+    pub(crate) from_dial: bool,
+}
+
+pub(crate) enum PeerCmd {
+    Established(Box<Established>),
+    Ended { conn_id: u64, error: Option<TcpError> },
+    DialFailed,
+    SetAddr(SocketAddr),
+    Close,
+}
+
+/// What the rest of the transport holds of a peer.
+#[derive(Clone)]
+pub(crate) struct PeerHandle {
+    pub(crate) queue: async_channel::Sender<Frame>,
+    pub(crate) cmd: mpsc::UnboundedSender<PeerCmd>,
+    /// Registered with `add_peer` (always trusted).
+    pub(crate) added: bool,
+}
+
+struct Live {
+    conn_id: u64,
+    initiator: NodeId,
+    peer_addr: SocketAddr,
+    reader: JoinHandle<()>,
+    writer: JoinHandle<()>,
+    /// Asks the writer to say goodbye and stop (when the connection is replaced).
+    stop: oneshot::Sender<()>,
+}
+
+/// Capped exponential backoff; each delay is jittered to between half and all of itself.
+pub(crate) struct Backoff {
+    initial: Duration,
+    max: Duration,
+    current: Duration,
+    rng: u64,
+}
+
+impl Backoff {
+    pub(crate) fn new(initial: Duration, max: Duration, seed: u64) -> Self {
+        Self { initial, max, current: initial, rng: seed }
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.current = self.initial;
+    }
+
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let base = self.current;
+        self.current = base.saturating_mul(2).min(self.max);
+        // SplitMix64: jitter needs no cryptographic strength, only independence across nodes
+        // (the seed comes from the OS RNG via the Noise static key).
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        let half = base / 2;
+        let span = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX).saturating_add(1);
+        half + Duration::from_nanos(z % span)
+    }
+}
+
+pub(crate) struct PeerActor {
+    inner: Arc<Inner>,
+    node: NodeId,
+    addr: Option<SocketAddr>,
+    queue: async_channel::Receiver<Frame>,
+    cmds: mpsc::UnboundedReceiver<PeerCmd>,
+    cmd_tx: mpsc::UnboundedSender<PeerCmd>,
+    live: Option<Live>,
+    dial: Option<JoinHandle<()>>,
+    next_dial: Option<Instant>,
+    backoff: Backoff,
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl PeerActor {
+    pub(crate) fn new(
+        inner: Arc<Inner>,
+        node: NodeId,
+        addr: Option<SocketAddr>,
+        queue: async_channel::Receiver<Frame>,
+        cmds: mpsc::UnboundedReceiver<PeerCmd>,
+        cmd_tx: mpsc::UnboundedSender<PeerCmd>,
+    ) -> Self {
+        let seed = inner.jitter_seed(&node);
+        let backoff = Backoff::new(inner.backoff_initial, inner.backoff_max, seed);
+        let next_dial = addr.map(|_| Instant::now());
+        Self { inner, node, addr, queue, cmds, cmd_tx, live: None, dial: None, next_dial, backoff }
+    }
+
+    pub(crate) async fn run(mut self) {
+        let mut level = self.inner.level.subscribe();
+        loop {
+            let may_dial = self.live.is_none() && self.dial.is_none() && self.addr.is_some();
+            let deadline = self.next_dial.filter(|_| may_dial);
+            tokio::select! {
+                _ = wait_level(&mut level, Level::Dead) => {
+                    self.abort_all();
+                    return;
+                }
+                cmd = self.cmds.recv() => {
+                    let Some(cmd) = cmd else { return };
+                    if !self.handle(cmd).await {
+                        return;
+                    }
+                }
+                _ = sleep_until_opt(deadline) => {
+                    self.next_dial = None;
+                    self.start_dial();
+                }
+            }
+        }
+    }
+
+    /// Handles one command; `false` when the actor should stop.
+    async fn handle(&mut self, cmd: PeerCmd) -> bool {
+        match cmd {
+            PeerCmd::SetAddr(addr) => {
+                self.addr = Some(addr);
+                if self.live.is_none() && self.dial.is_none() {
+                    self.backoff.reset();
+                    self.next_dial = Some(Instant::now());
+                }
+            }
+            PeerCmd::DialFailed => {
+                self.dial = None;
+                self.next_dial = Some(Instant::now() + self.backoff.next_delay());
+            }
+            PeerCmd::Established(est) => {
+                if est.from_dial {
+                    self.dial = None;
+                }
+                if self.inner.is_closed() {
+                    return true;
+                }
+                let adopt = match &self.live {
+                    None => true,
+                    Some(old) => self.new_wins(old.initiator, est.initiator),
+                };
+                if adopt {
+                    if let Some(old) = self.live.take() {
+                        self.retire(old).await;
+                    }
+                    self.install(*est).await;
+                } else {
+                    self.dismiss(*est);
+                }
+            }
+            PeerCmd::Ended { conn_id, error } => {
+                if self.live.as_ref().is_some_and(|l| l.conn_id == conn_id)
+                    && let Some(live) = self.live.take()
+                {
+                    self.teardown(live, error).await;
+                    if self.addr.is_some() {
+                        self.next_dial = Some(Instant::now() + self.backoff.next_delay());
+                    }
+                }
+            }
+            PeerCmd::Close => {
+                self.close_gracefully().await;
+                return false;
+            }
+        }
+        true
+    }
+
+    /// One live connection per peer. A new connection from the same initiator replaces the
+    /// old one (that side evidently lost it); between connections made by different sides,
+    /// both ends keep the one initiated by the smaller node id, so they agree.
+    fn new_wins(&self, old_initiator: NodeId, new_initiator: NodeId) -> bool {
+        if old_initiator == new_initiator {
+            return true;
+        }
+        new_initiator == self.inner.local.min(self.node)
+    }
+
+    async fn install(&mut self, est: Established) {
+        let Established { stream, peer_addr, cipher, initiator, .. } = est;
+        let node = self.node;
+        if !self.inner.deliver(Incoming::PeerConnected { peer: node }).await {
+            return;
+        }
+        self.inner.set_connected(node, true);
+        self.backoff.reset();
+        let conn_id = self.inner.next_conn_id();
+        let cipher = Arc::new(cipher);
+        let (r, w) = stream.into_split();
+        let reader = {
+            let inner = self.inner.clone();
+            let cmd = self.cmd_tx.clone();
+            let cipher = cipher.clone();
+            self.inner.handle.spawn(async move {
+                let result = read_loop(r, cipher, node, &inner).await;
+                let _ = cmd.send(PeerCmd::Ended { conn_id, error: result.err() });
+            })
+        };
+        let (stop, stop_rx) = oneshot::channel();
+        let writer = {
+            let inner = self.inner.clone();
+            let cmd = self.cmd_tx.clone();
+            let queue = self.queue.clone();
+            self.inner.handle.spawn(async move {
+                if let Err(e) = write_loop(w, cipher, queue, stop_rx, &inner).await {
+                    let _ = cmd.send(PeerCmd::Ended { conn_id, error: Some(e) });
+                }
+            })
+        };
+        self.live = Some(Live { conn_id, initiator, peer_addr, reader, writer, stop });
+    }
+
+    /// Closes a duplicate connection that lost the tie-break with a goodbye, so the other
+    /// end (which may have adopted it for a moment) sees a clean close, not a failure.
+    fn dismiss(&self, est: Established) {
+        let flush = self.inner.flush_timeout;
+        self.inner.handle.spawn(async move {
+            let Established { mut stream, cipher, .. } = est;
+            let mut sealer = Sealer::new(Arc::new(cipher));
+            let goodbye = async {
+                sealer.push_frame(&mut stream, &Frame::Goodbye).await?;
+                sealer.seal()?;
+                stream.write_all(&sealer.wire).await?;
+                stream.shutdown().await?;
+                Ok::<_, TcpError>(())
+            };
+            let _ = timeout(flush, goodbye).await;
+        });
+    }
+
+    /// Retires a live connection that a new one replaces: stops reading from it at once, and
+    /// lets its writer finish the batch in hand and say goodbye (in the background, bounded
+    /// by the flush timeout), so the peer sees a clean close rather than a lost connection.
+    /// The peer reads the old connection to its end before it adopts the new one, so the
+    /// frames still going out on it stay in order with those on the new one.
+    async fn retire(&mut self, live: Live) {
+        let Live { reader, writer, stop, .. } = live;
+        let _ = stop.send(());
+        let flush = self.inner.flush_timeout;
+        self.inner.handle.spawn(async move {
+            let abort = writer.abort_handle();
+            if timeout(flush, writer).await.is_err() {
+                abort.abort();
+            }
+        });
+        reader.abort();
+        let _ = reader.await;
+        self.disconnected(None, None);
+        self.inner.deliver(Incoming::PeerDisconnected { peer: self.node }).await;
+    }
+
+    /// Stops a connection's tasks, fails requests waiting on it, reports the disconnect.
+    async fn teardown(&mut self, live: Live, error: Option<TcpError>) {
+        live.reader.abort();
+        live.writer.abort();
+        let _ = live.reader.await;
+        let _ = live.writer.await;
+        self.disconnected(error, Some(live.peer_addr));
+        self.inner.deliver(Incoming::PeerDisconnected { peer: self.node }).await;
+    }
+
+    /// Bookkeeping when the live connection goes away: connected set, waiting requests, and
+    /// the failure report, if any.
+    fn disconnected(&self, error: Option<TcpError>, peer_addr: Option<SocketAddr>) {
+        let node = self.node;
+        self.inner.set_connected(node, false);
+        self.inner.fail_pending(node);
+        if let (Some(error), Some(peer_addr)) = (error, peer_addr) {
+            self.inner.stats.connections_failed.add(1);
+            self.inner.publish(ConnectionFailure { peer_addr, peer: Some(node), error });
+        }
+    }
+
+    fn start_dial(&mut self) {
+        let Some(addr) = self.addr else { return };
+        let inner = self.inner.clone();
+        let cmd = self.cmd_tx.clone();
+        let node = self.node;
+        self.dial = Some(self.inner.handle.spawn(async move {
+            match dial(&inner, node, addr).await {
+                Ok(est) => {
+                    inner.stats.connections_dialed.add(1);
+                    let _ = cmd.send(PeerCmd::Established(Box::new(est)));
+                }
+                Err(error) => {
+                    if matches!(error, TcpError::Handshake(_)) {
+                        inner.stats.connections_refused.add(1);
+                    } else {
+                        inner.stats.dial_failures.add(1);
+                    }
+                    inner.publish(ConnectionFailure { peer_addr: addr, peer: Some(node), error });
+                    let _ = cmd.send(PeerCmd::DialFailed);
+                }
+            }
+        }));
+    }
+
+    async fn close_gracefully(&mut self) {
+        if let Some(dial) = self.dial.take() {
+            dial.abort();
+        }
+        if let Some(mut live) = self.live.take() {
+            // The queue is closed: the writer sends what is left, then a goodbye.
+            let _ = timeout(self.inner.flush_timeout, &mut live.writer).await;
+            live.writer.abort();
+            live.reader.abort();
+            let _ = live.reader.await;
+            self.inner.set_connected(self.node, false);
+        }
+    }
+
+    fn abort_all(&mut self) {
+        if let Some(dial) = self.dial.take() {
+            dial.abort();
+        }
+        if let Some(live) = self.live.take() {
+            live.reader.abort();
+            live.writer.abort();
+        }
+    }
+}
+
+/// Connects to `addr` and authenticates it as `node`.
+async fn dial(inner: &Inner, node: NodeId, addr: SocketAddr) -> Result<Established, TcpError> {
+    let connect = timeout(inner.handshake_timeout, TcpStream::connect(addr)).await;
+    let mut stream = connect.map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    stream.set_nodelay(true)?;
+    let local = inner.local_handshake();
+    let trusted = |id: &NodeId| inner.is_trusted(id);
+    let run = handshake::run(&mut stream, Role::Initiator, &local, Some(node), &trusted);
+    let auth = timeout(inner.handshake_timeout, run)
+        .await
+        .map_err(|_| HandshakeError::Timeout { after: inner.handshake_timeout })??;
+    Ok(Established {
+        stream,
+        peer_addr: addr,
+        cipher: auth.cipher,
+        initiator: inner.local,
+        from_dial: true,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_caps() {
+        let mut b = Backoff::new(Duration::from_millis(50), Duration::from_secs(5), 7);
+        let mut base = Duration::from_millis(50);
+        for _ in 0..20 {
+            let d = b.next_delay();
+            assert!(d >= base / 2 && d <= base, "{d:?} not in [{:?}, {base:?}]", base / 2);
+            base = (base * 2).min(Duration::from_secs(5));
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(50));
+    }
+}

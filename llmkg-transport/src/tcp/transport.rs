@@ -1,0 +1,581 @@
+//! [`TcpTransport`]: the listener, the peer table, request correlation and the
+//! [`Transport`] implementation.
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use llmkg_federation_core::{BoxFuture, Incoming, NodeId, RequestId, Transport, TransportError};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::runtime::Handle;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, timeout, timeout_at};
+
+use super::handshake::{self, HANDSHAKE_PAYLOAD_LEN, HandshakeError, Local, Role};
+use super::peer::{Established, PeerActor, PeerCmd, PeerHandle};
+use super::{
+    ConnectionFailure, FederationId, Frame, HandshakePayload, NOISE_PARAMS, TcpConfig, TcpError,
+    Trust,
+};
+
+/// How many connection failures a lagging subscriber can miss before it sees `Lagged`.
+const FAILURE_CHANNEL_CAPACITY: usize = 256;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Lifecycle of the transport, broadcast to every task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Level {
+    Running,
+    /// `close` started: stop accepting, drain queues.
+    Closing,
+    /// Everything stops now.
+    Dead,
+}
+
+pub(crate) async fn wait_level(rx: &mut watch::Receiver<Level>, at_least: Level) {
+    let _ = rx.wait_for(|l| *l >= at_least).await;
+}
+
+#[derive(Default)]
+pub(crate) struct Counter(AtomicU64);
+
+impl Counter {
+    pub(crate) fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) connections_accepted: Counter,
+    pub(crate) connections_dialed: Counter,
+    pub(crate) connections_refused: Counter,
+    pub(crate) connections_failed: Counter,
+    pub(crate) dial_failures: Counter,
+    pub(crate) frames_in: Counter,
+    pub(crate) frames_out: Counter,
+    pub(crate) bytes_in: Counter,
+    pub(crate) bytes_out: Counter,
+}
+
+/// A snapshot of a transport's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TcpStats {
+    /// Inbound connections that completed the handshake.
+    pub connections_accepted: u64,
+    /// Outbound connections that completed the handshake.
+    pub connections_dialed: u64,
+    /// Handshakes (either direction) that failed or were refused.
+    pub connections_refused: u64,
+    /// Established connections that ended with an error.
+    pub connections_failed: u64,
+    /// Dial attempts that failed before the handshake (refused, unreachable, timed out).
+    pub dial_failures: u64,
+    /// Frames received.
+    pub frames_in: u64,
+    /// Frames sent.
+    pub frames_out: u64,
+    /// Encrypted bytes received after handshakes (chunk headers included).
+    pub bytes_in: u64,
+    /// Encrypted bytes sent after handshakes (chunk headers included).
+    pub bytes_out: u64,
+}
+
+struct Pending {
+    peer: NodeId,
+    tx: oneshot::Sender<Result<Vec<u8>, TransportError>>,
+}
+
+/// State shared by the handle and every task.
+pub(crate) struct Inner {
+    pub(crate) local: NodeId,
+    federation: FederationId,
+    static_private: Vec<u8>,
+    static_public: Vec<u8>,
+    payload: [u8; HANDSHAKE_PAYLOAD_LEN],
+    trust: Trust,
+    pub(crate) max_frame_len: usize,
+    outgoing_queue: usize,
+    max_peers: usize,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) flush_timeout: Duration,
+    pub(crate) backoff_initial: Duration,
+    pub(crate) backoff_max: Duration,
+    peers: Mutex<HashMap<NodeId, PeerHandle>>,
+    connected: Mutex<HashSet<NodeId>>,
+    inbound_tx: async_channel::Sender<Incoming>,
+    inbound_rx: async_channel::Receiver<Incoming>,
+    pending: Mutex<HashMap<u64, Pending>>,
+    next_request: AtomicU64,
+    next_conn: AtomicU64,
+    closed: AtomicBool,
+    pub(crate) level: watch::Sender<Level>,
+    failures: broadcast::Sender<ConnectionFailure>,
+    pub(crate) stats: Counters,
+    pub(crate) handle: Handle,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Inner {
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn local_handshake(&self) -> Local<'_> {
+        Local {
+            id: self.local,
+            federation: self.federation,
+            static_private: &self.static_private,
+            payload: &self.payload,
+        }
+    }
+
+    pub(crate) fn is_trusted(&self, node: &NodeId) -> bool {
+        lock(&self.peers).get(node).is_some_and(|p| p.added) || self.trust.admits(node)
+    }
+
+    pub(crate) fn jitter_seed(&self, node: &NodeId) -> u64 {
+        let mut h = blake3::Hasher::new();
+        h.update(&self.static_public);
+        h.update(node.as_bytes());
+        let bytes = h.finalize();
+        let (first, _) = bytes.as_bytes().split_first_chunk::<8>().unwrap_or((&[0; 8], &[]));
+        u64::from_le_bytes(*first)
+    }
+
+    pub(crate) fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Queues an inbound event; `false` if the transport is closed.
+    pub(crate) async fn deliver(&self, incoming: Incoming) -> bool {
+        self.inbound_tx.send(incoming).await.is_ok()
+    }
+
+    pub(crate) fn publish(&self, failure: ConnectionFailure) {
+        let _ = self.failures.send(failure);
+    }
+
+    pub(crate) fn set_connected(&self, node: NodeId, up: bool) {
+        let mut c = lock(&self.connected);
+        if up {
+            c.insert(node);
+        } else {
+            c.remove(&node);
+        }
+    }
+
+    /// Hands a response to the request waiting for it, if `from` is the node it was sent to.
+    /// Late or unsolicited responses are dropped.
+    pub(crate) fn complete_request(&self, from: NodeId, id: u64, payload: Vec<u8>) {
+        let tx = match lock(&self.pending).entry(id) {
+            Entry::Occupied(e) if e.get().peer == from => Some(e.remove().tx),
+            _ => None,
+        };
+        if let Some(tx) = tx {
+            let _ = tx.send(Ok(payload));
+        }
+    }
+
+    /// Fails every request waiting on `node` with `Disconnected`.
+    pub(crate) fn fail_pending(&self, node: NodeId) {
+        let failed: Vec<Pending> =
+            lock(&self.pending).extract_if(|_, p| p.peer == node).map(|(_, p)| p).collect();
+        for p in failed {
+            let _ = p.tx.send(Err(TransportError::Disconnected(node)));
+        }
+    }
+
+    /// The peer's handle, creating the peer (and its actor) if needed. `addr` registers a
+    /// dial address and marks the peer as added (trusted).
+    fn peer(
+        self: &Arc<Self>,
+        node: NodeId,
+        addr: Option<SocketAddr>,
+    ) -> Result<PeerHandle, TcpError> {
+        let mut peers = lock(&self.peers);
+        if self.is_closed() {
+            return Err(TcpError::Closed);
+        }
+        if let Some(handle) = peers.get_mut(&node) {
+            if let Some(addr) = addr {
+                handle.added = true;
+                let _ = handle.cmd.send(PeerCmd::SetAddr(addr));
+            }
+            return Ok(handle.clone());
+        }
+        if addr.is_none() && peers.len() >= self.max_peers {
+            return Err(HandshakeError::TooManyPeers.into());
+        }
+        let (queue_tx, queue_rx) = async_channel::bounded(self.outgoing_queue);
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let handle = PeerHandle { queue: queue_tx, cmd: cmd_tx.clone(), added: addr.is_some() };
+        let actor = PeerActor::new(self.clone(), node, addr, queue_rx, cmd_rx, cmd_tx);
+        let task = self.handle.spawn(actor.run());
+        lock(&self.tasks).push(task);
+        peers.insert(node, handle.clone());
+        Ok(handle)
+    }
+
+    /// The queue to `to`, after the checks every send does.
+    fn queue_for(
+        &self,
+        to: NodeId,
+        len: usize,
+    ) -> Result<async_channel::Sender<Frame>, TransportError> {
+        if self.is_closed() {
+            return Err(TransportError::Closed);
+        }
+        if len > self.max_frame_len {
+            return Err(TransportError::MessageTooLarge { len, max: self.max_frame_len });
+        }
+        lock(&self.peers).get(&to).map(|p| p.queue.clone()).ok_or(TransportError::UnknownPeer(to))
+    }
+
+    /// Stops everything at once (no flushing).
+    fn kill(&self) {
+        self.closed.store(true, Ordering::Release);
+        for p in lock(&self.peers).values() {
+            p.queue.close();
+        }
+        self.inbound_rx.close();
+        self.level.send_replace(Level::Dead);
+        let pending: Vec<Pending> = lock(&self.pending).drain().map(|(_, p)| p).collect();
+        for p in pending {
+            let _ = p.tx.send(Err(TransportError::Closed));
+        }
+    }
+}
+
+/// The TCP + Noise [`Transport`]: authenticated, encrypted links to the peers this node
+/// adds and to trusted peers that connect to it. See the [module docs](super).
+pub struct TcpTransport {
+    inner: Arc<Inner>,
+    local_addr: SocketAddr,
+}
+
+impl std::fmt::Debug for TcpTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpTransport")
+            .field("local_id", &self.inner.local)
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TcpTransport {
+    /// Binds the listener and starts accepting connections. Must be called within a tokio
+    /// runtime; the transport's tasks run on that runtime.
+    ///
+    /// Errors: [`TcpError::InvalidConfig`], [`TcpError::Io`] if the address cannot be bound.
+    pub async fn bind(config: TcpConfig) -> Result<Self, TcpError> {
+        config.validate()?;
+        let handle = Handle::try_current()
+            .map_err(|_| TcpError::InvalidConfig("bind must run within a tokio runtime"))?;
+        let params =
+            NOISE_PARAMS.parse().map_err(|e: snow::Error| TcpError::Noise(e.to_string()))?;
+        let static_key = snow::Builder::new(params)
+            .generate_keypair()
+            .map_err(|e| TcpError::Noise(e.to_string()))?;
+        let payload = HandshakePayload::sign(&config.keypair, &static_key.public).encode();
+
+        let socket =
+            if config.listen_addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        socket.bind(config.listen_addr)?;
+        let listener = socket.listen(1024)?;
+        let local_addr = listener.local_addr()?;
+
+        let (inbound_tx, inbound_rx) = async_channel::bounded(config.inbound_queue);
+        let (level, _) = watch::channel(Level::Running);
+        let (failures, _) = broadcast::channel(FAILURE_CHANNEL_CAPACITY);
+        let inner = Arc::new(Inner {
+            local: config.keypair.node_id(),
+            federation: config.federation,
+            static_private: static_key.private,
+            static_public: static_key.public,
+            payload,
+            trust: config.trust,
+            max_frame_len: config.max_frame_len,
+            outgoing_queue: config.outgoing_queue,
+            max_peers: config.max_peers,
+            handshake_timeout: config.handshake_timeout,
+            flush_timeout: config.flush_timeout,
+            backoff_initial: config.backoff_initial,
+            backoff_max: config.backoff_max,
+            peers: Mutex::new(HashMap::new()),
+            connected: Mutex::new(HashSet::new()),
+            inbound_tx,
+            inbound_rx,
+            pending: Mutex::new(HashMap::new()),
+            next_request: AtomicU64::new(1),
+            next_conn: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
+            level,
+            failures,
+            stats: Counters::default(),
+            handle: handle.clone(),
+            tasks: Mutex::new(Vec::new()),
+        });
+        let permits = Arc::new(Semaphore::new(config.max_pending_handshakes));
+        let acceptor = handle.spawn(accept_loop(inner.clone(), listener, permits));
+        lock(&inner.tasks).push(acceptor);
+        Ok(Self { inner, local_addr })
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Registers `node` at `addr`: this node keeps a connection to it, dialing now and
+    /// redialing with capped exponential backoff after failures and disconnects. The node
+    /// becomes trusted. Calling it again updates the address.
+    ///
+    /// Errors: [`TcpError::SelfPeer`], [`TcpError::Closed`]; nothing changed.
+    pub fn add_peer(&self, node: NodeId, addr: SocketAddr) -> Result<(), TcpError> {
+        if node == self.inner.local {
+            return Err(TcpError::SelfPeer);
+        }
+        self.inner.peer(node, Some(addr)).map(|_| ())
+    }
+
+    /// Subscribes to connection failures: every refused handshake, failed dial and
+    /// connection closed with an error, with its typed reason. Bounded: a subscriber that
+    /// falls more than 256 failures behind gets `RecvError::Lagged`.
+    pub fn connection_failures(&self) -> broadcast::Receiver<ConnectionFailure> {
+        self.inner.failures.subscribe()
+    }
+
+    /// The peers with a live connection now.
+    pub fn connected_peers(&self) -> Vec<NodeId> {
+        let mut peers: Vec<NodeId> = lock(&self.inner.connected).iter().copied().collect();
+        peers.sort();
+        peers
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> TcpStats {
+        let s = &self.inner.stats;
+        TcpStats {
+            connections_accepted: s.connections_accepted.get(),
+            connections_dialed: s.connections_dialed.get(),
+            connections_refused: s.connections_refused.get(),
+            connections_failed: s.connections_failed.get(),
+            dial_failures: s.dial_failures.get(),
+            frames_in: s.frames_in.get(),
+            frames_out: s.frames_out.get(),
+            bytes_in: s.bytes_in.get(),
+            bytes_out: s.bytes_out.get(),
+        }
+    }
+
+    async fn close_gracefully(&self) {
+        let inner = &self.inner;
+        if inner.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        inner.level.send_replace(Level::Closing);
+        let peers: Vec<PeerHandle> = lock(&inner.peers).values().cloned().collect();
+        for p in &peers {
+            p.queue.close();
+            let _ = p.cmd.send(PeerCmd::Close);
+        }
+        let tasks = std::mem::take(&mut *lock(&inner.tasks));
+        let deadline = Instant::now() + inner.flush_timeout + Duration::from_millis(100);
+        for mut task in tasks {
+            if timeout_at(deadline, &mut task).await.is_err() {
+                task.abort();
+            }
+        }
+        inner.kill();
+    }
+}
+
+impl Drop for TcpTransport {
+    fn drop(&mut self) {
+        self.inner.kill();
+    }
+}
+
+async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, permits: Arc<Semaphore>) {
+    let mut level = inner.level.subscribe();
+    loop {
+        let permit = tokio::select! {
+            _ = wait_level(&mut level, Level::Closing) => return,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let accepted = tokio::select! {
+            _ = wait_level(&mut level, Level::Closing) => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, addr)) => {
+                let inner2 = inner.clone();
+                let mut level2 = inner.level.subscribe();
+                inner.handle.spawn(async move {
+                    tokio::select! {
+                        _ = wait_level(&mut level2, Level::Closing) => {}
+                        _ = accept_one(inner2, stream, addr, permit) => {}
+                    }
+                });
+            }
+            Err(_) => {
+                // Out of file descriptors or a similar transient failure: back off briefly
+                // instead of spinning.
+                drop(permit);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// The identity a refused handshake names, when it is authenticated.
+fn named_peer(error: &TcpError) -> Option<NodeId> {
+    match error {
+        TcpError::Handshake(HandshakeError::UntrustedPeer(id)) => Some(*id),
+        TcpError::Handshake(HandshakeError::UnexpectedPeer { actual, .. }) => Some(*actual),
+        _ => None,
+    }
+}
+
+async fn accept_one(
+    inner: Arc<Inner>,
+    mut stream: TcpStream,
+    peer_addr: SocketAddr,
+    permit: OwnedSemaphorePermit,
+) {
+    let result = async {
+        stream.set_nodelay(true)?;
+        let local = inner.local_handshake();
+        let trusted = |id: &NodeId| inner.is_trusted(id);
+        let run = handshake::run(&mut stream, Role::Responder, &local, None, &trusted);
+        let auth = timeout(inner.handshake_timeout, run)
+            .await
+            .map_err(|_| HandshakeError::Timeout { after: inner.handshake_timeout })??;
+        let handle = inner.peer(auth.peer, None)?;
+        Ok::<_, TcpError>((auth, handle))
+    }
+    .await;
+    drop(permit);
+    match result {
+        Ok((auth, handle)) => {
+            inner.stats.connections_accepted.add(1);
+            let est = Established {
+                stream,
+                peer_addr,
+                cipher: auth.cipher,
+                initiator: auth.peer,
+                from_dial: false,
+            };
+            let _ = handle.cmd.send(PeerCmd::Established(Box::new(est)));
+        }
+        Err(TcpError::Closed) => {}
+        Err(error) => {
+            inner.stats.connections_refused.add(1);
+            let peer = named_peer(&error);
+            inner.publish(ConnectionFailure { peer_addr, peer, error });
+        }
+    }
+}
+
+/// Removes a request's pending entry however the request ends (answer, timeout, drop).
+struct PendingGuard<'a> {
+    inner: &'a Inner,
+    id: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        lock(&self.inner.pending).remove(&self.id);
+    }
+}
+
+impl Transport for TcpTransport {
+    fn local_id(&self) -> NodeId {
+        self.inner.local
+    }
+
+    fn max_message_len(&self) -> usize {
+        self.inner.max_frame_len
+    }
+
+    fn send(&self, to: NodeId, payload: Vec<u8>) -> BoxFuture<'_, Result<(), TransportError>> {
+        Box::pin(async move {
+            let queue = self.inner.queue_for(to, payload.len())?;
+            queue.send(Frame::Message(payload)).await.map_err(|_| TransportError::Closed)
+        })
+    }
+
+    fn request(
+        &self,
+        to: NodeId,
+        payload: Vec<u8>,
+        after: Duration,
+    ) -> BoxFuture<'_, Result<Vec<u8>, TransportError>> {
+        Box::pin(async move {
+            let inner = &*self.inner;
+            let queue = inner.queue_for(to, payload.len())?;
+            let id = inner.next_request.fetch_add(1, Ordering::Relaxed);
+            let (tx, rx) = oneshot::channel();
+            lock(&inner.pending).insert(id, Pending { peer: to, tx });
+            let _guard = PendingGuard { inner, id };
+            let exchange = async {
+                queue
+                    .send(Frame::Request { id, payload })
+                    .await
+                    .map_err(|_| TransportError::Closed)?;
+                rx.await.map_err(|_| TransportError::Closed)?
+            };
+            match timeout(after, exchange).await {
+                Ok(result) => result,
+                Err(_) => Err(TransportError::Timeout { peer: to, after }),
+            }
+        })
+    }
+
+    fn respond(
+        &self,
+        to: NodeId,
+        id: RequestId,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'_, Result<(), TransportError>> {
+        Box::pin(async move {
+            let queue = self.inner.queue_for(to, payload.len())?;
+            queue
+                .send(Frame::Response { id: id.0, payload })
+                .await
+                .map_err(|_| TransportError::Closed)
+        })
+    }
+
+    fn recv(&self) -> BoxFuture<'_, Result<Incoming, TransportError>> {
+        Box::pin(async move {
+            if self.inner.is_closed() {
+                return Err(TransportError::Closed);
+            }
+            match self.inner.inbound_rx.recv().await {
+                Ok(incoming) if !self.inner.is_closed() => Ok(incoming),
+                _ => Err(TransportError::Closed),
+            }
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.close_gracefully())
+    }
+}

@@ -1,0 +1,983 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+//! The TCP + Noise transport: the conformance suite, live-link behavior (ordering,
+//! requests, reconnects, simultaneous dials, graceful close), refusals with typed reasons
+//! (trust, identity binding, federation, version, timeouts), hostile byte streams from raw
+//! clients, and property tests of the pure decoders.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use llmkg_federation_core::{Incoming, NodeId, NodeKeypair, Timer, Transport, TransportError};
+use llmkg_transport::TokioTimer;
+use llmkg_transport::tcp::{
+    ConnectionFailure, FederationId, Frame, FrameDecoder, FrameError, HELLO_LEN, HandshakeError,
+    HandshakePayload, Hello, MAX_CHUNK_PLAINTEXT, NOISE_PARAMS, PROTOCOL_VERSION, TcpConfig,
+    TcpError, TcpTransport, Trust,
+};
+use llmkg_transport::testing::{Pair, Suite};
+use proptest::prelude::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::broadcast;
+use tokio::time::timeout;
+
+/// Generous bound on anything that should happen promptly.
+const PROMPT: Duration = Duration::from_secs(10);
+
+fn fed() -> FederationId {
+    FederationId::from_name("tcp-tests")
+}
+
+fn keypair(seed: u8) -> NodeKeypair {
+    NodeKeypair::from_secret_bytes([seed; 32])
+}
+
+fn id(seed: u8) -> NodeId {
+    keypair(seed).node_id()
+}
+
+fn config(seed: u8) -> TcpConfig {
+    TcpConfig::new(keypair(seed), fed())
+}
+
+async fn bind(config: TcpConfig) -> TcpTransport {
+    TcpTransport::bind(config).await.unwrap()
+}
+
+async fn recv_event(t: &TcpTransport) -> Incoming {
+    timeout(PROMPT, t.recv()).await.expect("recv timed out").expect("recv failed")
+}
+
+async fn wait_connected(t: &TcpTransport, peer: NodeId) {
+    loop {
+        if let Incoming::PeerConnected { peer: p } = recv_event(t).await
+            && p == peer
+        {
+            return;
+        }
+    }
+}
+
+async fn wait_disconnected(t: &TcpTransport, peer: NodeId) {
+    loop {
+        if let Incoming::PeerDisconnected { peer: p } = recv_event(t).await
+            && p == peer
+        {
+            return;
+        }
+    }
+}
+
+/// The next message, skipping connectivity events about nodes other than `guard` (an event
+/// about `guard` fails the test: that link must stay up).
+async fn next_message_keeping(t: &TcpTransport, guard: Option<NodeId>) -> (NodeId, Vec<u8>) {
+    loop {
+        match recv_event(t).await {
+            Incoming::Message { from, payload } => return (from, payload),
+            Incoming::PeerDisconnected { peer } if Some(peer) == guard => {
+                panic!("the healthy link to {peer:?} went down")
+            }
+            Incoming::PeerConnected { peer } if Some(peer) == guard => {
+                panic!("the healthy link to {peer:?} was re-established")
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn next_message(t: &TcpTransport) -> (NodeId, Vec<u8>) {
+    next_message_keeping(t, None).await
+}
+
+/// Waits for a published failure matching `pred`; panics with everything seen otherwise.
+async fn expect_failure(
+    rx: &mut broadcast::Receiver<ConnectionFailure>,
+    what: &str,
+    pred: impl Fn(&ConnectionFailure) -> bool,
+) -> ConnectionFailure {
+    let mut seen = Vec::new();
+    let found = timeout(PROMPT, async {
+        loop {
+            match rx.recv().await {
+                Ok(f) if pred(&f) => return f,
+                Ok(f) => seen.push(format!("{:?}", f.error)),
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("failure channel: {e}"),
+            }
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("no {what} failure published; saw {seen:?}"))
+}
+
+/// `a` dials `b`; `b` trusts `a` by its allow-list. Returns once both see the link.
+async fn connected_pair(seed_a: u8, seed_b: u8) -> (TcpTransport, TcpTransport) {
+    let a = bind(config(seed_a)).await;
+    let mut cb = config(seed_b);
+    cb.trust = Trust::AllowList(HashSet::from([id(seed_a)]));
+    let b = bind(cb).await;
+    a.add_peer(id(seed_b), b.local_addr()).unwrap();
+    wait_connected(&a, id(seed_b)).await;
+    wait_connected(&b, id(seed_a)).await;
+    (a, b)
+}
+
+fn numbered(seq: u64, padding: usize) -> Vec<u8> {
+    let mut v = seq.to_be_bytes().to_vec();
+    v.resize(8 + padding, (seq % 251) as u8);
+    v
+}
+
+fn seq_of(payload: &[u8]) -> u64 {
+    u64::from_be_bytes(payload[..8].try_into().unwrap())
+}
+
+/// One message each way between `a` and `b`, failing if either sees the other disconnect.
+async fn assert_link_ok(a: &TcpTransport, b: &TcpTransport, tag: u64) {
+    let (a_id, b_id) = (a.local_id(), b.local_id());
+    a.send(b_id, numbered(tag, 1)).await.unwrap();
+    let (from, payload) = next_message_keeping(b, Some(a_id)).await;
+    assert_eq!((from, seq_of(&payload)), (a_id, tag));
+    b.send(a_id, numbered(tag + 1, 1)).await.unwrap();
+    let (from, payload) = next_message_keeping(a, Some(b_id)).await;
+    assert_eq!((from, seq_of(&payload)), (b_id, tag + 1));
+}
+
+// ---------------------------------------------------------------------------------------
+// The conformance suite and live links
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passes_the_conformance_suite() {
+    let timer: Arc<dyn Timer> = Arc::new(TokioTimer::new());
+    let mut next = 100u8;
+    let report = Suite::new(timer)
+        .run(|| {
+            next += 2;
+            let seed = next;
+            async move {
+                let (a, b) = connected_pair(seed, seed + 1).await;
+                Pair { a: Arc::new(a), b: Arc::new(b) }
+            }
+        })
+        .await
+        .unwrap_or_else(|failure| panic!("{failure}"));
+    assert_eq!(report.passed.len(), 10, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchanges_100k_messages_each_way_in_order() {
+    const COUNT: u64 = 100_000;
+    let (a, b) = connected_pair(1, 2).await;
+    // Mostly small payloads; every 1000th spans several encrypted chunks.
+    let size = |seq: u64| if seq % 1000 == 999 { 200_000 } else { (seq % 200) as usize };
+    let sender = |from: &'static TcpTransport, to: NodeId| async move {
+        for seq in 0..COUNT {
+            from.send(to, numbered(seq, size(seq))).await.unwrap();
+        }
+    };
+    let receiver = |at: &'static TcpTransport, from_id: NodeId| async move {
+        for expected in 0..COUNT {
+            let (from, payload) = next_message_keeping(at, Some(from_id)).await;
+            assert_eq!(from, from_id);
+            assert_eq!(seq_of(&payload), expected, "lost or reordered");
+            assert_eq!(payload.len(), 8 + size(expected));
+            assert!(payload[8..].iter().all(|&x| x == (expected % 251) as u8), "altered");
+        }
+    };
+    let a: &'static TcpTransport = Box::leak(Box::new(a));
+    let b: &'static TcpTransport = Box::leak(Box::new(b));
+    let (a_id, b_id) = (a.local_id(), b.local_id());
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(sender(a, b_id));
+    tasks.spawn(sender(b, a_id));
+    tasks.spawn(receiver(b, a_id));
+    tasks.spawn(receiver(a, b_id));
+    // The first failure (a panic in any task) ends the test at once.
+    while let Some(done) =
+        timeout(Duration::from_secs(60), tasks.join_next()).await.expect("exchange took too long")
+    {
+        done.unwrap();
+    }
+    let stats = a.stats();
+    assert!(stats.frames_out >= COUNT && stats.frames_in >= COUNT, "{stats:?}");
+    // Every payload byte went out encrypted (100 large messages alone are 20 MB).
+    assert!(stats.bytes_out > 20_000_000 && stats.bytes_in > 20_000_000, "{stats:?}");
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_answered_matched_and_time_out() {
+    let (a, b) = connected_pair(3, 4).await;
+    let (a_id, b_id) = (a.local_id(), b.local_id());
+    let b = Arc::new(b);
+    // The server answers "ping-N" with "pong-N", in reverse order of arrival, and ignores
+    // "ignore".
+    let server = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                match b.recv().await {
+                    Ok(Incoming::Request { from, id, payload }) => {
+                        assert_eq!(from, a_id);
+                        if payload == b"ignore" {
+                            continue;
+                        }
+                        held.push((id, payload));
+                        if held.len() == 16 {
+                            for (id, p) in held.drain(..).rev() {
+                                let mut r = b"pong".to_vec();
+                                r.extend_from_slice(&p[4..]);
+                                b.respond(from, id, r).await.unwrap();
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        })
+    };
+    let a = Arc::new(a);
+    let mut calls = Vec::new();
+    for i in 0..16 {
+        let a = a.clone();
+        calls.push(tokio::spawn(async move {
+            let r = a.request(b_id, format!("ping-{i}").into_bytes(), PROMPT).await.unwrap();
+            assert_eq!(r, format!("pong-{i}").into_bytes());
+        }));
+    }
+    for c in calls {
+        c.await.unwrap();
+    }
+    // An unanswered request times out, not before its timeout.
+    let started = tokio::time::Instant::now();
+    let after = Duration::from_millis(200);
+    match a.request(b_id, b"ignore".to_vec(), after).await {
+        Err(TransportError::Timeout { peer, after: t }) => assert_eq!((peer, t), (b_id, after)),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert!(started.elapsed() >= after);
+    // Requests to nodes it cannot reach fail at once.
+    match a.request(id(99), b"x".to_vec(), PROMPT).await {
+        Err(TransportError::UnknownPeer(p)) => assert_eq!(p, id(99)),
+        other => panic!("expected UnknownPeer, got {other:?}"),
+    }
+    a.close().await;
+    b.close().await;
+    server.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_flushes_queued_messages_then_refuses_everything() {
+    let (a, b) = connected_pair(5, 6).await;
+    let (a_id, b_id) = (a.local_id(), b.local_id());
+    const COUNT: u64 = 5_000;
+    for seq in 0..COUNT {
+        a.send(b_id, numbered(seq, 100)).await.unwrap();
+    }
+    a.close().await;
+    for expected in 0..COUNT {
+        let (from, payload) = next_message(&b).await;
+        assert_eq!((from, seq_of(&payload)), (a_id, expected));
+    }
+    // A goodbye is a clean close: the peer sees a disconnect but no failure.
+    let mut failures = b.connection_failures();
+    wait_disconnected(&b, a_id).await;
+    assert!(failures.try_recv().is_err(), "a graceful close was reported as a failure");
+    assert!(matches!(a.send(b_id, vec![1]).await, Err(TransportError::Closed)));
+    assert!(matches!(a.request(b_id, vec![1], PROMPT).await, Err(TransportError::Closed)));
+    assert!(matches!(a.recv().await, Err(TransportError::Closed)));
+    assert!(matches!(a.add_peer(id(77), b.local_addr()), Err(TcpError::Closed)));
+    // The listener is gone too.
+    assert!(TcpStream::connect(a_local_addr_after_close(&a)).await.is_err());
+    b.close().await;
+}
+
+fn a_local_addr_after_close(t: &TcpTransport) -> SocketAddr {
+    t.local_addr()
+}
+
+/// Both ends dial each other at once; both must keep the same connection (the one the
+/// smaller id initiated) and use it without further churn.
+async fn simultaneous_pair(seed_a: u8, seed_b: u8) {
+    let a = bind(config(seed_a)).await;
+    let b = bind(config(seed_b)).await;
+    let (a_id, b_id) = (a.local_id(), b.local_id());
+    a.add_peer(b_id, b.local_addr()).unwrap();
+    b.add_peer(a_id, a.local_addr()).unwrap();
+    wait_connected(&a, b_id).await;
+    wait_connected(&b, a_id).await;
+    // Let any duplicate connection be resolved, then drain the events it caused.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for t in [&a, &b] {
+        let mut up = true;
+        while let Ok(Ok(ev)) = timeout(Duration::from_millis(50), t.recv()).await {
+            match ev {
+                Incoming::PeerConnected { .. } => up = true,
+                Incoming::PeerDisconnected { .. } => up = false,
+                _ => {}
+            }
+        }
+        assert!(up, "the link must end up up");
+    }
+    assert_eq!(a.connected_peers(), vec![b_id]);
+    assert_eq!(b.connected_peers(), vec![a_id]);
+    // From now on the one remaining link carries everything, with no further churn.
+    for round in 0..100 {
+        assert_link_ok(&a, &b, round * 2).await;
+    }
+    // At most the two simultaneous connections were ever made: no redial was needed.
+    for t in [&a, &b] {
+        let s = t.stats();
+        assert!(s.connections_accepted + s.connections_dialed <= 2, "{s:?}");
+        assert_eq!(s.connections_failed, 0, "{s:?}");
+    }
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_dials_settle_on_one_link() {
+    // The race does not happen on every run; several pairs make it all but certain.
+    let pairs = (0..6u8).map(|i| simultaneous_pair(50 + 2 * i, 51 + 2 * i));
+    futures_util::future::join_all(pairs).await;
+}
+
+/// Kill = drop the peer's runtime without any graceful shutdown; restart = a new transport
+/// with the same identity on the same port. The first node must reconnect by itself.
+#[test]
+fn killed_peer_is_reconnected_automatically() {
+    let rt_a =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let b_config = || {
+        let mut c = config(10);
+        c.trust = Trust::AllowList(HashSet::from([id(9)]));
+        c
+    };
+    let rt_b =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let b = rt_b.block_on(bind(b_config()));
+    let b_addr = b.local_addr();
+    let a = Arc::new(rt_a.block_on(bind(config(9))));
+    let (a_id, b_id) = (id(9), id(10));
+    let mut failures = a.connection_failures();
+    a.add_peer(b_id, b_addr).unwrap();
+    rt_a.block_on(async {
+        wait_connected(&a, b_id).await;
+        a.send(b_id, b"before".to_vec()).await.unwrap();
+    });
+    rt_b.block_on(async {
+        wait_connected(&b, a_id).await;
+        assert_eq!(next_message(&b).await, (a_id, b"before".to_vec()));
+    });
+    // A request in flight when the peer dies fails with Disconnected, not a timeout.
+    let in_flight = {
+        let a = a.clone();
+        rt_a.spawn(async move { a.request(b_id, b"never answered".to_vec(), PROMPT * 3).await })
+    };
+    rt_b.block_on(async {
+        assert!(matches!(recv_event(&b).await, Incoming::Request { .. }));
+    });
+
+    rt_b.shutdown_background();
+    drop(b);
+
+    rt_a.block_on(async {
+        wait_disconnected(&a, b_id).await;
+        match in_flight.await.unwrap() {
+            Err(TransportError::Disconnected(p)) => assert_eq!(p, b_id),
+            other => panic!("expected Disconnected, got {other:?}"),
+        }
+        let f = expect_failure(&mut failures, "lost connection", |f| f.peer == Some(b_id)).await;
+        assert!(
+            matches!(
+                f.error,
+                TcpError::ConnectionLost | TcpError::Io(_) | TcpError::Frame(FrameError::Truncated)
+            ),
+            "{f:?}"
+        );
+        // Queued while the peer is down: delivered once it is back.
+        for seq in 0..10 {
+            a.send(b_id, numbered(seq, 10)).await.unwrap();
+        }
+    });
+
+    // Restart on the same port (the old listener may take a moment to be released).
+    let rt_b2 =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let b2 = rt_b2.block_on(async {
+        let deadline = tokio::time::Instant::now() + PROMPT;
+        loop {
+            let mut c = b_config();
+            c.listen_addr = b_addr;
+            match TcpTransport::bind(c).await {
+                Ok(t) => break t,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("cannot rebind: {e}"),
+            }
+        }
+    });
+    rt_a.block_on(wait_connected(&a, b_id));
+    rt_b2.block_on(async {
+        wait_connected(&b2, a_id).await;
+        for expected in 0..10 {
+            let (from, payload) = next_message(&b2).await;
+            assert_eq!((from, seq_of(&payload)), (a_id, expected));
+        }
+        b2.send(a_id, b"back".to_vec()).await.unwrap();
+    });
+    rt_a.block_on(async {
+        assert_eq!(next_message(&a).await, (b_id, b"back".to_vec()));
+        a.close().await;
+    });
+    rt_b2.block_on(b2.close());
+}
+
+// ---------------------------------------------------------------------------------------
+// Refusals
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrusted_identity_is_refused() {
+    let mut ca = config(11);
+    ca.trust = Trust::AllowList(HashSet::from([id(13)])); // not 12
+    let a = bind(ca).await;
+    let b = bind(config(12)).await;
+    let mut failures = a.connection_failures();
+    b.add_peer(a.local_id(), a.local_addr()).unwrap();
+    let f = expect_failure(&mut failures, "UntrustedPeer", |f| {
+        matches!(f.error, TcpError::Handshake(HandshakeError::UntrustedPeer(_)))
+    })
+    .await;
+    match f.error {
+        TcpError::Handshake(HandshakeError::UntrustedPeer(who)) => assert_eq!(who, id(12)),
+        _ => unreachable!(),
+    }
+    assert_eq!(f.peer, Some(id(12)));
+    assert!(a.connected_peers().is_empty());
+    assert!(a.stats().connections_refused >= 1);
+    // The refused node is not a peer: nothing can be sent to it.
+    assert!(matches!(a.send(id(12), vec![1]).await, Err(TransportError::UnknownPeer(_))));
+
+    // A trust callback works the same way, and can admit.
+    let mut cc = config(14);
+    cc.trust = Trust::callback(|n| *n == id(12));
+    let c = bind(cc).await;
+    b.add_peer(c.local_id(), c.local_addr()).unwrap();
+    wait_connected(&c, id(12)).await;
+    a.close().await;
+    b.close().await;
+    c.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dialing_reaches_the_wrong_node_is_refused() {
+    let a = bind(config(15)).await;
+    let mut cb = config(16);
+    cb.trust = Trust::AnyAuthenticated;
+    let b = bind(cb).await;
+    let mut failures = a.connection_failures();
+    // a believes node 17 listens at b's address.
+    a.add_peer(id(17), b.local_addr()).unwrap();
+    let f = expect_failure(&mut failures, "UnexpectedPeer", |f| {
+        matches!(f.error, TcpError::Handshake(HandshakeError::UnexpectedPeer { .. }))
+    })
+    .await;
+    match f.error {
+        TcpError::Handshake(HandshakeError::UnexpectedPeer { expected, actual }) => {
+            assert_eq!((expected, actual), (id(17), id(16)));
+        }
+        _ => unreachable!(),
+    }
+    assert!(a.connected_peers().is_empty());
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_federation_is_refused_on_both_sides() {
+    let a = bind(config(18)).await;
+    let mut cb = TcpConfig::new(keypair(19), FederationId::from_name("elsewhere"));
+    cb.trust = Trust::AnyAuthenticated;
+    let b = bind(cb).await;
+    let (mut fa, mut fb) = (a.connection_failures(), b.connection_failures());
+    a.add_peer(id(19), b.local_addr()).unwrap();
+    let is_mismatch = |f: &ConnectionFailure| {
+        matches!(f.error, TcpError::Handshake(HandshakeError::FederationMismatch { .. }))
+    };
+    let on_b = expect_failure(&mut fb, "FederationMismatch (refusing side)", is_mismatch).await;
+    match on_b.error {
+        TcpError::Handshake(HandshakeError::FederationMismatch { ours, theirs }) => {
+            assert_eq!((ours, theirs), (FederationId::from_name("elsewhere"), fed()));
+        }
+        _ => unreachable!(),
+    }
+    expect_failure(&mut fa, "FederationMismatch (dialing side)", is_mismatch).await;
+    assert!(a.connected_peers().is_empty() && b.connected_peers().is_empty());
+    a.close().await;
+    b.close().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Raw clients: hostile peers speaking the wire protocol by hand
+// ---------------------------------------------------------------------------------------
+
+/// A hand-written client: hello, Noise XX as initiator, then raw encrypted chunks.
+struct Raw {
+    stream: TcpStream,
+    cipher: snow::StatelessTransportState,
+    nonce: u64,
+}
+
+async fn send_hs(stream: &mut TcpStream, msg: &[u8]) {
+    stream.write_all(&(msg.len() as u16).to_be_bytes()).await.unwrap();
+    stream.write_all(msg).await.unwrap();
+}
+
+async fn recv_hs(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len).await.ok()?;
+    let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
+    stream.read_exact(&mut msg).await.ok()?;
+    Some(msg)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Forgery {
+    None,
+    /// Sign a different Noise static key than the one used.
+    SignOtherKey,
+    /// Put a different hello into the prologue than the one sent.
+    TamperPrologue,
+}
+
+/// Runs the client side of the handshake. `None` if the client's own side fails.
+async fn raw_handshake(addr: SocketAddr, identity: &NodeKeypair, forgery: Forgery) -> Option<Raw> {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let ours = Hello::new(fed()).encode();
+    stream.write_all(&ours).await.unwrap();
+    let mut theirs = [0u8; HELLO_LEN];
+    stream.read_exact(&mut theirs).await.unwrap();
+    let mut prologue = ours.to_vec();
+    prologue.extend_from_slice(&theirs);
+    if forgery == Forgery::TamperPrologue {
+        prologue[9] ^= 1; // a different version
+    }
+    let static_key = snow::Builder::new(NOISE_PARAMS.parse().unwrap()).generate_keypair().unwrap();
+    let signed_key = match forgery {
+        Forgery::SignOtherKey => {
+            snow::Builder::new(NOISE_PARAMS.parse().unwrap()).generate_keypair().unwrap().public
+        }
+        _ => static_key.public.clone(),
+    };
+    let payload = HandshakePayload::sign(identity, &signed_key).encode();
+    let mut hs = snow::Builder::new(NOISE_PARAMS.parse().unwrap())
+        .local_private_key(&static_key.private)
+        .unwrap()
+        .prologue(&prologue)
+        .unwrap()
+        .build_initiator()
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = hs.write_message(&[], &mut buf).unwrap();
+    send_hs(&mut stream, &buf[..n]).await;
+    let msg = recv_hs(&mut stream).await?;
+    let mut server_payload = [0u8; 1024];
+    let n = hs.read_message(&msg, &mut server_payload).ok()?;
+    let server = HandshakePayload::decode(&server_payload[..n]).unwrap();
+    server.verify(hs.get_remote_static().unwrap()).unwrap();
+    let n = hs.write_message(&payload, &mut buf).unwrap();
+    send_hs(&mut stream, &buf[..n]).await;
+    Some(Raw { stream, cipher: hs.into_stateless_transport_mode().unwrap(), nonce: 0 })
+}
+
+impl Raw {
+    /// Encrypts `plain` into chunks and writes them.
+    async fn send_plain(&mut self, plain: &[u8]) {
+        for chunk in plain.chunks(MAX_CHUNK_PLAINTEXT) {
+            let mut ct = vec![0u8; chunk.len() + 16];
+            let n = self.cipher.write_message(self.nonce, chunk, &mut ct).unwrap();
+            self.nonce += 1;
+            self.stream.write_all(&(n as u16).to_be_bytes()).await.unwrap();
+            self.stream.write_all(&ct[..n]).await.unwrap();
+        }
+    }
+}
+
+/// Node `a` (trusting the raw identity 22) linked to a healthy peer `b`.
+struct Victim {
+    a: TcpTransport,
+    b: TcpTransport,
+    failures: broadcast::Receiver<ConnectionFailure>,
+}
+
+const RAW: u8 = 22;
+
+async fn victim(seed: u8) -> Victim {
+    let a = {
+        let mut c = config(seed);
+        c.trust = Trust::AllowList(HashSet::from([id(RAW), id(seed + 1)]));
+        c.handshake_timeout = Duration::from_millis(500);
+        bind(c).await
+    };
+    let mut cb = config(seed + 1);
+    cb.trust = Trust::AllowList(HashSet::from([id(seed)]));
+    let b = bind(cb).await;
+    a.add_peer(b.local_id(), b.local_addr()).unwrap();
+    wait_connected(&a, b.local_id()).await;
+    wait_connected(&b, a.local_id()).await;
+    let failures = a.connection_failures();
+    assert_link_ok(&a, &b, 0).await;
+    Victim { a, b, failures }
+}
+
+impl Victim {
+    /// Expects a failure of the raw connection matching `pred`, its disconnect event, and
+    /// that the healthy link carried on undisturbed.
+    async fn expect_refused(
+        &mut self,
+        what: &str,
+        after_handshake: bool,
+        pred: impl Fn(&TcpError) -> bool,
+    ) -> ConnectionFailure {
+        let f = expect_failure(&mut self.failures, what, |f| pred(&f.error)).await;
+        if after_handshake {
+            assert_eq!(f.peer, Some(id(RAW)));
+            // The raw peer was connected, then disconnected; `b` was never affected.
+            let mut saw_down = false;
+            while !saw_down {
+                match recv_event(&self.a).await {
+                    Incoming::PeerDisconnected { peer } => {
+                        assert_eq!(peer, id(RAW));
+                        saw_down = true;
+                    }
+                    Incoming::PeerConnected { peer } => assert_eq!(peer, id(RAW)),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+        assert_link_ok(&self.a, &self.b, 10).await;
+        assert_link_ok(&self.a, &self.b, 20).await;
+        assert_eq!(self.a.connected_peers(), vec![self.b.local_id()]);
+        f
+    }
+
+    async fn close(self) {
+        self.a.close().await;
+        self.b.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn noise_key_not_signed_by_the_identity_is_refused() {
+    let mut v = victim(30).await;
+    // The node stops at the forged payload; the client may or may not see its msg 3 land.
+    let _ = raw_handshake(v.a.local_addr(), &keypair(RAW), Forgery::SignOtherKey).await;
+    let f = v
+        .expect_refused("BadIdentityBinding", false, |e| {
+            matches!(e, TcpError::Handshake(HandshakeError::BadIdentityBinding { .. }))
+        })
+        .await;
+    match f.error {
+        TcpError::Handshake(HandshakeError::BadIdentityBinding { claimed }) => {
+            assert_eq!(claimed, id(RAW))
+        }
+        _ => unreachable!(),
+    }
+    // Nothing from the forger reached the host.
+    assert!(matches!(v.a.send(id(RAW), vec![1]).await, Err(TransportError::UnknownPeer(_))));
+    v.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_hello_breaks_the_handshake() {
+    let v = victim(32).await;
+    // The hellos are in the Noise prologue: a client that saw different hellos than the
+    // node cannot complete the handshake.
+    assert!(
+        raw_handshake(v.a.local_addr(), &keypair(RAW), Forgery::TamperPrologue).await.is_none()
+    );
+    assert!(raw_handshake(v.a.local_addr(), &keypair(RAW), Forgery::None).await.is_some());
+    v.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_before_the_hello_is_refused() {
+    let mut v = victim(34).await;
+    let mut s = TcpStream::connect(v.a.local_addr()).await.unwrap();
+    s.write_all(&[0xAB; 64]).await.unwrap();
+    v.expect_refused("BadMagic", false, |e| {
+        matches!(e, TcpError::Handshake(HandshakeError::BadMagic))
+    })
+    .await;
+    // Another protocol version is refused with its own reason.
+    let mut s = TcpStream::connect(v.a.local_addr()).await.unwrap();
+    let mut hello = Hello::new(fed());
+    hello.version = PROTOCOL_VERSION + 1;
+    s.write_all(&hello.encode()).await.unwrap();
+    v.expect_refused("VersionMismatch", false, |e| {
+        matches!(e, TcpError::Handshake(HandshakeError::VersionMismatch { ours: 1, theirs: 2 }))
+    })
+    .await;
+    v.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_client_times_out_in_the_handshake() {
+    let mut v = victim(36).await;
+    let _s = TcpStream::connect(v.a.local_addr()).await.unwrap();
+    v.expect_refused("handshake Timeout", false, |e| {
+        matches!(e, TcpError::Handshake(HandshakeError::Timeout { .. }))
+    })
+    .await;
+    v.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_after_the_handshake_closes_only_that_connection() {
+    let mut v = victim(38).await;
+    let mut raw = raw_handshake(v.a.local_addr(), &keypair(RAW), Forgery::None).await.unwrap();
+    let mut junk = vec![0x00, 0x40];
+    junk.extend((0..64u8).map(|i| i.wrapping_mul(37)));
+    raw.stream.write_all(&junk).await.unwrap();
+    v.expect_refused("Decrypt", true, |e| matches!(e, TcpError::Decrypt)).await;
+    v.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_frame_closes_only_that_connection() {
+    let mut v = victim(40).await;
+    let mut raw = raw_handshake(v.a.local_addr(), &keypair(RAW), Forgery::None).await.unwrap();
+    // A whole valid frame first: it is delivered.
+    let mut plain = Vec::new();
+    Frame::Message(b"valid".to_vec()).encode(&mut plain).unwrap();
+    // Then a header promising 100 bytes, 10 bytes, and end of stream.
+    plain.extend_from_slice(&[0, 0, 0, 100, 0]);
+    plain.extend_from_slice(&[7; 10]);
+    raw.send_plain(&plain).await;
+    raw.stream.shutdown().await.unwrap();
+    loop {
+        match recv_event(&v.a).await {
+            Incoming::Message { from, payload } => {
+                assert_eq!((from, payload), (id(RAW), b"valid".to_vec()));
+                break;
+            }
+            Incoming::PeerConnected { peer } => assert_eq!(peer, id(RAW)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    v.expect_refused("Truncated", true, |e| matches!(e, TcpError::Frame(FrameError::Truncated)))
+        .await;
+
+    // A chunk cut short is truncated too.
+    let mut raw = raw_handshake(v.a.local_addr(), &keypair(RAW), Forgery::None).await.unwrap();
+    raw.stream.write_all(&[0x01, 0x00]).await.unwrap();
+    raw.stream.write_all(&[0u8; 50]).await.unwrap();
+    raw.stream.shutdown().await.unwrap();
+    v.expect_refused("Truncated chunk", true, |e| {
+        matches!(e, TcpError::Frame(FrameError::Truncated))
+    })
+    .await;
+    v.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_frame_closes_only_that_connection() {
+    let mut v = victim(42).await;
+    let max = v.a.max_message_len();
+    let mut raw = raw_handshake(v.a.local_addr(), &keypair(RAW), Forgery::None).await.unwrap();
+    // Declares 4 GiB - 1; the node must refuse it from the header alone.
+    raw.send_plain(&[0xFF, 0xFF, 0xFF, 0xFF, 0]).await;
+    let f = v
+        .expect_refused("TooLarge", true, |e| {
+            matches!(e, TcpError::Frame(FrameError::TooLarge { .. }))
+        })
+        .await;
+    match f.error {
+        TcpError::Frame(FrameError::TooLarge { len, max: m }) => {
+            assert_eq!((len, m), (u64::from(u32::MAX), max));
+        }
+        _ => unreachable!(),
+    }
+    // An unknown frame kind is malformed.
+    let mut raw = raw_handshake(v.a.local_addr(), &keypair(RAW), Forgery::None).await.unwrap();
+    raw.send_plain(&[0, 0, 0, 0, 0x7F]).await;
+    v.expect_refused("Malformed", true, |e| {
+        matches!(e, TcpError::Frame(FrameError::Malformed { .. }))
+    })
+    .await;
+    v.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_payload_is_refused_on_send() {
+    let mut ca = config(44);
+    ca.max_frame_len = 1000;
+    let a = bind(ca).await;
+    let mut cb = config(45);
+    cb.trust = Trust::AllowList(HashSet::from([id(44)]));
+    let b = bind(cb).await;
+    a.add_peer(id(45), b.local_addr()).unwrap();
+    assert_eq!(a.max_message_len(), 1000);
+    match a.send(id(45), vec![0; 1001]).await {
+        Err(TransportError::MessageTooLarge { len: 1001, max: 1000 }) => {}
+        other => panic!("{other:?}"),
+    }
+    // Invalid configurations are refused up front.
+    let mut bad = config(46);
+    bad.max_frame_len = 0;
+    assert!(matches!(TcpTransport::bind(bad).await, Err(TcpError::InvalidConfig(_))));
+    assert!(matches!(a.add_peer(id(44), b.local_addr()), Err(TcpError::SelfPeer)));
+    a.close().await;
+    b.close().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Property tests of the pure decoders
+// ---------------------------------------------------------------------------------------
+
+fn arb_frame() -> impl Strategy<Value = Frame> {
+    let payload = || proptest::collection::vec(any::<u8>(), 0..300);
+    prop_oneof![
+        payload().prop_map(Frame::Message),
+        (any::<u64>(), payload()).prop_map(|(id, payload)| Frame::Request { id, payload }),
+        (any::<u64>(), payload()).prop_map(|(id, payload)| Frame::Response { id, payload }),
+    ]
+}
+
+/// Feeds `bytes` in pieces of the given sizes; returns the frames or the first error.
+fn decode_in_pieces(
+    decoder: &mut FrameDecoder,
+    bytes: &[u8],
+    pieces: &[usize],
+    max_capacity: usize,
+) -> Result<Vec<Frame>, FrameError> {
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    let mut sizes = pieces.iter().cycle();
+    while !rest.is_empty() {
+        let n = (*sizes.next().unwrap_or(&1)).clamp(1, rest.len());
+        let (mut piece, tail) = rest.split_at(n);
+        rest = tail;
+        while let Some(f) = decoder.feed(&mut piece)? {
+            out.push(f);
+            assert!(decoder.buffered_capacity() <= max_capacity);
+        }
+        assert!(piece.is_empty());
+        assert!(decoder.buffered_capacity() <= max_capacity, "{}", decoder.buffered_capacity());
+    }
+    Ok(out)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, .. ProptestConfig::default() })]
+
+    #[test]
+    fn frame_decoder_survives_arbitrary_bytes(
+        bytes in proptest::collection::vec(any::<u8>(), 0..2000),
+        pieces in proptest::collection::vec(1usize..64, 1..8),
+        max in 0usize..5000,
+    ) {
+        let mut d = FrameDecoder::new(max);
+        let _ = decode_in_pieces(&mut d, &bytes, &pieces, max);
+        let _ = d.finish();
+    }
+
+    #[test]
+    fn frames_round_trip_however_the_stream_is_cut(
+        frames in proptest::collection::vec(arb_frame(), 0..20),
+        pieces in proptest::collection::vec(1usize..100, 1..8),
+    ) {
+        let mut bytes = Vec::new();
+        for f in &frames {
+            f.encode(&mut bytes).unwrap();
+        }
+        let mut d = FrameDecoder::new(300);
+        let out = decode_in_pieces(&mut d, &bytes, &pieces, 300).unwrap();
+        prop_assert_eq!(out, frames);
+        prop_assert!(d.finish().is_ok());
+    }
+
+    #[test]
+    fn declared_lengths_never_reserve_ahead_of_the_data(
+        declared in prop_oneof![any::<u32>(), 0u32..=(16 << 20) + 16],
+        kind in 0u8..3,
+        mut body in proptest::collection::vec(any::<u8>(), 0..70_000),
+    ) {
+        let max = 16usize << 20;
+        let mut d = FrameDecoder::new(max);
+        let mut bytes = declared.to_be_bytes().to_vec();
+        bytes.push(kind);
+        if kind != 0 {
+            bytes.extend_from_slice(&[0; 8]); // request id
+        }
+        // At most one frame's worth of payload: nothing after it.
+        body.truncate(declared as usize);
+        bytes.extend_from_slice(&body);
+        match decode_in_pieces(&mut d, &bytes, &[4096], max) {
+            Err(FrameError::TooLarge { len, max: m }) => {
+                prop_assert!(declared as usize > max);
+                prop_assert_eq!((len, m), (u64::from(declared), max));
+                prop_assert_eq!(d.buffered_capacity(), 0);
+            }
+            Err(e) => prop_assert!(false, "unexpected {e}"),
+            Ok(_) => {
+                prop_assert!(declared as usize <= max);
+                // Capacity follows the bytes that arrived, not the declared length.
+                let arrived = body.len() + 13;
+                prop_assert!(d.buffered_capacity() <= (2 * arrived).max(64 * 1024));
+            }
+        }
+    }
+
+    #[test]
+    fn hello_decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..100)) {
+        if let Ok(h) = Hello::decode(&bytes) {
+            prop_assert_eq!(bytes.len(), HELLO_LEN);
+            prop_assert_eq!(&h.encode()[..], &bytes[..]);
+        }
+    }
+
+    #[test]
+    fn hello_round_trips(version in any::<u16>(), fed_bytes in any::<[u8; 32]>()) {
+        let h = Hello { version, federation: FederationId::from_bytes(fed_bytes) };
+        prop_assert_eq!(Hello::decode(&h.encode()), Ok(h));
+    }
+
+    #[test]
+    fn handshake_payload_decoder_never_panics(
+        bytes in proptest::collection::vec(any::<u8>(), 0..200),
+        key in any::<[u8; 32]>(),
+    ) {
+        if let Ok(p) = HandshakePayload::decode(&bytes) {
+            prop_assert_eq!(&p.encode()[..], &bytes[..]);
+            // Random bytes are (overwhelmingly) not a valid binding.
+            prop_assert!(p.verify(&key).is_err());
+        }
+    }
+}
+
+#[test]
+fn a_four_gib_header_reserves_nothing() {
+    let mut d = FrameDecoder::new(16 << 20);
+    let r = d.feed(&mut &[0xFF, 0xFF, 0xFF, 0xFF][..]);
+    assert_eq!(r, Err(FrameError::TooLarge { len: u64::from(u32::MAX), max: 16 << 20 }));
+    assert_eq!(d.buffered_capacity(), 0);
+    // And a maximal legal header reserves only the initial buffer.
+    let mut d = FrameDecoder::new(16 << 20);
+    let len = (16u32 << 20).to_be_bytes();
+    assert_eq!(d.feed(&mut &[len[0], len[1], len[2], len[3], 0][..]), Ok(None));
+    assert!(d.buffered_capacity() <= 64 * 1024);
+    // Then it grows with the data, never to the declared 16 MiB ahead of it.
+    let data = vec![0u8; 100_000];
+    assert_eq!(d.feed(&mut &data[..]), Ok(None));
+    assert!(d.buffered_capacity() <= 200_000, "{}", d.buffered_capacity());
+}
