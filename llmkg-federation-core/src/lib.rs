@@ -51,6 +51,8 @@ mod graph;
 mod identity;
 pub mod merkle;
 pub mod protocol;
+#[cfg(feature = "rdf")]
+pub mod rdf;
 mod repo;
 mod store;
 mod term;

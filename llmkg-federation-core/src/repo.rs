@@ -310,6 +310,12 @@ impl<S: Store> Repository<S> {
         }
     }
 
+    /// The cached materialized state of commit `id`, if a branch head is there.
+    #[cfg(feature = "rdf")]
+    pub(crate) fn cached_state(&self, id: CommitId) -> Option<&GraphState> {
+        self.heads.values().find(|(c, _)| *c == id).map(|(_, s)| s)
+    }
+
     /// Takes the cached state of `branch` at `head` out of the cache, materializing it if the
     /// cache is stale. Put it back with `self.heads.insert` on success.
     fn take_state(

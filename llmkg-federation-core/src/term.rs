@@ -1,8 +1,9 @@
 //! The knowledge-graph model: RDF terms, triples and change sets.
 //!
 //! Every value here is valid by construction: IRIs are checked against RFC 3987, language
-//! tags against BCP 47 (and normalized to lower case), blank-node labels against a small
-//! documented alphabet, and triples against RDF's position rules (a literal never stands as
+//! tags against BCP 47 (and normalized to lower case), blank-node labels against the label
+//! grammar of N-Triples and Turtle (so every stored blank node can be written out and read
+//! back), and triples against RDF's position rules (a literal never stands as
 //! subject or predicate). Decoding applies the same checks and additionally rejects any
 //! non-canonical form, so that one value has exactly one encoding — content ids depend on it.
 
@@ -41,8 +42,12 @@ pub enum TermError {
         /// Why it was rejected.
         reason: String,
     },
-    /// A blank-node label is empty or uses characters outside `[A-Za-z0-9_.-]`.
-    #[error("invalid blank node label {0:?}: expected 1 or more of [A-Za-z0-9_.-]")]
+    /// A blank-node label does not match the Turtle/N-Triples label grammar (see
+    /// [`BlankNode::new`]).
+    #[error(
+        "invalid blank node label {0:?}: expected a letter, digit or '_', then letters, digits, \
+         '_', '-' or '.', not ending with '.'"
+    )]
     InvalidBlankNode(String),
     /// A value is longer than [`MAX_TERM_LEN`].
     #[error("term of {len} bytes exceeds the limit of {MAX_TERM_LEN} bytes")]
@@ -104,6 +109,14 @@ impl Iri {
         }
     }
 
+    /// An IRI from text that [`Iri::new`] has already accepted (the RDF importer checks each
+    /// distinct IRI once and reuses the verdict).
+    #[cfg(feature = "rdf")]
+    pub(crate) fn from_checked(iri: String) -> Self {
+        debug_assert!(Iri::new(iri.as_str()).is_ok());
+        Self(iri.into_boxed_str())
+    }
+
     /// The IRI text.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -135,23 +148,88 @@ impl fmt::Debug for Iri {
     }
 }
 
-/// A blank node, identified by a label of one or more `[A-Za-z0-9_.-]` characters.
+/// A blank node, identified by a label.
+///
+/// Labels follow the blank-node label grammar shared by N-Triples, N-Quads and Turtle
+/// (`BLANK_NODE_LABEL` without its `_:`): a letter, digit or `_` first, then letters, digits,
+/// `_`, `-`, `.` and the few combining characters the grammar allows, not ending with `.`
+/// ("letters" include the non-ASCII ranges of `PN_CHARS_BASE`). So every blank node can be
+/// written in each of those formats and read back unchanged.
 ///
 /// Labels are stored as given: two blank nodes are the same node exactly when their labels are
-/// equal. Importers that need stable labels across files derive them (see the RDF interop
-/// documentation); this type does not rename anything.
+/// equal. How the RDF importer derives labels (and scopes them) is documented in the `rdf`
+/// module; this type does not rename anything.
+///
+/// ```
+/// use llmkg_federation_core::BlankNode;
+/// assert!(BlankNode::new("b0").is_ok());
+/// assert!(BlankNode::new("c14n.0-x").is_ok());
+/// assert!(BlankNode::new("a.").is_err()); // cannot end with '.'
+/// assert!(BlankNode::new("-a").is_err()); // cannot start with '-'
+/// ```
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(into = "String", try_from = "String")]
 pub struct BlankNode(Box<str>);
 
+/// `PN_CHARS_BASE` of the Turtle grammar.
+fn is_pn_chars_base(c: char) -> bool {
+    matches!(c,
+        'A'..='Z'
+        | 'a'..='z'
+        | '\u{00C0}'..='\u{00D6}'
+        | '\u{00D8}'..='\u{00F6}'
+        | '\u{00F8}'..='\u{02FF}'
+        | '\u{0370}'..='\u{037D}'
+        | '\u{037F}'..='\u{1FFF}'
+        | '\u{200C}'..='\u{200D}'
+        | '\u{2070}'..='\u{218F}'
+        | '\u{2C00}'..='\u{2FEF}'
+        | '\u{3001}'..='\u{D7FF}'
+        | '\u{F900}'..='\u{FDCF}'
+        | '\u{FDF0}'..='\u{FFFD}'
+        | '\u{10000}'..='\u{EFFFF}')
+}
+
+/// `PN_CHARS_U` of the Turtle grammar.
+fn is_pn_chars_u(c: char) -> bool {
+    is_pn_chars_base(c) || c == '_'
+}
+
+/// `PN_CHARS` of the Turtle grammar.
+fn is_pn_chars(c: char) -> bool {
+    is_pn_chars_u(c)
+        || matches!(c, '-' | '0'..='9' | '\u{00B7}' | '\u{0300}'..='\u{036F}' | '\u{203F}'..='\u{2040}')
+}
+
+/// The body of `BLANK_NODE_LABEL`: `(PN_CHARS_U | [0-9]) ((PN_CHARS | '.')* PN_CHARS)?`.
+fn is_blank_node_label(label: &str) -> bool {
+    let mut chars = label.chars();
+    let Some(first) = chars.next() else { return false };
+    (is_pn_chars_u(first) || first.is_ascii_digit())
+        && chars.all(|c| is_pn_chars(c) || c == '.')
+        && !label.ends_with('.')
+}
+
+/// A Turtle prefix name: `PN_PREFIX ::= PN_CHARS_BASE ((PN_CHARS | '.')* PN_CHARS)?`, or empty.
+#[cfg(feature = "rdf")]
+pub(crate) fn is_pn_prefix(name: &str) -> bool {
+    let mut chars = name.chars();
+    match chars.next() {
+        None => true,
+        Some(first) => {
+            is_pn_chars_base(first)
+                && chars.all(|c| is_pn_chars(c) || c == '.')
+                && !name.ends_with('.')
+        }
+    }
+}
+
 impl BlankNode {
-    /// Validates `label`.
+    /// Validates `label` (without the `_:` prefix) against the label grammar above.
     pub fn new(label: impl Into<String>) -> Result<Self, TermError> {
         let label: String = label.into();
         check_len(&label)?;
-        let ok = !label.is_empty()
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-        if ok {
+        if is_blank_node_label(&label) {
             Ok(Self(label.into_boxed_str()))
         } else {
             Err(TermError::InvalidBlankNode(truncated(&label)))
@@ -308,6 +386,17 @@ impl Literal {
             value: value.into_boxed_str(),
             kind: LiteralKind::Language(LanguageTag::new(tag)?),
         })
+    }
+
+    /// A language-tagged string literal with an already validated tag.
+    #[cfg(feature = "rdf")]
+    pub(crate) fn with_language_tag(
+        value: impl Into<String>,
+        tag: LanguageTag,
+    ) -> Result<Self, TermError> {
+        let value: String = value.into();
+        check_len(&value)?;
+        Ok(Self { value: value.into_boxed_str(), kind: LiteralKind::Language(tag) })
     }
 
     /// The lexical form.

@@ -1,0 +1,792 @@
+//! Streaming import: parse, convert, scope blank nodes, then commit once.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::io::Read;
+
+use oxttl::{NQuadsParser, NTriplesParser, TurtleParseError, TurtleParser};
+use thiserror::Error;
+
+use super::{Format, GraphName};
+use crate::commit::CommitId;
+use crate::repo::{RepoError, Repository};
+use crate::store::{BranchName, Store};
+use crate::term::{BlankNode, ChangeSet, Iri, LanguageTag, Literal, Term, TermError, Triple};
+
+/// Progress is reported each time this many more bytes have been read.
+const PROGRESS_EVERY_BYTES: u64 = 256 * 1024;
+
+/// At most this many distinct IRIs are remembered as already validated; past it, further IRIs
+/// are validated every time (still correct, only slower).
+const IRI_CACHE_LIMIT: usize = 1 << 20;
+
+type Hasher = foldhash::fast::RandomState;
+
+/// How far an import has got; see [`ImportOptions::on_progress`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Progress {
+    /// Bytes read from the input so far.
+    pub bytes_read: u64,
+    /// Statements (triples or quads) parsed so far.
+    pub statements: u64,
+}
+
+/// Which graphs of an N-Quads document an import keeps. N-Triples and Turtle documents have
+/// only the default graph.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum GraphSelection {
+    /// Every graph; [`Repository::import`] merges them into the one branch.
+    #[default]
+    All,
+    /// Only this graph; statements in other graphs are counted in
+    /// [`ImportReport::skipped`] and otherwise ignored.
+    Only(GraphName),
+}
+
+/// How blank-node labels are scoped; see the [module documentation](super#blank-nodes).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum BlankNodeScope {
+    /// Labels are kept as written: the same label in the same branch is the same node.
+    #[default]
+    Branch,
+    /// Labels get the prefix derived from this name (for example the document's URL), so
+    /// documents imported under different names never share a blank node.
+    Named(String),
+    /// Labels get the prefix derived from the statement's graph name (N-Quads); labels in
+    /// the default graph are kept.
+    Graph,
+}
+
+/// What an import does to the branch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ImportMode {
+    /// Add the imported triples to the branch state.
+    #[default]
+    Add,
+    /// Make the branch state exactly the imported triples: triples not in the input are
+    /// removed in the same commit.
+    Replace,
+}
+
+/// Options of [`read`] and [`Repository::import`].
+///
+/// ```
+/// use llmkg_federation_core::rdf::{BlankNodeScope, ImportMode, ImportOptions};
+/// let mut reported = 0;
+/// let options = ImportOptions::new()
+///     .blank_nodes(BlankNodeScope::Named("https://example.org/data.ttl".into()))
+///     .mode(ImportMode::Replace)
+///     .message("import release 2")
+///     .on_progress(|p| reported = p.statements);
+/// # drop(options);
+/// ```
+#[derive(Default)]
+pub struct ImportOptions<'a> {
+    base_iri: Option<Iri>,
+    graphs: GraphSelection,
+    blank_nodes: BlankNodeScope,
+    mode: ImportMode,
+    message: Option<String>,
+    progress: Option<Box<dyn FnMut(Progress) + 'a>>,
+}
+
+impl fmt::Debug for ImportOptions<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ImportOptions")
+            .field("base_iri", &self.base_iri)
+            .field("graphs", &self.graphs)
+            .field("blank_nodes", &self.blank_nodes)
+            .field("mode", &self.mode)
+            .field("message", &self.message)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
+}
+
+impl<'a> ImportOptions<'a> {
+    /// The defaults: all graphs, labels kept, [`ImportMode::Add`], message `import <format>`,
+    /// no base IRI, no progress callback.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The base IRI against which relative IRIs in Turtle are resolved.
+    pub fn base_iri(mut self, base: Iri) -> Self {
+        self.base_iri = Some(base);
+        self
+    }
+
+    /// Which graphs to import.
+    pub fn graphs(mut self, graphs: GraphSelection) -> Self {
+        self.graphs = graphs;
+        self
+    }
+
+    /// How to scope blank-node labels.
+    pub fn blank_nodes(mut self, scope: BlankNodeScope) -> Self {
+        self.blank_nodes = scope;
+        self
+    }
+
+    /// Add to the branch, or replace its state.
+    pub fn mode(mut self, mode: ImportMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// The commit message.
+    pub fn message(mut self, message: impl Into<String>) -> Self {
+        self.message = Some(message.into());
+        self
+    }
+
+    /// Calls `callback` each time another 256 KiB of input have been read, and once when the
+    /// input is exhausted.
+    pub fn on_progress(mut self, callback: impl FnMut(Progress) + 'a) -> Self {
+        self.progress = Some(Box::new(callback));
+        self
+    }
+}
+
+/// What an import did.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct ImportReport {
+    /// Bytes read from the input.
+    pub bytes_read: u64,
+    /// Statements parsed (in all graphs).
+    pub statements: u64,
+    /// Statements in graphs that were not selected.
+    pub skipped: u64,
+    /// Distinct triples imported.
+    pub triples: usize,
+    /// Triples the commit added (absent from the branch before).
+    pub added: usize,
+    /// Triples the commit removed ([`ImportMode::Replace`] only).
+    pub removed: usize,
+    /// The commit made, or `None` if the import changed nothing (no commit was made).
+    pub commit: Option<CommitId>,
+}
+
+/// An import failed. In every case **nothing was committed and the branch is unchanged**.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ImportError {
+    /// The input is not valid in the given format (which includes input in another format).
+    /// Branch unchanged.
+    #[error("syntax error at line {line}, column {column}: {message}")]
+    Syntax {
+        /// Line of the error, from 1.
+        line: u64,
+        /// Column of the error, from 1, in characters.
+        column: u64,
+        /// Byte offset of the error, from 0.
+        offset: u64,
+        /// The parser's explanation.
+        message: String,
+    },
+    /// A statement is valid RDF but one of its terms is rejected by the core model (for
+    /// example a value longer than [`MAX_TERM_LEN`](crate::MAX_TERM_LEN)). Branch unchanged.
+    #[error("statement {statement}: {source}")]
+    Term {
+        /// The rejected statement's number, from 1, in document order.
+        statement: u64,
+        /// Why the term was rejected.
+        source: TermError,
+    },
+    /// The base IRI was rejected by the parser. Branch unchanged.
+    #[error("invalid base IRI {iri}: {reason}")]
+    BaseIri {
+        /// The base IRI.
+        iri: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// Reading the input failed (or a single token exceeded the parser's 16 MiB buffer).
+    /// Branch unchanged.
+    #[error("reading the input failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The commit failed; see [`RepoError`] (which says what state it leaves). Unless that
+    /// variant says otherwise, the branch is unchanged.
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+}
+
+impl ImportError {
+    fn from_parse(e: TurtleParseError) -> Self {
+        match e {
+            TurtleParseError::Syntax(e) => {
+                let at = e.location().start;
+                ImportError::Syntax {
+                    line: at.line + 1,
+                    column: at.column + 1,
+                    offset: at.offset,
+                    message: e.message().to_owned(),
+                }
+            }
+            TurtleParseError::Io(e) => ImportError::Io(e),
+        }
+    }
+}
+
+/// The triples of a parsed document, grouped by graph name, each graph sorted and free of
+/// duplicates. Made by [`read`].
+#[derive(Clone, Debug, Default)]
+pub struct Dataset {
+    graphs: Vec<(GraphName, Vec<Triple>)>,
+    bytes_read: u64,
+    statements: u64,
+    skipped: u64,
+}
+
+impl Dataset {
+    /// The graph names, sorted (the default graph first).
+    pub fn graph_names(&self) -> impl Iterator<Item = &GraphName> {
+        self.graphs.iter().map(|(g, _)| g)
+    }
+
+    /// Every graph with its triples (sorted), in graph-name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&GraphName, &[Triple])> {
+        self.graphs.iter().map(|(g, t)| (g, t.as_slice()))
+    }
+
+    /// The triples of graph `name`, sorted.
+    pub fn graph(&self, name: &GraphName) -> Option<&[Triple]> {
+        self.position(name).and_then(|i| self.graphs.get(i)).map(|(_, t)| t.as_slice())
+    }
+
+    /// Removes graph `name` and returns its triples (sorted).
+    pub fn take_graph(&mut self, name: &GraphName) -> Option<Vec<Triple>> {
+        let i = self.position(name)?;
+        Some(self.graphs.remove(i).1)
+    }
+
+    fn position(&self, name: &GraphName) -> Option<usize> {
+        self.graphs.binary_search_by(|(g, _)| g.cmp(name)).ok()
+    }
+
+    /// Number of triples, summed over graphs.
+    pub fn len(&self) -> usize {
+        self.graphs.iter().map(|(_, t)| t.len()).sum()
+    }
+
+    /// True if no graph holds a triple.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes read from the input.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read
+    }
+
+    /// Statements parsed, in all graphs.
+    pub fn statements(&self) -> u64 {
+        self.statements
+    }
+
+    /// Statements in graphs not selected by [`ImportOptions::graphs`].
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+
+    /// The union of all graphs, sorted and free of duplicates.
+    pub fn into_triples(self) -> Vec<Triple> {
+        let mut graphs = self.graphs;
+        if graphs.len() == 1 {
+            return graphs.pop().map(|(_, t)| t).unwrap_or_default();
+        }
+        let mut all: Vec<Triple> = graphs.into_iter().flat_map(|(_, t)| t).collect();
+        all.sort_unstable();
+        all.dedup();
+        all
+    }
+}
+
+/// Parses a whole document into a [`Dataset`], streaming from `reader`.
+///
+/// Applies [`ImportOptions::graphs`], [`ImportOptions::blank_nodes`],
+/// [`ImportOptions::base_iri`] and reports progress; the mode and message are only used by
+/// [`Repository::import`].
+///
+/// ```
+/// use llmkg_federation_core::rdf::{Format, GraphName, ImportOptions, read};
+/// let nquads = "<urn:a> <urn:p> \"x\" <https://example.org/g1> .\n<urn:b> <urn:p> \"y\" .\n";
+/// let mut dataset = read(nquads.as_bytes(), Format::NQuads, ImportOptions::new())?;
+/// assert_eq!(dataset.graph_names().count(), 2);
+/// let g1 = dataset.take_graph(&GraphName::named("https://example.org/g1")?).unwrap();
+/// assert_eq!(g1.len(), 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn read(
+    reader: impl Read,
+    format: Format,
+    mut options: ImportOptions<'_>,
+) -> Result<Dataset, ImportError> {
+    read_dataset(reader, format, &mut options)
+}
+
+/// A reader that counts bytes and, for Turtle, hashes the text and collects the blank-node
+/// labels it contains.
+struct Tap<'s, R> {
+    inner: R,
+    bytes: &'s Cell<u64>,
+    text: Option<&'s RefCell<TextScan>>,
+}
+
+impl<R: Read> Read for Tap<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bytes.set(self.bytes.get() + n as u64);
+        if let Some(text) = self.text {
+            let mut text = text.borrow_mut();
+            match buf.get(..n) {
+                Some([]) | None => text.flush(),
+                Some(chunk) => text.feed(chunk),
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Hashes the document and records every `_:label` written in it, to tell labelled blank
+/// nodes from the ones the parser invents for `[]` and collections. The scan is lexical and
+/// over-approximates (it also records `_:x` inside literals and comments); that is harmless:
+/// parser-invented ids are random 128-bit numbers that do not occur in the text.
+struct TextScan {
+    hasher: blake3::Hasher,
+    labels: HashSet<Box<str>, Hasher>,
+    state: ScanState,
+    current: Vec<u8>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ScanState {
+    Idle,
+    Underscore,
+    Label,
+}
+
+impl TextScan {
+    fn new() -> Self {
+        Self {
+            hasher: blake3::Hasher::new(),
+            labels: HashSet::default(),
+            state: ScanState::Idle,
+            current: Vec::new(),
+        }
+    }
+
+    fn feed(&mut self, chunk: &[u8]) {
+        self.hasher.update(chunk);
+        for &b in chunk {
+            self.state = match self.state {
+                ScanState::Idle if b == b'_' => ScanState::Underscore,
+                ScanState::Idle => ScanState::Idle,
+                ScanState::Underscore if b == b':' => {
+                    self.current.clear();
+                    ScanState::Label
+                }
+                ScanState::Underscore if b == b'_' => ScanState::Underscore,
+                ScanState::Underscore => ScanState::Idle,
+                ScanState::Label
+                    if b.is_ascii_alphanumeric()
+                        || matches!(b, b'_' | b'-' | b'.')
+                        || b >= 0x80 =>
+                {
+                    self.current.push(b);
+                    ScanState::Label
+                }
+                ScanState::Label => {
+                    self.finish_label();
+                    if b == b'_' { ScanState::Underscore } else { ScanState::Idle }
+                }
+            };
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.state == ScanState::Label {
+            self.finish_label();
+        }
+        self.state = ScanState::Idle;
+    }
+
+    fn finish_label(&mut self) {
+        while self.current.last() == Some(&b'.') {
+            self.current.pop();
+        }
+        if !self.current.is_empty() {
+            let label = String::from_utf8_lossy(&self.current);
+            if !self.labels.contains(label.as_ref()) {
+                self.labels.insert(label.into());
+            }
+        }
+        self.current.clear();
+    }
+}
+
+/// 12 hex digits of BLAKE3 over `bytes` under `domain`.
+fn tag(domain: &[u8], bytes: &[u8]) -> String {
+    let h = crate::encoding::hash_bytes(domain, bytes);
+    crate::encoding::hex(h.get(..6).unwrap_or_default())
+}
+
+/// The scope prefix of a scope name.
+fn scope_prefix(name: &str) -> String {
+    format!("{}_", tag(b"llmkg/rdf/blank-scope/v1", name.as_bytes()))
+}
+
+/// Applies a scope prefix, idempotently.
+fn scoped(prefix: Option<&str>, label: String) -> String {
+    match prefix {
+        Some(p) if !label.starts_with(p) => format!("{p}{label}"),
+        _ => label,
+    }
+}
+
+/// Converts parsed terms, checking each distinct IRI and language tag once.
+struct Converter<'s> {
+    iris: HashSet<Box<str>, Hasher>,
+    tags: HashMap<String, LanguageTag, Hasher>,
+    /// The labels written in the text (Turtle only).
+    text: Option<&'s RefCell<TextScan>>,
+    /// Parser-invented blank-node ids, numbered by first appearance.
+    anonymous: HashMap<String, u64, Hasher>,
+}
+
+impl Converter<'_> {
+    fn iri(&mut self, iri: String) -> Result<Iri, TermError> {
+        if self.iris.contains(iri.as_str()) {
+            return Ok(Iri::from_checked(iri));
+        }
+        let iri = Iri::new(iri)?;
+        if self.iris.len() < IRI_CACHE_LIMIT {
+            self.iris.insert(iri.as_str().into());
+        }
+        Ok(iri)
+    }
+
+    /// Converts a blank node; returns true as well if the parser invented it (its label is
+    /// then a placeholder, replaced once the document hash is known).
+    fn blank(
+        &mut self,
+        b: oxrdf::BlankNode,
+        prefix: Option<&str>,
+    ) -> Result<(Term, bool), TermError> {
+        let label = b.into_string();
+        if let Some(text) = self.text
+            && !text.borrow().labels.contains(label.as_str())
+        {
+            let next = self.anonymous.len() as u64;
+            self.anonymous.entry(label.clone()).or_insert(next);
+            return Ok((Term::Blank(BlankNode::new(label)?), true));
+        }
+        Ok((Term::Blank(BlankNode::new(scoped(prefix, label))?), false))
+    }
+
+    fn literal(&mut self, l: oxrdf::Literal) -> Result<Literal, TermError> {
+        match l.destruct() {
+            (value, _, Some(tag)) => {
+                let tag = match self.tags.get(&tag) {
+                    Some(t) => t.clone(),
+                    None => {
+                        let t = LanguageTag::new(tag.as_str())?;
+                        self.tags.insert(tag, t.clone());
+                        t
+                    }
+                };
+                Literal::with_language_tag(value, tag)
+            }
+            (value, Some(datatype), None) => {
+                let datatype = self.iri(datatype.into_string())?;
+                Literal::typed(value, datatype)
+            }
+            (value, None, None) => Literal::string(value),
+        }
+    }
+
+    /// Converts one quad's triple; the flag tells whether it holds a parser-invented node.
+    fn triple(
+        &mut self,
+        q: oxrdf::Quad,
+        prefix: Option<&str>,
+    ) -> Result<(Triple, bool), TermError> {
+        let (subject, s_anon) = match q.subject {
+            oxrdf::NamedOrBlankNode::NamedNode(n) => (Term::Iri(self.iri(n.into_string())?), false),
+            oxrdf::NamedOrBlankNode::BlankNode(b) => self.blank(b, prefix)?,
+        };
+        let predicate = Term::Iri(self.iri(q.predicate.into_string())?);
+        let (object, o_anon) = match q.object {
+            oxrdf::Term::NamedNode(n) => (Term::Iri(self.iri(n.into_string())?), false),
+            oxrdf::Term::BlankNode(b) => self.blank(b, prefix)?,
+            oxrdf::Term::Literal(l) => (Term::Literal(self.literal(l)?), false),
+        };
+        Ok((Triple::from_valid_parts(subject, predicate, object), s_anon || o_anon))
+    }
+
+    fn graph_name(
+        &mut self,
+        g: oxrdf::GraphName,
+        prefix: Option<&str>,
+    ) -> Result<GraphName, TermError> {
+        Ok(match g {
+            oxrdf::GraphName::DefaultGraph => GraphName::Default,
+            oxrdf::GraphName::NamedNode(n) => GraphName::Named(self.iri(n.into_string())?),
+            oxrdf::GraphName::BlankNode(b) => {
+                GraphName::Blank(BlankNode::new(scoped(prefix, b.into_string()))?)
+            }
+        })
+    }
+}
+
+/// One graph of the document being read.
+struct Bucket {
+    name: GraphName,
+    selected: bool,
+    /// The blank-node scope prefix for this graph.
+    prefix: Option<String>,
+    triples: Vec<Triple>,
+    /// Indexes into `triples` of the triples holding parser-invented blank nodes.
+    anonymous: Vec<usize>,
+}
+
+type Quads<'r> = Box<dyn Iterator<Item = Result<oxrdf::Quad, TurtleParseError>> + 'r>;
+
+pub(super) fn read_dataset(
+    reader: impl Read,
+    format: Format,
+    options: &mut ImportOptions<'_>,
+) -> Result<Dataset, ImportError> {
+    let bytes = Cell::new(0u64);
+    let text = RefCell::new(TextScan::new());
+    let turtle = matches!(format, Format::Turtle);
+    let tap = Tap { inner: reader, bytes: &bytes, text: turtle.then_some(&text) };
+    let quads: Quads<'_> = match format {
+        Format::NTriples => Box::new(
+            NTriplesParser::new()
+                .for_reader(tap)
+                .map(|r| r.map(|t| t.in_graph(oxrdf::GraphName::DefaultGraph))),
+        ),
+        Format::NQuads => Box::new(NQuadsParser::new().for_reader(tap)),
+        Format::Turtle => {
+            let mut parser = TurtleParser::new();
+            if let Some(base) = &options.base_iri {
+                parser = parser.with_base_iri(base.as_str()).map_err(|e| ImportError::BaseIri {
+                    iri: base.as_str().to_owned(),
+                    reason: e.to_string(),
+                })?;
+            }
+            Box::new(
+                parser
+                    .for_reader(tap)
+                    .map(|r| r.map(|t| t.in_graph(oxrdf::GraphName::DefaultGraph))),
+            )
+        }
+    };
+
+    let document_prefix = match &options.blank_nodes {
+        BlankNodeScope::Named(name) => Some(scope_prefix(name)),
+        BlankNodeScope::Branch | BlankNodeScope::Graph => None,
+    };
+    let mut conv = Converter {
+        iris: HashSet::default(),
+        tags: HashMap::default(),
+        text: turtle.then_some(&text),
+        anonymous: HashMap::default(),
+    };
+    let mut buckets: Vec<Bucket> = Vec::new();
+    let mut index: HashMap<oxrdf::GraphName, usize, Hasher> = HashMap::default();
+    let mut last: Option<(oxrdf::GraphName, usize)> = None;
+    let (mut statements, mut skipped, mut reported) = (0u64, 0u64, 0u64);
+
+    for item in quads {
+        let mut quad = item.map_err(ImportError::from_parse)?;
+        statements += 1;
+        let graph = std::mem::take(&mut quad.graph_name);
+        let slot = match &last {
+            Some((g, i)) if *g == graph => *i,
+            _ => {
+                let i = match index.get(&graph) {
+                    Some(i) => *i,
+                    None => {
+                        let name =
+                            conv.graph_name(graph.clone(), document_prefix.as_deref()).map_err(
+                                |source| ImportError::Term { statement: statements, source },
+                            )?;
+                        let selected = match &options.graphs {
+                            GraphSelection::All => true,
+                            GraphSelection::Only(g) => *g == name,
+                        };
+                        let prefix = match (&options.blank_nodes, &name) {
+                            (BlankNodeScope::Graph, GraphName::Default) => None,
+                            (BlankNodeScope::Graph, g) => Some(scope_prefix(&g.scope_name())),
+                            _ => document_prefix.clone(),
+                        };
+                        buckets.push(Bucket {
+                            name,
+                            selected,
+                            prefix,
+                            triples: Vec::new(),
+                            anonymous: Vec::new(),
+                        });
+                        index.insert(graph.clone(), buckets.len() - 1);
+                        buckets.len() - 1
+                    }
+                };
+                last = Some((graph, i));
+                i
+            }
+        };
+        if let Some(bucket) = buckets.get_mut(slot) {
+            if bucket.selected {
+                let (triple, anonymous) = conv
+                    .triple(quad, bucket.prefix.as_deref())
+                    .map_err(|source| ImportError::Term { statement: statements, source })?;
+                if anonymous {
+                    bucket.anonymous.push(bucket.triples.len());
+                }
+                bucket.triples.push(triple);
+            } else {
+                skipped += 1;
+            }
+        }
+        let read = bytes.get();
+        if read >= reported + PROGRESS_EVERY_BYTES
+            && let Some(progress) = options.progress.as_mut()
+        {
+            reported = read;
+            progress(Progress { bytes_read: read, statements });
+        }
+    }
+    if let Some(progress) = options.progress.as_mut() {
+        progress(Progress { bytes_read: bytes.get(), statements });
+    }
+
+    if !conv.anonymous.is_empty() {
+        let doc = tag(b"llmkg/rdf/document/v1", text.borrow().hasher.finalize().as_bytes());
+        for bucket in &mut buckets {
+            name_anonymous(bucket, &conv.anonymous, &doc)?;
+        }
+    }
+
+    let mut graphs: Vec<(GraphName, Vec<Triple>)> = buckets
+        .into_iter()
+        .filter(|b| b.selected)
+        .map(|mut b| {
+            b.triples.sort_unstable();
+            b.triples.dedup();
+            (b.name, b.triples)
+        })
+        .collect();
+    graphs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    Ok(Dataset { graphs, bytes_read: bytes.get(), statements, skipped })
+}
+
+/// Replaces the placeholder labels of parser-invented blank nodes by `anon-<doc>-<n>`, scoped.
+fn name_anonymous(
+    bucket: &mut Bucket,
+    anonymous: &HashMap<String, u64, Hasher>,
+    doc: &str,
+) -> Result<(), ImportError> {
+    let rename = |t: &Term| -> Result<Term, TermError> {
+        match t {
+            Term::Blank(b) => match anonymous.get(b.label()) {
+                Some(n) => {
+                    let label = scoped(bucket.prefix.as_deref(), format!("anon-{doc}-{n}"));
+                    Ok(Term::Blank(BlankNode::new(label)?))
+                }
+                None => Ok(t.clone()),
+            },
+            _ => Ok(t.clone()),
+        }
+    };
+    for &i in &bucket.anonymous {
+        if let Some(t) = bucket.triples.get(i) {
+            let renamed = Triple::from_valid_parts(
+                rename(t.subject()).map_err(|source| ImportError::Term { statement: 0, source })?,
+                t.predicate().clone(),
+                rename(t.object()).map_err(|source| ImportError::Term { statement: 0, source })?,
+            );
+            if let Some(slot) = bucket.triples.get_mut(i) {
+                *slot = renamed;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl<S: Store> Repository<S> {
+    /// Imports an RDF document into `branch` as **one** commit (or none if it changes
+    /// nothing), streaming from `reader`. See the [`rdf`](crate::rdf) module documentation for
+    /// graphs, blank nodes, atomicity and progress.
+    ///
+    /// Creates the branch if it does not exist (unless the document is empty).
+    pub fn import(
+        &mut self,
+        branch: &BranchName,
+        reader: impl Read,
+        format: Format,
+        mut options: ImportOptions<'_>,
+    ) -> Result<ImportReport, ImportError> {
+        let dataset = read_dataset(reader, format, &mut options)?;
+        let (bytes_read, statements, skipped) =
+            (dataset.bytes_read, dataset.statements, dataset.skipped);
+        let message = options.message.take().unwrap_or_else(|| format!("import {format}"));
+        let report = self.import_triples(branch, dataset.into_triples(), options.mode, &message)?;
+        Ok(ImportReport { bytes_read, statements, skipped, ..report })
+    }
+
+    /// Commits already parsed triples (one graph of a [`Dataset`], say) to `branch` as one
+    /// commit, adding them or replacing the branch state with them. No commit is made if
+    /// nothing changes ([`ImportReport::commit`] is `None`). On error the branch is unchanged.
+    pub fn import_triples(
+        &mut self,
+        branch: &BranchName,
+        triples: impl IntoIterator<Item = Triple>,
+        mode: ImportMode,
+        message: &str,
+    ) -> Result<ImportReport, ImportError> {
+        let (add, _) = ChangeSet::adding(triples).into_parts();
+        let imported = add.len();
+        let (add, remove) = match self.head(branch)? {
+            None => (add, Vec::new()),
+            Some(_) => {
+                let state = self.state(branch)?;
+                let remove = match mode {
+                    ImportMode::Add => Vec::new(),
+                    ImportMode::Replace => {
+                        let mut gone: Vec<Triple> = state
+                            .iter()
+                            .map(|t| t.to_triple())
+                            .filter(|t| add.binary_search(t).is_err())
+                            .collect();
+                        gone.sort_unstable();
+                        gone
+                    }
+                };
+                let add: Vec<Triple> = add.into_iter().filter(|t| !state.contains(t)).collect();
+                (add, remove)
+            }
+        };
+        let (added, removed) = (add.len(), remove.len());
+        let commit = match self.commit(branch, ChangeSet::from_sorted(add, remove), message) {
+            Ok(id) => Some(id),
+            Err(RepoError::NothingToCommit) => None,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(ImportReport {
+            triples: imported,
+            statements: imported as u64,
+            added: if commit.is_some() { added } else { 0 },
+            removed: if commit.is_some() { removed } else { 0 },
+            commit,
+            ..ImportReport::default()
+        })
+    }
+}
