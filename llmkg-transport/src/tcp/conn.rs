@@ -27,8 +27,10 @@ pub(crate) const MAX_CHUNK_PLAINTEXT: usize = MAX_CHUNK_LEN - TAG_LEN;
 /// The writer hands the socket this much ciphertext at a time (or less, when the queue runs
 /// dry).
 const WRITE_BATCH: usize = 256 * 1024;
-/// Size of the reader's socket buffer (holds several whole chunks).
-const READ_BUFFER: usize = 256 * 1024;
+/// The reader's socket buffer starts this small (an idle connection costs little)...
+const READ_BUFFER_INITIAL: usize = 16 * 1024;
+/// ...and grows, when a chunk does not fit, up to this (several whole chunks per read).
+const READ_BUFFER_MAX: usize = 256 * 1024;
 
 /// Encrypts a byte stream into length-prefixed chunks appended to `wire`.
 pub(crate) struct Sealer {
@@ -65,8 +67,9 @@ impl Sealer {
         Self {
             cipher,
             nonce: 0,
-            chunk: Vec::with_capacity(MAX_CHUNK_PLAINTEXT),
-            wire: Vec::with_capacity(WRITE_BATCH + 2 * MAX_CHUNK_LEN),
+            // Both grow with use (to at most one chunk, and one batch plus two chunks).
+            chunk: Vec::new(),
+            wire: Vec::new(),
             written: 0,
         }
     }
@@ -184,7 +187,7 @@ struct ChunkReader {
 
 impl ChunkReader {
     fn new() -> Self {
-        Self { buf: vec![0; READ_BUFFER], start: 0, end: 0 }
+        Self { buf: vec![0; READ_BUFFER_INITIAL], start: 0, end: 0 }
     }
 
     fn available(&self) -> usize {
@@ -201,6 +204,11 @@ impl ChunkReader {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
+            if need > self.buf.len() {
+                // Large chunks: this connection carries bulk data, so take the full size at
+                // once (`need` is at most 2 + 65535 bytes, well below it).
+                self.buf.resize(READ_BUFFER_MAX.max(need), 0);
+            }
         }
         while self.available() < need {
             let Some(space) = self.buf.get_mut(self.end..) else {
@@ -229,7 +237,7 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
     inner: &Inner,
 ) -> Result<(), TcpError> {
     let mut reader = ChunkReader::new();
-    let mut plain = vec![0u8; MAX_CHUNK_LEN];
+    let mut plain = Vec::new();
     let mut nonce = 0u64;
     let mut decoder = FrameDecoder::new(inner.max_frame_len);
     loop {
@@ -250,6 +258,9 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
         }
         if !reader.fill(&mut r, 2 + len).await? {
             return Err(FrameError::Truncated.into());
+        }
+        if plain.len() < len - TAG_LEN {
+            plain.resize(len - TAG_LEN, 0);
         }
         let n = cipher
             .read_message(nonce, reader.bytes(2, len), &mut plain)
