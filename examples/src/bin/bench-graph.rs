@@ -1,5 +1,6 @@
 //! Benchmark of the local versioned graph: commits (in memory and durable on redb),
-//! materialization, pattern queries and the size of the indexed state.
+//! materialization, pattern queries, the size of the indexed state, and importing real
+//! N-Triples (`import-ntriples`, which needs the data of `./scripts/fetch-data.sh`).
 //!
 //! ```text
 //! cargo run --release -p llmkg-examples --bin bench-graph -- [--json] [--triples N] [--commit-size N]
@@ -11,8 +12,12 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use llmkg_examples::bench::{Case, Report, quantile, round};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use llmkg_examples::bench::{Case, Report, peak_rss_bytes, quantile, round};
 use llmkg_examples::synthetic::{Generator, PREDICATES};
+use llmkg_federation_core::rdf::{self, BlankNodeScope, ExportOptions, Format, ImportOptions};
 use llmkg_federation_core::{
     BranchName, ChangeSet, GraphState, ManualClock, MemoryStore, NodeKeypair, OrgId, Pattern,
     RedbStore, Repository, Store, Timestamp, Triple,
@@ -53,10 +58,24 @@ struct Args {
     triples: usize,
     commit_size: usize,
     queries: usize,
+    import_runs: usize,
+    /// Internal: import this N-Triples file and print the measurements (one child process
+    /// per run, so that its peak RSS is the import's alone).
+    import_child: Option<PathBuf>,
+    /// Write the import-ntriples input file there and exit (for profiling).
+    write_corpus: Option<PathBuf>,
 }
 
 fn args() -> Args {
-    let mut a = Args { json: false, triples: 1_000_000, commit_size: 1_000, queries: 20_000 };
+    let mut a = Args {
+        json: false,
+        triples: 1_000_000,
+        commit_size: 1_000,
+        queries: 20_000,
+        import_runs: 3,
+        import_child: None,
+        write_corpus: None,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut num = |name: &str| -> usize {
@@ -69,9 +88,24 @@ fn args() -> Args {
             "--triples" => a.triples = num("--triples"),
             "--commit-size" => a.commit_size = num("--commit-size").max(1),
             "--queries" => a.queries = num("--queries").max(1),
+            "--import-runs" => a.import_runs = num("--import-runs").max(1),
+            "--import-child" => {
+                a.import_child = Some(
+                    it.next()
+                        .map(PathBuf::from)
+                        .unwrap_or_else(|| fail("--import-child needs a path")),
+                )
+            }
+            "--write-corpus" => {
+                a.write_corpus = Some(
+                    it.next()
+                        .map(PathBuf::from)
+                        .unwrap_or_else(|| fail("--write-corpus needs a path")),
+                )
+            }
             "-h" | "--help" => {
                 println!(
-                    "bench-graph [--json] [--triples N (1000000)] [--commit-size N (1000)] [--queries N (20000)]"
+                    "bench-graph [--json] [--triples N (1000000)] [--commit-size N (1000)] [--queries N (20000)] [--import-runs N (3)]"
                 );
                 std::process::exit(0);
             }
@@ -130,9 +164,123 @@ fn latencies(state: &GraphState, patterns: &[Pattern]) -> (f64, f64, f64) {
     (quantile(&mut samples, 0.5), quantile(&mut samples, 0.99), mean_results)
 }
 
+/// The N-Quads files of the benchmark corpus (see `scripts/fetch-data.sh`): every
+/// vocabulary of `@zazuko/rdf-vocabularies` 2023.1.19 and the current release of QUDT's unit
+/// vocabulary (`@vocabulary/unit` 2.0.0).
+fn rdf_corpus() -> Result<Vec<PathBuf>, String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data");
+    let dir = root.join("rdf-vocabularies/package/ontologies");
+    let hint = "the import-ntriples case needs the real RDF data: run ./scripts/fetch-data.sh";
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|e| format!("{hint} ({}: {e})", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "nq"))
+        .collect();
+    files.sort();
+    let unit = root.join("vocabulary-unit/package/unit.nq");
+    if files.len() < 80 || !unit.is_file() {
+        return Err(format!("{hint} (incomplete data in {})", root.display()));
+    }
+    files.push(unit);
+    Ok(files)
+}
+
+/// Converts the corpus to one N-Triples file of distinct triples, in file order (blank nodes
+/// scoped per publisher graph, so that generic labels of different publishers stay apart).
+/// Returns the number of triples written.
+fn write_corpus_ntriples(files: &[PathBuf], out: &Path) -> usize {
+    let mut seen: HashSet<Triple> = HashSet::new();
+    let mut writer = std::io::BufWriter::new(std::fs::File::create(out).unwrap());
+    for f in files {
+        let reader = std::io::BufReader::new(std::fs::File::open(f).unwrap());
+        let options = ImportOptions::new().blank_nodes(BlankNodeScope::Graph);
+        let dataset = rdf::read(reader, Format::NQuads, options)
+            .unwrap_or_else(|e| fail(&format!("{}: {e}", f.display())));
+        let mut state = GraphState::new();
+        for (_, triples) in dataset.iter() {
+            for t in triples {
+                if seen.insert(t.clone()) {
+                    state.insert(t).unwrap();
+                }
+            }
+        }
+        rdf::write(&state, &mut writer, Format::NTriples, &ExportOptions::new()).unwrap();
+    }
+    std::io::Write::flush(&mut writer).unwrap();
+    seen.len()
+}
+
+/// The child side of `import-ntriples`: parse only, then import into a fresh in-memory
+/// repository; prints `parse_s import_s triples peak_rss_bytes`.
+fn import_child(path: &Path) {
+    let open = || std::io::BufReader::new(std::fs::File::open(path).unwrap());
+    let start = Instant::now();
+    let parsed = rdf::read(open(), Format::NTriples, ImportOptions::new()).unwrap();
+    let parse_s = start.elapsed().as_secs_f64();
+    let n = parsed.len();
+    drop(parsed);
+    let mut mem = repo(MemoryStore::new());
+    let main = BranchName::new("main").unwrap();
+    let start = Instant::now();
+    let report = mem.import(&main, open(), Format::NTriples, ImportOptions::new()).unwrap();
+    let import_s = start.elapsed().as_secs_f64();
+    assert_eq!(report.added, n);
+    println!("{parse_s} {import_s} {n} {}", peak_rss_bytes().unwrap_or(0));
+}
+
+fn import_ntriples(a: &Args, files: &[PathBuf], report: &mut Report) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("corpus.nt");
+    let triples = write_corpus_ntriples(files, &path);
+    let file_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let exe = std::env::current_exe().unwrap();
+    let mut runs: Vec<(f64, f64, u64)> = Vec::new();
+    for _ in 0..a.import_runs {
+        let out =
+            std::process::Command::new(&exe).arg("--import-child").arg(&path).output().unwrap();
+        if !out.status.success() {
+            fail(&format!("import child failed: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let f: Vec<f64> = text.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+        let [parse_s, import_s, n, rss] = f[..] else {
+            fail(&format!("bad child output {text:?}"))
+        };
+        assert_eq!(n as usize, triples);
+        runs.push((parse_s, import_s, rss as u64));
+    }
+    runs.sort_by(|x, y| x.1.total_cmp(&y.1));
+    let (parse_s, import_s, rss) = runs[runs.len() / 2];
+    report.push(
+        Case::new("import-ntriples")
+            .param("triples", triples)
+            .param("files", files.len())
+            .param("file_bytes", file_bytes)
+            .param("runs", a.import_runs)
+            .metric("triples_per_s", round(triples as f64 / import_s, 0))
+            .metric("ms", round(import_s * 1e3, 1))
+            .metric("parse_only_triples_per_s", round(triples as f64 / parse_s, 0))
+            .metric("parse_share_ratio", round(parse_s / import_s, 3))
+            .metric("peak_rss_bytes", rss)
+            .metric("peak_rss_bytes_per_triple", round(rss as f64 / triples as f64, 1)),
+    );
+}
+
 fn main() {
     let a = args();
+    if let Some(path) = &a.import_child {
+        import_child(path);
+        return;
+    }
+    let corpus = rdf_corpus().unwrap_or_else(|e| fail(&e));
+    if let Some(path) = &a.write_corpus {
+        let n = write_corpus_ntriples(&corpus, path);
+        eprintln!("wrote {n} triples to {}", path.display());
+        return;
+    }
     let mut report = Report::new("graph", a.json);
+    progress(a.json, "import-ntriples");
+    import_ntriples(&a, &corpus, &mut report);
     progress(a.json, &format!("generating {} triples", a.triples));
     let mut generator = Generator::new(1, "https://data.example.org/bench/");
     let all = generator.take(a.triples);
