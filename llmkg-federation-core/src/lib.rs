@@ -39,6 +39,9 @@
 //! hosts can bring their own by implementing [`Store`] and running the conformance suite in
 //! the `testing` module (feature `testing`).
 //!
+//! RDF documents come in and go out through the `rdf` module (feature `rdf`, on by
+//! default): N-Triples, N-Quads and Turtle imported as one commit, any commit's state exported.
+//!
 //! ## What this crate does not do
 //!
 //! No networking, no consensus, no sync, no access control: those live in the sibling crates

@@ -143,6 +143,10 @@ fn importing_twice_is_a_no_op_and_replace_records_removals() {
     let commit = repo.load_commit(replaced.commit.unwrap()).unwrap();
     assert_eq!(commit.commit().message(), "release 2");
     assert_eq!(repo.state(&main).unwrap().len(), 2);
+    // Any commit can be exported, not only a branch head (materialized and verified).
+    let mut out = Vec::new();
+    repo.export(first.commit.unwrap(), &mut out, Format::NTriples, &ExportOptions::new()).unwrap();
+    assert_eq!(String::from_utf8(out).unwrap(), GOOD);
     // Empty input into a missing branch creates nothing.
     let empty = repo.import(&b("none"), &b""[..], Format::Turtle, ImportOptions::new()).unwrap();
     assert_eq!(empty.commit, None);

@@ -194,7 +194,8 @@ pub enum ImportError {
     /// example a value longer than [`MAX_TERM_LEN`](crate::MAX_TERM_LEN)). Branch unchanged.
     #[error("statement {statement}: {source}")]
     Term {
-        /// The rejected statement's number, from 1, in document order.
+        /// The rejected statement's number, from 1, in document order (0 for a label the
+        /// importer derives after parsing, which cannot actually be rejected).
         statement: u64,
         /// Why the term was rejected.
         source: TermError,
