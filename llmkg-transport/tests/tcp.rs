@@ -7,6 +7,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use llmkg_federation_core::{Incoming, NodeId, NodeKeypair, Timer, Transport, TransportError};
@@ -815,6 +816,132 @@ async fn oversized_frame_closes_only_that_connection() {
     })
     .await;
     v.close().await;
+}
+
+impl Raw {
+    /// Reads and decrypts frames until a goodbye (or the end of the stream), counting them
+    /// in `progress`.
+    async fn read_frames_until_goodbye(mut self, progress: Arc<AtomicUsize>) -> Vec<Frame> {
+        let mut decoder = FrameDecoder::new(1 << 20);
+        let mut frames = Vec::new();
+        let mut nonce = 0u64;
+        loop {
+            let mut len = [0u8; 2];
+            if self.stream.read_exact(&mut len).await.is_err() {
+                return frames;
+            }
+            let mut ct = vec![0u8; u16::from_be_bytes(len) as usize];
+            self.stream.read_exact(&mut ct).await.unwrap();
+            let mut plain = vec![0u8; ct.len()];
+            let n = self.cipher.read_message(nonce, &ct, &mut plain).unwrap();
+            nonce += 1;
+            let mut input = &plain[..n];
+            while let Some(f) = decoder.feed(&mut input).unwrap() {
+                if f == Frame::Goodbye {
+                    return frames;
+                }
+                frames.push(f);
+                progress.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// When a new connection replaces a live one (here: the peer "restarted" and dialed in
+/// again, eight times in a row, mid-stream), the old connection's writer finishes and says
+/// goodbye before the new one takes over the queue: read connection by connection, the
+/// stream is complete and in order, nothing lost or duplicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaced_connections_hand_over_the_queue_in_order() {
+    const HANDOVERS: usize = 8;
+    let mut ca = config(60);
+    // a must not redial during the test: the connections then come in a known order.
+    ca.backoff_initial = Duration::from_secs(60);
+    ca.backoff_max = Duration::from_secs(60);
+    let a = bind(ca).await;
+    let mut cb = config(61);
+    cb.trust = Trust::AllowList(HashSet::from([id(60)]));
+    // A deep queue keeps the writer in long batches, widening any window in which two
+    // writers could take from it at once.
+    cb.outgoing_queue = 1 << 16;
+    let b = Arc::new(bind(cb).await);
+    let (a_id, b_id) = (a.local_id(), b.local_id());
+    a.add_peer(b_id, b.local_addr()).unwrap();
+    wait_connected(&a, b_id).await;
+    wait_connected(&b, a_id).await;
+    let done = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let (b, done) = (b.clone(), done.clone());
+        tokio::spawn(async move {
+            // Flat out until the hand-overs are over: the queue stays deep and the writer
+            // is mid-batch at every switch.
+            let mut seq = 0u64;
+            while !done.load(Ordering::Relaxed) || seq < 50_000 {
+                for _ in 0..1000 {
+                    b.send(a_id, numbered(seq, 16)).await.unwrap();
+                    seq += 1;
+                }
+                tokio::task::yield_now().await;
+            }
+            seq
+        })
+    };
+    // a reads its connection to the end, concurrently (a stalled reader would stall the old
+    // writer, and the hand-over would then cut it after the flush timeout).
+    let a = Arc::new(a);
+    let first_reader = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            let mut first = Vec::new();
+            loop {
+                match recv_event(&a).await {
+                    Incoming::Message { from, payload } => {
+                        assert_eq!(from, b_id);
+                        first.push(seq_of(&payload));
+                    }
+                    Incoming::PeerDisconnected { peer } if peer == b_id => return first,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // Clients with a's identity: b adopts each in turn and retires the one before. The
+    // next one starts only once the current one is receiving.
+    let mut readers = Vec::new();
+    for _ in 0..HANDOVERS {
+        let raw = raw_handshake(b.local_addr(), &keypair(60), Forgery::None).await.unwrap();
+        let progress = Arc::new(AtomicUsize::new(0));
+        readers.push(tokio::spawn(raw.read_frames_until_goodbye(progress.clone())));
+        timeout(PROMPT, async {
+            while progress.load(Ordering::Relaxed) == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the new connection never received anything");
+    }
+    done.store(true, Ordering::Relaxed);
+    let first = first_reader.await.unwrap();
+    assert!(!first.is_empty());
+    let total = sender.await.unwrap();
+    // Closing b flushes the rest to the last client and says goodbye.
+    b.close().await;
+    let mut all = first;
+    let mut sizes = vec![all.len()];
+    for r in readers {
+        let frames = timeout(PROMPT, r).await.unwrap().unwrap();
+        sizes.push(frames.len());
+        all.extend(frames.into_iter().map(|f| match f {
+            Frame::Message(p) => seq_of(&p),
+            other => panic!("unexpected {other:?}"),
+        }));
+    }
+    if all != (0..total).collect::<Vec<_>>() {
+        let bad = all.windows(2).position(|w| w[1] != w[0] + 1);
+        panic!("stream broken across connections {sizes:?} at {bad:?} of {}", all.len());
+    }
+    a.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,7 @@
 //! implicit: the n-th chunk in each direction uses nonce n (TCP keeps them in order).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use llmkg_federation_core::{Incoming, NodeId, RequestId};
 use snow::StatelessTransportState;
@@ -154,11 +155,18 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
     inner: &Inner,
 ) -> Result<(), TcpError> {
     let mut sealer = Sealer::new(cipher);
+    // Once stop is seen, not one more frame is taken from the queue: the next connection's
+    // writer owns it from then on.
+    let mut stopping = false;
     loop {
-        let next = tokio::select! {
-            biased;
-            _ = &mut stop => None,
-            frame = queue.recv() => frame.ok(),
+        let next = if stopping {
+            None
+        } else {
+            tokio::select! {
+                biased;
+                _ = &mut stop => None,
+                frame = queue.recv() => frame.ok(),
+            }
         };
         let Some(first) = next else {
             return sealer.goodbye(&mut w).await;
@@ -167,6 +175,10 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
         sealer.push_frame(&mut w, &first).await?;
         drop(first);
         while sealer.wire.len() < WRITE_BATCH {
+            if !matches!(stop.try_recv(), Err(oneshot::error::TryRecvError::Empty)) {
+                stopping = true;
+                break;
+            }
             let Ok(next) = queue.try_recv() else { break };
             sealer.push_frame(&mut w, &next).await?;
             frames += 1;
@@ -231,7 +243,7 @@ impl ChunkReader {
 /// Reads, decrypts and dispatches frames until the peer says goodbye (`Ok`) or the
 /// connection fails. Returns `Ok` too when the transport is closing.
 pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
-    mut r: R,
+    r: &mut R,
     cipher: Arc<StatelessTransportState>,
     peer: NodeId,
     inner: &Inner,
@@ -241,7 +253,7 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
     let mut nonce = 0u64;
     let mut decoder = FrameDecoder::new(inner.max_frame_len);
     loop {
-        if !reader.fill(&mut r, 2).await? {
+        if !reader.fill(r, 2).await? {
             return if reader.available() == 0 && decoder.is_idle() {
                 Err(TcpError::ConnectionLost)
             } else {
@@ -256,7 +268,7 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
         if len < TAG_LEN {
             return Err(TcpError::Decrypt);
         }
-        if !reader.fill(&mut r, 2 + len).await? {
+        if !reader.fill(r, 2 + len).await? {
             return Err(FrameError::Truncated.into());
         }
         if plain.len() < len - TAG_LEN {
@@ -296,4 +308,19 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
         }
         inner.stats.frames_in.add(frames);
     }
+}
+
+/// Reads and discards until the peer closes its side (or `limit` passes). Closing a socket
+/// with unread data makes the kernel reset the connection, and the peer could then lose the
+/// goodbye sent just before; lingering like this lets it end cleanly.
+pub(crate) async fn linger<R: AsyncRead + Unpin>(r: &mut R, limit: Duration) {
+    let mut sink = [0u8; 8192];
+    let _ = tokio::time::timeout(limit, async {
+        while let Ok(n) = r.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until, timeout};
 
-use super::conn::{Sealer, read_loop, write_loop};
+use super::conn::{Sealer, linger, read_loop, write_loop};
 use super::handshake::{self, HandshakeError, Role};
 use super::transport::{Inner, Level, wait_level};
 use super::{ConnectionFailure, Frame, TcpError};
@@ -59,6 +59,9 @@ struct Live {
     writer: JoinHandle<()>,
     /// Asks the writer to say goodbye and stop (when the connection is replaced).
     stop: oneshot::Sender<()>,
+    /// Asks the reader to stop delivering (it acknowledges on the enclosed sender) and to
+    /// linger until the peer closes.
+    retire_reader: oneshot::Sender<oneshot::Sender<()>>,
 }
 
 /// Capped exponential backoff; each delay is jittered to between half and all of itself.
@@ -226,13 +229,31 @@ impl PeerActor {
         let conn_id = self.inner.next_conn_id();
         let cipher = Arc::new(cipher);
         let (r, w) = stream.into_split();
+        let (retire_reader, mut retired) = oneshot::channel::<oneshot::Sender<()>>();
         let reader = {
             let inner = self.inner.clone();
             let cmd = self.cmd_tx.clone();
             let cipher = cipher.clone();
+            let flush = self.inner.flush_timeout;
             self.inner.handle.spawn(async move {
-                let result = read_loop(r, cipher, node, &inner).await;
-                let _ = cmd.send(PeerCmd::Ended { conn_id, error: result.err() });
+                let mut r = r;
+                let outcome = tokio::select! {
+                    biased;
+                    ack = &mut retired => Err(ack.ok()),
+                    result = read_loop(&mut r, cipher, node, &inner) => Ok(result),
+                };
+                match outcome {
+                    Ok(result) => {
+                        let _ = cmd.send(PeerCmd::Ended { conn_id, error: result.err() });
+                    }
+                    Err(ack) => {
+                        // Retired: nothing more is delivered from here on.
+                        if let Some(ack) = ack {
+                            let _ = ack.send(());
+                        }
+                        linger(&mut r, flush).await;
+                    }
+                }
             })
         };
         let (stop, stop_rx) = oneshot::channel();
@@ -246,7 +267,8 @@ impl PeerActor {
                 }
             })
         };
-        self.live = Some(Live { conn_id, initiator, peer_addr, reader, writer, stop });
+        self.live =
+            Some(Live { conn_id, initiator, peer_addr, reader, writer, stop, retire_reader });
     }
 
     /// Closes a duplicate connection that lost the tie-break with a goodbye, so the other
@@ -263,29 +285,46 @@ impl PeerActor {
                 stream.shutdown().await?;
                 Ok::<_, TcpError>(())
             };
-            let _ = timeout(flush, goodbye).await;
+            if let Ok(Ok(())) = timeout(flush, goodbye).await {
+                linger(&mut stream, flush).await;
+            }
         });
     }
 
     /// Retires a live connection that a new one replaces: stops reading from it at once, and
-    /// lets its writer finish the batch in hand and say goodbye (in the background, bounded
-    /// by the flush timeout), so the peer sees a clean close rather than a lost connection.
-    /// The peer reads the old connection to its end before it adopts the new one, so the
-    /// frames still going out on it stay in order with those on the new one.
+    /// lets its writer finish the batch in hand and say goodbye (bounded by the flush
+    /// timeout, then cut), so the peer sees a clean close rather than a lost connection.
+    ///
+    /// The new connection's writer starts only after this one has stopped, so the two never
+    /// take from the queue at the same time; the peer reads the old connection to its end
+    /// before it adopts the new one, so frames stay in order across the switch.
     async fn retire(&mut self, live: Live) {
-        let Live { reader, writer, stop, .. } = live;
-        let _ = stop.send(());
+        let Live { reader, mut writer, stop, retire_reader, .. } = live;
         let flush = self.inner.flush_timeout;
-        self.inner.handle.spawn(async move {
-            let abort = writer.abort_handle();
-            if timeout(flush, writer).await.is_err() {
-                abort.abort();
-            }
-        });
-        reader.abort();
-        let _ = reader.await;
+        self.stop_delivering(reader, retire_reader).await;
+        let _ = stop.send(());
+        if timeout(flush, &mut writer).await.is_err() {
+            writer.abort();
+            let _ = writer.await;
+        }
         self.disconnected(None, None);
         self.inner.deliver(Incoming::PeerDisconnected { peer: self.node }).await;
+    }
+
+    /// Makes a connection's reader stop delivering (it then lingers in the background until
+    /// the peer closes); returns once nothing more can arrive from it.
+    async fn stop_delivering(
+        &self,
+        mut reader: JoinHandle<()>,
+        retire: oneshot::Sender<oneshot::Sender<()>>,
+    ) {
+        let (ack, acked) = oneshot::channel();
+        let _ = retire.send(ack);
+        // Resolves at once if the reader has already ended.
+        if timeout(self.inner.flush_timeout, acked).await.is_err() {
+            reader.abort();
+            let _ = (&mut reader).await;
+        }
     }
 
     /// Stops a connection's tasks, fails requests waiting on it, reports the disconnect.
@@ -339,11 +378,16 @@ impl PeerActor {
             dial.abort();
         }
         if let Some(mut live) = self.live.take() {
-            // The queue is closed: the writer sends what is left, then a goodbye.
-            let _ = timeout(self.inner.flush_timeout, &mut live.writer).await;
-            live.writer.abort();
-            live.reader.abort();
-            let _ = live.reader.await;
+            // The queue is closed: the writer sends what is left, then a goodbye. The reader
+            // then lingers in the background (bounded by the flush timeout too) until the
+            // peer, having read the goodbye, closes its side; `close` does not wait for that.
+            if timeout(self.inner.flush_timeout, &mut live.writer).await.is_ok() {
+                let (ack, _) = oneshot::channel();
+                let _ = live.retire_reader.send(ack);
+            } else {
+                live.writer.abort();
+                live.reader.abort();
+            }
             self.inner.set_connected(self.node, false);
         }
     }
