@@ -11,6 +11,11 @@
 //! cores, as they would on a 2-core host running two nodes. Each case also measures a bare
 //! loopback TCP socket doing the same work on the same runtime (`plain_tcp_*`), and reports
 //! the ratio, which holds better than absolute numbers on a noisy machine.
+//!
+//! All measuring code runs in tasks on the runtime (2 worker threads), as a host's protocol
+//! logic would. Driving the client from outside the runtime (`block_on` on the main thread)
+//! adds a cross-thread wake-up to every round trip, which on a small VM costs far more than
+//! the transport itself (on a 2-core VM: p50 about 62 µs that way, against 11 µs in tasks).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashSet;
@@ -189,24 +194,34 @@ fn tcp_rtt(a: &Args, rt: &tokio::runtime::Runtime, report: &mut Report) {
             })
         };
         let to = server.local_id();
-        let payload = vec![0x5A; SIZE];
-        let timeout = Duration::from_secs(5);
-        for _ in 0..warmup {
-            client.request(to, payload.clone(), timeout).await.unwrap();
-        }
-        let mut samples = Vec::with_capacity(n);
-        for _ in 0..n {
-            let start = Instant::now();
-            let response = client.request(to, payload.clone(), timeout).await.unwrap();
-            samples.push(start.elapsed().as_secs_f64() * 1e6);
-            assert_eq!(response.len(), SIZE);
-        }
+        let client = Arc::new(client);
+        let samples = {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let payload = vec![0x5A; SIZE];
+                let timeout = Duration::from_secs(5);
+                for _ in 0..warmup {
+                    client.request(to, payload.clone(), timeout).await.unwrap();
+                }
+                let mut samples = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let start = Instant::now();
+                    let response = client.request(to, payload.clone(), timeout).await.unwrap();
+                    samples.push(start.elapsed().as_secs_f64() * 1e6);
+                    assert_eq!(response.len(), SIZE);
+                }
+                samples
+            })
+            .await
+            .unwrap()
+        };
         client.close().await;
         server.close().await;
         echo.await.unwrap();
         samples
     });
-    let mut baseline = rt.block_on(plain_rtt(SIZE, warmup, n));
+    let mut baseline =
+        rt.block_on(async move { tokio::spawn(plain_rtt(SIZE, warmup, n)).await.unwrap() });
     let mean = samples.iter().sum::<f64>() / samples.len() as f64;
     let p50 = quantile(&mut samples, 0.5);
     let baseline_p50 = quantile(&mut baseline, 0.5);
@@ -253,14 +268,22 @@ fn tcp_throughput(a: &Args, rt: &tokio::runtime::Runtime, report: &mut Report) {
                 }
             })
         };
-        let mut bytes = 0usize;
-        let mut count = 0usize;
-        while count < messages {
-            if let Incoming::Message { payload, .. } = receiver.recv().await.unwrap() {
-                bytes += payload.len();
-                count += 1;
-            }
-        }
+        let receiver = Arc::new(receiver);
+        let consumer = {
+            let receiver = receiver.clone();
+            tokio::spawn(async move {
+                let mut bytes = 0usize;
+                let mut count = 0usize;
+                while count < messages {
+                    if let Incoming::Message { payload, .. } = receiver.recv().await.unwrap() {
+                        bytes += payload.len();
+                        count += 1;
+                    }
+                }
+                bytes
+            })
+        };
+        let bytes = consumer.await.unwrap();
         let elapsed = start.elapsed();
         producer.await.unwrap();
         sender.close().await;
@@ -268,7 +291,8 @@ fn tcp_throughput(a: &Args, rt: &tokio::runtime::Runtime, report: &mut Report) {
         (elapsed, bytes)
     });
     let secs = elapsed.as_secs_f64();
-    let baseline_secs = rt.block_on(plain_throughput(SIZE, messages));
+    let baseline_secs =
+        rt.block_on(async move { tokio::spawn(plain_throughput(SIZE, messages)).await.unwrap() });
     let mb_per_s = received_bytes as f64 / secs / 1e6;
     let baseline_mb_per_s = (SIZE * messages) as f64 / baseline_secs / 1e6;
     report.push(
