@@ -99,9 +99,10 @@ pub struct TcpConfig {
     pub flush_timeout: Duration,
     /// Who may connect besides added peers. Default: nobody else.
     pub trust: Trust,
-    /// Bound on the peer table (added peers plus trusted nodes that connected). A new
-    /// identity beyond it is refused with
-    /// [`HandshakeError::TooManyPeers`](super::HandshakeError::TooManyPeers). Default 1024.
+    /// Bound on the peer table as seen by inbound connections: a trusted node that was not
+    /// added and connects while the table holds this many peers is refused with
+    /// [`HandshakeError::TooManyPeers`](super::HandshakeError::TooManyPeers). (`add_peer`
+    /// itself is never refused: the host decides how many peers it adds.) Default 1024.
     pub max_peers: usize,
     /// Bound on unauthenticated inbound connections in handshake at once; beyond it the
     /// listener stops accepting until one finishes. Default 64.
