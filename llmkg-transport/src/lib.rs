@@ -48,6 +48,10 @@ mod timer;
 
 pub use driver::{Driver, DriverConfig, DriverExit, DriverHandle, DriverStats};
 pub use inprocess::{InProcessConfig, InProcessError, InProcessNetwork, InProcessTransport};
+#[cfg(feature = "tcp")]
+pub use tcp::{
+    ConnectionFailure, FederationId, TcpConfig, TcpError, TcpStats, TcpTransport, Trust,
+};
 pub use timer::StdTimer;
 #[cfg(feature = "tcp")]
 pub use timer::TokioTimer;

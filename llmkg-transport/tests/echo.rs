@@ -147,3 +147,32 @@ fn echo_runs_in_the_simulator() {
     let totals = sim.stats().messages;
     assert_eq!((totals.sent, totals.delivered), (120, 120));
 }
+
+#[test]
+fn echo_runs_over_tcp() {
+    use llmkg_transport::{FederationId, TcpConfig, TcpTransport, TokioTimer, Trust};
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
+    rt.unwrap().block_on(async {
+        let federation = FederationId::from_name("echo-test");
+        let pinger_key = NodeKeypair::from_secret_bytes([1; 32]);
+        let mut transports: Vec<TcpTransport> = Vec::new();
+        for i in 2..=4u8 {
+            let mut config = TcpConfig::new(NodeKeypair::from_secret_bytes([i; 32]), federation);
+            config.trust = Trust::AllowList([pinger_key.node_id()].into());
+            transports.push(TcpTransport::bind(config).await.unwrap());
+        }
+        let pinger = TcpTransport::bind(TcpConfig::new(pinger_key, federation)).await.unwrap();
+        for responder in &transports {
+            pinger.add_peer(responder.local_id(), responder.local_addr()).unwrap();
+        }
+        transports.insert(0, pinger);
+        let transports: Vec<Arc<dyn Transport>> =
+            transports.into_iter().map(|t| Arc::new(t) as Arc<dyn Transport>).collect();
+        // Messages sent before a link is up wait in the peer's queue; no loss expected.
+        let events = run_echo(transports.clone(), Arc::new(TokioTimer::new())).await;
+        check_all_answered(&events, 3);
+        for transport in transports {
+            transport.close().await;
+        }
+    });
+}

@@ -1,5 +1,6 @@
 //! Benchmark of the transports: round-trip latency and one-way throughput of the TCP + Noise
-//! transport between two nodes in one process, over loopback.
+//! transport between two nodes in one process, over loopback, and the event rate of the
+//! deterministic simulator with 1,000 nodes (`sim-events`).
 //!
 //! ```text
 //! cargo run --release -p llmkg-examples --bin bench-transport -- [--json] [--case NAME]
@@ -24,6 +25,8 @@ use std::time::{Duration, Instant};
 
 use llmkg_examples::bench::{Case, Report, quantile, round};
 use llmkg_federation_core::{Incoming, NodeKeypair, Transport};
+use llmkg_transport::sim::workloads::{Flood, FloodConfig};
+use llmkg_transport::sim::{Latency, LinkConfig, RunOutcome, SimBuilder};
 use llmkg_transport::tcp::{FederationId, TcpConfig, TcpTransport, Trust};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -85,11 +88,8 @@ fn progress(json: bool, msg: &str) {
 type CaseFn = fn(&Args, &tokio::runtime::Runtime, &mut Report);
 
 /// The cases, in the order they run. Add new cases here.
-const CASES: &[(&str, CaseFn)] = &[
-    ("tcp-rtt", tcp_rtt),
-    ("tcp-throughput", tcp_throughput),
-    // ("sim-events", sim_events),
-];
+const CASES: &[(&str, CaseFn)] =
+    &[("tcp-rtt", tcp_rtt), ("tcp-throughput", tcp_throughput), ("sim-events", sim_events)];
 
 /// Two connected TCP transports on loopback: `a` dials `b`, `b` trusts `a`.
 async fn tcp_pair(seed: u8) -> (TcpTransport, TcpTransport) {
@@ -306,6 +306,59 @@ fn tcp_throughput(a: &Args, rt: &tokio::runtime::Runtime, report: &mut Report) {
             .metric("seconds", round(secs, 3))
             .metric("plain_tcp_mb_per_s", round(baseline_mb_per_s, 1))
             .metric("vs_plain_tcp_ratio", round(mb_per_s / baseline_mb_per_s, 3)),
+    );
+}
+
+/// The simulator's speed: 1,000 nodes flooding 200 rumors (fan-out 3 plus a ring successor,
+/// acknowledgements and retransmission) over lossy links with 1–20 ms latency, one rumor
+/// started every 20 ms of virtual time, run to quiescence. An event is a message arrival or a
+/// timer firing; all counts but the rate are deterministic for the seed.
+fn sim_events(_args: &Args, _rt: &tokio::runtime::Runtime, report: &mut Report) {
+    const NODES: usize = 1_000;
+    const RUMORS: u64 = 200;
+    const SEED: u64 = 7;
+    let link = LinkConfig::with_latency(Latency::Uniform {
+        min: Duration::from_millis(1),
+        max: Duration::from_millis(20),
+    })
+    .loss(0.01);
+    let build = Instant::now();
+    let mut sim = SimBuilder::new(SEED)
+        .nodes(NODES)
+        .default_link(link)
+        .record_events(false)
+        .build(|ctx| Flood::new(&ctx, FloodConfig::default()))
+        .unwrap();
+    let build_ms = build.elapsed().as_secs_f64() * 1e3;
+    let ids = sim.node_ids().to_vec();
+    let start = Instant::now();
+    for rumor in 0..RUMORS {
+        let origin = ids[(rumor as usize * 7) % ids.len()];
+        sim.with_node(origin, |core, now| core.originate(now, rumor)).unwrap();
+        sim.run_for(Duration::from_millis(20));
+    }
+    let outcome = sim.run();
+    let secs = start.elapsed().as_secs_f64();
+    assert!(matches!(outcome, RunOutcome::Quiescent { .. }), "did not settle: {outcome:?}");
+    let events = sim.events_processed();
+    let totals = sim.message_totals();
+    let everyone_knows = ids
+        .iter()
+        .all(|id| sim.node(*id).is_some_and(|node| node.known_count() == RUMORS as usize));
+    assert!(everyone_knows, "a node missed a rumor");
+    report.push(
+        Case::new("sim-events")
+            .param("nodes", NODES)
+            .param("rumors", RUMORS)
+            .param("seed", SEED)
+            .param("loss", 0.01)
+            .metric("events_per_s", round(events as f64 / secs, 0))
+            .metric("events", events)
+            .metric("messages_sent", totals.sent)
+            .metric("bytes_sent", totals.sent_bytes)
+            .metric("virtual_seconds", round(sim.now().as_micros() as f64 / 1e6, 3))
+            .metric("wall_seconds", round(secs, 3))
+            .metric("build_ms", round(build_ms, 1)),
     );
 }
 
