@@ -240,17 +240,20 @@ impl InProcessTransport {
     ) -> Result<Vec<u8>, TransportError> {
         self.check(&payload)?;
         let peer = self.peer(to)?;
+        // The timeout covers the whole request, including waiting for room in the peer's queue.
         let deadline = self.shared.timer.now() + timeout;
         let id = self.endpoint.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = async_channel::bounded(1);
         self.endpoint.pending().insert(id, (to, tx));
         let _guard = PendingGuard { endpoint: &self.endpoint, id };
         let from = self.endpoint.id;
-        peer.deliver(Incoming::Request { from, id: RequestId(id), payload }).await?;
+        let exchange = async move {
+            peer.deliver(Incoming::Request { from, id: RequestId(id), payload }).await?;
+            rx.recv().await.unwrap_or(Err(TransportError::Disconnected(to)))
+        };
         let sleep = self.shared.timer.sleep_until(deadline);
-        match select(Box::pin(rx.recv()), sleep).await {
-            Either::Left((Ok(result), _)) => result,
-            Either::Left((Err(_), _)) => Err(TransportError::Disconnected(to)),
+        match select(Box::pin(exchange), sleep).await {
+            Either::Left((result, _)) => result,
             Either::Right(((), _)) => Err(TransportError::Timeout { peer: to, after: timeout }),
         }
     }

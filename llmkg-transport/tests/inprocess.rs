@@ -106,3 +106,20 @@ fn only_the_asked_peer_can_answer() {
         assert_eq!(result.unwrap(), b"genuine".to_vec());
     });
 }
+
+#[test]
+fn request_timeout_covers_waiting_for_queue_space() {
+    runtime().block_on(async {
+        let timer: Arc<dyn Timer> = Arc::new(StdTimer::new());
+        let config = InProcessConfig { inbound_capacity: 1, ..Default::default() };
+        let net = InProcessNetwork::with_config(config, Arc::clone(&timer));
+        let a = net.join(node(1)).unwrap();
+        let _b = net.join(node(2)).unwrap();
+        // b never reads: its one-slot queue fills, and the request cannot even be queued.
+        a.send(node(2), b"fills the queue".to_vec()).await.unwrap();
+        let started = timer.now();
+        let result = a.request(node(2), b"?".to_vec(), Duration::from_millis(100)).await;
+        assert!(matches!(result, Err(TransportError::Timeout { peer, .. }) if peer == node(2)));
+        assert!(timer.now() - started >= Duration::from_millis(100));
+    });
+}
