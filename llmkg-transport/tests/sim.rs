@@ -709,3 +709,600 @@ fn throughput_1000_nodes() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// 6. Contract edges: in-flight cuts, restart floors, timers at the end of time, Byzantine window
+
+/// Sends `Seq(0)` from node 0 to node 2 over a 10 ms link and returns what node 2 received.
+fn cut_in_flight(fault: impl FnOnce(&mut llmkg_transport::sim::Sim<Recorder>, [NodeId; 3])) -> u64 {
+    let link = LinkConfig::with_latency(Latency::Fixed(ms(10)));
+    let mut sim =
+        SimBuilder::new(41).nodes(3).default_link(link).build(|_| Recorder::default()).unwrap();
+    let ids: [NodeId; 3] = sim.node_ids().try_into().unwrap();
+    sim.with_node(ids[0], |core, _| core.send(ids[2], Msg::Seq(0))).unwrap();
+    sim.run_until(Time::from_millis(2));
+    fault(&mut sim, ids);
+    assert!(matches!(sim.run(), RunOutcome::Quiescent { .. }));
+    let stats = sim.stats();
+    check_accounting(41, &stats);
+    assert_eq!(stats.messages.sent, 1);
+    stats.messages.delivered
+}
+
+#[test]
+fn a_partition_cuts_copies_in_flight_even_if_it_heals_before_they_arrive() {
+    // Separated 2 ms into a 10 ms flight, healed at 4 ms: the copy was on a cut link.
+    let delivered = cut_in_flight(|sim, ids| {
+        sim.partition(&[[ids[2]]]).unwrap();
+        sim.run_until(Time::from_millis(4));
+        sim.heal();
+    });
+    assert_eq!(delivered, 0);
+    // A partition that does not separate the two leaves the copy alone.
+    let delivered = cut_in_flight(|sim, ids| {
+        sim.partition(&[[ids[1]]]).unwrap();
+        sim.run_until(Time::from_millis(4));
+        sim.heal();
+    });
+    assert_eq!(delivered, 1);
+    // So does one scheduled after the copy arrived.
+    let delivered = cut_in_flight(|sim, ids| {
+        sim.schedule(Time::from_millis(10), Fault::Partition(vec![vec![ids[2]]])).unwrap();
+    });
+    assert_eq!(delivered, 1);
+}
+
+#[test]
+fn a_restarted_receiver_is_not_held_back_by_copies_to_its_previous_incarnation() {
+    let mut sim = SimBuilder::new(42).nodes(2).build(|_| Recorder::default()).unwrap();
+    let (a, b) = (sim.node_ids()[0], sim.node_ids()[1]);
+    sim.set_link(a, b, LinkConfig::with_latency(Latency::Fixed(Duration::from_secs(1)))).unwrap();
+    sim.with_node(a, |core, _| core.send(b, Msg::Seq(0))).unwrap();
+    sim.crash(b).unwrap();
+    sim.restart(b).unwrap();
+    sim.set_link(a, b, LinkConfig::with_latency(Latency::Fixed(ms(1)))).unwrap();
+    sim.with_node(a, |core, _| core.send(b, Msg::Seq(1))).unwrap();
+    sim.run();
+    let events = sim.drain_events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].0, Time::from_millis(1), "held back behind a copy that was never due");
+    assert_eq!(events[0].2, (a, Msg::Seq(1)));
+    assert_eq!(sim.stats().messages.dropped_crash, 1);
+}
+
+/// A core whose timer is set to `Time::MAX` (never), or is due forever at the end of time.
+struct Forever {
+    deadline: Time,
+    fires: u64,
+}
+
+impl Protocol for Forever {
+    type Message = Msg;
+    type Event = ();
+    fn handle_message(&mut self, _now: Time, _from: NodeId, _message: Msg) {}
+    fn handle_timeout(&mut self, _now: Time) {
+        self.fires += 1;
+    }
+    fn poll_transmit(&mut self) -> Option<Transmit<Msg>> {
+        None
+    }
+    fn poll_timeout(&self) -> Option<Time> {
+        Some(self.deadline)
+    }
+    fn poll_event(&mut self) -> Option<()> {
+        None
+    }
+}
+
+#[test]
+fn a_deadline_at_the_end_of_time_never_stalls_a_run() {
+    // `Time::MAX` means never.
+    let mut sim =
+        SimBuilder::new(6).nodes(1).build(|_| Forever { deadline: Time::MAX, fires: 0 }).unwrap();
+    assert_eq!(sim.run(), RunOutcome::Quiescent { at: Time::ZERO });
+    assert_eq!(sim.pending(), 0);
+    // A deadline that stays due near the end of time fires once per microsecond that is left
+    // (the last time at `Time::MAX` itself), and the run ends.
+    let mut sim = SimBuilder::new(6)
+        .nodes(1)
+        .build(|_| Forever { deadline: Time::from_micros(u64::MAX - 3), fires: 0 })
+        .unwrap();
+    assert_eq!(sim.run(), RunOutcome::Quiescent { at: Time::MAX });
+    assert_eq!(sim.node(sim.node_ids()[0]).unwrap().fires, 4);
+    assert_eq!(sim.pending(), 0);
+}
+
+#[test]
+fn the_replay_window_holds_exactly_the_last_messages_and_shrinks_on_request() {
+    let seed = 36;
+    let config = ByzantineConfig { replay: 1.0, replay_window: 1, ..ByzantineConfig::honest() };
+    let mut sim = byzantine_sim(seed, config, 2);
+    let ids = sim.node_ids().to_vec();
+    let send = |sim: &mut llmkg_transport::sim::Sim<Node>, range: std::ops::Range<u64>| {
+        sim.with_node(ids[0], |core, _| {
+            range.for_each(|i| core.inner_mut().send(ids[1], Msg::Seq(i)))
+        })
+        .unwrap();
+        sim.run();
+    };
+    send(&mut sim, 0..5);
+    // With a window of one, each message after the first replays the one just before it.
+    let got: Vec<Msg> = received_from_zero(&mut sim).remove(&ids[1]).unwrap();
+    let want: Vec<Msg> = [0, 1, 0, 2, 1, 3, 2, 4, 3].into_iter().map(Msg::Seq).collect::<Vec<_>>();
+    assert_eq!(got, want, "seed {seed}");
+    // Shrinking the window to zero forgets what was remembered: no more replays.
+    sim.with_node(ids[0], |core, _| {
+        core.set_config(ByzantineConfig { replay: 1.0, ..ByzantineConfig::honest() })
+    })
+    .unwrap();
+    send(&mut sim, 5..8);
+    let got: Vec<Msg> = received_from_zero(&mut sim).remove(&ids[1]).unwrap();
+    assert_eq!(got, (5..8).map(Msg::Seq).collect::<Vec<_>>(), "seed {seed}");
+    assert_eq!(sim.node(ids[0]).unwrap().stats().replayed, 4, "seed {seed}");
+}
+
+#[test]
+fn a_rumor_claiming_the_largest_hop_count_does_not_overflow() {
+    use llmkg_transport::sim::workloads::FloodMessage;
+    let mut sim = SimBuilder::new(37)
+        .nodes(3)
+        .build(|ctx| Flood::new(&ctx, FloodConfig { fanout: usize::MAX, ..FloodConfig::default() }))
+        .unwrap();
+    let ids = sim.node_ids().to_vec();
+    let rumor = FloodMessage::Rumor { id: 5, hops: u32::MAX, padding: vec![] };
+    let bytes = llmkg_federation_core::encoding::encode(&rumor);
+    sim.inject_raw(ids[0], ids[1], bytes).unwrap();
+    assert!(matches!(sim.run(), RunOutcome::Quiescent { .. }));
+    assert!(ids.iter().all(|id| sim.node(*id).unwrap().knows(5)));
+    assert_eq!(sim.node(ids[1]).unwrap().hops(5), Some(u32::MAX));
+    assert_eq!(sim.node(ids[2]).unwrap().hops(5), Some(u32::MAX));
+}
+
+#[test]
+fn link_changes_feed_their_configuration_into_the_trace() {
+    let run = |loss: f64| {
+        let mut sim = SimBuilder::new(38).nodes(2).build(|_| Recorder::default()).unwrap();
+        let (a, b) = (sim.node_ids()[0], sim.node_ids()[1]);
+        sim.set_link(a, b, LinkConfig::default().loss(loss)).unwrap();
+        sim.trace_hash()
+    };
+    assert_eq!(run(0.25), run(0.25));
+    assert_ne!(run(0.25), run(0.5));
+}
+
+#[test]
+fn link_configs_reject_non_finite_and_out_of_range_values() {
+    let ok = LinkConfig::default();
+    for bad in [
+        ok.clone().loss(f64::NAN),
+        ok.clone().loss(f64::INFINITY),
+        ok.clone().loss(-0.5),
+        ok.clone().duplicate(1.0 + f64::EPSILON),
+        ok.clone().duplicate(f64::NEG_INFINITY),
+        ok.clone().reorder(f64::NAN, ms(1)),
+        ok.clone().reorder(2.0, ms(1)),
+        LinkConfig::with_latency(Latency::Uniform { min: ms(2), max: ms(1) }),
+    ] {
+        assert!(matches!(bad.validate(), Err(SimError::InvalidLink(_))), "{bad:?}");
+        let built =
+            SimBuilder::new(1).nodes(1).default_link(bad.clone()).build(|_| Recorder::default());
+        assert!(matches!(built, Err(SimError::InvalidLink(_))), "{bad:?}");
+    }
+    // Extreme but valid: zero ranges and the longest durations sample without panicking.
+    for good in [
+        LinkConfig::with_latency(Latency::Uniform { min: Duration::ZERO, max: Duration::ZERO }),
+        LinkConfig::with_latency(Latency::Uniform { min: Duration::MAX, max: Duration::MAX }),
+        LinkConfig::with_latency(Latency::Exponential {
+            floor: Duration::MAX,
+            mean: Duration::MAX,
+        }),
+        LinkConfig::with_latency(Latency::Exponential {
+            floor: Duration::ZERO,
+            mean: Duration::ZERO,
+        }),
+        LinkConfig::with_latency(Latency::Fixed(Duration::MAX)).reorder(1.0, Duration::MAX),
+        ok.clone().loss(1.0).duplicate(1.0).reorder(0.0, Duration::ZERO),
+    ] {
+        let mut sim = SimBuilder::new(2)
+            .nodes(2)
+            .default_link(good.clone())
+            .build(|_| Recorder::default())
+            .unwrap();
+        let (a, b) = (sim.node_ids()[0], sim.node_ids()[1]);
+        sim.with_node(a, |core, _| (0..10).for_each(|i| core.send(b, Msg::Seq(i)))).unwrap();
+        assert!(matches!(sim.run(), RunOutcome::Quiescent { .. }), "{good:?}");
+        let stats = sim.stats();
+        check_accounting(2, &stats);
+        assert_eq!(sim.in_flight(), 0, "{good:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Random scenarios: accounting, FIFO, cuts, determinism
+
+mod scenarios {
+    use std::cell::{Cell, RefCell};
+    use std::rc::Rc;
+    use std::sync::Arc;
+
+    use llmkg_transport::sim::{NodeContext, Sim};
+    use proptest::prelude::*;
+    use rand::Rng;
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+
+    /// What [`Chatter`] nodes send: `(incarnation, seq)` increases with every message a node
+    /// sends; `epoch` is the harness's fault counter when it was sent.
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    struct Data {
+        inc: u32,
+        seq: u64,
+        epoch: u64,
+        reply: bool,
+    }
+
+    /// A message received: the sender, the message and the fault counter on arrival.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    struct Got {
+        from: NodeId,
+        data: Data,
+        epoch: u64,
+    }
+
+    /// Every message a core sent: (sender index, incarnation, seq) -> receiver index.
+    type SendLog = BTreeMap<(usize, u32, u64), usize>;
+
+    /// Every few milliseconds (a budget of ticks per incarnation) sends one or two messages
+    /// to random nodes (itself included); replies to about a third of what it receives.
+    struct Chatter {
+        index: usize,
+        inc: u32,
+        nodes: Arc<[NodeId]>,
+        rng: ChaCha8Rng,
+        seq: u64,
+        budget: u32,
+        timer: Option<Time>,
+        faults: Rc<Cell<u64>>,
+        log: Rc<RefCell<SendLog>>,
+        out: VecDeque<Transmit<Data>>,
+        events: VecDeque<Got>,
+    }
+
+    impl Chatter {
+        fn new(ctx: &NodeContext, faults: Rc<Cell<u64>>, log: Rc<RefCell<SendLog>>) -> Self {
+            Self {
+                index: ctx.index,
+                inc: ctx.incarnation,
+                nodes: ctx.nodes.clone(),
+                rng: ctx.rng(),
+                seq: 0,
+                budget: 12,
+                // Due at once: fires when the node is built or rebuilt.
+                timer: Some(Time::ZERO),
+                faults,
+                log,
+                out: VecDeque::new(),
+                events: VecDeque::new(),
+            }
+        }
+
+        fn send(&mut self, to: usize, reply: bool) {
+            self.seq += 1;
+            self.log.borrow_mut().insert((self.index, self.inc, self.seq), to);
+            let data = Data { inc: self.inc, seq: self.seq, epoch: self.faults.get(), reply };
+            self.out.push_back(Transmit { to: self.nodes[to], message: data });
+        }
+    }
+
+    impl Protocol for Chatter {
+        type Message = Data;
+        type Event = Got;
+        fn handle_message(&mut self, _now: Time, from: NodeId, data: Data) {
+            if !data.reply && self.rng.next_u64().is_multiple_of(3) {
+                let to = self.nodes.iter().position(|n| *n == from).unwrap();
+                self.send(to, true);
+            }
+            self.events.push_back(Got { from, data, epoch: self.faults.get() });
+        }
+        fn handle_timeout(&mut self, now: Time) {
+            if self.budget == 0 {
+                self.timer = None;
+                return;
+            }
+            self.budget -= 1;
+            for _ in 0..1 + self.rng.next_u64() % 2 {
+                let to = (self.rng.next_u64() % self.nodes.len() as u64) as usize;
+                self.send(to, false);
+            }
+            self.timer = Some(now + Duration::from_micros(500 + self.rng.next_u64() % 5_000));
+        }
+        fn poll_transmit(&mut self) -> Option<Transmit<Data>> {
+            self.out.pop_front()
+        }
+        fn poll_timeout(&self) -> Option<Time> {
+            self.timer
+        }
+        fn poll_event(&mut self) -> Option<Got> {
+            self.events.pop_front()
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    struct LinkSpec {
+        latency: Latency,
+        loss: f64,
+        duplicate: f64,
+        reorder: (f64, u64),
+    }
+
+    impl LinkSpec {
+        fn config(&self, reorder: bool) -> LinkConfig {
+            let c = LinkConfig::with_latency(self.latency.clone())
+                .loss(self.loss)
+                .duplicate(self.duplicate);
+            if reorder {
+                c.reorder(self.reorder.0, Duration::from_micros(self.reorder.1))
+            } else {
+                c
+            }
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    enum Step {
+        /// A group label (0..3) per node.
+        Partition(Vec<u8>),
+        Heal,
+        Crash(usize),
+        Restart(usize),
+        SetLink(usize, usize, LinkSpec),
+        ClearLink(usize, usize),
+        /// Scheduled (rather than applied) this many microseconds ahead.
+        ScheduleDefault(u64, LinkSpec),
+        Garbage(usize, usize),
+    }
+
+    #[derive(Clone, Debug)]
+    struct Scenario {
+        seed: u64,
+        nodes: usize,
+        reorder: bool,
+        default: LinkSpec,
+        /// Each step after this many microseconds.
+        steps: Vec<(u64, Step)>,
+    }
+
+    fn probability() -> impl Strategy<Value = f64> {
+        prop_oneof![3 => Just(0.0), 4 => 0.0..0.4f64, 1 => Just(1.0)]
+    }
+
+    fn link_spec() -> impl Strategy<Value = LinkSpec> {
+        let us = Duration::from_micros;
+        let latency = prop_oneof![
+            (0..4_000u64).prop_map(move |d| Latency::Fixed(us(d))),
+            (0..8_000u64, 0..8_000u64)
+                .prop_map(move |(a, b)| Latency::Uniform { min: us(a.min(b)), max: us(a.max(b)) }),
+            (0..2_000u64, 0..4_000u64)
+                .prop_map(move |(f, m)| Latency::Exponential { floor: us(f), mean: us(m) }),
+        ];
+        (latency, probability(), probability(), (probability(), 0..10_000u64)).prop_map(
+            |(latency, loss, duplicate, reorder)| LinkSpec { latency, loss, duplicate, reorder },
+        )
+    }
+
+    fn scenario() -> impl Strategy<Value = Scenario> {
+        (2..=5usize).prop_flat_map(|n| {
+            let node = 0..n;
+            let step = prop_oneof![
+                2 => proptest::collection::vec(0..3u8, n).prop_map(Step::Partition),
+                1 => Just(Step::Heal),
+                2 => node.clone().prop_map(Step::Crash),
+                2 => node.clone().prop_map(Step::Restart),
+                1 => (node.clone(), node.clone(), link_spec()).prop_map(|(a, b, l)| Step::SetLink(a, b, l)),
+                1 => (node.clone(), node.clone()).prop_map(|(a, b)| Step::ClearLink(a, b)),
+                1 => (0..20_000u64, link_spec()).prop_map(|(d, l)| Step::ScheduleDefault(d, l)),
+                1 => (node.clone(), node.clone()).prop_map(|(a, b)| Step::Garbage(a, b)),
+            ];
+            let steps = proptest::collection::vec(
+                (prop_oneof![1 => Just(0u64), 4 => 0..15_000u64], step),
+                0..12,
+            );
+            (any::<u64>(), Just(n), any::<bool>(), link_spec(), steps).prop_map(
+                |(seed, nodes, reorder, default, steps)| Scenario { seed, nodes, reorder, default, steps },
+            )
+        })
+    }
+
+    /// The state the harness put in force with fault number `epoch`: group labels and which
+    /// nodes are up.
+    #[derive(Clone)]
+    struct Topology {
+        groups: Vec<u8>,
+        up: Vec<bool>,
+    }
+
+    struct Outcome {
+        hash: TraceHash,
+        stats: SimStats,
+        events: Vec<(Time, NodeId, Got)>,
+    }
+
+    /// Checks the accounting identity against the independently counted copies in flight.
+    fn check_exact_accounting(seed: u64, sim: &Sim<Chatter>) {
+        let stats = sim.stats();
+        check_accounting(seed, &stats);
+        let m = &stats.messages;
+        assert_eq!(
+            m.sent + m.duplicated,
+            m.delivered + m.dropped() + sim.in_flight(),
+            "seed {seed}: {m:?}, {} in flight",
+            sim.in_flight()
+        );
+        let per_link: u64 = stats.links.values().map(MessageStats::in_flight).sum();
+        assert_eq!(per_link, sim.in_flight(), "seed {seed}: per-link copies in flight");
+    }
+
+    fn run(s: &Scenario) -> Outcome {
+        let seed = s.seed;
+        let faults = Rc::new(Cell::new(0u64));
+        let log = Rc::new(RefCell::new(SendLog::new()));
+        let (f, l) = (faults.clone(), log.clone());
+        let mut sim = SimBuilder::new(seed)
+            .nodes(s.nodes)
+            .default_link(s.default.config(s.reorder))
+            .build(move |ctx| Chatter::new(&ctx, f.clone(), l.clone()))
+            .unwrap();
+        let ids = sim.node_ids().to_vec();
+        let mut topology = vec![Topology { groups: vec![0; s.nodes], up: vec![true; s.nodes] }];
+        let mut any_duplication = s.default.duplicate > 0.0;
+        let mut garbage = 0u64;
+        for (gap, step) in &s.steps {
+            sim.run_for(Duration::from_micros(*gap));
+            check_exact_accounting(seed, &sim);
+            let before = (sim.trace_hash(), sim.stats());
+            let mut next = topology.last().unwrap().clone();
+            let changed = match step {
+                Step::Partition(labels) => {
+                    let groups: Vec<Vec<NodeId>> = (1..3u8)
+                        .map(|g| (0..s.nodes).filter(|i| labels[*i] == g).map(|i| ids[i]).collect())
+                        .collect();
+                    sim.partition(&groups).unwrap();
+                    next.groups = labels.clone();
+                    true
+                }
+                Step::Heal => {
+                    sim.heal();
+                    next.groups = vec![0; s.nodes];
+                    true
+                }
+                Step::Crash(i) => match sim.crash(ids[*i]) {
+                    Ok(()) => {
+                        next.up[*i] = false;
+                        true
+                    }
+                    Err(e) => {
+                        assert_eq!(e, SimError::NodeDown(ids[*i]), "seed {seed}");
+                        false
+                    }
+                },
+                Step::Restart(i) => {
+                    // Counted before the restart: the rebuilt core sends under the new state.
+                    faults.set(faults.get() + 1);
+                    match sim.restart(ids[*i]) {
+                        Ok(()) => {
+                            next.up[*i] = true;
+                            topology.push(next.clone());
+                            continue;
+                        }
+                        Err(e) => {
+                            faults.set(faults.get() - 1);
+                            assert_eq!(e, SimError::NodeUp(ids[*i]), "seed {seed}");
+                            false
+                        }
+                    }
+                }
+                Step::SetLink(a, b, spec) => {
+                    any_duplication |= spec.duplicate > 0.0;
+                    sim.set_link(ids[*a], ids[*b], spec.config(s.reorder)).unwrap();
+                    false
+                }
+                Step::ClearLink(a, b) => {
+                    let clear = Fault::ClearLink { from: ids[*a], to: ids[*b] };
+                    sim.apply(clear).unwrap();
+                    false
+                }
+                Step::ScheduleDefault(after, spec) => {
+                    any_duplication |= spec.duplicate > 0.0;
+                    let at = sim.now() + Duration::from_micros(*after);
+                    sim.schedule(at, Fault::SetDefaultLink(spec.config(s.reorder))).unwrap();
+                    false
+                }
+                Step::Garbage(a, b) => {
+                    // An over-long varint: never decodes.
+                    sim.inject_raw(ids[*a], ids[*b], vec![0xff; 6]).unwrap();
+                    garbage += 1;
+                    false
+                }
+            };
+            if changed {
+                faults.set(faults.get() + 1);
+                topology.push(next);
+            } else if matches!(step, Step::Crash(_) | Step::Restart(_)) {
+                // A refused fault changes nothing, not even the trace.
+                assert_eq!((sim.trace_hash(), sim.stats()), before, "seed {seed}: {step:?}");
+            }
+        }
+        let outcome = sim.run();
+        assert!(matches!(outcome, RunOutcome::Quiescent { .. }), "seed {seed}: {outcome:?}");
+        assert_eq!(sim.in_flight(), 0, "seed {seed}");
+        check_exact_accounting(seed, &sim);
+
+        let stats = sim.stats();
+        let events = sim.drain_events();
+        let log = log.borrow();
+        let m = &stats.messages;
+        assert_eq!(m.sent, log.len() as u64 + garbage, "seed {seed}: every send counted once");
+        assert_eq!(m.delivered, events.len() as u64, "seed {seed}: every delivery reached a core");
+        // Garbage copies are duplicated like any others, and only garbage fails to decode.
+        assert!(m.dropped_decode <= 2 * garbage, "seed {seed}: {m:?}");
+        let index = |id: NodeId| ids.iter().position(|n| *n == id).unwrap();
+        let mut copies: BTreeMap<(usize, u32, u64), u32> = BTreeMap::new();
+        let mut last: BTreeMap<(usize, usize), (u32, u64)> = BTreeMap::new();
+        for (at, node, got) in &events {
+            let (from, to) = (index(got.from), index(*node));
+            let key = (from, got.data.inc, got.data.seq);
+            assert_eq!(
+                log.get(&key),
+                Some(&to),
+                "seed {seed}: {got:?} at {at} was never sent to {to}"
+            );
+            let n = copies.entry(key).or_default();
+            *n += 1;
+            assert!(
+                *n <= if any_duplication { 2 } else { 1 },
+                "seed {seed}: {got:?} delivered {n} times"
+            );
+            // Nothing that was in flight while sender and receiver were separated, or while the
+            // receiver was down, is delivered.
+            for (epoch, t) in topology
+                .iter()
+                .enumerate()
+                .take(got.epoch as usize + 1)
+                .skip(got.data.epoch as usize)
+            {
+                assert!(
+                    t.up[to],
+                    "seed {seed}: {got:?} at {at} reached node {to}, down in epoch {epoch}"
+                );
+                assert_eq!(
+                    t.groups[from], t.groups[to],
+                    "seed {seed}: {got:?} at {at} crossed a partition (epoch {epoch}) to node {to}"
+                );
+            }
+            if !s.reorder {
+                let sent = (got.data.inc, got.data.seq);
+                if let Some(prev) = last.insert((from, to), sent) {
+                    assert!(
+                        prev <= sent,
+                        "seed {seed}: link {from}->{to} delivered {sent:?} after {prev:?}"
+                    );
+                }
+            }
+        }
+        Outcome { hash: sim.trace_hash(), stats, events }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_scenarios_keep_the_network_contract(s in scenario()) {
+            let first = run(&s);
+            let again = run(&s);
+            prop_assert_eq!(first.hash, again.hash, "seed {}: same scenario, different trace", s.seed);
+            prop_assert_eq!(&first.stats, &again.stats, "seed {}", s.seed);
+            prop_assert_eq!(&first.events, &again.events, "seed {}", s.seed);
+        }
+    }
+}

@@ -40,10 +40,13 @@ pub struct ByzantineConfig {
     /// Probability of equivocating: the message goes to its recipient, and a different forged
     /// version of it goes to another peer (requires a forger and a peer list).
     pub equivocate: f64,
-    /// Probability of also re-sending one of the last `replay_window` earlier messages, to its
-    /// original recipient or (half the time, if a peer list is set) to a random peer.
+    /// Probability of also re-sending one of the last `replay_window` earlier messages of the
+    /// wrapped core (dropped ones included), to its original recipient or (half the time, if a
+    /// peer list is set) to a random peer.
     pub replay: f64,
-    /// How many earlier messages are remembered for replay.
+    /// How many earlier messages are remembered for replay. This is the wrapper's only
+    /// buffer: it holds at most this many clones of messages the wrapped core sent, and is
+    /// not used at all when the window is 0.
     pub replay_window: usize,
 }
 
@@ -147,9 +150,25 @@ where
         &self.config
     }
 
-    /// Changes the misbehaviour from now on.
+    /// Changes the misbehaviour from now on (a smaller replay window forgets the oldest
+    /// remembered messages at once).
     pub fn set_config(&mut self, config: ByzantineConfig) {
         self.config = config;
+        self.trim_history(self.config.replay_window);
+    }
+
+    /// Forgets the oldest remembered messages until at most `keep` remain.
+    fn trim_history(&mut self, keep: usize) {
+        let excess = self.history.len().saturating_sub(keep);
+        self.history.drain(..excess);
+    }
+
+    /// Remembers `t` for later replays (the window permitting).
+    fn remember(&mut self, t: Transmit<P::Message>) {
+        if self.config.replay_window > 0 {
+            self.trim_history(self.config.replay_window - 1);
+            self.history.push_back(t);
+        }
     }
 
     /// What the wrapper has done so far.
@@ -168,16 +187,22 @@ where
     }
 
     fn tamper(&mut self, t: Transmit<P::Message>) {
-        if self.config.replay_window > 0 {
-            if self.history.len() >= self.config.replay_window {
-                self.history.pop_front();
-            }
-            self.history.push_back(t.clone());
-        }
         if chance(&mut self.rng, self.config.drop) {
             self.stats.dropped += 1;
+            self.remember(t);
             return;
         }
+        if self.config.replay_window > 0 {
+            // Remembered as the core sent it, before any forgery.
+            let original = t.clone();
+            self.send_tampered(t);
+            self.remember(original);
+        } else {
+            self.send_tampered(t);
+        }
+    }
+
+    fn send_tampered(&mut self, t: Transmit<P::Message>) {
         let Transmit { to, mut message } = t;
         let mut untouched = true;
         if let Some(forger) = self.forger.as_mut()
@@ -202,8 +227,9 @@ where
         }
         self.out.push_back(Transmit { to, message });
         self.out.extend(extra);
-        // Replay one of the messages sent before this one.
-        let earlier = self.history.len().saturating_sub(1);
+        // Replay one of the messages the core sent before this one (this one is remembered
+        // only afterwards).
+        let earlier = self.history.len();
         if earlier > 0 && chance(&mut self.rng, self.config.replay) {
             let pick = index_below(&mut self.rng, earlier);
             if let Some(old) = self.history.get(pick).cloned() {

@@ -22,7 +22,7 @@
 //!   the timer deadline are drained. A core's single deadline is honoured exactly: when it
 //!   passes, `handle_timeout` is called at that virtual time (a deadline that is already due
 //!   right after a fire is deferred by one microsecond, so a core that never clears its timer
-//!   cannot stall virtual time).
+//!   cannot stall virtual time). A deadline of [`Time::MAX`] means "never" and is not armed.
 //! - Entries (message arrivals, timers, scheduled faults) are processed in order of virtual
 //!   time, and entries due at the same instant in the order they were scheduled (the ordering
 //!   of a heap keyed by `(time, sequence number)`, implemented with per-instant FIFO buckets).
@@ -33,13 +33,18 @@
 //! overridden with [`Sim::set_link`]): a [`Latency`] distribution (fixed, uniform, or a
 //! long-tailed floor-plus-exponential), a loss probability, a duplication probability and
 //! optional [`Reorder`]ing. Without reordering **a link is FIFO**: a copy is never scheduled
-//! before the previous copy on the same link, whatever latency was sampled. With reordering,
-//! a held-back copy gets extra delay and skips that rule, so later copies overtake it. Loss,
-//! duplication and latency are decided when a message is sent, from the network RNG.
+//! before the previous copy on the same link, whatever latency was sampled (duplicates and
+//! link reconfigurations included; copies that will be dropped on arrival because the receiver
+//! restarted meanwhile do not hold back copies to its new incarnation). With reordering, a
+//! held-back copy is delayed further than FIFO would place it and does not hold later copies
+//! back, so they may overtake it. Loss, duplication and latency are decided when a message is
+//! sent, from the network RNG.
 //!
 //! **Partitions** ([`Sim::partition`], [`Fault::Partition`]) split the nodes into groups; a
-//! message between groups is dropped, both when it is sent and when it would arrive (so a
-//! partition also cuts what is in flight). [`Sim::heal`] puts everyone back in one group.
+//! message between groups is dropped when it is sent, and a copy in flight is dropped on
+//! arrival if *any* partition in force at some moment of its flight separated its sender and
+//! receiver (so a partition cuts what is in flight, even if it heals before the copy would
+//! have arrived). [`Sim::heal`] puts everyone back in one group.
 //!
 //! **Crash and restart.** [`Sim::crash`] drops the node's core: its memory, its queued outputs
 //! and its timer are gone; messages to it are dropped and counted (including those in flight
@@ -126,6 +131,7 @@
 mod byzantine;
 mod disk;
 mod network;
+mod partition;
 mod queue;
 mod stats;
 mod trace;
@@ -149,38 +155,44 @@ pub use stats::{MessageStats, NodeStats, SimStats};
 pub use trace::{DropReason, TraceEntry, TraceHash};
 
 use network::{CompiledLink, chance};
+use partition::PartitionHistory;
 use queue::Queue;
 use trace::{
-    TAG_CRASH, TAG_DELIVERED, TAG_DROPPED, TAG_EVENT, TAG_HOST, TAG_LINK, TAG_PARTITION,
+    TAG_CRASH, TAG_DELIVERED, TAG_DROPPED, TAG_EVENT, TAG_HEAL, TAG_HOST, TAG_LINK, TAG_PARTITION,
     TAG_RESTART, TAG_TIMEOUT, TAG_UNROUTABLE, Tracer,
 };
 
 /// Default for [`SimBuilder::max_message_len`]: 16 MiB.
 pub const DEFAULT_MAX_MESSAGE_LEN: usize = 16 << 20;
 
-/// A simulator call was given something it cannot act on. Nothing changed.
+/// A simulator call was given something it cannot act on.
+///
+/// Every variant is returned before anything is done: **no state changed** (no core was
+/// called, nothing was sent, counted, traced or scheduled, and a builder built nothing).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SimError {
-    /// The id is not one of the simulated nodes.
+    /// The id is not one of the simulated nodes. Nothing changed.
     #[error("node {0:?} is not part of the simulation")]
     UnknownNode(NodeId),
-    /// The node is crashed.
+    /// The node is crashed: it cannot take a host input ([`Sim::with_node`]) or crash again.
+    /// Nothing changed.
     #[error("node {0:?} is down")]
     NodeDown(NodeId),
-    /// The node is running (it cannot be restarted).
+    /// The node is running, so it cannot be restarted. Nothing changed.
     #[error("node {0:?} is up")]
     NodeUp(NodeId),
-    /// A node appears in two partition groups.
+    /// A node appears more than once in the partition groups. Nothing changed (the previous
+    /// partition stays in force).
     #[error("node {0:?} appears in more than one partition group")]
     DuplicateInPartition(NodeId),
-    /// Two nodes were given the same identity.
+    /// Two nodes were given the same identity ([`SimBuilder::secrets`]). Nothing was built.
     #[error("two nodes share the identity {0:?}")]
     DuplicateNode(NodeId),
-    /// A link configuration is invalid.
+    /// A link configuration is invalid (see [`LinkConfig::validate`]). Nothing changed.
     #[error("invalid link configuration: {0}")]
     InvalidLink(&'static str),
-    /// A fault was scheduled before the current virtual time.
+    /// A fault was scheduled before the current virtual time. Nothing was scheduled.
     #[error("cannot schedule at {at}: the simulation is already at {now}")]
     InPast {
         /// The requested time.
@@ -188,7 +200,7 @@ pub enum SimError {
         /// The current virtual time.
         now: Time,
     },
-    /// More nodes than the simulator can index.
+    /// More nodes than the simulator can index (`u32::MAX`). Nothing was built.
     #[error("too many nodes: {0}")]
     TooManyNodes(usize),
 }
@@ -253,7 +265,8 @@ impl fmt::Debug for NodeContext {
 #[non_exhaustive]
 pub enum Fault {
     /// Splits the nodes into these groups; nodes listed in none form one more group together.
-    /// Replaces any partition in force.
+    /// Replaces any partition in force. Copies in flight between nodes it separates are
+    /// dropped when they arrive, even if the partition has healed by then.
     Partition(Vec<Vec<NodeId>>),
     /// Ends any partition.
     Heal,
@@ -286,9 +299,10 @@ pub enum Fault {
 #[non_exhaustive]
 pub enum RunOutcome {
     /// Nothing is in flight and no fault is pending; timers may still be set beyond the
-    /// deadline. `at` is when the last entry was processed.
+    /// deadline.
     Quiescent {
-        /// Virtual time of the last processed entry.
+        /// Virtual time of the last entry this run processed, or the clock when the run started
+        /// if it processed none.
         at: Time,
     },
     /// The deadline was reached with messages in flight or faults pending.
@@ -359,7 +373,8 @@ impl SimBuilder {
     }
 
     /// Whether to collect the events cores emit for [`Sim::drain_events`] (default: yes). They
-    /// are fed into the trace hash either way.
+    /// are fed into the trace hash either way. Collected events are kept until drained, so a
+    /// long run that never drains them should turn this off.
     pub fn record_events(mut self, record: bool) -> Self {
         self.record_events = record;
         self
@@ -422,6 +437,7 @@ impl SimBuilder {
             last_event_at: Time::ZERO,
             in_flight: 0,
             pending_faults: 0,
+            partitions: PartitionHistory::new(),
             tracer: Tracer::new(self.seed, n, self.trace_limit),
             max_message_len: self.max_message_len,
         };
@@ -529,9 +545,9 @@ impl<P: Protocol> Sim<P> {
         Ok(r)
     }
 
-    /// Puts `bytes` on the link `from → to` as if `from` had sent them, subject to the link
-    /// model like any message. Whatever does not decode as `P::Message` is dropped on arrival
-    /// and counted in [`MessageStats::dropped_decode`].
+    /// Puts `bytes` on the link `from → to` as if `from` had sent them (even if `from` is
+    /// down), subject to the link model like any message. Whatever does not decode as
+    /// `P::Message` is dropped on arrival and counted in [`MessageStats::dropped_decode`].
     pub fn inject_raw(&mut self, from: NodeId, to: NodeId, bytes: Vec<u8>) -> Result<(), SimError> {
         let f = self.world.resolve(from)?;
         self.world.resolve(to)?;
@@ -586,7 +602,8 @@ impl<P: Protocol> Sim<P> {
         self.apply_action(Action::Heal).unwrap_or(());
     }
 
-    /// Crashes node `id` now: its core is dropped, its timer discarded.
+    /// Crashes node `id` now: its core is dropped, its timer discarded; copies in flight to it
+    /// are dropped when they arrive, even if it has restarted by then.
     pub fn crash(&mut self, id: NodeId) -> Result<(), SimError> {
         self.apply(Fault::Crash(id))
     }
@@ -616,20 +633,23 @@ impl<P: Protocol> Sim<P> {
         let now = w.now;
         match action {
             Action::Partition(groups, count) => {
-                w.tracer.head(TAG_PARTITION, now, count as u32);
+                w.tracer.head(TAG_PARTITION, now, u32::try_from(count).unwrap_or(u32::MAX));
                 for (m, g) in w.meta.iter_mut().zip(&groups) {
                     m.group = *g;
                     w.tracer.u32(*g);
                 }
+                let together = groups.windows(2).all(|p| p[0] == p[1]);
+                w.partitions.push((!together).then(|| groups.into_boxed_slice()));
                 if w.tracer.recording() {
                     w.tracer.record(TraceEntry::Partition { at: now, groups: count });
                 }
             }
             Action::Heal => {
-                w.tracer.head(TAG_PARTITION, now, 1);
+                w.tracer.head(TAG_HEAL, now, 1);
                 for m in &mut w.meta {
                     m.group = 0;
                 }
+                w.partitions.push(None);
                 if w.tracer.recording() {
                     w.tracer.record(TraceEntry::Partition { at: now, groups: 1 });
                 }
@@ -671,16 +691,16 @@ impl<P: Protocol> Sim<P> {
             }
             Action::SetLink(f, t, config) => {
                 w.overrides.insert(link_key(f, t), config);
-                w.trace_link_change(Some((f, t)));
+                w.trace_link_change(Some((f, t)), Some(&config));
             }
             Action::ClearLink(f, t) => {
                 w.overrides.remove(&link_key(f, t));
-                w.trace_link_change(Some((f, t)));
+                w.trace_link_change(Some((f, t)), None);
             }
             Action::SetDefault(config, compiled) => {
                 w.default_link = config;
                 w.default_compiled = compiled;
-                w.trace_link_change(None);
+                w.trace_link_change(None, Some(&compiled));
             }
         }
         self.world.faults += 1;
@@ -823,8 +843,8 @@ impl<P: Protocol> Sim<P> {
             w.now = at;
         }
         match kind {
-            Kind::Deliver { link, incarnation, bytes } => {
-                self.arrive(link, incarnation, bytes);
+            Kind::Deliver { link, incarnation, epoch, bytes } => {
+                self.arrive(link, incarnation, epoch, bytes);
                 true
             }
             Kind::Timer { node, generation } => self.fire(node, generation),
@@ -838,19 +858,21 @@ impl<P: Protocol> Sim<P> {
         }
     }
 
-    fn arrive(&mut self, link: u32, incarnation: u32, bytes: Vec<u8>) {
+    fn arrive(&mut self, link: u32, incarnation: u32, epoch: u64, bytes: Vec<u8>) {
         let w = &mut self.world;
         w.in_flight -= 1;
         w.events += 1;
         w.arrivals += 1;
         w.last_event_at = w.now;
         let (from, to) = (w.links[link as usize].from, w.links[link as usize].to);
+        // Always called, so the copy is released from the partition history.
+        let cut = w.partitions.arrived(epoch, from, to);
         let dest = &w.meta[to as usize];
         if !dest.up || dest.incarnation != incarnation {
             w.drop_copy(link, bytes.len(), DropReason::Crash);
             return;
         }
-        if w.meta[from as usize].group != dest.group {
+        if cut {
             w.drop_copy(link, bytes.len(), DropReason::Partition);
             return;
         }
@@ -882,7 +904,7 @@ impl<P: Protocol> Sim<P> {
         };
         let now = w.now;
         match core.poll_timeout() {
-            Some(deadline) if deadline <= now => {
+            Some(deadline) if deadline <= now && deadline != Time::MAX => {
                 m.timer_fires += 1;
                 w.timer_fires += 1;
                 w.events += 1;
@@ -914,11 +936,12 @@ impl<P: Protocol> Sim<P> {
         }
         while let Some(event) = core.poll_event() {
             w.tracer.head(TAG_EVENT, w.now, node);
+            self.digest_buf.clear();
             if let Some(digest) = self.event_digest.as_mut() {
-                self.digest_buf.clear();
                 digest(&event, &mut self.digest_buf);
-                w.tracer.bytes(&self.digest_buf);
             }
+            // Length-prefixed even when empty, so records stay unambiguous.
+            w.tracer.bytes(&self.digest_buf);
             if w.tracer.recording() {
                 w.tracer.record(TraceEntry::Event { at: w.now, node: w.ids[node as usize] });
             }
@@ -970,6 +993,7 @@ struct World {
     last_event_at: Time,
     in_flight: u64,
     pending_faults: u64,
+    partitions: PartitionHistory,
     tracer: Tracer,
     max_message_len: usize,
 }
@@ -1021,12 +1045,16 @@ struct LinkState {
     to: u32,
     /// No FIFO copy on this link is scheduled before this instant (microseconds).
     fifo_floor: u64,
+    /// The receiver incarnation the copies behind `fifo_floor` were sent to. Copies to an
+    /// earlier incarnation are never delivered, so a new incarnation starts a fresh floor (a
+    /// restarted node gets new connections, not the tail of the old ones).
+    floor_incarnation: u32,
     stats: MessageStats,
 }
 
 impl LinkState {
     fn new(from: u32, to: u32) -> Self {
-        Self { from, to, fifo_floor: 0, stats: MessageStats::default() }
+        Self { from, to, fifo_floor: 0, floor_incarnation: 0, stats: MessageStats::default() }
     }
 }
 
@@ -1041,8 +1069,17 @@ enum Action {
 }
 
 enum Kind {
-    Deliver { link: u32, incarnation: u32, bytes: Vec<u8> },
-    Timer { node: u32, generation: u64 },
+    /// A message copy; `incarnation` of the receiver and partition `epoch` when it was sent.
+    Deliver {
+        link: u32,
+        incarnation: u32,
+        epoch: u64,
+        bytes: Vec<u8>,
+    },
+    Timer {
+        node: u32,
+        generation: u64,
+    },
     Fault(Box<Action>),
 }
 
@@ -1081,19 +1118,22 @@ impl World {
     fn resolve_fault(&self, fault: Fault) -> Result<Action, SimError> {
         Ok(match fault {
             Fault::Partition(groups) => {
+                // Group 0 holds the unlisted nodes; listed groups are numbered from 1. Each
+                // non-empty group holds a node no other group holds, so the numbers fit in u32.
                 let mut assignment: Vec<Option<u32>> = vec![None; self.ids.len()];
-                for (g, members) in groups.iter().enumerate() {
+                let mut nonempty = 0u32;
+                for members in groups.iter().filter(|g| !g.is_empty()) {
+                    nonempty = nonempty.saturating_add(1);
                     for id in members {
                         let i = self.resolve(*id)? as usize;
-                        if assignment[i].is_some() {
-                            return Err(SimError::DuplicateInPartition(*id));
+                        match assignment.get_mut(i) {
+                            Some(slot @ None) => *slot = Some(nonempty),
+                            _ => return Err(SimError::DuplicateInPartition(*id)),
                         }
-                        assignment[i] = Some(g as u32 + 1);
                     }
                 }
                 let unlisted = assignment.iter().any(Option::is_none);
-                let nonempty = groups.iter().filter(|g| !g.is_empty()).count();
-                let count = nonempty + usize::from(unlisted);
+                let count = nonempty as usize + usize::from(unlisted);
                 Action::Partition(assignment.into_iter().map(|g| g.unwrap_or(0)).collect(), count)
             }
             Fault::Heal => Action::Heal,
@@ -1112,10 +1152,15 @@ impl World {
         })
     }
 
-    fn trace_link_change(&mut self, link: Option<(u32, u32)>) {
+    /// Traces a change of link `link` (`None`: the default) to `config` (`None`: cleared).
+    fn trace_link_change(&mut self, link: Option<(u32, u32)>, config: Option<&CompiledLink>) {
         let (f, t) = link.unwrap_or((u32::MAX, u32::MAX));
         self.tracer.head(TAG_LINK, self.now, f);
         self.tracer.u32(t);
+        match config {
+            Some(c) => c.trace_into(&mut self.tracer),
+            None => self.tracer.u8(0),
+        }
         if self.tracer.recording() {
             let link = link.map(|(f, t)| (self.ids[f as usize], self.ids[t as usize]));
             self.tracer.record(TraceEntry::LinkChanged { at: self.now, link });
@@ -1207,17 +1252,26 @@ impl World {
         incarnation: u32,
         bytes: Vec<u8>,
     ) {
-        let mut at = self.now.as_micros().saturating_add(config.sample_latency(&mut self.rng));
-        match config.sample_reorder(&mut self.rng) {
-            Some(extra) => at = at.saturating_add(extra),
-            None => {
-                let state = &mut self.links[link as usize];
-                at = at.max(state.fifo_floor);
-                state.fifo_floor = at;
-            }
+        let sampled = self.now.as_micros().saturating_add(config.sample_latency(&mut self.rng));
+        let held_back = config.sample_reorder(&mut self.rng);
+        let state = &mut self.links[link as usize];
+        if state.floor_incarnation != incarnation {
+            state.fifo_floor = 0;
+            state.floor_incarnation = incarnation;
         }
+        // Never before an earlier FIFO copy. A held-back copy is then delayed further and does
+        // not hold later copies back, so they may overtake it.
+        let fifo_at = sampled.max(state.fifo_floor);
+        let at = match held_back {
+            Some(extra) => fifo_at.saturating_add(extra),
+            None => {
+                state.fifo_floor = fifo_at;
+                fifo_at
+            }
+        };
         self.in_flight += 1;
-        self.push(Time::from_micros(at), Kind::Deliver { link, incarnation, bytes });
+        let epoch = self.partitions.sent();
+        self.push(Time::from_micros(at), Kind::Deliver { link, incarnation, epoch, bytes });
     }
 
     fn drop_copy(&mut self, link: u32, len: usize, reason: DropReason) {
@@ -1234,7 +1288,7 @@ impl World {
         let (from, to) = (state.from, state.to);
         self.tracer.head(TAG_DROPPED, self.now, from);
         self.tracer.u32(to);
-        self.tracer.u32(len as u32);
+        self.tracer.u64(len as u64);
         self.tracer.drop_reason(reason);
         if self.tracer.recording() {
             let (from, to) = (self.ids[from as usize], self.ids[to as usize]);
@@ -1263,11 +1317,20 @@ impl World {
     /// Makes sure node `node`'s timer entry fires no later than `deadline` (deferred past
     /// `now` if the node's timer has just fired).
     fn arm(&mut self, node: u32, deadline: Option<Time>, after_fire: bool) {
-        let Some(deadline) = deadline else {
-            // A still-valid entry finds no deadline when it pops, and is dropped then.
+        // `Time::MAX` means never. A still-valid entry finds no due deadline when it pops, and
+        // is dropped then.
+        let Some(deadline) = deadline.filter(|d| *d != Time::MAX) else {
             return;
         };
-        let floor = if after_fire { self.now + Duration::from_micros(1) } else { self.now };
+        let floor = if after_fire {
+            // Right after a fire at the last representable instant nothing can come later.
+            match self.now.as_micros().checked_add(1) {
+                Some(next) => Time::from_micros(next),
+                None => return,
+            }
+        } else {
+            self.now
+        };
         let at = deadline.max(floor);
         let m = &mut self.meta[node as usize];
         if let Some(armed) = m.timer_armed
@@ -1285,13 +1348,19 @@ impl World {
 
 /// A fast hasher for keys that are uniformly random (node ids) or small integers (link keys).
 /// Maps using it are only ever looked up, never iterated, so their order cannot affect a run.
+///
+/// Each word is mixed with a folded 64×64→128-bit multiply, so every input bit reaches the low
+/// bits the table indexes with (a plain multiply would leave the low bits depending on the low
+/// bits of the key alone, and link keys `from << 32 | to` with the same `to` would all collide).
+/// It is not meant to resist keys chosen to collide.
 #[derive(Default, Clone, Copy)]
 pub(super) struct IdHasher(u64);
 
 impl IdHasher {
     #[inline]
     fn mix(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        let product = u128::from(self.0 ^ word) * 0x9e37_79b9_7f4a_7c15_u128;
+        self.0 = (product as u64) ^ ((product >> 64) as u64) ^ 0x51_7c_c1_b7_27_22_0a_95;
     }
 }
 
@@ -1323,3 +1392,22 @@ impl Hasher for IdHasher {
 
 /// A hash map for lookups only (see [`IdHasher`]); never iterate one where order matters.
 pub(super) type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_keys_spread_over_the_low_hash_bits() {
+        use std::hash::BuildHasher;
+        let build = BuildHasherDefault::<IdHasher>::default();
+        let mut buckets = std::collections::BTreeSet::new();
+        for from in 0..64 {
+            for to in 0..64 {
+                buckets.insert(build.hash_one(link_key(from, to)) & 0xfff);
+            }
+        }
+        // 4,096 keys in 4,096 buckets: about 2,589 distinct if the hash is uniform.
+        assert!(buckets.len() > 2_400, "{} distinct buckets", buckets.len());
+    }
+}

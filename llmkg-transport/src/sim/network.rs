@@ -6,6 +6,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use super::SimError;
+use super::trace::Tracer;
 
 /// How long a message spends on a link.
 ///
@@ -56,8 +57,14 @@ pub struct Reorder {
 /// With `reorder` unset a link is FIFO: messages are delivered in the order they were sent,
 /// whatever latencies are sampled (a message is never delivered before one sent earlier on the
 /// same link; ties are broken by send order). Duplicates obey the same rule. With `reorder`
-/// set, each held-back message skips that constraint and may be overtaken; the others stay
-/// FIFO among themselves.
+/// set, a held-back message is still not delivered before the FIFO messages sent earlier, but
+/// gets extra delay on top and does not hold later messages back, so they may overtake it; the
+/// messages not held back stay FIFO among themselves.
+///
+/// Probabilities must be finite and within `[0, 1]` and a uniform latency needs
+/// `min <= max` ([`validate`](Self::validate)); every simulator entry point that takes a
+/// configuration checks it and refuses an invalid one with
+/// [`SimError::InvalidLink`]. Durations saturate at the end of virtual time.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LinkConfig {
     /// The latency distribution.
@@ -95,7 +102,8 @@ impl LinkConfig {
         self
     }
 
-    /// Checks the probabilities and latency bounds.
+    /// Checks the probabilities (finite, within `[0, 1]`: NaN and infinities are refused) and
+    /// the latency bounds (`min <= max` for a uniform latency).
     pub fn validate(&self) -> Result<(), SimError> {
         let prob = |p: f64| p.is_finite() && (0.0..=1.0).contains(&p);
         if !prob(self.loss) {
@@ -162,6 +170,30 @@ pub(super) struct CompiledLink {
 }
 
 impl CompiledLink {
+    /// Feeds the configuration into the trace hash (probabilities by their exact bits).
+    pub(super) fn trace_into(&self, tracer: &mut Tracer) {
+        match self.latency {
+            LatencyUs::Fixed(us) => {
+                tracer.u8(1);
+                tracer.u64(us);
+            }
+            LatencyUs::Uniform(lo, hi) => {
+                tracer.u8(2);
+                tracer.u64(lo);
+                tracer.u64(hi);
+            }
+            LatencyUs::Exponential(floor, mean) => {
+                tracer.u8(3);
+                tracer.u64(floor);
+                tracer.u64(mean.to_bits());
+            }
+        }
+        for p in [self.loss, self.duplicate, self.reorder] {
+            tracer.u64(p.to_bits());
+        }
+        tracer.u64(self.reorder_max);
+    }
+
     /// Samples a latency in microseconds.
     pub(super) fn sample_latency(&self, rng: &mut ChaCha8Rng) -> u64 {
         match self.latency {

@@ -7,6 +7,9 @@ use llmkg_federation_core::Time;
 
 /// Keep at most this many emptied buckets for reuse.
 const POOL: usize = 16_384;
+/// Buckets that grew beyond this many entries are freed rather than pooled, so a burst does
+/// not leave its memory behind (the pool holds at most `POOL * POOLED_CAPACITY` entries).
+const POOLED_CAPACITY: usize = 64;
 
 /// A priority queue keyed by `(time, scheduling order)`.
 ///
@@ -52,7 +55,7 @@ impl<T> Queue<T> {
         let item = first.get_mut().pop_front();
         if first.get().is_empty() {
             let bucket = first.remove();
-            if self.pool.len() < POOL {
+            if self.pool.len() < POOL && bucket.capacity() <= POOLED_CAPACITY {
                 self.pool.push(bucket);
             }
         }

@@ -9,8 +9,11 @@ use llmkg_federation_core::{NodeId, Time};
 /// Every message a core sends (or the host injects) counts once in `sent`; a duplicated
 /// message adds one to `duplicated`. Every copy then ends exactly once as delivered or as
 /// dropped for one reason, or is still in flight, so at any moment
-/// `sent + duplicated == delivered + dropped() + in_flight()` (checked by
-/// [`in_flight`](MessageStats::in_flight)). Byte counts are of the encoded payloads.
+/// `sent + duplicated == delivered + dropped() + in flight`, where the network-wide number in
+/// flight is [`Sim::in_flight`](super::Sim::in_flight) (counted separately;
+/// [`in_flight`](MessageStats::in_flight) derives it from the other counters). Messages
+/// addressed to ids outside the simulation are not sent and are counted apart
+/// ([`SimStats::unroutable`]). Byte counts are of the encoded payloads.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct MessageStats {
@@ -26,8 +29,8 @@ pub struct MessageStats {
     pub delivered_bytes: u64,
     /// Copies lost by the link's loss probability.
     pub dropped_loss: u64,
-    /// Copies dropped because sender and receiver were in different partition groups (at send
-    /// time or at delivery time).
+    /// Copies dropped because sender and receiver were in different partition groups at send
+    /// time, or at some moment while the copy was in flight (dropped on arrival).
     pub dropped_partition: u64,
     /// Copies dropped because the receiver was down at send time, or crashed (or restarted)
     /// while the copy was in flight.

@@ -76,7 +76,8 @@ pub enum TraceEntry {
     },
     /// A message copy was dropped.
     Dropped {
-        /// Virtual time of the drop (send time for loss and for a receiver already down).
+        /// Virtual time of the drop: the send time for loss, for a receiver already down and
+        /// for a partition in force at send time; otherwise the arrival time.
         at: Time,
         /// Sender.
         from: NodeId,
@@ -170,6 +171,7 @@ pub(super) const TAG_RESTART: u8 = 7;
 pub(super) const TAG_PARTITION: u8 = 8;
 pub(super) const TAG_LINK: u8 = 9;
 pub(super) const TAG_HOST: u8 = 10;
+pub(super) const TAG_HEAL: u8 = 11;
 
 impl Tracer {
     pub(super) fn new(seed: u64, nodes: usize, limit: usize) -> Self {
@@ -209,15 +211,32 @@ impl Tracer {
     }
 
     #[inline]
+    pub(super) fn u8(&mut self, v: u8) {
+        self.buf.push(v);
+    }
+
+    #[inline]
     pub(super) fn u32(&mut self, v: u32) {
         self.buf.extend_from_slice(&v.to_le_bytes());
     }
 
-    /// Length-prefixed bytes.
+    #[inline]
+    pub(super) fn u64(&mut self, v: u64) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+
+    /// Length-prefixed bytes. Long ones go straight to the hasher, so the buffer never grows
+    /// much beyond `FLUSH_AT` (it would otherwise keep the capacity of the longest message).
     #[inline]
     pub(super) fn bytes(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
-        self.buf.extend_from_slice(bytes);
+        if bytes.len() >= FLUSH_AT {
+            self.hasher.update(&self.buf);
+            self.buf.clear();
+            self.hasher.update(bytes);
+        } else {
+            self.buf.extend_from_slice(bytes);
+        }
     }
 
     #[inline]

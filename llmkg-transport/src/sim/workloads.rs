@@ -188,8 +188,8 @@ impl Flood {
         self.known.insert(rumor, hops);
         self.events.push_back(Learned { rumor, hops });
         let n = self.nodes.len();
-        let mut targets: Vec<usize> = Vec::with_capacity(self.config.fanout + 1);
-        if n <= self.config.fanout + 1 {
+        let mut targets: Vec<usize> = Vec::with_capacity(n.min(self.config.fanout) + 1);
+        if n <= self.config.fanout.saturating_add(1) {
             targets.extend((0..n).filter(|i| *i != self.index));
         } else {
             while targets.len() < self.config.fanout {
@@ -206,7 +206,8 @@ impl Flood {
         let due = now + self.interval();
         for t in targets {
             let Some(&peer) = self.nodes.get(t) else { continue };
-            self.send_rumor(peer, rumor, hops + 1);
+            // `hops` may come from a peer: saturate rather than overflow.
+            self.send_rumor(peer, rumor, hops.saturating_add(1));
             self.pending.insert((rumor, peer), (due, 0));
             self.deadlines.push_back((due, rumor, peer));
         }
@@ -267,7 +268,7 @@ impl Protocol for Flood {
                 self.gave_up += 1;
                 continue;
             }
-            let hops = self.known.get(&rumor).copied().unwrap_or(0) + 1;
+            let hops = self.known.get(&rumor).copied().unwrap_or(0).saturating_add(1);
             self.send_rumor(peer, rumor, hops);
             self.retransmissions += 1;
             let next = now + self.interval();
