@@ -3,7 +3,8 @@
 //! Each organization runs its own node — its own ed25519 identity and its own durable store
 //! (an embedded redb file in a temporary directory) — and contributes one publisher's
 //! vocabulary, imported from the publisher's named graph in real published N-Quads (fetched
-//! by `scripts/fetch-data.sh`). A consortium node receives their signed commits, verifies
+//! by `scripts/fetch-data.sh`). A consortium node receives their signed commits over the TCP
+//! transport (loopback, Noise-encrypted, every peer authenticated by its node key), verifies
 //! every one (id, signature, state root) and merges them into `federation/main`. Then QUDT
 //! publishes a new release of its unit vocabulary: the re-import records exactly what
 //! changed, the diff shows it, and a three-way merge brings it into the federation branch.
@@ -17,15 +18,17 @@ use std::error::Error;
 use std::fs::File;
 use std::io::{BufReader, IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use llmkg_federation_core::rdf::{
     BlankNodeScope, ExportOptions, Format, GraphName, GraphSelection, ImportMode, ImportOptions,
     ImportReport, Progress,
 };
 use llmkg_federation_core::{
-    BranchName, CommitId, MergeOutcome, NodeKeypair, OrgId, Pattern, RedbStore, Repository, Store,
-    SystemClock, Term, Triple,
+    BranchName, CommitId, Incoming, MergeOutcome, NodeId, NodeKeypair, OrgId, Pattern, RedbStore,
+    Repository, Store, SystemClock, Term, Transport, Triple,
 };
+use llmkg_transport::{FederationId, TcpConfig, TcpTransport, Trust};
 
 type Repo = Repository<RedbStore>;
 
@@ -93,22 +96,101 @@ fn node(dir: &Path, org: &str, seed: u8) -> Result<Repo, Box<dyn Error>> {
     ))
 }
 
-/// Sends every commit reachable from `head` that `to` does not have yet, oldest first; `to`
-/// verifies each one before storing it.
-fn replicate(from: &mut Repo, to: &mut Repo, head: CommitId) -> Result<usize, Box<dyn Error>> {
-    let mut missing = Vec::new();
-    for c in from.log(head, usize::MAX)? {
-        if !to.store().contains_object(&c.id().into())? {
-            missing.push(c);
-        }
-    }
-    for c in missing.iter().rev() {
-        to.receive(c.as_bytes())?;
-    }
-    Ok(missing.len())
+/// The demo's network: every node has a real TCP endpoint on loopback — Noise-encrypted,
+/// each side authenticated by its node key — on one tokio runtime.
+struct Net {
+    rt: tokio::runtime::Runtime,
+    federation: FederationId,
 }
 
-/// A progress bar: redrawn in place on a terminal, drawn once when complete otherwise.
+impl Net {
+    fn new() -> Result<Self, Box<dyn Error>> {
+        let rt =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        Ok(Self { rt, federation: FederationId::from_name("llmkg-federation demo consortium") })
+    }
+
+    /// An endpoint for the node with secret `seed` (as in [`node`]) that accepts `trusted`.
+    fn endpoint(&self, seed: u8, trusted: &[NodeId]) -> Result<TcpTransport, Box<dyn Error>> {
+        let mut config =
+            TcpConfig::new(NodeKeypair::from_secret_bytes([seed; 32]), self.federation);
+        config.trust = Trust::AllowList(trusted.iter().copied().collect());
+        config.max_frame_len = 64 << 20;
+        Ok(self.rt.block_on(TcpTransport::bind(config))?)
+    }
+}
+
+const OFFER: u8 = 0;
+const COMMIT: u8 = 1;
+const DONE: u8 = 2;
+
+/// Sends `to` the commits of `head`'s history it lacks, over the network: the sender offers
+/// the ids (oldest first), the receiver answers with those it lacks, then each missing commit
+/// goes over as a request that the receiver answers only after verifying it (id, signature,
+/// state root) and storing it. Returns how many commits were sent.
+fn replicate(
+    net: &Net,
+    (from, from_net): (&mut Repo, &TcpTransport),
+    (to, to_net): (&mut Repo, &TcpTransport),
+    head: CommitId,
+) -> Result<usize, Box<dyn Error>> {
+    let mut history = from.log(head, usize::MAX)?;
+    history.reverse();
+    let to_id = to_net.local_id();
+    let timeout = Duration::from_secs(60);
+    net.rt.block_on(async {
+        let sender = async {
+            let mut offer = vec![OFFER];
+            history.iter().for_each(|c| offer.extend_from_slice(c.id().as_bytes()));
+            let wanted = from_net.request(to_id, offer, timeout).await?;
+            let mut sent = 0;
+            for c in history.iter().filter(|c| wanted.chunks(32).any(|w| w == c.id().as_bytes())) {
+                let mut payload = vec![COMMIT];
+                payload.extend_from_slice(c.as_bytes());
+                let answer = from_net.request(to_id, payload, timeout).await?;
+                if answer != b"ok" {
+                    return Err(String::from_utf8_lossy(&answer).into_owned().into());
+                }
+                sent += 1;
+            }
+            from_net.send(to_id, vec![DONE]).await?;
+            Ok::<usize, Box<dyn Error>>(sent)
+        };
+        let receiver = async {
+            loop {
+                let (peer, id, payload) = match to_net.recv().await? {
+                    Incoming::Request { from, id, payload } => (from, id, payload),
+                    Incoming::Message { payload, .. } if payload == [DONE] => {
+                        return Ok::<(), Box<dyn Error>>(());
+                    }
+                    _ => continue,
+                };
+                let answer = match payload.split_first() {
+                    Some((&OFFER, ids)) => {
+                        let mut lacking = Vec::new();
+                        for chunk in ids.chunks_exact(32) {
+                            let bytes: [u8; 32] = chunk.try_into()?;
+                            if !to.store().contains_object(&CommitId::from_bytes(bytes).into())? {
+                                lacking.extend_from_slice(chunk);
+                            }
+                        }
+                        lacking
+                    }
+                    Some((&COMMIT, bytes)) => match to.receive(bytes) {
+                        Ok(_) => b"ok".to_vec(),
+                        Err(e) => format!("refused: {e}").into_bytes(),
+                    },
+                    _ => b"refused: unknown request".to_vec(),
+                };
+                to_net.respond(peer, id, answer).await?;
+            }
+        };
+        let (sent, received) = tokio::join!(sender, receiver);
+        received?;
+        sent
+    })
+}
+
 fn progress_bar(label: String, total: u64) -> impl FnMut(Progress) {
     let live = std::io::stdout().is_terminal();
     move |p: Progress| {
@@ -223,10 +305,22 @@ fn main() -> Result<(), Box<dyn Error>> {
 
     // 2. The consortium receives and verifies every contribution and merges them.
     let mut consortium = node(dir.path(), "consortium", 99)?;
+    let net = Net::new()?;
+    let member_ids: Vec<NodeId> = nodes.iter().map(|(_, repo, ..)| repo.node_id()).collect();
+    let consortium_net = net.endpoint(99, &member_ids)?;
+    let mut member_nets = Vec::new();
+    for (i, _) in MEMBERS.iter().enumerate() {
+        let endpoint = net.endpoint(10 + i as u8, &[])?;
+        endpoint.add_peer(consortium.node_id(), consortium_net.local_addr())?;
+        member_nets.push(endpoint);
+    }
     let federation = BranchName::new("federation/main")?;
     println!("\n2. the consortium node verifies each contribution and merges it into {federation}");
-    for (m, repo, branch, head) in &mut nodes {
-        let sent = replicate(repo, &mut consortium, *head)?;
+    println!(
+        "   (commits travel over TCP on loopback: Noise XX, every peer authenticated by its node key)"
+    );
+    for ((m, repo, branch, head), endpoint) in nodes.iter_mut().zip(&member_nets) {
+        let sent = replicate(&net, (repo, endpoint), (&mut consortium, &consortium_net), *head)?;
         consortium.create_branch(branch, *head)?;
         let outcome = if consortium.head(&federation)?.is_none() {
             consortium.create_branch(&federation, *head)?;
@@ -237,7 +331,10 @@ fn main() -> Result<(), Box<dyn Error>> {
                 other => format!("{other:?}"),
             }
         };
-        println!("   {:<8} {sent} commit verified (id, signature, state root); {outcome}", m.org);
+        println!(
+            "   {:<8} {sent} commit received and verified (id, signature, state root); {outcome}",
+            m.org
+        );
     }
     let merged = consortium.state(&federation)?;
     let c14n0: std::collections::BTreeSet<&str> = merged
@@ -259,8 +356,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     );
 
     // 3. QUDT publishes a new release; re-importing it replaces the old one in one commit.
-    let (_, qudt, qudt_branch, old_head) =
-        nodes.iter_mut().find(|(m, ..)| m.org == "qudt").ok_or("qudt member")?;
+    let qudt_index = MEMBERS.iter().position(|m| m.org == "qudt").ok_or("qudt member")?;
+    let (_, qudt, qudt_branch, old_head) = &mut nodes[qudt_index];
     let old_units = units(qudt, qudt_branch)?;
     println!("\n3. QUDT publishes a new release of its unit vocabulary; qudt re-imports it");
     let report = import_graph(
@@ -304,7 +401,12 @@ fn main() -> Result<(), Box<dyn Error>> {
     label_changes(diff.added(), '+', 3);
 
     // 4. Three-way merge of the new release into the federation branch.
-    let sent = replicate(qudt, &mut consortium, new_head)?;
+    let sent = replicate(
+        &net,
+        (qudt, &member_nets[qudt_index]),
+        (&mut consortium, &consortium_net),
+        new_head,
+    )?;
     consortium.merge(qudt_branch, new_head, "fast-forward")?;
     let bases = consortium.merge_bases(consortium.head(&federation)?.ok_or("head")?, new_head)?;
     let outcome = consortium.merge(&federation, new_head, "merge the new QUDT release")?;
@@ -342,5 +444,18 @@ fn main() -> Result<(), Box<dyn Error>> {
     for (name, head) in consortium.branches()? {
         println!("   {name:<20} -> {head:.8}");
     }
+    let stats = consortium_net.stats();
+    println!(
+        "\nconsortium network: {} connections accepted, {} encrypted frames in ({:.1} MB), {} out",
+        stats.connections_accepted,
+        stats.frames_in,
+        stats.bytes_in as f64 / 1e6,
+        stats.frames_out
+    );
+    net.rt.block_on(async {
+        for endpoint in member_nets.iter().chain([&consortium_net]) {
+            endpoint.close().await;
+        }
+    });
     Ok(())
 }
