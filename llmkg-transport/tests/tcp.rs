@@ -71,6 +71,13 @@ async fn wait_disconnected(t: &TcpTransport, peer: NodeId) {
     }
 }
 
+/// Fails if `t` reports a link coming up or going down within `window`.
+async fn assert_no_link_event(t: &TcpTransport, window: Duration) {
+    if let Ok(event) = timeout(window, t.recv()).await {
+        panic!("expected no event, got {event:?}");
+    }
+}
+
 /// The next message, skipping connectivity events about nodes other than `guard` (an event
 /// about `guard` fails the test: that link must stay up).
 async fn next_message_keeping(t: &TcpTransport, guard: Option<NodeId>) -> (NodeId, Vec<u8>) {
@@ -453,6 +460,7 @@ async fn untrusted_identity_is_refused() {
     let a = bind(ca).await;
     let b = bind(config(12)).await;
     let mut failures = a.connection_failures();
+    let mut b_failures = b.connection_failures();
     b.add_peer(a.local_id(), a.local_addr()).unwrap();
     let f = expect_failure(&mut failures, "UntrustedPeer", |f| {
         matches!(f.error, TcpError::Handshake(HandshakeError::UntrustedPeer(_)))
@@ -467,6 +475,16 @@ async fn untrusted_identity_is_refused() {
     assert!(a.stats().connections_refused >= 1);
     // The refused node is not a peer: nothing can be sent to it.
     assert!(matches!(a.send(id(12), vec![1]).await, Err(TransportError::UnknownPeer(_))));
+    // The dialer never had a link: no acceptance came, so it saw its dials refused (and
+    // backs off), never a PeerConnected.
+    expect_failure(&mut b_failures, "dial refused", |f| {
+        f.peer == Some(id(11))
+            && matches!(f.error, TcpError::Handshake(HandshakeError::ConnectionClosed))
+    })
+    .await;
+    assert_no_link_event(&b, Duration::from_millis(200)).await;
+    assert!(b.connected_peers().is_empty());
+    assert_eq!(b.stats().connections_dialed, 0, "{:?}", b.stats());
 
     // A trust callback works the same way, and can admit.
     let mut cc = config(14);
@@ -500,6 +518,81 @@ async fn dialing_reaches_the_wrong_node_is_refused() {
     }
     assert!(a.connected_peers().is_empty());
     a.close().await;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_peer_table_refuses_new_identities() {
+    let mut ca = config(24);
+    ca.trust = Trust::AnyAuthenticated;
+    ca.max_peers = 1;
+    let a = bind(ca).await;
+    let (b, c) = (bind(config(25)).await, bind(config(26)).await);
+    let (mut fa, mut fc) = (a.connection_failures(), c.connection_failures());
+    b.add_peer(a.local_id(), a.local_addr()).unwrap();
+    wait_connected(&a, b.local_id()).await;
+    wait_connected(&b, a.local_id()).await;
+    c.add_peer(a.local_id(), a.local_addr()).unwrap();
+    let f = expect_failure(&mut fa, "TooManyPeers", |f| {
+        matches!(f.error, TcpError::Handshake(HandshakeError::TooManyPeers))
+    })
+    .await;
+    assert_eq!(f.peer, Some(c.local_id()), "the refusal names the authenticated node");
+    expect_failure(&mut fc, "dial refused", |f| {
+        matches!(f.error, TcpError::Handshake(HandshakeError::ConnectionClosed))
+    })
+    .await;
+    assert_no_link_event(&c, Duration::from_millis(100)).await;
+    assert_eq!(a.connected_peers(), vec![b.local_id()]);
+    assert_link_ok(&a, &b, 0).await;
+    for t in [a, b, c] {
+        t.close().await;
+    }
+}
+
+/// `a` (the smaller id) dialed `b`, and then `b`'s identity connects in again, as a `b` that
+/// restarted would while `a` has not noticed its old link died. Right after the link was set
+/// up that is a simultaneous dial and `a` keeps its own connection; later, it means `b`
+/// abandoned the link, and `a` takes the new one instead of shutting `b` out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_the_peer_abandoned_is_replaced_by_its_new_connection() {
+    let (mut sa, mut sb) = (70u8, 71u8);
+    if id(sa) > id(sb) {
+        std::mem::swap(&mut sa, &mut sb);
+    }
+    let mut ca = config(sa);
+    ca.handshake_timeout = Duration::from_millis(300);
+    let window = 3 * ca.handshake_timeout;
+    let a = bind(ca).await;
+    let mut cb = config(sb);
+    cb.trust = Trust::AllowList(HashSet::from([id(sa)]));
+    let b = bind(cb).await;
+    let (a_id, b_id) = (a.local_id(), b.local_id());
+    a.add_peer(b_id, b.local_addr()).unwrap();
+    wait_connected(&a, b_id).await;
+    wait_connected(&b, a_id).await;
+    let started = tokio::time::Instant::now();
+
+    // At once: the other side's connection loses the tie-break. It gets a goodbye and
+    // nothing else; the link carries on.
+    let early = raw_handshake(a.local_addr(), &keypair(sb), Forgery::None).await.unwrap();
+    let frames = timeout(PROMPT, early.read_frames_until_goodbye(Arc::default())).await;
+    assert!(started.elapsed() < window, "the test machine is too slow for this window");
+    assert_eq!(frames.unwrap(), Vec::new());
+    assert_link_ok(&a, &b, 0).await;
+
+    // Well after: the new connection replaces the old link.
+    tokio::time::sleep_until(started + window + Duration::from_millis(100)).await;
+    let late = raw_handshake(a.local_addr(), &keypair(sb), Forgery::None).await.unwrap();
+    let progress = Arc::new(AtomicUsize::new(0));
+    let reader = tokio::spawn(late.read_frames_until_goodbye(progress));
+    wait_disconnected(&a, b_id).await;
+    wait_connected(&a, b_id).await;
+    wait_disconnected(&b, a_id).await; // the old link was retired with a goodbye
+    a.send(b_id, b"over the new link".to_vec()).await.unwrap();
+    a.close().await;
+    let frames = timeout(PROMPT, reader).await.unwrap().unwrap();
+    assert_eq!(frames, vec![Frame::Message(b"over the new link".to_vec())]);
     b.close().await;
 }
 
@@ -558,9 +651,12 @@ enum Forgery {
     SignOtherKey,
     /// Put a different hello into the prologue than the one sent.
     TamperPrologue,
+    /// Put a payload into XX message 1 (which must be empty).
+    PayloadInFirstMessage,
 }
 
-/// Runs the client side of the handshake. `None` if the client's own side fails.
+/// Runs the client side of the handshake. `None` if the client's own side fails. It does
+/// not wait for the node's acceptance: that is the first (empty) chunk the node sends.
 async fn raw_handshake(addr: SocketAddr, identity: &NodeKeypair, forgery: Forgery) -> Option<Raw> {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let ours = Hello::new(fed()).encode();
@@ -588,7 +684,8 @@ async fn raw_handshake(addr: SocketAddr, identity: &NodeKeypair, forgery: Forger
         .build_initiator()
         .unwrap();
     let mut buf = [0u8; 1024];
-    let n = hs.write_message(&[], &mut buf).unwrap();
+    let first: &[u8] = if forgery == Forgery::PayloadInFirstMessage { b"hi" } else { &[] };
+    let n = hs.write_message(first, &mut buf).unwrap();
     send_hs(&mut stream, &buf[..n]).await;
     let msg = recv_hs(&mut stream).await?;
     let mut server_payload = [0u8; 1024];
@@ -707,6 +804,21 @@ async fn tampered_hello_breaks_the_handshake() {
         raw_handshake(v.a.local_addr(), &keypair(RAW), Forgery::TamperPrologue).await.is_none()
     );
     assert!(raw_handshake(v.a.local_addr(), &keypair(RAW), Forgery::None).await.is_some());
+    v.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_in_the_first_handshake_message_is_refused() {
+    let mut v = victim(46).await;
+    assert!(
+        raw_handshake(v.a.local_addr(), &keypair(RAW), Forgery::PayloadInFirstMessage)
+            .await
+            .is_none()
+    );
+    v.expect_refused("Malformed message 1", false, |e| {
+        matches!(e, TcpError::Handshake(HandshakeError::Malformed { .. }))
+    })
+    .await;
     v.close().await;
 }
 
@@ -942,6 +1054,50 @@ async fn replaced_connections_hand_over_the_queue_in_order() {
         panic!("stream broken across connections {sizes:?} at {bad:?} of {}", all.len());
     }
     a.close().await;
+}
+
+/// A peer that stops reading cannot hold `close` up beyond the flush timeout; concurrent
+/// `close` calls all return once the transport is shut down; a waiting `recv` returns
+/// `Closed` as soon as the shutdown starts; and the stuck connection is cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_is_bounded_when_a_peer_stops_reading() {
+    let mut ca = config(80);
+    ca.trust = Trust::AllowList(HashSet::from([id(RAW)]));
+    ca.flush_timeout = Duration::from_millis(300);
+    let a = Arc::new(bind(ca).await);
+    let mut raw = raw_handshake(a.local_addr(), &keypair(RAW), Forgery::None).await.unwrap();
+    wait_connected(&a, id(RAW)).await;
+    // Far more than the socket buffers hold: the writer is stuck once they are full.
+    for seq in 0..512 {
+        a.send(id(RAW), numbered(seq, 64 * 1024)).await.unwrap();
+    }
+    let waiting = {
+        let a = a.clone();
+        tokio::spawn(async move { a.recv().await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = tokio::time::Instant::now();
+    let (first, second) = tokio::join!(a.close(), async {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        a.close().await;
+        started.elapsed()
+    });
+    let ((), second_done) = (first, second);
+    let bound = Duration::from_millis(300 + 100) + Duration::from_millis(400);
+    assert!(started.elapsed() < bound, "close took {:?}", started.elapsed());
+    assert!(second_done < bound, "the second close took {second_done:?}");
+    assert!(matches!(waiting.await.unwrap(), Err(TransportError::Closed)));
+    // The connection was cut: reading what was sent ends, it does not hang.
+    let mut sink = vec![0u8; 1 << 16];
+    timeout(PROMPT, async {
+        while let Ok(n) = raw.stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the stuck connection was not closed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -83,12 +83,15 @@ pub struct TcpConfig {
     /// Largest payload carried ([`Transport::max_message_len`](llmkg_federation_core::Transport::max_message_len)).
     /// Default 16 MiB; at most `u32::MAX`.
     pub max_frame_len: usize,
-    /// Capacity, in messages, of each peer's outgoing queue. Default 1024.
+    /// Capacity, in messages, of each peer's outgoing queue. Default 1024. The queue's slots
+    /// (a few dozen bytes each) are allocated when the peer is first seen.
     pub outgoing_queue: usize,
     /// Capacity, in events, of the inbound queue read by `recv`. Default 4096.
     pub inbound_queue: usize,
-    /// Time allowed to connect, and separately to complete the hello and Noise handshake.
-    /// Default 5 s.
+    /// Time allowed to connect, and separately to complete the hello and Noise handshake
+    /// (and, for the responder, the acceptance). Default 5 s. Three times this is how far
+    /// apart two connections made by the two ends may be set up and still be treated as
+    /// simultaneous dials; a connection the peer makes later replaces the live one.
     pub handshake_timeout: Duration,
     /// First redial delay after a failure or disconnect; doubles up to `backoff_max`. Each
     /// delay is jittered to between half and all of its value. Default 50 ms.
@@ -103,9 +106,13 @@ pub struct TcpConfig {
     /// added and connects while the table holds this many peers is refused with
     /// [`HandshakeError::TooManyPeers`](super::HandshakeError::TooManyPeers). (`add_peer`
     /// itself is never refused: the host decides how many peers it adds.) Default 1024.
+    /// Each peer costs a task and its outgoing queue, so with [`Trust::AnyAuthenticated`]
+    /// this bounds what strangers can make the node allocate.
     pub max_peers: usize,
-    /// Bound on unauthenticated inbound connections in handshake at once; beyond it the
-    /// listener stops accepting until one finishes. Default 64.
+    /// Bound on inbound connections not yet adopted at once: in handshake, authenticated and
+    /// waiting for their peer's task, or being dismissed after losing a tie-break. Beyond it
+    /// the listener stops accepting until one is done. It also bounds how many closed
+    /// sockets linger to read their peer's close. Default 64.
     pub max_pending_handshakes: usize,
 }
 

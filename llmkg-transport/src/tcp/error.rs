@@ -13,16 +13,20 @@ use super::{FrameError, HandshakeError};
 ///
 /// Connection-level variants ([`Handshake`](TcpError::Handshake), [`Frame`](TcpError::Frame),
 /// [`Decrypt`](TcpError::Decrypt), [`ConnectionLost`](TcpError::ConnectionLost),
-/// [`Io`](TcpError::Io)) close only the affected connection and are reported through
+/// [`Noise`](TcpError::Noise), [`Io`](TcpError::Io)) close only the affected connection and
+/// are reported through
 /// [`TcpTransport::connection_failures`](super::TcpTransport::connection_failures); the
-/// transport keeps serving every other peer.
+/// transport keeps serving every other peer (and redials an added peer). Frames already
+/// delivered from that connection stay delivered; frames in flight on it are lost.
 #[derive(Debug, Clone, Error)]
 #[non_exhaustive]
 pub enum TcpError {
-    /// A socket operation failed (bind, connect refused, reset, ...).
+    /// A socket operation failed (bind, connect refused, reset, ...). From `bind`: nothing
+    /// was started.
     #[error("I/O error: {0}")]
     Io(#[source] Arc<io::Error>),
-    /// The connection setup failed; nothing was exchanged.
+    /// The connection setup failed or was refused; no frame was exchanged, and the peer was
+    /// not reported connected.
     #[error("handshake failed: {0}")]
     Handshake(#[from] HandshakeError),
     /// The peer sent bytes that are not well-formed frames.
@@ -35,7 +39,8 @@ pub enum TcpError {
     /// crashed or was killed).
     #[error("connection closed by the peer without a goodbye")]
     ConnectionLost,
-    /// The Noise session failed outside the handshake (for example: nonce exhaustion).
+    /// The Noise session failed outside the handshake (for example: nonce exhaustion, which
+    /// ends the connection rather than reuse a nonce).
     #[error("noise session failed: {0}")]
     Noise(String),
     /// The configuration is unusable; nothing was started.

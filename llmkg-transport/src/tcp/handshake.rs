@@ -9,23 +9,27 @@
 //!   XX msg 1: e                        ──►
 //!                                      ◄──  XX msg 2: e, ee, s, es + HandshakePayload
 //!   XX msg 3: s, se + HandshakePayload ──►
+//!                                      ◄──  acceptance: an empty encrypted chunk
 //! ```
 //!
 //! Handshake messages are framed as `[u16 BE length][bytes]`. A [`HandshakePayload`] is the
 //! sender's [`NodeId`] and its signature, under [`IDENTITY_BINDING_CONTEXT`], over the Noise
 //! static public key the handshake authenticates. Each side checks the signature against the
-//! key Noise actually authenticated, then its trust policy, then (when dialing) that the peer
-//! is the node it meant to reach.
+//! key Noise actually authenticated, then that the peer is not itself, then (when dialing)
+//! that the peer is the node it meant to reach, then its trust policy. The responder, having
+//! also found room for the peer in its peer table, sends the acceptance (the first chunk of
+//! its encrypted stream, with nothing in it); the initiator reports the link up only once it
+//! has it, so a node that refuses a dialer never shows up as connected there.
 
 use std::fmt;
 use std::time::Duration;
 
 use llmkg_federation_core::{NodeId, NodeKeypair};
-use snow::StatelessTransportState;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::TcpError;
+use super::conn::Session;
 
 /// The first bytes of every connection.
 pub const MAGIC: [u8; 8] = *b"LLMKGFED";
@@ -164,7 +168,9 @@ pub enum HandshakeError {
         /// The configured handshake timeout.
         after: Duration,
     },
-    /// The peer closed the connection during the handshake.
+    /// The peer closed the connection during the handshake. This is what a dialer sees when
+    /// the node it dialed refuses it (untrusted, peer table full, ...): the refusing side
+    /// knows the typed reason, and closes without an acceptance.
     #[error("peer closed the connection during the handshake")]
     ConnectionClosed,
 }
@@ -297,7 +303,7 @@ pub(crate) struct Local<'a> {
 /// A finished handshake.
 pub(crate) struct Authenticated {
     pub(crate) peer: NodeId,
-    pub(crate) cipher: StatelessTransportState,
+    pub(crate) session: Session,
 }
 
 fn noise_err(e: snow::Error) -> HandshakeError {
@@ -365,8 +371,9 @@ fn check_peer(
     Ok(peer)
 }
 
-/// Runs the hello exchange and the Noise XX handshake on `stream`. The caller bounds it in
-/// time.
+/// Runs the hello exchange and the Noise XX handshake on `stream`; as the initiator, also
+/// waits for the responder's acceptance. The responder's caller sends the acceptance (after
+/// its own last checks) with [`Session::send_accept`]. The caller bounds it all in time.
 pub(crate) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     role: Role,
@@ -424,7 +431,13 @@ pub(crate) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         Role::Responder => {
             let mut hs = builder.build_responder().map_err(noise_err)?;
             let msg = recv_msg(stream, &mut inbuf).await?;
-            hs.read_message(msg, &mut payload).map_err(noise_err)?;
+            if hs.read_message(msg, &mut payload).map_err(noise_err)? != 0 {
+                return Err(HandshakeError::Malformed {
+                    what: "handshake message 1",
+                    reason: "unexpected payload",
+                }
+                .into());
+            }
             let n = hs.write_message(local.payload, &mut out).map_err(noise_err)?;
             send_msg(stream, out.get(..n).unwrap_or_default()).await?;
             let msg = recv_msg(stream, &mut inbuf).await?;
@@ -439,8 +452,11 @@ pub(crate) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             (hs, peer)
         }
     };
-    let cipher = hs.into_stateless_transport_mode().map_err(noise_err)?;
-    Ok(Authenticated { peer, cipher })
+    let mut session = Session::new(hs.into_stateless_transport_mode().map_err(noise_err)?);
+    if role == Role::Initiator {
+        session.recv_accept(stream).await?;
+    }
+    Ok(Authenticated { peer, session })
 }
 
 #[cfg(test)]

@@ -12,9 +12,13 @@
 //! handshake. Then a Noise XX handshake ([`NOISE_PARAMS`]) with a fresh static key per
 //! transport; each side's [`HandshakePayload`] carries its node id and a signature over its
 //! Noise static key, binding the key to the identity. A side accepts the other only if the
-//! signature verifies over the key Noise authenticated, the identity is trusted (added with
-//! [`TcpTransport::add_peer`] or admitted by [`Trust`]), and, when dialing, it is the node
-//! that was dialed. Every refusal has a typed [`HandshakeError`].
+//! signature verifies over the key Noise authenticated, the identity is not its own and,
+//! when dialing, is the node that was dialed, and the identity is trusted (added with
+//! [`TcpTransport::add_peer`] or admitted by [`Trust`]). The responder, once it has also
+//! found room for the peer in its table, accepts with an empty first encrypted chunk; the
+//! dialer reports the link up only after that, so a refused dialer sees its dial fail
+//! (and backs off) rather than a link that comes up and drops. Every refusal has a typed
+//! [`HandshakeError`] on the refusing side.
 //!
 //! **Data**: [`Frame`]s (message, request, response, goodbye) form a byte stream, encrypted
 //! in Noise messages of at most 65535 bytes, each sent as `[u16 BE length][ciphertext]`. The
@@ -24,10 +28,20 @@
 //!
 //! **Links**: one live connection per peer. The node dials every added peer and redials it
 //! with capped, jittered exponential backoff; if both ends dial each other at once, both
-//! keep the connection initiated by the smaller node id. Each peer's outgoing queue is
-//! bounded and outlives connections: messages queued while the peer is away go out when it
-//! is back. The inbound queue is bounded too; while it is full, connections stop reading and
-//! TCP flow control pushes back on the senders.
+//! keep the connection initiated by the smaller node id, while a connection the peer makes
+//! well after the live one was set up replaces it (the peer evidently lost the old one). A
+//! replaced connection stops delivering before the new one starts, and its writer stops
+//! before the new writer takes over the queue: nothing is duplicated or reordered across
+//! the switch, and what was in flight may be lost (a `PeerDisconnected` is reported). Each
+//! peer's outgoing queue is bounded and outlives connections: messages queued while the
+//! peer is away go out when it is back. The inbound queue is bounded too; while it is full,
+//! connections stop reading and TCP flow control pushes back on the senders.
+//!
+//! **Shutdown**: [`close`](llmkg_federation_core::Transport::close) returns within the
+//! flush timeout (plus a moment) whatever the peers do; dropping the transport stops
+//! everything at once. Either way every task ends, except that a closed socket may linger
+//! for up to the flush timeout to read the peer's close (so the peer gets the goodbye
+//! rather than a reset).
 //!
 //! It deliberately does not: resolve names, traverse NATs, rekey long-lived sessions, or
 //! detect a silently vanished peer (no keepalive): a peer that disappears without closing

@@ -11,27 +11,32 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use llmkg_federation_core::{Incoming, NodeId};
-use snow::StatelessTransportState;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until, timeout};
 
-use super::conn::{Sealer, linger, read_loop, write_loop};
+use super::TcpError;
+use super::conn::{Session, linger, read_loop, write_loop};
 use super::handshake::{self, HandshakeError, Role};
 use super::transport::{Inner, Level, wait_level};
-use super::{ConnectionFailure, Frame, TcpError};
+use super::{ConnectionFailure, Frame};
 
 /// A connection that finished its handshake, waiting for its peer's actor to adopt it.
 pub(crate) struct Established {
     pub(crate) stream: TcpStream,
     pub(crate) peer_addr: SocketAddr,
-    pub(crate) cipher: StatelessTransportState,
+    pub(crate) session: Session,
     /// Who dialed.
     pub(crate) initiator: NodeId,
+    /// When the handshake finished.
+    pub(crate) at: Instant,
     /// Whether this actor's own dialer made it.
     pub(crate) from_dial: bool,
+    /// An inbound connection keeps its pending-handshake slot until its actor has adopted or
+    /// dismissed it, so a peer cannot pile up authenticated connections faster than its
+    /// actor handles them.
+    pub(crate) permit: Option<OwnedSemaphorePermit>,
 }
 
 pub(crate) enum PeerCmd {
@@ -54,6 +59,10 @@ pub(crate) struct PeerHandle {
 struct Live {
     conn_id: u64,
     initiator: NodeId,
+    /// When its handshake finished (for the tie-break).
+    established_at: Instant,
+    /// When it was adopted (for the backoff).
+    up_since: Instant,
     peer_addr: SocketAddr,
     reader: JoinHandle<()>,
     writer: JoinHandle<()>,
@@ -144,7 +153,15 @@ impl PeerActor {
                 }
                 cmd = self.cmds.recv() => {
                     let Some(cmd) = cmd else { return };
-                    if !self.handle(cmd).await {
+                    // Handling a command can wait (on the inbound queue, on a writer); the
+                    // transport dying ends that wait too.
+                    let keep_going = tokio::select! {
+                        biased;
+                        _ = wait_level(&mut level, Level::Dead) => false,
+                        keep_going = self.handle(cmd) => keep_going,
+                    };
+                    if !keep_going {
+                        self.abort_all();
                         return;
                     }
                 }
@@ -179,7 +196,7 @@ impl PeerActor {
                 }
                 let adopt = match &self.live {
                     None => true,
-                    Some(old) => self.new_wins(old.initiator, est.initiator),
+                    Some(old) => self.new_wins(old, &est),
                 };
                 if adopt {
                     if let Some(old) = self.live.take() {
@@ -194,6 +211,11 @@ impl PeerActor {
                 if self.live.as_ref().is_some_and(|l| l.conn_id == conn_id)
                     && let Some(live) = self.live.take()
                 {
+                    // A link that stayed up a while starts the backoff afresh; one that keeps
+                    // failing right after it is set up keeps backing off.
+                    if live.up_since.elapsed() >= self.inner.backoff_max {
+                        self.backoff.reset();
+                    }
                     self.teardown(live, error).await;
                     if self.addr.is_some() {
                         self.next_dial = Some(Instant::now() + self.backoff.next_delay());
@@ -208,39 +230,50 @@ impl PeerActor {
         true
     }
 
-    /// One live connection per peer. A new connection from the same initiator replaces the
-    /// old one (that side evidently lost it); between connections made by different sides,
-    /// both ends keep the one initiated by the smaller node id, so they agree.
-    fn new_wins(&self, old_initiator: NodeId, new_initiator: NodeId) -> bool {
-        if old_initiator == new_initiator {
+    /// One live connection per peer; both ends must pick the same one.
+    ///
+    /// - A new connection from the same initiator replaces the old one: that side dials only
+    ///   when it has no link, so it evidently lost the old one.
+    /// - Connections made by different sides within [`Inner::simultaneous_window`] of each
+    ///   other are simultaneous dials: both ends keep the one initiated by the smaller id.
+    /// - A connection made by the other side well after the live one was set up means that
+    ///   side abandoned the live one (it restarted, or saw it fail) while this side has not
+    ///   noticed yet: the new one replaces it. Without this rule the larger node could not
+    ///   reconnect until the smaller one happened to write to the dead link and fail.
+    ///
+    /// Near the window's edge the two ends can decide differently; each then retires the
+    /// connection the other kept, both see a goodbye, and the next dial settles it.
+    fn new_wins(&self, old: &Live, new: &Established) -> bool {
+        if old.initiator == new.initiator {
             return true;
         }
-        new_initiator == self.inner.local.min(self.node)
+        if new.at.saturating_duration_since(old.established_at) > self.inner.simultaneous_window() {
+            return true;
+        }
+        new.initiator == self.inner.local.min(self.node)
     }
 
     async fn install(&mut self, est: Established) {
-        let Established { stream, peer_addr, cipher, initiator, .. } = est;
+        let Established { stream, peer_addr, session, initiator, at, permit, .. } = est;
         let node = self.node;
         if !self.inner.deliver(Incoming::PeerConnected { peer: node }).await {
             return;
         }
+        drop(permit);
         self.inner.set_connected(node, true);
-        self.backoff.reset();
         let conn_id = self.inner.next_conn_id();
-        let cipher = Arc::new(cipher);
+        let (sealer, opener) = session.split();
         let (r, w) = stream.into_split();
         let (retire_reader, mut retired) = oneshot::channel::<oneshot::Sender<()>>();
         let reader = {
             let inner = self.inner.clone();
             let cmd = self.cmd_tx.clone();
-            let cipher = cipher.clone();
-            let flush = self.inner.flush_timeout;
-            self.inner.handle.spawn(async move {
+            self.inner.spawn(async move {
                 let mut r = r;
                 let outcome = tokio::select! {
                     biased;
                     ack = &mut retired => Err(ack.ok()),
-                    result = read_loop(&mut r, cipher, node, &inner) => Ok(result),
+                    result = read_loop(&mut r, opener, node, &inner) => Ok(result),
                 };
                 match outcome {
                     Ok(result) => {
@@ -251,7 +284,7 @@ impl PeerActor {
                         if let Some(ack) = ack {
                             let _ = ack.send(());
                         }
-                        linger(&mut r, flush).await;
+                        linger(r, &inner);
                     }
                 }
             })
@@ -261,33 +294,38 @@ impl PeerActor {
             let inner = self.inner.clone();
             let cmd = self.cmd_tx.clone();
             let queue = self.queue.clone();
-            self.inner.handle.spawn(async move {
-                if let Err(e) = write_loop(w, cipher, queue, stop_rx, &inner).await {
+            self.inner.spawn(async move {
+                if let Err(e) = write_loop(w, sealer, queue, stop_rx, &inner).await {
                     let _ = cmd.send(PeerCmd::Ended { conn_id, error: Some(e) });
                 }
             })
         };
-        self.live =
-            Some(Live { conn_id, initiator, peer_addr, reader, writer, stop, retire_reader });
+        let up_since = Instant::now();
+        self.live = Some(Live {
+            conn_id,
+            initiator,
+            established_at: at,
+            up_since,
+            peer_addr,
+            reader,
+            writer,
+            stop,
+            retire_reader,
+        });
     }
 
     /// Closes a duplicate connection that lost the tie-break with a goodbye, so the other
-    /// end (which may have adopted it for a moment) sees a clean close, not a failure.
+    /// end (which may have adopted it for a moment) sees a clean close, not a failure. Nothing
+    /// is read from it.
     fn dismiss(&self, est: Established) {
-        let flush = self.inner.flush_timeout;
-        self.inner.handle.spawn(async move {
-            let Established { mut stream, cipher, .. } = est;
-            let mut sealer = Sealer::new(Arc::new(cipher));
-            let goodbye = async {
-                sealer.push_frame(&mut stream, &Frame::Goodbye).await?;
-                sealer.seal()?;
-                stream.write_all(&sealer.wire).await?;
-                stream.shutdown().await?;
-                Ok::<_, TcpError>(())
-            };
-            if let Ok(Ok(())) = timeout(flush, goodbye).await {
-                linger(&mut stream, flush).await;
+        let inner = self.inner.clone();
+        self.inner.spawn(async move {
+            let Established { mut stream, session, permit, .. } = est;
+            let (mut sealer, _) = session.split();
+            if let Ok(Ok(())) = timeout(inner.flush_timeout, sealer.goodbye(&mut stream)).await {
+                linger(stream, &inner);
             }
+            drop(permit);
         });
     }
 
@@ -296,8 +334,10 @@ impl PeerActor {
     /// timeout, then cut), so the peer sees a clean close rather than a lost connection.
     ///
     /// The new connection's writer starts only after this one has stopped, so the two never
-    /// take from the queue at the same time; the peer reads the old connection to its end
-    /// before it adopts the new one, so frames stay in order across the switch.
+    /// take from the queue at the same time, and nothing read from the old connection is
+    /// delivered after anything read from the new one: no frame is duplicated or reordered
+    /// across the switch. Frames still in flight on the old connection are lost (the
+    /// `PeerDisconnected` reported here says so), unless the peer reads it to the end.
     async fn retire(&mut self, live: Live) {
         let Live { reader, mut writer, stop, retire_reader, .. } = live;
         let flush = self.inner.flush_timeout;
@@ -354,7 +394,7 @@ impl PeerActor {
         let inner = self.inner.clone();
         let cmd = self.cmd_tx.clone();
         let node = self.node;
-        self.dial = Some(self.inner.handle.spawn(async move {
+        self.dial = Some(self.inner.spawn(async move {
             match dial(&inner, node, addr).await {
                 Ok(est) => {
                     inner.stats.connections_dialed.add(1);
@@ -379,11 +419,11 @@ impl PeerActor {
         }
         if let Some(mut live) = self.live.take() {
             // The queue is closed: the writer sends what is left, then a goodbye. The reader
-            // then lingers in the background (bounded by the flush timeout too) until the
-            // peer, having read the goodbye, closes its side; `close` does not wait for that.
+            // then stops and the socket lingers in the background (bounded by the flush
+            // timeout too) until the peer, having read the goodbye, closes its side; `close`
+            // does not wait for that.
             if timeout(self.inner.flush_timeout, &mut live.writer).await.is_ok() {
-                let (ack, _) = oneshot::channel();
-                let _ = live.retire_reader.send(ack);
+                self.stop_delivering(live.reader, live.retire_reader).await;
             } else {
                 live.writer.abort();
                 live.reader.abort();
@@ -417,9 +457,11 @@ async fn dial(inner: &Inner, node: NodeId, addr: SocketAddr) -> Result<Establish
     Ok(Established {
         stream,
         peer_addr: addr,
-        cipher: auth.cipher,
+        session: auth.session,
         initiator: inner.local,
+        at: Instant::now(),
         from_dial: true,
+        permit: None,
     })
 }
 

@@ -3,6 +3,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -125,11 +126,39 @@ pub(crate) struct Inner {
     pub(crate) stats: Counters,
     pub(crate) handle: Handle,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Bounds the sockets kept open after they are done, to read the peer's close.
+    linger_permits: Arc<Semaphore>,
 }
 
 impl Inner {
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    /// Spawns a connection task (dial, reader, writer, dismissal) on the transport's runtime.
+    /// Besides its own bounds, it ends when the transport dies (closed or dropped), so it
+    /// cannot outlive the transport, whatever a peer does (only [`linger`](super::conn::linger)
+    /// may, briefly).
+    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) -> JoinHandle<()> {
+        let mut level = self.level.subscribe();
+        self.handle.spawn(async move {
+            tokio::select! {
+                _ = wait_level(&mut level, Level::Dead) => {}
+                _ = task => {}
+            }
+        })
+    }
+
+    /// A slot for a socket to linger in, if one is free.
+    pub(crate) fn linger_permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.linger_permits.clone().try_acquire_owned().ok()
+    }
+
+    /// How far apart two connections made by different ends may be set up and still count as
+    /// simultaneous dials (see the tie-break in the peer actor). A dial takes at most two
+    /// handshake timeouts (connect, then handshake); the third is slack.
+    pub(crate) fn simultaneous_window(&self) -> Duration {
+        self.handshake_timeout.saturating_mul(3)
     }
 
     pub(crate) fn local_handshake(&self) -> Local<'_> {
@@ -327,6 +356,7 @@ impl TcpTransport {
             stats: Counters::default(),
             handle: handle.clone(),
             tasks: Mutex::new(Vec::new()),
+            linger_permits: Arc::new(Semaphore::new(config.max_pending_handshakes)),
         });
         let permits = Arc::new(Semaphore::new(config.max_pending_handshakes));
         let acceptor = handle.spawn(accept_loop(inner.clone(), listener, permits));
@@ -383,7 +413,13 @@ impl TcpTransport {
 
     async fn close_gracefully(&self) {
         let inner = &self.inner;
+        let deadline = Instant::now() + inner.flush_timeout + Duration::from_millis(100);
         if inner.closed.swap(true, Ordering::AcqRel) {
+            // Another call is shutting down (or was, and was cancelled): wait for it within
+            // the same bound, then make sure everything is stopped.
+            let mut level = inner.level.subscribe();
+            let _ = timeout_at(deadline, wait_level(&mut level, Level::Dead)).await;
+            inner.kill();
             return;
         }
         inner.level.send_replace(Level::Closing);
@@ -393,7 +429,6 @@ impl TcpTransport {
             let _ = p.cmd.send(PeerCmd::Close);
         }
         let tasks = std::mem::take(&mut *lock(&inner.tasks));
-        let deadline = Instant::now() + inner.flush_timeout + Duration::from_millis(100);
         for mut task in tasks {
             if timeout_at(deadline, &mut task).await.is_err() {
                 task.abort();
@@ -453,41 +488,48 @@ fn named_peer(error: &TcpError) -> Option<NodeId> {
     }
 }
 
+/// Runs the responder's side of a connection: handshake, peer table, acceptance. Hands the
+/// connection to its peer's actor together with `permit`, which the actor releases once it
+/// has dealt with it.
 async fn accept_one(
     inner: Arc<Inner>,
     mut stream: TcpStream,
     peer_addr: SocketAddr,
     permit: OwnedSemaphorePermit,
 ) {
-    let result = async {
+    let mut authenticated = None;
+    let setup = async {
         stream.set_nodelay(true)?;
         let local = inner.local_handshake();
         let trusted = |id: &NodeId| inner.is_trusted(id);
-        let run = handshake::run(&mut stream, Role::Responder, &local, None, &trusted);
-        let auth = timeout(inner.handshake_timeout, run)
-            .await
-            .map_err(|_| HandshakeError::Timeout { after: inner.handshake_timeout })??;
+        let mut auth = handshake::run(&mut stream, Role::Responder, &local, None, &trusted).await?;
+        authenticated = Some(auth.peer);
         let handle = inner.peer(auth.peer, None)?;
+        auth.session.send_accept(&mut stream).await?;
         Ok::<_, TcpError>((auth, handle))
-    }
-    .await;
-    drop(permit);
+    };
+    let result = match timeout(inner.handshake_timeout, setup).await {
+        Ok(result) => result,
+        Err(_) => Err(HandshakeError::Timeout { after: inner.handshake_timeout }.into()),
+    };
     match result {
         Ok((auth, handle)) => {
             inner.stats.connections_accepted.add(1);
             let est = Established {
                 stream,
                 peer_addr,
-                cipher: auth.cipher,
+                session: auth.session,
                 initiator: auth.peer,
+                at: Instant::now(),
                 from_dial: false,
+                permit: Some(permit),
             };
             let _ = handle.cmd.send(PeerCmd::Established(Box::new(est)));
         }
         Err(TcpError::Closed) => {}
         Err(error) => {
             inner.stats.connections_refused.add(1);
-            let peer = named_peer(&error);
+            let peer = named_peer(&error).or(authenticated);
             inner.publish(ConnectionFailure { peer_addr, peer, error });
         }
     }
@@ -565,12 +607,19 @@ impl Transport for TcpTransport {
 
     fn recv(&self) -> BoxFuture<'_, Result<Incoming, TransportError>> {
         Box::pin(async move {
-            if self.inner.is_closed() {
+            let inner = &self.inner;
+            if inner.is_closed() {
                 return Err(TransportError::Closed);
             }
-            match self.inner.inbound_rx.recv().await {
-                Ok(incoming) if !self.inner.is_closed() => Ok(incoming),
-                _ => Err(TransportError::Closed),
+            // A `recv` waiting when `close` starts returns at once rather than when the
+            // shutdown completes.
+            let mut level = inner.level.subscribe();
+            tokio::select! {
+                incoming = inner.inbound_rx.recv() => match incoming {
+                    Ok(incoming) if !inner.is_closed() => Ok(incoming),
+                    _ => Err(TransportError::Closed),
+                },
+                _ = wait_level(&mut level, Level::Closing) => Err(TransportError::Closed),
             }
         })
     }
