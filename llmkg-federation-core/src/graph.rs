@@ -489,4 +489,136 @@ mod tests {
             assert!(!state.contains(&triples[0]));
         }
     }
+
+    use proptest::prelude::*;
+
+    /// A triple over a small vocabulary (so that inputs repeat triples and share terms), with
+    /// IRIs, blank nodes and literals in every position they may take.
+    fn small_triple() -> impl Strategy<Value = Triple> {
+        (0u8..6, 0u8..3, 0u8..8).prop_map(|(s, p, o)| {
+            let subject = if s % 2 == 0 {
+                Term::iri(format!("urn:s:{s}")).unwrap()
+            } else {
+                Term::blank(format!("b{s}")).unwrap()
+            };
+            let object = match o % 3 {
+                0 => Term::iri(format!("urn:s:{o}")).unwrap(),
+                1 => Term::blank(format!("b{o}")).unwrap(),
+                _ => Term::string(format!("v{o}")).unwrap(),
+            };
+            Triple::new(subject, Term::iri(format!("urn:p:{p}")).unwrap(), object).unwrap()
+        })
+    }
+
+    /// Everything the state is made of, in a comparable form: dictionary in id order, the
+    /// three indexes, the Merkle entries and root.
+    type Parts = (Vec<Term>, Vec<Key>, Vec<Key>, Vec<Key>, Vec<(TripleId, Key)>, StateRoot);
+
+    fn parts(state: &mut GraphState) -> Parts {
+        (
+            state.dict.iter().cloned().collect(),
+            state.spo.iter().copied().collect(),
+            state.pos.iter().copied().collect(),
+            state.osp.iter().copied().collect(),
+            state.merkle.entries(),
+            state.state_root(),
+        )
+    }
+
+    /// Sorted answers to every single-bound pattern over `terms`, plus the full scan.
+    fn answers(state: &GraphState, terms: &[Term]) -> Vec<Vec<Triple>> {
+        let mut out = vec![state.triples()];
+        for term in terms {
+            for p in [
+                Pattern::any().with_subject(term.clone()),
+                Pattern::any().with_predicate(term.clone()),
+                Pattern::any().with_object(term.clone()),
+            ] {
+                let mut found: Vec<Triple> = state.matching(&p).map(|t| t.to_triple()).collect();
+                found.sort_unstable();
+                out.push(found);
+            }
+        }
+        out
+    }
+
+    proptest! {
+        /// The bulk path (`apply` and `apply_effective` on a state without triples) builds
+        /// exactly what one insert per triple, in the change set's order, builds — dictionary,
+        /// indexes, Merkle tree — also on a state emptied by removals (whose dictionary keeps
+        /// the old terms), and answers like a state that received the input in any order,
+        /// duplicates included.
+        #[test]
+        fn bulk_path_equals_per_triple_inserts(
+            history in proptest::collection::vec(small_triple(), 0..40),
+            input in proptest::collection::vec(small_triple(), 0..80),
+        ) {
+            // A state with no triple left but a dictionary from its history.
+            let mut emptied = GraphState::new();
+            for x in &history {
+                emptied.insert(x).unwrap();
+            }
+            for x in &history {
+                emptied.remove(x);
+            }
+            prop_assert!(emptied.is_empty());
+
+            let changes = ChangeSet::adding(input.clone());
+            for start in [GraphState::new(), emptied] {
+                let mut expected = start.clone();
+                for x in changes.added() {
+                    expected.insert(x).unwrap();
+                }
+                let mut exact = start.clone();
+                exact.apply(&changes).unwrap();
+                let mut effective = start.clone();
+                let applied = effective.apply_effective(changes.clone()).unwrap();
+                prop_assert_eq!(&applied, &changes);
+                let want = parts(&mut expected);
+                prop_assert_eq!(&parts(&mut exact), &want);
+                prop_assert_eq!(&parts(&mut effective), &want);
+
+                // Raw input order, duplicates and all: same set, same root, same answers.
+                let mut raw = GraphState::new();
+                for x in &input {
+                    raw.insert(x).unwrap();
+                }
+                let terms: Vec<Term> = raw.dict.iter().cloned().collect();
+                prop_assert_eq!(raw.state_root(), want.5);
+                prop_assert_eq!(answers(&exact, &terms), answers(&raw, &terms));
+
+                // The bulk-loaded state keeps working incrementally.
+                for x in input.iter().take(5) {
+                    prop_assert_eq!(exact.remove(x), raw.remove(x));
+                }
+                prop_assert_eq!(exact.state_root(), raw.state_root());
+            }
+        }
+
+        /// Removals applied to a state without triples: an error for the exact `apply`
+        /// (nothing changes), ignored by `apply_effective` (which then bulk-loads the rest).
+        #[test]
+        fn removals_on_an_empty_state(
+            add in proptest::collection::vec(small_triple(), 0..20),
+            remove in proptest::collection::vec(small_triple(), 1..5),
+        ) {
+            let remove: Vec<Triple> = remove.into_iter().filter(|r| !add.contains(r)).collect();
+            prop_assume!(!remove.is_empty());
+            let changes = ChangeSet::new(add.clone(), remove).unwrap();
+            let mut exact = GraphState::new();
+            let err = exact.apply(&changes).unwrap_err();
+            prop_assert!(matches!(err, ApplyError::NotPresent(_)), "{:?}", err);
+            prop_assert!(exact.is_empty());
+            prop_assert_eq!(exact.state_root(), GraphState::new().state_root());
+
+            let mut effective = GraphState::new();
+            let applied = effective.apply_effective(changes.clone()).unwrap();
+            prop_assert_eq!(&applied, &ChangeSet::adding(add.clone()));
+            let mut expected = GraphState::new();
+            for x in changes.added() {
+                expected.insert(x).unwrap();
+            }
+            prop_assert_eq!(parts(&mut effective), parts(&mut expected));
+        }
+    }
 }
