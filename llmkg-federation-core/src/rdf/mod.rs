@@ -42,11 +42,17 @@
 //!
 //! - **Atomic.** Nothing is committed before the last statement has been parsed and
 //!   converted. Any error — a syntax error ([`ImportError::Syntax`], with 1-based line and
-//!   column), a term the model rejects ([`ImportError::Term`]), a read error — leaves the
-//!   branch exactly as it was.
+//!   column), a term the model rejects ([`ImportError::Term`]), a token longer than the
+//!   parser's buffer ([`ImportError::TokenTooLong`]), a read error ([`ImportError::Io`]), a
+//!   failed commit — leaves the branch, and the repository's cached state of it, exactly as
+//!   it was. So does a panicking progress callback (it runs before anything is committed).
 //! - **Streaming, bounded memory.** The parser reads the input in small chunks (a single
-//!   token may not exceed 16 MiB); memory grows with the statements kept, not with the size
-//!   of the file's text.
+//!   token may not exceed 16 MiB); memory grows with the statements kept (for Turtle, also
+//!   with the distinct `_:labels` written in the text), not with the size of the file's text.
+//!   Nesting depth is not limited by the call stack. Reads that fail with
+//!   [`Interrupted`](std::io::ErrorKind::Interrupted) are retried.
+//! - **Text.** The input must be UTF-8 (invalid bytes are a positioned syntax error); a
+//!   leading UTF-8 byte order mark is skipped, and lines may end in `\n`, `\r\n` or `\r`.
 //! - **Progress.** [`ImportOptions::on_progress`] receives [`Progress`] (bytes read,
 //!   statements parsed) each time another 256 KiB have been read, and once at the end.
 //! - **Wrong format.** Feeding one format as another is a positioned syntax error like any
@@ -92,13 +98,21 @@
 //! - **Nodes without a label in the document** — Turtle's `[ ... ]` and the nodes of
 //!   collections `( ... )` — are numbered in order of first appearance and labelled
 //!   `anon-<doc>-<n>`, where `<doc>` is 12 hex digits of a BLAKE3 hash of the document's
-//!   bytes; then the scope applies as above. The labels depend only on the document, so
-//!   they are stable across imports, and two different documents never share one.
-//!   (The parser gives such nodes random ids; the importer recognises them because their
-//!   ids never occur as `_:label` in the document's text.)
+//!   bytes (after a byte order mark); then the scope applies as above. The labels depend
+//!   only on the document, so they are stable across imports, and two different documents
+//!   do not share one (see the limits below). The parser gives such nodes random 128-bit
+//!   ids; an id counts as anonymous only if it occurs nowhere in the text as `_:id` (the
+//!   scan also looks inside comments and literals), so a label written in the document is
+//!   never renamed, whatever it looks like and however the input is split into reads.
 //! - **Export** writes the stored labels, which every format can represent (the label
 //!   grammar of [`BlankNode`] is the one of these formats), so the
 //!   re-import reads back the same labels and the same state root.
+//! - **Limits.** The 48-bit tags collide by chance only after about 16 million scopes or
+//!   documents. Labels are compared as text, so a document that writes a label another
+//!   import derived (`_:anon-<doc>-<n>`, `_:<tag>_b0`) shares that node — an export of the
+//!   branch does exactly this, which is what makes its re-import a no-op. Under a scope,
+//!   `_:b0` and `_:<tag>_b0` in one document are one node. With [`BlankNodeScope::Graph`],
+//!   graphs named by the same *blank node* label in different documents share a scope.
 //!
 //! ## Export
 //!
@@ -215,7 +229,8 @@ impl GraphName {
         Iri::new(iri).map(GraphName::Named)
     }
 
-    /// The graph name in N-Quads syntax (empty for the default graph).
+    /// The name a [`BlankNodeScope::Graph`] scope is derived from: the graph name in N-Quads
+    /// syntax (never asked of the default graph, whose labels are not scoped).
     fn scope_name(&self) -> String {
         self.to_string()
     }

@@ -42,7 +42,8 @@ pub enum GraphSelection {
     #[default]
     All,
     /// Only this graph; statements in other graphs are counted in
-    /// [`ImportReport::skipped`] and otherwise ignored.
+    /// [`ImportReport::skipped`] and otherwise ignored. A graph named by a blank node is
+    /// matched by its label as imported, i.e. after a [`BlankNodeScope::Named`] prefix.
     Only(GraphName),
 }
 
@@ -146,7 +147,8 @@ impl<'a> ImportOptions<'a> {
     }
 
     /// Calls `callback` each time another 256 KiB of input have been read, and once when the
-    /// input is exhausted.
+    /// input is exhausted. It runs while parsing, before anything is committed: if it panics,
+    /// the panic propagates and the branch is unchanged.
     pub fn on_progress(mut self, callback: impl FnMut(Progress) + 'a) -> Self {
         self.progress = Some(Box::new(callback));
         self
@@ -159,7 +161,8 @@ impl<'a> ImportOptions<'a> {
 pub struct ImportReport {
     /// Bytes read from the input.
     pub bytes_read: u64,
-    /// Statements parsed (in all graphs).
+    /// Statements parsed (in all graphs); for [`Repository::import_triples`], the distinct
+    /// triples given.
     pub statements: u64,
     /// Statements in graphs that were not selected.
     pub skipped: u64,
@@ -208,7 +211,17 @@ pub enum ImportError {
         /// Why it was rejected.
         reason: String,
     },
-    /// Reading the input failed (or a single token exceeded the parser's 16 MiB buffer).
+    /// A single token (an IRI, a literal, a comment, ...) is longer than the parser's buffer
+    /// of 16 MiB, so the document cannot be parsed in bounded memory. Branch unchanged.
+    #[error(
+        "a single token exceeds the parser's 16 MiB buffer (after {bytes_read} bytes of input)"
+    )]
+    TokenTooLong {
+        /// Bytes read from the input when the parser gave up.
+        bytes_read: u64,
+    },
+    /// The reader returned an error (reads that are [`Interrupted`](std::io::ErrorKind::Interrupted)
+    /// are retried), or claimed to have read more bytes than it was given room for.
     /// Branch unchanged.
     #[error("reading the input failed: {0}")]
     Io(#[from] std::io::Error),
@@ -219,16 +232,26 @@ pub enum ImportError {
 }
 
 impl ImportError {
-    fn from_parse(e: TurtleParseError) -> Self {
+    /// Converts a parser error; `input` tells whether an I/O error came from the caller's
+    /// reader (otherwise it is the parser's buffer limit) and how many bytes of byte order
+    /// mark the parser did not see.
+    fn from_parse(e: TurtleParseError, input: &InputState) -> Self {
         match e {
             TurtleParseError::Syntax(e) => {
                 let at = e.location().start;
                 ImportError::Syntax {
                     line: at.line + 1,
                     column: at.column + 1,
-                    offset: at.offset,
+                    offset: at.offset + input.bom,
                     message: e.message().to_owned(),
                 }
+            }
+            // oxttl reports its buffer limit as `OutOfMemory`; the caller's reader failing
+            // with that kind stays an I/O error.
+            TurtleParseError::Io(e)
+                if e.kind() == std::io::ErrorKind::OutOfMemory && !input.reader_failed.get() =>
+            {
+                ImportError::TokenTooLong { bytes_read: input.bytes.get() }
             }
             TurtleParseError::Io(e) => ImportError::Io(e),
         }
@@ -332,24 +355,74 @@ pub fn read(
     read_dataset(reader, format, &mut options)
 }
 
-/// A reader that counts bytes and, for Turtle, hashes the text and collects the blank-node
-/// labels it contains.
+/// What the reader wrapper observed, shared with the parse loop.
+struct InputState {
+    /// Bytes read from the caller's reader (byte order mark included).
+    bytes: Cell<u64>,
+    /// Set when the caller's reader failed (as opposed to the parser).
+    reader_failed: Cell<bool>,
+    /// Length of the UTF-8 byte order mark skipped at the start (0 or 3).
+    bom: u64,
+}
+
+const UTF8_BOM: [u8; 3] = [0xEF, 0xBB, 0xBF];
+
+/// Reads the first (up to) three bytes of `reader` and returns them, or nothing if they are
+/// a UTF-8 byte order mark (which the parsers would reject), with the number of bytes read.
+fn read_head(reader: &mut impl Read) -> std::io::Result<(Vec<u8>, u64)> {
+    let mut head = [0u8; 3];
+    let mut len = 0;
+    while let Some(rest) = head.get_mut(len..).filter(|rest| !rest.is_empty()) {
+        match reader.read(rest) {
+            Ok(0) => break,
+            Ok(n) if n <= rest.len() => len += n,
+            Ok(_) => return Err(too_many_bytes()),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let kept = if head == UTF8_BOM { &[][..] } else { head.get(..len).unwrap_or_default() };
+    Ok((kept.to_vec(), len as u64))
+}
+
+fn too_many_bytes() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        "the reader reported more bytes than the buffer holds",
+    )
+}
+
+/// A reader that retries interrupted reads, counts bytes and, for Turtle, hashes the text and
+/// collects the blank-node labels it contains.
 struct Tap<'s, R> {
     inner: R,
-    bytes: &'s Cell<u64>,
+    input: &'s InputState,
     text: Option<&'s RefCell<TextScan>>,
 }
 
 impl<R: Read> Read for Tap<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.bytes.set(self.bytes.get() + n as u64);
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let n = loop {
+            match self.inner.read(buf) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.input.reader_failed.set(true);
+                    return Err(e);
+                }
+            }
+        };
+        let Some(chunk) = buf.get(..n) else {
+            self.input.reader_failed.set(true);
+            return Err(too_many_bytes());
+        };
+        self.input.bytes.set(self.input.bytes.get() + n as u64);
         if let Some(text) = self.text {
             let mut text = text.borrow_mut();
-            match buf.get(..n) {
-                Some([]) | None => text.flush(),
-                Some(chunk) => text.feed(chunk),
-            }
+            if chunk.is_empty() { text.flush() } else { text.feed(chunk) }
         }
         Ok(n)
     }
@@ -357,8 +430,12 @@ impl<R: Read> Read for Tap<'_, R> {
 
 /// Hashes the document and records every `_:label` written in it, to tell labelled blank
 /// nodes from the ones the parser invents for `[]` and collections. The scan is lexical and
-/// over-approximates (it also records `_:x` inside literals and comments); that is harmless:
-/// parser-invented ids are random 128-bit numbers that do not occur in the text.
+/// over-approximates (it also records `_:x` inside literals and comments, and label
+/// characters the grammar would not allow); that is harmless: parser-invented ids are random
+/// 128-bit numbers that do not occur in the text. It never misses a label the parser reads:
+/// such a label ends at an ASCII delimiter (no Turtle token starts with another character),
+/// so it is a maximal run of the characters recorded here, less trailing dots; and the scan's
+/// state carries over from one read to the next.
 struct TextScan {
     hasher: blake3::Hasher,
     labels: HashSet<Box<str>, Hasher>,
@@ -405,7 +482,7 @@ impl TextScan {
                 }
                 ScanState::Label => {
                     self.finish_label();
-                    if b == b'_' { ScanState::Underscore } else { ScanState::Idle }
+                    ScanState::Idle
                 }
             };
         }
@@ -560,14 +637,27 @@ struct Bucket {
 type Quads<'r> = Box<dyn Iterator<Item = Result<oxrdf::Quad, TurtleParseError>> + 'r>;
 
 pub(super) fn read_dataset(
-    reader: impl Read,
+    mut reader: impl Read,
     format: Format,
     options: &mut ImportOptions<'_>,
 ) -> Result<Dataset, ImportError> {
-    let bytes = Cell::new(0u64);
+    let mut turtle_parser = TurtleParser::new();
+    if let Some(base) = &options.base_iri {
+        turtle_parser = turtle_parser.with_base_iri(base.as_str()).map_err(|e| {
+            ImportError::BaseIri { iri: base.as_str().to_owned(), reason: e.to_string() }
+        })?;
+    }
+    let (head, head_len) = read_head(&mut reader)?;
+    let bom = head_len - head.len() as u64;
+    // The kept head bytes go through the tap like the rest, so they count from there.
+    let input = InputState { bytes: Cell::new(bom), reader_failed: Cell::new(false), bom };
     let text = RefCell::new(TextScan::new());
     let turtle = matches!(format, Format::Turtle);
-    let tap = Tap { inner: reader, bytes: &bytes, text: turtle.then_some(&text) };
+    let tap = Tap {
+        inner: std::io::Cursor::new(head).chain(reader),
+        input: &input,
+        text: turtle.then_some(&text),
+    };
     let quads: Quads<'_> = match format {
         Format::NTriples => Box::new(
             NTriplesParser::new()
@@ -575,20 +665,11 @@ pub(super) fn read_dataset(
                 .map(|r| r.map(|t| t.in_graph(oxrdf::GraphName::DefaultGraph))),
         ),
         Format::NQuads => Box::new(NQuadsParser::new().for_reader(tap)),
-        Format::Turtle => {
-            let mut parser = TurtleParser::new();
-            if let Some(base) = &options.base_iri {
-                parser = parser.with_base_iri(base.as_str()).map_err(|e| ImportError::BaseIri {
-                    iri: base.as_str().to_owned(),
-                    reason: e.to_string(),
-                })?;
-            }
-            Box::new(
-                parser
-                    .for_reader(tap)
-                    .map(|r| r.map(|t| t.in_graph(oxrdf::GraphName::DefaultGraph))),
-            )
-        }
+        Format::Turtle => Box::new(
+            turtle_parser
+                .for_reader(tap)
+                .map(|r| r.map(|t| t.in_graph(oxrdf::GraphName::DefaultGraph))),
+        ),
     };
 
     let document_prefix = match &options.blank_nodes {
@@ -607,7 +688,7 @@ pub(super) fn read_dataset(
     let (mut statements, mut skipped, mut reported) = (0u64, 0u64, 0u64);
 
     for item in quads {
-        let mut quad = item.map_err(ImportError::from_parse)?;
+        let mut quad = item.map_err(|e| ImportError::from_parse(e, &input))?;
         statements += 1;
         let graph = std::mem::take(&mut quad.graph_name);
         let slot = match &last {
@@ -657,7 +738,7 @@ pub(super) fn read_dataset(
                 skipped += 1;
             }
         }
-        let read = bytes.get();
+        let read = input.bytes.get();
         if read >= reported + PROGRESS_EVERY_BYTES
             && let Some(progress) = options.progress.as_mut()
         {
@@ -666,7 +747,7 @@ pub(super) fn read_dataset(
         }
     }
     if let Some(progress) = options.progress.as_mut() {
-        progress(Progress { bytes_read: bytes.get(), statements });
+        progress(Progress { bytes_read: input.bytes.get(), statements });
     }
 
     if !conv.anonymous.is_empty() {
@@ -686,7 +767,7 @@ pub(super) fn read_dataset(
         })
         .collect();
     graphs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    Ok(Dataset { graphs, bytes_read: bytes.get(), statements, skipped })
+    Ok(Dataset { graphs, bytes_read: input.bytes.get(), statements, skipped })
 }
 
 /// Replaces the placeholder labels of parser-invented blank nodes by `anon-<doc>-<n>`, scoped.
