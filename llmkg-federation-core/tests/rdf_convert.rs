@@ -102,9 +102,13 @@ proptest! {
             state.insert(t).unwrap();
         }
         let expected = state.triples();
-        for format in Format::ALL {
+        for (format, options) in Format::ALL
+            .into_iter()
+            .map(|f| (f, ExportOptions::new()))
+            .chain([(Format::Turtle, awkward_prefixes())])
+        {
             let mut out = Vec::new();
-            rdf::write(&state, &mut out, format, &ExportOptions::new()).unwrap();
+            rdf::write(&state, &mut out, format, &options).unwrap();
             let back = rdf::read(out.as_slice(), format, ImportOptions::new())
                 .unwrap_or_else(|e| panic!("{format}: {e}\n{}", String::from_utf8_lossy(&out)));
             prop_assert_eq!(&back.into_triples(), &expected, "{}", format);
@@ -121,6 +125,75 @@ proptest! {
         let ours = BlankNode::new(s.clone()).is_ok();
         let theirs = oxrdf::BlankNode::new(s.clone()).is_ok() && !s.contains(':');
         prop_assert_eq!(ours, theirs, "{:?}", s);
+    }
+}
+
+/// Prefixes under which the generated IRIs get local names that need escaping or cannot be
+/// written as prefixed names at all (`/`, `%`, `?`, `#`, `~`, trailing dots, ...).
+fn awkward_prefixes() -> ExportOptions {
+    let iri = |s: &str| Iri::new(s).unwrap();
+    ExportOptions::new()
+        .prefix("h", iri("https://"))
+        .unwrap()
+        .prefix("", iri("https://example.org/"))
+        .unwrap()
+        .prefix("ex.a", iri("https://example.org/a"))
+        .unwrap()
+        .prefix("u", iri("urn:"))
+        .unwrap()
+        .prefix("m", iri("mailto:alice@"))
+        .unwrap()
+}
+
+#[test]
+fn literals_are_escaped_and_tagged_exactly() {
+    let s = Term::iri("https://example.org/s").unwrap();
+    let p = Term::iri("https://example.org/p").unwrap();
+    let tricky = "say \"hi\"\n\ttab\\back\r é 🦀 \u{1}\u{7f}";
+    let objects = [
+        Term::Literal(Literal::string(tricky).unwrap()),
+        Term::Literal(Literal::language("chat", "FR-ca").unwrap()),
+        Term::Literal(
+            Literal::typed("01", Iri::new("http://www.w3.org/2001/XMLSchema#integer").unwrap())
+                .unwrap(),
+        ),
+        Term::Literal(Literal::typed("x y", Iri::new("https://example.org/dt").unwrap()).unwrap()),
+        Term::Literal(
+            Literal::typed("1.", Iri::new("http://www.w3.org/2001/XMLSchema#decimal").unwrap())
+                .unwrap(),
+        ),
+    ];
+    let mut state = GraphState::new();
+    for o in &objects {
+        state.insert(&Triple::new(s.clone(), p.clone(), o.clone()).unwrap()).unwrap();
+    }
+    let mut out = Vec::new();
+    rdf::write(&state, &mut out, Format::NTriples, &ExportOptions::new()).unwrap();
+    let lines: Vec<String> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            l.strip_prefix("<https://example.org/s> <https://example.org/p> ").unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "\"01\"^^<http://www.w3.org/2001/XMLSchema#integer> .",
+            "\"1.\"^^<http://www.w3.org/2001/XMLSchema#decimal> .",
+            "\"chat\"@fr-ca .",
+            "\"say \\\"hi\\\"\\n\\ttab\\\\back\\r é 🦀 \\u0001\\u007F\" .",
+            "\"x y\"^^<https://example.org/dt> .",
+        ]
+    );
+    // Turtle writes `01` bare (an xsd:integer keeps its lexical form) and `1.` in quotes
+    // (bare, the dot would end the statement); both read back identical.
+    for options in [ExportOptions::new(), awkward_prefixes()] {
+        let mut out = Vec::new();
+        rdf::write(&state, &mut out, Format::Turtle, &options).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let back = rdf::read(text.as_bytes(), Format::Turtle, ImportOptions::new()).unwrap();
+        assert_eq!(back.into_triples(), state.triples(), "{text}");
     }
 }
 
