@@ -63,6 +63,25 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     out
 }
 
+/// Why a value could not be encoded (see [`try_encode`]).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{what} cannot be encoded canonically: {reason}")]
+pub struct EncodeError {
+    /// The value's type.
+    pub what: &'static str,
+    /// What the encoder refused.
+    pub reason: String,
+}
+
+/// Encodes a value whose `Serialize` implementation this crate does not control — a
+/// protocol core's message, say — reporting what the encoder refuses (a sequence of unknown
+/// length, for instance) instead of panicking. Values of this crate's own types always
+/// encode; use [`encode`] for those.
+pub fn try_encode<T: Serialize>(value: &T) -> Result<Vec<u8>, EncodeError> {
+    postcard::to_extend(value, Vec::new())
+        .map_err(|e| EncodeError { what: short_type_name::<T>(), reason: e.to_string() })
+}
+
 /// Appends the canonical encoding of `value` to `out`.
 pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) {
     let taken = std::mem::take(out);

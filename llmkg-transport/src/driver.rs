@@ -65,6 +65,9 @@ pub struct DriverStats {
     pub send_failures: u64,
     /// Transmits dropped because the outbox was full.
     pub outbox_dropped: u64,
+    /// Transmits whose message the core's type could not encode
+    /// ([`try_encode`](llmkg_federation_core::encoding::try_encode)), dropped.
+    pub encode_failures: u64,
     /// Messages received and handed to the core.
     pub messages_received: u64,
     /// Payload bytes of those messages.
@@ -247,8 +250,12 @@ where
         let deadline = {
             let mut core = self.shared.core();
             let mut dropped = 0;
+            let mut unencodable = 0;
             while let Some(transmit) = core.poll_transmit() {
-                let bytes = encoding::encode(&transmit.message);
+                let Ok(bytes) = encoding::try_encode(&transmit.message) else {
+                    unencodable += 1;
+                    continue;
+                };
                 if let Err(TrySendError::Full(_) | TrySendError::Closed(_)) =
                     outbox.try_send((transmit.to, bytes))
                 {
@@ -258,8 +265,10 @@ where
             while let Some(event) = core.poll_event() {
                 events.push(event);
             }
-            if dropped > 0 {
-                self.shared.stats().outbox_dropped += dropped;
+            if dropped + unencodable > 0 {
+                let mut stats = self.shared.stats();
+                stats.outbox_dropped += dropped;
+                stats.encode_failures += unencodable;
             }
             core.poll_timeout()
         };

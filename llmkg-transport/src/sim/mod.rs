@@ -13,7 +13,8 @@
 //!   that receives a [`NodeContext`]: id, index, incarnation, a per-node seed derived from the
 //!   master seed, index and incarnation, the node's [`Disk`] and the list of all ids.
 //! - **Messages travel as bytes.** Whatever a core emits from `poll_transmit` is encoded with
-//!   the canonical encoding ([`encoding::encode`]); on arrival the bytes are decoded with
+//!   the canonical encoding ([`encoding::try_encode`]; a message its type cannot encode is
+//!   counted in [`SimStats::unencodable`] and not sent); on arrival the bytes are decoded with
 //!   [`encoding::decode_with_limit`] (limit: [`SimBuilder::max_message_len`]). Bytes that do
 //!   not decode are dropped and counted ([`MessageStats::dropped_decode`]), never handed to a
 //!   core, never a panic. Byte counts are therefore exact, and arbitrary bytes can be put on
@@ -125,7 +126,7 @@
 //! # Ok::<(), llmkg_transport::sim::SimError>(())
 //! ```
 //!
-//! [`encoding::encode`]: llmkg_federation_core::encoding::encode
+//! [`encoding::try_encode`]: llmkg_federation_core::encoding::try_encode
 //! [`encoding::decode_with_limit`]: llmkg_federation_core::encoding::decode_with_limit
 
 mod byzantine;
@@ -159,7 +160,7 @@ use partition::PartitionHistory;
 use queue::Queue;
 use trace::{
     TAG_CRASH, TAG_DELIVERED, TAG_DROPPED, TAG_EVENT, TAG_HEAL, TAG_HOST, TAG_LINK, TAG_PARTITION,
-    TAG_RESTART, TAG_TIMEOUT, TAG_UNROUTABLE, Tracer,
+    TAG_RESTART, TAG_TIMEOUT, TAG_UNENCODABLE, TAG_UNROUTABLE, Tracer,
 };
 
 /// Default for [`SimBuilder::max_message_len`]: 16 MiB.
@@ -434,6 +435,7 @@ impl SimBuilder {
             timer_fires: 0,
             faults: 0,
             unroutable: 0,
+            unencodable: 0,
             last_event_at: Time::ZERO,
             in_flight: 0,
             pending_faults: 0,
@@ -793,6 +795,7 @@ impl<P: Protocol> Sim<P> {
                 inbound: MessageStats::default(),
                 timer_fires: m.timer_fires,
                 unroutable: m.unroutable,
+                unencodable: m.unencodable,
                 crashes: m.crashes,
                 restarts: m.restarts,
                 incarnation: m.incarnation,
@@ -815,6 +818,7 @@ impl<P: Protocol> Sim<P> {
             timer_fires: w.timer_fires,
             faults: w.faults,
             unroutable: w.unroutable,
+            unencodable: w.unencodable,
             messages: w.totals,
             nodes: nodes.into_iter().map(|s| (w.ids[s.index], s)).collect(),
             links,
@@ -931,8 +935,10 @@ impl<P: Protocol> Sim<P> {
         };
         let w = &mut self.world;
         while let Some(t) = core.poll_transmit() {
-            let bytes = encoding::encode(&t.message);
-            w.send(node, t.to, bytes);
+            match encoding::try_encode(&t.message) {
+                Ok(bytes) => w.send(node, t.to, bytes),
+                Err(_) => w.unencodable(node, t.to),
+            }
         }
         while let Some(event) = core.poll_event() {
             w.tracer.head(TAG_EVENT, w.now, node);
@@ -990,6 +996,7 @@ struct World {
     timer_fires: u64,
     faults: u64,
     unroutable: u64,
+    unencodable: u64,
     last_event_at: Time,
     in_flight: u64,
     pending_faults: u64,
@@ -1009,6 +1016,7 @@ struct NodeMeta {
     timer_armed: Option<Time>,
     timer_fires: u64,
     unroutable: u64,
+    unencodable: u64,
     crashes: u64,
     restarts: u64,
 }
@@ -1024,6 +1032,7 @@ impl NodeMeta {
             timer_armed: None,
             timer_fires: 0,
             unroutable: 0,
+            unencodable: 0,
             crashes: 0,
             restarts: 0,
         }
@@ -1193,6 +1202,18 @@ impl World {
             self.links.push(LinkState::new(from, to));
         }
         *slot
+    }
+
+    /// Counts (and traces) a message node `from` emitted for `to` that did not encode.
+    fn unencodable(&mut self, from: u32, to: NodeId) {
+        self.unencodable += 1;
+        self.meta[from as usize].unencodable += 1;
+        self.tracer.head(TAG_UNENCODABLE, self.now, from);
+        self.tracer.bytes(to.as_bytes());
+        if self.tracer.recording() {
+            let from = self.ids[from as usize];
+            self.tracer.record(TraceEntry::Unencodable { at: self.now, from, to });
+        }
     }
 
     /// Hands `bytes` from node `from` to the network, addressed to `to`.

@@ -81,6 +81,8 @@ pub struct NodeStats {
     pub timer_fires: u64,
     /// Messages this node addressed to an id that is not part of the simulation.
     pub unroutable: u64,
+    /// Messages this node emitted that its message type could not encode (not sent).
+    pub unencodable: u64,
     /// Times the node crashed.
     pub crashes: u64,
     /// Times the node was restarted.
@@ -110,6 +112,8 @@ pub struct SimStats {
     pub faults: u64,
     /// Messages addressed to ids that are not part of the simulation.
     pub unroutable: u64,
+    /// Messages cores emitted that their message type could not encode (not sent).
+    pub unencodable: u64,
     /// Network-wide totals.
     pub messages: MessageStats,
     /// Per node, keyed by id.

@@ -97,6 +97,16 @@ pub enum TraceEntry {
         /// The unknown destination.
         to: NodeId,
     },
+    /// A core emitted a message its type cannot encode (see
+    /// [`try_encode`](llmkg_federation_core::encoding::try_encode)); nothing was sent.
+    Unencodable {
+        /// Virtual time.
+        at: Time,
+        /// Sender.
+        from: NodeId,
+        /// The intended destination.
+        to: NodeId,
+    },
     /// `handle_timeout` was called.
     Timeout {
         /// Virtual time.
@@ -172,6 +182,7 @@ pub(super) const TAG_PARTITION: u8 = 8;
 pub(super) const TAG_LINK: u8 = 9;
 pub(super) const TAG_HOST: u8 = 10;
 pub(super) const TAG_HEAL: u8 = 11;
+pub(super) const TAG_UNENCODABLE: u8 = 12;
 
 impl Tracer {
     pub(super) fn new(seed: u64, nodes: usize, limit: usize) -> Self {
