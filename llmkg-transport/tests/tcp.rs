@@ -720,13 +720,18 @@ struct Victim {
 const RAW: u8 = 22;
 
 async fn victim(seed: u8) -> Victim {
+    victim_with(seed, |c| c).await
+}
+
+/// [`victim`], with `tweak` applied to the configurations of both nodes.
+async fn victim_with(seed: u8, tweak: fn(TcpConfig) -> TcpConfig) -> Victim {
     let a = {
-        let mut c = config(seed);
+        let mut c = tweak(config(seed));
         c.trust = Trust::AllowList(HashSet::from([id(RAW), id(seed + 1)]));
         c.handshake_timeout = Duration::from_millis(500);
         bind(c).await
     };
-    let mut cb = config(seed + 1);
+    let mut cb = tweak(config(seed + 1));
     cb.trust = Trust::AllowList(HashSet::from([id(seed)]));
     let b = bind(cb).await;
     a.add_peer(b.local_id(), b.local_addr()).unwrap();
@@ -952,6 +957,9 @@ impl Raw {
                 if f == Frame::Goodbye {
                     return frames;
                 }
+                if f == Frame::KeepAlive {
+                    continue;
+                }
                 frames.push(f);
                 progress.fetch_add(1, Ordering::Relaxed);
             }
@@ -1124,6 +1132,163 @@ async fn oversized_payload_is_refused_on_send() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Liveness: keepalives and the idle timeout
+// ---------------------------------------------------------------------------------------
+
+const KEEPALIVE: Duration = Duration::from_millis(50);
+const IDLE: Duration = Duration::from_millis(200);
+/// A keepalive on the wire: a chunk (2-byte length, 16-byte tag) carrying a 5-byte frame.
+const KEEPALIVE_WIRE_BYTES: u64 = 2 + 5 + 16;
+
+fn lively(mut c: TcpConfig) -> TcpConfig {
+    c.keepalive_interval = KEEPALIVE;
+    c.idle_timeout = IDLE;
+    c
+}
+
+/// An idle but healthy link stays up for many idle timeouts: keepalives flow both ways
+/// (counted in bytes, not in frames) and nothing reaches `recv`; messages flow after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalives_hold_an_idle_link_up() {
+    let a = bind(lively(config(90))).await;
+    let mut cb = lively(config(91));
+    cb.trust = Trust::AllowList(HashSet::from([id(90)]));
+    let b = bind(cb).await;
+    let (mut fa, mut fb) = (a.connection_failures(), b.connection_failures());
+    a.add_peer(id(91), b.local_addr()).unwrap();
+    wait_connected(&a, id(91)).await;
+    wait_connected(&b, id(90)).await;
+    assert_link_ok(&a, &b, 0).await;
+    // The counters are updated just after delivery: wait until both sides agree.
+    timeout(PROMPT, async {
+        while a.stats().frames_out != b.stats().frames_in
+            || b.stats().frames_out != a.stats().frames_in
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("frame counters never settled");
+    let before = (a.stats(), b.stats());
+    // Six idle timeouts without application traffic: no event at all on either side.
+    let quiet = IDLE * 6;
+    tokio::join!(assert_no_link_event(&a, quiet), assert_no_link_event(&b, quiet));
+    let after = (a.stats(), b.stats());
+    for (from, to, name) in [(before.0, after.0, "a"), (before.1, after.1, "b")] {
+        assert_eq!((to.frames_out, to.frames_in), (from.frames_out, from.frames_in), "{name}");
+        let (sent, received) = (to.bytes_out - from.bytes_out, to.bytes_in - from.bytes_in);
+        assert_eq!(sent % KEEPALIVE_WIRE_BYTES, 0, "{name}: only keepalives were sent");
+        let keepalives = sent / KEEPALIVE_WIRE_BYTES;
+        let most = (quiet.as_millis() / KEEPALIVE.as_millis()) as u64 + 1;
+        assert!((4..=most).contains(&keepalives), "{name} sent {keepalives} keepalives");
+        assert!(received >= 4 * KEEPALIVE_WIRE_BYTES, "{name} received {received} bytes");
+        assert_eq!(to.connections_failed, from.connections_failed, "{name}");
+    }
+    assert!(matches!(fa.try_recv(), Err(broadcast::error::TryRecvError::Empty)));
+    assert!(matches!(fb.try_recv(), Err(broadcast::error::TryRecvError::Empty)));
+    assert_link_ok(&a, &b, 10).await;
+    assert_eq!(a.connected_peers(), vec![id(91)]);
+    assert_eq!(b.connected_peers(), vec![id(90)]);
+    a.close().await;
+    b.close().await;
+}
+
+/// A peer that completed the handshake and then went silent without closing its socket is
+/// cut off with `IdleTimeout` within a bounded time: reported disconnected, its pending
+/// request failed with `Disconnected`, its socket closed. The healthy peer is not affected.
+/// A keepalive it sent before going silent was accepted and never reached `recv`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_peer_is_cut_off_by_the_idle_timeout() {
+    let mut v = victim_with(92, lively).await;
+    let started = tokio::time::Instant::now();
+    let mut raw = raw_handshake(v.a.local_addr(), &keypair(RAW), Forgery::None).await.unwrap();
+    let mut plain = Vec::new();
+    Frame::KeepAlive.encode(&mut plain).unwrap();
+    Frame::Message(b"last words".to_vec()).encode(&mut plain).unwrap();
+    raw.send_plain(&plain).await;
+    wait_connected(&v.a, id(RAW)).await;
+    assert_eq!(next_message(&v.a).await, (id(RAW), b"last words".to_vec()));
+    // From here on the raw client sends nothing, and keeps its socket open.
+    let (answer, failure) = tokio::join!(
+        v.a.request(id(RAW), b"anyone there?".to_vec(), PROMPT),
+        expect_failure(&mut v.failures, "IdleTimeout", |f| {
+            matches!(f.error, TcpError::IdleTimeout { .. })
+        }),
+    );
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(answer, Err(TransportError::Disconnected(p)) if p == id(RAW)),
+        "the pending request ended with {answer:?}"
+    );
+    assert_eq!(failure.peer, Some(id(RAW)));
+    assert!(matches!(failure.error, TcpError::IdleTimeout { after } if after == IDLE));
+    assert!(elapsed >= IDLE && elapsed < IDLE * 10, "cut off after {elapsed:?}");
+    match recv_event(&v.a).await {
+        Incoming::PeerDisconnected { peer } => assert_eq!(peer, id(RAW)),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_link_ok(&v.a, &v.b, 10).await;
+    assert_eq!(v.a.connected_peers(), vec![v.b.local_id()]);
+    // The node closed the socket: reading it (the acceptance, keepalives) reaches the end.
+    let mut sink = vec![0u8; 1 << 16];
+    timeout(PROMPT, async {
+        while let Ok(n) = raw.stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the silent peer's socket was not closed");
+    // The healthy link stays up across further idle timeouts.
+    tokio::time::sleep(IDLE * 2).await;
+    assert_link_ok(&v.a, &v.b, 20).await;
+    v.close().await;
+}
+
+/// A dialed peer whose link goes quiet for longer than this node's idle timeout (here: its
+/// keepalive interval is the 10 s default) is cut off and then redialed by the usual logic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dialed_peer_that_goes_quiet_is_redialed() {
+    let mut ca = lively(config(94));
+    ca.backoff_initial = Duration::from_millis(20);
+    ca.backoff_max = Duration::from_millis(100);
+    let a = bind(ca).await;
+    let mut cb = config(95);
+    cb.trust = Trust::AllowList(HashSet::from([id(94)]));
+    let b = bind(cb).await;
+    let mut failures = a.connection_failures();
+    a.add_peer(id(95), b.local_addr()).unwrap();
+    wait_connected(&a, id(95)).await;
+    let f = expect_failure(&mut failures, "IdleTimeout", |f| {
+        matches!(f.error, TcpError::IdleTimeout { .. })
+    })
+    .await;
+    assert_eq!(f.peer, Some(id(95)));
+    assert_eq!(f.peer_addr, b.local_addr());
+    wait_disconnected(&a, id(95)).await;
+    wait_connected(&a, id(95)).await;
+    assert!(a.stats().connections_dialed >= 2, "{:?}", a.stats());
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liveness_settings_are_validated() {
+    let mut c = config(96);
+    c.keepalive_interval = Duration::ZERO;
+    assert!(matches!(TcpTransport::bind(c).await, Err(TcpError::InvalidConfig(_))));
+    let mut c = config(96);
+    c.idle_timeout = c.keepalive_interval;
+    assert!(matches!(TcpTransport::bind(c).await, Err(TcpError::InvalidConfig(_))));
+    let c = config(96);
+    assert_eq!((c.keepalive_interval, c.idle_timeout), (Duration::from_secs(10), IDLE * 150));
+    let mut c = lively(config(96));
+    c.idle_timeout = KEEPALIVE + Duration::from_millis(1);
+    TcpTransport::bind(c).await.unwrap().close().await;
+}
+
+// ---------------------------------------------------------------------------------------
 // Property tests of the pure decoders
 // ---------------------------------------------------------------------------------------
 
@@ -1133,6 +1298,7 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
         payload().prop_map(Frame::Message),
         (any::<u64>(), payload()).prop_map(|(id, payload)| Frame::Request { id, payload }),
         (any::<u64>(), payload()).prop_map(|(id, payload)| Frame::Response { id, payload }),
+        Just(Frame::KeepAlive),
     ]
 }
 
@@ -1218,6 +1384,26 @@ proptest! {
                 let arrived = body.len() + 13;
                 prop_assert!(d.buffered_capacity() <= (2 * arrived).max(64 * 1024));
             }
+        }
+    }
+
+    #[test]
+    fn a_keepalive_with_a_payload_is_malformed_and_buffers_nothing(
+        declared in 1u32..=(1 << 20),
+        body in proptest::collection::vec(any::<u8>(), 0..64),
+        prefix in proptest::collection::vec(arb_frame(), 0..4),
+    ) {
+        let mut bytes = Vec::new();
+        for f in &prefix {
+            f.encode(&mut bytes).unwrap();
+        }
+        bytes.extend_from_slice(&declared.to_be_bytes());
+        bytes.push(4);
+        bytes.extend_from_slice(&body);
+        let mut d = FrameDecoder::new(1 << 20);
+        match decode_in_pieces(&mut d, &bytes, &[7], 1 << 20) {
+            Err(FrameError::Malformed { .. }) => prop_assert_eq!(d.buffered_capacity(), 0),
+            other => prop_assert!(false, "expected Malformed, got {other:?}"),
         }
     }
 

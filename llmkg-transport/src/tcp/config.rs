@@ -100,6 +100,26 @@ pub struct TcpConfig {
     pub backoff_max: Duration,
     /// How long `close` lets queued messages drain before cutting links. Default 2 s.
     pub flush_timeout: Duration,
+    /// When a connection's writer has sent nothing for this long, it sends a keepalive frame
+    /// (5 bytes of plaintext, one small encrypted chunk), so that the peer's
+    /// [`idle_timeout`](Self::idle_timeout) does not fire on a healthy but quiet link.
+    /// Keepalives are never delivered by `recv`, never wait in the outgoing queue, and are
+    /// not counted in [`TcpStats::frames_out`](super::TcpStats::frames_out) /
+    /// `frames_in` (their bytes are counted in `bytes_out` / `bytes_in`). Default 10 s;
+    /// must be positive.
+    pub keepalive_interval: Duration,
+    /// When a connection's reader has received no encrypted chunk at all (application frame
+    /// or keepalive) for this long while waiting on the socket, the connection is closed
+    /// with [`TcpError::IdleTimeout`], published on
+    /// [`connection_failures`](super::TcpTransport::connection_failures): the peer is
+    /// reported disconnected, requests waiting on it fail with `Disconnected`, and a peer
+    /// this node dials is redialed with the usual backoff. This is how a peer that vanished
+    /// without closing its socket (power loss, cut network) is noticed. Time the reader
+    /// spends waiting for room in the inbound queue does not count. Default 30 s; must be
+    /// greater than `keepalive_interval` (both ends should use compatible settings: a peer
+    /// whose keepalive interval is not below this node's idle timeout will be cut off
+    /// whenever its link is quiet).
+    pub idle_timeout: Duration,
     /// Who may connect besides added peers. Default: nobody else.
     pub trust: Trust,
     /// Bound on the peer table as seen by inbound connections: a trusted node that was not
@@ -130,6 +150,8 @@ impl TcpConfig {
             backoff_initial: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
             flush_timeout: Duration::from_secs(2),
+            keepalive_interval: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
             trust: Trust::default(),
             max_peers: 1024,
             max_pending_handshakes: 64,
@@ -153,6 +175,9 @@ impl TcpConfig {
         }
         if self.handshake_timeout.is_zero() {
             return Err(TcpError::InvalidConfig("handshake_timeout must be positive"));
+        }
+        if self.keepalive_interval.is_zero() || self.idle_timeout <= self.keepalive_interval {
+            return Err(TcpError::InvalidConfig("need 0 < keepalive_interval < idle_timeout"));
         }
         Ok(())
     }

@@ -22,6 +22,7 @@ use llmkg_federation_core::{Incoming, NodeId, RequestId};
 use snow::StatelessTransportState;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
+use tokio::time::{Instant, sleep_until};
 
 use super::handshake::HandshakeError;
 use super::transport::Inner;
@@ -235,6 +236,9 @@ impl Opener {
 /// Writes frames from the peer's queue until the queue is closed and drained (the transport
 /// is closing), `stop` fires (the connection is being replaced) or the socket fails. The
 /// first two end with a goodbye. Frames it took but could not write are lost (at most once).
+///
+/// When it has written nothing for the keepalive interval, it sends a [`Frame::KeepAlive`]
+/// (in its own chunk, outside the queue: the order of queued frames is untouched).
 pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
     mut w: W,
     mut sealer: Sealer,
@@ -242,6 +246,12 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
     mut stop: oneshot::Receiver<()>,
     inner: &Inner,
 ) -> Result<(), TcpError> {
+    let interval = inner.keepalive_interval;
+    let mut last_sent = Instant::now();
+    // One timer per connection, re-armed only when it fires: a busy writer pays a clock
+    // read per batch, not a timer registration.
+    let keepalive = sleep_until(last_sent + interval);
+    tokio::pin!(keepalive);
     // Once stop is seen, not one more frame is taken from the queue: the next connection's
     // writer owns it from then on.
     let mut stopping = false;
@@ -253,6 +263,17 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
                 biased;
                 _ = &mut stop => None,
                 frame = queue.recv() => frame.ok(),
+                _ = &mut keepalive => {
+                    if Instant::now() >= last_sent + interval {
+                        sealer.push_frame(&mut w, &Frame::KeepAlive).await?;
+                        sealer.seal()?;
+                        sealer.write_out(&mut w).await?;
+                        inner.stats.bytes_out.add(std::mem::take(&mut sealer.written));
+                        last_sent = Instant::now();
+                    }
+                    keepalive.as_mut().reset(last_sent + interval);
+                    continue;
+                }
             }
         };
         let Some(first) = next else {
@@ -272,6 +293,7 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
         }
         sealer.seal()?;
         sealer.write_out(&mut w).await?;
+        last_sent = Instant::now();
         inner.stats.frames_out.add(frames);
         inner.stats.bytes_out.add(std::mem::take(&mut sealer.written));
     }
@@ -325,10 +347,43 @@ impl ChunkReader {
     fn bytes(&self, from: usize, len: usize) -> &[u8] {
         self.buf.get(self.start + from..self.start + from + len).unwrap_or_default()
     }
+
+    /// Reads until a whole chunk is buffered at the front; returns its ciphertext length
+    /// (the chunk spans `2 + len` bytes). `at_frame_boundary` tells whether the end of the
+    /// stream before the next chunk is a clean (if unannounced) close. Cancel-safe: bytes
+    /// read are kept for the next call.
+    async fn next_chunk<R: AsyncRead + Unpin>(
+        &mut self,
+        r: &mut R,
+        at_frame_boundary: bool,
+    ) -> Result<usize, TcpError> {
+        if !self.fill(r, 2).await? {
+            return if self.available() == 0 && at_frame_boundary {
+                Err(TcpError::ConnectionLost)
+            } else {
+                Err(FrameError::Truncated.into())
+            };
+        }
+        let len_bytes = self.bytes(0, 2);
+        let len = usize::from(u16::from_be_bytes([
+            len_bytes.first().copied().unwrap_or(0),
+            len_bytes.get(1).copied().unwrap_or(0),
+        ]));
+        if len < TAG_LEN {
+            return Err(TcpError::Decrypt);
+        }
+        if !self.fill(r, 2 + len).await? {
+            return Err(FrameError::Truncated.into());
+        }
+        Ok(len)
+    }
 }
 
 /// Reads, decrypts and dispatches frames until the peer says goodbye (`Ok`) or the
 /// connection fails. Returns `Ok` too when the transport is closing.
+///
+/// Fails with [`TcpError::IdleTimeout`] when no chunk arrives for the idle timeout while it
+/// waits on the socket (time spent waiting for room in the inbound queue does not count).
 pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
     r: &mut R,
     mut opener: Opener,
@@ -338,25 +393,24 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
     let mut reader = ChunkReader::new();
     let mut plain = Vec::new();
     let mut decoder = FrameDecoder::new(inner.max_frame_len);
+    let idle_timeout = inner.idle_timeout;
+    let mut last_chunk = Instant::now();
+    // Re-armed only when it fires (like the writer's keepalive timer).
+    let idle = sleep_until(last_chunk + idle_timeout);
+    tokio::pin!(idle);
     loop {
-        if !reader.fill(r, 2).await? {
-            return if reader.available() == 0 && decoder.is_idle() {
-                Err(TcpError::ConnectionLost)
-            } else {
-                Err(FrameError::Truncated.into())
-            };
-        }
-        let len_bytes = reader.bytes(0, 2);
-        let len = usize::from(u16::from_be_bytes([
-            len_bytes.first().copied().unwrap_or(0),
-            len_bytes.get(1).copied().unwrap_or(0),
-        ]));
-        if len < TAG_LEN {
-            return Err(TcpError::Decrypt);
-        }
-        if !reader.fill(r, 2 + len).await? {
-            return Err(FrameError::Truncated.into());
-        }
+        let at_frame_boundary = decoder.is_idle();
+        let len = tokio::select! {
+            biased;
+            len = reader.next_chunk(r, at_frame_boundary) => len?,
+            _ = &mut idle => {
+                if last_chunk.elapsed() >= idle_timeout {
+                    return Err(TcpError::IdleTimeout { after: idle_timeout });
+                }
+                idle.as_mut().reset(last_chunk + idle_timeout);
+                continue;
+            }
+        };
         if plain.len() < len - TAG_LEN {
             plain.resize(len - TAG_LEN, 0);
         }
@@ -366,8 +420,9 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
         let mut input = plain.get(..n).unwrap_or_default();
         let mut frames = 0u64;
         while let Some(frame) = decoder.feed(&mut input)? {
-            frames += 1;
             let delivered = match frame {
+                // Liveness only: the chunk that carried it has done its job.
+                Frame::KeepAlive => continue,
                 Frame::Message(payload) => {
                     inner.deliver(Incoming::Message { from: peer, payload }).await
                 }
@@ -381,15 +436,18 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
                     true
                 }
                 Frame::Goodbye => {
-                    inner.stats.frames_in.add(frames);
+                    inner.stats.frames_in.add(frames + 1);
                     return Ok(());
                 }
             };
+            frames += 1;
             if !delivered {
                 return Ok(());
             }
         }
         inner.stats.frames_in.add(frames);
+        // After the deliveries: a reader held up by a full inbound queue is not idle.
+        last_chunk = Instant::now();
     }
 }
 

@@ -3,6 +3,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use llmkg_federation_core::{NodeId, TransportError};
 use thiserror::Error;
@@ -13,8 +14,8 @@ use super::{FrameError, HandshakeError};
 ///
 /// Connection-level variants ([`Handshake`](TcpError::Handshake), [`Frame`](TcpError::Frame),
 /// [`Decrypt`](TcpError::Decrypt), [`ConnectionLost`](TcpError::ConnectionLost),
-/// [`Noise`](TcpError::Noise), [`Io`](TcpError::Io)) close only the affected connection and
-/// are reported through
+/// [`IdleTimeout`](TcpError::IdleTimeout), [`Noise`](TcpError::Noise), [`Io`](TcpError::Io))
+/// close only the affected connection and are reported through
 /// [`TcpTransport::connection_failures`](super::TcpTransport::connection_failures); the
 /// transport keeps serving every other peer (and redials an added peer). Frames already
 /// delivered from that connection stay delivered; frames in flight on it are lost.
@@ -39,6 +40,14 @@ pub enum TcpError {
     /// crashed or was killed).
     #[error("connection closed by the peer without a goodbye")]
     ConnectionLost,
+    /// Nothing at all (not even a keepalive) arrived on the connection for
+    /// [`TcpConfig::idle_timeout`](super::TcpConfig::idle_timeout): the peer vanished
+    /// without closing its socket, or the network path is broken. The connection was closed.
+    #[error("nothing received from the peer for {after:?}")]
+    IdleTimeout {
+        /// The idle timeout in force.
+        after: Duration,
+    },
     /// The Noise session failed outside the handshake (for example: nonce exhaustion, which
     /// ends the connection rather than reuse a nonce).
     #[error("noise session failed: {0}")]

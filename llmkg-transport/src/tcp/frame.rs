@@ -3,7 +3,8 @@
 //! ```text
 //! frame    = length:u32be kind:u8 [id:u64be] payload      (id only for Request and Response)
 //! length   = number of payload bytes (at most the transport's max_frame_len)
-//! kind     = 0 Message | 1 Request | 2 Response | 3 Goodbye (Goodbye has an empty payload)
+//! kind     = 0 Message | 1 Request | 2 Response | 3 Goodbye | 4 KeepAlive
+//!            (Goodbye and KeepAlive have an empty payload)
 //! ```
 //!
 //! Frames form a plain byte stream: the connection encrypts it in Noise messages of at most
@@ -16,6 +17,7 @@ const KIND_MESSAGE: u8 = 0;
 const KIND_REQUEST: u8 = 1;
 const KIND_RESPONSE: u8 = 2;
 const KIND_GOODBYE: u8 = 3;
+const KIND_KEEPALIVE: u8 = 4;
 
 /// The longest frame header: length, kind and request id.
 pub const MAX_FRAME_HEADER_LEN: usize = 13;
@@ -47,15 +49,19 @@ pub enum Frame {
     },
     /// The sender is closing the connection gracefully; nothing follows.
     Goodbye,
+    /// Liveness only: sent when the writer has been idle for the keepalive interval, so the
+    /// peer's idle timeout sees traffic on a quiet link. Never delivered to the host, never
+    /// taken from the outgoing queue.
+    KeepAlive,
 }
 
 impl Frame {
-    /// The payload bytes (empty for [`Frame::Goodbye`]).
+    /// The payload bytes (empty for [`Frame::Goodbye`] and [`Frame::KeepAlive`]).
     pub fn payload(&self) -> &[u8] {
         match self {
             Frame::Message(p) | Frame::Request { payload: p, .. } => p,
             Frame::Response { payload: p, .. } => p,
-            Frame::Goodbye => &[],
+            Frame::Goodbye | Frame::KeepAlive => &[],
         }
     }
 
@@ -71,6 +77,7 @@ impl Frame {
             Frame::Request { id, .. } => (KIND_REQUEST, Some(*id)),
             Frame::Response { id, .. } => (KIND_RESPONSE, Some(*id)),
             Frame::Goodbye => (KIND_GOODBYE, None),
+            Frame::KeepAlive => (KIND_KEEPALIVE, None),
         };
         let mut header = [0u8; MAX_FRAME_HEADER_LEN];
         let [l0, l1, l2, l3, k, rest @ ..] = &mut header;
@@ -110,7 +117,7 @@ pub enum FrameError {
     /// The stream ended in the middle of a frame (or of an encrypted chunk).
     #[error("connection ended in the middle of a frame")]
     Truncated,
-    /// The bytes are not a frame: unknown kind, or a Goodbye with a payload.
+    /// The bytes are not a frame: unknown kind, or a Goodbye or KeepAlive with a payload.
     #[error("malformed frame: {reason}")]
     Malformed {
         /// What was wrong.
@@ -204,7 +211,7 @@ impl FrameDecoder {
         }
         let [_, _, _, _, kind, ..] = self.header;
         match kind {
-            KIND_MESSAGE | KIND_GOODBYE => Ok(5),
+            KIND_MESSAGE | KIND_GOODBYE | KIND_KEEPALIVE => Ok(5),
             KIND_REQUEST | KIND_RESPONSE => Ok(MAX_FRAME_HEADER_LEN),
             _ => Err(FrameError::Malformed { reason: "unknown frame kind" }),
         }
@@ -260,6 +267,9 @@ impl FrameDecoder {
             if kind == KIND_GOODBYE && len != 0 {
                 return Err(FrameError::Malformed { reason: "goodbye frame with a payload" });
             }
+            if kind == KIND_KEEPALIVE && len != 0 {
+                return Err(FrameError::Malformed { reason: "keepalive frame with a payload" });
+            }
             let body = Body {
                 kind,
                 id,
@@ -280,6 +290,7 @@ impl Body {
             KIND_REQUEST => Frame::Request { id: self.id, payload: self.payload },
             KIND_RESPONSE => Frame::Response { id: self.id, payload: self.payload },
             KIND_GOODBYE => Frame::Goodbye,
+            KIND_KEEPALIVE => Frame::KeepAlive,
             _ => Frame::Message(self.payload),
         }
     }
@@ -314,6 +325,7 @@ mod tests {
             Frame::Request { id: 7, payload: vec![9; 300] },
             Frame::Response { id: u64::MAX, payload: Vec::new() },
             Frame::Message(Vec::new()),
+            Frame::KeepAlive,
             Frame::Goodbye,
         ];
         let bytes = encode_all(&frames);
@@ -345,6 +357,22 @@ mod tests {
         assert!(matches!(d.feed(&mut &[0, 0, 0, 1, 9][..]), Err(FrameError::Malformed { .. })));
         let mut d = FrameDecoder::new(10);
         assert!(matches!(d.feed(&mut &[0, 0, 0, 1, 3][..]), Err(FrameError::Malformed { .. })));
+        let mut d = FrameDecoder::new(10);
+        assert!(matches!(d.feed(&mut &[0, 0, 0, 1, 4][..]), Err(FrameError::Malformed { .. })));
+        // Kind 5 is the first unknown one.
+        let mut d = FrameDecoder::new(10);
+        assert!(matches!(d.feed(&mut &[0, 0, 0, 0, 5][..]), Err(FrameError::Malformed { .. })));
+    }
+
+    #[test]
+    fn keepalive_is_a_five_byte_frame_with_kind_four() {
+        let mut bytes = Vec::new();
+        Frame::KeepAlive.encode(&mut bytes).unwrap();
+        assert_eq!(bytes, [0, 0, 0, 0, 4]);
+        let mut d = FrameDecoder::new(0);
+        let mut input = &bytes[..];
+        assert_eq!(d.feed(&mut input), Ok(Some(Frame::KeepAlive)));
+        assert!(input.is_empty() && d.is_idle());
     }
 
     #[test]

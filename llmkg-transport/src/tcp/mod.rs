@@ -20,11 +20,12 @@
 //! (and backs off) rather than a link that comes up and drops. Every refusal has a typed
 //! [`HandshakeError`] on the refusing side.
 //!
-//! **Data**: [`Frame`]s (message, request, response, goodbye) form a byte stream, encrypted
-//! in Noise messages of at most 65535 bytes, each sent as `[u16 BE length][ciphertext]`. The
-//! receiver checks each declared frame length against `max_frame_len` before buffering
-//! anything. A malformed stream closes only that connection; the failure is published on
-//! [`TcpTransport::connection_failures`] and the peer is reported disconnected.
+//! **Data**: [`Frame`]s (message, request, response, goodbye, keepalive) form a byte
+//! stream, encrypted in Noise messages of at most 65535 bytes, each sent as
+//! `[u16 BE length][ciphertext]`. The receiver checks each declared frame length against
+//! `max_frame_len` before buffering anything. A malformed stream closes only that
+//! connection; the failure is published on [`TcpTransport::connection_failures`] and the
+//! peer is reported disconnected.
 //!
 //! **Links**: one live connection per peer. The node dials every added peer and redials it
 //! with capped, jittered exponential backoff; if both ends dial each other at once, both
@@ -43,9 +44,14 @@
 //! for up to the flush timeout to read the peer's close (so the peer gets the goodbye
 //! rather than a reset).
 //!
-//! It deliberately does not: resolve names, traverse NATs, rekey long-lived sessions, or
-//! detect a silently vanished peer (no keepalive): a peer that disappears without closing
-//! its socket is noticed when a write fails.
+//! **Liveness**: a connection's writer that has sent nothing for
+//! [`TcpConfig::keepalive_interval`] sends a [`Frame::KeepAlive`] (never delivered, never
+//! queued); a reader that has received nothing for [`TcpConfig::idle_timeout`] closes the
+//! connection with [`TcpError::IdleTimeout`]. So a peer that vanished without closing its
+//! socket (power loss, cut network) is reported disconnected within the idle timeout, and a
+//! peer this node dials is then redialed.
+//!
+//! It deliberately does not: resolve names, traverse NATs, or rekey long-lived sessions.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {

@@ -83,9 +83,9 @@ pub struct TcpStats {
     pub connections_failed: u64,
     /// Dial attempts that failed before the handshake (refused, unreachable, timed out).
     pub dial_failures: u64,
-    /// Frames received.
+    /// Frames received (keepalives not included).
     pub frames_in: u64,
-    /// Frames sent.
+    /// Frames sent (keepalives not included).
     pub frames_out: u64,
     /// Encrypted bytes received after handshakes (chunk headers included).
     pub bytes_in: u64,
@@ -113,6 +113,8 @@ pub(crate) struct Inner {
     pub(crate) flush_timeout: Duration,
     pub(crate) backoff_initial: Duration,
     pub(crate) backoff_max: Duration,
+    pub(crate) keepalive_interval: Duration,
+    pub(crate) idle_timeout: Duration,
     peers: Mutex<HashMap<NodeId, PeerHandle>>,
     connected: Mutex<HashSet<NodeId>>,
     inbound_tx: async_channel::Sender<Incoming>,
@@ -343,6 +345,8 @@ impl TcpTransport {
             flush_timeout: config.flush_timeout,
             backoff_initial: config.backoff_initial,
             backoff_max: config.backoff_max,
+            keepalive_interval: config.keepalive_interval,
+            idle_timeout: config.idle_timeout,
             peers: Mutex::new(HashMap::new()),
             connected: Mutex::new(HashSet::new()),
             inbound_tx,
