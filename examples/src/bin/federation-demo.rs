@@ -360,14 +360,11 @@ fn main() -> Result<(), Box<dyn Error>> {
     let (_, qudt, qudt_branch, old_head) = &mut nodes[qudt_index];
     let old_units = units(qudt, qudt_branch)?;
     println!("\n3. QUDT publishes a new release of its unit vocabulary; qudt re-imports it");
-    let report = import_graph(
-        qudt,
-        qudt_branch,
-        &data.join("vocabulary-unit/package/unit.nq"),
-        "http://qudt.org/vocab/unit/",
-        ImportMode::Replace,
-        Some(format!("{:<8} {:<8}", "qudt", "unit.nq")),
-    )?;
+    let new_release = data.join("vocabulary-unit/package/unit.nq");
+    let unit_graph = "http://qudt.org/vocab/unit/";
+    let label = Some(format!("{:<8} {:<8}", "qudt", "unit.nq"));
+    let report =
+        import_graph(qudt, qudt_branch, &new_release, unit_graph, ImportMode::Replace, label)?;
     let new_head = report.commit.ok_or("the new release changed nothing")?;
     println!(
         "   commit {new_head:.8}: +{} -{} triples; units of measure {} -> {}",
@@ -376,14 +373,8 @@ fn main() -> Result<(), Box<dyn Error>> {
         thousands(old_units as u64),
         thousands(units(qudt, qudt_branch)? as u64)
     );
-    let again = import_graph(
-        qudt,
-        qudt_branch,
-        &data.join("vocabulary-unit/package/unit.nq"),
-        "http://qudt.org/vocab/unit/",
-        ImportMode::Replace,
-        None,
-    )?;
+    let again =
+        import_graph(qudt, qudt_branch, &new_release, unit_graph, ImportMode::Replace, None)?;
     println!(
         "   importing the same file again: {}",
         match again.commit {
