@@ -73,7 +73,7 @@ pub use graph::{ApplyError, GraphState, Matches, Pattern, TripleRef};
 pub use identity::{InvalidOrgId, NodeId, NodeKeypair, OrgId, Signable, SignatureError, Signed};
 pub use merkle::{MerkleTree, StateRoot};
 pub use protocol::{Protocol, Time, Transmit};
-pub use repo::{InvalidCommit, MergeOutcome, RepoError, Repository, three_way};
+pub use repo::{InvalidCommit, MergeOutcome, RepoError, RepoOptions, Repository, three_way};
 pub use store::{
     BranchName, InvalidBranchName, MemoryStore, ObjectId, RedbStore, RefUpdate, Store, StoreError,
     WriteBatch,

@@ -220,16 +220,31 @@ proptest! {
         prop_assert_eq!(&s2, &expected);
         let diverged = !r.is_ancestor(hx, hy).unwrap() && !r.is_ancestor(hy, hx).unwrap();
         if diverged {
-            match o1 {
-                MergeOutcome::Merged(m) => {
-                    let c = r.load_commit(m).unwrap();
-                    prop_assert_eq!(c.commit().parents(), &[hx, hy]);
-                }
-                MergeOutcome::FastForward(_) | MergeOutcome::AlreadyUpToDate => {
-                    prop_assert!(false, "diverged branches must merge, got {:?}", o1)
+            // A merge commit exactly when the merge changes ours' state.
+            for (out, ours, theirs) in [(o1, hx, hy), (o2, hy, hx)] {
+                let changed = set_of(&r.materialize(ours).unwrap()) != expected;
+                match out {
+                    MergeOutcome::Merged(m) => {
+                        prop_assert!(changed);
+                        let c = r.load_commit(m).unwrap();
+                        prop_assert_eq!(c.commit().parents(), &[ours, theirs]);
+                    }
+                    MergeOutcome::Unchanged => prop_assert!(!changed),
+                    other => prop_assert!(false, "diverged branches must merge, got {:?}", other),
                 }
             }
-            prop_assert!(matches!(o2, MergeOutcome::Merged(_)));
+            // The two replicas merge each other again, in either order: they settle, with no
+            // new commit on either side.
+            let (m1, m2) = (r.head(&b("m1")).unwrap().unwrap(), r.head(&b("m2")).unwrap().unwrap());
+            for (branch, theirs) in [(b("m1"), m2), (b("m2"), m1), (b("m2"), m1), (b("m1"), m2)] {
+                let before = r.head(&branch).unwrap();
+                let out = r.merge(&branch, theirs, "again").unwrap();
+                prop_assert!(
+                    matches!(out, MergeOutcome::Unchanged | MergeOutcome::AlreadyUpToDate),
+                    "second merge made {:?}", out
+                );
+                prop_assert_eq!(r.head(&branch).unwrap(), before);
+            }
         }
         // Merging a commit with itself (or anything already contained) changes nothing.
         let head = r.head(&b("m1")).unwrap().unwrap();

@@ -150,9 +150,9 @@ pub fn write(
 }
 
 impl<S: Store> Repository<S> {
-    /// Writes the state at commit `at` to `writer` in `format` (see [`write()`]). Uses the
-    /// cached state when a branch head is at `at`, and otherwise materializes (and so fully
-    /// verifies) it from the store.
+    /// Writes the state at commit `at` to `writer` in `format` (see [`write()`]). The state
+    /// is reached from the nearest cached state or checkpoint, every step verified (see
+    /// [`Repository::state_at`]).
     pub fn export(
         &mut self,
         at: CommitId,
@@ -160,10 +160,7 @@ impl<S: Store> Repository<S> {
         format: Format,
         options: &ExportOptions,
     ) -> Result<u64, ExportError> {
-        if let Some(state) = self.cached_state(at) {
-            return write(state, writer, format, options);
-        }
-        let state = self.materialize(at)?;
-        write(&state, writer, format, options)
+        let state = self.state_at(at)?;
+        write(state, writer, format, options)
     }
 }

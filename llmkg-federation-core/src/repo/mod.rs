@@ -18,13 +18,13 @@
 //! (recursively), and that state is the base. The result does not depend on which side is
 //! "ours": merging `B` into `A` and `A` into `B` give the same state.
 
-use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
+mod states;
+
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 
 use thiserror::Error;
 
-use crate::commit::{
-    Commit, CommitId, CommitShapeError, CommitVerifyError, SignedCommit, peek_parents,
-};
+use crate::commit::{Commit, CommitId, CommitShapeError, CommitVerifyError, SignedCommit};
 use crate::encoding::DecodeError;
 use crate::graph::{ApplyError, GraphState};
 use crate::identity::{NodeKeypair, OrgId};
@@ -96,16 +96,29 @@ pub enum InvalidCommit {
         /// The root of the state its changes produce.
         actual: StateRoot,
     },
-    /// The ancestry walk met a cycle or a malformed link (a damaged store).
-    #[error("malformed ancestry: {0}")]
-    Ancestry(DecodeError),
+    /// The stored envelope's parent list does not decode (a damaged store).
+    #[error("malformed parent list: {0}")]
+    Malformed(DecodeError),
+    /// The first-parent chain returns to this commit: a cycle, which content-addressed
+    /// history cannot have (a damaged store).
+    #[error("ancestry cycle through {0}")]
+    Cycle(CommitId),
+    /// A commit on a walk between two states is not linked to the previous one by its first
+    /// parent (the store changed under the walk, or is damaged).
+    #[error("first-parent link broken on a walk between states")]
+    BrokenPath,
 }
 
 /// What [`Repository::merge`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum MergeOutcome {
     /// Theirs is already contained in ours: nothing changed.
     AlreadyUpToDate,
+    /// Theirs is not in ours' history, but the three-way merge leaves ours' state as it is:
+    /// no commit was made and the branch did not move. (Two replicas that merge each other
+    /// settle here instead of making merge commits forever.)
+    Unchanged,
     /// Ours was an ancestor of theirs: the branch now points at theirs, no commit was made.
     FastForward(CommitId),
     /// A merge commit with parents `[ours, theirs]` was made and the branch points at it.
@@ -116,6 +129,22 @@ pub enum MergeOutcome {
 struct Meta {
     parents: Vec<CommitId>,
     timestamp: Timestamp,
+}
+
+/// How a [`Repository`] trades memory for speed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RepoOptions {
+    /// How many verified states (one per commit, shared by the branches pointing there) are
+    /// kept in memory, least recently used evicted first; at least 1. Default 4. Each costs
+    /// about 190 bytes per triple.
+    pub cached_states: usize,
+}
+
+impl Default for RepoOptions {
+    fn default() -> Self {
+        Self { cached_states: 4 }
+    }
 }
 
 /// A versioned graph: signed commits, branches, diffs, merges and queries over a [`Store`].
@@ -149,10 +178,16 @@ pub struct Repository<S: Store> {
     keypair: NodeKeypair,
     org: OrgId,
     clock: Box<dyn Clock>,
-    /// Materialized head states, keyed by branch, with the commit they are the state of.
-    heads: HashMap<BranchName, (CommitId, GraphState)>,
+    /// Verified states by commit (see [`RepoOptions::cached_states`]).
+    states: states::StateCache,
     /// Parents and timestamps of commits verified so far.
     meta: HashMap<CommitId, Meta>,
+    /// First parents read from stored envelopes without verification, to plan walks (each
+    /// step of a walk is verified when taken).
+    links: HashMap<CommitId, Option<CommitId>>,
+    /// Generation numbers known so far (see [`Repository::log`]).
+    generations: HashMap<CommitId, u64>,
+    options: RepoOptions,
 }
 
 impl<S: Store> std::fmt::Debug for Repository<S> {
@@ -173,9 +208,19 @@ impl<S: Store> Repository<S> {
             keypair,
             org,
             clock: Box::new(clock),
-            heads: HashMap::new(),
+            states: states::StateCache::default(),
             meta: HashMap::new(),
+            links: HashMap::new(),
+            generations: HashMap::new(),
+            options: RepoOptions::default(),
         }
+    }
+
+    /// Replaces the tuning options. Cached states beyond the new capacity are dropped.
+    pub fn with_options(mut self, options: RepoOptions) -> Self {
+        self.options = options;
+        self.states.clear();
+        self
     }
 
     /// The underlying store.
@@ -232,101 +277,67 @@ impl<S: Store> Repository<S> {
         self.meta.get(&id).cloned().ok_or(RepoError::CommitNotFound(id))
     }
 
-    /// The state at commit `id`, rebuilt from the store by replaying its first-parent chain
-    /// from the root commit. Every commit on the chain is fully verified on the way: id,
-    /// signature, authorship, exact applicability of its changes and its state root.
+    /// The state at commit `id`, rebuilt from the store by replaying its whole first-parent
+    /// chain from the root commit, ignoring every cache and checkpoint: an audit of the
+    /// history. Every commit on the chain is fully verified on the way: id, signature,
+    /// authorship, the commit policy, exact applicability of its changes and its state root.
+    /// For everyday use [`Repository::state_at`] reaches the same state in O(changes).
     pub fn materialize(&mut self, id: CommitId) -> Result<GraphState, RepoError> {
-        // Walk back along first parents, reading only the parent list of each envelope; every
-        // link is checked again against the verified commit during the replay below.
-        let mut chain = vec![id];
-        let mut seen = HashSet::from([id]);
-        let mut cursor = id;
-        loop {
-            let parents = match self.meta.get(&cursor) {
-                Some(m) => m.parents.clone(),
-                None => {
-                    let bytes = self
-                        .store
-                        .object(&ObjectId::from(cursor))?
-                        .ok_or(RepoError::CommitNotFound(cursor))?;
-                    peek_parents(&bytes).map_err(|e| RepoError::InvalidCommit {
-                        id: cursor,
-                        reason: InvalidCommit::Ancestry(e),
-                    })?
-                }
-            };
-            match parents.first() {
-                None => break,
-                Some(p) => {
-                    if !seen.insert(*p) {
-                        return Err(RepoError::InvalidCommit {
-                            id: cursor,
-                            reason: InvalidCommit::Ancestry(DecodeError::Malformed {
-                                what: "Commit",
-                                reason: "first-parent chain has a cycle".into(),
-                            }),
-                        });
-                    }
-                    chain.push(*p);
-                    cursor = *p;
-                }
-            }
-        }
+        let (chain, _) = self.chain_to_root(id)?;
         let mut state = GraphState::new();
-        let mut expected_parent: Option<CommitId> = None;
-        for &cid in chain.iter().rev() {
-            let commit = self.load_commit(cid).map_err(|e| match e {
-                RepoError::CommitNotFound(missing) if missing != id => {
-                    RepoError::InvalidCommit { id, reason: InvalidCommit::MissingParent(missing) }
-                }
-                e => e,
-            })?;
-            if commit.commit().parents().first().copied() != expected_parent {
-                return Err(RepoError::InvalidCommit {
-                    id: cid,
-                    reason: InvalidCommit::Ancestry(DecodeError::Malformed {
-                        what: "Commit",
-                        reason: "parent list changed between reads".into(),
-                    }),
-                });
-            }
-            apply_verified(&mut state, &commit)?;
-            expected_parent = Some(cid);
-        }
+        let path = states::Path { back: Vec::new(), forward: chain.into_iter().rev().collect() };
+        self.walk(&mut state, None, &path, None)?;
         Ok(state)
     }
 
-    /// The materialized state at the head of `branch`, cached until the branch moves.
+    /// `id` and all its first-parent ancestors, newest first.
+    fn chain_to_root(&mut self, id: CommitId) -> Result<(Vec<CommitId>, bool), RepoError> {
+        let mut chain = vec![id];
+        let mut seen = HashSet::from([id]);
+        let mut cursor = id;
+        while let Some(p) = self.first_parent(cursor)? {
+            if !seen.insert(p) {
+                return Err(RepoError::InvalidCommit {
+                    id: cursor,
+                    reason: InvalidCommit::Cycle(p),
+                });
+            }
+            chain.push(p);
+            cursor = p;
+        }
+        Ok((chain, true))
+    }
+
+    /// The verified state at commit `id`, reached from the nearest cached state or checkpoint
+    /// (forward or backward along first parents, every step verified) and kept in the cache.
+    /// Costs O(changes between the two), not O(history).
+    pub fn state_at(&mut self, id: CommitId) -> Result<&GraphState, RepoError> {
+        let state = self.take_state_at(id)?;
+        self.states.put(id, state, self.options.cached_states);
+        self.states.last().ok_or(RepoError::CommitNotFound(id))
+    }
+
+    /// The state at the head of `branch` (see [`Repository::state_at`]).
     pub fn state(&mut self, branch: &BranchName) -> Result<&GraphState, RepoError> {
         let head = self.existing_head(branch)?;
-        let fresh = matches!(self.heads.get(branch), Some((cached, _)) if *cached == head);
-        if !fresh {
-            let state = self.materialize(head)?;
-            self.heads.insert(branch.clone(), (head, state));
-        }
-        match self.heads.get(branch) {
-            Some((_, state)) => Ok(state),
-            None => Err(RepoError::BranchNotFound(branch.clone())),
+        self.state_at(head)
+    }
+
+    /// The state at `head` (or the empty state), taken out of the cache.
+    fn take_state(&mut self, head: Option<CommitId>) -> Result<GraphState, RepoError> {
+        match head {
+            Some(head) => self.take_state_at(head),
+            None => Ok(GraphState::new()),
         }
     }
 
-    /// The cached materialized state of commit `id`, if a branch head is there.
-    #[cfg(feature = "rdf")]
-    pub(crate) fn cached_state(&self, id: CommitId) -> Option<&GraphState> {
-        self.heads.values().find(|(c, _)| *c == id).map(|(_, s)| s)
-    }
-
-    /// Takes the cached state of `branch` at `head` out of the cache, materializing it if the
-    /// cache is stale. Put it back with `self.heads.insert` on success.
-    fn take_state(
-        &mut self,
-        branch: &BranchName,
-        head: Option<CommitId>,
-    ) -> Result<GraphState, RepoError> {
-        match (self.heads.remove(branch), head) {
-            (Some((cached, state)), Some(head)) if cached == head => Ok(state),
-            (_, Some(head)) => self.materialize(head),
-            (_, None) => Ok(GraphState::new()),
+    /// Puts back a state taken with `take_state` after `changes` were applied to it and the
+    /// operation then failed: undoes them so the cached state is the state at `at` again.
+    fn restore(&mut self, at: Option<CommitId>, mut state: GraphState, changes: &ChangeSet) {
+        if let Some(at) = at
+            && state.apply(&changes.inverse()).is_ok()
+        {
+            self.states.put(at, state, self.options.cached_states);
         }
     }
 
@@ -346,11 +357,17 @@ impl<S: Store> Repository<S> {
         message: &str,
     ) -> Result<CommitId, RepoError> {
         let head = self.head(branch)?;
-        let mut state = self.take_state(branch, head)?;
-        let effective = state.apply_effective(changes).map_err(RepoError::Apply)?;
+        let mut state = self.take_state(head)?;
+        let effective = match state.apply_effective(changes) {
+            Ok(e) => e,
+            Err(e) => {
+                // The state may hold part of the changes: rebuild it when next needed.
+                return Err(RepoError::Apply(e));
+            }
+        };
         if effective.is_empty() {
             if let Some(h) = head {
-                self.heads.insert(branch.clone(), (h, state));
+                self.states.put(h, state, self.options.cached_states);
             }
             return Err(RepoError::NothingToCommit);
         }
@@ -359,8 +376,8 @@ impl<S: Store> Repository<S> {
     }
 
     /// Signs and writes a commit with `parents` and `changes`, already applied to `state`,
-    /// moving `branch` from `head`. The state is cached on success and dropped on failure (it
-    /// is rebuilt from the store when next needed).
+    /// moving `branch` from `head`. The state is cached under the new commit on success and
+    /// restored to `head`'s on failure.
     fn write_commit(
         &mut self,
         branch: &BranchName,
@@ -370,25 +387,45 @@ impl<S: Store> Repository<S> {
         changes: ChangeSet,
         message: &str,
     ) -> Result<CommitId, RepoError> {
-        let commit = Commit::new(
+        let first_parent = parents.first().copied();
+        let signed = Commit::new(
             parents,
-            changes,
+            changes.clone(),
             self.keypair.node_id(),
             self.org.clone(),
             self.clock.now(),
             message.to_owned(),
             state.state_root(),
-        )?;
-        let signed = SignedCommit::sign(&self.keypair, commit).map_err(RepoError::Unverifiable)?;
+        )
+        .map_err(RepoError::Shape)
+        .and_then(|commit| {
+            SignedCommit::sign(&self.keypair, commit).map_err(RepoError::Unverifiable)
+        });
+        let signed = match signed {
+            Ok(s) => s,
+            Err(e) => {
+                self.restore(first_parent, state, &changes);
+                return Err(e);
+            }
+        };
         let id = signed.id();
-        let batch = WriteBatch::new().put_object(id, signed.as_bytes().to_vec()).update_ref(
-            branch.clone(),
-            head,
-            Some(id),
-        );
-        self.store.write(batch)?;
+        let record = match self.generation_record(id, signed.commit().parents()) {
+            Ok(r) => r,
+            Err(e) => {
+                self.restore(first_parent, state, &changes);
+                return Err(e);
+            }
+        };
+        let batch = WriteBatch::new()
+            .put_object(id, signed.as_bytes().to_vec())
+            .put_object(record.0, record.1)
+            .update_ref(branch.clone(), head, Some(id));
+        if let Err(e) = self.store.write(batch) {
+            self.restore(first_parent, state, &changes);
+            return Err(e.into());
+        }
         self.remember(&signed);
-        self.heads.insert(branch.clone(), (id, state));
+        self.states.put(id, state, self.options.cached_states);
         Ok(id)
     }
 
@@ -409,13 +446,15 @@ impl<S: Store> Repository<S> {
     pub fn delete_branch(&mut self, branch: &BranchName) -> Result<(), RepoError> {
         let head = self.existing_head(branch)?;
         self.store.write(WriteBatch::new().update_ref(branch.clone(), Some(head), None))?;
-        self.heads.remove(branch);
         Ok(())
     }
 
     /// Verifies a commit received from elsewhere — id, signature, authorship, that its parents
-    /// are present, that its changes apply exactly to its first parent's state and that the
-    /// state root matches — and stores it. No ref moves. Returns its id.
+    /// are present, the commit policy, that its changes apply exactly to its first parent's
+    /// state and that the state root matches — and stores it. No ref moves. Returns its id.
+    ///
+    /// The parent's state is reached from the nearest cached state, so receiving a chain of
+    /// commits in order costs O(changes) per commit; the received commit's state is cached.
     pub fn receive(&mut self, bytes: &[u8]) -> Result<CommitId, RepoError> {
         let commit = SignedCommit::decode(bytes, None).map_err(RepoError::Unverifiable)?;
         let id = commit.id();
@@ -430,14 +469,49 @@ impl<S: Store> Repository<S> {
                 });
             }
         }
-        let mut state = match commit.commit().parents().first() {
-            Some(p) => self.materialize(*p)?,
-            None => GraphState::new(),
-        };
-        apply_verified(&mut state, &commit)?;
-        self.store.write(WriteBatch::new().put_object(id, commit.as_bytes().to_vec()))?;
+        self.check_policy(&commit)?;
+        let parent = commit.commit().parents().first().copied();
+        let mut state = self.take_state(parent)?;
+        if let Err(e) = apply_verified(&mut state, &commit) {
+            self.restore_after_failed_apply(parent, state, &commit);
+            return Err(e);
+        }
+        let written = self.generation_record(id, commit.commit().parents()).and_then(|record| {
+            let batch = WriteBatch::new()
+                .put_object(id, commit.as_bytes().to_vec())
+                .put_object(record.0, record.1);
+            Ok(self.store.write(batch)?)
+        });
+        if let Err(e) = written {
+            self.restore(parent, state, commit.commit().changes());
+            return Err(e);
+        }
         self.remember(&commit);
+        self.states.put(id, state, self.options.cached_states);
         Ok(id)
+    }
+
+    /// Puts back the parent's state after a commit's changes failed to apply (the state is
+    /// unchanged) or applied but gave the wrong root (undone here).
+    fn restore_after_failed_apply(
+        &mut self,
+        parent: Option<CommitId>,
+        mut state: GraphState,
+        commit: &SignedCommit,
+    ) {
+        let Some(parent) = parent else { return };
+        let Ok(expected) = self.load_commit(parent).map(|c| c.commit().state_root()) else {
+            return;
+        };
+        if state.state_root() != expected {
+            // The changes applied and the root was wrong: undo them.
+            if state.apply(&commit.commit().changes().inverse()).is_err()
+                || state.state_root() != expected
+            {
+                return;
+            }
+        }
+        self.states.put(parent, state, self.options.cached_states);
     }
 
     /// True if `ancestor` is `descendant` or one of its ancestors.
@@ -506,17 +580,27 @@ impl<S: Store> Repository<S> {
         Ok(best)
     }
 
-    /// The state of the (possibly virtual) merge base of `bases`; see the module docs.
-    fn base_state(&mut self, bases: &[CommitId]) -> Result<GraphState, RepoError> {
+    /// A copy of the verified state at `id` (the cached one stays cached).
+    fn state_copy(&mut self, id: CommitId) -> Result<GraphState, RepoError> {
+        Ok(self.state_at(id)?.clone())
+    }
+
+    /// The state of the virtual merge base of several `bases` (criss-cross histories; see
+    /// the module docs). Built as a full state: such histories are rare.
+    fn virtual_base_state(&mut self, bases: &[CommitId]) -> Result<GraphState, RepoError> {
         let Some((first, rest)) = bases.split_first() else {
             return Ok(GraphState::new());
         };
-        let mut acc = self.materialize(*first)?;
+        let mut acc = self.state_copy(*first)?;
         let mut merged = vec![*first];
         for b in rest {
             let inner = self.merge_bases_of_sets(&merged, &[*b])?;
-            let inner_base = self.base_state(&inner)?;
-            let theirs = self.materialize(*b)?;
+            let inner_base = match inner.as_slice() {
+                [] => GraphState::new(),
+                [one] => self.state_copy(*one)?,
+                many => self.virtual_base_state(many)?,
+            };
+            let theirs = self.state_copy(*b)?;
             let changes = three_way(&acc, &theirs, &inner_base);
             acc.apply(&changes).map_err(RepoError::Apply)?;
             merged.push(*b);
@@ -524,12 +608,58 @@ impl<S: Store> Repository<S> {
         Ok(acc)
     }
 
+    /// The changes that turn ours' state into the three-way merge with theirs (module docs),
+    /// computed by walking one state from ours to theirs and to the merge base and back:
+    /// O(changes on those paths) for a single merge base.
+    fn merge_changes(&mut self, ours: CommitId, theirs: CommitId) -> Result<ChangeSet, RepoError> {
+        let bases = self.merge_bases(ours, theirs)?;
+        if bases.len() > 1 {
+            let base = self.virtual_base_state(&bases)?;
+            let theirs_state = self.state_copy(theirs)?;
+            let ours_state = self.state_at(ours)?;
+            return Ok(three_way(ours_state, &theirs_state, &base));
+        }
+        let mut state = self.take_state_at(ours)?;
+        let result = self.single_base_merge(&mut state, ours, theirs, bases.first().copied());
+        if result.is_ok() {
+            self.states.put(ours, state, self.options.cached_states);
+        }
+        result
+    }
+
+    /// [`Repository::merge_changes`] with at most one merge base: `state` starts and ends at
+    /// ours, visiting theirs and the base on the way.
+    fn single_base_merge(
+        &mut self,
+        state: &mut GraphState,
+        ours: CommitId,
+        theirs: CommitId,
+        base: Option<CommitId>,
+    ) -> Result<ChangeSet, RepoError> {
+        let (only_theirs, only_ours) = self.walk_between(state, ours, theirs)?.into_parts();
+        let Some(base) = base else {
+            // Unrelated histories: the base is empty, so theirs' additions all stay and
+            // nothing of ours is removed.
+            self.walk_between(state, theirs, ours)?;
+            return Ok(ChangeSet::from_sorted(only_theirs, Vec::new()));
+        };
+        self.walk_between(state, theirs, base)?;
+        // Only in theirs: keep if theirs added it (absent from base). Only in ours: drop if
+        // theirs removed it (present in base).
+        let add = only_theirs.into_iter().filter(|t| !state.contains(t)).collect();
+        let remove = only_ours.into_iter().filter(|t| state.contains(t)).collect();
+        self.walk_between(state, base, ours)?;
+        Ok(ChangeSet::from_sorted(add, remove))
+    }
+
     /// Merges commit `theirs` into `branch`.
     ///
     /// - If `theirs` is already an ancestor of the head: [`MergeOutcome::AlreadyUpToDate`].
-    /// - If the head is an ancestor of `theirs`: the branch fast-forwards to `theirs`.
-    /// - Otherwise a merge commit with parents `[head, theirs]` records the three-way merge
-    ///   (module docs), even if the merged state equals the head's.
+    /// - If the head is an ancestor of `theirs`: the branch fast-forwards to `theirs` (whose
+    ///   state is verified first, reached from the head's in O(changes)).
+    /// - Otherwise the three-way merge (module docs) is computed. If it changes the head's
+    ///   state, a merge commit with parents `[head, theirs]` records it
+    ///   ([`MergeOutcome::Merged`]); if not, nothing is written ([`MergeOutcome::Unchanged`]).
     pub fn merge(
         &mut self,
         branch: &BranchName,
@@ -543,67 +673,131 @@ impl<S: Store> Repository<S> {
         }
         if self.is_ancestor(ours, theirs)? {
             // Verify the whole target before pointing a branch at it.
-            let state = self.materialize(theirs)?;
+            let state = self.take_state_at(theirs)?;
+            self.states.put(theirs, state, self.options.cached_states);
             self.store.write(WriteBatch::new().update_ref(
                 branch.clone(),
                 Some(ours),
                 Some(theirs),
             ))?;
-            self.heads.insert(branch.clone(), (theirs, state));
             return Ok(MergeOutcome::FastForward(theirs));
         }
-        let bases = self.merge_bases(ours, theirs)?;
-        let base = self.base_state(&bases)?;
-        let their_state = self.materialize(theirs)?;
-        let mut our_state = self.take_state(branch, Some(ours))?;
-        let changes = three_way(&our_state, &their_state, &base);
-        our_state.apply(&changes).map_err(RepoError::Apply)?;
+        let changes = self.merge_changes(ours, theirs)?;
+        if changes.is_empty() {
+            return Ok(MergeOutcome::Unchanged);
+        }
+        let mut state = self.take_state_at(ours)?;
+        state.apply(&changes).map_err(RepoError::Apply)?;
         let parents = vec![ours, theirs];
-        let id = self.write_commit(branch, Some(ours), parents, our_state, changes, message)?;
+        let id = self.write_commit(branch, Some(ours), parents, state, changes, message)?;
         Ok(MergeOutcome::Merged(id))
     }
 
-    /// The changes that turn the state at `from` into the state at `to`.
+    /// The changes that turn the state at `from` into the state at `to`: O(changes between
+    /// them) from the nearest cached state.
     pub fn diff(&mut self, from: CommitId, to: CommitId) -> Result<ChangeSet, RepoError> {
-        let a = self.materialize(from)?;
-        let b = self.materialize(to)?;
-        Ok(a.diff(&b))
+        let mut state = self.take_state_at(from)?;
+        let changes = self.walk_between(&mut state, from, to)?;
+        self.states.put(to, state, self.options.cached_states);
+        Ok(changes)
     }
 
-    /// `start` and its ancestors, newest first: every commit comes before its parents, and
-    /// among commits whose children are all listed, the latest timestamp (then the highest
-    /// id) comes first. At most `limit` commits.
+    /// `start` and its ancestors, newest first, at most `limit` of them: every commit comes
+    /// before its parents. The order is by generation (a root is 1, any other commit one more
+    /// than its highest parent), then latest timestamp, then highest id. The walk reads only
+    /// the commits it returns and their parents, using the generation numbers recorded when
+    /// commits are written or received.
     pub fn log(&mut self, start: CommitId, limit: usize) -> Result<Vec<SignedCommit>, RepoError> {
-        let all = self.ancestors(&[start])?;
-        let mut pending_children: HashMap<CommitId, usize> = HashMap::new();
-        for c in &all {
-            for p in self.meta(*c)?.parents {
-                *pending_children.entry(p).or_default() += 1;
-            }
-        }
-        let mut ready = BinaryHeap::new();
-        ready.push((self.meta(start)?.timestamp, start));
         let mut out = Vec::new();
-        let mut emitted = BTreeSet::new();
-        while let Some((_, c)) = ready.pop() {
-            if out.len() >= limit {
-                break;
-            }
-            if !emitted.insert(c) {
-                continue;
-            }
+        let mut frontier: BinaryHeap<(u64, Timestamp, CommitId)> = BinaryHeap::new();
+        let mut queued = HashSet::from([start]);
+        frontier.push((self.generation(start)?, self.meta(start)?.timestamp, start));
+        while out.len() < limit {
+            let Some((_, _, c)) = frontier.pop() else { break };
             out.push(self.load_commit(c)?);
             for p in self.meta(c)?.parents {
-                if let Some(n) = pending_children.get_mut(&p) {
-                    *n -= 1;
-                    if *n == 0 {
-                        ready.push((self.meta(p)?.timestamp, p));
-                    }
+                if queued.insert(p) {
+                    frontier.push((self.generation(p)?, self.meta(p)?.timestamp, p));
                 }
             }
         }
         Ok(out)
     }
+
+    /// The generation number of `id`: read from its record if the store has one, else
+    /// computed from its ancestors (and remembered for this repository's lifetime).
+    fn generation(&mut self, id: CommitId) -> Result<u64, RepoError> {
+        let mut stack = vec![id];
+        while let Some(&c) = stack.last() {
+            if self.generations.contains_key(&c) {
+                stack.pop();
+                continue;
+            }
+            if let Some(bytes) = self.store.object(&generation_object(c))?
+                && let Ok(raw) = <[u8; 8]>::try_from(bytes.as_slice())
+            {
+                self.generations.insert(c, u64::from_le_bytes(raw));
+                stack.pop();
+                continue;
+            }
+            let parents = self.meta(c)?.parents;
+            let missing: Vec<CommitId> =
+                parents.iter().copied().filter(|p| !self.generations.contains_key(p)).collect();
+            if missing.is_empty() {
+                let g = parents.iter().filter_map(|p| self.generations.get(p)).max().copied();
+                self.generations.insert(c, g.unwrap_or(0).saturating_add(1));
+                stack.pop();
+            } else {
+                if stack.len() > self.generations.len() + 1_000_000 {
+                    return Err(RepoError::InvalidCommit {
+                        id: c,
+                        reason: InvalidCommit::Cycle(c),
+                    });
+                }
+                stack.extend(missing);
+            }
+        }
+        self.generations.get(&id).copied().ok_or(RepoError::CommitNotFound(id))
+    }
+
+    /// The generation record to store with a new commit with these parents.
+    fn generation_record(
+        &mut self,
+        id: CommitId,
+        parents: &[CommitId],
+    ) -> Result<(ObjectId, Vec<u8>), RepoError> {
+        let mut g = 0;
+        for p in parents {
+            g = g.max(self.generation(*p)?);
+        }
+        let g = g.saturating_add(1);
+        self.generations.insert(id, g);
+        Ok((generation_object(id), g.to_le_bytes().to_vec()))
+    }
+}
+
+impl<S: Store> Repository<S> {
+    /// Refuses a commit the host's policy does not admit.
+    fn check_policy(&self, _commit: &SignedCommit) -> Result<(), RepoError> {
+        Ok(())
+    }
+
+    /// True if the store holds a checkpoint of the state at `id`.
+    fn has_checkpoint(&self, _id: CommitId) -> Result<bool, RepoError> {
+        Ok(false)
+    }
+
+    /// The verified state at `id`, loaded from its checkpoint.
+    fn load_checkpoint(&mut self, id: CommitId) -> Result<GraphState, RepoError> {
+        Err(RepoError::CommitNotFound(id))
+    }
+}
+
+/// Where the generation number of commit `id` is recorded: an object whose id is derived
+/// from the commit's. The record is an index, not evidence: a damaged one can change the
+/// order of [`Repository::log`], never what a commit or a state is.
+fn generation_object(id: CommitId) -> ObjectId {
+    ObjectId::from_bytes(crate::encoding::hash_bytes(b"llmkg/commit-generation/v1", id.as_bytes()))
 }
 
 /// Applies a verified commit's changes to its first parent's `state` and checks the root.
