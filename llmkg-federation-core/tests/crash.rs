@@ -6,13 +6,16 @@
 //! `commit` call returned; the parent kills it at a random moment, then checks that the store
 //! opens, that every branch fully verifies, and that no reported commit was lost.
 //!
-//! Reproduce a run with `LLMKG_CRASH_SEED=<seed>` (the seed is printed).
+//! The seed is fixed (`DEFAULT_SEED`) so that every run draws the same delays and the child
+//! writes the same triples; run another with `LLMKG_CRASH_SEED=<seed>` (the seed is printed).
+//! The moment a kill lands still depends on the machine's speed, so a failure reproduces the
+//! same workload, not necessarily the same instant.
 //!
-//! The kill delay is counted from the spawn, so a kill lands while the child opens the store
-//! (redb recovering the file), while it materializes the existing heads (the repository
-//! replays and verifies every commit from the root, which grows with the history), or while it
-//! commits. The child prints progress lines and the summary says how many kills hit each
-//! phase: in the later rounds many kills land during materialization.
+//! Four rounds in five kill the child a random time after it reported being ready to commit,
+//! so those kills land in the commit loop; every fifth round counts the delay from the spawn,
+//! so the kill may also land while the store opens (redb recovering the file) or while the
+//! child reaches its heads' states. The test asserts that the commit-loop kills did land
+//! there and interrupted a child that had committed.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -21,7 +24,7 @@ use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use llmkg_federation_core::{
     BranchName, ChangeSet, CommitId, NodeKeypair, OrgId, RedbStore, Repository, SystemClock, Term,
@@ -34,6 +37,10 @@ use tempfile::TempDir;
 const CHILD_ENV: &str = "LLMKG_CRASH_CHILD_DIR";
 const SEED_ENV: &str = "LLMKG_CRASH_SEED";
 const ROUNDS: usize = 25;
+/// The seed of a run without `LLMKG_CRASH_SEED`.
+const DEFAULT_SEED: u64 = 0x5eed_c4a5;
+/// The child's nonce (which makes its triples distinct from earlier children's).
+const NONCE_ENV: &str = "LLMKG_CRASH_CHILD_NONCE";
 const TRIPLES_PER_COMMIT: usize = 50;
 const MARKER: &str = "COMMITTED ";
 const OPENED: &str = "CHILD OPENED";
@@ -80,8 +87,7 @@ fn crash_child() {
     out.flush().unwrap();
     let main = BranchName::new("main").unwrap();
     let side = BranchName::new("side").unwrap();
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-    let nonce = format!("{}-{nanos}", std::process::id());
+    let nonce = std::env::var(NONCE_ENV).expect("the parent sets the nonce");
     let mut counter = 0u64;
     // Materialize (and so verify) the existing heads; from here on the child only commits.
     for branch in [&main, &side] {
@@ -118,7 +124,7 @@ fn crash_child() {
 enum Phase {
     /// Before `RedbStore::open` returned: starting up, or redb recovering the file.
     Opening,
-    /// Store open, materializing (and verifying) the existing heads.
+    /// Store open, reaching (and verifying) the existing heads' states.
     Materializing,
     /// Committing, since this long after the spawn.
     Committing(Duration),
@@ -144,11 +150,22 @@ struct Round {
     stderr: String,
 }
 
-fn run_child(dir: &Path, delay: Duration) -> Round {
+/// When the kill lands: a delay after the spawn, or after the child said it is ready to commit.
+#[derive(Clone, Copy, Debug)]
+enum KillAt {
+    AfterSpawn(Duration),
+    AfterReady(Duration),
+}
+
+/// The longest a child may take to open the store and reach its heads before the round fails.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn run_child(dir: &Path, kill_at: KillAt, nonce: &str) -> Round {
     let child = Command::new(std::env::current_exe().unwrap())
         .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, dir)
         .env_remove(SEED_ENV)
+        .env(NONCE_ENV, nonce)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -205,7 +222,19 @@ fn run_child(dir: &Path, delay: Duration) -> Round {
         s
     });
 
-    thread::sleep(delay);
+    match kill_at {
+        KillAt::AfterSpawn(delay) => thread::sleep(delay),
+        KillAt::AfterReady(delay) => {
+            while !matches!(*phase.lock().unwrap(), Phase::Committing(_)) {
+                assert!(
+                    spawned.elapsed() < READY_TIMEOUT,
+                    "the child was not ready to commit after {READY_TIMEOUT:?}"
+                );
+                thread::sleep(Duration::from_millis(1));
+            }
+            thread::sleep(delay);
+        }
+    }
     // On Unix `kill` sends SIGKILL. It fails only if the child was already reaped, which we
     // have not done yet; an early exit shows up in the status below.
     child.0.kill().expect("SIGKILL the child");
@@ -224,7 +253,7 @@ fn run_child(dir: &Path, delay: Duration) -> Round {
 fn sigkill_never_loses_a_finished_commit() {
     let seed = match std::env::var(SEED_ENV) {
         Ok(s) => s.parse().expect("LLMKG_CRASH_SEED must be a u64"),
-        Err(_) => SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64,
+        Err(_) => DEFAULT_SEED,
     };
     println!("crash test seed: {seed} (rerun with {SEED_ENV}={seed})");
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -237,13 +266,22 @@ fn sigkill_never_loses_a_finished_commit() {
     let mut productive_kills = 0usize;
     let mut kills_opening = 0usize;
     let mut kills_materializing = 0usize;
+    let mut loop_rounds = 0usize;
+    let mut loop_kills_after_a_commit = 0usize;
     let mut distinct: HashSet<CommitId> = HashSet::new();
     let mut unreported_total = 0usize;
     let mut commits_on_chains = 0usize;
 
     for round in 0..ROUNDS {
-        let delay = Duration::from_millis(rng.random_range(20..250));
-        let Round { reported, phase, killed_by_sigkill, stderr } = run_child(dir.path(), delay);
+        let kill_at = if round % 5 == 4 {
+            KillAt::AfterSpawn(Duration::from_millis(rng.random_range(5..150)))
+        } else {
+            loop_rounds += 1;
+            KillAt::AfterReady(Duration::from_millis(rng.random_range(5..120)))
+        };
+        let nonce = format!("{seed}-{round}");
+        let Round { reported, phase, killed_by_sigkill, stderr } =
+            run_child(dir.path(), kill_at, &nonce);
         assert!(
             killed_by_sigkill,
             "round {round} (seed {seed}): the child was not killed by SIGKILL: it exited on \
@@ -252,6 +290,15 @@ fn sigkill_never_loses_a_finished_commit() {
         kills += 1;
         if !reported.is_empty() {
             productive_kills += 1;
+        }
+        if matches!(kill_at, KillAt::AfterReady(_)) {
+            assert!(
+                matches!(phase, Phase::Committing(_)),
+                "round {round} (seed {seed}): a commit-loop kill landed in {phase:?}"
+            );
+            if !reported.is_empty() {
+                loop_kills_after_a_commit += 1;
+            }
         }
         match phase {
             Phase::Opening => kills_opening += 1,
@@ -264,16 +311,19 @@ fn sigkill_never_loses_a_finished_commit() {
             last_on.insert(branch.clone(), *id);
         }
 
-        // Recovery: the file opens and everything the child reported is there and verifies.
+        // Recovery: the file opens and everything the child reported is there and verifies:
+        // the full replay from the root agrees with the state reached the everyday way.
         let verify_started = Instant::now();
         let mut repo = repository(dir.path());
         let branches = repo.branches().unwrap();
         let mut on_chains: HashSet<CommitId> = HashSet::new();
         for (branch, head) in &branches {
-            let state = repo.materialize(*head).unwrap_or_else(|e| {
+            let mut state = repo.materialize(*head).unwrap_or_else(|e| {
                 panic!("round {round} (seed {seed}): branch {branch} at {head} fails: {e}")
             });
             assert!(!state.is_empty());
+            let mut reached = repo.state(branch).unwrap().clone();
+            assert_eq!(reached.state_root(), state.state_root());
             // Collect the first-parent chain (the child never merges, so that is all of it).
             let mut cursor = Some(*head);
             while let Some(c) = cursor {
@@ -319,11 +369,15 @@ fn sigkill_never_loses_a_finished_commit() {
         commits_on_chains = on_chains.len();
         let phase = match phase {
             Phase::Opening => "while opening the store".to_owned(),
-            Phase::Materializing => "while materializing   ".to_owned(),
+            Phase::Materializing => "while reaching heads  ".to_owned(),
             Phase::Committing(t) => format!("committing since {:3} ms", t.as_millis()),
         };
+        let (delay, from) = match kill_at {
+            KillAt::AfterSpawn(d) => (d, "spawn"),
+            KillAt::AfterReady(d) => (d, "ready"),
+        };
         println!(
-            "round {round:2}: killed after {:3} ms ({phase}), {:3} commits reported, \
+            "round {round:2}: killed {:3} ms after {from} ({phase}), {:3} commits reported, \
              {:4} on {} branches, verified in {} ms",
             delay.as_millis(),
             reported.len(),
@@ -349,12 +403,20 @@ fn sigkill_never_loses_a_finished_commit() {
     println!(
         "crash test summary (seed {seed}): {kills} SIGKILLs ({productive_kills} after at least \
          one reported commit; {kills_opening} while the child was opening the store, \
-         {kills_materializing} while it was materializing the heads), {} reported commits all present and verified, {commits_on_chains} \
+         {kills_materializing} while it was reaching the heads; {loop_kills_after_a_commit} of \
+         {loop_rounds} commit-loop kills after at least one commit), {} reported commits all \
+         present and verified, {commits_on_chains} \
          commits on the branches ({unreported_total} present but never reported: in flight at \
          the kill; {with_removals} with removals), {:.1} s",
         all_reported.len(),
         started.elapsed().as_secs_f64()
     );
-    assert!(kills >= 20, "only {kills} kills");
-    assert!(!all_reported.is_empty(), "the child never reported a commit: nothing was tested");
+    assert_eq!(kills, ROUNDS);
+    // Most commit-loop kills must interrupt a child that had already committed: otherwise the
+    // kills test start-up, not the commit path.
+    assert!(
+        loop_kills_after_a_commit * 4 >= loop_rounds * 3,
+        "only {loop_kills_after_a_commit} of {loop_rounds} commit-loop kills came after a commit"
+    );
+    assert!(with_removals > 0, "no commit removed triples: removals were not tested");
 }

@@ -1,5 +1,6 @@
 //! Benchmark of the local versioned graph: commits (in memory and durable on redb),
-//! materialization, pattern queries, the size of the indexed state, and importing real
+//! materialization (a full replay from the root), reopening a durable branch to its first
+//! query, receiving commits in order onto a large branch, pattern queries, the size of the indexed state, and importing real
 //! N-Triples (`import-ntriples`, which needs the data of `./scripts/fetch-data.sh`).
 //!
 //! ```text
@@ -148,6 +149,57 @@ fn commit_all<S: Store>(repo: &mut Repository<S>, batches: &[Vec<Triple>]) -> (f
     }
     let elapsed = start.elapsed().as_secs_f64();
     (total as f64 / elapsed, total)
+}
+
+/// Opens the redb file at `path`, reaches the state of `main` and answers one query: the
+/// time from nothing in memory to the first answer, in ms. Checks the state is `expected`'s.
+fn reopen_to_first_query(path: &Path, expected: &GraphState) -> f64 {
+    let probe = expected.iter().next().map(|t| t.to_triple()).unwrap();
+    let start = Instant::now();
+    let mut reopened = repo(RedbStore::open(path).unwrap());
+    let state = reopened.state(&BranchName::new("main").unwrap()).unwrap();
+    let hits = state.matching(&Pattern::any().with_subject(probe.subject().clone())).count();
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    assert!(hits >= 1);
+    assert_eq!(state.len(), expected.len());
+    ms
+}
+
+/// `receive-redb`: a sender holding a copy of the branch at `path` makes one more commit
+/// batch's worth of commits on top (as many triples as the branch holds); the branch's own
+/// repository, with its state in memory, then receives them in order and fast-forwards to
+/// the last. Returns the received triples per second and their number.
+fn receive_onto(
+    path: &Path,
+    sender_path: &Path,
+    generator: &mut Generator,
+    a: &Args,
+) -> (f64, usize) {
+    let main = BranchName::new("main").unwrap();
+    std::fs::copy(path, sender_path).unwrap();
+    let more = generator.take(a.triples);
+    let envelopes: Vec<Vec<u8>> = {
+        let mut sender = repo(RedbStore::open(sender_path).unwrap());
+        let mut ids = Vec::new();
+        for batch in more.chunks(a.commit_size) {
+            ids.push(
+                sender.commit(&main, ChangeSet::adding(batch.iter().cloned()), "more").unwrap(),
+            );
+        }
+        ids.iter().map(|id| sender.store().object(&(*id).into()).unwrap().unwrap()).collect()
+    };
+    let mut receiver = repo(RedbStore::open(path).unwrap());
+    receiver.state(&main).unwrap();
+    let start = Instant::now();
+    let mut last = None;
+    for e in &envelopes {
+        last = Some(receiver.receive(e).unwrap());
+    }
+    let outcome = receiver.merge(&main, last.unwrap(), "take the received commits").unwrap();
+    let elapsed = start.elapsed().as_secs_f64();
+    assert!(matches!(outcome, llmkg_federation_core::MergeOutcome::FastForward(_)));
+    assert!(receiver.state(&main).unwrap().len() > more.len());
+    (more.len() as f64 / elapsed, more.len())
 }
 
 fn latencies(state: &GraphState, patterns: &[Pattern]) -> (f64, f64, f64) {
@@ -328,6 +380,27 @@ fn main() {
             .param("commits", total.div_ceil(a.commit_size))
             .metric("ms", round(ms, 1))
             .metric("triples_per_s", round(state.len() as f64 / (ms / 1e3), 0)),
+    );
+
+    progress(a.json, "reopen");
+    let reopen_ms = reopen_to_first_query(&path, &state);
+    report.push(
+        Case::new("reopen")
+            .param("triples", state.len())
+            .metric("ms", round(reopen_ms, 1))
+            .metric("vs_materialize_ratio", round(reopen_ms / ms, 3)),
+    );
+
+    progress(a.json, "receive-redb");
+    let (receive_tps, received) =
+        receive_onto(&path, &dir.path().join("sender.redb"), &mut generator, &a);
+    report.push(
+        Case::new("receive-redb")
+            .param("triples", received)
+            .param("commit_size", a.commit_size)
+            .param("branch_triples", state.len())
+            .metric("triples_per_s", round(receive_tps, 0))
+            .metric("vs_commit_ratio", round(receive_tps / redb_tps, 3)),
     );
 
     progress(a.json, "queries");
