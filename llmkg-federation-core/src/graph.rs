@@ -130,12 +130,17 @@ impl<'a> Iterator for Matches<'a> {
     type Item = TripleRef<'a>;
     fn next(&mut self) -> Option<Self::Item> {
         let key = self.order.to_spo(*self.range.as_mut()?.next()?);
-        Some(TripleRef {
-            subject: self.dict.get_index(key[0] as usize)?,
-            predicate: self.dict.get_index(key[1] as usize)?,
-            object: self.dict.get_index(key[2] as usize)?,
-        })
+        resolve(self.dict, key)
     }
+}
+
+/// The terms of the triple with dictionary key `k` (SPO order).
+fn resolve(dict: &Dictionary, k: Key) -> Option<TripleRef<'_>> {
+    Some(TripleRef {
+        subject: dict.get_index(k[0] as usize)?,
+        predicate: dict.get_index(k[1] as usize)?,
+        object: dict.get_index(k[2] as usize)?,
+    })
 }
 
 /// The indexed state of a graph: term dictionary, SPO/POS/OSP indexes and Merkle tree.
@@ -219,13 +224,7 @@ impl GraphState {
             self.intern(triple.predicate())?,
             self.intern(triple.object())?,
         ];
-        if !self.spo.insert(k) {
-            return Ok(false);
-        }
-        self.pos.insert([k[1], k[2], k[0]]);
-        self.osp.insert([k[2], k[0], k[1]]);
-        self.merkle.insert(triple.id(), k);
-        Ok(true)
+        Ok(self.insert_key(k, triple.id()))
     }
 
     /// Removes `triple`; returns false if it was not present.
@@ -335,11 +334,7 @@ impl GraphState {
     }
 
     fn resolve(&self, k: Key) -> Option<TripleRef<'_>> {
-        Some(TripleRef {
-            subject: self.dict.get_index(k[0] as usize)?,
-            predicate: self.dict.get_index(k[1] as usize)?,
-            object: self.dict.get_index(k[2] as usize)?,
-        })
+        resolve(&self.dict, k)
     }
 
     /// The difference from `self` to `other`: the change set that turns this state into
