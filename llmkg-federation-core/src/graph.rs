@@ -333,7 +333,56 @@ impl GraphState {
         &self.merkle
     }
 
-    fn resolve(&self, k: Key) -> Option<TripleRef<'_>> {
+    /// The triple with content id `id`, if the state holds it (one Merkle lookup: the tree
+    /// keeps each triple's dictionary key).
+    pub fn get_by_id(&self, id: &TripleId) -> Option<TripleRef<'_>> {
+        self.resolve(self.merkle.get(id)?)
+    }
+
+    /// Builds a state from triples sorted by id and distinct, each with its id (the caller
+    /// checked both; `count` is how many, for allocation), moving the terms into the dictionary: the bulk path of snapshot
+    /// installation. The same state as inserting them one by one (same triples, same root).
+    pub(crate) fn from_sorted_by_id(
+        triples: impl IntoIterator<Item = (TripleId, Triple)>,
+        count: usize,
+    ) -> Result<Self, ApplyError> {
+        let mut state = GraphState::new();
+        let mut entries: Vec<(TripleId, Key)> = Vec::with_capacity(count);
+        for (id, t) in triples {
+            let (s, p, o) = t.into_parts();
+            entries.push((
+                id,
+                [state.intern_owned(s)?, state.intern_owned(p)?, state.intern_owned(o)?],
+            ));
+        }
+        let sorted = |mut v: Vec<Key>| {
+            v.sort_unstable();
+            v.into_iter().collect::<BTreeSet<Key>>()
+        };
+        state.pos = sorted(entries.iter().map(|(_, k)| [k[1], k[2], k[0]]).collect());
+        state.osp = sorted(entries.iter().map(|(_, k)| [k[2], k[0], k[1]]).collect());
+        state.spo = sorted(entries.iter().map(|(_, k)| *k).collect());
+        state.merkle = MerkleTree::from_sorted_entries(entries);
+        Ok(state)
+    }
+
+    fn intern_owned(&mut self, term: Term) -> Result<u32, ApplyError> {
+        if self.dict.len() >= u32::MAX as usize {
+            return match self.dict.get_index_of(&term) {
+                Some(i) => Ok(i as u32),
+                None => Err(ApplyError::DictionaryFull),
+            };
+        }
+        Ok(self.dict.insert_full(term).0 as u32)
+    }
+
+    /// Every term of the dictionary, in key order.
+    pub(crate) fn terms(&self) -> impl ExactSizeIterator<Item = &Term> {
+        self.dict.iter()
+    }
+
+    /// The triple with dictionary key `k`.
+    pub(crate) fn resolve(&self, k: Key) -> Option<TripleRef<'_>> {
         resolve(&self.dict, k)
     }
 
