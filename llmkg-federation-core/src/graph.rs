@@ -347,6 +347,8 @@ impl GraphState {
         count: usize,
     ) -> Result<Self, ApplyError> {
         let mut state = GraphState::new();
+        // Typical graphs have fewer distinct terms than triples; this saves most regrowth.
+        state.dict.reserve(count);
         let mut entries: Vec<(TripleId, Key)> = Vec::with_capacity(count);
         for (id, t) in triples {
             let (s, p, o) = t.into_parts();
