@@ -130,12 +130,17 @@ impl<'a> Iterator for Matches<'a> {
     type Item = TripleRef<'a>;
     fn next(&mut self) -> Option<Self::Item> {
         let key = self.order.to_spo(*self.range.as_mut()?.next()?);
-        Some(TripleRef {
-            subject: self.dict.get_index(key[0] as usize)?,
-            predicate: self.dict.get_index(key[1] as usize)?,
-            object: self.dict.get_index(key[2] as usize)?,
-        })
+        resolve(self.dict, key)
     }
+}
+
+/// The terms of the triple with dictionary key `k` (SPO order).
+fn resolve(dict: &Dictionary, k: Key) -> Option<TripleRef<'_>> {
+    Some(TripleRef {
+        subject: dict.get_index(k[0] as usize)?,
+        predicate: dict.get_index(k[1] as usize)?,
+        object: dict.get_index(k[2] as usize)?,
+    })
 }
 
 /// The indexed state of a graph: term dictionary, SPO/POS/OSP indexes and Merkle tree.
@@ -219,13 +224,7 @@ impl GraphState {
             self.intern(triple.predicate())?,
             self.intern(triple.object())?,
         ];
-        if !self.spo.insert(k) {
-            return Ok(false);
-        }
-        self.pos.insert([k[1], k[2], k[0]]);
-        self.osp.insert([k[2], k[0], k[1]]);
-        self.merkle.insert(triple.id(), k);
-        Ok(true)
+        Ok(self.insert_key(k, triple.id()))
     }
 
     /// Removes `triple`; returns false if it was not present.
@@ -334,12 +333,59 @@ impl GraphState {
         &self.merkle
     }
 
-    fn resolve(&self, k: Key) -> Option<TripleRef<'_>> {
-        Some(TripleRef {
-            subject: self.dict.get_index(k[0] as usize)?,
-            predicate: self.dict.get_index(k[1] as usize)?,
-            object: self.dict.get_index(k[2] as usize)?,
-        })
+    /// The triple with content id `id`, if the state holds it (one Merkle lookup: the tree
+    /// keeps each triple's dictionary key).
+    pub fn get_by_id(&self, id: &TripleId) -> Option<TripleRef<'_>> {
+        self.resolve(self.merkle.get(id)?)
+    }
+
+    /// Builds a state from triples sorted by id and distinct, each with its id (the caller
+    /// checked both; `count` is how many, for allocation), moving the terms into the dictionary: the bulk path of snapshot
+    /// installation. The same state as inserting them one by one (same triples, same root).
+    pub(crate) fn from_sorted_by_id(
+        triples: impl IntoIterator<Item = (TripleId, Triple)>,
+        count: usize,
+    ) -> Result<Self, ApplyError> {
+        let mut state = GraphState::new();
+        // Typical graphs have fewer distinct terms than triples; this saves most regrowth.
+        state.dict.reserve(count);
+        let mut entries: Vec<(TripleId, Key)> = Vec::with_capacity(count);
+        for (id, t) in triples {
+            let (s, p, o) = t.into_parts();
+            entries.push((
+                id,
+                [state.intern_owned(s)?, state.intern_owned(p)?, state.intern_owned(o)?],
+            ));
+        }
+        let sorted = |mut v: Vec<Key>| {
+            v.sort_unstable();
+            v.into_iter().collect::<BTreeSet<Key>>()
+        };
+        state.pos = sorted(entries.iter().map(|(_, k)| [k[1], k[2], k[0]]).collect());
+        state.osp = sorted(entries.iter().map(|(_, k)| [k[2], k[0], k[1]]).collect());
+        state.spo = sorted(entries.iter().map(|(_, k)| *k).collect());
+        state.merkle = MerkleTree::from_sorted_entries(entries);
+        Ok(state)
+    }
+
+    fn intern_owned(&mut self, term: Term) -> Result<u32, ApplyError> {
+        if self.dict.len() >= u32::MAX as usize {
+            return match self.dict.get_index_of(&term) {
+                Some(i) => Ok(i as u32),
+                None => Err(ApplyError::DictionaryFull),
+            };
+        }
+        Ok(self.dict.insert_full(term).0 as u32)
+    }
+
+    /// Every term of the dictionary, in key order.
+    pub(crate) fn terms(&self) -> impl ExactSizeIterator<Item = &Term> {
+        self.dict.iter()
+    }
+
+    /// The triple with dictionary key `k`.
+    pub(crate) fn resolve(&self, k: Key) -> Option<TripleRef<'_>> {
+        resolve(&self.dict, k)
     }
 
     /// The difference from `self` to `other`: the change set that turns this state into

@@ -57,6 +57,7 @@ pub mod protocol;
 #[cfg(feature = "rdf")]
 pub mod rdf;
 mod repo;
+pub mod snapshot;
 mod store;
 mod term;
 #[cfg(feature = "testing")]
@@ -71,9 +72,13 @@ pub use commit::{
 pub use encoding::{DecodeError, TripleId};
 pub use graph::{ApplyError, GraphState, Matches, Pattern, TripleRef};
 pub use identity::{InvalidOrgId, NodeId, NodeKeypair, OrgId, Signable, SignatureError, Signed};
-pub use merkle::{MerkleTree, StateRoot};
+pub use merkle::{
+    Membership, MerkleProof, MerkleTree, NibblePath, NodeHash, ProofError, StateRoot,
+    SubtreeSummary,
+};
 pub use protocol::{Protocol, Time, Transmit};
 pub use repo::{InvalidCommit, MergeOutcome, RepoError, RepoOptions, Repository, three_way};
+pub use snapshot::{Snapshot, SnapshotChunk, SnapshotError, SnapshotManifest, SnapshotReceiver};
 pub use store::{
     BranchName, InvalidBranchName, MemoryStore, ObjectId, RedbStore, RefUpdate, Store, StoreError,
     WriteBatch,

@@ -602,6 +602,11 @@ impl Triple {
         &self.object
     }
 
+    /// The subject, predicate and object, moved out.
+    pub(crate) fn into_parts(self) -> (Term, Term, Term) {
+        (self.subject, self.predicate, self.object)
+    }
+
     /// The content id of this triple.
     pub fn id(&self) -> crate::TripleId {
         crate::TripleId::of(self)
