@@ -77,7 +77,9 @@ pub use merkle::{
     SubtreeSummary,
 };
 pub use protocol::{Protocol, Time, Transmit};
-pub use repo::{InvalidCommit, MergeOutcome, RepoError, RepoOptions, Repository, three_way};
+pub use repo::{
+    CheckpointPolicy, InvalidCommit, MergeOutcome, RepoError, RepoOptions, Repository, three_way,
+};
 pub use snapshot::{Snapshot, SnapshotChunk, SnapshotError, SnapshotManifest, SnapshotReceiver};
 pub use store::{
     BranchName, InvalidBranchName, MemoryStore, ObjectId, RedbStore, RefUpdate, Store, StoreError,

@@ -18,7 +18,10 @@
 //! (recursively), and that state is the base. The result does not depend on which side is
 //! "ours": merging `B` into `A` and `A` into `B` give the same state.
 
+mod checkpoint;
 mod states;
+
+pub use checkpoint::CheckpointPolicy;
 
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 
@@ -73,6 +76,15 @@ pub enum RepoError {
     /// A state operation failed (the term dictionary is full).
     #[error(transparent)]
     Apply(ApplyError),
+    /// A snapshot of the state at `id` could not be built, or one offered for installation
+    /// (or a stored checkpoint at the boundary of a shallow replica) was refused.
+    #[error("snapshot of the state at {id}: {error}")]
+    Snapshot {
+        /// The commit whose state it is.
+        id: CommitId,
+        /// What was wrong.
+        error: crate::snapshot::SnapshotError,
+    },
 }
 
 /// Why a commit was rejected.
@@ -139,11 +151,14 @@ pub struct RepoOptions {
     /// kept in memory, least recently used evicted first; at least 1. Default 4. Each costs
     /// about 190 bytes per triple.
     pub cached_states: usize,
+    /// When checkpoints are written without being asked for; `None` writes them only on
+    /// demand ([`Repository::checkpoint`]). Default: [`CheckpointPolicy::default`].
+    pub checkpoints: Option<CheckpointPolicy>,
 }
 
 impl Default for RepoOptions {
     fn default() -> Self {
-        Self { cached_states: 4 }
+        Self { cached_states: 4, checkpoints: Some(CheckpointPolicy::default()) }
     }
 }
 
@@ -184,7 +199,14 @@ pub struct Repository<S: Store> {
     meta: HashMap<CommitId, Meta>,
     /// First parents read from stored envelopes without verification, to plan walks (each
     /// step of a walk is verified when taken).
-    links: HashMap<CommitId, Option<CommitId>>,
+    links: HashMap<CommitId, states::Link>,
+    /// Triples of replay between each known state and the nearest checkpoint behind it.
+    since_checkpoint: HashMap<CommitId, u64>,
+    /// Checkpoints found damaged in this session.
+    bad_checkpoints: HashSet<CommitId>,
+    checkpoint_failures: u64,
+    /// Which commits are (or are not) the boundary of a shallow replica.
+    shallow: HashMap<CommitId, bool>,
     /// Generation numbers known so far (see [`Repository::log`]).
     generations: HashMap<CommitId, u64>,
     options: RepoOptions,
@@ -211,6 +233,10 @@ impl<S: Store> Repository<S> {
             states: states::StateCache::default(),
             meta: HashMap::new(),
             links: HashMap::new(),
+            since_checkpoint: HashMap::new(),
+            bad_checkpoints: HashSet::new(),
+            checkpoint_failures: 0,
+            shallow: HashMap::new(),
             generations: HashMap::new(),
             options: RepoOptions::default(),
         }
@@ -263,10 +289,14 @@ impl<S: Store> Repository<S> {
     }
 
     fn remember(&mut self, c: &SignedCommit) {
-        self.meta.entry(c.id()).or_insert_with(|| Meta {
-            parents: c.commit().parents().to_vec(),
-            timestamp: c.commit().timestamp(),
-        });
+        if self.meta.contains_key(&c.id()) {
+            return;
+        }
+        // The boundary of a shallow replica has no parents here: walks of the history stop
+        // at it, as at a root.
+        let grafted = !c.commit().parents().is_empty() && self.is_shallow(c.id()).unwrap_or(false);
+        let parents = if grafted { Vec::new() } else { c.commit().parents().to_vec() };
+        self.meta.insert(c.id(), Meta { parents, timestamp: c.commit().timestamp() });
     }
 
     fn meta(&mut self, id: CommitId) -> Result<Meta, RepoError> {
@@ -281,31 +311,25 @@ impl<S: Store> Repository<S> {
     /// chain from the root commit, ignoring every cache and checkpoint: an audit of the
     /// history. Every commit on the chain is fully verified on the way: id, signature,
     /// authorship, the commit policy, exact applicability of its changes and its state root.
-    /// For everyday use [`Repository::state_at`] reaches the same state in O(changes).
+    /// For everyday use [`Repository::state_at`] reaches the same state in O(changes). In a
+    /// shallow replica the replay starts from the snapshot it was installed from.
     pub fn materialize(&mut self, id: CommitId) -> Result<GraphState, RepoError> {
-        let (chain, _) = self.chain_to_root(id)?;
-        let mut state = GraphState::new();
-        let path = states::Path { back: Vec::new(), forward: chain.into_iter().rev().collect() };
-        self.walk(&mut state, None, &path, None)?;
+        let (chain, end) = self.chain(id, |_, _| Ok(false))?;
+        let mut forward: Vec<CommitId> = chain.into_iter().rev().collect();
+        let (mut state, start) = match end {
+            // A shallow replica starts from the snapshot it was installed from.
+            states::ChainEnd::Shallow => match forward.first().copied() {
+                Some(boundary) => {
+                    forward.remove(0);
+                    (self.load_checkpoint(boundary)?, Some(boundary))
+                }
+                None => (GraphState::new(), None),
+            },
+            _ => (GraphState::new(), None),
+        };
+        let path = states::Path { back: Vec::new(), forward };
+        self.walk(&mut state, start, &path, None)?;
         Ok(state)
-    }
-
-    /// `id` and all its first-parent ancestors, newest first.
-    fn chain_to_root(&mut self, id: CommitId) -> Result<(Vec<CommitId>, bool), RepoError> {
-        let mut chain = vec![id];
-        let mut seen = HashSet::from([id]);
-        let mut cursor = id;
-        while let Some(p) = self.first_parent(cursor)? {
-            if !seen.insert(p) {
-                return Err(RepoError::InvalidCommit {
-                    id: cursor,
-                    reason: InvalidCommit::Cycle(p),
-                });
-            }
-            chain.push(p);
-            cursor = p;
-        }
-        Ok((chain, true))
     }
 
     /// The verified state at commit `id`, reached from the nearest cached state or checkpoint
@@ -425,6 +449,8 @@ impl<S: Store> Repository<S> {
             return Err(e.into());
         }
         self.remember(&signed);
+        let since = self.since(first_parent).saturating_add(signed.commit().changes().len() as u64);
+        self.after_new_state(id, &state, since);
         self.states.put(id, state, self.options.cached_states);
         Ok(id)
     }
@@ -487,8 +513,19 @@ impl<S: Store> Repository<S> {
             return Err(e);
         }
         self.remember(&commit);
+        let since = self.since(parent).saturating_add(commit.commit().changes().len() as u64);
+        self.after_new_state(id, &state, since);
         self.states.put(id, state, self.options.cached_states);
         Ok(id)
+    }
+
+    /// Triples of replay between the state at `id` and the nearest checkpoint behind it (0
+    /// for the empty state before a root; unknown states count as far).
+    fn since(&self, id: Option<CommitId>) -> u64 {
+        match id {
+            None => 0,
+            Some(id) => self.since_checkpoint.get(&id).copied().unwrap_or(u64::MAX / 2),
+        }
     }
 
     /// Puts back the parent's state after a commit's changes failed to apply (the state is
@@ -780,16 +817,6 @@ impl<S: Store> Repository<S> {
     /// Refuses a commit the host's policy does not admit.
     fn check_policy(&self, _commit: &SignedCommit) -> Result<(), RepoError> {
         Ok(())
-    }
-
-    /// True if the store holds a checkpoint of the state at `id`.
-    fn has_checkpoint(&self, _id: CommitId) -> Result<bool, RepoError> {
-        Ok(false)
-    }
-
-    /// The verified state at `id`, loaded from its checkpoint.
-    fn load_checkpoint(&mut self, id: CommitId) -> Result<GraphState, RepoError> {
-        Err(RepoError::CommitNotFound(id))
     }
 }
 

@@ -102,16 +102,40 @@ impl Path {
     }
 }
 
+/// How a commit links to the state before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Link {
+    /// A root: the state before it is empty.
+    Root,
+    /// Its changes apply to this parent's state.
+    Parent(CommitId),
+    /// The boundary of a shallow replica: its state comes from its checkpoint.
+    Shallow,
+}
+
+/// Where a first-parent chain walk ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ChainEnd {
+    /// At a commit the caller asked to stop at.
+    Stopped,
+    /// At a root commit.
+    Root,
+    /// At a shallow boundary (which has no usable checkpoint, or the caller would have
+    /// stopped there).
+    Shallow,
+}
+
 /// One side of [`Repository::path`]'s search: a first-parent chain walked so far.
 struct ChainWalk {
     chain: Vec<CommitId>,
     pos: HashMap<CommitId, usize>,
     done: bool,
+    shallow: bool,
 }
 
 impl ChainWalk {
     fn new(start: CommitId) -> Self {
-        Self { chain: vec![start], pos: HashMap::from([(start, 0)]), done: false }
+        Self { chain: vec![start], pos: HashMap::from([(start, 0)]), done: false, shallow: false }
     }
 
     fn len(&self) -> usize {
@@ -132,6 +156,20 @@ impl ChainWalk {
     }
 }
 
+/// Why an attempt to reach a state failed.
+enum Reach {
+    /// Loading the checkpoint of this commit failed.
+    Checkpoint(CommitId, Box<RepoError>),
+    /// Anything else.
+    Other(Box<RepoError>),
+}
+
+impl From<RepoError> for Reach {
+    fn from(e: RepoError) -> Self {
+        Reach::Other(Box::new(e))
+    }
+}
+
 /// Where the walk to a wanted state starts.
 enum Origin {
     /// A cached state, then this path.
@@ -147,42 +185,52 @@ enum Origin {
 const CHECKPOINT_COST: usize = 32;
 
 impl<S: Store> Repository<S> {
-    /// The first parent of `id`, from verified metadata if known, else read from the front
-    /// of the stored envelope (every step that uses it is verified when it is applied).
-    pub(super) fn first_parent(&mut self, id: CommitId) -> Result<Option<CommitId>, RepoError> {
-        if let Some(m) = self.meta.get(&id) {
-            return Ok(m.parents.first().copied());
+    /// How `id` links to the state before it: from verified metadata if known, else read
+    /// from the front of the stored envelope (every step that uses it is verified when taken).
+    pub(super) fn link(&mut self, id: CommitId) -> Result<Link, RepoError> {
+        if let Some(l) = self.links.get(&id) {
+            return Ok(*l);
         }
-        if let Some(p) = self.links.get(&id) {
-            return Ok(*p);
-        }
-        let bytes = self.store.object(&ObjectId::from(id))?.ok_or(RepoError::CommitNotFound(id))?;
-        let parents = peek_parents(&bytes)
-            .map_err(|e| RepoError::InvalidCommit { id, reason: InvalidCommit::Malformed(e) })?;
-        let first = parents.first().copied();
-        self.links.insert(id, first);
-        Ok(first)
+        let first = match self.meta.get(&id) {
+            Some(m) if !m.parents.is_empty() => m.parents.first().copied(),
+            _ => {
+                let bytes =
+                    self.store.object(&ObjectId::from(id))?.ok_or(RepoError::CommitNotFound(id))?;
+                let parents = peek_parents(&bytes).map_err(|e| RepoError::InvalidCommit {
+                    id,
+                    reason: InvalidCommit::Malformed(e),
+                })?;
+                parents.first().copied()
+            }
+        };
+        let link = match first {
+            None => Link::Root,
+            Some(_) if self.is_shallow(id)? => Link::Shallow,
+            Some(p) => Link::Parent(p),
+        };
+        self.links.insert(id, link);
+        Ok(link)
     }
 
     /// `id` and its first-parent ancestors, newest first, stopping after the first commit for
-    /// which `stop` is true, at a root, or after `max` commits. Returns the chain and whether
-    /// it ended at a root (whose state is reached from the empty state).
-    fn chain(
+    /// which `stop` is true, or at a root or a shallow boundary. Returns the chain and how it
+    /// ended.
+    pub(super) fn chain(
         &mut self,
         id: CommitId,
-        max: usize,
         mut stop: impl FnMut(&mut Self, CommitId) -> Result<bool, RepoError>,
-    ) -> Result<(Vec<CommitId>, bool), RepoError> {
+    ) -> Result<(Vec<CommitId>, ChainEnd), RepoError> {
         let mut chain = vec![id];
         let mut seen = HashSet::from([id]);
         let mut cursor = id;
         loop {
-            if stop(self, cursor)? || chain.len() > max {
-                return Ok((chain, false));
+            if stop(self, cursor)? {
+                return Ok((chain, ChainEnd::Stopped));
             }
-            match self.first_parent(cursor)? {
-                None => return Ok((chain, true)),
-                Some(p) => {
+            match self.link(cursor)? {
+                Link::Root => return Ok((chain, ChainEnd::Root)),
+                Link::Shallow => return Ok((chain, ChainEnd::Shallow)),
+                Link::Parent(p) => {
                     if !seen.insert(p) {
                         return Err(RepoError::InvalidCommit {
                             id: cursor,
@@ -220,9 +268,13 @@ impl<S: Store> Repository<S> {
             let s = if sides[turn].done { 1 - turn } else { turn };
             turn = 1 - s;
             let last = sides[s].last();
-            match self.first_parent(last)? {
-                None => sides[s].done = true,
-                Some(p) => {
+            match self.link(last)? {
+                Link::Root => sides[s].done = true,
+                Link::Shallow => {
+                    sides[s].done = true;
+                    sides[s].shallow = true;
+                }
+                Link::Parent(p) => {
                     sides[s].push(p).map_err(|()| RepoError::InvalidCommit {
                         id: last,
                         reason: InvalidCommit::Cycle(p),
@@ -240,8 +292,9 @@ impl<S: Store> Repository<S> {
                 back: a.chain.get(..i).unwrap_or_default().to_vec(),
                 forward: b.chain.get(..j).unwrap_or_default().iter().rev().copied().collect(),
             },
-            // Unrelated histories: through the empty state before both roots.
-            None if a.done && b.done => {
+            // Unrelated histories: through the empty state before both roots (not past a
+            // shallow boundary: the state before it cannot be reached).
+            None if a.done && b.done && !a.shallow && !b.shallow => {
                 Path { back: a.chain, forward: b.chain.into_iter().rev().collect() }
             }
             None => return Ok(None),
@@ -252,66 +305,111 @@ impl<S: Store> Repository<S> {
     /// The verified state at `target`, taken out of the cache (put it back with
     /// `self.states.put`). Starts from the cheapest of: a cached state (forward or backward
     /// along first parents), the nearest checkpoint on the target's first-parent chain, or the
-    /// empty state before the root.
+    /// empty state before the root. A checkpoint that fails to load is noted and skipped.
     pub(super) fn take_state_at(&mut self, target: CommitId) -> Result<GraphState, RepoError> {
         if let Some(state) = self.states.take(target) {
             return Ok(state);
         }
-        let cached: HashSet<CommitId> = self.states.ids().into_iter().collect();
-        let (chain, at_root) = self.chain(target, usize::MAX, |repo, c| {
-            Ok(cached.contains(&c) || repo.has_checkpoint(c)?)
-        })?;
-        // `chain` ends with the origin commit unless it ended at a root.
-        let mut best = match (at_root, chain.split_last()) {
-            (true, _) | (_, None) => Origin::Empty(chain.iter().rev().copied().collect()),
-            (false, Some((&origin, rest))) => {
-                let forward = rest.iter().rev().copied().collect();
-                if cached.contains(&origin) {
-                    Origin::Cached(origin, Path { back: Vec::new(), forward })
-                } else {
-                    Origin::Checkpoint(origin, forward)
+        loop {
+            match self.reach(target) {
+                Err(Reach::Checkpoint(c, e)) => {
+                    if self.is_shallow(c)? {
+                        // Nothing before a shallow boundary to replay instead.
+                        return Err(*e);
+                    }
+                    self.checkpoint_failed(c);
+                }
+                Err(Reach::Other(e)) => return Err(*e),
+                Ok((state, since)) => {
+                    self.after_reached(target, &state, since);
+                    return Ok(state);
                 }
             }
+        }
+    }
+
+    /// Records how far the state just reached at `target` is from a checkpoint, writing one
+    /// if the policy says so.
+    fn after_reached(&mut self, target: CommitId, state: &GraphState, since: u64) {
+        self.after_new_state(target, state, since);
+    }
+
+    /// One attempt of [`Repository::take_state_at`]: the state and its replay distance from
+    /// the nearest checkpoint.
+    fn reach(&mut self, target: CommitId) -> Result<(GraphState, u64), Reach> {
+        let cached: HashSet<CommitId> = self.states.ids().into_iter().collect();
+        let (chain, end) =
+            self.chain(target, |repo, c| Ok(cached.contains(&c) || repo.has_checkpoint(c)?))?;
+        // `chain` ends with the origin commit if the walk stopped at one.
+        let mut best = match (end, chain.split_last()) {
+            (ChainEnd::Stopped, Some((&origin, rest))) => {
+                let forward = rest.iter().rev().copied().collect();
+                if cached.contains(&origin) {
+                    Some(Origin::Cached(origin, Path { back: Vec::new(), forward }))
+                } else {
+                    Some(Origin::Checkpoint(origin, forward))
+                }
+            }
+            (ChainEnd::Root, _) => Some(Origin::Empty(chain.iter().rev().copied().collect())),
+            _ => None,
         };
-        let cost = |o: &Origin| match o {
-            Origin::Cached(_, p) => p.cost(),
-            Origin::Checkpoint(_, f) => f.len() + CHECKPOINT_COST,
-            Origin::Empty(f) => f.len(),
+        let cost = |o: &Option<Origin>| match o {
+            Some(Origin::Cached(_, p)) => p.cost(),
+            Some(Origin::Checkpoint(_, f)) => f.len() + CHECKPOINT_COST,
+            Some(Origin::Empty(f)) => f.len(),
+            None => usize::MAX,
         };
         for c in cached {
-            let bound = cost(&best).saturating_sub(1);
-            if matches!(&best, Origin::Cached(id, _) if *id == c) {
+            if matches!(&best, Some(Origin::Cached(id, _)) if *id == c) {
                 continue;
             }
+            let bound = cost(&best).saturating_sub(1);
             if let Some(path) = self.path(c, target, bound)? {
-                best = Origin::Cached(c, path);
+                best = Some(Origin::Cached(c, path));
             }
         }
-        let (mut state, path, start) = match best {
-            Origin::Cached(c, path) => match self.states.take(c) {
-                Some(s) => (s, path, Some(c)),
-                None => return Err(RepoError::CommitNotFound(c)),
-            },
-            Origin::Checkpoint(c, forward) => {
-                (self.load_checkpoint(c)?, Path { back: Vec::new(), forward }, Some(c))
+        let (mut state, path, start, base) = match best {
+            Some(Origin::Cached(c, path)) => {
+                let since = self.since(Some(c));
+                match self.states.take(c) {
+                    Some(s) => (s, path, Some(c), since),
+                    None => return Err(RepoError::CommitNotFound(c).into()),
+                }
             }
-            Origin::Empty(forward) => (GraphState::new(), Path { back: Vec::new(), forward }, None),
+            Some(Origin::Checkpoint(c, forward)) => {
+                let state = self.load_checkpoint(c).map_err(|e| Reach::Checkpoint(c, Box::new(e)))?;
+                (state, Path { back: Vec::new(), forward }, Some(c), 0)
+            }
+            Some(Origin::Empty(forward)) => {
+                (GraphState::new(), Path { back: Vec::new(), forward }, None, 0)
+            }
+            None => {
+                // A shallow boundary whose checkpoint is gone or damaged.
+                let boundary = chain.last().copied().unwrap_or(target);
+                return Err(RepoError::Snapshot {
+                    id: boundary,
+                    error: crate::snapshot::SnapshotError::Incomplete { missing: 1, total: 1 },
+                }
+                .into());
+            }
         };
-        self.walk(&mut state, start, &path, None)?;
-        Ok(state)
+        let applied = self.walk(&mut state, start, &path, None)?;
+        Ok((state, base.saturating_add(applied)))
     }
 
     /// Moves `state` (the verified state at `start`, or the empty state for `None`) along
     /// `path`, verifying every step, and records the net changes if asked. On error the state
-    /// is dropped by the caller (it may be part-way).
+    /// is dropped by the caller (it may be part-way). Returns the number of triples added and
+    /// removed on the way.
     pub(super) fn walk(
         &mut self,
         state: &mut GraphState,
         start: Option<CommitId>,
         path: &Path,
         mut net: Option<&mut NetChanges>,
-    ) -> Result<(), RepoError> {
+    ) -> Result<u64, RepoError> {
         let mut at = start;
+        let mut applied = 0u64;
         for &c in &path.back {
             let commit = self.load_commit(c)?;
             if at != Some(c) {
@@ -337,6 +435,7 @@ impl<S: Store> Repository<S> {
             if let Some(n) = net.as_deref_mut() {
                 n.record(commit.commit().changes(), false);
             }
+            applied = applied.saturating_add(commit.commit().changes().len() as u64);
             at = parent;
         }
         for &c in &path.forward {
@@ -355,9 +454,10 @@ impl<S: Store> Repository<S> {
             if let Some(n) = net.as_deref_mut() {
                 n.record(commit.commit().changes(), true);
             }
+            applied = applied.saturating_add(commit.commit().changes().len() as u64);
             at = Some(c);
         }
-        Ok(())
+        Ok(applied)
     }
 
     /// Moves `state` from `from` to `to` and returns the net changes between them.
@@ -367,7 +467,10 @@ impl<S: Store> Repository<S> {
         from: CommitId,
         to: CommitId,
     ) -> Result<ChangeSet, RepoError> {
-        let path = self.path(from, to, usize::MAX)?.unwrap_or_default();
+        let path = self.path(from, to, usize::MAX)?.ok_or(RepoError::Snapshot {
+            id: to,
+            error: crate::snapshot::SnapshotError::Incomplete { missing: 1, total: 1 },
+        })?;
         let mut net = NetChanges::default();
         self.walk(state, Some(from), &path, Some(&mut net))?;
         Ok(net.into_change_set())

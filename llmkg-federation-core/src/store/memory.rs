@@ -36,6 +36,17 @@ impl MemoryStore {
     pub fn object_count(&self) -> usize {
         self.inner.read().map(|i| i.objects.len()).unwrap_or(0)
     }
+
+    /// A copy of every object, sorted by id (to inspect or copy a store in tests and tools).
+    pub fn objects(&self) -> Vec<(ObjectId, Vec<u8>)> {
+        let mut out: Vec<(ObjectId, Vec<u8>)> = self
+            .inner
+            .read()
+            .map(|i| i.objects.iter().map(|(k, v)| (*k, v.to_vec())).collect())
+            .unwrap_or_default();
+        out.sort_by_key(|(k, _)| *k);
+        out
+    }
 }
 
 impl Store for MemoryStore {
