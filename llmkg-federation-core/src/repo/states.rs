@@ -377,7 +377,8 @@ impl<S: Store> Repository<S> {
                 }
             }
             Some(Origin::Checkpoint(c, forward)) => {
-                let state = self.load_checkpoint(c).map_err(|e| Reach::Checkpoint(c, Box::new(e)))?;
+                let state =
+                    self.load_checkpoint(c).map_err(|e| Reach::Checkpoint(c, Box::new(e)))?;
                 (state, Path { back: Vec::new(), forward }, Some(c), 0)
             }
             Some(Origin::Empty(forward)) => {
