@@ -150,7 +150,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 pub use byzantine::{Byzantine, ByzantineConfig, ByzantineStats, Forger};
-pub use disk::{Disk, DiskOp};
+pub use disk::{Disk, DiskOp, InjectedFault};
 pub use network::{Latency, LinkConfig, Reorder};
 pub use stats::{MessageStats, NodeStats, SimStats};
 pub use trace::{DropReason, TraceEntry, TraceHash};
