@@ -206,3 +206,86 @@ fn redb_kv_handles_are_shared_across_threads() {
     });
     assert_eq!(kv.scan(Bound::Unbounded, Bound::Unbounded, usize::MAX).unwrap().len(), 80);
 }
+
+mod model {
+    //! Random sequences of batches and scans against a `BTreeMap` model.
+
+    use std::collections::BTreeMap;
+    use std::ops::{Bound, RangeBounds};
+
+    use llmkg_federation_core::kv::{KvBatch, KvOp, KvStore, MemoryKv, Prefixed, RedbKv};
+    use proptest::prelude::*;
+    use tempfile::TempDir;
+
+    #[derive(Clone, Debug)]
+    enum Step {
+        Write(Vec<KvOp>),
+        Scan(Bound<Vec<u8>>, Bound<Vec<u8>>, usize),
+        Get(Vec<u8>),
+    }
+
+    fn key() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(prop::sample::select(vec![0x00u8, 0x01, b'a', 0xFE, 0xFF]), 0..4)
+    }
+
+    fn bound() -> impl Strategy<Value = Bound<Vec<u8>>> {
+        prop_oneof![
+            Just(Bound::Unbounded),
+            key().prop_map(Bound::Included),
+            key().prop_map(Bound::Excluded),
+        ]
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        let op = prop_oneof![
+            (key(), prop::collection::vec(any::<u8>(), 0..4)).prop_map(|(k, v)| KvOp::Put(k, v)),
+            key().prop_map(KvOp::Delete),
+        ];
+        prop_oneof![
+            3 => prop::collection::vec(op, 0..6).prop_map(Step::Write),
+            2 => (bound(), bound(), 0usize..6).prop_map(|(s, e, l)| Step::Scan(s, e, l)),
+            1 => key().prop_map(Step::Get),
+        ]
+    }
+
+    fn check(store: &dyn KvStore, steps: &[Step]) -> Result<(), TestCaseError> {
+        let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        for step in steps {
+            match step {
+                Step::Write(ops) => {
+                    store.write(ops.iter().cloned().collect::<KvBatch>()).unwrap();
+                    for op in ops {
+                        match op {
+                            KvOp::Put(k, v) => model.insert(k.clone(), v.clone()),
+                            KvOp::Delete(k) => model.remove(k),
+                        };
+                    }
+                }
+                Step::Scan(s, e, limit) => {
+                    let (s, e) = (s.as_ref().map(Vec::as_slice), e.as_ref().map(Vec::as_slice));
+                    let expected: Vec<(Vec<u8>, Vec<u8>)> = model
+                        .iter()
+                        .filter(|(k, _)| (s, e).contains(k.as_slice()))
+                        .take(*limit)
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                    prop_assert_eq!(store.scan(s, e, *limit).unwrap(), expected);
+                }
+                Step::Get(k) => prop_assert_eq!(store.get(k).unwrap(), model.get(k).cloned()),
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        #[test]
+        fn stores_agree_with_a_btreemap(steps in prop::collection::vec(step(), 1..25)) {
+            check(&MemoryKv::new(), &steps)?;
+            check(&Prefixed::new(MemoryKv::new(), vec![0xFF]), &steps)?;
+            let dir = TempDir::new().unwrap();
+            check(&RedbKv::open(dir.path().join("model.redb")).unwrap(), &steps)?;
+        }
+    }
+}
