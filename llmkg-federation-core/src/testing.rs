@@ -185,7 +185,7 @@ fn kv_fill(store: &(impl KvStore + ?Sized)) -> BTreeMap<Vec<u8>, Vec<u8>> {
     for (i, k) in kv_keys().into_iter().enumerate() {
         let mut v: Vec<u8> = k.iter().rev().copied().collect();
         v.push(i as u8);
-        batch = batch.put(&k, &v);
+        batch = batch.put(k.as_slice(), v.as_slice());
         model.insert(k, v);
     }
     store.write(batch).expect("kv contract: a valid batch must be written");
@@ -363,7 +363,7 @@ pub fn kv_batch_is_atomic(store: &(impl KvStore + ?Sized)) {
         .put(b"keep", b"new")
         .delete(b"doomed")
         .put(b"fresh", b"value")
-        .put(b"big", &big)
+        .put(b"big", big)
         .put(b"after", b"value");
     match store.write(batch) {
         Err(KvError::ValueTooLarge { len, max }) => {
@@ -373,9 +373,10 @@ pub fn kv_batch_is_atomic(store: &(impl KvStore + ?Sized)) {
     }
     assert_eq!(all(store), before, "kv contract, atomic batches: a refused batch wrote something");
     let long_key = vec![1u8; store.max_key_len() + 1];
-    let batch = KvBatch::new().delete(b"keep").put(&long_key, b"v").put(b"fresh", b"value");
+    let batch =
+        KvBatch::new().delete(b"keep").put(long_key.as_slice(), b"v").put(b"fresh", b"value");
     assert!(matches!(store.write(batch), Err(KvError::KeyTooLarge { .. })));
-    let batch = KvBatch::new().put(b"fresh", b"value").delete(&long_key);
+    let batch = KvBatch::new().put(b"fresh", b"value").delete(long_key);
     assert!(matches!(store.write(batch), Err(KvError::KeyTooLarge { .. })));
     assert_eq!(all(store), before, "kv contract, atomic batches: a refused batch wrote something");
 }
@@ -415,7 +416,9 @@ pub fn kv_large_values(store: &(impl KvStore + ?Sized)) {
     );
     let big: Vec<u8> = (0..4_000_000u32).map(|i| (i % 251) as u8).collect();
     let key = vec![0xABu8; max_key];
-    store.write(KvBatch::new().put(b"big", &big).put(&key, b"longest key")).unwrap();
+    store
+        .write(KvBatch::new().put(b"big", big.as_slice()).put(key.as_slice(), b"longest key"))
+        .unwrap();
     assert!(store.get(b"big").unwrap() == Some(big), "kv: a 4 MB value must round-trip");
     assert_eq!(store.get(&key).unwrap().as_deref(), Some(&b"longest key"[..]), "kv: longest key");
     let limit = vec![0x5Au8; MAX_VALUE_LEN];

@@ -167,15 +167,16 @@ impl KvBatch {
         Self::default()
     }
 
-    /// Adds a put of `value` under `key`.
-    pub fn put(mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Self {
-        self.ops.push(KvOp::Put(key.as_ref().to_vec(), value.as_ref().to_vec()));
+    /// Adds a put of `value` under `key`. Owned bytes (`Vec<u8>`) are moved in, not copied;
+    /// borrowed ones (`&[u8]`, `&[u8; N]`, `&str`) are copied.
+    pub fn put(mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
+        self.ops.push(KvOp::Put(key.into(), value.into()));
         self
     }
 
     /// Adds a delete of `key`.
-    pub fn delete(mut self, key: impl AsRef<[u8]>) -> Self {
-        self.ops.push(KvOp::Delete(key.as_ref().to_vec()));
+    pub fn delete(mut self, key: impl Into<Vec<u8>>) -> Self {
+        self.ops.push(KvOp::Delete(key.into()));
         self
     }
 
@@ -319,7 +320,7 @@ pub fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
 /// kv.put(b"a", b"1")?;
 /// // The second op is refused, so the first is not written either.
 /// let too_long = vec![0; MAX_KEY_LEN + 1];
-/// let err = kv.write(KvBatch::new().put(b"b", b"2").put(&too_long, b"x")).unwrap_err();
+/// let err = kv.write(KvBatch::new().put(b"b", b"2").put(too_long, b"x")).unwrap_err();
 /// assert!(matches!(err, KvError::KeyTooLarge { .. }));
 /// assert_eq!(kv.get(b"b")?, None);
 /// // Later operations on a key win.
