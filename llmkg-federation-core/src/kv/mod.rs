@@ -330,7 +330,8 @@ pub fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
 /// # Ok::<(), KvError>(())
 /// ```
 pub trait KvStore: Send + Sync {
-    /// The value under `key`, if present. A key over [`MAX_KEY_LEN`] is refused with
+    /// The value under `key`, if present. A key over [`max_key_len`](KvStore::max_key_len) is
+    /// refused with
     /// [`KvError::KeyTooLarge`].
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError>;
 
