@@ -331,8 +331,7 @@ pub fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
 /// ```
 pub trait KvStore: Send + Sync {
     /// The value under `key`, if present. A key over [`max_key_len`](KvStore::max_key_len) is
-    /// refused with
-    /// [`KvError::KeyTooLarge`].
+    /// refused with [`KvError::KeyTooLarge`].
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError>;
 
     /// Up to `limit` entries with keys between `start` and `end`, in ascending key order (see
