@@ -39,6 +39,10 @@
 //! hosts can bring their own by implementing [`Store`] and running the conformance suite in
 //! the `testing` module (feature `testing`).
 //!
+//! Protocol cores keep their own durable state (a Raft term, vote and log) in a [`KvStore`]
+//! (`kv` module): an ordered, atomic, durable-before-returning key-value trait, with
+//! [`MemoryKv`], [`RedbKv`] (alone or in a [`RedbStore`]'s file) and a namespace adapter.
+//!
 //! RDF documents come in and go out through the `rdf` module (feature `rdf`, on by
 //! default): N-Triples, N-Quads and Turtle imported as one commit, any commit's state exported.
 //!
@@ -52,6 +56,7 @@ mod commit;
 pub mod encoding;
 mod graph;
 mod identity;
+pub mod kv;
 pub mod merkle;
 pub mod protocol;
 #[cfg(feature = "rdf")]
@@ -72,6 +77,7 @@ pub use commit::{
 pub use encoding::{DecodeError, TripleId};
 pub use graph::{ApplyError, GraphState, Matches, Pattern, TripleRef};
 pub use identity::{InvalidOrgId, NodeId, NodeKeypair, OrgId, Signable, SignatureError, Signed};
+pub use kv::{KvBatch, KvError, KvStore, MemoryKv, RedbKv};
 pub use merkle::{
     Membership, MerkleProof, MerkleTree, NibblePath, NodeHash, ProofError, StateRoot,
     SubtreeSummary,

@@ -1,9 +1,11 @@
 use std::path::Path;
+use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{BranchName, ObjectId, Store, StoreError, WriteBatch};
 use crate::commit::CommitId;
+use crate::kv::{KV_TABLE, RedbKv};
 
 const OBJECTS: TableDefinition<'_, &[u8; 32], &[u8]> = TableDefinition::new("objects");
 const REFS: TableDefinition<'_, &str, &[u8; 32]> = TableDefinition::new("refs");
@@ -13,8 +15,11 @@ const REFS: TableDefinition<'_, &str, &[u8; 32]> = TableDefinition::new("refs");
 ///
 /// After a crash, opening the file recovers the last committed state (redb repairs its
 /// allocator state on open if needed; that may take time proportional to the file size).
+///
+/// The same file also holds the node's protocol state: [`RedbStore::kv`] is a
+/// [`KvStore`](crate::kv::KvStore) in a table of its own, sharing the open database.
 pub struct RedbStore {
-    db: Database,
+    db: Arc<Database>,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -35,8 +40,17 @@ impl RedbStore {
         let tx = db.begin_write().map_err(backend)?;
         tx.open_table(OBJECTS).map_err(backend)?;
         tx.open_table(REFS).map_err(backend)?;
+        tx.open_table(KV_TABLE).map_err(backend)?;
         tx.commit().map_err(backend)?;
-        Ok(Self { db })
+        Ok(Self { db: Arc::new(db) })
+    }
+
+    /// The key-value store in this file (table `kv`), sharing the open database: protocol
+    /// state (a Raft term, vote and log, say) lives next to the repository's objects and refs,
+    /// in one file. Each has its own transactions: a [`Store::write`] and a
+    /// [`KvStore::write`](crate::kv::KvStore::write) are not atomic together.
+    pub fn kv(&self) -> RedbKv {
+        RedbKv::shared(Arc::clone(&self.db))
     }
 }
 

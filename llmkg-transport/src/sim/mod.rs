@@ -52,7 +52,10 @@
 //! when it crashed, even if it restarts before they arrive). [`Sim::restart`] calls the same
 //! factory again with the next incarnation and the same [`Disk`], so a restarted node keeps
 //! only what it made durable (see [`Disk`] for the contract). Messages a node sent before it
-//! crashed stay on the wire.
+//! crashed stay on the wire. A `Disk` is also a
+//! [`KvStore`](llmkg_federation_core::kv::KvStore), the trait production cores persist through,
+//! and its writes can be made to fail ([`Disk::fail_next_writes`], [`Disk::set_faulty`]): a
+//! failed write writes nothing.
 //!
 //! **Byzantine nodes** are cores wrapped in [`Byzantine`], which drops, forges, equivocates
 //! and replays what the honest core sends. Links are authenticated, as with the real Noise
@@ -150,7 +153,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 pub use byzantine::{Byzantine, ByzantineConfig, ByzantineStats, Forger};
-pub use disk::{Disk, DiskOp};
+pub use disk::{Disk, DiskOp, InjectedFault};
 pub use network::{Latency, LinkConfig, Reorder};
 pub use stats::{MessageStats, NodeStats, SimStats};
 pub use trace::{DropReason, TraceEntry, TraceHash};
@@ -216,7 +219,8 @@ pub struct NodeContext {
     pub incarnation: u32,
     /// A seed for the core's RNG, derived from the master seed, the index and the incarnation.
     pub seed: u64,
-    /// The node's durable storage; the same store across incarnations.
+    /// The node's durable storage (a [`KvStore`](llmkg_federation_core::kv::KvStore)); the
+    /// same store across incarnations.
     pub disk: Disk,
     /// Every node id, in index order (including this node's).
     pub nodes: Arc<[NodeId]>,
