@@ -21,10 +21,9 @@
 //! its encrypted stream, with nothing in it); the initiator reports the link up only once it
 //! has it, so a node that refuses a dialer never shows up as connected there.
 
-use std::fmt;
 use std::time::Duration;
 
-use llmkg_federation_core::{NodeId, NodeKeypair};
+use llmkg_federation_core::{NodeId, NodeKeypair, SigningInput};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -43,8 +42,9 @@ pub const HELLO_LEN: usize = 8 + 2 + 32;
 /// The Noise protocol used after the hello.
 pub const NOISE_PARAMS: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
 
-/// Signature context binding a Noise static key to a node identity.
-pub const IDENTITY_BINDING_CONTEXT: &str = "llmkg/transport/noise-static/v1";
+/// Signature context binding a Noise static key to a node identity (reserved: signed through
+/// [`SigningInput::transport_binding`](llmkg_federation_core::SigningInput::transport_binding)).
+pub const IDENTITY_BINDING_CONTEXT: &str = llmkg_federation_core::TRANSPORT_BINDING_CONTEXT;
 
 /// Length of an encoded [`HandshakePayload`]: node id and signature.
 pub const HANDSHAKE_PAYLOAD_LEN: usize = 32 + 64;
@@ -53,48 +53,15 @@ pub const HANDSHAKE_PAYLOAD_LEN: usize = 32 + 64;
 /// bytes).
 pub const MAX_HANDSHAKE_MESSAGE_LEN: usize = 1024;
 
-/// Names a federation; both ends of a connection must agree on it.
+/// Names a federation; both ends of a connection must agree on it. Defined in
+/// `llmkg-federation-core` (signed envelopes are bound to it too) and re-exported here.
 ///
 /// ```
 /// use llmkg_transport::tcp::FederationId;
 /// assert_eq!(FederationId::from_name("acme"), FederationId::from_name("acme"));
 /// assert_ne!(FederationId::from_name("acme"), FederationId::from_name("other"));
 /// ```
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct FederationId([u8; 32]);
-
-impl FederationId {
-    /// The id with these bytes.
-    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
-        Self(bytes)
-    }
-
-    /// The id derived from a human-readable federation name (a keyed BLAKE3 hash).
-    pub fn from_name(name: &str) -> Self {
-        Self(blake3::derive_key("llmkg/transport/federation-id/v1", name.as_bytes()))
-    }
-
-    /// The id bytes.
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-}
-
-impl fmt::Display for FederationId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in &self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for FederationId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let hex = self.to_string();
-        write!(f, "FederationId({})", hex.get(..8).unwrap_or(&hex))
-    }
-}
+pub use llmkg_federation_core::FederationId;
 
 /// A connection could not be set up. Nothing was delivered; the connection is closed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -197,7 +164,7 @@ impl Hello {
         let (version, federation) = rest.split_at_mut(2);
         magic.copy_from_slice(&MAGIC);
         version.copy_from_slice(&self.version.to_be_bytes());
-        federation.copy_from_slice(&self.federation.0);
+        federation.copy_from_slice(self.federation.as_bytes());
         out
     }
 
@@ -215,7 +182,10 @@ impl Hello {
         let Ok(federation) = <[u8; 32]>::try_from(rest) else {
             return Err(HandshakeError::Malformed { what: "hello", reason: "wrong length" });
         };
-        Ok(Self { version: u16::from_be_bytes(*version), federation: FederationId(federation) })
+        Ok(Self {
+            version: u16::from_be_bytes(*version),
+            federation: FederationId::from_bytes(federation),
+        })
     }
 
     /// Checks that a peer sending `theirs` can talk to a node sending `self`.
@@ -251,7 +221,7 @@ impl HandshakePayload {
     pub fn sign(keypair: &NodeKeypair, noise_static_public: &[u8]) -> Self {
         Self {
             node_id: keypair.node_id(),
-            signature: keypair.sign_raw(IDENTITY_BINDING_CONTEXT, noise_static_public),
+            signature: keypair.sign_input(&SigningInput::transport_binding(noise_static_public)),
         }
     }
 
