@@ -23,7 +23,7 @@
 
 use std::time::Duration;
 
-use llmkg_federation_core::{NodeId, NodeKeypair, SigningInput};
+use llmkg_federation_core::{CertificateError, NodeId, NodeKeypair, SigningInput};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -46,8 +46,17 @@ pub const NOISE_PARAMS: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
 /// [`SigningInput::transport_binding`](llmkg_federation_core::SigningInput::transport_binding)).
 pub const IDENTITY_BINDING_CONTEXT: &str = llmkg_federation_core::TRANSPORT_BINDING_CONTEXT;
 
-/// Length of an encoded [`HandshakePayload`]: node id and signature.
+/// Length of an encoded [`HandshakePayload`]: node id and signature. A payload may be
+/// followed by an extension: [`CERTIFICATE_EXTENSION`] and an encoded
+/// [`NodeCertificate`](llmkg_federation_core::NodeCertificate) (sent only by nodes configured
+/// with one, so nodes without a certificate speak exactly the original format).
 pub const HANDSHAKE_PAYLOAD_LEN: usize = 32 + 64;
+
+/// Tag of the certificate extension after the handshake payload.
+pub const CERTIFICATE_EXTENSION: u8 = 1;
+
+/// Longest certificate the handshake carries (it must fit in one Noise handshake message).
+pub const MAX_HANDSHAKE_CERTIFICATE_LEN: usize = 768;
 
 /// The longest handshake message accepted (the XX messages of this protocol are at most 192
 /// bytes).
@@ -111,6 +120,18 @@ pub enum HandshakeError {
     BadIdentityBinding {
         /// The identity the peer claimed.
         claimed: NodeId,
+    },
+    /// Trust is by certificate and the peer sent none.
+    #[error("peer {0} presented no certificate")]
+    MissingCertificate(NodeId),
+    /// The peer's certificate does not verify against the anchors now, or does not name the
+    /// authenticated peer.
+    #[error("certificate of peer {peer} refused: {error}")]
+    CertificateRefused {
+        /// The authenticated peer.
+        peer: NodeId,
+        /// Why its certificate was refused.
+        error: CertificateError,
     },
     /// The peer proved its identity, but this node does not trust it.
     #[error("peer {0} is not trusted")]
@@ -262,12 +283,16 @@ pub(crate) enum Role {
     Responder,
 }
 
+/// The trust check: the authenticated peer and the certificate bytes it sent, if any.
+pub(crate) type Trusted<'a> =
+    dyn Fn(&NodeId, Option<&[u8]>) -> Result<(), HandshakeError> + Sync + 'a;
+
 /// What a handshake needs from the local node.
 pub(crate) struct Local<'a> {
     pub(crate) id: NodeId,
     pub(crate) federation: FederationId,
     pub(crate) static_private: &'a [u8],
-    pub(crate) payload: &'a [u8; HANDSHAKE_PAYLOAD_LEN],
+    pub(crate) payload: &'a [u8],
 }
 
 /// A finished handshake.
@@ -319,8 +344,19 @@ fn check_peer(
     remote_static: Option<&[u8]>,
     local: &Local<'_>,
     expected: Option<NodeId>,
-    trusted: &(dyn Fn(&NodeId) -> bool + Sync),
+    trusted: &Trusted<'_>,
 ) -> Result<NodeId, HandshakeError> {
+    let (payload, extension) = payload.split_at(payload.len().min(HANDSHAKE_PAYLOAD_LEN));
+    let certificate = match extension.split_first() {
+        None => None,
+        Some((&CERTIFICATE_EXTENSION, cert)) => Some(cert),
+        Some(_) => {
+            return Err(HandshakeError::Malformed {
+                what: "handshake payload",
+                reason: "unknown extension",
+            });
+        }
+    };
     let payload = HandshakePayload::decode(payload)?;
     let Some(remote_static) = remote_static else {
         return Err(HandshakeError::Noise("no remote static key".into()));
@@ -335,9 +371,7 @@ fn check_peer(
     {
         return Err(HandshakeError::UnexpectedPeer { expected, actual: peer });
     }
-    if !trusted(&peer) {
-        return Err(HandshakeError::UntrustedPeer(peer));
-    }
+    trusted(&peer, certificate)?;
     Ok(peer)
 }
 
@@ -349,7 +383,7 @@ pub(crate) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     role: Role,
     local: &Local<'_>,
     expected: Option<NodeId>,
-    trusted: &(dyn Fn(&NodeId) -> bool + Sync),
+    trusted: &Trusted<'_>,
 ) -> Result<Authenticated, TcpError> {
     let ours = Hello::new(local.federation);
     let ours_bytes = ours.encode();
