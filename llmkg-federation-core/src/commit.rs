@@ -13,7 +13,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::encoding::{self, DecodeError, MAX_ENCODED_LEN, content_id, hash_bytes};
-use crate::identity::{EnvelopeTail, NodeId, NodeKeypair, OrgId, Signable, SignatureError};
+use crate::identity::{
+    EnvelopeTail, NodeId, NodeKeypair, OrgId, SignatureError, Signer, SignerError, SigningInput,
+};
 use crate::merkle::StateRoot;
 use crate::term::ChangeSet;
 use crate::time::Timestamp;
@@ -156,14 +158,13 @@ impl Commit {
     }
 }
 
-impl Signable for Commit {
-    const CONTEXT: &'static str = "llmkg/commit/v1";
-
-    /// A commit's signature covers its id, so signing and verifying cost the same whatever
-    /// the size of the change set.
-    fn signed_message(&self) -> Vec<u8> {
-        self.id().as_bytes().to_vec()
-    }
+impl Commit {
+    /// The (reserved) signature context of commits. A commit's signature covers this context
+    /// and its id (raw format: `len(context) as u64 LE ‖ context ‖ id`), so signing and
+    /// verifying cost the same whatever the size of the change set. Commit signatures are not
+    /// bound to a federation: a commit is content that may travel between federations, and
+    /// whether it is admissible in one is a [`CommitPolicy`](crate::CommitPolicy) decision.
+    pub const SIGNATURE_CONTEXT: &'static str = "llmkg/commit/v1";
 }
 
 /// A commit was rejected before its state was looked at. Nothing was stored.
@@ -181,6 +182,9 @@ pub enum CommitVerifyError {
         /// The id of its content.
         actual: CommitId,
     },
+    /// The [`Signer`] failed; nothing was signed.
+    #[error(transparent)]
+    Signer(#[from] SignerError),
     /// The signer is not the commit's author.
     #[error("commit by {author} is signed by {signer}")]
     SignerNotAuthor {
@@ -200,8 +204,8 @@ impl From<DecodeError> for CommitVerifyError {
 /// A commit whose id, signature and authorship have been verified, with its envelope bytes
 /// (the commit's canonical encoding, the signer and the signature, as stored and sent).
 ///
-/// The envelope has the same format as [`Signed<Commit>`](crate::Signed); this type computes
-/// the id once and signs it, without re-encoding the commit.
+/// The envelope is the commit's canonical encoding, the signer's key and the signature (a
+/// length-prefixed byte string) over [`Commit::SIGNATURE_CONTEXT`] and the id.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct SignedCommit {
     id: CommitId,
@@ -214,15 +218,22 @@ pub struct SignedCommit {
 impl SignedCommit {
     /// Signs `commit` with `keypair`. The author must be the keypair's node.
     pub fn sign(keypair: &NodeKeypair, commit: Commit) -> Result<Self, CommitVerifyError> {
-        let signer = keypair.node_id();
-        if commit.author != signer {
-            return Err(CommitVerifyError::SignerNotAuthor { author: commit.author, signer });
+        Self::sign_with(keypair, commit)
+    }
+
+    /// Signs `commit` with any [`Signer`] (a key outside the process, say). The author must
+    /// be the signer's node. Fails with [`CommitVerifyError::Signer`] if the signer does.
+    pub fn sign_with(signer: &dyn Signer, commit: Commit) -> Result<Self, CommitVerifyError> {
+        let node = signer.node_id();
+        if commit.author != node {
+            return Err(CommitVerifyError::SignerNotAuthor { author: commit.author, signer: node });
         }
         let mut bytes = encoding::encode(&commit);
         let id = CommitId::from_encoding(&bytes);
-        let signature = keypair.sign_raw(Commit::CONTEXT, id.as_bytes());
-        encoding::encode_into(&EnvelopeTail { signer, signature }, &mut bytes);
-        Ok(Self { id, commit, signer, signature, bytes })
+        let input = SigningInput::reserved(Commit::SIGNATURE_CONTEXT, id.as_bytes());
+        let signature = signer.sign(&input)?;
+        encoding::encode_into(&EnvelopeTail { signer: node, signature }, &mut bytes);
+        Ok(Self { id, commit, signer: node, signature, bytes })
     }
 
     /// Decodes `bytes` and verifies signature and authorship, and, when given, that the
@@ -243,7 +254,7 @@ impl SignedCommit {
         {
             return Err(CommitVerifyError::IdMismatch { expected, actual: id });
         }
-        tail.signer.verify(Commit::CONTEXT, id.as_bytes(), &tail.signature)?;
+        tail.signer.verify(Commit::SIGNATURE_CONTEXT, id.as_bytes(), &tail.signature)?;
         if tail.signer != commit.author {
             return Err(CommitVerifyError::SignerNotAuthor {
                 author: commit.author,

@@ -56,8 +56,66 @@ pub enum DecodeError {
     },
 }
 
-/// Encodes `value` canonically.
-pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+/// The types this crate encodes infallibly: its own value types, whose serde shapes always
+/// carry their lengths (the only thing postcard's serializer can refuse) and use no maps of
+/// unspecified order.
+///
+/// The trait is sealed: it cannot be implemented outside this crate, so [`encode`] cannot be
+/// called on a foreign type. Encode anything else with [`try_encode`].
+pub trait Canonical: Serialize + sealed::Sealed {}
+
+pub(crate) mod sealed {
+    /// Implemented only for this crate's types (see [`Canonical`](super::Canonical)).
+    pub trait Sealed {}
+}
+
+/// Implements [`Canonical`] for this crate's types.
+macro_rules! canonical {
+    ($($t:ty),* $(,)?) => {
+        $(
+            impl $crate::encoding::sealed::Sealed for $t {}
+            impl $crate::encoding::Canonical for $t {}
+        )*
+    };
+}
+pub(crate) use canonical;
+
+canonical!(
+    crate::Term,
+    crate::Triple,
+    crate::ChangeSet,
+    crate::Iri,
+    crate::Literal,
+    crate::BlankNode,
+    crate::LanguageTag,
+    crate::Commit,
+    crate::NodeId,
+    crate::OrgId,
+    crate::Timestamp,
+    crate::BranchName,
+    crate::FederationId,
+    crate::merkle::NibblePath,
+    crate::merkle::SubtreeSummary,
+    crate::merkle::MerkleProof,
+    crate::snapshot::SnapshotManifest,
+    crate::snapshot::SnapshotChunk,
+);
+
+impl<A: Canonical, B: Canonical> sealed::Sealed for (A, B) {}
+impl<A: Canonical, B: Canonical> Canonical for (A, B) {}
+
+impl<T: Canonical + ?Sized> sealed::Sealed for &T {}
+impl<T: Canonical + ?Sized> Canonical for &T {}
+impl<T: Canonical> sealed::Sealed for [T] {}
+impl<T: Canonical> Canonical for [T] {}
+impl<T: Canonical> sealed::Sealed for Vec<T> {}
+impl<T: Canonical> Canonical for Vec<T> {}
+impl<T: Canonical> sealed::Sealed for Option<T> {}
+impl<T: Canonical> Canonical for Option<T> {}
+
+/// Encodes `value` canonically. Only this crate's types can be encoded this way (see
+/// [`Canonical`]); use [`try_encode`] for any other type.
+pub fn encode<T: Canonical + ?Sized>(value: &T) -> Vec<u8> {
     let mut out = Vec::new();
     encode_into(value, &mut out);
     out
@@ -77,18 +135,20 @@ pub struct EncodeError {
 /// protocol core's message, say — reporting what the encoder refuses (a sequence of unknown
 /// length, for instance) instead of panicking. Values of this crate's own types always
 /// encode; use [`encode`] for those.
-pub fn try_encode<T: Serialize>(value: &T) -> Result<Vec<u8>, EncodeError> {
+pub fn try_encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, EncodeError> {
     postcard::to_extend(value, Vec::new())
         .map_err(|e| EncodeError { what: short_type_name::<T>(), reason: e.to_string() })
 }
 
-/// Appends the canonical encoding of `value` to `out`.
-pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) {
+/// Appends the canonical encoding of `value` to `out`. Only this crate's types (see
+/// [`Canonical`]).
+pub fn encode_into<T: Canonical + ?Sized>(value: &T, out: &mut Vec<u8>) {
     let taken = std::mem::take(out);
     match postcard::to_extend(value, taken) {
         Ok(v) => *out = v,
-        // The serde shapes of this crate always carry their lengths, which is the only thing
-        // postcard's serializer can reject; writing into a Vec cannot fail otherwise.
+        // Unreachable: `Canonical` is sealed and implemented only for shapes that always
+        // carry their lengths, which is the only thing postcard's serializer can reject
+        // (writing into a Vec cannot fail otherwise). No caller-supplied type gets here.
         Err(e) => unreachable_encode(e),
     }
 }
@@ -176,7 +236,7 @@ pub(crate) fn decode_prefix<'a, T: Deserialize<'a>>(
         .map_err(|e| DecodeError::Malformed { what: short_type_name::<T>(), reason: e.to_string() })
 }
 
-fn short_type_name<T>() -> &'static str {
+fn short_type_name<T: ?Sized>() -> &'static str {
     let full = std::any::type_name::<T>();
     let base = full.split('<').next().unwrap_or(full);
     base.rsplit("::").next().unwrap_or(base)
@@ -193,7 +253,7 @@ pub(crate) fn hash_bytes(domain: &[u8], bytes: &[u8]) -> [u8; 32] {
 }
 
 /// [`hash_bytes`] of the canonical encoding of `value`.
-pub(crate) fn hash_of<T: Serialize + ?Sized>(domain: &[u8], value: &T) -> [u8; 32] {
+pub(crate) fn hash_of<T: Canonical + ?Sized>(domain: &[u8], value: &T) -> [u8; 32] {
     // Small values (a triple, typically) are encoded on the stack.
     let mut stack = [0u8; 384];
     match postcard::to_slice(value, &mut stack) {
@@ -238,6 +298,8 @@ macro_rules! content_id {
         $(#[$meta])*
         #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
         pub struct $name([u8; 32]);
+
+        $crate::encoding::canonical!($name);
 
         impl $name {
             /// The id from its raw bytes.

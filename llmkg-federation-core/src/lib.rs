@@ -52,8 +52,10 @@
 //! and build on the types here. Nothing here reads the system clock unless given
 //! [`SystemClock`], spawns threads or needs an async runtime.
 
+mod certificate;
 mod commit;
 pub mod encoding;
+mod federation;
 mod graph;
 mod identity;
 pub mod kv;
@@ -70,13 +72,23 @@ pub mod testing;
 mod time;
 pub mod transport;
 
+pub use certificate::{
+    AcceptAll, CertificateError, CertificatePolicy, CommitPolicy, CommitRefusal, InvalidRootKey,
+    MAX_CERTIFICATE_LEN, MAX_REVOKED_SERIALS, MAX_ROLES, NodeCertificate, OrgKeypair, OrgRootKey,
+    Revocation, Role, TrustAnchors,
+};
 pub use commit::{
     Commit, CommitId, CommitShapeError, CommitVerifyError, MAX_MESSAGE_LEN, MAX_PARENTS,
     SignedCommit,
 };
 pub use encoding::{DecodeError, TripleId};
+pub use federation::FederationId;
 pub use graph::{ApplyError, GraphState, Matches, Pattern, TripleRef};
-pub use identity::{InvalidOrgId, NodeId, NodeKeypair, OrgId, Signable, SignatureError, Signed};
+pub use identity::{
+    BatchError, ENVELOPE_DOMAIN, InvalidOrgId, NodeId, NodeKeypair, OrgId, RESERVED_CONTEXT_PREFIX,
+    SignError, Signable, SignatureError, Signed, Signer, SignerError, SigningInput,
+    TRANSPORT_BINDING_CONTEXT, is_reserved_context,
+};
 pub use kv::{KvBatch, KvError, KvStore, MemoryKv, RedbKv};
 pub use merkle::{
     Membership, MerkleProof, MerkleTree, NibblePath, NodeHash, ProofError, StateRoot,

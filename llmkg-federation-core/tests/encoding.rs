@@ -10,7 +10,7 @@ use llmkg_federation_core::encoding::{self, MAX_ENCODED_LEN};
 use llmkg_federation_core::{
     BlankNode, BranchName, ChangeSet, Commit, CommitId, CommitVerifyError, DecodeError, Iri,
     Literal, LiteralKind, MAX_PARENTS, NodeId, NodeKeypair, OrgId, RDF_LANG_STRING, SignatureError,
-    Signed, SignedCommit, StateRoot, Term, Timestamp, Triple, TripleId, XSD_STRING,
+    SignedCommit, StateRoot, Term, Timestamp, Triple, TripleId, XSD_STRING,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -200,6 +200,11 @@ fn mutation() -> impl Strategy<Value = Mutation> {
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
+/// The canonical encoding of any serializable value (test-local types included).
+fn enc<T: Serialize + ?Sized>(v: &T) -> Vec<u8> {
+    encoding::try_encode(v).unwrap()
+}
+
 fn fail(e: impl std::fmt::Display) -> TestCaseError {
     TestCaseError::fail(e.to_string())
 }
@@ -210,14 +215,14 @@ fn round_trip<T>(v: &T) -> Result<(), TestCaseError>
 where
     T: Serialize + DeserializeOwned + PartialEq + Debug,
 {
-    let bytes = encoding::encode(v);
-    prop_assert_eq!(&encoding::encode(v), &bytes, "encoding is not deterministic");
+    let bytes = enc(v);
+    prop_assert_eq!(&enc(v), &bytes, "encoding is not deterministic");
     let mut appended = vec![0xAA];
-    encoding::encode_into(v, &mut appended);
-    prop_assert_eq!(&appended[1..], &bytes[..], "encode_into disagrees with encode");
+    appended.extend_from_slice(&enc(v));
+    prop_assert_eq!(&appended[1..], &bytes[..], "encoding disagrees with itself");
     let back: T = encoding::decode(&bytes).map_err(fail)?;
     prop_assert_eq!(&back, v);
-    prop_assert_eq!(encoding::encode(&back), bytes);
+    prop_assert_eq!(enc(&back), bytes);
     Ok(())
 }
 
@@ -227,14 +232,14 @@ fn mutations<T>(v: &T, m: &Mutation) -> Result<(), TestCaseError>
 where
     T: Serialize + DeserializeOwned + PartialEq + Debug,
 {
-    let bytes = encoding::encode(v);
+    let bytes = enc(v);
     prop_assert!(!bytes.is_empty());
 
     let mut flipped = bytes.clone();
     flipped[m.flip_at.index(bytes.len())] ^= m.mask;
     if let Ok(other) = encoding::decode::<T>(&flipped) {
         prop_assert_ne!(&other, v, "different bytes decoded to the same value");
-        prop_assert_eq!(encoding::encode(&other), flipped, "accepted a non-canonical encoding");
+        prop_assert_eq!(enc(&other), flipped, "accepted a non-canonical encoding");
     }
 
     let cut = m.cut_at.index(bytes.len());
@@ -259,7 +264,7 @@ where
     T: Serialize + DeserializeOwned + PartialEq + Debug,
 {
     if let Ok(v) = encoding::decode::<T>(bytes) {
-        prop_assert_eq!(&encoding::encode(&v), bytes, "accepted a non-canonical encoding");
+        prop_assert_eq!(&enc(&v), bytes, "accepted a non-canonical encoding");
         round_trip(&v)?;
     }
     Ok(())
@@ -334,7 +339,7 @@ proptest! {
     fn commit_round_trips(v in commit()) {
         round_trip(&v)?;
         // The id is a function of the encoding.
-        let back: Commit = encoding::decode(&encoding::encode(&v)).map_err(fail)?;
+        let back: Commit = encoding::decode(&enc(&v)).map_err(fail)?;
         prop_assert_eq!(back.id(), v.id());
     }
 
@@ -348,17 +353,11 @@ proptest! {
         prop_assert_eq!(&back.encode(), &bytes);
         prop_assert_eq!(back.signature(), sc.signature());
         prop_assert_eq!(back.commit().author(), sc.commit().author());
-        // The generic envelope decoder agrees.
-        let env = Signed::<Commit>::decode(&bytes).map_err(fail)?;
-        prop_assert_eq!(env.value(), sc.commit());
-        prop_assert_eq!(env.signer(), sc.commit().author());
-        prop_assert_eq!(env.signature(), sc.signature());
-        prop_assert_eq!(env.encode(), bytes);
     }
 
     #[test]
     fn triple_id_is_a_function_of_the_triple(a in triple(), b in triple()) {
-        let decoded: Triple = encoding::decode(&encoding::encode(&a)).map_err(fail)?;
+        let decoded: Triple = encoding::decode(&enc(&a)).map_err(fail)?;
         prop_assert_eq!(TripleId::of(&a), TripleId::of(&a.clone()));
         prop_assert_eq!(TripleId::of(&a), TripleId::of(&decoded));
         prop_assert_eq!(TripleId::of(&a), a.id());
@@ -368,7 +367,7 @@ proptest! {
 
     #[test]
     fn distinct_values_have_distinct_encodings(a in term(), b in term()) {
-        prop_assert_eq!(a == b, encoding::encode(&a) == encoding::encode(&b));
+        prop_assert_eq!(a == b, enc(&a) == enc(&b));
     }
 
     #[test]
@@ -383,7 +382,7 @@ proptest! {
         shuffled.extend(add.iter().take((seed % 3) as usize).cloned());
         let a = ChangeSet::adding(add);
         let b = ChangeSet::adding(shuffled);
-        prop_assert_eq!(encoding::encode(&a), encoding::encode(&b));
+        prop_assert_eq!(enc(&a), enc(&b));
     }
 }
 
@@ -411,9 +410,6 @@ proptest! {
             prop_assert_eq!(&sc.encode(), &bytes);
             prop_assert_eq!(SignedCommit::decode(&sc.encode(), Some(sc.id())).map_err(fail)?, sc);
         }
-        if let Ok(s) = Signed::<Commit>::decode(&bytes) {
-            prop_assert_eq!(Signed::<Commit>::decode(&s.encode()).map_err(fail)?, s);
-        }
     }
 
     /// Arbitrary bytes behind a plausible prefix reach deeper into the decoders.
@@ -423,7 +419,7 @@ proptest! {
         keep in any::<Index>(),
         tail in vec(any::<u8>(), 0..64),
     ) {
-        let mut bytes = encoding::encode(&v);
+        let mut bytes = enc(&v);
         bytes.truncate(keep.index(bytes.len() + 1));
         bytes.extend_from_slice(&tail);
         decode_any::<Triple>(&bytes)?;
@@ -492,11 +488,9 @@ proptest! {
         let mut flipped = bytes.clone();
         flipped[m.flip_at.index(bytes.len())] ^= m.mask;
         prop_assert!(SignedCommit::decode(&flipped, None).is_err());
-        prop_assert!(Signed::<Commit>::decode(&flipped).is_err());
 
         let cut = m.cut_at.index(bytes.len());
         prop_assert!(SignedCommit::decode(&bytes[..cut], None).is_err());
-        prop_assert!(Signed::<Commit>::decode(&bytes[..cut]).is_err());
 
         let mut extended = bytes;
         extended.push(m.extra);
@@ -511,7 +505,6 @@ proptest! {
             "extended envelope: {:?}",
             r
         );
-        prop_assert!(Signed::<Commit>::decode(&extended).is_err());
     }
 }
 
@@ -568,8 +561,8 @@ fn look_alike_structs_match_the_real_encodings() {
     let (a, b) = (sample_triple("urn:x:a", "1"), sample_triple("urn:x:b", "2"));
     let raw = RawChangeSet { add: vec![a.clone(), b.clone()], remove: vec![] };
     let real = ChangeSet::new([b, a], []).unwrap();
-    assert_eq!(encoding::encode(&raw), encoding::encode(&real));
-    assert_eq!(encoding::decode::<ChangeSet>(&encoding::encode(&raw)), Ok(real));
+    assert_eq!(enc(&raw), enc(&real));
+    assert_eq!(encoding::decode::<ChangeSet>(&enc(&raw)), Ok(real));
 
     let cases = [
         (raw_literal("x", RawKind::String), Literal::string("x").unwrap()),
@@ -583,8 +576,8 @@ fn look_alike_structs_match_the_real_encodings() {
         ),
     ];
     for (raw, real) in cases {
-        let bytes = encoding::encode(&raw);
-        assert_eq!(bytes, encoding::encode(&real));
+        let bytes = enc(&raw);
+        assert_eq!(bytes, enc(&real));
         assert_eq!(encoding::decode::<Literal>(&bytes), Ok(real));
     }
 
@@ -599,8 +592,8 @@ fn look_alike_structs_match_the_real_encodings() {
         Literal::string("o").unwrap(),
     )
     .unwrap();
-    assert_eq!(encoding::encode(&raw), encoding::encode(&real));
-    assert_eq!(encoding::decode::<Triple>(&encoding::encode(&raw)), Ok(real));
+    assert_eq!(enc(&raw), enc(&real));
+    assert_eq!(encoding::decode::<Triple>(&enc(&raw)), Ok(real));
 }
 
 proptest! {
@@ -616,7 +609,7 @@ proptest! {
         } else {
             RawChangeSet { add: descending, remove: vec![] }
         };
-        let r = encoding::decode::<ChangeSet>(&encoding::encode(&raw));
+        let r = encoding::decode::<ChangeSet>(&enc(&raw));
         prop_assert!(r.is_err(), "unsorted change set decoded: {:?}", r);
     }
 
@@ -627,24 +620,24 @@ proptest! {
         add.push(t);
         add.sort();
         let raw = RawChangeSet { add, remove: vec![] };
-        let r = encoding::decode::<ChangeSet>(&encoding::encode(&raw));
+        let r = encoding::decode::<ChangeSet>(&enc(&raw));
         prop_assert!(r.is_err(), "change set with a duplicate decoded: {:?}", r);
     }
 
     #[test]
     fn overlapping_change_set_is_rejected(t in triple()) {
         let raw = RawChangeSet { add: vec![t.clone()], remove: vec![t] };
-        prop_assert!(encoding::decode::<ChangeSet>(&encoding::encode(&raw)).is_err());
+        prop_assert!(encoding::decode::<ChangeSet>(&enc(&raw)).is_err());
     }
 
     #[test]
     fn explicit_xsd_string_literal_is_rejected(value in any_text(16)) {
         let raw = raw_literal(&value, RawKind::Typed(XSD_STRING.into()));
-        let bytes = encoding::encode(&raw);
+        let bytes = enc(&raw);
         prop_assert!(encoding::decode::<Literal>(&bytes).is_err());
         // Also inside a term.
         let raw = RawTerm::Literal(raw_literal(&value, RawKind::Typed(XSD_STRING.into())));
-        prop_assert!(encoding::decode::<Term>(&encoding::encode(&raw)).is_err());
+        prop_assert!(encoding::decode::<Term>(&enc(&raw)).is_err());
         // The canonical form of the same literal is accepted.
         let canonical = Literal::typed(value.clone(), iri_of(XSD_STRING)).map_err(fail)?;
         prop_assert_eq!(&canonical, &Literal::string(value).map_err(fail)?);
@@ -655,13 +648,13 @@ proptest! {
     fn upper_case_language_tag_is_rejected(value in any_text(8), tag in language_tag()) {
         let lower = tag.to_ascii_lowercase();
         let ok = raw_literal(&value, RawKind::Language(lower.clone()));
-        let decoded = encoding::decode::<Literal>(&encoding::encode(&ok)).map_err(fail)?;
+        let decoded = encoding::decode::<Literal>(&enc(&ok)).map_err(fail)?;
         prop_assert_eq!(decoded.language_tag(), Some(lower.as_str()));
 
         let mut upper = lower.clone();
         upper.replace_range(..1, &lower[..1].to_ascii_uppercase());
         let raw = raw_literal(&value, RawKind::Language(upper.clone()));
-        let r = encoding::decode::<Literal>(&encoding::encode(&raw));
+        let r = encoding::decode::<Literal>(&enc(&raw));
         prop_assert!(r.is_err(), "tag {:?} decoded: {:?}", upper, r);
     }
 }
@@ -669,14 +662,14 @@ proptest! {
 #[test]
 fn rdf_lang_string_without_tag_is_rejected() {
     let raw = raw_literal("x", RawKind::Typed(RDF_LANG_STRING.into()));
-    assert!(encoding::decode::<Literal>(&encoding::encode(&raw)).is_err());
+    assert!(encoding::decode::<Literal>(&enc(&raw)).is_err());
 }
 
 #[test]
 fn invalid_language_tag_is_rejected() {
     for tag in ["", "-", "en--gb", "123456789", "en_gb", "é"] {
         let raw = raw_literal("x", RawKind::Language(tag.into()));
-        let r = encoding::decode::<Literal>(&encoding::encode(&raw));
+        let r = encoding::decode::<Literal>(&enc(&raw));
         assert!(r.is_err(), "tag {tag:?} decoded: {r:?}");
     }
 }
@@ -691,24 +684,24 @@ fn invalid_iri_inside_a_term_is_rejected() {
         "http://example.org/<x>",
         "https://example.org/\u{0}",
     ] {
-        let r = encoding::decode::<Term>(&encoding::encode(&RawTerm::Iri(bad.into())));
+        let r = encoding::decode::<Term>(&enc(&RawTerm::Iri(bad.into())));
         assert!(r.is_err(), "IRI {bad:?} decoded as a term: {r:?}");
-        assert!(encoding::decode::<Iri>(&encoding::encode(bad)).is_err());
+        assert!(encoding::decode::<Iri>(&enc(bad)).is_err());
 
         // As a datatype, and as the predicate of a triple.
         let raw = RawTerm::Literal(raw_literal("1", RawKind::Typed(bad.into())));
-        assert!(encoding::decode::<Term>(&encoding::encode(&raw)).is_err());
+        assert!(encoding::decode::<Term>(&enc(&raw)).is_err());
         let raw = RawTriple {
             subject: RawTerm::Iri("urn:x:s".into()),
             predicate: RawTerm::Iri(bad.into()),
             object: RawTerm::Iri("urn:x:o".into()),
         };
-        assert!(encoding::decode::<Triple>(&encoding::encode(&raw)).is_err());
+        assert!(encoding::decode::<Triple>(&enc(&raw)).is_err());
     }
     // The same shape with a valid IRI is accepted.
     let good = RawTerm::Iri("https://example.org/x".into());
     assert_eq!(
-        encoding::decode::<Term>(&encoding::encode(&good)),
+        encoding::decode::<Term>(&enc(&good)),
         Ok(Term::iri("https://example.org/x").unwrap())
     );
 }
@@ -716,7 +709,7 @@ fn invalid_iri_inside_a_term_is_rejected() {
 #[test]
 fn invalid_blank_node_label_is_rejected() {
     for bad in ["", "a b", "_:x", "x\n", "a.", ".a", "-a", "a:b", "×"] {
-        let r = encoding::decode::<Term>(&encoding::encode(&RawTerm::Blank(bad.into())));
+        let r = encoding::decode::<Term>(&enc(&RawTerm::Blank(bad.into())));
         assert!(r.is_err(), "label {bad:?} decoded: {r:?}");
     }
 }
@@ -728,24 +721,24 @@ fn misplaced_terms_in_a_triple_are_rejected() {
     let blank = || RawTerm::Blank("b".into());
     for (subject, predicate) in [(lit(), iri()), (iri(), blank()), (iri(), lit())] {
         let raw = RawTriple { subject, predicate, object: iri() };
-        assert!(encoding::decode::<Triple>(&encoding::encode(&raw)).is_err());
+        assert!(encoding::decode::<Triple>(&enc(&raw)).is_err());
     }
 }
 
 #[test]
 fn invalid_org_ids_and_branch_names_are_rejected() {
     for bad in ["", "-acme", "Acme", "acme research", &"a".repeat(65)] {
-        assert!(encoding::decode::<OrgId>(&encoding::encode(bad)).is_err(), "{bad:?}");
+        assert!(encoding::decode::<OrgId>(&enc(bad)).is_err(), "{bad:?}");
     }
     for bad in ["", "/main", "main/", "a//b", "a/../b", ".", "a b", &"a".repeat(256)] {
-        assert!(encoding::decode::<BranchName>(&encoding::encode(bad)).is_err(), "{bad:?}");
+        assert!(encoding::decode::<BranchName>(&enc(bad)).is_err(), "{bad:?}");
     }
 }
 
 #[test]
 fn unknown_enum_variant_is_rejected() {
     // Term has three variants: 0, 1, 2.
-    let mut bytes = encoding::encode(&Term::iri("urn:x:y").unwrap());
+    let mut bytes = enc(&Term::iri("urn:x:y").unwrap());
     bytes[0] = 3;
     assert!(encoding::decode::<Term>(&bytes).is_err());
 }
@@ -769,13 +762,13 @@ fn root_commit(kp: &NodeKeypair) -> Commit {
 #[test]
 fn non_minimal_varints_are_rejected() {
     // A timestamp of 0 is the single byte 0x00.
-    assert_eq!(encoding::encode(&Timestamp::from_micros(0)), [0x00]);
+    assert_eq!(enc(&Timestamp::from_micros(0)), [0x00]);
     let r = encoding::decode::<Timestamp>(&[0x80, 0x00]);
     assert!(matches!(r, Err(DecodeError::NonCanonical { .. })), "over-long varint: {r:?}");
 
     // An enum variant index.
     let term = Term::iri("urn:x:y").unwrap();
-    let bytes = encoding::encode(&term);
+    let bytes = enc(&term);
     let long = [&[0x80, 0x00][..], &bytes[1..]].concat();
     let r = encoding::decode::<Term>(&long);
     assert!(matches!(r, Err(DecodeError::NonCanonical { .. })), "over-long variant: {r:?}");
@@ -783,7 +776,7 @@ fn non_minimal_varints_are_rejected() {
     // A commit's parent count.
     let kp = NodeKeypair::from_secret_bytes([7; 32]);
     let commit = root_commit(&kp);
-    let bytes = encoding::encode(&commit);
+    let bytes = enc(&commit);
     assert_eq!(bytes[0], 0x00);
     let long = [&[0x80, 0x00][..], &bytes[1..]].concat();
     let r = encoding::decode::<Commit>(&long);
@@ -801,7 +794,7 @@ fn overlong_is_rejected<T>(v: &T) -> Result<(), TestCaseError>
 where
     T: Serialize + DeserializeOwned + PartialEq + Debug,
 {
-    let bytes = encoding::encode(v);
+    let bytes = enc(v);
     // Every type here starts with a varint (a length, a variant index or a zigzag integer);
     // values whose first varint takes several bytes are left out.
     if bytes[0] < 0x80 {
@@ -843,20 +836,28 @@ proptest! {
         let long = overlong_first_varint(&bytes);
         prop_assert!(SignedCommit::decode(&long, None).is_err());
         prop_assert!(SignedCommit::decode(&long, Some(sc.id())).is_err());
-        prop_assert!(Signed::<Commit>::decode(&long).is_err());
         let n = bytes.len();
         prop_assert_eq!(bytes[n - 65], 64);
         let long = [&bytes[..n - 65], &[0xc0, 0x00][..], &bytes[n - 64..]].concat();
         prop_assert!(SignedCommit::decode(&long, Some(sc.id())).is_err());
-        prop_assert!(Signed::<Commit>::decode(&long).is_err());
         // Any single inserted 0x00 or 0x80 byte is rejected.
         for extra in [0x00u8, 0x80] {
             let mut ins = bytes.clone();
             ins.insert(at.index(n + 1), extra);
             prop_assert!(SignedCommit::decode(&ins, None).is_err());
-            prop_assert!(Signed::<Commit>::decode(&ins).is_err());
         }
     }
+}
+
+/// A commit-context signature, made with the key directly: the public API refuses the
+/// reserved context, which is the point; a test forging envelopes needs it anyway.
+fn forge_commit_signature(kp: &NodeKeypair, message: &[u8]) -> [u8; 64] {
+    use ed25519_dalek::Signer as _;
+    let context = b"llmkg/commit/v1";
+    let mut input = (context.len() as u64).to_le_bytes().to_vec();
+    input.extend_from_slice(context);
+    input.extend_from_slice(message);
+    ed25519_dalek::SigningKey::from_bytes(&kp.secret_bytes()).sign(&input).to_bytes()
 }
 
 /// Without that check the author of a commit could sign a second, non-canonical
@@ -865,7 +866,7 @@ proptest! {
 fn a_commit_has_one_id() {
     let kp = NodeKeypair::from_secret_bytes([7; 32]);
     let commit = root_commit(&kp);
-    let canonical = encoding::encode(&commit);
+    let canonical = enc(&commit);
     let long = [&[0x80, 0x00][..], &canonical[1..]].concat();
     // The id as commit.rs computes it: BLAKE3(len(domain) as u64 LE ‖ domain ‖ encoding).
     let domain = b"llmkg/commit/v1";
@@ -884,7 +885,7 @@ fn a_commit_has_one_id() {
         let mut e = value.to_vec();
         e.extend_from_slice(kp.node_id().as_bytes());
         e.push(64);
-        e.extend_from_slice(&kp.sign_raw("llmkg/commit/v1", signed));
+        e.extend_from_slice(&forge_commit_signature(&kp, signed));
         e
     };
     // The recipe is right: the canonical envelope built this way is accepted ...
@@ -908,7 +909,7 @@ proptest! {
 
     #[test]
     fn input_longer_than_the_limit_is_too_large(v in triple(), under in 1usize..8) {
-        let bytes = encoding::encode(&v);
+        let bytes = enc(&v);
         let limit = bytes.len().saturating_sub(under);
         let r = encoding::decode_with_limit::<Triple>(&bytes, limit);
         prop_assert_eq!(r, Err(DecodeError::TooLarge { len: bytes.len(), limit }));
@@ -952,7 +953,7 @@ fn varint(mut n: u64) -> Vec<u8> {
 #[test]
 fn huge_claimed_lengths_fail_fast_without_allocating() {
     let huge = varint(1 << 60);
-    assert_eq!(huge, encoding::encode(&(1u64 << 60)), "varint helper is wrong");
+    assert_eq!(huge, enc(&(1u64 << 60)), "varint helper is wrong");
     let mut input = huge.clone();
     input.push(0x00);
     assert_eq!(input.len(), 10);
@@ -963,7 +964,6 @@ fn huge_claimed_lengths_fail_fast_without_allocating() {
     assert!(encoding::decode::<Vec<Triple>>(&input).is_err());
     // A commit's parent list, also through the envelope decoders.
     assert!(encoding::decode::<Commit>(&input).is_err());
-    assert!(Signed::<Commit>::decode(&input).is_err());
     assert!(SignedCommit::decode(&input, None).is_err());
     // Strings: an IRI, a label, a literal's lexical form.
     assert!(encoding::decode::<Iri>(&input).is_err());

@@ -220,11 +220,11 @@ fn an_absence_proof_cannot_be_forged_for_a_present_id() {
     let path = &bytes[..bytes.len() - leaf_bytes];
     let mut without = path.to_vec();
     let rest: Vec<TripleId> = ids.iter().copied().filter(|i| *i != x).collect();
-    without.extend(llmkg_federation_core::encoding::encode(&ProofEnd::Leaf(rest)));
+    without.extend(enc(&ProofEnd::Leaf(rest)));
     let forged = MerkleProof::decode(&without).unwrap();
     assert_eq!(forged.verify(&root, &x), Err(ProofError::RootMismatch));
     let mut empty = path.to_vec();
-    empty.extend(llmkg_federation_core::encoding::encode(&ProofEnd::EmptySlot));
+    empty.extend(enc(&ProofEnd::EmptySlot));
     let forged = MerkleProof::decode(&empty).unwrap();
     assert_eq!(forged.depth(), depth);
     assert_eq!(forged.verify(&root, &x), Err(ProofError::RootMismatch));
@@ -238,16 +238,13 @@ fn leaves_a_canonical_tree_cannot_hold_are_refused() {
         v
     };
     // Too many ids for a leaf: refused by the decoder.
-    let big = llmkg_federation_core::encoding::encode(&FakeProof {
-        branches: vec![],
-        end: FakeEnd::Leaf(ids.clone()),
-    });
+    let big = enc(&FakeProof { branches: vec![], end: FakeEnd::Leaf(ids.clone()) });
     assert!(matches!(MerkleProof::decode(&big), Err(ProofError::Decode(_))));
     // A root leaf whose ids are unsorted: the root is computed over them as given, yet the
     // verifier refuses the shape.
     let mut unsorted = ids[..3].to_vec();
     unsorted.swap(0, 2);
-    let p = MerkleProof::decode(&llmkg_federation_core::encoding::encode(&FakeProof {
+    let p = MerkleProof::decode(&enc(&FakeProof {
         branches: vec![],
         end: FakeEnd::Leaf(unsorted.clone()),
     }))
@@ -264,7 +261,7 @@ fn leaves_a_canonical_tree_cannot_hold_are_refused() {
     let stranger = (2..).map(id).find(|y| y.as_bytes()[0] >> 4 != x.as_bytes()[0] >> 4).unwrap();
     let mut leaf = vec![x, stranger];
     leaf.sort();
-    let p = MerkleProof::decode(&llmkg_federation_core::encoding::encode(&FakeProof {
+    let p = MerkleProof::decode(&enc(&FakeProof {
         branches: vec![[NodeHash::ABSENT; 15]],
         end: FakeEnd::Leaf(leaf),
     }))
@@ -335,4 +332,9 @@ fn graph_state_lookup_by_id() {
     assert!(state.get_by_id(&id(5)).is_none());
     state.remove(&triples[0]);
     assert!(state.get_by_id(&triples[0].id()).is_none());
+}
+
+/// The canonical encoding of a test-made value.
+fn enc<T: Serialize>(value: &T) -> Vec<u8> {
+    llmkg_federation_core::encoding::try_encode(value).unwrap()
 }

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
+use llmkg_federation_core::encoding;
 use llmkg_federation_core::{
     BranchName, ChangeSet, Commit, CommitId, CommitVerifyError, GraphState, InvalidCommit,
     ManualClock, MemoryStore, MergeOutcome, NodeKeypair, OrgId, Pattern, RepoError, Repository,
@@ -359,6 +360,17 @@ fn criss_cross_merge_uses_a_virtual_base() {
     assert_eq!(got, want);
 }
 
+/// A commit-context signature made with the key directly (the public API refuses the
+/// reserved context).
+fn forge_commit_signature(kp: &NodeKeypair, message: &[u8]) -> [u8; 64] {
+    use ed25519_dalek::Signer as _;
+    let context = b"llmkg/commit/v1";
+    let mut input = (context.len() as u64).to_le_bytes().to_vec();
+    input.extend_from_slice(context);
+    input.extend_from_slice(message);
+    ed25519_dalek::SigningKey::from_bytes(&kp.secret_bytes()).sign(&input).to_bytes()
+}
+
 fn signed(key: &NodeKeypair, commit: Commit) -> SignedCommit {
     SignedCommit::sign(key, commit).unwrap()
 }
@@ -429,15 +441,18 @@ fn received_commits_are_fully_verified_and_nothing_bad_is_stored() {
     ));
     // 5. Signed by another node than its author: the envelope carries B's key and signature
     //    over A's commit.
-    let stolen = key_b.sign(good_commit.clone());
+    let mut stolen = encoding::try_encode(&good_commit).unwrap();
+    stolen.extend_from_slice(key_b.node_id().as_bytes());
+    stolen.push(64);
+    stolen.extend_from_slice(&forge_commit_signature(&key_b, good_commit.id().as_bytes()));
     assert!(matches!(
-        bob.receive(&stolen.encode()),
+        bob.receive(&stolen),
         Err(RepoError::Unverifiable(CommitVerifyError::SignerNotAuthor { .. }))
     ));
     // 6. A forged signature: A's envelope with the signature bytes of another message.
     let mut forged = good_bytes.clone();
     let n = forged.len();
-    let other_sig = key_a.sign_raw("llmkg/commit/v1", b"something else");
+    let other_sig = forge_commit_signature(&key_a, b"something else");
     forged[n - 64..].copy_from_slice(&other_sig);
     assert!(matches!(bob.receive(&forged), Err(RepoError::Unverifiable(_))));
 

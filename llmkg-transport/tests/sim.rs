@@ -522,13 +522,14 @@ fn garbage_bytes_are_counted_as_decode_failures_and_never_delivered() {
     sim.inject_raw(a, b, vec![0xff; 5]).unwrap(); // bad variant tag
     sim.inject_raw(a, b, vec![0x00, 0x80, 0x00]).unwrap(); // Seq(0) with an over-long varint
     sim.inject_raw(a, b, vec![]).unwrap(); // truncated
-    let mut trailing = llmkg_federation_core::encoding::encode(&Msg::Seq(1));
+    let mut trailing = llmkg_federation_core::encoding::try_encode(&Msg::Seq(1)).unwrap();
     trailing.push(0);
     sim.inject_raw(a, b, trailing).unwrap(); // trailing bytes
-    let mut huge = llmkg_federation_core::encoding::encode(&Msg::Seq(1));
+    let mut huge = llmkg_federation_core::encoding::try_encode(&Msg::Seq(1)).unwrap();
     huge.resize(100, 0);
     sim.inject_raw(a, b, huge).unwrap(); // over the size limit
-    sim.inject_raw(a, b, llmkg_federation_core::encoding::encode(&Msg::Seq(9))).unwrap();
+    sim.inject_raw(a, b, llmkg_federation_core::encoding::try_encode(&Msg::Seq(9)).unwrap())
+        .unwrap();
     sim.run();
     let events = sim.drain_events();
     assert_eq!(events.len(), 1, "seed {seed}: {events:?}");
@@ -850,7 +851,7 @@ fn a_rumor_claiming_the_largest_hop_count_does_not_overflow() {
         .unwrap();
     let ids = sim.node_ids().to_vec();
     let rumor = FloodMessage::Rumor { id: 5, hops: u32::MAX, padding: vec![] };
-    let bytes = llmkg_federation_core::encoding::encode(&rumor);
+    let bytes = llmkg_federation_core::encoding::try_encode(&rumor).unwrap();
     sim.inject_raw(ids[0], ids[1], bytes).unwrap();
     assert!(matches!(sim.run(), RunOutcome::Quiescent { .. }));
     assert!(ids.iter().all(|id| sim.node(*id).unwrap().knows(5)));

@@ -10,7 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use llmkg_federation_core::{Incoming, NodeId, NodeKeypair, Timer, Transport, TransportError};
+use llmkg_federation_core::{
+    CertificateError, Incoming, NodeCertificate, NodeId, NodeKeypair, OrgId, OrgKeypair, Role,
+    Timer, Timestamp, Transport, TransportError, TrustAnchors,
+};
 use llmkg_transport::TokioTimer;
 use llmkg_transport::tcp::{
     ConnectionFailure, FederationId, Frame, FrameDecoder, FrameError, HELLO_LEN, HandshakeError,
@@ -1449,4 +1452,119 @@ fn a_four_gib_header_reserves_nothing() {
     let data = vec![0u8; 100_000];
     assert_eq!(d.feed(&mut &data[..]), Ok(None));
     assert!(d.buffered_capacity() <= 200_000, "{}", d.buffered_capacity());
+}
+
+// ---------------------------------------------------------------------------------------
+// Trust by organization certificate
+// ---------------------------------------------------------------------------------------
+
+fn org_root(n: u8) -> OrgKeypair {
+    OrgKeypair::from_secret_bytes([200 + n; 32])
+}
+
+fn now_micros() -> i64 {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    i64::try_from(d.as_micros()).unwrap()
+}
+
+/// A certificate of `org` for node `seed`, valid from `from` to `to` hours around now.
+fn org_cert(root: &OrgKeypair, org: &str, seed: u8, from: i64, to: i64) -> NodeCertificate {
+    let hour = 3_600_000_000;
+    let now = now_micros();
+    root.certify(
+        OrgId::new(org).unwrap(),
+        id(seed),
+        [Role::Writer],
+        Timestamp::from_micros(now + from * hour),
+        Timestamp::from_micros(now + to * hour),
+        u64::from(seed),
+    )
+    .unwrap()
+}
+
+/// Trusts certificates of `acme` (pinned to root 1).
+fn cert_config(seed: u8, cert: Option<NodeCertificate>) -> TcpConfig {
+    let mut anchors = TrustAnchors::new();
+    anchors.pin(OrgId::new("acme").unwrap(), org_root(1).root_key());
+    let mut c = config(seed);
+    c.trust = Trust::Certificates(Arc::new(anchors));
+    c.certificate = cert;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certified_nodes_of_a_pinned_org_connect() {
+    let a = bind(cert_config(41, Some(org_cert(&org_root(1), "acme", 41, -1, 1)))).await;
+    let b = bind(cert_config(42, Some(org_cert(&org_root(1), "acme", 42, -1, 1)))).await;
+    // Only a adds b: b admits a by its certificate alone.
+    a.add_peer(id(42), b.local_addr()).unwrap();
+    wait_connected(&a, id(42)).await;
+    wait_connected(&b, id(41)).await;
+    assert_link_ok(&a, &b, 1).await;
+    a.close().await;
+    b.close().await;
+}
+
+async fn refused_with(cert: Option<NodeCertificate>, what: &str) -> HandshakeError {
+    let server = bind(cert_config(51, None)).await;
+    let mut failures = server.connection_failures();
+    let mut cc = config(52);
+    cc.certificate = cert;
+    let client = bind(cc).await;
+    client.add_peer(id(51), server.local_addr()).unwrap();
+    let f = expect_failure(&mut failures, what, |f| {
+        matches!(
+            f.error,
+            TcpError::Handshake(
+                HandshakeError::CertificateRefused { .. } | HandshakeError::MissingCertificate(_)
+            )
+        )
+    })
+    .await;
+    client.close().await;
+    server.close().await;
+    match f.error {
+        TcpError::Handshake(e) => e,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uncertified_forged_expired_and_unpinned_certificates_are_refused() {
+    // No certificate at all.
+    let e = refused_with(None, "MissingCertificate").await;
+    assert_eq!(e, HandshakeError::MissingCertificate(id(52)));
+    // Forged: another root certifies the node for acme.
+    let e = refused_with(Some(org_cert(&org_root(2), "acme", 52, -1, 1)), "forged").await;
+    assert!(
+        matches!(e, HandshakeError::CertificateRefused { peer, error: CertificateError::WrongRoot { .. } } if peer == id(52)),
+        "{e:?}"
+    );
+    // Expired.
+    let e = refused_with(Some(org_cert(&org_root(1), "acme", 52, -3, -2)), "expired").await;
+    assert!(
+        matches!(
+            e,
+            HandshakeError::CertificateRefused { error: CertificateError::Expired { .. }, .. }
+        ),
+        "{e:?}"
+    );
+    // An organization that is not pinned.
+    let e = refused_with(Some(org_cert(&org_root(3), "other", 52, -1, 1)), "unpinned").await;
+    assert!(
+        matches!(
+            e,
+            HandshakeError::CertificateRefused { error: CertificateError::UnknownOrg(_), .. }
+        ),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn a_certificate_for_another_node_is_an_invalid_config() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut c = config(61);
+    c.certificate = Some(org_cert(&org_root(1), "acme", 62, -1, 1));
+    let r = rt.block_on(TcpTransport::bind(c));
+    assert!(matches!(r, Err(TcpError::InvalidConfig(_))));
 }

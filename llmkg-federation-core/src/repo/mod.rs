@@ -27,10 +27,11 @@ use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 
 use thiserror::Error;
 
+use crate::certificate::{AcceptAll, CommitPolicy, CommitRefusal};
 use crate::commit::{Commit, CommitId, CommitShapeError, CommitVerifyError, SignedCommit};
 use crate::encoding::DecodeError;
 use crate::graph::{ApplyError, GraphState};
-use crate::identity::{NodeKeypair, OrgId};
+use crate::identity::{OrgId, Signer};
 use crate::merkle::StateRoot;
 use crate::store::{BranchName, ObjectId, Store, StoreError, WriteBatch};
 use crate::term::ChangeSet;
@@ -76,6 +77,14 @@ pub enum RepoError {
     /// A state operation failed (the term dictionary is full).
     #[error(transparent)]
     Apply(ApplyError),
+    /// The commit policy refused the commit (see [`Repository::with_policy`]).
+    #[error("commit {id} refused by policy: {reason}")]
+    Refused {
+        /// The refused commit.
+        id: CommitId,
+        /// Why.
+        reason: CommitRefusal,
+    },
     /// A snapshot of the state at `id` could not be built, or one offered for installation
     /// (or a stored checkpoint at the boundary of a shallow replica) was refused.
     #[error("snapshot of the state at {id}: {error}")]
@@ -190,7 +199,8 @@ impl Default for RepoOptions {
 /// ```
 pub struct Repository<S: Store> {
     store: S,
-    keypair: NodeKeypair,
+    signer: Box<dyn Signer>,
+    policy: Box<dyn CommitPolicy>,
     org: OrgId,
     clock: Box<dyn Clock>,
     /// Verified states by commit (see [`RepoOptions::cached_states`]).
@@ -215,19 +225,26 @@ pub struct Repository<S: Store> {
 impl<S: Store> std::fmt::Debug for Repository<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Repository")
-            .field("node", &self.keypair.node_id())
+            .field("node", &self.signer.node_id())
             .field("org", &self.org)
             .finish_non_exhaustive()
     }
 }
 
 impl<S: Store> Repository<S> {
-    /// A repository over `store`, committing as `keypair`'s node on behalf of `org`, with
+    /// A repository over `store`, committing as `signer`'s node (a [`NodeKeypair`](crate::NodeKeypair), or a
+    /// host's [`Signer`] that keeps the key elsewhere) on behalf of `org`, with
     /// timestamps from `clock`.
-    pub fn new(store: S, keypair: NodeKeypair, org: OrgId, clock: impl Clock + 'static) -> Self {
+    pub fn new(
+        store: S,
+        signer: impl Signer + 'static,
+        org: OrgId,
+        clock: impl Clock + 'static,
+    ) -> Self {
         Self {
             store,
-            keypair,
+            signer: Box::new(signer),
+            policy: Box::new(AcceptAll),
             org,
             clock: Box::new(clock),
             states: states::StateCache::default(),
@@ -240,6 +257,16 @@ impl<S: Store> Repository<S> {
             generations: HashMap::new(),
             options: RepoOptions::default(),
         }
+    }
+
+    /// Sets the policy every commit must pass — made here, received, or met on the way to a
+    /// state — before it is stored or its changes are applied (a revoked or expired
+    /// certificate, an unauthorized writer, an organization the author is not certified by).
+    /// The default admits every verified commit.
+    pub fn with_policy(mut self, policy: impl CommitPolicy + 'static) -> Self {
+        self.policy = Box::new(policy);
+        self.states.clear();
+        self
     }
 
     /// Replaces the tuning options. Cached states beyond the new capacity are dropped.
@@ -256,7 +283,7 @@ impl<S: Store> Repository<S> {
 
     /// The identity commits are signed with.
     pub fn node_id(&self) -> crate::NodeId {
-        self.keypair.node_id()
+        self.signer.node_id()
     }
 
     /// The organization commits are made for.
@@ -415,7 +442,7 @@ impl<S: Store> Repository<S> {
         let signed = Commit::new(
             parents,
             changes.clone(),
-            self.keypair.node_id(),
+            self.signer.node_id(),
             self.org.clone(),
             self.clock.now(),
             message.to_owned(),
@@ -423,7 +450,7 @@ impl<S: Store> Repository<S> {
         )
         .map_err(RepoError::Shape)
         .and_then(|commit| {
-            SignedCommit::sign(&self.keypair, commit).map_err(RepoError::Unverifiable)
+            SignedCommit::sign_with(self.signer.as_ref(), commit).map_err(RepoError::Unverifiable)
         });
         let signed = match signed {
             Ok(s) => s,
@@ -432,6 +459,10 @@ impl<S: Store> Repository<S> {
                 return Err(e);
             }
         };
+        if let Err(e) = self.check_policy(&signed) {
+            self.restore(first_parent, state, &changes);
+            return Err(e);
+        }
         let id = signed.id();
         let record = match self.generation_record(id, signed.commit().parents()) {
             Ok(r) => r,
@@ -815,8 +846,8 @@ impl<S: Store> Repository<S> {
 
 impl<S: Store> Repository<S> {
     /// Refuses a commit the host's policy does not admit.
-    fn check_policy(&self, _commit: &SignedCommit) -> Result<(), RepoError> {
-        Ok(())
+    fn check_policy(&self, commit: &SignedCommit) -> Result<(), RepoError> {
+        self.policy.check(commit).map_err(|reason| RepoError::Refused { id: commit.id(), reason })
     }
 }
 

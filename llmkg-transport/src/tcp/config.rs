@@ -6,9 +6,11 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use llmkg_federation_core::{NodeId, NodeKeypair};
+use llmkg_federation_core::Clock as _;
+use llmkg_federation_core::{NodeCertificate, NodeId, NodeKeypair, SystemClock, TrustAnchors};
 
-use super::{FederationId, TcpError};
+use super::handshake::MAX_HANDSHAKE_CERTIFICATE_LEN;
+use super::{FederationId, HandshakeError, TcpError};
 
 /// Which authenticated identities may connect.
 ///
@@ -26,6 +28,10 @@ pub enum Trust {
     /// Any node that proves an identity (a higher layer checks membership). The peer table
     /// is still bounded by [`TcpConfig::max_peers`].
     AnyAuthenticated,
+    /// A node whose handshake carries a certificate that verifies against these anchors at
+    /// the current (system) time and names the node's authenticated id. Refusals:
+    /// [`HandshakeError::MissingCertificate`], [`HandshakeError::CertificateRefused`].
+    Certificates(Arc<TrustAnchors>),
 }
 
 impl Trust {
@@ -34,13 +40,37 @@ impl Trust {
         Self::Callback(Arc::new(f))
     }
 
-    /// Whether the policy admits `node`.
+    /// Whether the policy admits `node` on its identity alone (never, for
+    /// [`Trust::Certificates`]).
     pub fn admits(&self, node: &NodeId) -> bool {
         match self {
             Trust::AllowList(list) => list.contains(node),
             Trust::Callback(f) => f(node),
             Trust::AnyAuthenticated => true,
+            Trust::Certificates(_) => false,
         }
+    }
+
+    /// Whether the policy admits `node`, which sent the encoded `certificate` (if any) in its
+    /// handshake.
+    pub(crate) fn check(
+        &self,
+        node: &NodeId,
+        certificate: Option<&[u8]>,
+    ) -> Result<(), HandshakeError> {
+        let Trust::Certificates(anchors) = self else {
+            return if self.admits(node) {
+                Ok(())
+            } else {
+                Err(HandshakeError::UntrustedPeer(*node))
+            };
+        };
+        let Some(bytes) = certificate else {
+            return Err(HandshakeError::MissingCertificate(*node));
+        };
+        let refused = |error| HandshakeError::CertificateRefused { peer: *node, error };
+        let cert = NodeCertificate::decode(bytes).map_err(refused)?;
+        cert.verify_for(anchors, SystemClock.now(), node).map_err(refused)
     }
 }
 
@@ -56,6 +86,7 @@ impl fmt::Debug for Trust {
             Trust::AllowList(list) => f.debug_tuple("AllowList").field(list).finish(),
             Trust::Callback(_) => f.write_str("Callback(..)"),
             Trust::AnyAuthenticated => f.write_str("AnyAuthenticated"),
+            Trust::Certificates(a) => f.debug_tuple("Certificates").field(a).finish(),
         }
     }
 }
@@ -122,6 +153,10 @@ pub struct TcpConfig {
     pub idle_timeout: Duration,
     /// Who may connect besides added peers. Default: nobody else.
     pub trust: Trust,
+    /// This node's certificate, sent to peers inside the encrypted handshake (after Noise
+    /// has authenticated the identity), for peers that trust by [`Trust::Certificates`].
+    /// Default: none (the handshake payload is then exactly the original format).
+    pub certificate: Option<NodeCertificate>,
     /// Bound on the peer table as seen by inbound connections: a trusted node that was not
     /// added and connects while the table holds this many peers is refused with
     /// [`HandshakeError::TooManyPeers`](super::HandshakeError::TooManyPeers). (`add_peer`
@@ -153,6 +188,7 @@ impl TcpConfig {
             keepalive_interval: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             trust: Trust::default(),
+            certificate: None,
             max_peers: 1024,
             max_pending_handshakes: 64,
         }
@@ -175,6 +211,14 @@ impl TcpConfig {
         }
         if self.handshake_timeout.is_zero() {
             return Err(TcpError::InvalidConfig("handshake_timeout must be positive"));
+        }
+        if let Some(cert) = &self.certificate {
+            if cert.node() != self.keypair.node_id() {
+                return Err(TcpError::InvalidConfig("the certificate is for another node"));
+            }
+            if cert.encode().len() > MAX_HANDSHAKE_CERTIFICATE_LEN {
+                return Err(TcpError::InvalidConfig("the certificate is too long"));
+            }
         }
         if self.keepalive_interval.is_zero() || self.idle_timeout <= self.keepalive_interval {
             return Err(TcpError::InvalidConfig("need 0 < keepalive_interval < idle_timeout"));

@@ -21,10 +21,9 @@
 //! its encrypted stream, with nothing in it); the initiator reports the link up only once it
 //! has it, so a node that refuses a dialer never shows up as connected there.
 
-use std::fmt;
 use std::time::Duration;
 
-use llmkg_federation_core::{NodeId, NodeKeypair};
+use llmkg_federation_core::{CertificateError, NodeId, NodeKeypair, SigningInput};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -43,58 +42,35 @@ pub const HELLO_LEN: usize = 8 + 2 + 32;
 /// The Noise protocol used after the hello.
 pub const NOISE_PARAMS: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
 
-/// Signature context binding a Noise static key to a node identity.
-pub const IDENTITY_BINDING_CONTEXT: &str = "llmkg/transport/noise-static/v1";
+/// Signature context binding a Noise static key to a node identity (reserved: signed through
+/// [`SigningInput::transport_binding`](llmkg_federation_core::SigningInput::transport_binding)).
+pub const IDENTITY_BINDING_CONTEXT: &str = llmkg_federation_core::TRANSPORT_BINDING_CONTEXT;
 
-/// Length of an encoded [`HandshakePayload`]: node id and signature.
+/// Length of an encoded [`HandshakePayload`]: node id and signature. A payload may be
+/// followed by an extension: [`CERTIFICATE_EXTENSION`] and an encoded
+/// [`NodeCertificate`](llmkg_federation_core::NodeCertificate) (sent only by nodes configured
+/// with one, so nodes without a certificate speak exactly the original format).
 pub const HANDSHAKE_PAYLOAD_LEN: usize = 32 + 64;
+
+/// Tag of the certificate extension after the handshake payload.
+pub const CERTIFICATE_EXTENSION: u8 = 1;
+
+/// Longest certificate the handshake carries (it must fit in one Noise handshake message).
+pub const MAX_HANDSHAKE_CERTIFICATE_LEN: usize = 768;
 
 /// The longest handshake message accepted (the XX messages of this protocol are at most 192
 /// bytes).
 pub const MAX_HANDSHAKE_MESSAGE_LEN: usize = 1024;
 
-/// Names a federation; both ends of a connection must agree on it.
+/// Names a federation; both ends of a connection must agree on it. Defined in
+/// `llmkg-federation-core` (signed envelopes are bound to it too) and re-exported here.
 ///
 /// ```
 /// use llmkg_transport::tcp::FederationId;
 /// assert_eq!(FederationId::from_name("acme"), FederationId::from_name("acme"));
 /// assert_ne!(FederationId::from_name("acme"), FederationId::from_name("other"));
 /// ```
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct FederationId([u8; 32]);
-
-impl FederationId {
-    /// The id with these bytes.
-    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
-        Self(bytes)
-    }
-
-    /// The id derived from a human-readable federation name (a keyed BLAKE3 hash).
-    pub fn from_name(name: &str) -> Self {
-        Self(blake3::derive_key("llmkg/transport/federation-id/v1", name.as_bytes()))
-    }
-
-    /// The id bytes.
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-}
-
-impl fmt::Display for FederationId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in &self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for FederationId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let hex = self.to_string();
-        write!(f, "FederationId({})", hex.get(..8).unwrap_or(&hex))
-    }
-}
+pub use llmkg_federation_core::FederationId;
 
 /// A connection could not be set up. Nothing was delivered; the connection is closed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -144,6 +120,18 @@ pub enum HandshakeError {
     BadIdentityBinding {
         /// The identity the peer claimed.
         claimed: NodeId,
+    },
+    /// Trust is by certificate and the peer sent none.
+    #[error("peer {0} presented no certificate")]
+    MissingCertificate(NodeId),
+    /// The peer's certificate does not verify against the anchors now, or does not name the
+    /// authenticated peer.
+    #[error("certificate of peer {peer} refused: {error}")]
+    CertificateRefused {
+        /// The authenticated peer.
+        peer: NodeId,
+        /// Why its certificate was refused.
+        error: CertificateError,
     },
     /// The peer proved its identity, but this node does not trust it.
     #[error("peer {0} is not trusted")]
@@ -197,7 +185,7 @@ impl Hello {
         let (version, federation) = rest.split_at_mut(2);
         magic.copy_from_slice(&MAGIC);
         version.copy_from_slice(&self.version.to_be_bytes());
-        federation.copy_from_slice(&self.federation.0);
+        federation.copy_from_slice(self.federation.as_bytes());
         out
     }
 
@@ -215,7 +203,10 @@ impl Hello {
         let Ok(federation) = <[u8; 32]>::try_from(rest) else {
             return Err(HandshakeError::Malformed { what: "hello", reason: "wrong length" });
         };
-        Ok(Self { version: u16::from_be_bytes(*version), federation: FederationId(federation) })
+        Ok(Self {
+            version: u16::from_be_bytes(*version),
+            federation: FederationId::from_bytes(federation),
+        })
     }
 
     /// Checks that a peer sending `theirs` can talk to a node sending `self`.
@@ -251,7 +242,7 @@ impl HandshakePayload {
     pub fn sign(keypair: &NodeKeypair, noise_static_public: &[u8]) -> Self {
         Self {
             node_id: keypair.node_id(),
-            signature: keypair.sign_raw(IDENTITY_BINDING_CONTEXT, noise_static_public),
+            signature: keypair.sign_input(&SigningInput::transport_binding(noise_static_public)),
         }
     }
 
@@ -292,12 +283,16 @@ pub(crate) enum Role {
     Responder,
 }
 
+/// The trust check: the authenticated peer and the certificate bytes it sent, if any.
+pub(crate) type Trusted<'a> =
+    dyn Fn(&NodeId, Option<&[u8]>) -> Result<(), HandshakeError> + Sync + 'a;
+
 /// What a handshake needs from the local node.
 pub(crate) struct Local<'a> {
     pub(crate) id: NodeId,
     pub(crate) federation: FederationId,
     pub(crate) static_private: &'a [u8],
-    pub(crate) payload: &'a [u8; HANDSHAKE_PAYLOAD_LEN],
+    pub(crate) payload: &'a [u8],
 }
 
 /// A finished handshake.
@@ -349,8 +344,19 @@ fn check_peer(
     remote_static: Option<&[u8]>,
     local: &Local<'_>,
     expected: Option<NodeId>,
-    trusted: &(dyn Fn(&NodeId) -> bool + Sync),
+    trusted: &Trusted<'_>,
 ) -> Result<NodeId, HandshakeError> {
+    let (payload, extension) = payload.split_at(payload.len().min(HANDSHAKE_PAYLOAD_LEN));
+    let certificate = match extension.split_first() {
+        None => None,
+        Some((&CERTIFICATE_EXTENSION, cert)) => Some(cert),
+        Some(_) => {
+            return Err(HandshakeError::Malformed {
+                what: "handshake payload",
+                reason: "unknown extension",
+            });
+        }
+    };
     let payload = HandshakePayload::decode(payload)?;
     let Some(remote_static) = remote_static else {
         return Err(HandshakeError::Noise("no remote static key".into()));
@@ -365,9 +371,7 @@ fn check_peer(
     {
         return Err(HandshakeError::UnexpectedPeer { expected, actual: peer });
     }
-    if !trusted(&peer) {
-        return Err(HandshakeError::UntrustedPeer(peer));
-    }
+    trusted(&peer, certificate)?;
     Ok(peer)
 }
 
@@ -379,7 +383,7 @@ pub(crate) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     role: Role,
     local: &Local<'_>,
     expected: Option<NodeId>,
-    trusted: &(dyn Fn(&NodeId) -> bool + Sync),
+    trusted: &Trusted<'_>,
 ) -> Result<Authenticated, TcpError> {
     let ours = Hello::new(local.federation);
     let ours_bytes = ours.encode();

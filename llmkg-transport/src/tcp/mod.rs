@@ -89,8 +89,9 @@ pub use config::{TcpConfig, Trust};
 pub use error::{ConnectionFailure, TcpError};
 pub use frame::{Frame, FrameDecoder, FrameError, INITIAL_PAYLOAD_CAPACITY, MAX_FRAME_HEADER_LEN};
 pub use handshake::{
-    FederationId, HANDSHAKE_PAYLOAD_LEN, HELLO_LEN, HandshakeError, HandshakePayload, Hello,
-    IDENTITY_BINDING_CONTEXT, MAGIC, MAX_HANDSHAKE_MESSAGE_LEN, NOISE_PARAMS, PROTOCOL_VERSION,
+    CERTIFICATE_EXTENSION, FederationId, HANDSHAKE_PAYLOAD_LEN, HELLO_LEN, HandshakeError,
+    HandshakePayload, Hello, IDENTITY_BINDING_CONTEXT, MAGIC, MAX_HANDSHAKE_CERTIFICATE_LEN,
+    MAX_HANDSHAKE_MESSAGE_LEN, NOISE_PARAMS, PROTOCOL_VERSION,
 };
 pub use transport::{TcpStats, TcpTransport};
 

@@ -449,7 +449,7 @@ async fn dial(inner: &Inner, node: NodeId, addr: SocketAddr) -> Result<Establish
     let mut stream = connect.map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
     stream.set_nodelay(true)?;
     let local = inner.local_handshake();
-    let trusted = |id: &NodeId| inner.is_trusted(id);
+    let trusted = |id: &NodeId, cert: Option<&[u8]>| inner.check_trust(id, cert);
     let run = handshake::run(&mut stream, Role::Initiator, &local, Some(node), &trusted);
     let auth = timeout(inner.handshake_timeout, run)
         .await

@@ -16,7 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot, wat
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout, timeout_at};
 
-use super::handshake::{self, HANDSHAKE_PAYLOAD_LEN, HandshakeError, Local, Role};
+use super::handshake::{self, HandshakeError, Local, Role};
 use super::peer::{Established, PeerActor, PeerCmd, PeerHandle};
 use super::{
     ConnectionFailure, FederationId, Frame, HandshakePayload, NOISE_PARAMS, TcpConfig, TcpError,
@@ -104,7 +104,7 @@ pub(crate) struct Inner {
     federation: FederationId,
     static_private: Vec<u8>,
     static_public: Vec<u8>,
-    payload: [u8; HANDSHAKE_PAYLOAD_LEN],
+    payload: Vec<u8>,
     trust: Trust,
     pub(crate) max_frame_len: usize,
     outgoing_queue: usize,
@@ -172,8 +172,16 @@ impl Inner {
         }
     }
 
-    pub(crate) fn is_trusted(&self, node: &NodeId) -> bool {
-        lock(&self.peers).get(node).is_some_and(|p| p.added) || self.trust.admits(node)
+    /// Whether `node` (authenticated, having sent `certificate`) may connect.
+    pub(crate) fn check_trust(
+        &self,
+        node: &NodeId,
+        certificate: Option<&[u8]>,
+    ) -> Result<(), HandshakeError> {
+        if lock(&self.peers).get(node).is_some_and(|p| p.added) {
+            return Ok(());
+        }
+        self.trust.check(node, certificate)
     }
 
     pub(crate) fn jitter_seed(&self, node: &NodeId) -> u64 {
@@ -319,7 +327,12 @@ impl TcpTransport {
         let static_key = snow::Builder::new(params)
             .generate_keypair()
             .map_err(|e| TcpError::Noise(e.to_string()))?;
-        let payload = HandshakePayload::sign(&config.keypair, &static_key.public).encode();
+        let mut payload =
+            HandshakePayload::sign(&config.keypair, &static_key.public).encode().to_vec();
+        if let Some(cert) = &config.certificate {
+            payload.push(handshake::CERTIFICATE_EXTENSION);
+            payload.extend_from_slice(&cert.encode());
+        }
 
         let socket =
             if config.listen_addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
@@ -505,7 +518,7 @@ async fn accept_one(
     let setup = async {
         stream.set_nodelay(true)?;
         let local = inner.local_handshake();
-        let trusted = |id: &NodeId| inner.is_trusted(id);
+        let trusted = |id: &NodeId, cert: Option<&[u8]>| inner.check_trust(id, cert);
         let mut auth = handshake::run(&mut stream, Role::Responder, &local, None, &trusted).await?;
         authenticated = Some(auth.peer);
         let handle = inner.peer(auth.peer, None)?;
