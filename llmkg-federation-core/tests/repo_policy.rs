@@ -92,7 +92,7 @@ fn receiver(policy: &Shared) -> Repository<MemoryStore> {
 
 fn refusal(result: Result<impl std::fmt::Debug, RepoError>) -> CommitRefusal {
     match result {
-        Err(RepoError::Refused { reason, .. }) => reason,
+        Err(RepoError::Refused { reason, .. }) => *reason,
         other => panic!("expected a policy refusal, got {other:?}"),
     }
 }

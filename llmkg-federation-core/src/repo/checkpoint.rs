@@ -85,7 +85,8 @@ impl<S: Store> Repository<S> {
         max_chunk_bytes: usize,
     ) -> Result<Snapshot<'_>, RepoError> {
         let state = self.state_at(id)?;
-        Snapshot::build(state, max_chunk_bytes).map_err(|error| RepoError::Snapshot { id, error })
+        Snapshot::build(state, max_chunk_bytes)
+            .map_err(|error| RepoError::Snapshot { id, error: Box::new(error) })
     }
 
     /// Installs the state at a commit from a snapshot, making this repository a shallow
@@ -109,14 +110,16 @@ impl<S: Store> Repository<S> {
         if receiver.manifest().state_root() != root {
             return Err(RepoError::Snapshot {
                 id,
-                error: SnapshotError::UnexpectedRoot {
+                error: Box::new(SnapshotError::UnexpectedRoot {
                     expected: root,
                     manifest: receiver.manifest().state_root(),
-                },
+                }),
             });
         }
         self.check_policy(&commit)?;
-        let state = receiver.finish().map_err(|error| RepoError::Snapshot { id, error })?;
+        let state = receiver
+            .finish()
+            .map_err(|error| RepoError::Snapshot { id, error: Box::new(error) })?;
         if self.store.contains_object(&ObjectId::from(id))? {
             return Ok(id);
         }
@@ -171,10 +174,10 @@ impl<S: Store> Repository<S> {
     /// The verified state at `id`, loaded from its checkpoint.
     pub(super) fn load_checkpoint(&mut self, id: CommitId) -> Result<GraphState, RepoError> {
         let root = self.load_commit(id)?.commit().state_root();
-        let snapshot = |error| RepoError::Snapshot { id, error };
+        let snapshot = |error| RepoError::Snapshot { id, error: Box::new(error) };
         let manifest = self.store.object(&manifest_object(id))?.ok_or(RepoError::Snapshot {
             id,
-            error: SnapshotError::Incomplete { missing: 1, total: 1 },
+            error: Box::new(SnapshotError::Incomplete { missing: 1, total: 1 }),
         })?;
         let manifest = SnapshotManifest::decode(&manifest).map_err(snapshot)?;
         let cut: Vec<_> = manifest.cut().iter().map(|e| chunk_object(&e.prefix, &e.hash)).collect();
@@ -212,7 +215,7 @@ impl<S: Store> Repository<S> {
             Err(SnapshotError::LeafTooLarge { .. }) => Snapshot::build(state, MAX_CHUNK_BYTES),
             other => other,
         }
-        .map_err(|error| RepoError::Snapshot { id, error })?;
+        .map_err(|error| RepoError::Snapshot { id, error: Box::new(error) })?;
         let (manifest, chunks) = snapshot.into_parts();
         let mut batch = WriteBatch::new();
         for (entry, chunk) in manifest.cut().iter().zip(chunks) {

@@ -83,7 +83,7 @@ pub enum RepoError {
         /// The refused commit.
         id: CommitId,
         /// Why.
-        reason: CommitRefusal,
+        reason: Box<CommitRefusal>,
     },
     /// A snapshot of the state at `id` could not be built, or one offered for installation
     /// (or a stored checkpoint at the boundary of a shallow replica) was refused.
@@ -92,7 +92,7 @@ pub enum RepoError {
         /// The commit whose state it is.
         id: CommitId,
         /// What was wrong.
-        error: crate::snapshot::SnapshotError,
+        error: Box<crate::snapshot::SnapshotError>,
     },
 }
 
@@ -847,7 +847,9 @@ impl<S: Store> Repository<S> {
 impl<S: Store> Repository<S> {
     /// Refuses a commit the host's policy does not admit.
     fn check_policy(&self, commit: &SignedCommit) -> Result<(), RepoError> {
-        self.policy.check(commit).map_err(|reason| RepoError::Refused { id: commit.id(), reason })
+        self.policy
+            .check(commit)
+            .map_err(|reason| RepoError::Refused { id: commit.id(), reason: Box::new(reason) })
     }
 }
 

@@ -389,7 +389,10 @@ impl<S: Store> Repository<S> {
                 let boundary = chain.last().copied().unwrap_or(target);
                 return Err(RepoError::Snapshot {
                     id: boundary,
-                    error: crate::snapshot::SnapshotError::Incomplete { missing: 1, total: 1 },
+                    error: Box::new(crate::snapshot::SnapshotError::Incomplete {
+                        missing: 1,
+                        total: 1,
+                    }),
                 }
                 .into());
             }
@@ -470,7 +473,7 @@ impl<S: Store> Repository<S> {
     ) -> Result<ChangeSet, RepoError> {
         let path = self.path(from, to, usize::MAX)?.ok_or(RepoError::Snapshot {
             id: to,
-            error: crate::snapshot::SnapshotError::Incomplete { missing: 1, total: 1 },
+            error: Box::new(crate::snapshot::SnapshotError::Incomplete { missing: 1, total: 1 }),
         })?;
         let mut net = NetChanges::default();
         self.walk(state, Some(from), &path, Some(&mut net))?;
