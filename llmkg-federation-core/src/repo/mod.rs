@@ -2,8 +2,19 @@
 //!
 //! A [`Repository`] stores signed commits in a [`Store`] and keeps branches as refs. Every
 //! commit it loads from the store or receives from elsewhere is verified — content id,
-//! signature, authorship, that its changes apply exactly to its first parent's state, and the
-//! resulting state root — before it is used or stored.
+//! signature, authorship, the host's [`CommitPolicy`], that its changes apply exactly to its
+//! first parent's state, and the resulting state root — before it is used or stored.
+//!
+//! ## States
+//!
+//! The state at a commit is reached in O(changes), never by replaying from the root: a
+//! commit's changes are exact, so first-parent edges are walked forward (apply) or backward
+//! (apply the inverse), every step checking a state root, from the cheapest start — one of a
+//! few cached verified states ([`RepoOptions::cached_states`]), the nearest checkpoint, or the
+//! empty state. Checkpoints are snapshots of a state kept in the store
+//! ([`CheckpointPolicy`], [`Repository::checkpoint`]); a replica can also start from one
+//! received from a peer ([`Repository::install_snapshot`]). [`Repository::materialize`]
+//! is the exception on purpose: a full, verified replay, an audit of the history.
 //!
 //! ## Merges
 //!
@@ -480,7 +491,7 @@ impl<S: Store> Repository<S> {
             return Err(e.into());
         }
         self.remember(&signed);
-        let since = self.since(first_parent).saturating_add(signed.commit().changes().len() as u64);
+        let since = self.replay_since(first_parent, signed.commit().changes().len());
         self.after_new_state(id, &state, since);
         self.states.put(id, state, self.options.cached_states);
         Ok(id)
@@ -544,18 +555,25 @@ impl<S: Store> Repository<S> {
             return Err(e);
         }
         self.remember(&commit);
-        let since = self.since(parent).saturating_add(commit.commit().changes().len() as u64);
+        let since = self.replay_since(parent, commit.commit().changes().len());
         self.after_new_state(id, &state, since);
         self.states.put(id, state, self.options.cached_states);
         Ok(id)
     }
 
-    /// Triples of replay between the state at `id` and the nearest checkpoint behind it (0
-    /// for the empty state before a root; unknown states count as far).
-    fn since(&self, id: Option<CommitId>) -> u64 {
-        match id {
+    /// Triples of replay between the state at `id` and the nearest checkpoint behind it
+    /// (unknown states count as far).
+    fn since(&self, id: CommitId) -> u64 {
+        self.since_checkpoint.get(&id).copied().unwrap_or(u64::MAX / 2)
+    }
+
+    /// The replay distance of a new commit's state: its parent's plus its own changes. A root
+    /// commit's changes are loaded into the empty state in bulk, as fast as a checkpoint, so
+    /// they count as none.
+    fn replay_since(&self, parent: Option<CommitId>, changes: usize) -> u64 {
+        match parent {
             None => 0,
-            Some(id) => self.since_checkpoint.get(&id).copied().unwrap_or(u64::MAX / 2),
+            Some(p) => self.since(p).saturating_add(changes as u64),
         }
     }
 

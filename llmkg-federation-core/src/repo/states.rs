@@ -321,17 +321,11 @@ impl<S: Store> Repository<S> {
                 }
                 Err(Reach::Other(e)) => return Err(*e),
                 Ok((state, since)) => {
-                    self.after_reached(target, &state, since);
+                    self.after_new_state(target, &state, since);
                     return Ok(state);
                 }
             }
         }
-    }
-
-    /// Records how far the state just reached at `target` is from a checkpoint, writing one
-    /// if the policy says so.
-    fn after_reached(&mut self, target: CommitId, state: &GraphState, since: u64) {
-        self.after_new_state(target, state, since);
     }
 
     /// One attempt of [`Repository::take_state_at`]: the state and its replay distance from
@@ -370,7 +364,7 @@ impl<S: Store> Repository<S> {
         }
         let (mut state, path, start, base) = match best {
             Some(Origin::Cached(c, path)) => {
-                let since = self.since(Some(c));
+                let since = self.since(c);
                 match self.states.take(c) {
                     Some(s) => (s, path, Some(c), since),
                     None => return Err(RepoError::CommitNotFound(c).into()),
@@ -404,7 +398,7 @@ impl<S: Store> Repository<S> {
     /// Moves `state` (the verified state at `start`, or the empty state for `None`) along
     /// `path`, verifying every step, and records the net changes if asked. On error the state
     /// is dropped by the caller (it may be part-way). Returns the number of triples added and
-    /// removed on the way.
+    /// removed on the way, not counting a first load into the empty state.
     pub(super) fn walk(
         &mut self,
         state: &mut GraphState,
@@ -454,11 +448,16 @@ impl<S: Store> Repository<S> {
                 return Err(RepoError::InvalidCommit { id: c, reason: InvalidCommit::BrokenPath });
             }
             self.check_policy(&commit)?;
+            // Changes loaded into an empty state take the bulk path, about as fast as loading
+            // a checkpoint: they do not count as replay.
+            let bulk = state.is_empty();
             apply_verified(state, &commit)?;
             if let Some(n) = net.as_deref_mut() {
                 n.record(commit.commit().changes(), true);
             }
-            applied = applied.saturating_add(commit.commit().changes().len() as u64);
+            if !bulk {
+                applied = applied.saturating_add(commit.commit().changes().len() as u64);
+            }
             at = Some(c);
         }
         Ok(applied)
