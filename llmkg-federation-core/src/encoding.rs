@@ -103,6 +103,8 @@ canonical!(
 
 impl<A: Canonical, B: Canonical> sealed::Sealed for (A, B) {}
 impl<A: Canonical, B: Canonical> Canonical for (A, B) {}
+impl<A: Canonical, B: Canonical, C: Canonical> sealed::Sealed for (A, B, C) {}
+impl<A: Canonical, B: Canonical, C: Canonical> Canonical for (A, B, C) {}
 
 impl<T: Canonical + ?Sized> sealed::Sealed for &T {}
 impl<T: Canonical + ?Sized> Canonical for &T {}
@@ -358,5 +360,11 @@ impl TripleId {
     /// The id of `triple`.
     pub fn of(triple: &crate::Triple) -> Self {
         Self(hash_of(Self::DOMAIN, triple))
+    }
+
+    /// The id of the triple of these terms, which must form a valid triple (a triple
+    /// encodes as its three terms in order, like this tuple).
+    pub(crate) fn of_parts(s: &crate::Term, p: &crate::Term, o: &crate::Term) -> Self {
+        Self(hash_of(Self::DOMAIN, &(s, p, o)))
     }
 }

@@ -378,6 +378,47 @@ impl GraphState {
         Ok(self.dict.insert_full(term).0 as u32)
     }
 
+    /// The SPO keys, in order (with [`GraphState::terms`], what a checkpoint stores).
+    pub(crate) fn spo_keys(&self) -> impl ExactSizeIterator<Item = &[u32; 3]> {
+        self.spo.iter()
+    }
+
+    /// Rebuilds a state from its dictionary (distinct terms, in key order) and its SPO keys,
+    /// in bulk: no term is looked up more than once. Refuses a repeated term, a repeated key,
+    /// a key naming no term, or keys that do not form valid triples. The caller checks the
+    /// root.
+    pub(crate) fn from_dictionary(terms: Vec<Term>, keys: Vec<Key>) -> Result<Self, &'static str> {
+        let mut state = GraphState::new();
+        state.dict.reserve(terms.len());
+        for t in terms {
+            if !state.dict.insert(t) {
+                return Err("a term is listed twice");
+            }
+        }
+        let mut entries: Vec<(TripleId, Key)> = Vec::with_capacity(keys.len());
+        for k in &keys {
+            let Some(t) = state.resolve(*k) else {
+                return Err("a key names no term");
+            };
+            if !matches!(t.predicate, Term::Iri(_)) || matches!(t.subject, Term::Literal(_)) {
+                return Err("a key does not form a valid triple");
+            }
+            entries.push((TripleId::of_parts(t.subject, t.predicate, t.object), *k));
+        }
+        let sorted = |mut v: Vec<Key>| {
+            v.sort_unstable();
+            v.into_iter().collect::<BTreeSet<Key>>()
+        };
+        state.pos = sorted(keys.iter().map(|k| [k[1], k[2], k[0]]).collect());
+        state.osp = sorted(keys.iter().map(|k| [k[2], k[0], k[1]]).collect());
+        state.spo = sorted(keys);
+        if state.spo.len() != entries.len() {
+            return Err("a key is listed twice");
+        }
+        state.merkle = MerkleTree::from_entries(entries);
+        Ok(state)
+    }
+
     /// Every term of the dictionary, in key order.
     pub(crate) fn terms(&self) -> impl ExactSizeIterator<Item = &Term> {
         self.dict.iter()
@@ -497,7 +538,43 @@ mod tests {
 
     fn t(s: u32, p: u32, o: u32) -> Triple {
         let iri = |n: u32| Term::iri(format!("urn:x:{n}")).unwrap();
-        Triple::new(iri(s), iri(p), iri(o)).unwrap()
+        let object =
+            if o.is_multiple_of(3) { Term::string(format!("v{o}")).unwrap() } else { iri(o) };
+        Triple::new(iri(s), iri(p), object).unwrap()
+    }
+
+    /// A state rebuilt from its dictionary and keys (what a checkpoint stores) is the same
+    /// state, and the ids computed from term references are the triples' ids; malformed
+    /// parts are refused.
+    #[test]
+    fn rebuilding_from_the_dictionary_gives_the_same_state() {
+        let mut state = GraphState::new();
+        for i in 0..500u32 {
+            state.insert(&t(i % 41, i % 7, i.wrapping_mul(13) % 101)).unwrap();
+        }
+        for i in 0..100u32 {
+            state.remove(&t(i % 41, i % 7, i.wrapping_mul(13) % 101));
+        }
+        let terms: Vec<Term> = state.terms().cloned().collect();
+        let keys: Vec<Key> = state.spo_keys().copied().collect();
+        let mut rebuilt = GraphState::from_dictionary(terms.clone(), keys.clone()).unwrap();
+        assert_eq!(rebuilt.state_root(), state.state_root());
+        assert_eq!(rebuilt.triples(), state.triples());
+        for x in state.triples() {
+            let (s, p, o) = (x.subject(), x.predicate(), x.object());
+            assert_eq!(TripleId::of_parts(s, p, o), x.id());
+        }
+        let mut doubled = terms.clone();
+        doubled.push(terms[0].clone());
+        assert!(GraphState::from_dictionary(doubled, keys.clone()).is_err());
+        let mut repeated = keys.clone();
+        repeated.push(keys[0]);
+        assert!(GraphState::from_dictionary(terms.clone(), repeated).is_err());
+        assert!(GraphState::from_dictionary(terms.clone(), vec![[0, 0, u32::MAX]]).is_err());
+        let literal = terms.iter().position(|t| matches!(t, Term::Literal(_)));
+        if let Some(l) = literal {
+            assert!(GraphState::from_dictionary(terms, vec![[0, l as u32, 0]]).is_err());
+        }
     }
 
     /// The bulk load into an empty state gives the same state as one insert per triple.

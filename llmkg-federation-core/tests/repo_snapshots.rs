@@ -19,7 +19,6 @@ fn options(min_changes: Option<u64>) -> RepoOptions {
     o.checkpoints = min_changes.map(|m| {
         let mut p = CheckpointPolicy::default();
         p.min_changes = m;
-        p.chunk_bytes = 4096;
         p
     });
     o

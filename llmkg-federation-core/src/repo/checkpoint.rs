@@ -1,58 +1,79 @@
-//! Checkpoints and shallow replicas: the verified state at a commit kept in the store as a
-//! snapshot (see [`crate::snapshot`]), so that a reopened repository starts from the nearest
-//! checkpoint instead of the root, and a fresh replica starts from a snapshot instead of the
-//! history.
+//! Checkpoints and shallow replicas: the verified state at a commit kept in the store, so
+//! that a reopened repository starts from the nearest checkpoint instead of the root, and a
+//! fresh replica from a peer's snapshot instead of the history.
 //!
-//! A checkpoint of commit `C` is a snapshot manifest stored under an object id derived from
-//! `C`, and one object per chunk, stored under an id derived from the chunk's prefix and
-//! subtree hash: a chunk whose subtree did not change since an earlier checkpoint is already
-//! there and is not written again. Manifest and chunks go into the store in one atomic batch.
-//! Loading one checks everything a received snapshot is checked for: the manifest against the
-//! commit's state root, every chunk against the manifest, and the built state's root.
+//! A checkpoint stores a state the way it is held in memory: its term dictionary once, in key
+//! order, in chunks of 65,536 terms, and its triples as dictionary keys (12 bytes each) in
+//! chunks of 262,144. Chunks are content-addressed objects; the dictionary only grows at its end, so the term chunks of earlier checkpoints of the same
+//! lineage are already there and are not written again. A manifest, stored under an id
+//! derived from the commit, lists the chunks; manifest and new chunks go into the store in one
+//! atomic batch. Loading one rebuilds the state in bulk (each term decoded and interned once,
+//! each triple's id computed from its terms) and checks that its Merkle root is the commit's
+//! state root: the whole state is verified, as a replay would.
+//!
+//! Peers exchange states in another format, [`crate::snapshot`], whose every chunk can be
+//! checked on arrival on its own; locally, loading speed matters more, and the store is ours.
 //!
 //! A checkpoint is a cache, not evidence: a damaged or missing one is skipped (counted in
 //! [`Repository::checkpoint_failures`]) and the state is rebuilt by replay instead, except
 //! at the boundary of a shallow replica, where there is nothing before it to replay.
 
+use serde::{Deserialize, Serialize};
+
 use super::{RepoError, Repository, states};
 use crate::commit::{CommitId, SignedCommit};
-use crate::encoding::hash_of;
+use crate::encoding::{self, hash_bytes};
 use crate::graph::GraphState;
-use crate::merkle::{NibblePath, NodeHash};
-use crate::snapshot::{
-    MAX_CHUNK_BYTES, Snapshot, SnapshotError, SnapshotManifest, SnapshotReceiver,
-};
+use crate::merkle::StateRoot;
+use crate::snapshot::{Snapshot, SnapshotError, SnapshotReceiver};
 use crate::store::{ObjectId, Store, WriteBatch};
+use crate::term::Term;
+
+/// Terms per dictionary chunk of a checkpoint.
+const TERMS_PER_CHUNK: usize = 1 << 16;
+/// Triples (12-byte dictionary keys) per key chunk of a checkpoint.
+const KEYS_PER_CHUNK: usize = 1 << 18;
+
+/// What a checkpoint holds: the state root it must rebuild and its chunks, in order.
+#[derive(Serialize, Deserialize)]
+struct CheckpointManifest {
+    state_root: StateRoot,
+    terms: u64,
+    triples: u64,
+    term_chunks: Vec<ObjectId>,
+    key_chunks: Vec<ObjectId>,
+}
+
+encoding::canonical!(CheckpointManifest);
 
 /// When a [`Repository`] writes checkpoints on its own (see [`RepoOptions`](super::RepoOptions)).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CheckpointPolicy {
     /// A new state is checkpointed when the triples added and removed since the nearest
-    /// checkpoint on its first-parent chain (or since the root) reach the larger of this and
-    /// half the state's size. Default 100,000. Replaying from a checkpoint then costs at most
-    /// about half of what loading one does, and the checkpoints of a growing branch add up to
-    /// about twice its final size.
+    /// checkpoint on its first-parent chain (or since the root; a first load into the empty
+    /// state does not count) reach the larger of this and half the state's size. Default
+    /// 100,000. The replay after a crash is then at most about half a state's worth of
+    /// changes; the dictionary chunks of earlier checkpoints are shared, so each checkpoint
+    /// writes its new terms and 12 bytes per triple.
     pub min_changes: u64,
-    /// The chunk bound of checkpoint snapshots, in encoded bytes. Default 256 KiB.
-    pub chunk_bytes: usize,
 }
 
 impl Default for CheckpointPolicy {
     fn default() -> Self {
-        Self { min_changes: 100_000, chunk_bytes: 256 << 10 }
+        Self { min_changes: 100_000 }
     }
 }
 
 /// The object holding the manifest of commit `id`'s checkpoint.
 fn manifest_object(id: CommitId) -> ObjectId {
-    ObjectId::from_bytes(crate::encoding::hash_bytes(b"llmkg/checkpoint/v1", id.as_bytes()))
+    ObjectId::from_bytes(hash_bytes(b"llmkg/checkpoint/v2", id.as_bytes()))
 }
 
-/// The object holding a checkpoint chunk: named by its prefix and subtree hash, so equal
-/// subtrees of different checkpoints share it.
-fn chunk_object(prefix: &NibblePath, hash: &NodeHash) -> ObjectId {
-    ObjectId::from_bytes(hash_of(b"llmkg/checkpoint-chunk/v1", &(prefix, hash)))
+/// The object holding a checkpoint chunk: named by its content, so equal chunks of different
+/// checkpoints are stored once.
+fn chunk_object(bytes: &[u8]) -> ObjectId {
+    ObjectId::from_bytes(hash_bytes(b"llmkg/checkpoint-chunk/v2", bytes))
 }
 
 /// The marker object saying commit `id` is the boundary of a shallow replica: its parents are
@@ -171,28 +192,57 @@ impl<S: Store> Repository<S> {
         Ok(self.store.contains_object(&manifest_object(id))?)
     }
 
-    /// The verified state at `id`, loaded from its checkpoint.
+    /// The verified state at `id`, loaded from its checkpoint: rebuilt in bulk and checked
+    /// against the commit's state root.
     pub(super) fn load_checkpoint(&mut self, id: CommitId) -> Result<GraphState, RepoError> {
         let root = self.load_commit(id)?.commit().state_root();
-        let snapshot = |error| RepoError::Snapshot { id, error: Box::new(error) };
-        let manifest = self.store.object(&manifest_object(id))?.ok_or(RepoError::Snapshot {
+        let damaged = |what: &'static str| RepoError::Snapshot {
             id,
-            error: Box::new(SnapshotError::Incomplete { missing: 1, total: 1 }),
-        })?;
-        let manifest = SnapshotManifest::decode(&manifest).map_err(snapshot)?;
-        let cut: Vec<_> = manifest.cut().iter().map(|e| chunk_object(&e.prefix, &e.hash)).collect();
-        let mut receiver = SnapshotReceiver::new(manifest, &root).map_err(snapshot)?;
-        for object in cut {
-            let bytes = self.store.object(&object)?.ok_or_else(|| {
-                let total = receiver.progress().chunks_total;
-                snapshot(SnapshotError::Incomplete {
-                    missing: total - receiver.progress().chunks_received,
-                    total,
-                })
-            })?;
-            receiver.receive(&bytes).map_err(snapshot)?;
+            error: Box::new(SnapshotError::InvalidManifest(what)),
+        };
+        let manifest = self
+            .store
+            .object(&manifest_object(id))?
+            .ok_or_else(|| damaged("checkpoint missing"))?;
+        let manifest: CheckpointManifest =
+            encoding::decode(&manifest).map_err(|_| damaged("checkpoint manifest damaged"))?;
+        if manifest.state_root != root {
+            return Err(damaged("checkpoint of another state"));
         }
-        receiver.finish().map_err(snapshot)
+        let expected_terms = usize::try_from(manifest.terms).unwrap_or(usize::MAX);
+        let expected_keys = usize::try_from(manifest.triples).unwrap_or(usize::MAX);
+        let mut terms: Vec<Term> = Vec::with_capacity(expected_terms.min(1 << 24));
+        for chunk in &manifest.term_chunks {
+            let bytes =
+                self.store.object(chunk)?.ok_or_else(|| damaged("a term chunk is missing"))?;
+            let part: Vec<Term> =
+                encoding::decode(&bytes).map_err(|_| damaged("a term chunk is damaged"))?;
+            terms.extend(part);
+        }
+        let mut keys: Vec<[u32; 3]> = Vec::with_capacity(expected_keys.min(1 << 26));
+        for chunk in &manifest.key_chunks {
+            let bytes =
+                self.store.object(chunk)?.ok_or_else(|| damaged("a key chunk is missing"))?;
+            if bytes.len() % 12 != 0 {
+                return Err(damaged("a key chunk is damaged"));
+            }
+            keys.extend(bytes.chunks_exact(12).map(|k| {
+                let word = |i: usize| {
+                    let mut w = [0u8; 4];
+                    w.copy_from_slice(k.get(i..i + 4).unwrap_or(&[0; 4]));
+                    u32::from_le_bytes(w)
+                };
+                [word(0), word(4), word(8)]
+            }));
+        }
+        if terms.len() != expected_terms || keys.len() != expected_keys {
+            return Err(damaged("checkpoint counts differ from its manifest"));
+        }
+        let mut state = GraphState::from_dictionary(terms, keys).map_err(damaged)?;
+        if state.state_root() != root {
+            return Err(damaged("checkpoint does not rebuild the commit's state root"));
+        }
+        Ok(state)
     }
 
     /// Notes that the checkpoint of `id` failed to load, so walks replay instead.
@@ -204,27 +254,45 @@ impl<S: Store> Repository<S> {
     /// The batch that stores a checkpoint of `state`, the state at `id`: the manifest and
     /// the chunks the store does not hold yet.
     fn checkpoint_batch(&self, id: CommitId, state: &GraphState) -> Result<WriteBatch, RepoError> {
-        let chunk_bytes = self
-            .options
-            .checkpoints
-            .as_ref()
-            .map_or(CheckpointPolicy::default().chunk_bytes, |p| p.chunk_bytes);
-        // A leaf of huge terms may not fit the policy's bound; such a checkpoint uses the
-        // largest bound instead (a leaf always fits it).
-        let snapshot = match Snapshot::build(state, chunk_bytes) {
-            Err(SnapshotError::LeafTooLarge { .. }) => Snapshot::build(state, MAX_CHUNK_BYTES),
-            other => other,
-        }
-        .map_err(|error| RepoError::Snapshot { id, error: Box::new(error) })?;
-        let (manifest, chunks) = snapshot.into_parts();
         let mut batch = WriteBatch::new();
-        for (entry, chunk) in manifest.cut().iter().zip(chunks) {
-            let object = chunk_object(&entry.prefix, &entry.hash);
-            if !self.store.contains_object(&object)? {
-                batch = batch.put_object(object, chunk.encode());
-            }
+        let add =
+            |batch: WriteBatch, bytes: Vec<u8>| -> Result<(WriteBatch, ObjectId), RepoError> {
+                let object = chunk_object(&bytes);
+                if self.store.contains_object(&object)? {
+                    Ok((batch, object))
+                } else {
+                    Ok((batch.put_object(object, bytes), object))
+                }
+            };
+        let terms: Vec<&Term> = state.terms().collect();
+        let mut term_chunks = Vec::new();
+        for part in terms.chunks(TERMS_PER_CHUNK) {
+            let (b, object) = add(batch, encoding::encode(part))?;
+            batch = b;
+            term_chunks.push(object);
         }
-        Ok(batch.put_object(manifest_object(id), manifest.encode()))
+        let mut key_chunks = Vec::new();
+        let mut bytes = Vec::with_capacity(12 * KEYS_PER_CHUNK.min(state.len()));
+        let mut keys = state.spo_keys().peekable();
+        while keys.peek().is_some() {
+            bytes.clear();
+            for k in keys.by_ref().take(KEYS_PER_CHUNK) {
+                for w in k {
+                    bytes.extend_from_slice(&w.to_le_bytes());
+                }
+            }
+            let (b, object) = add(batch, bytes.clone())?;
+            batch = b;
+            key_chunks.push(object);
+        }
+        let manifest = CheckpointManifest {
+            state_root: state.merkle().current_root(),
+            terms: terms.len() as u64,
+            triples: state.len() as u64,
+            term_chunks,
+            key_chunks,
+        };
+        Ok(batch.put_object(manifest_object(id), encoding::encode(&manifest)))
     }
 
     /// Writes a checkpoint of `state`, the state at `id`; returns the chunks written.
