@@ -159,7 +159,11 @@ fn a_revoked_key_is_refused_everywhere() {
         ),
         "{reason:?}"
     );
-    // ...and so is its stored commit, when a state is rebuilt from it.
+    // ...and so is its stored commit, when a state is rebuilt from it: here once the cache
+    // is cleared...
+    r.clear_cache();
+    refusal(r.state(&main_branch()).map(|_| ()));
+    // ...and in a fresh repository over the same store.
     let mut fresh =
         Repository::new(r.store().clone(), node(9), org("acme"), ManualClock::new(ts(1)))
             .with_policy(policy.clone());

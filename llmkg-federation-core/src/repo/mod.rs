@@ -273,11 +273,22 @@ impl<S: Store> Repository<S> {
     /// Sets the policy every commit must pass — made here, received, or met on the way to a
     /// state — before it is stored or its changes are applied (a revoked or expired
     /// certificate, an unauthorized writer, an organization the author is not certified by).
-    /// The default admits every verified commit.
+    /// The default admits every verified commit. A commit is checked when it enters (made,
+    /// received, installed from a snapshot) and whenever it is replayed; states already in
+    /// memory or in a checkpoint were checked when they were built and are not checked again.
+    /// After the host's policy changes (a revocation, say), [`Repository::clear_cache`] makes
+    /// the next reads replay, and so re-check, the commits after the nearest checkpoint; the
+    /// history before it stays as checked then.
     pub fn with_policy(mut self, policy: impl CommitPolicy + 'static) -> Self {
         self.policy = Box::new(policy);
         self.states.clear();
         self
+    }
+
+    /// Drops every state kept in memory, so the next read rebuilds it from the nearest
+    /// checkpoint or by replay, checking every replayed commit against the current policy.
+    pub fn clear_cache(&mut self) {
+        self.states.clear();
     }
 
     /// Replaces the tuning options. Cached states beyond the new capacity are dropped.
