@@ -186,3 +186,37 @@ fn local_commits_pass_the_policy_too() {
         .with_policy(policy);
     ok.commit(&main_branch(), ChangeSet::adding([t(1)]), "certified").unwrap();
 }
+
+/// Refuses one commit once switched on.
+struct RefuseOne(Arc<RwLock<Option<llmkg_federation_core::CommitId>>>);
+
+impl CommitPolicy for RefuseOne {
+    fn check(&self, commit: &SignedCommit) -> Result<(), CommitRefusal> {
+        match *self.0.read().unwrap() {
+            Some(id) if id == commit.id() => {
+                Err(CommitRefusal::NoCertificate { author: commit.commit().author() })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A refused commit is refused whichever way a state reaches it: replayed forward, or
+/// landed on by undoing a later commit from a checkpoint.
+#[test]
+fn a_refused_commit_is_refused_on_backward_steps_too() {
+    let refused = Arc::new(RwLock::new(None));
+    let mut r = Repository::new(MemoryStore::new(), node(1), org("acme"), ManualClock::new(ts(1)))
+        .with_policy(RefuseOne(refused.clone()));
+    let main = main_branch();
+    r.commit(&main, ChangeSet::adding([t(0)]), "c0").unwrap();
+    let c1 = r.commit(&main, ChangeSet::adding([t(1)]), "c1").unwrap();
+    let c2 = r.commit(&main, ChangeSet::adding([t(2)]), "c2").unwrap();
+    r.checkpoint(c2).unwrap();
+    *refused.write().unwrap() = Some(c1);
+    r.clear_cache();
+    refusal(r.state_at(c1).map(|_| ()));
+    r.clear_cache();
+    assert_eq!(r.state_at(c2).unwrap().len(), 3, "the checkpointed state is served");
+    refusal(r.state_at(c1).map(|_| ()));
+}

@@ -254,3 +254,43 @@ fn bad_snapshots_install_nothing() {
     assert!(shallow.receive(&bytes_of(&full, commits[31])).is_err());
     assert!(is_empty(&shallow));
 }
+
+/// A commit offered with a snapshot while its parents are here is verified against them like
+/// any received commit: a forged one (its changes do not lead to the state it claims) is
+/// refused and nothing is stored, and a genuine one gets its real place in the history.
+#[test]
+fn a_snapshot_of_a_commit_whose_parents_are_here_does_not_bypass_verification() {
+    let mut victim = repo_on(MemoryStore::new(), 1, None);
+    let c0 = victim.commit(&b("main"), ChangeSet::adding([t(1)]), "c0").unwrap();
+    let mut elsewhere = repo_on(MemoryStore::new(), 2, None);
+    let y = elsewhere.commit(&b("main"), ChangeSet::adding([t(1), t(3)]), "y").unwrap();
+    let root_y = elsewhere.load_commit(y).unwrap().commit().state_root();
+    let author = NodeKeypair::from_secret_bytes([2; 32]);
+    let forged = llmkg_federation_core::Commit::new(
+        vec![c0],
+        ChangeSet::adding([t(2)]),
+        author.node_id(),
+        OrgId::new("acme").unwrap(),
+        Timestamp::from_micros(1_700_000_000_000_001),
+        "adds t2, claims {t1, t3}".into(),
+        root_y,
+    )
+    .unwrap();
+    let forged = llmkg_federation_core::SignedCommit::sign(&author, forged).unwrap();
+    let objects = victim.store().object_count();
+    let snapshot = received_snapshot(&mut elsewhere, y, 4096);
+    assert!(victim.install_snapshot(&forged.encode(), snapshot).is_err());
+    assert_eq!(victim.store().object_count(), objects, "a forged commit was stored");
+    // A genuine child installed the same way is received normally: not a shallow boundary.
+    let c1 = victim.commit(&b("side"), ChangeSet::adding([t(7)]), "unrelated").unwrap();
+    let _ = c1;
+    let mut source = repo_on(MemoryStore::new(), 3, None);
+    source.receive(&bytes_of(&victim, c0)).unwrap();
+    source.create_branch(&b("main"), c0).unwrap();
+    let child = source.commit(&b("main"), ChangeSet::adding([t(4)]), "child").unwrap();
+    let snapshot = received_snapshot(&mut source, child, 4096);
+    assert_eq!(victim.install_snapshot(&bytes_of(&source, child), snapshot).unwrap(), child);
+    assert!(!victim.is_shallow(child).unwrap());
+    let log: Vec<CommitId> = victim.log(child, 10).unwrap().iter().map(|c| c.id()).collect();
+    assert_eq!(log, vec![child, c0]);
+}

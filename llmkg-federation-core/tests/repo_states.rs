@@ -15,16 +15,21 @@ use proptest::prelude::*;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// A store that counts object reads.
+/// A store that counts object reads and presence checks.
 #[derive(Default)]
 struct Counting {
     inner: MemoryStore,
     reads: AtomicUsize,
+    contains: AtomicUsize,
 }
 
 impl Counting {
     fn reads(&self) -> usize {
         self.reads.load(Ordering::Relaxed)
+    }
+
+    fn lookups(&self) -> usize {
+        self.reads() + self.contains.load(Ordering::Relaxed)
     }
 }
 
@@ -34,6 +39,7 @@ impl Store for Counting {
         self.inner.object(id)
     }
     fn contains_object(&self, id: &ObjectId) -> Result<bool, StoreError> {
+        self.contains.fetch_add(1, Ordering::Relaxed);
         self.inner.contains_object(id)
     }
     fn reference(&self, name: &BranchName) -> Result<Option<CommitId>, StoreError> {
@@ -314,4 +320,29 @@ fn an_ancestry_cycle_in_a_damaged_store_is_a_typed_error() {
         Err(RepoError::InvalidCommit { reason: InvalidCommit::Cycle(_), .. }) => {}
         other => panic!("expected a cycle, got {other:?}"),
     }
+}
+
+/// Reaching the parent of a cached head, or diffing it with the head, touches a few objects,
+/// not every commit back to the last checkpoint.
+#[test]
+fn the_parent_of_a_cached_head_is_one_step_away() {
+    let store = std::sync::Arc::new(Counting::default());
+    let mut r = repo_on(store.clone(), 1, 2);
+    let main = b("main");
+    let mut commits = Vec::new();
+    for i in 0..1_000u32 {
+        commits.push(r.commit(&main, ChangeSet::adding([t(10_000 + i)]), "c").unwrap());
+    }
+    let head = *commits.last().unwrap();
+    for k in [2usize, 3, 2] {
+        let before = store.lookups();
+        r.state_at(commits[commits.len() - k]).unwrap();
+        let touched = store.lookups() - before;
+        assert!(touched <= 12, "state_at(head~{}) touched {touched} objects", k - 1);
+        r.state_at(head).unwrap();
+    }
+    let before = store.lookups();
+    r.diff(commits[commits.len() - 2], head).unwrap();
+    let touched = store.lookups() - before;
+    assert!(touched <= 12, "diff(head~1, head) touched {touched} objects");
 }

@@ -33,6 +33,8 @@ use crate::term::Term;
 const TERMS_PER_CHUNK: usize = 1 << 16;
 /// Triples (12-byte dictionary keys) per key chunk of a checkpoint.
 const KEYS_PER_CHUNK: usize = 1 << 18;
+/// Encoded bytes after which a term chunk ends early (terms may be up to 1 MiB each).
+const TERM_CHUNK_BYTES: usize = 64 << 20;
 
 /// What a checkpoint holds: the state root it must rebuild and its chunks, in order.
 #[derive(Serialize, Deserialize)]
@@ -89,6 +91,16 @@ impl<S: Store> Repository<S> {
     /// number of chunk objects written (chunks unchanged since an earlier checkpoint are
     /// shared, not written again).
     pub fn checkpoint(&mut self, id: CommitId) -> Result<usize, RepoError> {
+        if self.bad_checkpoints.contains(&id) {
+            // Stored objects are immutable: a damaged checkpoint of this commit cannot be
+            // replaced (the state is reached by replay instead).
+            return Err(RepoError::Snapshot {
+                id,
+                error: Box::new(SnapshotError::InvalidManifest(
+                    "a damaged checkpoint of this commit is in the store and cannot be replaced",
+                )),
+            });
+        }
         let state = self.take_state_at(id)?;
         let written = self.write_checkpoint(id, &state);
         self.states.put(id, state, self.options.cached_states);
@@ -144,19 +156,26 @@ impl<S: Store> Repository<S> {
         if self.store.contains_object(&ObjectId::from(id))? {
             return Ok(id);
         }
+        let mut shallow = commit.commit().parents().is_empty();
+        for p in commit.commit().parents() {
+            if !self.store.contains_object(&ObjectId::from(*p))? {
+                shallow = true;
+            }
+        }
+        if !shallow {
+            // Its parents are here: verify it against them like any received commit (the
+            // snapshot, already checked against its root, is not needed).
+            return self.receive(commit.as_bytes());
+        }
         let mut batch = self.checkpoint_batch(id, &state)?;
-        let shallow = commit
-            .commit()
-            .parents()
-            .iter()
-            .any(|p| !self.store.contains_object(&ObjectId::from(*p)).unwrap_or(false));
-        if shallow {
+        if !commit.commit().parents().is_empty() {
             batch = batch.put_object(shallow_object(id), Vec::new());
         }
         let (record_id, record) = self.generation_record(id, &[])?;
         batch = batch.put_object(id, commit.as_bytes().to_vec()).put_object(record_id, record);
         self.store.write(batch)?;
-        if shallow {
+        self.no_checkpoint.remove(&id);
+        if !commit.commit().parents().is_empty() {
             self.shallow.insert(id, true);
             self.links.insert(id, states::Link::Shallow);
         }
@@ -186,10 +205,14 @@ impl<S: Store> Repository<S> {
 
     /// True if the store holds a checkpoint of the state at `id` not found damaged.
     pub(super) fn has_checkpoint(&mut self, id: CommitId) -> Result<bool, RepoError> {
-        if self.bad_checkpoints.contains(&id) {
+        if self.bad_checkpoints.contains(&id) || self.no_checkpoint.contains(&id) {
             return Ok(false);
         }
-        Ok(self.store.contains_object(&manifest_object(id))?)
+        let present = self.store.contains_object(&manifest_object(id))?;
+        if !present {
+            self.no_checkpoint.insert(id);
+        }
+        Ok(present)
     }
 
     /// The verified state at `id`, loaded from its checkpoint: rebuilt in bulk and checked
@@ -208,6 +231,15 @@ impl<S: Store> Repository<S> {
             encoding::decode(&manifest).map_err(|_| damaged("checkpoint manifest damaged"))?;
         if manifest.state_root != root {
             return Err(damaged("checkpoint of another state"));
+        }
+        // The counts must fit the chunks listed, and only then size the buffers.
+        let fits = |count: u64, chunks: usize, per: usize| {
+            count <= (chunks as u64).saturating_mul(per as u64)
+        };
+        if !fits(manifest.terms, manifest.term_chunks.len(), TERMS_PER_CHUNK)
+            || !fits(manifest.triples, manifest.key_chunks.len(), KEYS_PER_CHUNK)
+        {
+            return Err(damaged("checkpoint counts exceed its chunks"));
         }
         let expected_terms = usize::try_from(manifest.terms).unwrap_or(usize::MAX);
         let expected_keys = usize::try_from(manifest.triples).unwrap_or(usize::MAX);
@@ -264,12 +296,28 @@ impl<S: Store> Repository<S> {
                     Ok((batch.put_object(object, bytes), object))
                 }
             };
+        // Term chunks end after `TERMS_PER_CHUNK` terms or `TERM_CHUNK_BYTES` of encoding,
+        // whichever comes first; both depend only on the dictionary's prefix, so the chunks
+        // of an earlier checkpoint of the same lineage keep their bytes.
         let terms: Vec<&Term> = state.terms().collect();
         let mut term_chunks = Vec::new();
-        for part in terms.chunks(TERMS_PER_CHUNK) {
+        let mut start = 0;
+        while start < terms.len() {
+            let mut end = start;
+            let mut bytes = 0usize;
+            while end < terms.len() && end - start < TERMS_PER_CHUNK {
+                let size = terms.get(end).map_or(0, |t| encoding::encode(*t).len());
+                if end > start && bytes + size > TERM_CHUNK_BYTES {
+                    break;
+                }
+                bytes += size;
+                end += 1;
+            }
+            let part = terms.get(start..end).unwrap_or_default();
             let (b, object) = add(batch, encoding::encode(part))?;
             batch = b;
             term_chunks.push(object);
+            start = end;
         }
         let mut key_chunks = Vec::new();
         let mut bytes = Vec::with_capacity(12 * KEYS_PER_CHUNK.min(state.len()));
@@ -297,10 +345,19 @@ impl<S: Store> Repository<S> {
 
     /// Writes a checkpoint of `state`, the state at `id`; returns the chunks written.
     fn write_checkpoint(&mut self, id: CommitId, state: &GraphState) -> Result<usize, RepoError> {
+        if self.bad_checkpoints.contains(&id) {
+            // Its damaged objects would be kept (objects are immutable): writing is futile.
+            return Err(RepoError::Snapshot {
+                id,
+                error: Box::new(SnapshotError::InvalidManifest(
+                    "a damaged checkpoint of this commit is in the store and cannot be replaced",
+                )),
+            });
+        }
         let batch = self.checkpoint_batch(id, state)?;
         let chunks = batch.objects.len().saturating_sub(1);
         self.store.write(batch)?;
-        self.bad_checkpoints.remove(&id);
+        self.no_checkpoint.remove(&id);
         Ok(chunks)
     }
 

@@ -225,6 +225,8 @@ pub struct Repository<S: Store> {
     since_checkpoint: HashMap<CommitId, u64>,
     /// Checkpoints found damaged in this session.
     bad_checkpoints: HashSet<CommitId>,
+    /// Commits known to have no checkpoint (until one is written).
+    no_checkpoint: HashSet<CommitId>,
     checkpoint_failures: u64,
     /// Which commits are (or are not) the boundary of a shallow replica.
     shallow: HashMap<CommitId, bool>,
@@ -263,6 +265,7 @@ impl<S: Store> Repository<S> {
             links: HashMap::new(),
             since_checkpoint: HashMap::new(),
             bad_checkpoints: HashSet::new(),
+            no_checkpoint: HashSet::new(),
             checkpoint_failures: 0,
             shallow: HashMap::new(),
             generations: HashMap::new(),
@@ -363,7 +366,7 @@ impl<S: Store> Repository<S> {
     /// For everyday use [`Repository::state_at`] reaches the same state in O(changes). In a
     /// shallow replica the replay starts from the snapshot it was installed from.
     pub fn materialize(&mut self, id: CommitId) -> Result<GraphState, RepoError> {
-        let (chain, end) = self.chain(id, |_, _| Ok(false))?;
+        let (chain, end) = self.chain(id, usize::MAX, |_, _| Ok(false))?;
         let mut forward: Vec<CommitId> = chain.into_iter().rev().collect();
         let (mut state, start) = match end {
             // A shallow replica starts from the snapshot it was installed from.

@@ -123,6 +123,8 @@ pub(super) enum ChainEnd {
     /// At a shallow boundary (which has no usable checkpoint, or the caller would have
     /// stopped there).
     Shallow,
+    /// After the most commits the caller allowed.
+    Limit,
 }
 
 /// One side of [`Repository::path`]'s search: a first-parent chain walked so far.
@@ -180,9 +182,12 @@ enum Origin {
     Empty(Vec<CommitId>),
 }
 
-/// Loading a checkpoint costs about as much as replaying this many commits; a cached state
-/// further away than this is not preferred over a checkpoint.
+/// Loading a checkpoint, or a root commit into the empty state, costs about as much as
+/// replaying this many commits; a cached state further away than this is not preferred.
 const CHECKPOINT_COST: usize = 32;
+
+/// How far (in commits) cached states are searched before the target's chain is walked.
+const NEAR: usize = 64;
 
 impl<S: Store> Repository<S> {
     /// How `id` links to the state before it: from verified metadata if known, else read
@@ -213,11 +218,12 @@ impl<S: Store> Repository<S> {
     }
 
     /// `id` and its first-parent ancestors, newest first, stopping after the first commit for
-    /// which `stop` is true, or at a root or a shallow boundary. Returns the chain and how it
-    /// ended.
+    /// which `stop` is true, at a root or a shallow boundary, or once the chain holds more
+    /// than `max` commits. Returns the chain and how it ended.
     pub(super) fn chain(
         &mut self,
         id: CommitId,
+        max: usize,
         mut stop: impl FnMut(&mut Self, CommitId) -> Result<bool, RepoError>,
     ) -> Result<(Vec<CommitId>, ChainEnd), RepoError> {
         let mut chain = vec![id];
@@ -226,6 +232,9 @@ impl<S: Store> Repository<S> {
         loop {
             if stop(self, cursor)? {
                 return Ok((chain, ChainEnd::Stopped));
+            }
+            if chain.len() > max {
+                return Ok((chain, ChainEnd::Limit));
             }
             match self.link(cursor)? {
                 Link::Root => return Ok((chain, ChainEnd::Root)),
@@ -331,11 +340,28 @@ impl<S: Store> Repository<S> {
     /// One attempt of [`Repository::take_state_at`]: the state and its replay distance from
     /// the nearest checkpoint.
     fn reach(&mut self, target: CommitId) -> Result<(GraphState, u64), Reach> {
-        let cached: HashSet<CommitId> = self.states.ids().into_iter().collect();
-        let (chain, end) =
-            self.chain(target, |repo, c| Ok(cached.contains(&c) || repo.has_checkpoint(c)?))?;
+        let cost = |o: &Option<Origin>| match o {
+            Some(Origin::Cached(_, p)) => p.cost(),
+            Some(Origin::Checkpoint(_, f)) | Some(Origin::Empty(f)) => f.len() + CHECKPOINT_COST,
+            None => usize::MAX,
+        };
+        // Cached states close to the target first (a parent, a sibling), so that the common
+        // cases never walk the history back to a checkpoint.
+        let cached = self.states.ids();
+        let mut best: Option<Origin> = None;
+        for &c in &cached {
+            let bound = cost(&best).saturating_sub(1).min(NEAR);
+            if let Some(path) = self.path(c, target, bound)? {
+                best = Some(Origin::Cached(c, path));
+            }
+        }
+        // Then the target's own first-parent chain, no further than the best start so far,
+        // back to a cached state, a checkpoint or the root.
+        let limit = cost(&best);
+        let (chain, end) = self
+            .chain(target, limit, |repo, c| Ok(cached.contains(&c) || repo.has_checkpoint(c)?))?;
         // `chain` ends with the origin commit if the walk stopped at one.
-        let mut best = match (end, chain.split_last()) {
+        let on_chain = match (end, chain.split_last()) {
             (ChainEnd::Stopped, Some((&origin, rest))) => {
                 let forward = rest.iter().rev().copied().collect();
                 if cached.contains(&origin) {
@@ -347,19 +373,16 @@ impl<S: Store> Repository<S> {
             (ChainEnd::Root, _) => Some(Origin::Empty(chain.iter().rev().copied().collect())),
             _ => None,
         };
-        let cost = |o: &Option<Origin>| match o {
-            Some(Origin::Cached(_, p)) => p.cost(),
-            Some(Origin::Checkpoint(_, f)) => f.len() + CHECKPOINT_COST,
-            Some(Origin::Empty(f)) => f.len(),
-            None => usize::MAX,
-        };
-        for c in cached {
-            if matches!(&best, Some(Origin::Cached(id, _)) if *id == c) {
-                continue;
-            }
-            let bound = cost(&best).saturating_sub(1);
-            if let Some(path) = self.path(c, target, bound)? {
-                best = Some(Origin::Cached(c, path));
+        if cost(&on_chain) < cost(&best) {
+            best = on_chain;
+        }
+        // Cached states further away, if they still beat what was found.
+        if best.is_none() || cost(&best) > NEAR {
+            for &c in &cached {
+                let bound = cost(&best).saturating_sub(1);
+                if let Some(path) = self.path(c, target, bound)? {
+                    best = Some(Origin::Cached(c, path));
+                }
             }
         }
         let (mut state, path, start, base) = match best {
@@ -380,7 +403,8 @@ impl<S: Store> Repository<S> {
             }
             None => {
                 // A shallow boundary whose checkpoint is gone or damaged.
-                let boundary = chain.last().copied().unwrap_or(target);
+                let boundary = self.chain(target, usize::MAX, |_, _| Ok(false))?.0;
+                let boundary = boundary.last().copied().unwrap_or(target);
                 return Err(RepoError::Snapshot {
                     id: boundary,
                     error: Box::new(crate::snapshot::SnapshotError::Incomplete {
@@ -420,7 +444,13 @@ impl<S: Store> Repository<S> {
                 reason: InvalidCommit::ChangesDoNotApply(e),
             })?;
             let expected = match parent {
-                Some(p) => self.load_commit(p)?.commit().state_root(),
+                Some(p) => {
+                    // The state landed on holds the parent's changes: it must pass the
+                    // policy, as it would on a forward step.
+                    let parent_commit = self.load_commit(p)?;
+                    self.check_policy(&parent_commit)?;
+                    parent_commit.commit().state_root()
+                }
                 None => GraphState::new().state_root(),
             };
             let actual = state.state_root();

@@ -14,7 +14,10 @@
 //! Noise static key, binding the key to the identity. A side accepts the other only if the
 //! signature verifies over the key Noise authenticated, the identity is not its own and,
 //! when dialing, is the node that was dialed, and the identity is trusted (added with
-//! [`TcpTransport::add_peer`] or admitted by [`Trust`]). The responder, once it has also
+//! [`TcpTransport::add_peer`] or admitted by [`Trust`]; with [`Trust::Certificates`] a peer
+//! is admitted by the node certificate it sends after its payload, inside the encrypted
+//! handshake, if that certificate verifies against the pinned organization roots and names
+//! the authenticated node, see [`CERTIFICATE_EXTENSION`]). The responder, once it has also
 //! found room for the peer in its table, accepts with an empty first encrypted chunk; the
 //! dialer reports the link up only after that, so a refused dialer sees its dial fail
 //! (and backs off) rather than a link that comes up and drops. Every refusal has a typed
