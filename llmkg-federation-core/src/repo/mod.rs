@@ -294,7 +294,7 @@ impl<S: Store> Repository<S> {
         self.states.clear();
     }
 
-    /// Replaces the tuning options. Cached states beyond the new capacity are dropped.
+    /// Replaces the tuning options (and drops the states kept in memory).
     pub fn with_options(mut self, options: RepoOptions) -> Self {
         self.options = options;
         self.states.clear();
