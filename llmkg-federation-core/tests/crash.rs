@@ -277,7 +277,7 @@ fn sigkill_never_loses_a_finished_commit() {
             KillAt::AfterSpawn(Duration::from_millis(rng.random_range(5..150)))
         } else {
             loop_rounds += 1;
-            KillAt::AfterReady(Duration::from_millis(rng.random_range(5..120)))
+            KillAt::AfterReady(Duration::from_millis(rng.random_range(20..150)))
         };
         let nonce = format!("{seed}-{round}");
         let Round { reported, phase, killed_by_sigkill, stderr } =
@@ -413,9 +413,10 @@ fn sigkill_never_loses_a_finished_commit() {
     );
     assert_eq!(kills, ROUNDS);
     // Most commit-loop kills must interrupt a child that had already committed: otherwise the
-    // kills test start-up, not the commit path.
+    // kills test start-up, not the commit path. (At least half, so that a slow disk, whose
+    // first fsync may outlast a short delay, does not make the test flaky.)
     assert!(
-        loop_kills_after_a_commit * 4 >= loop_rounds * 3,
+        loop_kills_after_a_commit * 2 >= loop_rounds,
         "only {loop_kills_after_a_commit} of {loop_rounds} commit-loop kills came after a commit"
     );
     assert!(with_removals > 0, "no commit removed triples: removals were not tested");
