@@ -130,9 +130,10 @@ impl ImportLimits {
     /// Default of [`max_nesting_depth`](Self::max_nesting_depth): 256 levels, far beyond what
     /// real data uses, and about a hundred KiB of parser state.
     pub const DEFAULT_MAX_NESTING_DEPTH: u32 = 256;
-    /// Default of [`max_pending_triples`](Self::max_pending_triples): ten million triples,
-    /// in the order of a few GiB of parsed terms. Larger documents need a raised limit (or
-    /// several imports).
+    /// Default of [`max_pending_triples`](Self::max_pending_triples): ten million triples.
+    /// A held triple of short terms costs about 300 bytes (a document of `, 1` repeated holds
+    /// about a hundred times its size), so this is in the order of a few GiB at most. Larger
+    /// documents need a raised limit (or several imports).
     pub const DEFAULT_MAX_PENDING_TRIPLES: u64 = 10_000_000;
 
     /// The defaults.
