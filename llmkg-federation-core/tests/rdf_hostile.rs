@@ -283,3 +283,33 @@ fn a_mebibyte_of_blank_node_chains_stays_bounded_by_the_pending_limit() {
     println!("1 MiB of ', [ <urn:q> [] ]' (limit 10000 triples): {err}; peak {peak} bytes");
     assert!(peak < HOSTILE_PEAK_BOUND, "peak {peak} bytes");
 }
+
+#[test]
+fn the_limit_is_exact_with_brackets_in_tokens_at_every_level() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // Every level holds tokens with brackets that must not count, and the closing side too.
+    let tokens = ["\"a(b[c\"", "'''x)]'' ]'''", "<urn:(>", "\"\"\"))\"\"\"", "'\\'('"];
+    let in_list = format!("{} # )] ([\n", tokens.join(" "));
+    let in_property_list = format!("{} , # )] ([\n", tokens.join(" , "));
+    for depth in 1..=12u32 {
+        let mut doc = String::from("@prefix ex: <urn:ex:> .\nex:s ex:p ");
+        for level in 0..depth {
+            doc.push_str(if level % 2 == 0 { "( " } else { "[ ex:q " });
+            doc.push_str(if level % 2 == 0 { &in_list } else { &in_property_list });
+        }
+        doc.push_str("ex:a\\(\\)");
+        for level in (0..depth).rev() {
+            doc.push_str(if level % 2 == 0 { " )" } else { " , '('  ]" });
+        }
+        doc.push_str(" .\n");
+        let exact = ImportOptions::new().limits(ImportLimits::new().max_nesting_depth(depth));
+        rdf::read(doc.as_bytes(), Format::Turtle, exact)
+            .unwrap_or_else(|e| panic!("depth {depth}: {e}"));
+        let below = ImportOptions::new().limits(ImportLimits::new().max_nesting_depth(depth - 1));
+        let err = rdf::read(doc.as_bytes(), Format::Turtle, below).unwrap_err();
+        assert!(
+            matches!(err, ImportError::LimitExceeded { limit: Limit::NestingDepth, .. }),
+            "depth {depth}: {err}"
+        );
+    }
+}
