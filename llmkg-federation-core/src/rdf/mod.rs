@@ -43,13 +43,17 @@
 //! - **Atomic.** Nothing is committed before the last statement has been parsed and
 //!   converted. Any error — a syntax error ([`ImportError::Syntax`], with 1-based line and
 //!   column), a term the model rejects ([`ImportError::Term`]), a token longer than the
-//!   parser's buffer ([`ImportError::TokenTooLong`]), a read error ([`ImportError::Io`]), a
-//!   failed commit — leaves the branch, and the repository's cached state of it, exactly as
+//!   parser's buffer ([`ImportError::TokenTooLong`]), a crossed limit
+//!   ([`ImportError::LimitExceeded`]), a read error ([`ImportError::Io`]), a failed commit —
+//!   leaves the branch, and the repository's cached state of it, exactly as
 //!   it was. So does a panicking progress callback (it runs before anything is committed).
 //! - **Streaming, bounded memory.** The parser reads the input in small chunks (a single
 //!   token may not exceed 16 MiB); memory grows with the statements kept (for Turtle, also
 //!   with the distinct `_:labels` written in the text), not with the size of the file's text.
-//!   Nesting depth is not limited by the call stack. Reads that fail with
+//!   Nesting depth is not limited by the call stack but by [`ImportLimits::max_nesting_depth`]
+//!   (each open collection or property list costs the parser several hundred bytes), and the
+//!   statements kept by [`ImportLimits::max_pending_triples`]; both are set with
+//!   [`ImportOptions::limits`]. Reads that fail with
 //!   [`Interrupted`](std::io::ErrorKind::Interrupted) are retried.
 //! - **Text.** The input must be UTF-8 (invalid bytes are a positioned syntax error); a
 //!   leading UTF-8 byte order mark is skipped, and lines may end in `\n`, `\r\n` or `\r`.
@@ -131,8 +135,8 @@ use std::str::FromStr;
 pub use oxrdf;
 
 pub use read::{
-    BlankNodeScope, Dataset, GraphSelection, ImportError, ImportMode, ImportOptions, ImportReport,
-    Progress, read,
+    BlankNodeScope, Dataset, GraphSelection, ImportError, ImportLimits, ImportMode, ImportOptions,
+    ImportReport, Limit, Progress, read,
 };
 pub use write::{ExportError, ExportOptions, write};
 

@@ -74,6 +74,95 @@ pub enum ImportMode {
     Replace,
 }
 
+/// Which limit of [`ImportLimits`] an import crossed; see [`ImportError::LimitExceeded`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Limit {
+    /// [`ImportLimits::max_nesting_depth`]: collections `( ... )` and blank-node property
+    /// lists `[ ... ]` nested too deeply (Turtle).
+    NestingDepth,
+    /// [`ImportLimits::max_pending_triples`]: too many triples parsed and held for the one
+    /// commit an import makes.
+    PendingTriples,
+}
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Limit::NestingDepth => "nesting depth",
+            Limit::PendingTriples => "pending triples",
+        })
+    }
+}
+
+/// Bounds on what an import may hold in memory while it parses, so that a hostile document
+/// fails with [`ImportError::LimitExceeded`] instead of exhausting memory. Set them with
+/// [`ImportOptions::limits`].
+///
+/// Everything else the importer holds is bounded per byte of input by a small constant (or,
+/// for a single token, by the parser's 16 MiB buffer; see [`ImportError::TokenTooLong`]).
+///
+/// ```
+/// use llmkg_federation_core::rdf::{ImportLimits, ImportOptions};
+/// let limits = ImportLimits::new().max_nesting_depth(1024).max_pending_triples(1_000_000);
+/// assert_eq!(limits.max_nesting_depth, 1024);
+/// let options = ImportOptions::new().limits(limits);
+/// # drop(options);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ImportLimits {
+    /// How deeply collections `( ... )` and blank-node property lists `[ ... ]` may nest,
+    /// counted together (`( [ ( ) ] )` has depth 3). Each open level costs the Turtle parser
+    /// several hundred bytes, so without a bound a line of `(` takes hundreds of times its
+    /// own size in memory. Only Turtle nests; the count is taken on the bytes as they are
+    /// read, ignoring brackets inside strings, IRIs, comments and escapes. Default
+    /// [`DEFAULT_MAX_NESTING_DEPTH`](Self::DEFAULT_MAX_NESTING_DEPTH).
+    pub max_nesting_depth: u32,
+    /// How many triples may be parsed and held before the import's single commit (selected
+    /// graphs only, duplicates included). This bounds the memory of the import's result,
+    /// and with it of long collections and long `;` / `,` chains, which produce triples
+    /// without nesting. Default [`DEFAULT_MAX_PENDING_TRIPLES`](Self::DEFAULT_MAX_PENDING_TRIPLES).
+    pub max_pending_triples: u64,
+}
+
+impl ImportLimits {
+    /// Default of [`max_nesting_depth`](Self::max_nesting_depth): 256 levels, far beyond what
+    /// real data uses, and about a hundred KiB of parser state.
+    pub const DEFAULT_MAX_NESTING_DEPTH: u32 = 256;
+    /// Default of [`max_pending_triples`](Self::max_pending_triples): ten million triples.
+    /// A held triple of short terms costs about 300 bytes (a document of `, 1` repeated holds
+    /// about a hundred times its size), so this is in the order of a few GiB at most. Larger
+    /// documents need a raised limit (or several imports).
+    pub const DEFAULT_MAX_PENDING_TRIPLES: u64 = 10_000_000;
+
+    /// The defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets [`max_nesting_depth`](Self::max_nesting_depth); `u32::MAX` means no bound.
+    pub fn max_nesting_depth(mut self, depth: u32) -> Self {
+        self.max_nesting_depth = depth;
+        self
+    }
+
+    /// Sets [`max_pending_triples`](Self::max_pending_triples); `u64::MAX` means no bound.
+    pub fn max_pending_triples(mut self, triples: u64) -> Self {
+        self.max_pending_triples = triples;
+        self
+    }
+}
+
+impl Default for ImportLimits {
+    fn default() -> Self {
+        Self {
+            max_nesting_depth: Self::DEFAULT_MAX_NESTING_DEPTH,
+            max_pending_triples: Self::DEFAULT_MAX_PENDING_TRIPLES,
+        }
+    }
+}
+
 /// Options of [`read`] and [`Repository::import`].
 ///
 /// ```
@@ -94,6 +183,7 @@ pub struct ImportOptions<'a> {
     mode: ImportMode,
     message: Option<String>,
     progress: Option<Box<dyn FnMut(Progress) + 'a>>,
+    limits: ImportLimits,
 }
 
 impl fmt::Debug for ImportOptions<'_> {
@@ -105,13 +195,14 @@ impl fmt::Debug for ImportOptions<'_> {
             .field("mode", &self.mode)
             .field("message", &self.message)
             .field("progress", &self.progress.is_some())
+            .field("limits", &self.limits)
             .finish()
     }
 }
 
 impl<'a> ImportOptions<'a> {
     /// The defaults: all graphs, labels kept, [`ImportMode::Add`], message `import <format>`,
-    /// no base IRI, no progress callback.
+    /// no base IRI, no progress callback, [`ImportLimits::default`].
     pub fn new() -> Self {
         Self::default()
     }
@@ -143,6 +234,12 @@ impl<'a> ImportOptions<'a> {
     /// The commit message.
     pub fn message(mut self, message: impl Into<String>) -> Self {
         self.message = Some(message.into());
+        self
+    }
+
+    /// Bounds on what the import may hold while parsing; see [`ImportLimits`].
+    pub fn limits(mut self, limits: ImportLimits) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -220,6 +317,26 @@ pub enum ImportError {
         /// Bytes read from the input when the parser gave up.
         bytes_read: u64,
     },
+    /// The document crossed one of the [`ImportLimits`] set with [`ImportOptions::limits`].
+    /// Branch unchanged.
+    ///
+    /// For [`Limit::NestingDepth`] the position is that of the bracket that opened one level
+    /// too many. For [`Limit::PendingTriples`] it is how far the input had been read when the
+    /// triple one too many was parsed; the parser reads ahead in blocks, so it may be past that
+    /// triple (by at most a block).
+    #[error("import limit exceeded at line {line}, column {column}: {limit} above {max}")]
+    LimitExceeded {
+        /// Which limit.
+        limit: Limit,
+        /// The limit's configured value.
+        max: u64,
+        /// Line, from 1.
+        line: u64,
+        /// Column, from 1, in characters.
+        column: u64,
+        /// Byte offset, from 0 (a byte order mark included).
+        offset: u64,
+    },
     /// The reader returned an error (reads that are [`Interrupted`](std::io::ErrorKind::Interrupted)
     /// are retried), or claimed to have read more bytes than it was given room for.
     /// Branch unchanged.
@@ -236,6 +353,9 @@ impl ImportError {
     /// reader (otherwise it is the parser's buffer limit) and how many bytes of byte order
     /// mark the parser did not see.
     fn from_parse(e: TurtleParseError, input: &InputState) -> Self {
+        if let (TurtleParseError::Io(_), Some(hit)) = (&e, input.limit.get()) {
+            return hit.error();
+        }
         match e {
             TurtleParseError::Syntax(e) => {
                 let at = e.location().start;
@@ -363,6 +483,174 @@ struct InputState {
     reader_failed: Cell<bool>,
     /// Length of the UTF-8 byte order mark skipped at the start (0 or 3).
     bom: u64,
+    /// Set once a limit has been crossed; the import then fails with it.
+    limit: Cell<Option<LimitHit>>,
+}
+
+/// Where a limit was crossed.
+#[derive(Clone, Copy, Debug)]
+struct LimitHit {
+    limit: Limit,
+    max: u64,
+    at: Position,
+}
+
+impl LimitHit {
+    fn error(self) -> ImportError {
+        ImportError::LimitExceeded {
+            limit: self.limit,
+            max: self.max,
+            line: self.at.line + 1,
+            column: self.at.column + 1,
+            offset: self.at.offset,
+        }
+    }
+}
+
+/// A position in the input, all from 0; `offset` includes the byte order mark.
+#[derive(Clone, Copy, Debug, Default)]
+struct Position {
+    line: u64,
+    column: u64,
+    offset: u64,
+}
+
+/// Lexical state of [`Nesting`]: just enough of Turtle's tokens to know whether a bracket is
+/// punctuation. `q` is the quote character of a string.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lex {
+    /// Between tokens, or in a token that cannot hold a bracket.
+    Code,
+    /// After a backslash outside strings (an escape in a prefixed name, `ex:a\(`).
+    Escape,
+    /// In a comment, up to the end of the line.
+    Comment,
+    /// In an IRI `<...>`, which has no escape for `>`.
+    Iri,
+    /// After one quote: an empty string, a long string, or a short string begins.
+    Quote1(u8),
+    /// After two quotes: an empty string, unless a third opens a long string.
+    Quote2(u8),
+    /// In a short string.
+    Short(u8),
+    /// After a backslash in a short string.
+    ShortEscape(u8),
+    /// In a long string, after this many (0 to 2) consecutive closing quotes.
+    Long(u8, u8),
+    /// After a backslash in a long string.
+    LongEscape(u8),
+}
+
+/// Tracks the position of every byte read and, for Turtle, the nesting depth of `(` and `[`,
+/// to stop a document before the parser sees the bracket that opens one level too many.
+struct Nesting {
+    at: Position,
+    after_cr: bool,
+    /// Whether to count brackets (Turtle); otherwise only the position is tracked.
+    turtle: bool,
+    lex: Lex,
+    depth: u32,
+    max_depth: u32,
+}
+
+impl Nesting {
+    fn new(turtle: bool, bom: u64, max_depth: u32) -> Self {
+        Self {
+            at: Position { offset: bom, ..Position::default() },
+            after_cr: false,
+            turtle,
+            lex: Lex::Code,
+            depth: 0,
+            max_depth,
+        }
+    }
+
+    /// Scans `chunk`; returns the index and position of the first bracket that opens one
+    /// level too many (the scan stops there).
+    fn feed(&mut self, chunk: &[u8]) -> Option<(usize, Position)> {
+        for (i, &b) in chunk.iter().enumerate() {
+            if self.turtle && self.step(b) {
+                return Some((i, self.at));
+            }
+            self.advance(b);
+        }
+        None
+    }
+
+    /// Moves the position past byte `b`. Lines end at `\n`, `\r` or `\r\n`, as the parser
+    /// counts them; columns count characters.
+    fn advance(&mut self, b: u8) {
+        self.at.offset += 1;
+        match b {
+            b'\r' => {
+                self.at.line += 1;
+                self.at.column = 0;
+                self.after_cr = true;
+                return;
+            }
+            b'\n' => {
+                if !self.after_cr {
+                    self.at.line += 1;
+                }
+                self.at.column = 0;
+            }
+            _ if b & 0xC0 != 0x80 => self.at.column += 1,
+            _ => {}
+        }
+        self.after_cr = false;
+    }
+
+    /// Advances the lexical state by byte `b`; true if `b` opens a level beyond the limit.
+    fn step(&mut self, b: u8) -> bool {
+        self.lex = match self.lex {
+            Lex::Code => return self.code(b),
+            Lex::Escape => Lex::Code,
+            Lex::Comment if b == b'\n' || b == b'\r' => Lex::Code,
+            Lex::Comment => Lex::Comment,
+            Lex::Iri if b == b'>' => Lex::Code,
+            Lex::Iri => Lex::Iri,
+            Lex::Quote1(q) if b == q => Lex::Quote2(q),
+            Lex::Quote1(q) | Lex::Short(q) => Self::short(q, b),
+            Lex::Quote2(q) if b == q => Lex::Long(q, 0),
+            Lex::Quote2(_) => return self.code(b),
+            Lex::ShortEscape(q) => Lex::Short(q),
+            Lex::Long(q, 2) if b == q => Lex::Code,
+            Lex::Long(q, n) if b == q => Lex::Long(q, n + 1),
+            Lex::Long(q, _) if b == b'\\' => Lex::LongEscape(q),
+            Lex::Long(q, _) | Lex::LongEscape(q) => Lex::Long(q, 0),
+        };
+        false
+    }
+
+    fn short(q: u8, b: u8) -> Lex {
+        match b {
+            _ if b == q => Lex::Code,
+            b'\\' => Lex::ShortEscape(q),
+            _ => Lex::Short(q),
+        }
+    }
+
+    fn code(&mut self, b: u8) -> bool {
+        self.lex = match b {
+            b'(' | b'[' => {
+                if self.depth >= self.max_depth {
+                    return true;
+                }
+                self.depth += 1;
+                Lex::Code
+            }
+            b')' | b']' => {
+                self.depth = self.depth.saturating_sub(1);
+                Lex::Code
+            }
+            b'#' => Lex::Comment,
+            b'<' => Lex::Iri,
+            b'"' | b'\'' => Lex::Quote1(b),
+            b'\\' => Lex::Escape,
+            _ => Lex::Code,
+        };
+        false
+    }
 }
 
 const UTF8_BOM: [u8; 3] = [0xEF, 0xBB, 0xBF];
@@ -385,6 +673,10 @@ fn read_head(reader: &mut impl Read) -> std::io::Result<(Vec<u8>, u64)> {
     Ok((kept.to_vec(), len as u64))
 }
 
+fn limit_crossed() -> std::io::Error {
+    std::io::Error::other("an import limit was crossed")
+}
+
 fn too_many_bytes() -> std::io::Error {
     std::io::Error::new(
         std::io::ErrorKind::InvalidData,
@@ -398,12 +690,16 @@ struct Tap<'s, R> {
     inner: R,
     input: &'s InputState,
     text: Option<&'s RefCell<TextScan>>,
+    nesting: &'s RefCell<Nesting>,
 }
 
 impl<R: Read> Read for Tap<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         if buf.is_empty() {
             return Ok(0);
+        }
+        if self.input.limit.get().is_some() {
+            return Err(limit_crossed());
         }
         let n = loop {
             match self.inner.read(buf) {
@@ -415,11 +711,23 @@ impl<R: Read> Read for Tap<'_, R> {
                 }
             }
         };
-        let Some(chunk) = buf.get(..n) else {
+        let Some(mut chunk) = buf.get(..n) else {
             self.input.reader_failed.set(true);
             return Err(too_many_bytes());
         };
         self.input.bytes.set(self.input.bytes.get() + n as u64);
+        let max = u64::from(self.nesting.borrow().max_depth);
+        if let Some((i, at)) = self.nesting.borrow_mut().feed(chunk) {
+            // The parser gets the bytes before the bracket (a syntax error there still wins),
+            // then an error; never an early end of input, which could look like a whole
+            // document.
+            self.input.limit.set(Some(LimitHit { limit: Limit::NestingDepth, max, at }));
+            chunk = chunk.get(..i).unwrap_or_default();
+            if chunk.is_empty() {
+                return Err(limit_crossed());
+            }
+        }
+        let n = chunk.len();
         if let Some(text) = self.text {
             let mut text = text.borrow_mut();
             if chunk.is_empty() { text.flush() } else { text.feed(chunk) }
@@ -650,13 +958,21 @@ pub(super) fn read_dataset(
     let (head, head_len) = read_head(&mut reader)?;
     let bom = head_len - head.len() as u64;
     // The kept head bytes go through the tap like the rest, so they count from there.
-    let input = InputState { bytes: Cell::new(bom), reader_failed: Cell::new(false), bom };
+    let input = InputState {
+        bytes: Cell::new(bom),
+        reader_failed: Cell::new(false),
+        bom,
+        limit: Cell::new(None),
+    };
     let text = RefCell::new(TextScan::new());
     let turtle = matches!(format, Format::Turtle);
+    let limits = options.limits;
+    let nesting = RefCell::new(Nesting::new(turtle, bom, limits.max_nesting_depth));
     let tap = Tap {
         inner: std::io::Cursor::new(head).chain(reader),
         input: &input,
         text: turtle.then_some(&text),
+        nesting: &nesting,
     };
     let quads: Quads<'_> = match format {
         Format::NTriples => Box::new(
@@ -686,6 +1002,7 @@ pub(super) fn read_dataset(
     let mut index: HashMap<oxrdf::GraphName, usize, Hasher> = HashMap::default();
     let mut last: Option<(oxrdf::GraphName, usize)> = None;
     let (mut statements, mut skipped, mut reported) = (0u64, 0u64, 0u64);
+    let mut pending = 0u64;
 
     for item in quads {
         let mut quad = item.map_err(|e| ImportError::from_parse(e, &input))?;
@@ -727,6 +1044,12 @@ pub(super) fn read_dataset(
         };
         if let Some(bucket) = buckets.get_mut(slot) {
             if bucket.selected {
+                if pending >= limits.max_pending_triples {
+                    let at = nesting.borrow().at;
+                    let max = limits.max_pending_triples;
+                    return Err(LimitHit { limit: Limit::PendingTriples, max, at }.error());
+                }
+                pending += 1;
                 let (triple, anonymous) = conv
                     .triple(quad, bucket.prefix.as_deref())
                     .map_err(|source| ImportError::Term { statement: statements, source })?;
@@ -745,6 +1068,9 @@ pub(super) fn read_dataset(
             reported = read;
             progress(Progress { bytes_read: read, statements });
         }
+    }
+    if let Some(hit) = input.limit.get() {
+        return Err(hit.error());
     }
     if let Some(progress) = options.progress.as_mut() {
         progress(Progress { bytes_read: input.bytes.get(), statements });
