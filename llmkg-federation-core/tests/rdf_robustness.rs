@@ -8,7 +8,9 @@ use std::io::Read;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use llmkg_federation_core::rdf::{self, Format, ImportError, ImportMode, ImportOptions};
+use llmkg_federation_core::rdf::{
+    self, Format, ImportError, ImportLimits, ImportMode, ImportOptions,
+};
 use llmkg_federation_core::{
     BranchName, CommitId, ManualClock, MemoryStore, NodeKeypair, ObjectId, OrgId, RepoError,
     Repository, StateRoot, Store, StoreError, Timestamp, WriteBatch,
@@ -328,13 +330,19 @@ fn deeply_nested_turtle_does_not_overflow_the_stack() {
     lists.push_str(&"( ".repeat(depth));
     lists.push_str(&") ".repeat(depth));
     lists.push_str(".\n");
+    // Far deeper than the default nesting limit (see tests/rdf_hostile.rs): raised here to
+    // check that the parser itself copes.
+    let deep = || ImportOptions::new().limits(ImportLimits::new().max_nesting_depth(200_000));
     for (doc, triples) in [(nested, depth + 1), (lists, 2 * depth - 1)] {
-        let dataset = rdf::read(doc.as_bytes(), Format::Turtle, ImportOptions::new()).unwrap();
+        let dataset = rdf::read(doc.as_bytes(), Format::Turtle, deep()).unwrap();
         assert_eq!(dataset.len(), triples);
         // Unbalanced: a positioned error, not a crash.
         let cut = &doc[..doc.len() / 2];
-        let err = rdf::read(cut.as_bytes(), Format::Turtle, ImportOptions::new()).unwrap_err();
+        let err = rdf::read(cut.as_bytes(), Format::Turtle, deep()).unwrap_err();
         assert!(matches!(err, ImportError::Syntax { line: 1, .. }), "{err:?}");
+        // With the default limits: refused at the limit, with its position.
+        let err = rdf::read(doc.as_bytes(), Format::Turtle, ImportOptions::new()).unwrap_err();
+        assert!(matches!(err, ImportError::LimitExceeded { line: 1, .. }), "{err:?}");
     }
 }
 
