@@ -311,6 +311,49 @@ pub struct NodeCertificate {
     signature: [u8; 64],
 }
 
+/// A body an organization root signs, under its own context.
+trait RootSigned: encoding::Canonical {
+    /// The signing context of this kind of body.
+    const CONTEXT: &'static str;
+    /// The root that signs it.
+    fn signing_root(&self) -> &OrgRootKey;
+    /// The organization it speaks for.
+    fn signing_org(&self) -> &OrgId;
+}
+
+impl RootSigned for CertificateBody {
+    const CONTEXT: &'static str = CERTIFICATE_CONTEXT;
+    fn signing_root(&self) -> &OrgRootKey {
+        &self.root
+    }
+    fn signing_org(&self) -> &OrgId {
+        &self.org
+    }
+}
+
+impl RootSigned for RevocationBody {
+    const CONTEXT: &'static str = REVOCATION_CONTEXT;
+    fn signing_root(&self) -> &OrgRootKey {
+        &self.root
+    }
+    fn signing_org(&self) -> &OrgId {
+        &self.org
+    }
+}
+
+/// Checks `signature` over `body` by the root the body names.
+fn check_root_signature<B: RootSigned>(
+    body: &B,
+    signature: &[u8; 64],
+) -> Result<(), CertificateError> {
+    verify_strict(
+        body.signing_root().as_bytes(),
+        &signing_input(B::CONTEXT, &encoding::encode(body)),
+        signature,
+    )
+    .map_err(|()| CertificateError::BadSignature { org: body.signing_org().clone() })
+}
+
 #[derive(Serialize, Deserialize)]
 struct SignedBody<B> {
     body: B,
@@ -319,24 +362,12 @@ struct SignedBody<B> {
 }
 
 impl NodeCertificate {
-    fn check_signature(
-        body: &CertificateBody,
-        signature: &[u8; 64],
-    ) -> Result<(), CertificateError> {
-        verify_strict(
-            body.root.as_bytes(),
-            &signing_input(CERTIFICATE_CONTEXT, &encoding::encode(body)),
-            signature,
-        )
-        .map_err(|()| CertificateError::BadSignature { org: body.org.clone() })
-    }
-
     /// Decodes a certificate (at most [`MAX_CERTIFICATE_LEN`] bytes, canonical) and verifies
     /// its signature under the root it names.
     pub fn decode(bytes: &[u8]) -> Result<Self, CertificateError> {
         let raw: SignedBody<CertificateBody> =
             encoding::decode_with_limit(bytes, MAX_CERTIFICATE_LEN)?;
-        Self::check_signature(&raw.body, &raw.signature)?;
+        check_root_signature(&raw.body, &raw.signature)?;
         Ok(Self { body: raw.body, signature: raw.signature })
     }
 
@@ -443,7 +474,7 @@ impl<'de> Deserialize<'de> for NodeCertificate {
     /// Decodes and verifies the signature under the root the certificate names.
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = SignedBody::<CertificateBody>::deserialize(d)?;
-        Self::check_signature(&raw.body, &raw.signature).map_err(serde::de::Error::custom)?;
+        check_root_signature(&raw.body, &raw.signature).map_err(serde::de::Error::custom)?;
         Ok(Self { body: raw.body, signature: raw.signature })
     }
 }
@@ -498,23 +529,11 @@ pub struct Revocation {
 }
 
 impl Revocation {
-    fn check_signature(
-        body: &RevocationBody,
-        signature: &[u8; 64],
-    ) -> Result<(), CertificateError> {
-        verify_strict(
-            body.root.as_bytes(),
-            &signing_input(REVOCATION_CONTEXT, &encoding::encode(body)),
-            signature,
-        )
-        .map_err(|()| CertificateError::BadSignature { org: body.org.clone() })
-    }
-
     /// Decodes a revocation (canonical) and verifies its signature under the root it names.
     pub fn decode(bytes: &[u8]) -> Result<Self, CertificateError> {
         let limit = 256 + 10 * MAX_REVOKED_SERIALS;
         let raw: SignedBody<RevocationBody> = encoding::decode_with_limit(bytes, limit)?;
-        Self::check_signature(&raw.body, &raw.signature)?;
+        check_root_signature(&raw.body, &raw.signature)?;
         Ok(Self { body: raw.body, signature: raw.signature })
     }
 
@@ -554,7 +573,7 @@ impl<'de> Deserialize<'de> for Revocation {
     /// Decodes and verifies the signature under the root the revocation names.
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = SignedBody::<RevocationBody>::deserialize(d)?;
-        Self::check_signature(&raw.body, &raw.signature).map_err(serde::de::Error::custom)?;
+        check_root_signature(&raw.body, &raw.signature).map_err(serde::de::Error::custom)?;
         Ok(Self { body: raw.body, signature: raw.signature })
     }
 }

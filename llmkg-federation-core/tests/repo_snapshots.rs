@@ -161,9 +161,22 @@ fn a_reopened_repository_starts_from_the_checkpoint() {
     drop(r);
     let mut reopened = repo_on(store.clone(), 1, None);
     let want = root(&reopened.materialize(head).unwrap());
-    let mut fresh = repo_on(store, 1, None);
+    let mut fresh = repo_on(store.clone(), 1, None);
     assert_eq!(root(fresh.state(&b("main")).unwrap()), want);
     assert_eq!(fresh.checkpoint_failures(), 0);
+    // Without the commits before the head, only the checkpoint can give the head's state.
+    let older: Vec<ObjectId> =
+        commits[..commits.len() - 1].iter().map(|c| ObjectId::from(*c)).collect();
+    let pruned = MemoryStore::new();
+    for (id, bytes) in store.objects() {
+        if !older.contains(&id) {
+            pruned.write(WriteBatch::new().put_object(id, bytes)).unwrap();
+        }
+    }
+    pruned.write(WriteBatch::new().update_ref(b("main"), None, Some(head))).unwrap();
+    let mut from_checkpoint = repo_on(pruned, 1, None);
+    assert_eq!(root(from_checkpoint.state(&b("main")).unwrap()), want);
+    assert!(from_checkpoint.materialize(head).is_err(), "the older commits are really gone");
 }
 
 #[test]

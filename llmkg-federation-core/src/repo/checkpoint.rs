@@ -306,7 +306,10 @@ impl<S: Store> Repository<S> {
             let mut end = start;
             let mut bytes = 0usize;
             while end < terms.len() && end - start < TERMS_PER_CHUNK {
-                let size = terms.get(end).map_or(0, |t| encoding::encode(*t).len());
+                let size = terms
+                    .get(end)
+                    .and_then(|t| postcard::experimental::serialized_size(*t).ok())
+                    .unwrap_or(0);
                 if end > start && bytes + size > TERM_CHUNK_BYTES {
                     break;
                 }
