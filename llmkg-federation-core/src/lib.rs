@@ -94,7 +94,7 @@ pub use merkle::{
     Membership, MerkleProof, MerkleTree, NibblePath, NodeHash, ProofError, StateRoot,
     SubtreeSummary,
 };
-pub use protocol::{Protocol, Time, Transmit};
+pub use protocol::{HostInfo, LinkState, Protocol, Time, Transmit};
 pub use repo::{
     CheckpointPolicy, InvalidCommit, MergeOutcome, RepoError, RepoOptions, Repository, three_way,
 };
@@ -108,4 +108,6 @@ pub use term::{
     Term, TermError, Triple, XSD_STRING,
 };
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};
-pub use transport::{BoxFuture, Incoming, RequestId, Timer, Transport, TransportError};
+pub use transport::{
+    BoxFuture, ChannelId, Incoming, InvalidChannel, RequestId, Timer, Transport, TransportError,
+};

@@ -33,6 +33,12 @@
 //!   returns; anything else is lost when the node crashes. The simulator enforces this by
 //!   rebuilding a crashed node from its durable storage alone.
 //!
+//! - **The host says what it knows.** Before any other input the host calls
+//!   [`handle_start`](Protocol::handle_start) with [`HostInfo`] (the largest message the
+//!   network carries, so a core can size its batches), and it reports every link to a peer
+//!   coming up or going down with [`handle_peer`](Protocol::handle_peer), in order with the
+//!   messages around it. Both have empty defaults: a core that does not care ignores them.
+//!
 //! Core-specific inputs (a local proposal, a query) are ordinary methods on the core; they
 //! follow the same draining rule.
 
@@ -125,6 +131,31 @@ impl fmt::Display for Time {
     }
 }
 
+/// What the host tells a core before its first input (see [`Protocol::handle_start`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HostInfo {
+    /// The largest encoded message the host's network carries. A message the core sends that
+    /// encodes longer is dropped by the host (and counted), never sent.
+    pub max_message_len: usize,
+}
+
+impl HostInfo {
+    /// Host information with the given maximum message length.
+    pub const fn new(max_message_len: usize) -> Self {
+        Self { max_message_len }
+    }
+}
+
+/// Whether a link to a peer is up or down (see [`Protocol::handle_peer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LinkState {
+    /// Messages can flow both ways.
+    Up,
+    /// The link is down; messages in flight may have been lost.
+    Down,
+}
+
 /// A message a core wants sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit<M> {
@@ -186,6 +217,19 @@ pub trait Protocol {
 
     /// The next event for the host, if any.
     fn poll_event(&mut self) -> Option<Self::Event>;
+
+    /// Called once, before any other input, with what the host knows about its network. A
+    /// core restarted after a crash is started again. The default does nothing.
+    fn handle_start(&mut self, now: Time, host: HostInfo) {
+        let _ = (now, host);
+    }
+
+    /// The link to `peer` came up or went down, in order with the messages around it: a
+    /// peer's messages arrive between its `Up` and its `Down`. Hosts may report a link
+    /// going down and up again (a reconnect) as `Down` then `Up`. The default does nothing.
+    fn handle_peer(&mut self, now: Time, peer: NodeId, link: LinkState) {
+        let _ = (now, peer, link);
+    }
 }
 
 impl<P: Protocol + ?Sized> Protocol for Box<P> {
@@ -210,6 +254,14 @@ impl<P: Protocol + ?Sized> Protocol for Box<P> {
 
     fn poll_event(&mut self) -> Option<Self::Event> {
         (**self).poll_event()
+    }
+
+    fn handle_start(&mut self, now: Time, host: HostInfo) {
+        (**self).handle_start(now, host);
+    }
+
+    fn handle_peer(&mut self, now: Time, peer: NodeId, link: LinkState) {
+        (**self).handle_peer(now, peer, link);
     }
 }
 

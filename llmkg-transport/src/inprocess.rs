@@ -6,7 +6,7 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use llmkg_federation_core::{Incoming, NodeKeypair, Transport};
+//! use llmkg_federation_core::{ChannelId, Incoming, NodeKeypair, Transport};
 //! use llmkg_transport::{InProcessNetwork, StdTimer};
 //!
 //! # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
@@ -40,7 +40,7 @@ use std::time::Duration;
 use async_channel::{Receiver, Sender};
 use futures_util::future::{Either, select};
 use llmkg_federation_core::{
-    BoxFuture, Incoming, NodeId, RequestId, Timer, Transport, TransportError,
+    BoxFuture, ChannelId, Incoming, NodeId, RequestId, Timer, Transport, TransportError,
 };
 use thiserror::Error;
 
@@ -268,7 +268,12 @@ impl Transport for InProcessTransport {
         self.shared.config.max_message_len
     }
 
-    fn send(&self, to: NodeId, payload: Vec<u8>) -> BoxFuture<'_, Result<(), TransportError>> {
+    fn send_on(
+        &self,
+        _channel: ChannelId,
+        to: NodeId,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'_, Result<(), TransportError>> {
         Box::pin(async move {
             self.check(&payload)?;
             let peer = self.peer(to)?;
@@ -276,8 +281,9 @@ impl Transport for InProcessTransport {
         })
     }
 
-    fn request(
+    fn request_on(
         &self,
+        _channel: ChannelId,
         to: NodeId,
         payload: Vec<u8>,
         timeout: Duration,
@@ -305,7 +311,7 @@ impl Transport for InProcessTransport {
         })
     }
 
-    fn recv(&self) -> BoxFuture<'_, Result<Incoming, TransportError>> {
+    fn recv_on(&self, _channel: ChannelId) -> BoxFuture<'_, Result<Incoming, TransportError>> {
         Box::pin(async move {
             if self.endpoint.closed.load(Ordering::Acquire) {
                 return Err(TransportError::Closed);

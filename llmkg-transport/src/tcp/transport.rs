@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use llmkg_federation_core::{BoxFuture, Incoming, NodeId, RequestId, Transport, TransportError};
+use llmkg_federation_core::{ChannelId, BoxFuture, Incoming, NodeId, RequestId, Transport, TransportError};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::runtime::Handle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot, watch};
@@ -573,15 +573,21 @@ impl Transport for TcpTransport {
         self.inner.max_frame_len
     }
 
-    fn send(&self, to: NodeId, payload: Vec<u8>) -> BoxFuture<'_, Result<(), TransportError>> {
+    fn send_on(
+        &self,
+        _channel: ChannelId,
+        to: NodeId,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'_, Result<(), TransportError>> {
         Box::pin(async move {
             let queue = self.inner.queue_for(to, payload.len())?;
             queue.send(Frame::Message(payload)).await.map_err(|_| TransportError::Closed)
         })
     }
 
-    fn request(
+    fn request_on(
         &self,
+        _channel: ChannelId,
         to: NodeId,
         payload: Vec<u8>,
         after: Duration,
@@ -622,7 +628,7 @@ impl Transport for TcpTransport {
         })
     }
 
-    fn recv(&self) -> BoxFuture<'_, Result<Incoming, TransportError>> {
+    fn recv_on(&self, _channel: ChannelId) -> BoxFuture<'_, Result<Incoming, TransportError>> {
         Box::pin(async move {
             let inner = &self.inner;
             if inner.is_closed() {
