@@ -25,12 +25,15 @@
 //! # }).unwrap();
 //! ```
 //!
-//! Every member is connected to every other member. Each endpoint has one bounded inbound
-//! queue shared by all senders (its capacity is [`InProcessConfig::inbound_capacity`]
-//! messages and requests; connectivity notifications do not count against it): a sender
-//! waits while the receiver's queue is full. [`Transport::close`] leaves the network: the
-//! others see [`Incoming::PeerDisconnected`] and their pending requests to the closed node
-//! fail with [`TransportError::Disconnected`].
+//! Every member is connected to every other member, and to itself (a node may send to its
+//! own id). Each endpoint has one bounded inbound queue per [`ChannelId`] shared by all
+//! senders (its capacity is [`InProcessConfig::inbound_capacity`] messages and requests;
+//! connectivity is reported as state and takes no room): a sender waits while the
+//! receiver's queue *on that channel* is full, so a channel nobody reads holds up no other
+//! channel. Membership changes at run time: [`InProcessNetwork::join`] adds a node,
+//! [`Transport::close`] (or dropping the endpoint, or [`InProcessNetwork::remove`]) takes it
+//! out: the others see [`Incoming::PeerDisconnected`] on every channel and their pending
+//! requests to it fail with [`TransportError::Disconnected`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -44,18 +47,21 @@ use llmkg_federation_core::{
 };
 use thiserror::Error;
 
+use crate::inbox::{Inbox, Item};
+
 /// Settings of an [`InProcessNetwork`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InProcessConfig {
-    /// Messages and requests an endpoint holds before senders wait. Default 1,024.
+    /// Messages and requests an endpoint holds on one channel before senders on that channel
+    /// wait. Default 1,024.
     pub inbound_capacity: usize,
-    /// The largest payload carried. Default 16 MiB.
+    /// The largest payload carried. Default 64 MiB.
     pub max_message_len: usize,
 }
 
 impl Default for InProcessConfig {
     fn default() -> Self {
-        Self { inbound_capacity: 1024, max_message_len: 16 << 20 }
+        Self { inbound_capacity: 1024, max_message_len: 64 << 20 }
     }
 }
 
@@ -70,15 +76,20 @@ pub enum InProcessError {
 
 type ResponseSender = Sender<Result<Vec<u8>, TransportError>>;
 
+/// A counting semaphore per channel: a sender puts a token in before queueing a message or
+/// request on the channel, and taking the entry out of the inbox takes one out.
+struct Slots {
+    tx: Sender<()>,
+    rx: Receiver<()>,
+}
+
 struct Endpoint {
     id: NodeId,
-    /// Unbounded: capacity is enforced by `permits` for data, connectivity events are few.
-    inbound_tx: Sender<Incoming>,
-    inbound_rx: Receiver<Incoming>,
-    /// A counting semaphore: a sender puts a token in before queueing a message or request,
-    /// the receiver takes one out when it dequeues one.
-    permits_tx: Sender<()>,
-    permits_rx: Receiver<()>,
+    /// This membership's link epoch: larger for every join, so a node that leaves and joins
+    /// again is a new link to the others.
+    epoch: u64,
+    inbox: Inbox,
+    slots: Vec<Slots>,
     /// Requests this endpoint sent and is waiting on: id → (peer asked, where to answer).
     pending: Mutex<HashMap<u64, (NodeId, ResponseSender)>>,
     next_request: AtomicU64,
@@ -90,15 +101,26 @@ impl Endpoint {
         self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn notify(&self, event: Incoming) {
-        // Unbounded channel: fails only when the endpoint is closed, and then nobody reads.
-        let _ = self.inbound_tx.try_send(event);
-    }
-
-    async fn deliver(&self, item: Incoming) -> Result<(), TransportError> {
+    /// Queues `item` from `from` (whose link epoch is `epoch`) on `channel`, waiting for room.
+    async fn deliver(
+        &self,
+        channel: ChannelId,
+        from: NodeId,
+        epoch: u64,
+        item: Item,
+    ) -> Result<(), TransportError> {
         let peer = self.id;
-        self.permits_tx.send(()).await.map_err(|_| TransportError::Disconnected(peer))?;
-        self.inbound_tx.try_send(item).map_err(|_| TransportError::Disconnected(peer))
+        let Some(slots) = self.slots.get(channel.index()) else {
+            return Err(TransportError::Disconnected(peer));
+        };
+        slots.tx.send(()).await.map_err(|_| TransportError::Disconnected(peer))?;
+        let rx = slots.rx.clone();
+        let release = Box::new(move || {
+            let _ = rx.try_recv();
+        });
+        self.inbox
+            .push(channel, from, epoch, item, Some(release))
+            .map_err(|_| TransportError::Disconnected(peer))
     }
 
     /// Fails every request waiting on `peer` (or on anyone, if `None`).
@@ -113,12 +135,37 @@ impl Endpoint {
             }
         });
     }
+
+    /// Leaves the network: closes this endpoint and tells the others. Idempotent.
+    fn leave(self: &Arc<Self>, shared: &Shared) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = self.id;
+        let others: Vec<Arc<Endpoint>> = {
+            let mut members = shared.members();
+            if members.get(&me).is_some_and(|e| Arc::ptr_eq(e, self)) {
+                members.remove(&me);
+            }
+            members.values().cloned().collect()
+        };
+        self.inbox.close();
+        for slots in &self.slots {
+            slots.rx.close();
+        }
+        self.fail_pending(None, || TransportError::Closed);
+        for other in others {
+            other.fail_pending(Some(me), || TransportError::Disconnected(me));
+            other.inbox.link_down(me);
+        }
+    }
 }
 
 struct Shared {
     config: InProcessConfig,
     timer: Arc<dyn Timer>,
     members: Mutex<BTreeMap<NodeId, Arc<Endpoint>>>,
+    next_epoch: AtomicU64,
 }
 
 impl Shared {
@@ -154,36 +201,56 @@ impl InProcessNetwork {
 
     /// An empty network with `config`.
     pub fn with_config(config: InProcessConfig, timer: Arc<dyn Timer>) -> Self {
-        Self { shared: Arc::new(Shared { config, timer, members: Mutex::new(BTreeMap::new()) }) }
+        Self {
+            shared: Arc::new(Shared {
+                config,
+                timer,
+                members: Mutex::new(BTreeMap::new()),
+                next_epoch: AtomicU64::new(1),
+            }),
+        }
     }
 
-    /// Adds node `id`. Every current member sees [`Incoming::PeerConnected`] for it, and it
-    /// sees one for every current member.
+    /// Adds node `id`, at any time. Every current member sees [`Incoming::PeerConnected`]
+    /// for it (on every channel), and it sees one for every current member.
     pub fn join(&self, id: NodeId) -> Result<InProcessTransport, InProcessError> {
         let capacity = self.shared.config.inbound_capacity.max(1);
-        let (inbound_tx, inbound_rx) = async_channel::unbounded();
-        let (permits_tx, permits_rx) = async_channel::bounded(capacity);
-        let endpoint = Arc::new(Endpoint {
-            id,
-            inbound_tx,
-            inbound_rx,
-            permits_tx,
-            permits_rx,
-            pending: Mutex::new(HashMap::new()),
-            next_request: AtomicU64::new(0),
-            closed: AtomicBool::new(false),
-        });
+        let slots = ChannelId::all()
+            .map(|_| {
+                let (tx, rx) = async_channel::bounded(capacity);
+                Slots { tx, rx }
+            })
+            .collect();
         let mut members = self.shared.members();
         if members.contains_key(&id) {
             return Err(InProcessError::AlreadyMember(id));
         }
+        let epoch = self.shared.next_epoch.fetch_add(1, Ordering::Relaxed);
+        let endpoint = Arc::new(Endpoint {
+            id,
+            epoch,
+            inbox: Inbox::new(id),
+            slots,
+            pending: Mutex::new(HashMap::new()),
+            next_request: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+        });
         for (peer, other) in members.iter() {
-            other.notify(Incoming::PeerConnected { peer: id });
-            endpoint.notify(Incoming::PeerConnected { peer: *peer });
+            other.inbox.link_up(id, epoch);
+            endpoint.inbox.link_up(*peer, other.epoch);
         }
         members.insert(id, Arc::clone(&endpoint));
         drop(members);
         Ok(InProcessTransport { endpoint, shared: Arc::clone(&self.shared) })
+    }
+
+    /// Takes node `id` out of the network, as if its endpoint had been closed: its own
+    /// operations fail with [`TransportError::Closed`] from now on, and the others see it
+    /// disconnect. Returns whether it was a member.
+    pub fn remove(&self, id: &NodeId) -> bool {
+        let Some(endpoint) = self.shared.member(id) else { return false };
+        endpoint.leave(&self.shared);
+        true
     }
 
     /// The current members, in id order.
@@ -234,6 +301,7 @@ impl InProcessTransport {
 
     async fn request_inner(
         &self,
+        channel: ChannelId,
         to: NodeId,
         payload: Vec<u8>,
         timeout: Duration,
@@ -246,9 +314,10 @@ impl InProcessTransport {
         let (tx, rx) = async_channel::bounded(1);
         self.endpoint.pending().insert(id, (to, tx));
         let _guard = PendingGuard { endpoint: &self.endpoint, id };
-        let from = self.endpoint.id;
+        let (from, epoch) = (self.endpoint.id, self.endpoint.epoch);
         let exchange = async move {
-            peer.deliver(Incoming::Request { from, id: RequestId(id), payload }).await?;
+            let item = Item::Request { id: RequestId(id), payload };
+            peer.deliver(channel, from, epoch, item).await?;
             rx.recv().await.unwrap_or(Err(TransportError::Disconnected(to)))
         };
         let sleep = self.shared.timer.sleep_until(deadline);
@@ -270,25 +339,26 @@ impl Transport for InProcessTransport {
 
     fn send_on(
         &self,
-        _channel: ChannelId,
+        channel: ChannelId,
         to: NodeId,
         payload: Vec<u8>,
     ) -> BoxFuture<'_, Result<(), TransportError>> {
         Box::pin(async move {
             self.check(&payload)?;
             let peer = self.peer(to)?;
-            peer.deliver(Incoming::Message { from: self.endpoint.id, payload }).await
+            let (from, epoch) = (self.endpoint.id, self.endpoint.epoch);
+            peer.deliver(channel, from, epoch, Item::Message(payload)).await
         })
     }
 
     fn request_on(
         &self,
-        _channel: ChannelId,
+        channel: ChannelId,
         to: NodeId,
         payload: Vec<u8>,
         timeout: Duration,
     ) -> BoxFuture<'_, Result<Vec<u8>, TransportError>> {
-        Box::pin(self.request_inner(to, payload, timeout))
+        Box::pin(self.request_inner(channel, to, payload, timeout))
     }
 
     fn respond(
@@ -311,40 +381,17 @@ impl Transport for InProcessTransport {
         })
     }
 
-    fn recv_on(&self, _channel: ChannelId) -> BoxFuture<'_, Result<Incoming, TransportError>> {
+    fn recv_on(&self, channel: ChannelId) -> BoxFuture<'_, Result<Incoming, TransportError>> {
         Box::pin(async move {
             if self.endpoint.closed.load(Ordering::Acquire) {
                 return Err(TransportError::Closed);
             }
-            let item = self.endpoint.inbound_rx.recv().await.map_err(|_| TransportError::Closed)?;
-            if matches!(item, Incoming::Message { .. } | Incoming::Request { .. }) {
-                let _ = self.endpoint.permits_rx.try_recv();
-            }
-            Ok(item)
+            self.endpoint.inbox.recv(channel).await
         })
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            if self.endpoint.closed.swap(true, Ordering::AcqRel) {
-                return;
-            }
-            let me = self.endpoint.id;
-            let others: Vec<Arc<Endpoint>> = {
-                let mut members = self.shared.members();
-                if members.get(&me).is_some_and(|e| Arc::ptr_eq(e, &self.endpoint)) {
-                    members.remove(&me);
-                }
-                members.values().cloned().collect()
-            };
-            self.endpoint.inbound_rx.close();
-            self.endpoint.permits_rx.close();
-            self.endpoint.fail_pending(None, || TransportError::Closed);
-            for other in others {
-                other.fail_pending(Some(me), || TransportError::Disconnected(me));
-                other.notify(Incoming::PeerDisconnected { peer: me });
-            }
-        })
+        Box::pin(async move { self.endpoint.leave(&self.shared) })
     }
 }
 

@@ -37,6 +37,7 @@
 //! (the host says who is where).
 
 pub mod driver;
+mod inbox;
 pub mod echo;
 pub mod inprocess;
 pub mod sim;
