@@ -99,7 +99,7 @@ impl fmt::Debug for Trust {
 /// use llmkg_transport::tcp::{FederationId, TcpConfig, Trust};
 /// let mut config =
 ///     TcpConfig::new(NodeKeypair::from_secret_bytes([1; 32]), FederationId::from_name("demo"));
-/// config.max_frame_len = 1 << 20;
+/// config.max_message_len = 1 << 20;
 /// config.trust = Trust::AnyAuthenticated;
 /// ```
 #[derive(Debug)]
@@ -111,14 +111,19 @@ pub struct TcpConfig {
     pub federation: FederationId,
     /// Where to listen. Default `127.0.0.1:0` (loopback, any free port).
     pub listen_addr: SocketAddr,
-    /// Largest payload carried ([`Transport::max_message_len`](llmkg_federation_core::Transport::max_message_len)).
-    /// Default 16 MiB; at most `u32::MAX`.
-    pub max_frame_len: usize,
-    /// Capacity, in messages, of each peer's outgoing queue. Default 1024. The queue's slots
-    /// (a few dozen bytes each) are allocated when the peer is first seen.
+    /// Largest payload carried ([`Transport::max_message_len`](llmkg_federation_core::Transport::max_message_len)),
+    /// sent and received. A payload longer than one frame ([`MAX_FRAME_LEN`](super::MAX_FRAME_LEN))
+    /// travels in parts and is reassembled; a peer that sends a longer one is disconnected.
+    /// Default 64 MiB.
+    pub max_message_len: usize,
+    /// Capacity, in messages, of each peer's outgoing queue on each channel (responses have
+    /// a queue of their own). Default 1024. Queues take memory only for what they hold.
     pub outgoing_queue: usize,
-    /// Capacity, in events, of the inbound queue read by `recv`. Default 4096.
-    pub inbound_queue: usize,
+    /// How many messages and requests one peer may have waiting on one channel of this node
+    /// (received, not yet taken by `recv_on`): the peer is given this much credit per
+    /// channel and more as messages are taken, so a channel that is not read stops only its
+    /// own senders. Default 256; at least 1.
+    pub inbound_window: u32,
     /// Time allowed to connect, and separately to complete the hello and Noise handshake
     /// (and, for the responder, the acceptance). Default 5 s. Three times this is how far
     /// apart two connections made by the two ends may be set up and still be treated as
@@ -132,7 +137,7 @@ pub struct TcpConfig {
     /// How long `close` lets queued messages drain before cutting links. Default 2 s.
     pub flush_timeout: Duration,
     /// When a connection's writer has sent nothing for this long, it sends a keepalive frame
-    /// (5 bytes of plaintext, one small encrypted chunk), so that the peer's
+    /// (6 bytes of plaintext, one small encrypted chunk), so that the peer's
     /// [`idle_timeout`](Self::idle_timeout) does not fire on a healthy but quiet link.
     /// Keepalives are never delivered by `recv`, never wait in the outgoing queue, and are
     /// not counted in [`TcpStats::frames_out`](super::TcpStats::frames_out) /
@@ -145,8 +150,7 @@ pub struct TcpConfig {
     /// [`connection_failures`](super::TcpTransport::connection_failures): the peer is
     /// reported disconnected, requests waiting on it fail with `Disconnected`, and a peer
     /// this node dials is redialed with the usual backoff. This is how a peer that vanished
-    /// without closing its socket (power loss, cut network) is noticed. Time the reader
-    /// spends waiting for room in the inbound queue does not count. Default 30 s; must be
+    /// without closing its socket (power loss, cut network) is noticed. Default 30 s; must be
     /// greater than `keepalive_interval` (both ends should use compatible settings: a peer
     /// whose keepalive interval is not below this node's idle timeout will be cut off
     /// whenever its link is quiet).
@@ -178,9 +182,9 @@ impl TcpConfig {
             keypair,
             federation,
             listen_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-            max_frame_len: 16 << 20,
+            max_message_len: 64 << 20,
             outgoing_queue: 1024,
-            inbound_queue: 4096,
+            inbound_window: 256,
             handshake_timeout: Duration::from_secs(5),
             backoff_initial: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
@@ -195,10 +199,10 @@ impl TcpConfig {
     }
 
     pub(crate) fn validate(&self) -> Result<(), TcpError> {
-        if self.max_frame_len == 0 || u32::try_from(self.max_frame_len).is_err() {
-            return Err(TcpError::InvalidConfig("max_frame_len must be in 1..=u32::MAX"));
+        if self.max_message_len == 0 {
+            return Err(TcpError::InvalidConfig("max_message_len must be at least 1"));
         }
-        if self.outgoing_queue == 0 || self.inbound_queue == 0 {
+        if self.outgoing_queue == 0 || self.inbound_window == 0 {
             return Err(TcpError::InvalidConfig("queue capacities must be at least 1"));
         }
         if self.max_peers == 0 || self.max_pending_handshakes == 0 {

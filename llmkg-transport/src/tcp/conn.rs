@@ -11,22 +11,96 @@
 //! [`Session::send_accept`]), so both streams of frames start after the handshake's last
 //! decision.
 //!
+//! The loops take a narrow [`ConnCtx`] (the inbox, the request table, counters, limits), not
+//! the whole transport, so they can be run and tested on their own over any byte stream.
+//!
 //! A [`Session`] owns both nonce counters; [`Session::split`] consumes it into the only
 //! [`Sealer`] and the only [`Opener`] of the connection, so no nonce is ever used twice in a
 //! direction. A counter that would reach the nonce Noise reserves (2^64 - 1) ends the
 //! connection instead of wrapping.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use llmkg_federation_core::{Incoming, NodeId, RequestId};
+use event_listener::listener;
+use llmkg_federation_core::{ChannelId, NodeId, RequestId};
 use snow::StatelessTransportState;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::oneshot;
+use tokio::runtime::Handle;
+use tokio::sync::{Semaphore, oneshot};
 use tokio::time::{Instant, sleep_until};
 
 use super::handshake::HandshakeError;
-use super::transport::Inner;
+use super::outbox::{MAX_FRAME_LEN, Outbox, Piece, Scheduler};
+use super::transport::{Counters, Requests};
 use super::{Frame, FrameDecoder, FrameError, TcpError};
+use crate::inbox::{Inbox, Item};
+
+/// What a connection's read and write loops need of the transport, and nothing more.
+pub(crate) struct ConnCtx {
+    pub(crate) stats: Arc<Counters>,
+    pub(crate) inbox: Arc<Inbox>,
+    pub(crate) requests: Arc<Requests>,
+    pub(crate) keepalive_interval: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) max_message_len: usize,
+    /// Messages a peer may have waiting per channel (its initial credit).
+    pub(crate) window: u32,
+    pub(crate) linger: Linger,
+}
+
+/// Per-channel flow control of one connection, shared by its reader, its writer and the
+/// inbox entries it queued.
+pub(crate) struct LinkFlow {
+    outbox: Arc<Outbox>,
+    /// Credit the peer granted (Credit frames read), not yet handed to the writer.
+    granted: [AtomicU64; ChannelId::COUNT],
+    /// Entries the host took, not yet granted back to the peer.
+    to_grant: [AtomicU64; ChannelId::COUNT],
+    /// Entries of this connection the host took, in total.
+    taken: [AtomicU64; ChannelId::COUNT],
+}
+
+impl LinkFlow {
+    /// Flow control for a new connection: the peer is owed its initial `window` on every
+    /// channel, which the writer sends first.
+    pub(crate) fn new(outbox: Arc<Outbox>, window: u32) -> Self {
+        Self {
+            outbox,
+            granted: std::array::from_fn(|_| AtomicU64::new(0)),
+            to_grant: std::array::from_fn(|_| AtomicU64::new(u64::from(window))),
+            taken: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    fn at(counters: &[AtomicU64; ChannelId::COUNT], channel: ChannelId) -> Option<&AtomicU64> {
+        counters.get(channel.index())
+    }
+
+    /// The peer granted `messages` more on `channel`.
+    fn credit_received(&self, channel: ChannelId, messages: u32) {
+        if let Some(c) = Self::at(&self.granted, channel) {
+            c.fetch_add(u64::from(messages), Ordering::AcqRel);
+        }
+        self.outbox.wake_writer();
+    }
+
+    /// The host took an entry of this connection from `channel`: the peer may send another.
+    fn taken(&self, channel: ChannelId) {
+        if let Some(c) = Self::at(&self.taken, channel) {
+            c.fetch_add(1, Ordering::AcqRel);
+        }
+        if let Some(c) = Self::at(&self.to_grant, channel) {
+            c.fetch_add(1, Ordering::AcqRel);
+        }
+        self.outbox.wake_writer();
+    }
+
+    fn taken_on(&self, channel: ChannelId) -> u64 {
+        Self::at(&self.taken, channel).map_or(0, |c| c.load(Ordering::Acquire))
+    }
+}
 
 /// Largest Noise message, hence largest chunk ciphertext.
 pub(crate) const MAX_CHUNK_LEN: usize = 65535;
@@ -187,22 +261,20 @@ impl Sealer {
         Ok(())
     }
 
-    /// Pushes a whole frame, writing ciphertext out whenever a batch is full so that a large
-    /// frame never needs a frame-sized buffer.
+    /// Pushes a control frame (credit, keepalive, goodbye) or any whole frame.
     async fn push_frame<W: AsyncWrite + Unpin>(
         &mut self,
         w: &mut W,
         frame: &Frame,
     ) -> Result<(), TcpError> {
         let (header, n) = frame.header()?;
-        self.push(header.get(..n).unwrap_or_default())?;
-        for piece in frame.payload().chunks(WRITE_BATCH) {
-            self.push(piece)?;
-            if self.wire.len() >= WRITE_BATCH {
-                self.write_out(w).await?;
+        let header = header.get(..n).unwrap_or_default();
+        match frame {
+            Frame::Credit { messages, .. } => {
+                self.push_piece(w, header, &messages.to_be_bytes()).await
             }
+            other => self.push_piece(w, header, other.payload()).await,
         }
-        Ok(())
     }
 
     /// Sends a goodbye and shuts the write side down.
@@ -233,69 +305,127 @@ impl Opener {
     }
 }
 
-/// Writes frames from the peer's queue until the queue is closed and drained (the transport
-/// is closing), `stop` fires (the connection is being replaced) or the socket fails. The
-/// first two end with a goodbye. Frames it took but could not write are lost (at most once).
+impl Sealer {
+    /// Pushes one scheduled frame, writing ciphertext out whenever a batch is full so that a
+    /// long payload never needs a second buffer of its size.
+    async fn push_piece<W: AsyncWrite + Unpin>(
+        &mut self,
+        w: &mut W,
+        header: &[u8],
+        payload: &[u8],
+    ) -> Result<(), TcpError> {
+        self.push(header)?;
+        for piece in payload.chunks(WRITE_BATCH) {
+            self.push(piece)?;
+            if self.wire.len() >= WRITE_BATCH {
+                self.write_out(w).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether the writer was told to stop (or the one who could tell it is gone).
+fn stop_requested(stop: &mut oneshot::Receiver<()>) -> bool {
+    !matches!(stop.try_recv(), Err(oneshot::error::TryRecvError::Empty))
+}
+
+/// Writes frames from the peer's [`Outbox`] until the outbox is closed and drained (the
+/// transport is closing or the peer was removed), `stop` fires (the connection is being
+/// replaced) or the socket fails. The first two end with a goodbye. Payloads it took but
+/// could not write are lost (at most once).
 ///
-/// When it has written nothing for the keepalive interval, it sends a [`Frame::KeepAlive`]
-/// (in its own chunk, outside the queue: the order of queued frames is untouched).
+/// It sends the credit this side owes the peer first (the initial window, then one per
+/// message the host took), then frames chosen by the connection's [`Scheduler`]. When it
+/// has written nothing for the keepalive interval, it sends a [`Frame::KeepAlive`] (in its
+/// own chunk, outside the queue: the order of queued frames is untouched).
 pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
     mut w: W,
     mut sealer: Sealer,
-    queue: async_channel::Receiver<Frame>,
+    flow: Arc<LinkFlow>,
     mut stop: oneshot::Receiver<()>,
-    inner: &Inner,
+    ctx: &ConnCtx,
 ) -> Result<(), TcpError> {
-    let interval = inner.keepalive_interval;
+    let outbox = Arc::clone(&flow.outbox);
+    let mut scheduler = Scheduler::new();
+    let interval = ctx.keepalive_interval;
     let mut last_sent = Instant::now();
     // One timer per connection, re-armed only when it fires: a busy writer pays a clock
     // read per batch, not a timer registration.
     let keepalive = sleep_until(last_sent + interval);
     tokio::pin!(keepalive);
-    // Once stop is seen, not one more frame is taken from the queue: the next connection's
-    // writer owns it from then on.
-    let mut stopping = false;
     loop {
-        let next = if stopping {
-            None
-        } else {
-            tokio::select! {
-                biased;
-                _ = &mut stop => None,
-                frame = queue.recv() => frame.ok(),
-                _ = &mut keepalive => {
-                    if Instant::now() >= last_sent + interval {
-                        sealer.push_frame(&mut w, &Frame::KeepAlive).await?;
-                        sealer.seal()?;
-                        sealer.write_out(&mut w).await?;
-                        inner.stats.bytes_out.add(std::mem::take(&mut sealer.written));
-                        last_sent = Instant::now();
-                    }
-                    keepalive.as_mut().reset(last_sent + interval);
-                    continue;
+        // Once stop is seen, not one more frame is taken from the outbox: the next
+        // connection's writer owns it from then on.
+        if stop_requested(&mut stop) {
+            return sealer.goodbye(&mut w).await;
+        }
+        listener!(outbox.writer_event() => woken);
+        for channel in ChannelId::all() {
+            let granted = LinkFlow::at(&flow.granted, channel).map_or(0, |c| c.swap(0, Ordering::AcqRel));
+            scheduler.add_credit(channel, u32::try_from(granted).unwrap_or(u32::MAX));
+        }
+        let mut frames = 0u64;
+        for channel in ChannelId::all() {
+            let owed = LinkFlow::at(&flow.to_grant, channel).map_or(0, |c| c.swap(0, Ordering::AcqRel));
+            if owed > 0 {
+                let messages = u32::try_from(owed).unwrap_or(u32::MAX);
+                sealer.push_frame(&mut w, &Frame::Credit { channel, messages }).await?;
+            }
+        }
+        let credit_only = !sealer.wire.is_empty() || !sealer.chunk.is_empty();
+        while sealer.wire.len() < WRITE_BATCH {
+            if stop_requested(&mut stop) {
+                sealer.seal()?;
+                sealer.write_out(&mut w).await?;
+                return sealer.goodbye(&mut w).await;
+            }
+            let Some(Piece { header, header_len, whole, range, completes }) =
+                scheduler.next(&outbox)?
+            else {
+                break;
+            };
+            let header = header.get(..header_len).unwrap_or_default();
+            match &whole {
+                Some(item) => {
+                    let payload = item.payload.get(range).unwrap_or_default();
+                    sealer.push_piece(&mut w, header, payload).await?;
+                }
+                None => {
+                    let payload = scheduler.in_progress_payload().get(range).unwrap_or_default();
+                    sealer.push_piece(&mut w, header, payload).await?;
+                    scheduler.part_done(completes);
                 }
             }
-        };
-        let Some(first) = next else {
-            return sealer.goodbye(&mut w).await;
-        };
-        let mut frames = 1u64;
-        sealer.push_frame(&mut w, &first).await?;
-        drop(first);
-        while sealer.wire.len() < WRITE_BATCH {
-            if !matches!(stop.try_recv(), Err(oneshot::error::TryRecvError::Empty)) {
-                stopping = true;
-                break;
-            }
-            let Ok(next) = queue.try_recv() else { break };
-            sealer.push_frame(&mut w, &next).await?;
+            drop(whole);
             frames += 1;
         }
-        sealer.seal()?;
-        sealer.write_out(&mut w).await?;
-        last_sent = Instant::now();
-        inner.stats.frames_out.add(frames);
-        inner.stats.bytes_out.add(std::mem::take(&mut sealer.written));
+        if frames > 0 || credit_only {
+            sealer.seal()?;
+            sealer.write_out(&mut w).await?;
+            last_sent = Instant::now();
+            ctx.stats.frames_out.add(frames);
+            ctx.stats.bytes_out.add(std::mem::take(&mut sealer.written));
+            continue;
+        }
+        if outbox.is_drained() && !scheduler.is_mid_payload() {
+            return sealer.goodbye(&mut w).await;
+        }
+        tokio::select! {
+            biased;
+            _ = &mut stop => return sealer.goodbye(&mut w).await,
+            () = &mut woken => {}
+            _ = &mut keepalive => {
+                if Instant::now() >= last_sent + interval {
+                    sealer.push_frame(&mut w, &Frame::KeepAlive).await?;
+                    sealer.seal()?;
+                    sealer.write_out(&mut w).await?;
+                    ctx.stats.bytes_out.add(std::mem::take(&mut sealer.written));
+                    last_sent = Instant::now();
+                }
+                keepalive.as_mut().reset(last_sent + interval);
+            }
+        }
     }
 }
 
@@ -379,21 +509,101 @@ impl ChunkReader {
     }
 }
 
+/// A long payload being received in parts.
+struct Assembly {
+    /// Its lane: a channel, or `None` for a response.
+    lane: Option<ChannelId>,
+    /// The request or response id.
+    id: Option<u64>,
+    payload: Vec<u8>,
+}
+
+/// A payload received whole.
+enum Complete {
+    Message { channel: ChannelId, payload: Vec<u8> },
+    Request { channel: ChannelId, id: u64, payload: Vec<u8> },
+    Response { id: u64, payload: Vec<u8> },
+}
+
+/// Adds a data frame to what is being received; returns the payload it completes, if any.
+fn assemble(
+    assembly: &mut Option<Assembly>,
+    frame: Frame,
+    max_message_len: usize,
+) -> Result<Option<Complete>, TcpError> {
+    let (lane, id, more, payload) = match frame {
+        Frame::Message { channel, more, payload } => (Some(channel), None, more, payload),
+        Frame::Request { channel, id, more, payload } => (Some(channel), Some(id), more, payload),
+        Frame::Response { id, more, payload } => (None, Some(id), more, payload),
+        _ => return Ok(None),
+    };
+    let too_long = || TcpError::Protocol("a payload longer than the maximum message length");
+    let payload = match assembly.take() {
+        Some(mut open) if open.lane == lane => {
+            if open.id != id {
+                return Err(TcpError::Protocol("a part of another payload in the middle of one"));
+            }
+            if open.payload.len().saturating_add(payload.len()) > max_message_len {
+                return Err(too_long());
+            }
+            open.payload.extend_from_slice(&payload);
+            if more {
+                *assembly = Some(open);
+                return Ok(None);
+            }
+            open.payload
+        }
+        Some(open) => {
+            // A frame of another lane in between the parts: only whole ones may interleave.
+            *assembly = Some(open);
+            if more {
+                return Err(TcpError::Protocol("a second long payload before the first ended"));
+            }
+            payload
+        }
+        None => {
+            if payload.len() > max_message_len {
+                return Err(too_long());
+            }
+            if more {
+                *assembly = Some(Assembly { lane, id, payload });
+                return Ok(None);
+            }
+            payload
+        }
+    };
+    Ok(Some(match (lane, id) {
+        (Some(channel), None) => Complete::Message { channel, payload },
+        (Some(channel), Some(id)) => Complete::Request { channel, id, payload },
+        (None, id) => Complete::Response { id: id.unwrap_or_default(), payload },
+    }))
+}
+
 /// Reads, decrypts and dispatches frames until the peer says goodbye (`Ok`) or the
 /// connection fails. Returns `Ok` too when the transport is closing.
 ///
-/// Fails with [`TcpError::IdleTimeout`] when no chunk arrives for the idle timeout while it
-/// waits on the socket (time spent waiting for room in the inbound queue does not count).
+/// Messages and requests go to the inbox, tagged with the link's `epoch`, each within the
+/// credit this side gave the peer on its channel: a peer that sends more has broken the
+/// protocol and is cut off ([`TcpError::Protocol`]). The reader itself never waits for the
+/// host, so a channel the host does not read holds up no other. Responses complete their
+/// requests; credit frames go to the writer.
+///
+/// Fails with [`TcpError::IdleTimeout`] when no chunk arrives for the idle timeout.
 pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
     r: &mut R,
     mut opener: Opener,
     peer: NodeId,
-    inner: &Inner,
+    epoch: u64,
+    flow: Arc<LinkFlow>,
+    ctx: &ConnCtx,
 ) -> Result<(), TcpError> {
     let mut reader = ChunkReader::new();
     let mut plain = Vec::new();
-    let mut decoder = FrameDecoder::new(inner.max_frame_len);
-    let idle_timeout = inner.idle_timeout;
+    let mut decoder = FrameDecoder::new(MAX_FRAME_LEN);
+    let mut assembly = None;
+    let mut received = [0u64; ChannelId::COUNT];
+    let window = u64::from(ctx.window);
+    let idle_timeout = ctx.idle_timeout;
     let mut last_chunk = Instant::now();
     // Re-armed only when it fires (like the writer's keepalive timer).
     let idle = sleep_until(last_chunk + idle_timeout);
@@ -411,44 +621,71 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
                 continue;
             }
         };
+        last_chunk = Instant::now();
         if plain.len() < len - TAG_LEN {
             plain.resize(len - TAG_LEN, 0);
         }
         let n = opener.open(reader.bytes(2, len), &mut plain)?;
         reader.start += 2 + len;
-        inner.stats.bytes_in.add(2 + len as u64);
+        ctx.stats.bytes_in.add(2 + len as u64);
         let mut input = plain.get(..n).unwrap_or_default();
         let mut frames = 0u64;
         while let Some(frame) = decoder.feed(&mut input)? {
-            let delivered = match frame {
+            let complete = match frame {
                 // Liveness only: the chunk that carried it has done its job.
                 Frame::KeepAlive => continue,
-                Frame::Message(payload) => {
-                    inner.deliver(Incoming::Message { from: peer, payload }).await
-                }
-                Frame::Request { id, payload } => {
-                    inner
-                        .deliver(Incoming::Request { from: peer, id: RequestId(id), payload })
-                        .await
-                }
-                Frame::Response { id, payload } => {
-                    inner.complete_request(peer, id, payload);
-                    true
-                }
                 Frame::Goodbye => {
-                    inner.stats.frames_in.add(frames + 1);
+                    ctx.stats.frames_in.add(frames);
                     return Ok(());
                 }
+                Frame::Credit { channel, messages } => {
+                    flow.credit_received(channel, messages);
+                    continue;
+                }
+                data => {
+                    frames += 1;
+                    match assemble(&mut assembly, data, ctx.max_message_len)? {
+                        Some(complete) => complete,
+                        None => continue,
+                    }
+                }
             };
-            frames += 1;
-            if !delivered {
+            let (channel, item) = match complete {
+                Complete::Response { id, payload } => {
+                    ctx.requests.complete(peer, id, payload);
+                    continue;
+                }
+                Complete::Message { channel, payload } => (channel, Item::Message(payload)),
+                Complete::Request { channel, id, payload } => {
+                    (channel, Item::Request { id: RequestId(id), payload })
+                }
+            };
+            let Some(count) = received.get_mut(channel.index()) else { continue };
+            if count.saturating_sub(flow.taken_on(channel)) >= window {
+                return Err(TcpError::Protocol("more messages on a channel than it had credit for"));
+            }
+            *count += 1;
+            let release = {
+                let flow = Arc::clone(&flow);
+                Box::new(move || flow.taken(channel))
+            };
+            if ctx.inbox.push(channel, peer, epoch, item, Some(release)).is_err() {
+                // The transport is closing.
+                ctx.stats.frames_in.add(frames);
                 return Ok(());
             }
         }
-        inner.stats.frames_in.add(frames);
-        // After the deliveries: a reader held up by a full inbound queue is not idle.
-        last_chunk = Instant::now();
+        ctx.stats.frames_in.add(frames);
     }
+}
+
+/// Where finished sockets linger to read their peer's close.
+pub(crate) struct Linger {
+    pub(crate) handle: Handle,
+    /// Bounds the sockets lingering at once.
+    pub(crate) permits: Arc<Semaphore>,
+    /// How long one lingers at most.
+    pub(crate) limit: Duration,
 }
 
 /// Reads and discards, in the background, until the peer closes its side (or the flush
@@ -460,10 +697,10 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
 /// Lingering sockets are bounded (a peer could otherwise keep one open per connection it
 /// makes in quick succession): when the bound is reached, the socket closes at once and that
 /// goodbye may be lost, which costs the peer nothing but a `ConnectionLost` report.
-pub(crate) fn linger<R: AsyncRead + Unpin + Send + 'static>(mut r: R, inner: &Inner) {
-    let Some(permit) = inner.linger_permit() else { return };
-    let limit = inner.flush_timeout;
-    inner.handle.spawn(async move {
+pub(crate) fn linger<R: AsyncRead + Unpin + Send + 'static>(mut r: R, linger: &Linger) {
+    let Ok(permit) = Arc::clone(&linger.permits).try_acquire_owned() else { return };
+    let limit = linger.limit;
+    linger.handle.spawn(async move {
         let mut sink = [0u8; 8192];
         let _ = tokio::time::timeout(limit, async {
             while let Ok(n) = r.read(&mut sink).await {

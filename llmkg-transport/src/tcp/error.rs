@@ -33,6 +33,11 @@ pub enum TcpError {
     /// The peer sent bytes that are not well-formed frames.
     #[error("bad frame: {0}")]
     Frame(#[from] FrameError),
+    /// The peer broke the frame protocol: it sent more messages on a channel than it had
+    /// credit for, a payload longer than the maximum message length, or parts of a long
+    /// payload out of turn. The connection was closed.
+    #[error("protocol violation: {0}")]
+    Protocol(&'static str),
     /// An encrypted chunk did not decrypt (tampered, garbage or out of order).
     #[error("decryption failed")]
     Decrypt,

@@ -1,16 +1,26 @@
 //! Application frames: what travels inside the encrypted stream.
 //!
 //! ```text
-//! frame    = length:u32be kind:u8 [id:u64be] payload      (id only for Request and Response)
+//! frame    = length:u32be kind:u8 channel:u8 [id:u64be] payload   (id: Request and Response)
 //! length   = number of payload bytes (at most the transport's max_frame_len)
-//! kind     = 0 Message | 1 Request | 2 Response | 3 Goodbye | 4 KeepAlive
+//! kind     = base | MORE
+//! base     = 0 Message | 1 Request | 2 Response | 3 Goodbye | 4 KeepAlive | 5 Credit
+//! MORE     = 0x80: the payload continues in the next part (Message, Request, Response only)
+//! channel  = the ChannelId (below ChannelId::COUNT); zero for Response, Goodbye, KeepAlive
+//! Credit   = payload is messages:u32be, more messages the sender may queue on the channel
 //!            (Goodbye and KeepAlive have an empty payload)
 //! ```
+//!
+//! A payload longer than one frame travels as *parts*: frames of the same kind, channel and
+//! id, every one but the last flagged `MORE`, their payloads concatenated. A connection
+//! carries at most one such multi-part payload at a time in each direction; single-frame
+//! messages of other channels interleave with its parts.
 //!
 //! Frames form a plain byte stream: the connection encrypts it in Noise messages of at most
 //! 65535 bytes, and frame boundaries need not line up with message boundaries. The receiving
 //! side feeds decrypted bytes to a [`FrameDecoder`], a pure incremental state machine.
 
+use llmkg_federation_core::ChannelId;
 use thiserror::Error;
 
 const KIND_MESSAGE: u8 = 0;
@@ -18,9 +28,13 @@ const KIND_REQUEST: u8 = 1;
 const KIND_RESPONSE: u8 = 2;
 const KIND_GOODBYE: u8 = 3;
 const KIND_KEEPALIVE: u8 = 4;
+const KIND_CREDIT: u8 = 5;
+const MORE: u8 = 0x80;
 
-/// The longest frame header: length, kind and request id.
-pub const MAX_FRAME_HEADER_LEN: usize = 13;
+/// The shortest frame header: length, kind and channel.
+pub const MIN_FRAME_HEADER_LEN: usize = 6;
+/// The longest frame header: length, kind, channel and request id.
+pub const MAX_FRAME_HEADER_LEN: usize = 14;
 
 /// How much payload buffer the decoder reserves when a frame header arrives; it grows the
 /// buffer (never beyond the declared length) only as payload bytes actually arrive, so a
@@ -31,21 +45,44 @@ pub const INITIAL_PAYLOAD_CAPACITY: usize = 64 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Frame {
-    /// A one-way message.
-    Message(Vec<u8>),
-    /// A request the peer should answer with a [`Frame::Response`] carrying the same id.
-    Request {
-        /// Chosen by the requester.
-        id: u64,
-        /// The request bytes.
+    /// A one-way message, or a part of one.
+    Message {
+        /// The channel it travels on.
+        channel: ChannelId,
+        /// Whether more parts of the same payload follow.
+        more: bool,
+        /// The bytes (of this part).
         payload: Vec<u8>,
     },
-    /// The answer to the request `id`.
+    /// A request the peer should answer with a [`Frame::Response`] carrying the same id, or
+    /// a part of one.
+    Request {
+        /// The channel it travels on.
+        channel: ChannelId,
+        /// Chosen by the requester.
+        id: u64,
+        /// Whether more parts of the same payload follow.
+        more: bool,
+        /// The request bytes (of this part).
+        payload: Vec<u8>,
+    },
+    /// The answer to the request `id`, or a part of it.
     Response {
         /// The id of the request being answered.
         id: u64,
-        /// The response bytes.
+        /// Whether more parts of the same payload follow.
+        more: bool,
+        /// The response bytes (of this part).
         payload: Vec<u8>,
+    },
+    /// The receiver of this frame may queue `messages` more messages and requests on
+    /// `channel`: flow control per channel, so that a channel whose reader is slow holds up
+    /// only itself.
+    Credit {
+        /// The channel the credit is for.
+        channel: ChannelId,
+        /// How many more.
+        messages: u32,
     },
     /// The sender is closing the connection gracefully; nothing follows.
     Goodbye,
@@ -55,40 +92,71 @@ pub enum Frame {
     KeepAlive,
 }
 
+/// The encoded header of a frame of `base` kind with a `len`-byte payload.
+pub(crate) fn encode_header(
+    base: u8,
+    more: bool,
+    channel: ChannelId,
+    id: Option<u64>,
+    len: usize,
+) -> Result<([u8; MAX_FRAME_HEADER_LEN], usize), FrameError> {
+    let len32 =
+        u32::try_from(len).map_err(|_| FrameError::TooLarge { len: len as u64, max: u32::MAX as usize })?;
+    let mut header = [0u8; MAX_FRAME_HEADER_LEN];
+    let [l0, l1, l2, l3, k, c, rest @ ..] = &mut header;
+    [*l0, *l1, *l2, *l3] = len32.to_be_bytes();
+    *k = if more { base | MORE } else { base };
+    *c = u8::from(channel);
+    match id {
+        Some(id) => {
+            *rest = id.to_be_bytes();
+            Ok((header, MAX_FRAME_HEADER_LEN))
+        }
+        None => Ok((header, MIN_FRAME_HEADER_LEN)),
+    }
+}
+
+/// Frame kinds as the writer builds them (parts of a queued payload).
+pub(crate) const MESSAGE: u8 = KIND_MESSAGE;
+pub(crate) const REQUEST: u8 = KIND_REQUEST;
+pub(crate) const RESPONSE: u8 = KIND_RESPONSE;
+
 impl Frame {
-    /// The payload bytes (empty for [`Frame::Goodbye`] and [`Frame::KeepAlive`]).
+    /// A whole (single-part) message on `channel`.
+    pub fn message(channel: ChannelId, payload: Vec<u8>) -> Self {
+        Frame::Message { channel, more: false, payload }
+    }
+
+    /// The payload bytes (empty for [`Frame::Goodbye`] and [`Frame::KeepAlive`]; the four
+    /// count bytes for [`Frame::Credit`] are not a payload and are not returned here).
     pub fn payload(&self) -> &[u8] {
         match self {
-            Frame::Message(p) | Frame::Request { payload: p, .. } => p,
-            Frame::Response { payload: p, .. } => p,
-            Frame::Goodbye | Frame::KeepAlive => &[],
+            Frame::Message { payload, .. }
+            | Frame::Request { payload, .. }
+            | Frame::Response { payload, .. } => payload,
+            Frame::Credit { .. } | Frame::Goodbye | Frame::KeepAlive => &[],
         }
     }
 
-    /// The encoded header and its length (5 or 13 bytes).
+    /// The encoded header and its length (6 or 14 bytes).
     ///
     /// Errors with [`FrameError::TooLarge`] if the payload does not fit a `u32` length.
     pub fn header(&self) -> Result<([u8; MAX_FRAME_HEADER_LEN], usize), FrameError> {
+        let zero = ChannelId::DEFAULT;
         let len = self.payload().len();
-        let len32 = u32::try_from(len)
-            .map_err(|_| FrameError::TooLarge { len: len as u64, max: u32::MAX as usize })?;
-        let (kind, id) = match self {
-            Frame::Message(_) => (KIND_MESSAGE, None),
-            Frame::Request { id, .. } => (KIND_REQUEST, Some(*id)),
-            Frame::Response { id, .. } => (KIND_RESPONSE, Some(*id)),
-            Frame::Goodbye => (KIND_GOODBYE, None),
-            Frame::KeepAlive => (KIND_KEEPALIVE, None),
-        };
-        let mut header = [0u8; MAX_FRAME_HEADER_LEN];
-        let [l0, l1, l2, l3, k, rest @ ..] = &mut header;
-        [*l0, *l1, *l2, *l3] = len32.to_be_bytes();
-        *k = kind;
-        match id {
-            Some(id) => {
-                *rest = id.to_be_bytes();
-                Ok((header, MAX_FRAME_HEADER_LEN))
+        match self {
+            Frame::Message { channel, more, .. } => {
+                encode_header(KIND_MESSAGE, *more, *channel, None, len)
             }
-            None => Ok((header, 5)),
+            Frame::Request { channel, id, more, .. } => {
+                encode_header(KIND_REQUEST, *more, *channel, Some(*id), len)
+            }
+            Frame::Response { id, more, .. } => {
+                encode_header(KIND_RESPONSE, *more, zero, Some(*id), len)
+            }
+            Frame::Credit { channel, .. } => encode_header(KIND_CREDIT, false, *channel, None, 4),
+            Frame::Goodbye => encode_header(KIND_GOODBYE, false, zero, None, 0),
+            Frame::KeepAlive => encode_header(KIND_KEEPALIVE, false, zero, None, 0),
         }
     }
 
@@ -96,7 +164,11 @@ impl Frame {
     pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), FrameError> {
         let (header, n) = self.header()?;
         out.extend_from_slice(header.get(..n).unwrap_or(&header));
-        out.extend_from_slice(self.payload());
+        if let Frame::Credit { messages, .. } = self {
+            out.extend_from_slice(&messages.to_be_bytes());
+        } else {
+            out.extend_from_slice(self.payload());
+        }
         Ok(())
     }
 }
@@ -117,7 +189,8 @@ pub enum FrameError {
     /// The stream ended in the middle of a frame (or of an encrypted chunk).
     #[error("connection ended in the middle of a frame")]
     Truncated,
-    /// The bytes are not a frame: unknown kind, or a Goodbye or KeepAlive with a payload.
+    /// The bytes are not a frame: unknown kind or channel, a Goodbye or KeepAlive with a
+    /// payload, a Credit that is not four bytes, a continuation flag where none may be.
     #[error("malformed frame: {reason}")]
     Malformed {
         /// What was wrong.
@@ -128,6 +201,8 @@ pub enum FrameError {
 #[derive(Debug)]
 struct Body {
     kind: u8,
+    more: bool,
+    channel: ChannelId,
     id: u64,
     len: usize,
     payload: Vec<u8>,
@@ -136,18 +211,20 @@ struct Body {
 /// Incremental frame decoder: feed it bytes in pieces of any size, get whole frames out.
 ///
 /// It never panics, checks a declared length against the maximum before buffering any
-/// payload, and holds at most `max_frame_len` bytes of payload buffer (plus a 13-byte
+/// payload, and holds at most `max_frame_len` bytes of payload buffer (plus a 14-byte
 /// header): the buffer grows with the bytes that arrive, never ahead of them by more than
 /// [`INITIAL_PAYLOAD_CAPACITY`]. After an error it keeps returning that error.
 ///
 /// ```
+/// use llmkg_federation_core::ChannelId;
 /// use llmkg_transport::tcp::{Frame, FrameDecoder};
 /// let mut bytes = Vec::new();
-/// Frame::Message(b"hello".to_vec()).encode(&mut bytes).unwrap();
+/// let hello = Frame::message(ChannelId::DEFAULT, b"hello".to_vec());
+/// hello.encode(&mut bytes).unwrap();
 /// let mut decoder = FrameDecoder::new(1024);
 /// let (first, second) = bytes.split_at(3);
 /// assert_eq!(decoder.feed(&mut &first[..]), Ok(None));
-/// assert_eq!(decoder.feed(&mut &second[..]), Ok(Some(Frame::Message(b"hello".to_vec()))));
+/// assert_eq!(decoder.feed(&mut &second[..]), Ok(Some(hello)));
 /// assert!(decoder.is_idle());
 /// ```
 #[derive(Debug)]
@@ -207,11 +284,11 @@ impl FrameDecoder {
 
     fn header_target(&self) -> Result<usize, FrameError> {
         if self.have < 5 {
-            return Ok(5);
+            return Ok(MIN_FRAME_HEADER_LEN);
         }
         let [_, _, _, _, kind, ..] = self.header;
-        match kind {
-            KIND_MESSAGE | KIND_GOODBYE | KIND_KEEPALIVE => Ok(5),
+        match kind & !MORE {
+            KIND_MESSAGE | KIND_GOODBYE | KIND_KEEPALIVE | KIND_CREDIT => Ok(MIN_FRAME_HEADER_LEN),
             KIND_REQUEST | KIND_RESPONSE => Ok(MAX_FRAME_HEADER_LEN),
             _ => Err(FrameError::Malformed { reason: "unknown frame kind" }),
         }
@@ -233,7 +310,7 @@ impl FrameDecoder {
                 if body.payload.len() < body.len {
                     return Ok(None);
                 }
-                return Ok(self.body.take().map(Body::into_frame));
+                return self.body.take().map(Body::into_frame).transpose();
             }
             let target = self.header_target()?;
             if self.have < target {
@@ -256,43 +333,69 @@ impl FrameDecoder {
                 continue;
             }
             // The header is complete.
-            let len = self.declared_len() as usize;
-            let [_, _, _, _, kind, i0, i1, i2, i3, i4, i5, i6, i7] = self.header;
-            let id = if target == MAX_FRAME_HEADER_LEN {
-                u64::from_be_bytes([i0, i1, i2, i3, i4, i5, i6, i7])
-            } else {
-                0
-            };
+            let body = self.parse_header(target)?;
             self.have = 0;
-            if kind == KIND_GOODBYE && len != 0 {
-                return Err(FrameError::Malformed { reason: "goodbye frame with a payload" });
-            }
-            if kind == KIND_KEEPALIVE && len != 0 {
-                return Err(FrameError::Malformed { reason: "keepalive frame with a payload" });
-            }
-            let body = Body {
-                kind,
-                id,
-                len,
-                payload: Vec::with_capacity(len.min(INITIAL_PAYLOAD_CAPACITY)),
-            };
-            if len == 0 {
-                return Ok(Some(body.into_frame()));
+            if body.len == 0 {
+                return body.into_frame().map(Some);
             }
             self.body = Some(body);
         }
     }
+
+    /// Checks a complete header of `target` bytes.
+    fn parse_header(&self, target: usize) -> Result<Body, FrameError> {
+        let malformed = |reason| Err(FrameError::Malformed { reason });
+        let len = self.declared_len() as usize;
+        let [_, _, _, _, kind, channel, i0, i1, i2, i3, i4, i5, i6, i7] = self.header;
+        let id = if target == MAX_FRAME_HEADER_LEN {
+            u64::from_be_bytes([i0, i1, i2, i3, i4, i5, i6, i7])
+        } else {
+            0
+        };
+        let (base, more) = (kind & !MORE, kind & MORE != 0);
+        let Some(channel) = ChannelId::new(channel) else {
+            return malformed("unknown channel");
+        };
+        let channelled = matches!(base, KIND_MESSAGE | KIND_REQUEST | KIND_CREDIT);
+        if !channelled && channel != ChannelId::DEFAULT {
+            return malformed("a channel on a frame that has none");
+        }
+        if more && !matches!(base, KIND_MESSAGE | KIND_REQUEST | KIND_RESPONSE) {
+            return malformed("a continuation flag on a frame that has no parts");
+        }
+        match base {
+            KIND_GOODBYE if len != 0 => return malformed("goodbye frame with a payload"),
+            KIND_KEEPALIVE if len != 0 => return malformed("keepalive frame with a payload"),
+            KIND_CREDIT if len != 4 => return malformed("credit frame not of four bytes"),
+            _ => {}
+        }
+        Ok(Body {
+            kind: base,
+            more,
+            channel,
+            id,
+            len,
+            payload: Vec::with_capacity(len.min(INITIAL_PAYLOAD_CAPACITY)),
+        })
+    }
 }
 
 impl Body {
-    fn into_frame(self) -> Frame {
-        match self.kind {
-            KIND_REQUEST => Frame::Request { id: self.id, payload: self.payload },
-            KIND_RESPONSE => Frame::Response { id: self.id, payload: self.payload },
+    fn into_frame(self) -> Result<Frame, FrameError> {
+        let Body { kind, more, channel, id, payload, .. } = self;
+        Ok(match kind {
+            KIND_REQUEST => Frame::Request { channel, id, more, payload },
+            KIND_RESPONSE => Frame::Response { id, more, payload },
             KIND_GOODBYE => Frame::Goodbye,
             KIND_KEEPALIVE => Frame::KeepAlive,
-            _ => Frame::Message(self.payload),
-        }
+            KIND_CREDIT => {
+                let messages = <[u8; 4]>::try_from(payload.as_slice())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| FrameError::Malformed { reason: "credit frame not of four bytes" })?;
+                Frame::Credit { channel, messages }
+            }
+            _ => Frame::Message { channel, more, payload },
+        })
     }
 }
 
@@ -310,6 +413,10 @@ fn reserve_bounded(v: &mut Vec<u8>, additional: usize, limit: usize) {
 mod tests {
     use super::*;
 
+    fn ch(n: u8) -> ChannelId {
+        ChannelId::new(n).unwrap()
+    }
+
     fn encode_all(frames: &[Frame]) -> Vec<u8> {
         let mut out = Vec::new();
         for f in frames {
@@ -321,10 +428,11 @@ mod tests {
     #[test]
     fn round_trip_byte_by_byte() {
         let frames = vec![
-            Frame::Message(vec![1, 2, 3]),
-            Frame::Request { id: 7, payload: vec![9; 300] },
-            Frame::Response { id: u64::MAX, payload: Vec::new() },
-            Frame::Message(Vec::new()),
+            Frame::message(ch(0), vec![1, 2, 3]),
+            Frame::Request { channel: ch(3), id: 7, more: true, payload: vec![9; 300] },
+            Frame::Response { id: u64::MAX, more: false, payload: Vec::new() },
+            Frame::Message { channel: ch(15), more: true, payload: Vec::new() },
+            Frame::Credit { channel: ch(2), messages: 77 },
             Frame::KeepAlive,
             Frame::Goodbye,
         ];
@@ -352,23 +460,28 @@ mod tests {
     }
 
     #[test]
-    fn unknown_kind_and_goodbye_payload_are_malformed() {
-        let mut d = FrameDecoder::new(10);
-        assert!(matches!(d.feed(&mut &[0, 0, 0, 1, 9][..]), Err(FrameError::Malformed { .. })));
-        let mut d = FrameDecoder::new(10);
-        assert!(matches!(d.feed(&mut &[0, 0, 0, 1, 3][..]), Err(FrameError::Malformed { .. })));
-        let mut d = FrameDecoder::new(10);
-        assert!(matches!(d.feed(&mut &[0, 0, 0, 1, 4][..]), Err(FrameError::Malformed { .. })));
-        // Kind 5 is the first unknown one.
-        let mut d = FrameDecoder::new(10);
-        assert!(matches!(d.feed(&mut &[0, 0, 0, 0, 5][..]), Err(FrameError::Malformed { .. })));
+    fn malformed_headers_are_refused() {
+        let refused = |bytes: &[u8]| {
+            let mut d = FrameDecoder::new(10);
+            matches!(d.feed(&mut &bytes[..]), Err(FrameError::Malformed { .. }))
+        };
+        assert!(refused(&[0, 0, 0, 1, 9, 0]), "unknown kind");
+        assert!(refused(&[0, 0, 0, 0, 6, 0]), "kind 6 is the first unknown one");
+        assert!(refused(&[0, 0, 0, 1, 3, 0]), "goodbye with a payload");
+        assert!(refused(&[0, 0, 0, 1, 4, 0]), "keepalive with a payload");
+        assert!(refused(&[0, 0, 0, 3, 5, 0]), "credit of three bytes");
+        assert!(refused(&[0, 0, 0, 0, 0, 16]), "channel 16 does not exist");
+        assert!(refused(&[0, 0, 0, 0, 3, 1]), "goodbye on a channel");
+        assert!(refused(&[0, 0, 0, 0, 0x84, 0]), "keepalive in parts");
+        assert!(refused(&[0, 0, 0, 4, 0x85, 0]), "credit in parts");
+        assert!(refused(&[0, 0, 0, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0]), "response on a channel");
     }
 
     #[test]
-    fn keepalive_is_a_five_byte_frame_with_kind_four() {
+    fn keepalive_is_a_six_byte_frame_with_kind_four() {
         let mut bytes = Vec::new();
         Frame::KeepAlive.encode(&mut bytes).unwrap();
-        assert_eq!(bytes, [0, 0, 0, 0, 4]);
+        assert_eq!(bytes, [0, 0, 0, 0, 4, 0]);
         let mut d = FrameDecoder::new(0);
         let mut input = &bytes[..];
         assert_eq!(d.feed(&mut input), Ok(Some(Frame::KeepAlive)));
@@ -378,7 +491,7 @@ mod tests {
     #[test]
     fn partial_frame_is_truncated() {
         let mut d = FrameDecoder::new(100);
-        assert_eq!(d.feed(&mut &[0, 0, 0, 5, 0, 1, 2][..]), Ok(None));
+        assert_eq!(d.feed(&mut &[0, 0, 0, 5, 0, 0, 1, 2][..]), Ok(None));
         assert_eq!(d.finish(), Err(FrameError::Truncated));
     }
 
@@ -387,7 +500,7 @@ mod tests {
         let max = 16 << 20;
         let mut d = FrameDecoder::new(max);
         let len = (max as u32).to_be_bytes();
-        assert_eq!(d.feed(&mut &[len[0], len[1], len[2], len[3], 0][..]), Ok(None));
+        assert_eq!(d.feed(&mut &[len[0], len[1], len[2], len[3], 0, 0][..]), Ok(None));
         assert!(d.buffered_capacity() <= INITIAL_PAYLOAD_CAPACITY);
         let chunk = vec![0u8; 100_000];
         assert_eq!(d.feed(&mut &chunk[..]), Ok(None));

@@ -85,12 +85,17 @@ mod conn;
 mod error;
 mod frame;
 mod handshake;
+mod outbox;
 mod peer;
 mod transport;
 
 pub use config::{TcpConfig, Trust};
 pub use error::{ConnectionFailure, TcpError};
-pub use frame::{Frame, FrameDecoder, FrameError, INITIAL_PAYLOAD_CAPACITY, MAX_FRAME_HEADER_LEN};
+pub use frame::{
+    Frame, FrameDecoder, FrameError, INITIAL_PAYLOAD_CAPACITY, MAX_FRAME_HEADER_LEN,
+    MIN_FRAME_HEADER_LEN,
+};
+pub use outbox::MAX_FRAME_LEN;
 pub use handshake::{
     CERTIFICATE_EXTENSION, FederationId, HANDSHAKE_PAYLOAD_LEN, HELLO_LEN, HandshakeError,
     HandshakePayload, Hello, IDENTITY_BINDING_CONTEXT, MAGIC, MAX_HANDSHAKE_CERTIFICATE_LEN,

@@ -2,25 +2,26 @@
 //! the dialer with capped exponential backoff.
 //!
 //! All connection changes of one peer go through its actor, one at a time, so the
-//! connected/disconnected events it emits are in order with the messages around them: it
-//! pushes `PeerConnected` before the connection's reader starts, and `PeerDisconnected`
-//! only after the reader has stopped.
+//! connectivity it reports is in order with the messages around it: it marks the link up in
+//! the inbox (with the connection's number as the link's epoch) before the connection's
+//! reader starts, and down only after the reader has stopped.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use llmkg_federation_core::{Incoming, NodeId};
+use llmkg_federation_core::NodeId;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until, timeout};
 
+use super::ConnectionFailure;
 use super::TcpError;
-use super::conn::{Session, linger, read_loop, write_loop};
+use super::conn::{LinkFlow, Session, linger, read_loop, write_loop};
 use super::handshake::{self, HandshakeError, Role};
+use super::outbox::Outbox;
 use super::transport::{Inner, Level, wait_level};
-use super::{ConnectionFailure, Frame};
 
 /// A connection that finished its handshake, waiting for its peer's actor to adopt it.
 pub(crate) struct Established {
@@ -44,13 +45,16 @@ pub(crate) enum PeerCmd {
     Ended { conn_id: u64, error: Option<TcpError> },
     DialFailed,
     SetAddr(SocketAddr),
+    /// The transport is closing: flush what is queued, say goodbye.
     Close,
+    /// The peer was removed: close the link now and stop.
+    Remove,
 }
 
 /// What the rest of the transport holds of a peer.
 #[derive(Clone)]
 pub(crate) struct PeerHandle {
-    pub(crate) queue: async_channel::Sender<Frame>,
+    pub(crate) outbox: Arc<Outbox>,
     pub(crate) cmd: mpsc::UnboundedSender<PeerCmd>,
     /// Registered with `add_peer` (always trusted).
     pub(crate) added: bool,
@@ -110,7 +114,7 @@ pub(crate) struct PeerActor {
     inner: Arc<Inner>,
     node: NodeId,
     addr: Option<SocketAddr>,
-    queue: async_channel::Receiver<Frame>,
+    outbox: Arc<Outbox>,
     cmds: mpsc::UnboundedReceiver<PeerCmd>,
     cmd_tx: mpsc::UnboundedSender<PeerCmd>,
     live: Option<Live>,
@@ -131,14 +135,14 @@ impl PeerActor {
         inner: Arc<Inner>,
         node: NodeId,
         addr: Option<SocketAddr>,
-        queue: async_channel::Receiver<Frame>,
+        outbox: Arc<Outbox>,
         cmds: mpsc::UnboundedReceiver<PeerCmd>,
         cmd_tx: mpsc::UnboundedSender<PeerCmd>,
     ) -> Self {
         let seed = inner.jitter_seed(&node);
         let backoff = Backoff::new(inner.backoff_initial, inner.backoff_max, seed);
         let next_dial = addr.map(|_| Instant::now());
-        Self { inner, node, addr, queue, cmds, cmd_tx, live: None, dial: None, next_dial, backoff }
+        Self { inner, node, addr, outbox, cmds, cmd_tx, live: None, dial: None, next_dial, backoff }
     }
 
     pub(crate) async fn run(mut self) {
@@ -226,6 +230,17 @@ impl PeerActor {
                 self.close_gracefully().await;
                 return false;
             }
+            PeerCmd::Remove => {
+                if let Some(dial) = self.dial.take() {
+                    dial.abort();
+                }
+                match self.live.take() {
+                    Some(live) => self.retire(live).await,
+                    // Requests queued for a peer that never connected fail now too.
+                    None => self.inner.conn.requests.fail(self.node),
+                }
+                return false;
+            }
         }
         true
     }
@@ -256,24 +271,28 @@ impl PeerActor {
     async fn install(&mut self, est: Established) {
         let Established { stream, peer_addr, session, initiator, at, permit, .. } = est;
         let node = self.node;
-        if !self.inner.deliver(Incoming::PeerConnected { peer: node }).await {
+        if self.inner.is_closed() {
             return;
         }
         drop(permit);
         self.inner.set_connected(node, true);
         let conn_id = self.inner.next_conn_id();
+        // Before the reader starts: the link is up before its first message.
+        self.inner.conn.inbox.link_up(node, conn_id);
+        let flow = Arc::new(LinkFlow::new(self.outbox.clone(), self.inner.conn.window));
         let (sealer, opener) = session.split();
         let (r, w) = stream.into_split();
         let (retire_reader, mut retired) = oneshot::channel::<oneshot::Sender<()>>();
         let reader = {
             let inner = self.inner.clone();
             let cmd = self.cmd_tx.clone();
+            let flow = flow.clone();
             self.inner.spawn(async move {
                 let mut r = r;
                 let outcome = tokio::select! {
                     biased;
                     ack = &mut retired => Err(ack.ok()),
-                    result = read_loop(&mut r, opener, node, &inner) => Ok(result),
+                    result = read_loop(&mut r, opener, node, conn_id, flow, &inner.conn) => Ok(result),
                 };
                 match outcome {
                     Ok(result) => {
@@ -284,7 +303,7 @@ impl PeerActor {
                         if let Some(ack) = ack {
                             let _ = ack.send(());
                         }
-                        linger(r, &inner);
+                        linger(r, &inner.conn.linger);
                     }
                 }
             })
@@ -293,9 +312,8 @@ impl PeerActor {
         let writer = {
             let inner = self.inner.clone();
             let cmd = self.cmd_tx.clone();
-            let queue = self.queue.clone();
             self.inner.spawn(async move {
-                if let Err(e) = write_loop(w, sealer, queue, stop_rx, &inner).await {
+                if let Err(e) = write_loop(w, sealer, flow, stop_rx, &inner.conn).await {
                     let _ = cmd.send(PeerCmd::Ended { conn_id, error: Some(e) });
                 }
             })
@@ -323,7 +341,7 @@ impl PeerActor {
             let Established { mut stream, session, permit, .. } = est;
             let (mut sealer, _) = session.split();
             if let Ok(Ok(())) = timeout(inner.flush_timeout, sealer.goodbye(&mut stream)).await {
-                linger(stream, &inner);
+                linger(stream, &inner.conn.linger);
             }
             drop(permit);
         });
@@ -348,7 +366,6 @@ impl PeerActor {
             let _ = writer.await;
         }
         self.disconnected(None, None);
-        self.inner.deliver(Incoming::PeerDisconnected { peer: self.node }).await;
     }
 
     /// Makes a connection's reader stop delivering (it then lingers in the background until
@@ -374,15 +391,16 @@ impl PeerActor {
         let _ = live.reader.await;
         let _ = live.writer.await;
         self.disconnected(error, Some(live.peer_addr));
-        self.inner.deliver(Incoming::PeerDisconnected { peer: self.node }).await;
     }
 
-    /// Bookkeeping when the live connection goes away: connected set, waiting requests, and
-    /// the failure report, if any.
+    /// Bookkeeping when the live connection goes away (after its reader stopped): the link
+    /// is down in the inbox, the connected set, waiting requests fail, and the failure
+    /// report, if any.
     fn disconnected(&self, error: Option<TcpError>, peer_addr: Option<SocketAddr>) {
         let node = self.node;
+        self.inner.conn.inbox.link_down(node);
         self.inner.set_connected(node, false);
-        self.inner.fail_pending(node);
+        self.inner.conn.requests.fail(node);
         if let (Some(error), Some(peer_addr)) = (error, peer_addr) {
             self.inner.stats.connections_failed.add(1);
             self.inner.publish(ConnectionFailure { peer_addr, peer: Some(node), error });
@@ -418,7 +436,7 @@ impl PeerActor {
             dial.abort();
         }
         if let Some(mut live) = self.live.take() {
-            // The queue is closed: the writer sends what is left, then a goodbye. The reader
+            // The outbox is closed: the writer sends what is left, then a goodbye. The reader
             // then stops and the socket lingers in the background (bounded by the flush
             // timeout too) until the peer, having read the goodbye, closes its side; `close`
             // does not wait for that.

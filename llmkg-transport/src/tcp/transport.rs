@@ -9,19 +9,23 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use llmkg_federation_core::{ChannelId, BoxFuture, Incoming, NodeId, RequestId, Transport, TransportError};
+use llmkg_federation_core::{
+    BoxFuture, ChannelId, Incoming, NodeId, RequestId, Transport, TransportError,
+};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::runtime::Handle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout, timeout_at};
 
+use super::conn::{ConnCtx, Linger};
 use super::handshake::{self, HandshakeError, Local, Role};
+use super::outbox::{Kind, Outbox, Outgoing};
 use super::peer::{Established, PeerActor, PeerCmd, PeerHandle};
 use super::{
-    ConnectionFailure, FederationId, Frame, HandshakePayload, NOISE_PARAMS, TcpConfig, TcpError,
-    Trust,
+    ConnectionFailure, FederationId, HandshakePayload, NOISE_PARAMS, TcpConfig, TcpError, Trust,
 };
+use crate::inbox::{Inbox, Item};
 
 /// How many connection failures a lagging subscriber can miss before it sees `Lagged`.
 const FAILURE_CHANNEL_CAPACITY: usize = 256;
@@ -98,6 +102,66 @@ struct Pending {
     tx: oneshot::Sender<Result<Vec<u8>, TransportError>>,
 }
 
+/// Requests this node sent and is waiting on.
+pub(crate) struct Requests {
+    pending: Mutex<HashMap<u64, Pending>>,
+    next: AtomicU64,
+}
+
+impl Requests {
+    pub(crate) fn new() -> Self {
+        Self { pending: Mutex::new(HashMap::new()), next: AtomicU64::new(1) }
+    }
+
+    /// Registers a request to `peer`; returns its id and where its answer will arrive.
+    fn open(&self, peer: NodeId) -> (u64, oneshot::Receiver<Result<Vec<u8>, TransportError>>) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).insert(id, Pending { peer, tx });
+        (id, rx)
+    }
+
+    fn forget(&self, id: u64) {
+        lock(&self.pending).remove(&id);
+    }
+
+    /// Hands a response to the request waiting for it, if `from` is the node it was sent to.
+    /// Late or unsolicited responses are dropped.
+    pub(crate) fn complete(&self, from: NodeId, id: u64, payload: Vec<u8>) {
+        let tx = match lock(&self.pending).entry(id) {
+            Entry::Occupied(e) if e.get().peer == from => Some(e.remove().tx),
+            _ => None,
+        };
+        if let Some(tx) = tx {
+            let _ = tx.send(Ok(payload));
+        }
+    }
+
+    /// Fails every request waiting on `node` with `Disconnected`; the others wait on.
+    pub(crate) fn fail(&self, node: NodeId) {
+        let failed: Vec<Pending> =
+            lock(&self.pending).extract_if(|_, p| p.peer == node).map(|(_, p)| p).collect();
+        for p in failed {
+            let _ = p.tx.send(Err(TransportError::Disconnected(node)));
+        }
+    }
+
+    /// Fails every request with `Closed`.
+    fn fail_all(&self) {
+        let pending: Vec<Pending> = lock(&self.pending).drain().map(|(_, p)| p).collect();
+        for p in pending {
+            let _ = p.tx.send(Err(TransportError::Closed));
+        }
+    }
+}
+
+/// Room for the node's messages to itself: a counting semaphore per channel, like the
+/// credit a peer gets.
+struct SelfSlots {
+    tx: Vec<async_channel::Sender<()>>,
+    rx: Vec<async_channel::Receiver<()>>,
+}
+
 /// State shared by the handle and every task.
 pub(crate) struct Inner {
     pub(crate) local: NodeId,
@@ -106,30 +170,25 @@ pub(crate) struct Inner {
     static_public: Vec<u8>,
     payload: Vec<u8>,
     trust: Trust,
-    pub(crate) max_frame_len: usize,
+    max_message_len: usize,
     outgoing_queue: usize,
     max_peers: usize,
     pub(crate) handshake_timeout: Duration,
     pub(crate) flush_timeout: Duration,
     pub(crate) backoff_initial: Duration,
     pub(crate) backoff_max: Duration,
-    pub(crate) keepalive_interval: Duration,
-    pub(crate) idle_timeout: Duration,
     peers: Mutex<HashMap<NodeId, PeerHandle>>,
     connected: Mutex<HashSet<NodeId>>,
-    inbound_tx: async_channel::Sender<Incoming>,
-    inbound_rx: async_channel::Receiver<Incoming>,
-    pending: Mutex<HashMap<u64, Pending>>,
-    next_request: AtomicU64,
+    /// What the connections' loops share (inbox, requests, counters, limits).
+    pub(crate) conn: Arc<ConnCtx>,
+    self_slots: SelfSlots,
     next_conn: AtomicU64,
     closed: AtomicBool,
     pub(crate) level: watch::Sender<Level>,
     failures: broadcast::Sender<ConnectionFailure>,
-    pub(crate) stats: Counters,
+    pub(crate) stats: Arc<Counters>,
     pub(crate) handle: Handle,
     tasks: Mutex<Vec<JoinHandle<()>>>,
-    /// Bounds the sockets kept open after they are done, to read the peer's close.
-    linger_permits: Arc<Semaphore>,
 }
 
 impl Inner {
@@ -149,11 +208,6 @@ impl Inner {
                 _ = task => {}
             }
         })
-    }
-
-    /// A slot for a socket to linger in, if one is free.
-    pub(crate) fn linger_permit(&self) -> Option<OwnedSemaphorePermit> {
-        self.linger_permits.clone().try_acquire_owned().ok()
     }
 
     /// How far apart two connections made by different ends may be set up and still count as
@@ -197,11 +251,6 @@ impl Inner {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Queues an inbound event; `false` if the transport is closed.
-    pub(crate) async fn deliver(&self, incoming: Incoming) -> bool {
-        self.inbound_tx.send(incoming).await.is_ok()
-    }
-
     pub(crate) fn publish(&self, failure: ConnectionFailure) {
         let _ = self.failures.send(failure);
     }
@@ -212,27 +261,6 @@ impl Inner {
             c.insert(node);
         } else {
             c.remove(&node);
-        }
-    }
-
-    /// Hands a response to the request waiting for it, if `from` is the node it was sent to.
-    /// Late or unsolicited responses are dropped.
-    pub(crate) fn complete_request(&self, from: NodeId, id: u64, payload: Vec<u8>) {
-        let tx = match lock(&self.pending).entry(id) {
-            Entry::Occupied(e) if e.get().peer == from => Some(e.remove().tx),
-            _ => None,
-        };
-        if let Some(tx) = tx {
-            let _ = tx.send(Ok(payload));
-        }
-    }
-
-    /// Fails every request waiting on `node` with `Disconnected`.
-    pub(crate) fn fail_pending(&self, node: NodeId) {
-        let failed: Vec<Pending> =
-            lock(&self.pending).extract_if(|_, p| p.peer == node).map(|(_, p)| p).collect();
-        for p in failed {
-            let _ = p.tx.send(Err(TransportError::Disconnected(node)));
         }
     }
 
@@ -257,43 +285,64 @@ impl Inner {
         if addr.is_none() && peers.len() >= self.max_peers {
             return Err(HandshakeError::TooManyPeers.into());
         }
-        let (queue_tx, queue_rx) = async_channel::bounded(self.outgoing_queue);
+        let outbox = Arc::new(Outbox::new(self.outgoing_queue));
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-        let handle = PeerHandle { queue: queue_tx, cmd: cmd_tx.clone(), added: addr.is_some() };
-        let actor = PeerActor::new(self.clone(), node, addr, queue_rx, cmd_rx, cmd_tx);
+        let handle =
+            PeerHandle { outbox: outbox.clone(), cmd: cmd_tx.clone(), added: addr.is_some() };
+        let actor = PeerActor::new(self.clone(), node, addr, outbox, cmd_rx, cmd_tx);
         let task = self.handle.spawn(actor.run());
         lock(&self.tasks).push(task);
         peers.insert(node, handle.clone());
         Ok(handle)
     }
 
-    /// The queue to `to`, after the checks every send does.
-    fn queue_for(
-        &self,
-        to: NodeId,
-        len: usize,
-    ) -> Result<async_channel::Sender<Frame>, TransportError> {
+    /// The outbox to `to`, after the checks every send does; `None` for this node itself.
+    fn outbox_for(&self, to: NodeId, len: usize) -> Result<Option<Arc<Outbox>>, TransportError> {
         if self.is_closed() {
             return Err(TransportError::Closed);
         }
-        if len > self.max_frame_len {
-            return Err(TransportError::MessageTooLarge { len, max: self.max_frame_len });
+        if len > self.max_message_len {
+            return Err(TransportError::MessageTooLarge { len, max: self.max_message_len });
         }
-        lock(&self.peers).get(&to).map(|p| p.queue.clone()).ok_or(TransportError::UnknownPeer(to))
+        if to == self.local {
+            return Ok(None);
+        }
+        lock(&self.peers)
+            .get(&to)
+            .map(|p| Some(p.outbox.clone()))
+            .ok_or(TransportError::UnknownPeer(to))
+    }
+
+    /// Queues `item` for this node itself on `channel`, waiting for room.
+    async fn to_self(&self, channel: ChannelId, item: Item) -> Result<(), TransportError> {
+        let (Some(tx), Some(rx)) =
+            (self.self_slots.tx.get(channel.index()), self.self_slots.rx.get(channel.index()))
+        else {
+            return Err(TransportError::Closed);
+        };
+        tx.send(()).await.map_err(|_| TransportError::Closed)?;
+        let rx = rx.clone();
+        let release = Box::new(move || {
+            let _ = rx.try_recv();
+        });
+        self.conn
+            .inbox
+            .push(channel, self.local, 0, item, Some(release))
+            .map_err(|_| TransportError::Closed)
     }
 
     /// Stops everything at once (no flushing).
     fn kill(&self) {
         self.closed.store(true, Ordering::Release);
         for p in lock(&self.peers).values() {
-            p.queue.close();
+            p.outbox.close();
         }
-        self.inbound_rx.close();
+        for rx in &self.self_slots.rx {
+            rx.close();
+        }
+        self.conn.inbox.close();
         self.level.send_replace(Level::Dead);
-        let pending: Vec<Pending> = lock(&self.pending).drain().map(|(_, p)| p).collect();
-        for p in pending {
-            let _ = p.tx.send(Err(TransportError::Closed));
-        }
+        self.conn.requests.fail_all();
     }
 }
 
@@ -341,39 +390,52 @@ impl TcpTransport {
         let listener = socket.listen(1024)?;
         let local_addr = listener.local_addr()?;
 
-        let (inbound_tx, inbound_rx) = async_channel::bounded(config.inbound_queue);
         let (level, _) = watch::channel(Level::Running);
         let (failures, _) = broadcast::channel(FAILURE_CHANNEL_CAPACITY);
+        let local = config.keypair.node_id();
+        let stats = Arc::new(Counters::default());
+        let conn = Arc::new(ConnCtx {
+            stats: stats.clone(),
+            inbox: Arc::new(Inbox::new(local)),
+            requests: Arc::new(Requests::new()),
+            keepalive_interval: config.keepalive_interval,
+            idle_timeout: config.idle_timeout,
+            max_message_len: config.max_message_len,
+            window: config.inbound_window,
+            linger: Linger {
+                handle: handle.clone(),
+                permits: Arc::new(Semaphore::new(config.max_pending_handshakes)),
+                limit: config.flush_timeout,
+            },
+        });
+        let window = usize::try_from(config.inbound_window).unwrap_or(usize::MAX);
+        let (self_tx, self_rx) =
+            ChannelId::all().map(|_| async_channel::bounded(window)).unzip();
         let inner = Arc::new(Inner {
-            local: config.keypair.node_id(),
+            local,
             federation: config.federation,
             static_private: static_key.private,
             static_public: static_key.public,
             payload,
             trust: config.trust,
-            max_frame_len: config.max_frame_len,
+            max_message_len: config.max_message_len,
             outgoing_queue: config.outgoing_queue,
             max_peers: config.max_peers,
             handshake_timeout: config.handshake_timeout,
             flush_timeout: config.flush_timeout,
             backoff_initial: config.backoff_initial,
             backoff_max: config.backoff_max,
-            keepalive_interval: config.keepalive_interval,
-            idle_timeout: config.idle_timeout,
             peers: Mutex::new(HashMap::new()),
             connected: Mutex::new(HashSet::new()),
-            inbound_tx,
-            inbound_rx,
-            pending: Mutex::new(HashMap::new()),
-            next_request: AtomicU64::new(1),
+            conn,
+            self_slots: SelfSlots { tx: self_tx, rx: self_rx },
             next_conn: AtomicU64::new(1),
             closed: AtomicBool::new(false),
             level,
             failures,
-            stats: Counters::default(),
+            stats,
             handle: handle.clone(),
             tasks: Mutex::new(Vec::new()),
-            linger_permits: Arc::new(Semaphore::new(config.max_pending_handshakes)),
         });
         let permits = Arc::new(Semaphore::new(config.max_pending_handshakes));
         let acceptor = handle.spawn(accept_loop(inner.clone(), listener, permits));
@@ -396,6 +458,24 @@ impl TcpTransport {
             return Err(TcpError::SelfPeer);
         }
         self.inner.peer(node, Some(addr)).map(|_| ())
+    }
+
+    /// Removes `node`, at any time: stops dialing it, closes the link to it with a goodbye
+    /// (every channel then reports it disconnected, and requests waiting on it fail with
+    /// [`TransportError::Disconnected`]), drops what was queued for it, and forgets that
+    /// [`add_peer`](Self::add_peer) trusted it — a node that [`Trust`] admits may still
+    /// connect again, and is then a new peer. Sends to it fail with
+    /// [`TransportError::UnknownPeer`] from now on. Returns whether the node was a peer.
+    ///
+    /// Errors: [`TcpError::Closed`].
+    pub fn remove_peer(&self, node: NodeId) -> Result<bool, TcpError> {
+        if self.inner.is_closed() {
+            return Err(TcpError::Closed);
+        }
+        let Some(handle) = lock(&self.inner.peers).remove(&node) else { return Ok(false) };
+        handle.outbox.close();
+        let _ = handle.cmd.send(PeerCmd::Remove);
+        Ok(true)
     }
 
     /// Subscribes to connection failures: every refused handshake, failed dial and
@@ -442,7 +522,7 @@ impl TcpTransport {
         inner.level.send_replace(Level::Closing);
         let peers: Vec<PeerHandle> = lock(&inner.peers).values().cloned().collect();
         for p in &peers {
-            p.queue.close();
+            p.outbox.close();
             let _ = p.cmd.send(PeerCmd::Close);
         }
         let tasks = std::mem::take(&mut *lock(&inner.tasks));
@@ -554,13 +634,46 @@ async fn accept_one(
 
 /// Removes a request's pending entry however the request ends (answer, timeout, drop).
 struct PendingGuard<'a> {
-    inner: &'a Inner,
+    requests: &'a Requests,
     id: u64,
 }
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        lock(&self.inner.pending).remove(&self.id);
+        self.requests.forget(self.id);
+    }
+}
+
+impl TcpTransport {
+    async fn request_inner(
+        &self,
+        channel: ChannelId,
+        to: NodeId,
+        payload: Vec<u8>,
+        after: Duration,
+    ) -> Result<Vec<u8>, TransportError> {
+        let inner = &*self.inner;
+        let outbox = inner.outbox_for(to, payload.len())?;
+        let requests = &*inner.conn.requests;
+        let (id, rx) = requests.open(to);
+        let _guard = PendingGuard { requests, id };
+        let exchange = async {
+            match outbox {
+                Some(outbox) => {
+                    let kind = Kind::Request(id);
+                    outbox.push(Outgoing { kind, channel, payload }).await?;
+                }
+                None => {
+                    let item = Item::Request { id: RequestId(id), payload };
+                    inner.to_self(channel, item).await?;
+                }
+            }
+            rx.await.map_err(|_| TransportError::Closed)?
+        };
+        match timeout(after, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(TransportError::Timeout { peer: to, after }),
+        }
     }
 }
 
@@ -570,47 +683,31 @@ impl Transport for TcpTransport {
     }
 
     fn max_message_len(&self) -> usize {
-        self.inner.max_frame_len
+        self.inner.max_message_len
     }
 
     fn send_on(
         &self,
-        _channel: ChannelId,
+        channel: ChannelId,
         to: NodeId,
         payload: Vec<u8>,
     ) -> BoxFuture<'_, Result<(), TransportError>> {
         Box::pin(async move {
-            let queue = self.inner.queue_for(to, payload.len())?;
-            queue.send(Frame::Message(payload)).await.map_err(|_| TransportError::Closed)
+            match self.inner.outbox_for(to, payload.len())? {
+                Some(outbox) => outbox.push(Outgoing { kind: Kind::Message, channel, payload }).await,
+                None => self.inner.to_self(channel, Item::Message(payload)).await,
+            }
         })
     }
 
     fn request_on(
         &self,
-        _channel: ChannelId,
+        channel: ChannelId,
         to: NodeId,
         payload: Vec<u8>,
         after: Duration,
     ) -> BoxFuture<'_, Result<Vec<u8>, TransportError>> {
-        Box::pin(async move {
-            let inner = &*self.inner;
-            let queue = inner.queue_for(to, payload.len())?;
-            let id = inner.next_request.fetch_add(1, Ordering::Relaxed);
-            let (tx, rx) = oneshot::channel();
-            lock(&inner.pending).insert(id, Pending { peer: to, tx });
-            let _guard = PendingGuard { inner, id };
-            let exchange = async {
-                queue
-                    .send(Frame::Request { id, payload })
-                    .await
-                    .map_err(|_| TransportError::Closed)?;
-                rx.await.map_err(|_| TransportError::Closed)?
-            };
-            match timeout(after, exchange).await {
-                Ok(result) => result,
-                Err(_) => Err(TransportError::Timeout { peer: to, after }),
-            }
-        })
+        Box::pin(self.request_inner(channel, to, payload, after))
     }
 
     fn respond(
@@ -620,25 +717,30 @@ impl Transport for TcpTransport {
         payload: Vec<u8>,
     ) -> BoxFuture<'_, Result<(), TransportError>> {
         Box::pin(async move {
-            let queue = self.inner.queue_for(to, payload.len())?;
-            queue
-                .send(Frame::Response { id: id.0, payload })
-                .await
-                .map_err(|_| TransportError::Closed)
+            match self.inner.outbox_for(to, payload.len())? {
+                Some(outbox) => {
+                    let kind = Kind::Response(id.0);
+                    outbox.push(Outgoing { kind, channel: ChannelId::DEFAULT, payload }).await
+                }
+                None => {
+                    self.inner.conn.requests.complete(self.inner.local, id.0, payload);
+                    Ok(())
+                }
+            }
         })
     }
 
-    fn recv_on(&self, _channel: ChannelId) -> BoxFuture<'_, Result<Incoming, TransportError>> {
+    fn recv_on(&self, channel: ChannelId) -> BoxFuture<'_, Result<Incoming, TransportError>> {
         Box::pin(async move {
             let inner = &self.inner;
             if inner.is_closed() {
                 return Err(TransportError::Closed);
             }
-            // A `recv` waiting when `close` starts returns at once rather than when the
+            // A `recv_on` waiting when `close` starts returns at once rather than when the
             // shutdown completes.
             let mut level = inner.level.subscribe();
             tokio::select! {
-                incoming = inner.inbound_rx.recv() => match incoming {
+                incoming = inner.conn.inbox.recv(channel) => match incoming {
                     Ok(incoming) if !inner.is_closed() => Ok(incoming),
                     _ => Err(TransportError::Closed),
                 },
