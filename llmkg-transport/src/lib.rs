@@ -37,8 +37,8 @@
 //! (the host says who is where).
 
 pub mod driver;
-mod inbox;
 pub mod echo;
+mod inbox;
 pub mod inprocess;
 pub mod sim;
 #[cfg(feature = "tcp")]

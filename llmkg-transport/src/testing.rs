@@ -45,6 +45,8 @@
 //! | `concurrent_requests` | 32 concurrent requests answered in reverse order are each matched |
 //! | `request_timeout` | an unanswered request fails with `Timeout` after (not before) its timeout; a late answer is discarded |
 //! | `backpressure` | a sender whose peer does not read is eventually made to wait, and nothing is lost once the peer reads |
+//! | `channels_independent` | a channel whose receiver reads nothing stops its sender, not a message on another channel; then everything on it arrives in order |
+//! | `send_to_self` | a message and a request to one's own id arrive on the channel they were sent on, from oneself, and the request is answered |
 //! | `close` | after `close`, operations fail with `Closed` and the peer sees `PeerDisconnected` |
 
 use std::future::Future;
@@ -52,7 +54,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::{Either, join, join_all, select};
-use llmkg_federation_core::{Incoming, NodeKeypair, RequestId, Timer, Transport, TransportError};
+use llmkg_federation_core::{
+    ChannelId, Incoming, NodeKeypair, RequestId, Timer, Transport, TransportError,
+};
 use thiserror::Error;
 
 /// Two endpoints of the transport under test that can reach each other.
@@ -144,6 +148,8 @@ impl Suite {
         case!("concurrent_requests", Suite::concurrent_requests);
         case!("request_timeout", Suite::request_timeout);
         case!("backpressure", Suite::backpressure);
+        case!("channels_independent", Suite::channels_independent);
+        case!("send_to_self", Suite::send_to_self);
         case!("close", Suite::close);
         Ok(SuiteReport { passed })
     }
@@ -368,6 +374,85 @@ impl Suite {
         Ok(())
     }
 
+    async fn channels_independent(&self, pair: &Pair) -> CaseResult {
+        const SIZE: usize = 1024;
+        let (a, b) = (&pair.a, &pair.b);
+        let (busy, quiet) = (channel(1)?, channel(2)?);
+        // Fill the busy channel until its sender has to wait: b reads nothing there.
+        let limit = (self.backpressure_bytes / SIZE) as u64;
+        let mut accepted = 0u64;
+        loop {
+            if accepted >= limit {
+                return Err(format!("{accepted} messages accepted on a channel nobody reads"));
+            }
+            let send = a.send_on(busy, b.local_id(), numbered(accepted, SIZE - 8));
+            match self.within(Duration::from_millis(500), send).await {
+                Some(Ok(())) => accepted += 1,
+                Some(Err(e)) => return Err(format!("busy send #{accepted}: {e}")),
+                None => break,
+            }
+        }
+        // The quiet channel is not held up by it, in either direction.
+        let sent = self.within(Duration::from_secs(5), a.send_on(quiet, b.local_id(), b"q".into()));
+        match sent.await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(format!("quiet send: {e}")),
+            None => return Err("a full channel made a send on another channel wait".into()),
+        }
+        let (from, payload) = self
+            .within(Duration::from_secs(5), next_message_on(b, quiet))
+            .await
+            .ok_or("a full channel held up a message on another channel")??;
+        if from != a.local_id() || payload != b"q" {
+            return Err(format!("the quiet channel delivered {payload:?} from {from}"));
+        }
+        b.send_on(quiet, a.local_id(), b"back".to_vec()).await.map_err(|e| format!("{e}"))?;
+        expect_message_on(a, quiet, b.local_id(), b"back").await?;
+        // And nothing sent on the busy channel was lost or reordered.
+        let mut next = 0u64;
+        while next < accepted {
+            let (_, payload) = next_message_on(b, busy).await?;
+            let seq = parse_numbered(&payload)?;
+            if seq != next {
+                return Err(format!("busy channel: expected #{next}, got #{seq}"));
+            }
+            next += 1;
+        }
+        Ok(())
+    }
+
+    async fn send_to_self(&self, pair: &Pair) -> CaseResult {
+        let a = &pair.a;
+        let me = a.local_id();
+        let lane = channel(3)?;
+        a.send_on(lane, me, b"note to self".to_vec()).await.map_err(|e| format!("send: {e}"))?;
+        expect_message_on(a, lane, me, b"note to self").await?;
+        let ask = a.request_on(lane, me, b"q".to_vec(), Duration::from_secs(10));
+        let answer_it = async {
+            loop {
+                match a.recv_on(lane).await.map_err(|e| format!("recv: {e}"))? {
+                    Incoming::Request { from, id, payload } if from == me => {
+                        a.respond(me, id, answer(&payload)).await.map_err(|e| format!("{e}"))?;
+                        return Ok::<(), String>(());
+                    }
+                    Incoming::PeerConnected { peer } | Incoming::PeerDisconnected { peer }
+                        if peer == me =>
+                    {
+                        return Err("connectivity reported for oneself".into());
+                    }
+                    Incoming::PeerConnected { .. } | Incoming::PeerDisconnected { .. } => {}
+                    other => return Err(format!("expected the request, got {other:?}")),
+                }
+            }
+        };
+        let (answered, responded) = join(ask, answer_it).await;
+        responded?;
+        match answered {
+            Ok(reply) if reply == answer(b"q") => Ok(()),
+            other => Err(format!("request to oneself gave {other:?}")),
+        }
+    }
+
     async fn close(&self, pair: &Pair) -> CaseResult {
         let (a, b) = (&pair.a, &pair.b);
         let a_id = a.local_id();
@@ -414,12 +499,24 @@ fn answer(request: &[u8]) -> Vec<u8> {
     bytes
 }
 
+fn channel(n: u8) -> Result<ChannelId, String> {
+    ChannelId::new(n).ok_or_else(|| format!("channel {n} does not exist"))
+}
+
 /// The next message, skipping connectivity notifications.
 async fn next_message(
     t: &Arc<dyn Transport>,
 ) -> Result<(llmkg_federation_core::NodeId, Vec<u8>), String> {
+    next_message_on(t, ChannelId::DEFAULT).await
+}
+
+/// The next message on `channel`, skipping connectivity notifications.
+async fn next_message_on(
+    t: &Arc<dyn Transport>,
+    channel: ChannelId,
+) -> Result<(llmkg_federation_core::NodeId, Vec<u8>), String> {
     loop {
-        match t.recv().await.map_err(|e| format!("recv: {e}"))? {
+        match t.recv_on(channel).await.map_err(|e| format!("recv: {e}"))? {
             Incoming::Message { from, payload } => return Ok((from, payload)),
             Incoming::PeerConnected { .. } | Incoming::PeerDisconnected { .. } => {}
             other => return Err(format!("expected a message, got {other:?}")),
@@ -444,7 +541,16 @@ async fn expect_message(
     from: llmkg_federation_core::NodeId,
     payload: &[u8],
 ) -> CaseResult {
-    let (got_from, got) = next_message(t).await?;
+    expect_message_on(t, ChannelId::DEFAULT, from, payload).await
+}
+
+async fn expect_message_on(
+    t: &Arc<dyn Transport>,
+    channel: ChannelId,
+    from: llmkg_federation_core::NodeId,
+    payload: &[u8],
+) -> CaseResult {
+    let (got_from, got) = next_message_on(t, channel).await?;
     if got_from != from {
         return Err(format!("message from {from} arrived as from {got_from}"));
     }

@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use llmkg_federation_core::{
-    CertificateError, Incoming, NodeCertificate, NodeId, NodeKeypair, OrgId, OrgKeypair, Role,
-    Timer, Timestamp, Transport, TransportError, TrustAnchors,
+    CertificateError, ChannelId, Incoming, NodeCertificate, NodeId, NodeKeypair, OrgId, OrgKeypair,
+    Role, Timer, Timestamp, Transport, TransportError, TrustAnchors,
 };
 use llmkg_transport::TokioTimer;
 use llmkg_transport::tcp::{
@@ -287,7 +287,9 @@ async fn requests_are_answered_matched_and_time_out() {
 async fn close_flushes_queued_messages_then_refuses_everything() {
     let (a, b) = connected_pair(5, 6).await;
     let (a_id, b_id) = (a.local_id(), b.local_id());
-    const COUNT: u64 = 5_000;
+    // All of it is accepted while b reads nothing: b's credit on the channel (256) plus
+    // a's outgoing queue (1,024). More would wait for b to read, as flow control should.
+    const COUNT: u64 = 1_000;
     for seq in 0..COUNT {
         a.send(b_id, numbered(seq, 100)).await.unwrap();
     }
@@ -595,7 +597,7 @@ async fn a_link_the_peer_abandoned_is_replaced_by_its_new_connection() {
     a.send(b_id, b"over the new link".to_vec()).await.unwrap();
     a.close().await;
     let frames = timeout(PROMPT, reader).await.unwrap().unwrap();
-    assert_eq!(frames, vec![Frame::Message(b"over the new link".to_vec())]);
+    assert_eq!(frames, vec![Frame::message(ChannelId::DEFAULT, b"over the new link".to_vec())]);
     b.close().await;
 }
 
@@ -879,9 +881,9 @@ async fn truncated_frame_closes_only_that_connection() {
     let mut raw = raw_handshake(v.a.local_addr(), &keypair(RAW), Forgery::None).await.unwrap();
     // A whole valid frame first: it is delivered.
     let mut plain = Vec::new();
-    Frame::Message(b"valid".to_vec()).encode(&mut plain).unwrap();
+    Frame::message(ChannelId::DEFAULT, b"valid".to_vec()).encode(&mut plain).unwrap();
     // Then a header promising 100 bytes, 10 bytes, and end of stream.
-    plain.extend_from_slice(&[0, 0, 0, 100, 0]);
+    plain.extend_from_slice(&[0, 0, 0, 100, 0, 0]);
     plain.extend_from_slice(&[7; 10]);
     raw.send_plain(&plain).await;
     raw.stream.shutdown().await.unwrap();
@@ -941,7 +943,14 @@ async fn oversized_frame_closes_only_that_connection() {
 impl Raw {
     /// Reads and decrypts frames until a goodbye (or the end of the stream), counting them
     /// in `progress`.
+    ///
+    /// It first gives the node plenty of credit on every channel, as a real peer would.
     async fn read_frames_until_goodbye(mut self, progress: Arc<AtomicUsize>) -> Vec<Frame> {
+        let mut credit = Vec::new();
+        for channel in ChannelId::all() {
+            Frame::Credit { channel, messages: 1 << 30 }.encode(&mut credit).unwrap();
+        }
+        self.send_plain(&credit).await;
         let mut decoder = FrameDecoder::new(1 << 20);
         let mut frames = Vec::new();
         let mut nonce = 0u64;
@@ -960,7 +969,7 @@ impl Raw {
                 if f == Frame::Goodbye {
                     return frames;
                 }
-                if f == Frame::KeepAlive {
+                if matches!(f, Frame::KeepAlive | Frame::Credit { .. }) {
                     continue;
                 }
                 frames.push(f);
@@ -1056,7 +1065,7 @@ async fn replaced_connections_hand_over_the_queue_in_order() {
         let frames = timeout(PROMPT, r).await.unwrap().unwrap();
         sizes.push(frames.len());
         all.extend(frames.into_iter().map(|f| match f {
-            Frame::Message(p) => seq_of(&p),
+            Frame::Message { payload, .. } => seq_of(&payload),
             other => panic!("unexpected {other:?}"),
         }));
     }
@@ -1114,7 +1123,7 @@ async fn close_is_bounded_when_a_peer_stops_reading() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_payload_is_refused_on_send() {
     let mut ca = config(44);
-    ca.max_frame_len = 1000;
+    ca.max_message_len = 1000;
     let a = bind(ca).await;
     let mut cb = config(45);
     cb.trust = Trust::AllowList(HashSet::from([id(44)]));
@@ -1127,7 +1136,7 @@ async fn oversized_payload_is_refused_on_send() {
     }
     // Invalid configurations are refused up front.
     let mut bad = config(46);
-    bad.max_frame_len = 0;
+    bad.max_message_len = 0;
     assert!(matches!(TcpTransport::bind(bad).await, Err(TcpError::InvalidConfig(_))));
     assert!(matches!(a.add_peer(id(44), b.local_addr()), Err(TcpError::SelfPeer)));
     a.close().await;
@@ -1207,7 +1216,7 @@ async fn a_silent_peer_is_cut_off_by_the_idle_timeout() {
     let mut raw = raw_handshake(v.a.local_addr(), &keypair(RAW), Forgery::None).await.unwrap();
     let mut plain = Vec::new();
     Frame::KeepAlive.encode(&mut plain).unwrap();
-    Frame::Message(b"last words".to_vec()).encode(&mut plain).unwrap();
+    Frame::message(ChannelId::DEFAULT, b"last words".to_vec()).encode(&mut plain).unwrap();
     raw.send_plain(&plain).await;
     wait_connected(&v.a, id(RAW)).await;
     assert_eq!(next_message(&v.a).await, (id(RAW), b"last words".to_vec()));
@@ -1298,9 +1307,23 @@ async fn liveness_settings_are_validated() {
 fn arb_frame() -> impl Strategy<Value = Frame> {
     let payload = || proptest::collection::vec(any::<u8>(), 0..300);
     prop_oneof![
-        payload().prop_map(Frame::Message),
-        (any::<u64>(), payload()).prop_map(|(id, payload)| Frame::Request { id, payload }),
-        (any::<u64>(), payload()).prop_map(|(id, payload)| Frame::Response { id, payload }),
+        (0..16u8, any::<bool>(), payload()).prop_map(|(c, more, payload)| Frame::Message {
+            channel: ChannelId::new(c).unwrap(),
+            more,
+            payload
+        }),
+        (0..16u8, any::<u64>(), any::<bool>(), payload()).prop_map(|(c, id, more, payload)| {
+            Frame::Request { channel: ChannelId::new(c).unwrap(), id, more, payload }
+        }),
+        (any::<u64>(), any::<bool>(), payload()).prop_map(|(id, more, payload)| Frame::Response {
+            id,
+            more,
+            payload
+        }),
+        (0..16u8, any::<u32>()).prop_map(|(c, messages)| Frame::Credit {
+            channel: ChannelId::new(c).unwrap(),
+            messages
+        }),
         Just(Frame::KeepAlive),
     ]
 }

@@ -362,12 +362,14 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
         }
         listener!(outbox.writer_event() => woken);
         for channel in ChannelId::all() {
-            let granted = LinkFlow::at(&flow.granted, channel).map_or(0, |c| c.swap(0, Ordering::AcqRel));
+            let granted =
+                LinkFlow::at(&flow.granted, channel).map_or(0, |c| c.swap(0, Ordering::AcqRel));
             scheduler.add_credit(channel, u32::try_from(granted).unwrap_or(u32::MAX));
         }
         let mut frames = 0u64;
         for channel in ChannelId::all() {
-            let owed = LinkFlow::at(&flow.to_grant, channel).map_or(0, |c| c.swap(0, Ordering::AcqRel));
+            let owed =
+                LinkFlow::at(&flow.to_grant, channel).map_or(0, |c| c.swap(0, Ordering::AcqRel));
             if owed > 0 {
                 let messages = u32::try_from(owed).unwrap_or(u32::MAX);
                 sealer.push_frame(&mut w, &Frame::Credit { channel, messages }).await?;
@@ -662,7 +664,9 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
             };
             let Some(count) = received.get_mut(channel.index()) else { continue };
             if count.saturating_sub(flow.taken_on(channel)) >= window {
-                return Err(TcpError::Protocol("more messages on a channel than it had credit for"));
+                return Err(TcpError::Protocol(
+                    "more messages on a channel than it had credit for",
+                ));
             }
             *count += 1;
             let release = {

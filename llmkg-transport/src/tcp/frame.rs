@@ -100,8 +100,8 @@ pub(crate) fn encode_header(
     id: Option<u64>,
     len: usize,
 ) -> Result<([u8; MAX_FRAME_HEADER_LEN], usize), FrameError> {
-    let len32 =
-        u32::try_from(len).map_err(|_| FrameError::TooLarge { len: len as u64, max: u32::MAX as usize })?;
+    let len32 = u32::try_from(len)
+        .map_err(|_| FrameError::TooLarge { len: len as u64, max: u32::MAX as usize })?;
     let mut header = [0u8; MAX_FRAME_HEADER_LEN];
     let [l0, l1, l2, l3, k, c, rest @ ..] = &mut header;
     [*l0, *l1, *l2, *l3] = len32.to_be_bytes();
@@ -389,9 +389,10 @@ impl Body {
             KIND_GOODBYE => Frame::Goodbye,
             KIND_KEEPALIVE => Frame::KeepAlive,
             KIND_CREDIT => {
-                let messages = <[u8; 4]>::try_from(payload.as_slice())
-                    .map(u32::from_be_bytes)
-                    .map_err(|_| FrameError::Malformed { reason: "credit frame not of four bytes" })?;
+                let messages =
+                    <[u8; 4]>::try_from(payload.as_slice()).map(u32::from_be_bytes).map_err(
+                        |_| FrameError::Malformed { reason: "credit frame not of four bytes" },
+                    )?;
                 Frame::Credit { channel, messages }
             }
             _ => Frame::Message { channel, more, payload },

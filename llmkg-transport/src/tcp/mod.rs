@@ -95,12 +95,12 @@ pub use frame::{
     Frame, FrameDecoder, FrameError, INITIAL_PAYLOAD_CAPACITY, MAX_FRAME_HEADER_LEN,
     MIN_FRAME_HEADER_LEN,
 };
-pub use outbox::MAX_FRAME_LEN;
 pub use handshake::{
     CERTIFICATE_EXTENSION, FederationId, HANDSHAKE_PAYLOAD_LEN, HELLO_LEN, HandshakeError,
     HandshakePayload, Hello, IDENTITY_BINDING_CONTEXT, MAGIC, MAX_HANDSHAKE_CERTIFICATE_LEN,
     MAX_HANDSHAKE_MESSAGE_LEN, NOISE_PARAMS, PROTOCOL_VERSION,
 };
+pub use outbox::MAX_FRAME_LEN;
 pub use transport::{TcpStats, TcpTransport};
 
 /// Largest Noise transport message (one encrypted chunk on the wire, without its 2-byte

@@ -50,11 +50,17 @@ impl Outgoing {
         }
     }
 
-    fn header(&self, more: bool, len: usize) -> Result<([u8; MAX_FRAME_HEADER_LEN], usize), FrameError> {
+    fn header(
+        &self,
+        more: bool,
+        len: usize,
+    ) -> Result<([u8; MAX_FRAME_HEADER_LEN], usize), FrameError> {
         match self.kind {
             Kind::Message => encode_header(frame::MESSAGE, more, self.channel, None, len),
             Kind::Request(id) => encode_header(frame::REQUEST, more, self.channel, Some(id), len),
-            Kind::Response(id) => encode_header(frame::RESPONSE, more, ChannelId::DEFAULT, Some(id), len),
+            Kind::Response(id) => {
+                encode_header(frame::RESPONSE, more, ChannelId::DEFAULT, Some(id), len)
+            }
         }
     }
 }

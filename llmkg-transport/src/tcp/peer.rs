@@ -42,7 +42,10 @@ pub(crate) struct Established {
 
 pub(crate) enum PeerCmd {
     Established(Box<Established>),
-    Ended { conn_id: u64, error: Option<TcpError> },
+    Ended {
+        conn_id: u64,
+        error: Option<TcpError>,
+    },
     DialFailed,
     SetAddr(SocketAddr),
     /// The transport is closing: flush what is queued, say goodbye.

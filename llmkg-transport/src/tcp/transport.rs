@@ -409,8 +409,7 @@ impl TcpTransport {
             },
         });
         let window = usize::try_from(config.inbound_window).unwrap_or(usize::MAX);
-        let (self_tx, self_rx) =
-            ChannelId::all().map(|_| async_channel::bounded(window)).unzip();
+        let (self_tx, self_rx) = ChannelId::all().map(|_| async_channel::bounded(window)).unzip();
         let inner = Arc::new(Inner {
             local,
             federation: config.federation,
@@ -694,7 +693,9 @@ impl Transport for TcpTransport {
     ) -> BoxFuture<'_, Result<(), TransportError>> {
         Box::pin(async move {
             match self.inner.outbox_for(to, payload.len())? {
-                Some(outbox) => outbox.push(Outgoing { kind: Kind::Message, channel, payload }).await,
+                Some(outbox) => {
+                    outbox.push(Outgoing { kind: Kind::Message, channel, payload }).await
+                }
                 None => self.inner.to_self(channel, Item::Message(payload)).await,
             }
         })
