@@ -270,7 +270,10 @@ async fn requests_go_to_the_host_through_a_bounded_queue() {
             let events = observe_until_message(&handle).await;
             let first = handle.next_request().await.unwrap();
             let first: InboundRequest = first;
-            assert_eq!((first.from, first.id, &first.payload[..]), (a, RequestId(0), &[0u8; 3][..]));
+            assert_eq!(
+                (first.from, first.id, &first.payload[..]),
+                (a, RequestId(0), &[0u8; 3][..])
+            );
             handle.respond(&first, b"answer".to_vec()).await.unwrap();
             let second = handle.try_next_request().unwrap();
             assert_eq!((second.from, second.id), (b, RequestId(1)));
@@ -309,7 +312,10 @@ async fn a_zero_request_capacity_refuses_every_request() {
     let t = Scripted::new(1 << 20);
     let a = node(1);
     for i in 0..3 {
-        t.push(ChannelId::DEFAULT, Incoming::Request { from: a, id: RequestId(i), payload: vec![] });
+        t.push(
+            ChannelId::DEFAULT,
+            Incoming::Request { from: a, id: RequestId(i), payload: vec![] },
+        );
     }
     t.message(ChannelId::DEFAULT, a, 5);
     let config = DriverConfig { request_capacity: 0, ..DriverConfig::default() };
