@@ -9,9 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use llmkg_federation_core::{
-    BoxFuture, ChannelId, Incoming, NodeId, RequestId, Transport, TransportError,
-};
+use llmkg_federation_core::{ChannelId, BoxFuture, Incoming, NodeId, RequestId, Transport, TransportError};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::runtime::Handle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot, watch};
