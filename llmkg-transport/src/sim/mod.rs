@@ -63,6 +63,27 @@
 //!
 //! Faults can be applied immediately or scheduled at a virtual time with [`Sim::schedule`].
 //!
+//! **Membership** changes while a run goes on: [`Sim::add_node`] adds a node now,
+//! [`Sim::remove_node`] (or [`Fault::Remove`]) makes one leave for good — unlike a crash, it
+//! never restarts and messages to it become unroutable.
+//!
+//! **What cores are told.** Every core is started with [`Protocol::handle_start`] (carrying
+//! [`SimBuilder::max_message_len`]) when it is built, joins or restarts, and then told
+//! [`LinkState::Up`] for every running peer. Crashes, restarts, joins and removals are
+//! reported to the peers with [`Protocol::handle_peer`] (`Down` / `Up`), each notice travelling
+//! behind what the node already had on the wire to that peer, so a peer's messages arrive
+//! between its `Up` and its `Down` (on FIFO links). Partitions are reported only if
+//! [`SimBuilder::partition_detection`] is set, after that delay. Nothing is ever reported about
+//! oneself, and a message a node sends to itself is a loopback: delivered at once, in order,
+//! never lost, duplicated, partitioned or delayed. A message whose encoding exceeds the
+//! maximum length is not sent ([`SimStats::oversized`]).
+//!
+//! **Channels and bandwidth.** By default a link carries any number of messages at once. With
+//! a [`Bandwidth`] in its [`LinkConfig`], a link transmits one message at a time and queues the
+//! others per [`ChannelId`] (given by [`Sim::set_channel_of`]), serving the channels in turn,
+//! so a flooding protocol delays another only by a bounded amount. [`Mux`] runs two protocol
+//! cores on one node, each on its own channel.
+//!
 //! # Observing a run
 //!
 //! - [`Sim::with_node`] calls a core-specific input (a proposal, a query) at the current
