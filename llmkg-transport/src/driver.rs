@@ -8,11 +8,37 @@
 //! `TokioTimer` (feature `tcp`)).
 //!
 //! ```text
-//!   transport.recv() ──decode──► core.handle_message ─┐
-//!   timer fires ───────────────► core.handle_timeout  ├─► drain: poll_transmit ─encode─► outbox ─► transport.send
+//!   (construction) ────────────► core.handle_start(now, HostInfo { max_message_len })
+//!   transport.recv_on(ch):
+//!     Message ──decode─────────► core.handle_message ─┐
+//!     PeerConnected/Disconnected ► core.handle_peer   │
+//!     Request ─────────────────► request queue ──────┼──► handle.next_request() / respond()
+//!   timer fires ───────────────► core.handle_timeout  ├─► drain: poll_transmit ─encode─► outbox ─► transport.send_on(ch)
 //!   handle.call(|core, now| ..) ─────────────────────┘          poll_event ──────► handle.next_event()
 //!                                                               poll_timeout ────► timer.sleep_until
 //! ```
+//!
+//! **Channels.** A driver runs its core on one [`ChannelId`] of the transport
+//! ([`DriverConfig::channel`], default [`ChannelId::DEFAULT`]): it sends with
+//! [`Transport::send_on`] and receives with [`Transport::recv_on`] on that channel only. Several
+//! protocols share one transport by running one driver each, on different channels; a
+//! driver that stops does not close the transport.
+//!
+//! **Start and connectivity.** The core's [`handle_start`](Protocol::handle_start) is called
+//! when the driver is built ([`Driver::new`]), before the host can reach the core through the
+//! handle, with the transport's [`max_message_len`](Transport::max_message_len). Connectivity
+//! the channel reports is handed to [`handle_peer`](Protocol::handle_peer) in the order it
+//! arrives among the messages (and counted in [`DriverStats::connectivity_changes`]).
+//!
+//! **Requests.** Requests (see [`Transport::request_on`]) carry opaque bytes and are not part of
+//! the sans-io vocabulary, so the core never sees them: the driver hands them to the host.
+//! Inbound requests on the driver's channel wait in a bounded queue
+//! ([`DriverConfig::request_capacity`], default 64) for [`DriverHandle::next_request`]; the host
+//! answers with [`DriverHandle::respond`] (or does not, and the requester times out). A
+//! request that finds the queue full — or every request when the capacity is 0 — is dropped
+//! unanswered and counted in [`DriverStats::requests_ignored`]; the driver never waits on
+//! this queue, so a host that does not serve requests does not slow the core down. The host
+//! sends its own requests on the driver's channel with [`DriverHandle::request`].
 //!
 //! Inbound and outbound run concurrently inside the one future, so two drivers sending to
 //! each other cannot deadlock on full queues. The outbox between the core and the transport
@@ -24,18 +50,18 @@
 //! decisions), which in turn stops it reading from the network.
 //!
 //! Inbound payloads are decoded with the transport's maximum message size as the limit;
-//! payloads that do not decode are dropped and counted. Requests (see
-//! [`Transport::request`]) are not part of the sans-io vocabulary: the driver ignores and
-//! counts them, and the requester times out.
+//! payloads that do not decode are dropped and counted.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use async_channel::{Receiver, Sender, TrySendError};
 use futures_util::future::{Either, select};
 use llmkg_federation_core::encoding;
 use llmkg_federation_core::{
-    BoxFuture, Incoming, NodeId, Protocol, Time, Timer, Transport, TransportError,
+    BoxFuture, ChannelId, HostInfo, Incoming, LinkState, NodeId, Protocol, RequestId, Time, Timer,
+    Transport, TransportError,
 };
 
 /// Settings of a [`Driver`].
@@ -45,12 +71,41 @@ pub struct DriverConfig {
     pub outbox_capacity: usize,
     /// Events waiting for the host before the driver pauses. Default 1,024.
     pub event_capacity: usize,
+    /// The transport channel the core runs on. Default [`ChannelId::DEFAULT`].
+    pub channel: ChannelId,
+    /// Inbound requests waiting for [`DriverHandle::next_request`] before new ones are
+    /// dropped unanswered; 0 drops every request. Default 64.
+    pub request_capacity: usize,
 }
 
 impl Default for DriverConfig {
     fn default() -> Self {
-        Self { outbox_capacity: 4096, event_capacity: 1024 }
+        Self {
+            outbox_capacity: 4096,
+            event_capacity: 1024,
+            channel: ChannelId::DEFAULT,
+            request_capacity: 64,
+        }
     }
+}
+
+impl DriverConfig {
+    /// The default settings on `channel`.
+    pub fn on_channel(channel: ChannelId) -> Self {
+        Self { channel, ..Self::default() }
+    }
+}
+
+/// A request that arrived on the driver's channel (see [`DriverHandle::next_request`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InboundRequest {
+    /// The authenticated requester.
+    pub from: NodeId,
+    /// Pass this to [`DriverHandle::respond`].
+    pub id: RequestId,
+    /// The bytes it sent (not decoded: requests are the host's).
+    pub payload: Vec<u8>,
 }
 
 /// What a driver has done so far. Counts only grow.
@@ -74,11 +129,15 @@ pub struct DriverStats {
     pub bytes_received: u64,
     /// Inbound payloads that did not decode as the core's message type, dropped.
     pub decode_failures: u64,
-    /// Inbound requests, which the driver does not answer.
+    /// Inbound requests queued for [`DriverHandle::next_request`].
+    pub requests_queued: u64,
+    /// Inbound requests dropped unanswered because the request queue was full (or its
+    /// capacity is 0); their requesters time out.
     pub requests_ignored: u64,
     /// Times the core's timer fired.
     pub timeouts: u64,
-    /// Peer connected / disconnected notifications seen.
+    /// Peer connected / disconnected notifications seen (each handed to
+    /// [`handle_peer`](Protocol::handle_peer)).
     pub connectivity_changes: u64,
 }
 
@@ -117,6 +176,7 @@ pub struct Driver<P: Protocol> {
     timer: Arc<dyn Timer>,
     config: DriverConfig,
     events_tx: Sender<P::Event>,
+    requests_tx: Sender<InboundRequest>,
     wake_rx: Receiver<()>,
 }
 
@@ -125,7 +185,10 @@ pub struct Driver<P: Protocol> {
 pub struct DriverHandle<P: Protocol> {
     shared: Arc<Shared<P>>,
     timer: Arc<dyn Timer>,
+    transport: Arc<dyn Transport>,
+    channel: ChannelId,
     events_rx: Receiver<P::Event>,
+    requests_rx: Receiver<InboundRequest>,
     wake_tx: Sender<()>,
 }
 
@@ -134,7 +197,10 @@ impl<P: Protocol> Clone for DriverHandle<P> {
         Self {
             shared: Arc::clone(&self.shared),
             timer: Arc::clone(&self.timer),
+            transport: Arc::clone(&self.transport),
+            channel: self.channel,
             events_rx: self.events_rx.clone(),
+            requests_rx: self.requests_rx.clone(),
             wake_tx: self.wake_tx.clone(),
         }
     }
@@ -161,6 +227,43 @@ impl<P: Protocol> DriverHandle<P> {
     /// An event if one is waiting.
     pub fn try_next_event(&self) -> Option<P::Event> {
         self.events_rx.try_recv().ok()
+    }
+
+    /// The next inbound request on the driver's channel, or `None` once the driver has
+    /// stopped and every queued request was taken. Answer it with
+    /// [`respond`](Self::respond).
+    pub async fn next_request(&self) -> Option<InboundRequest> {
+        self.requests_rx.recv().await.ok()
+    }
+
+    /// A request if one is waiting.
+    pub fn try_next_request(&self) -> Option<InboundRequest> {
+        self.requests_rx.try_recv().ok()
+    }
+
+    /// Answers `request` ([`Transport::respond`]).
+    pub async fn respond(
+        &self,
+        request: &InboundRequest,
+        payload: Vec<u8>,
+    ) -> Result<(), TransportError> {
+        self.transport.respond(request.from, request.id, payload).await
+    }
+
+    /// Sends a request to `to` on the driver's channel and waits up to `timeout` for the
+    /// answer ([`Transport::request_on`]). The core is not involved.
+    pub async fn request(
+        &self,
+        to: NodeId,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, TransportError> {
+        self.transport.request_on(self.channel, to, payload, timeout).await
+    }
+
+    /// The channel the driver runs on.
+    pub fn channel(&self) -> ChannelId {
+        self.channel
     }
 
     /// A snapshot of the driver's counters.
@@ -194,13 +297,16 @@ where
         Self::with_config(core, transport, timer, DriverConfig::default())
     }
 
-    /// A driver for `core` with `config`, and its handle.
+    /// A driver for `core` with `config`, and its handle. Starts the core
+    /// ([`handle_start`](Protocol::handle_start) with the transport's maximum message length)
+    /// before returning; its outputs are sent once [`run`](Self::run) is polled.
     pub fn with_config(
-        core: P,
+        mut core: P,
         transport: Arc<dyn Transport>,
         timer: Arc<dyn Timer>,
         config: DriverConfig,
     ) -> (Self, DriverHandle<P>) {
+        core.handle_start(timer.now(), HostInfo::new(transport.max_message_len()));
         let shared = Arc::new(Shared {
             core: Mutex::new(core),
             stats: Mutex::new(DriverStats::default()),
@@ -208,13 +314,18 @@ where
         });
         let (events_tx, events_rx) = async_channel::bounded(config.event_capacity.max(1));
         let (wake_tx, wake_rx) = async_channel::bounded(1);
+        // A zero capacity is honoured by refusing every request (see `on_incoming`).
+        let (requests_tx, requests_rx) = async_channel::bounded(config.request_capacity.max(1));
         let handle = DriverHandle {
             shared: Arc::clone(&shared),
             timer: Arc::clone(&timer),
+            transport: Arc::clone(&transport),
+            channel: config.channel,
             events_rx,
+            requests_rx,
             wake_tx,
         };
-        (Self { shared, transport, timer, config, events_tx, wake_rx }, handle)
+        (Self { shared, transport, timer, config, events_tx, requests_tx, wake_rx }, handle)
     }
 
     /// Runs the core until [`DriverHandle::shutdown`] or until the transport closes.
@@ -232,7 +343,7 @@ where
     async fn outbound_loop(&self, outbox: Receiver<(NodeId, Vec<u8>)>) {
         while let Ok((to, bytes)) = outbox.recv().await {
             let len = bytes.len() as u64;
-            let result = self.transport.send(to, bytes).await;
+            let result = self.transport.send_on(self.config.channel, to, bytes).await;
             let mut stats = self.shared.stats();
             match result {
                 Ok(()) => {
@@ -281,7 +392,8 @@ where
 
     async fn inbound_loop(&self, outbox: Sender<(NodeId, Vec<u8>)>) -> DriverExit {
         let max_len = self.transport.max_message_len();
-        let mut recv = self.transport.recv();
+        let channel = self.config.channel;
+        let mut recv = self.transport.recv_on(channel);
         let mut wake: BoxFuture<'_, _> = Box::pin(self.wake_rx.recv());
         let mut sleep: Option<(Time, BoxFuture<'static, ()>)> = None;
         loop {
@@ -295,7 +407,7 @@ where
             let Some((_, sleeping)) = sleep.as_mut() else { continue };
             match select(&mut recv, select(sleeping, &mut wake)).await {
                 Either::Left((received, _)) => {
-                    recv = self.transport.recv();
+                    recv = self.transport.recv_on(channel);
                     match received {
                         Ok(incoming) => self.on_incoming(incoming, max_len),
                         Err(TransportError::Closed) => return DriverExit::TransportClosed,
@@ -319,6 +431,12 @@ where
         }
     }
 
+    fn on_peer(&self, peer: NodeId, link: LinkState) {
+        self.shared.stats().connectivity_changes += 1;
+        let now = self.timer.now();
+        self.shared.core().handle_peer(now, peer, link);
+    }
+
     fn on_incoming(&self, incoming: Incoming, max_len: usize) {
         match incoming {
             Incoming::Message { from, payload } => {
@@ -335,10 +453,18 @@ where
                     Err(_) => self.shared.stats().decode_failures += 1,
                 }
             }
-            Incoming::Request { .. } => self.shared.stats().requests_ignored += 1,
-            Incoming::PeerConnected { .. } | Incoming::PeerDisconnected { .. } => {
-                self.shared.stats().connectivity_changes += 1;
+            Incoming::Request { from, id, payload } => {
+                let queued = self.config.request_capacity > 0
+                    && self.requests_tx.try_send(InboundRequest { from, id, payload }).is_ok();
+                let mut stats = self.shared.stats();
+                if queued {
+                    stats.requests_queued += 1;
+                } else {
+                    stats.requests_ignored += 1;
+                }
             }
+            Incoming::PeerConnected { peer } => self.on_peer(peer, LinkState::Up),
+            Incoming::PeerDisconnected { peer } => self.on_peer(peer, LinkState::Down),
             _ => {}
         }
     }

@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 
-use llmkg_federation_core::{NodeId, Protocol, Time, Transmit};
+use llmkg_federation_core::{HostInfo, LinkState, NodeId, Protocol, Time, Transmit};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -273,6 +273,14 @@ where
 
     fn poll_event(&mut self) -> Option<Self::Event> {
         self.inner.poll_event()
+    }
+
+    fn handle_start(&mut self, now: Time, host: HostInfo) {
+        self.inner.handle_start(now, host);
+    }
+
+    fn handle_peer(&mut self, now: Time, peer: NodeId, link: LinkState) {
+        self.inner.handle_peer(now, peer, link);
     }
 }
 

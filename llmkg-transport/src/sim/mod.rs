@@ -63,6 +63,27 @@
 //!
 //! Faults can be applied immediately or scheduled at a virtual time with [`Sim::schedule`].
 //!
+//! **Membership** changes while a run goes on: [`Sim::add_node`] adds a node now,
+//! [`Sim::remove_node`] (or [`Fault::Remove`]) makes one leave for good — unlike a crash, it
+//! never restarts and messages to it become unroutable.
+//!
+//! **What cores are told.** Every core is started with [`Protocol::handle_start`] (carrying
+//! [`SimBuilder::max_message_len`]) when it is built, joins or restarts, and then told
+//! [`LinkState::Up`] for every running peer. Crashes, restarts, joins and removals are
+//! reported to the peers with [`Protocol::handle_peer`] (`Down` / `Up`), each notice travelling
+//! behind what the node already had on the wire to that peer, so a peer's messages arrive
+//! between its `Up` and its `Down` (on FIFO links). Partitions are reported only if
+//! [`SimBuilder::partition_detection`] is set, after that delay. Nothing is ever reported about
+//! oneself, and a message a node sends to itself is a loopback: delivered at once, in order,
+//! never lost, duplicated, partitioned or delayed. A message whose encoding exceeds the
+//! maximum length is not sent ([`SimStats::oversized`]).
+//!
+//! **Channels and bandwidth.** By default a link carries any number of messages at once. With
+//! a [`Bandwidth`] in its [`LinkConfig`], a link transmits one message at a time and queues the
+//! others per [`ChannelId`] (given by [`Sim::set_channel_of`]), serving the channels in turn,
+//! so a flooding protocol delays another only by a bounded amount. [`Mux`] runs two protocol
+//! cores on one node, each on its own channel.
+//!
 //! # Observing a run
 //!
 //! - [`Sim::with_node`] calls a core-specific input (a proposal, a query) at the current
@@ -134,6 +155,7 @@
 
 mod byzantine;
 mod disk;
+mod mux;
 mod network;
 mod partition;
 mod queue;
@@ -141,20 +163,21 @@ mod stats;
 mod trace;
 pub mod workloads;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
 use llmkg_federation_core::encoding;
-use llmkg_federation_core::{NodeId, NodeKeypair, Protocol, Time};
+use llmkg_federation_core::{ChannelId, HostInfo, LinkState, NodeId, NodeKeypair, Protocol, Time};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 pub use byzantine::{Byzantine, ByzantineConfig, ByzantineStats, Forger};
 pub use disk::{Disk, DiskOp, InjectedFault};
-pub use network::{Latency, LinkConfig, Reorder};
+pub use mux::{Mux, MuxEvent, MuxMessage};
+pub use network::{Bandwidth, Latency, LinkConfig, Reorder};
 pub use stats::{MessageStats, NodeStats, SimStats};
 pub use trace::{DropReason, TraceEntry, TraceHash};
 
@@ -162,8 +185,9 @@ use network::{CompiledLink, chance};
 use partition::PartitionHistory;
 use queue::Queue;
 use trace::{
-    TAG_CRASH, TAG_DELIVERED, TAG_DROPPED, TAG_EVENT, TAG_HEAL, TAG_HOST, TAG_LINK, TAG_PARTITION,
-    TAG_RESTART, TAG_TIMEOUT, TAG_UNENCODABLE, TAG_UNROUTABLE, Tracer,
+    TAG_CRASH, TAG_DELIVERED, TAG_DROPPED, TAG_EVENT, TAG_HEAL, TAG_HOST, TAG_JOIN, TAG_LEAVE,
+    TAG_LINK, TAG_OVERSIZED, TAG_PARTITION, TAG_RESTART, TAG_TIMEOUT, TAG_UNENCODABLE,
+    TAG_UNROUTABLE, Tracer,
 };
 
 /// Default for [`SimBuilder::max_message_len`]: 16 MiB.
@@ -204,9 +228,13 @@ pub enum SimError {
         /// The current virtual time.
         now: Time,
     },
-    /// More nodes than the simulator can index (`u32::MAX`). Nothing was built.
+    /// More nodes than the simulator can index (`u32::MAX`). Nothing was built (or added).
     #[error("too many nodes: {0}")]
     TooManyNodes(usize),
+    /// The node has left the simulation for good ([`Sim::remove_node`]): it cannot crash,
+    /// restart, take host inputs or leave again. Nothing changed.
+    #[error("node {0:?} has left the simulation")]
+    Removed(NodeId),
 }
 
 /// What a node's factory receives when the node is (re)built.
@@ -222,7 +250,9 @@ pub struct NodeContext {
     /// The node's durable storage (a [`KvStore`](llmkg_federation_core::kv::KvStore)); the
     /// same store across incarnations.
     pub disk: Disk,
-    /// Every node id, in index order (including this node's).
+    /// Every node id added so far, in index order (including this node's, and those of nodes
+    /// that have left): `nodes[index]` is this node. Who is reachable right now is what
+    /// [`Protocol::handle_peer`] reports.
     pub nodes: Arc<[NodeId]>,
     secret: [u8; 32],
 }
@@ -247,7 +277,7 @@ impl NodeContext {
         NodeKeypair::from_secret_bytes(self.secret)
     }
 
-    /// Every other node's id, in index order.
+    /// Every other node's id in [`nodes`](Self::nodes), in index order.
     pub fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
         let me = self.id;
         self.nodes.iter().copied().filter(move |n| *n != me)
@@ -279,6 +309,9 @@ pub enum Fault {
     Crash(NodeId),
     /// Restarts a crashed node (a scheduled restart of a running node does nothing).
     Restart(NodeId),
+    /// The node leaves the simulation for good (see [`Sim::remove_node`]; a scheduled removal
+    /// of a node that has already left does nothing).
+    Remove(NodeId),
     /// Overrides the configuration of one directed link.
     SetLink {
         /// Sender side.
@@ -327,6 +360,7 @@ pub struct SimBuilder {
     max_message_len: usize,
     trace_limit: usize,
     record_events: bool,
+    partition_detection: Option<Duration>,
 }
 
 impl SimBuilder {
@@ -340,6 +374,7 @@ impl SimBuilder {
             max_message_len: DEFAULT_MAX_MESSAGE_LEN,
             trace_limit: 0,
             record_events: true,
+            partition_detection: None,
         }
     }
 
@@ -364,7 +399,10 @@ impl SimBuilder {
         self
     }
 
-    /// The largest payload a receiver decodes; longer ones are dropped as decode failures.
+    /// The largest message the network carries (default [`DEFAULT_MAX_MESSAGE_LEN`]). Cores
+    /// are told it in [`Protocol::handle_start`]; a message a core emits that encodes longer is
+    /// not sent and is counted in [`SimStats::oversized`]; bytes longer than this that reach a
+    /// receiver anyway ([`Sim::inject_raw`]) are dropped as decode failures.
     pub fn max_message_len(mut self, len: usize) -> Self {
         self.max_message_len = len;
         self
@@ -385,8 +423,24 @@ impl SimBuilder {
         self
     }
 
-    /// Builds the simulation at time zero, calling `factory` once per node in index order
-    /// (incarnation 0) and then draining each new core's outputs.
+    /// Whether, and how late, cores are told about partitions (default `None`: never).
+    ///
+    /// A real link notices a partition only when its idle or keep-alive timeout expires, so a
+    /// partition is not a crash: by default the simulator reports nothing for it (links stay
+    /// up as far as the cores know, and what crosses the partition is lost). With
+    /// `Some(delay)`, every partition assignment (a partition or a heal) that is still in force
+    /// `delay` after it came into force is reported: [`LinkState::Down`] to both ends of every
+    /// link it cut, [`LinkState::Up`] to both ends of every link it rejoined. An assignment
+    /// replaced within `delay` is never reported.
+    pub fn partition_detection(mut self, delay: Option<Duration>) -> Self {
+        self.partition_detection = delay;
+        self
+    }
+
+    /// Builds the simulation at time zero: calls `factory` once per node in index order
+    /// (incarnation 0), then, node by node in index order, starts the core
+    /// ([`Protocol::handle_start`]), reports every other node as [`LinkState::Up`]
+    /// ([`Protocol::handle_peer`], in index order) and drains its outputs after each input.
     pub fn build<P, F>(self, factory: F) -> Result<Sim<P>, SimError>
     where
         P: Protocol,
@@ -443,9 +497,15 @@ impl SimBuilder {
             last_event_at: Time::ZERO,
             in_flight: 0,
             pending_faults: 0,
+            pending_notices: 0,
             partitions: PartitionHistory::new(),
             tracer: Tracer::new(self.seed, n, self.trace_limit),
             max_message_len: self.max_message_len,
+            oversized: 0,
+            joined: 0,
+            left: 0,
+            detection: self.partition_detection,
+            assignment_generation: 0,
         };
         let mut sim = Sim {
             world,
@@ -455,6 +515,7 @@ impl SimBuilder {
             record_events: self.record_events,
             event_digest: None,
             digest_buf: Vec::new(),
+            channel_of: None,
         };
         for i in 0..n {
             let ctx = sim.world.context(i as u32);
@@ -462,7 +523,8 @@ impl SimBuilder {
             sim.cores.push(Some(core));
         }
         for i in 0..n {
-            sim.drain(i as u32, false);
+            let peers = sim.world.linked(i as u32);
+            sim.start(i as u32, &peers);
         }
         Ok(sim)
     }
@@ -479,6 +541,7 @@ pub struct Sim<P: Protocol> {
     record_events: bool,
     event_digest: Option<EventDigest<P::Event>>,
     digest_buf: Vec<u8>,
+    channel_of: Option<ChannelOf<P::Message>>,
 }
 
 impl<P: Protocol> Sim<P> {
@@ -539,6 +602,9 @@ impl<P: Protocol> Sim<P> {
     ) -> Result<R, SimError> {
         let i = self.world.resolve(id)?;
         let now = self.world.now;
+        if self.world.meta[i as usize].removed {
+            return Err(SimError::Removed(id));
+        }
         let Some(core) = self.cores[i as usize].as_mut() else {
             return Err(SimError::NodeDown(id));
         };
@@ -557,8 +623,102 @@ impl<P: Protocol> Sim<P> {
     pub fn inject_raw(&mut self, from: NodeId, to: NodeId, bytes: Vec<u8>) -> Result<(), SimError> {
         let f = self.world.resolve(from)?;
         self.world.resolve(to)?;
-        self.world.send(f, to, bytes);
+        self.world.send(f, to, ChannelId::DEFAULT, bytes);
         Ok(())
+    }
+
+    /// From now on, sends each message a core emits on the channel `channel_of` says (by
+    /// default every message travels on [`ChannelId::DEFAULT`]). Channels matter only on links
+    /// with a [`Bandwidth`] model, whose transmitters queue each channel apart and serve them
+    /// in turn. For a [`Mux`] core: `sim.set_channel_of(MuxMessage::channel)`.
+    pub fn set_channel_of(&mut self, channel_of: impl Fn(&P::Message) -> ChannelId + 'static) {
+        self.channel_of = Some(Box::new(channel_of));
+    }
+
+    // ----- membership -----
+
+    /// Adds a node now, with the identity derived from its index like [`SimBuilder::nodes`]
+    /// (the same for every seed), and returns its id. See
+    /// [`add_node_with_secret`](Self::add_node_with_secret).
+    pub fn add_node(&mut self) -> Result<NodeId, SimError> {
+        let index = self.world.ids.len() as u64;
+        let secret =
+            blake3::derive_key("llmkg-federation sim node identity v1", &index.to_le_bytes());
+        self.add_node_with_secret(secret)
+    }
+
+    /// Adds a node with this secret key now and returns its id.
+    ///
+    /// The node gets the next index and an empty [`Disk`]; its core is built by the factory
+    /// (incarnation 0) and started ([`Protocol::handle_start`]). Every running node it can
+    /// reach is told [`LinkState::Up`] about it (in index order, before anything the new node
+    /// sends can arrive), and it is told `Up` about each of them. It joins partition group 0
+    /// (the nodes no partition group lists). Cores built later list it in
+    /// [`NodeContext::nodes`]; cores already running learn about it only through
+    /// [`Protocol::handle_peer`].
+    ///
+    /// # Errors
+    ///
+    /// [`SimError::DuplicateNode`] if a node (present or departed) already has this identity,
+    /// [`SimError::TooManyNodes`] at `u32::MAX` nodes. Nothing changed.
+    pub fn add_node_with_secret(&mut self, secret: [u8; 32]) -> Result<NodeId, SimError> {
+        let id = NodeKeypair::from_secret_bytes(secret).node_id();
+        if self.world.index.contains_key(&id) {
+            return Err(SimError::DuplicateNode(id));
+        }
+        let n = self.world.ids.len();
+        let Ok(i) = u32::try_from(n) else {
+            return Err(SimError::TooManyNodes(n + 1));
+        };
+        if i == u32::MAX {
+            return Err(SimError::TooManyNodes(n + 1));
+        }
+        let w = &mut self.world;
+        w.grow_link_index(n + 1);
+        let mut ids = w.ids.to_vec();
+        ids.push(id);
+        w.ids = ids.into();
+        w.secrets.push(secret);
+        w.index.insert(id, i);
+        w.meta.push(NodeMeta::new());
+        w.joined += 1;
+        w.tracer.head(TAG_JOIN, w.now, i);
+        w.tracer.bytes(id.as_bytes());
+        if w.tracer.recording() {
+            w.tracer.record(TraceEntry::Joined { at: w.now, node: id });
+        }
+        let ctx = w.context(i);
+        self.cores.push(Some((self.factory)(ctx)));
+        self.bring_up(i);
+        Ok(id)
+    }
+
+    /// Node `id` leaves the simulation for good, now.
+    ///
+    /// Unlike a crash, it never comes back: its core is dropped, every running node that saw
+    /// it up is told [`LinkState::Down`] (behind what it already had on the wire to them),
+    /// copies in flight to it are dropped on arrival ([`DropReason::Crash`]), copies still
+    /// queued in its transmitters are dropped ([`DropReason::Overflow`]), and messages
+    /// addressed to it from now on are unroutable ([`SimStats::unroutable`]). Its index, id,
+    /// statistics and [`Disk`] remain; its id cannot join again.
+    ///
+    /// # Errors
+    ///
+    /// [`SimError::UnknownNode`], or [`SimError::Removed`] if it has already left. Nothing
+    /// changed.
+    pub fn remove_node(&mut self, id: NodeId) -> Result<(), SimError> {
+        self.apply(Fault::Remove(id))
+    }
+
+    /// Whether `id` is part of the simulation: added and not removed (running or crashed).
+    pub fn is_member(&self, id: NodeId) -> bool {
+        self.world.index.get(&id).is_some_and(|i| !self.world.meta[*i as usize].removed)
+    }
+
+    /// The nodes that are part of the simulation (running or crashed), in index order.
+    pub fn members(&self) -> Vec<NodeId> {
+        let w = &self.world;
+        w.ids.iter().zip(&w.meta).filter(|(_, m)| !m.removed).map(|(id, _)| *id).collect()
     }
 
     /// From now on, also feeds each event's contents into the trace hash: `digest` appends
@@ -644,11 +804,17 @@ impl<P: Protocol> Sim<P> {
                     m.group = *g;
                     w.tracer.u32(*g);
                 }
-                let together = groups.windows(2).all(|p| p[0] == p[1]);
+                // Nodes added since the partition was resolved are unlisted: group 0.
+                for m in w.meta.iter_mut().skip(groups.len()) {
+                    m.group = 0;
+                    w.tracer.u32(0);
+                }
+                let together = w.meta.windows(2).all(|p| p[0].group == p[1].group);
                 w.partitions.push((!together).then(|| groups.into_boxed_slice()));
                 if w.tracer.recording() {
                     w.tracer.record(TraceEntry::Partition { at: now, groups: count });
                 }
+                w.schedule_detection();
             }
             Action::Heal => {
                 w.tracer.head(TAG_HEAL, now, 1);
@@ -659,12 +825,21 @@ impl<P: Protocol> Sim<P> {
                 if w.tracer.recording() {
                     w.tracer.record(TraceEntry::Partition { at: now, groups: 1 });
                 }
+                w.schedule_detection();
             }
             Action::Crash(i) => {
-                let m = &mut w.meta[i as usize];
+                let m = &w.meta[i as usize];
+                if m.removed {
+                    return Err(SimError::Removed(w.ids[i as usize]));
+                }
                 if !m.up {
                     return Err(SimError::NodeDown(w.ids[i as usize]));
                 }
+                for peer in w.linked(i) {
+                    w.notify(peer, i, false);
+                }
+                w.drop_queued_from(i);
+                let m = &mut w.meta[i as usize];
                 m.up = false;
                 m.crashes += 1;
                 // Invalidates the pending timer entry.
@@ -678,6 +853,9 @@ impl<P: Protocol> Sim<P> {
             }
             Action::Restart(i) => {
                 let m = &mut w.meta[i as usize];
+                if m.removed {
+                    return Err(SimError::Removed(w.ids[i as usize]));
+                }
                 if m.up {
                     return Err(SimError::NodeUp(w.ids[i as usize]));
                 }
@@ -693,7 +871,32 @@ impl<P: Protocol> Sim<P> {
                 }
                 let ctx = w.context(i);
                 self.cores[i as usize] = Some((self.factory)(ctx));
-                self.drain(i, false);
+                self.bring_up(i);
+            }
+            Action::Remove(i) => {
+                let m = &w.meta[i as usize];
+                if m.removed {
+                    return Err(SimError::Removed(w.ids[i as usize]));
+                }
+                if m.up {
+                    for peer in w.linked(i) {
+                        w.notify(peer, i, false);
+                    }
+                }
+                w.drop_queued_from(i);
+                let m = &mut w.meta[i as usize];
+                m.up = false;
+                m.removed = true;
+                m.timer_gen += 1;
+                m.timer_armed = None;
+                self.cores[i as usize] = None;
+                w.left += 1;
+                w.tracer.head(TAG_LEAVE, now, i);
+                if w.tracer.recording() {
+                    w.tracer.record(TraceEntry::Left { at: now, node: w.ids[i as usize] });
+                }
+                // Leaving is not a fault.
+                return Ok(());
             }
             Action::SetLink(f, t, config) => {
                 w.overrides.insert(link_key(f, t), config);
@@ -756,7 +959,8 @@ impl<P: Protocol> Sim<P> {
         if deadline != Time::MAX && deadline > self.world.now {
             self.world.now = deadline;
         }
-        if self.world.in_flight == 0 && self.world.pending_faults == 0 {
+        let w = &self.world;
+        if w.in_flight == 0 && w.pending_faults == 0 && w.pending_notices == 0 {
             RunOutcome::Quiescent { at: last }
         } else {
             RunOutcome::Deadline { in_flight: self.world.in_flight }
@@ -800,10 +1004,12 @@ impl<P: Protocol> Sim<P> {
                 timer_fires: m.timer_fires,
                 unroutable: m.unroutable,
                 unencodable: m.unencodable,
+                oversized: m.oversized,
                 crashes: m.crashes,
                 restarts: m.restarts,
                 incarnation: m.incarnation,
                 up: m.up,
+                removed: m.removed,
             })
             .collect();
         let mut links = BTreeMap::new();
@@ -823,6 +1029,9 @@ impl<P: Protocol> Sim<P> {
             faults: w.faults,
             unroutable: w.unroutable,
             unencodable: w.unencodable,
+            oversized: w.oversized,
+            joined: w.joined,
+            left: w.left,
             messages: w.totals,
             nodes: nodes.into_iter().map(|s| (w.ids[s.index], s)).collect(),
             links,
@@ -863,7 +1072,72 @@ impl<P: Protocol> Sim<P> {
                 let _ = self.apply_action(*action);
                 true
             }
+            Kind::Notice { node, incarnation, peer, up } => {
+                self.world.pending_notices -= 1;
+                self.notice(node, incarnation, peer, up)
+            }
+            Kind::Detect { generation } => {
+                let w = &mut self.world;
+                w.pending_notices -= 1;
+                if generation == w.assignment_generation {
+                    w.detect();
+                }
+                true
+            }
+            Kind::TxDone { link } => {
+                self.world.tx_done(link);
+                false
+            }
         }
+    }
+
+    /// Delivers a connectivity notice; false if its node has crashed or left since.
+    fn notice(&mut self, node: u32, incarnation: u32, peer: u32, up: bool) -> bool {
+        let w = &mut self.world;
+        let m = &w.meta[node as usize];
+        if !m.up || m.incarnation != incarnation {
+            return false;
+        }
+        let link = if up { LinkState::Up } else { LinkState::Down };
+        self.tell(node, peer, link);
+        true
+    }
+
+    /// Calls `handle_peer` on `node` about `peer` now, then drains it.
+    fn tell(&mut self, node: u32, peer: u32, link: LinkState) {
+        let w = &mut self.world;
+        let (now, peer) = (w.now, w.ids[peer as usize]);
+        let Some(core) = self.cores[node as usize].as_mut() else { return };
+        if w.tracer.recording() {
+            let node = w.ids[node as usize];
+            w.tracer.record(TraceEntry::Peer { at: now, node, peer, link });
+        }
+        core.handle_peer(now, peer, link);
+        self.drain(node, false);
+    }
+
+    /// Starts the freshly built core of `node` (the max message length) and tells it that
+    /// `peers` are up, draining after each input.
+    fn start(&mut self, node: u32, peers: &[u32]) {
+        let now = self.world.now;
+        let host = HostInfo::new(self.world.max_message_len);
+        if let Some(core) = self.cores[node as usize].as_mut() {
+            core.handle_start(now, host);
+        }
+        self.drain(node, false);
+        for &peer in peers {
+            self.tell(node, peer, LinkState::Up);
+        }
+    }
+
+    /// A node joined or restarted (its core freshly built): its peers are told it is up
+    /// (queued first, so nothing it sends can overtake the notice), then it is started.
+    fn bring_up(&mut self, node: u32) {
+        let peers = self.world.linked(node);
+        for &peer in &peers {
+            self.world.notify(peer, node, true);
+        }
+        self.start(node, &peers);
     }
 
     fn arrive(&mut self, link: u32, incarnation: u32, epoch: u64, bytes: Vec<u8>) {
@@ -939,8 +1213,12 @@ impl<P: Protocol> Sim<P> {
         };
         let w = &mut self.world;
         while let Some(t) = core.poll_transmit() {
+            let channel = self.channel_of.as_ref().map_or(ChannelId::DEFAULT, |f| f(&t.message));
             match encoding::try_encode(&t.message) {
-                Ok(bytes) => w.send(node, t.to, bytes),
+                Ok(bytes) if bytes.len() > w.max_message_len => {
+                    w.oversized(node, t.to, bytes.len());
+                }
+                Ok(bytes) => w.send(node, t.to, channel, bytes),
                 Err(_) => w.unencodable(node, t.to),
             }
         }
@@ -978,6 +1256,9 @@ impl<P: Protocol> fmt::Debug for Sim<P> {
 /// Appends bytes identifying an event to a buffer (see [`Sim::set_event_digest`]).
 type EventDigest<E> = Box<dyn FnMut(&E, &mut Vec<u8>)>;
 
+/// Says which channel a message travels on (see [`Sim::set_channel_of`]).
+type ChannelOf<M> = Box<dyn Fn(&M) -> ChannelId>;
+
 /// Everything but the cores, so a core and the network can be borrowed at once.
 struct World {
     now: Time,
@@ -993,7 +1274,7 @@ struct World {
     link_index: LinkIndex,
     /// Per-link configurations overriding the default.
     overrides: IdMap<u64, CompiledLink>,
-    links: Vec<LinkState>,
+    links: Vec<WireState>,
     totals: MessageStats,
     events: u64,
     arrivals: u64,
@@ -1004,15 +1285,30 @@ struct World {
     last_event_at: Time,
     in_flight: u64,
     pending_faults: u64,
+    /// Connectivity notices and partition detections scheduled and not yet processed.
+    pending_notices: u64,
     partitions: PartitionHistory,
     tracer: Tracer,
     max_message_len: usize,
+    oversized: u64,
+    joined: u64,
+    left: u64,
+    /// [`SimBuilder::partition_detection`].
+    detection: Option<Duration>,
+    /// Bumped by every partition or heal; a detection reports only the one it was made for.
+    assignment_generation: u64,
 }
 
 struct NodeMeta {
     up: bool,
+    /// Left for good ([`Sim::remove_node`]); `up` is false too.
+    removed: bool,
     incarnation: u32,
     group: u32,
+    /// The partition group the cores have been told about (see
+    /// [`SimBuilder::partition_detection`]); links between nodes with different
+    /// `seen_group`s have been reported down.
+    seen_group: u32,
     disk: Disk,
     /// Generation of the one valid timer entry; bumped to invalidate it.
     timer_gen: u64,
@@ -1021,6 +1317,7 @@ struct NodeMeta {
     timer_fires: u64,
     unroutable: u64,
     unencodable: u64,
+    oversized: u64,
     crashes: u64,
     restarts: u64,
 }
@@ -1029,14 +1326,17 @@ impl NodeMeta {
     fn new() -> Self {
         Self {
             up: true,
+            removed: false,
             incarnation: 0,
             group: 0,
+            seen_group: 0,
             disk: Disk::new(),
             timer_gen: 0,
             timer_armed: None,
             timer_fires: 0,
             unroutable: 0,
             unencodable: 0,
+            oversized: 0,
             crashes: 0,
             restarts: 0,
         }
@@ -1053,7 +1353,7 @@ enum LinkIndex {
     Sparse(IdMap<u64, u32>),
 }
 
-struct LinkState {
+struct WireState {
     from: u32,
     to: u32,
     /// No FIFO copy on this link is scheduled before this instant (microseconds).
@@ -1063,12 +1363,36 @@ struct LinkState {
     /// restarted node gets new connections, not the tail of the old ones).
     floor_incarnation: u32,
     stats: MessageStats,
+    /// The transmitter, once the link has had a bandwidth model (see [`Bandwidth`]).
+    tx: Option<Box<Transmitter>>,
 }
 
-impl LinkState {
+impl WireState {
     fn new(from: u32, to: u32) -> Self {
-        Self { from, to, fifo_floor: 0, floor_incarnation: 0, stats: MessageStats::default() }
+        Self {
+            from,
+            to,
+            fifo_floor: 0,
+            floor_incarnation: 0,
+            stats: MessageStats::default(),
+            tx: None,
+        }
     }
+}
+
+/// A link's transmitter: busy with one message at a time, the others waiting per channel.
+struct Transmitter {
+    busy: bool,
+    /// The channel whose queue is looked at first when the transmitter frees up.
+    next: usize,
+    queues: [VecDeque<Queued>; ChannelId::COUNT],
+}
+
+/// A copy waiting for its link's transmitter (already counted in flight).
+struct Queued {
+    incarnation: u32,
+    epoch: u64,
+    bytes: Vec<u8>,
 }
 
 enum Action {
@@ -1076,6 +1400,7 @@ enum Action {
     Heal,
     Crash(u32),
     Restart(u32),
+    Remove(u32),
     SetLink(u32, u32, CompiledLink),
     ClearLink(u32, u32),
     SetDefault(LinkConfig, CompiledLink),
@@ -1094,6 +1419,21 @@ enum Kind {
         generation: u64,
     },
     Fault(Box<Action>),
+    /// Tells `node` (if still in `incarnation`) that its link to `peer` is up or down.
+    Notice {
+        node: u32,
+        incarnation: u32,
+        peer: u32,
+        up: bool,
+    },
+    /// The partition assignment of this generation has been in force for the detection delay.
+    Detect {
+        generation: u64,
+    },
+    /// The transmitter of `link` has finished a message.
+    TxDone {
+        link: u32,
+    },
 }
 
 fn link_key(from: u32, to: u32) -> u64 {
@@ -1152,6 +1492,7 @@ impl World {
             Fault::Heal => Action::Heal,
             Fault::Crash(id) => Action::Crash(self.resolve(id)?),
             Fault::Restart(id) => Action::Restart(self.resolve(id)?),
+            Fault::Remove(id) => Action::Remove(self.resolve(id)?),
             Fault::SetLink { from, to, config } => {
                 Action::SetLink(self.resolve(from)?, self.resolve(to)?, config.compile()?)
             }
@@ -1184,6 +1525,43 @@ impl World {
         self.queue.push(at, kind);
     }
 
+    /// A partition or heal came into force: schedules its report, if partitions are detected.
+    fn schedule_detection(&mut self) {
+        self.assignment_generation += 1;
+        if let Some(delay) = self.detection {
+            self.pending_notices += 1;
+            let generation = self.assignment_generation;
+            self.push(self.now + delay, Kind::Detect { generation });
+        }
+    }
+
+    /// Makes room in the link index for `nodes` nodes: a dense table grows by doubling its
+    /// stride (up to [`DENSE_LINKS_MAX_NODES`]), beyond which links move to a hash map.
+    fn grow_link_index(&mut self, nodes: usize) {
+        let LinkIndex::Dense { n, slots } = &mut self.link_index else { return };
+        if nodes <= *n {
+            return;
+        }
+        let old = *n;
+        let moved = std::mem::take(slots);
+        if nodes <= DENSE_LINKS_MAX_NODES {
+            let stride = nodes.max(old.saturating_mul(2)).clamp(4, DENSE_LINKS_MAX_NODES);
+            let mut grown = vec![u32::MAX; stride * stride];
+            for (i, slot) in moved.into_iter().enumerate() {
+                grown[(i / old) * stride + i % old] = slot;
+            }
+            self.link_index = LinkIndex::Dense { n: stride, slots: grown };
+        } else {
+            let mut map: IdMap<u64, u32> = HashMap::default();
+            for (i, slot) in moved.into_iter().enumerate() {
+                if slot != u32::MAX {
+                    map.insert(link_key((i / old) as u32, (i % old) as u32), slot);
+                }
+            }
+            self.link_index = LinkIndex::Sparse(map);
+        }
+    }
+
     /// The index of the state of link `from → to`, created on first use.
     fn link(&mut self, from: u32, to: u32) -> u32 {
         let next = self.links.len() as u32;
@@ -1194,7 +1572,7 @@ impl World {
                     Some(slot) => slot,
                     // Not reached (both indices are below n); a fresh state keeps it sound.
                     None => {
-                        self.links.push(LinkState::new(from, to));
+                        self.links.push(WireState::new(from, to));
                         return next;
                     }
                 }
@@ -1203,7 +1581,7 @@ impl World {
         };
         if *slot == u32::MAX {
             *slot = next;
-            self.links.push(LinkState::new(from, to));
+            self.links.push(WireState::new(from, to));
         }
         *slot
     }
@@ -1220,18 +1598,44 @@ impl World {
         }
     }
 
-    /// Hands `bytes` from node `from` to the network, addressed to `to`.
-    fn send(&mut self, from: u32, to: NodeId, bytes: Vec<u8>) {
-        let Some(&dest) = self.index.get(&to) else {
-            self.unroutable += 1;
-            self.meta[from as usize].unroutable += 1;
-            self.tracer.head(TAG_UNROUTABLE, self.now, from);
-            self.tracer.bytes(to.as_bytes());
-            if self.tracer.recording() {
-                let from = self.ids[from as usize];
-                self.tracer.record(TraceEntry::Unroutable { at: self.now, from, to });
+    /// Counts (and traces) a message node `from` emitted for `to` whose encoding is `len`
+    /// bytes, over the maximum message length.
+    fn oversized(&mut self, from: u32, to: NodeId, len: usize) {
+        self.oversized += 1;
+        self.meta[from as usize].oversized += 1;
+        self.tracer.head(TAG_OVERSIZED, self.now, from);
+        self.tracer.bytes(to.as_bytes());
+        self.tracer.u64(len as u64);
+        if self.tracer.recording() {
+            let from = self.ids[from as usize];
+            self.tracer.record(TraceEntry::Oversized { at: self.now, from, to, bytes: len });
+        }
+    }
+
+    /// The configuration in force on link `from → to`.
+    fn config_of(&self, from: u32, to: u32) -> CompiledLink {
+        if self.overrides.is_empty() {
+            self.default_compiled
+        } else {
+            self.overrides.get(&link_key(from, to)).copied().unwrap_or(self.default_compiled)
+        }
+    }
+
+    /// Hands `bytes` from node `from` to the network, addressed to `to`, on `channel`.
+    fn send(&mut self, from: u32, to: NodeId, channel: ChannelId, bytes: Vec<u8>) {
+        let dest = match self.index.get(&to) {
+            Some(&dest) if !self.meta[dest as usize].removed => dest,
+            _ => {
+                self.unroutable += 1;
+                self.meta[from as usize].unroutable += 1;
+                self.tracer.head(TAG_UNROUTABLE, self.now, from);
+                self.tracer.bytes(to.as_bytes());
+                if self.tracer.recording() {
+                    let from = self.ids[from as usize];
+                    self.tracer.record(TraceEntry::Unroutable { at: self.now, from, to });
+                }
+                return;
             }
-            return;
         };
         let link = self.link(from, dest);
         let len = bytes.len() as u64;
@@ -1240,21 +1644,32 @@ impl World {
         state.stats.sent_bytes += len;
         self.totals.sent += 1;
         self.totals.sent_bytes += len;
-        let config = if self.overrides.is_empty() {
-            self.default_compiled
-        } else {
-            self.overrides.get(&link_key(from, dest)).copied().unwrap_or(self.default_compiled)
-        };
+        let config = self.config_of(from, dest);
         let (receiver, sender) = (&self.meta[dest as usize], &self.meta[from as usize]);
         if !receiver.up {
             self.drop_copy(link, bytes.len(), DropReason::Crash);
+            return;
+        }
+        let incarnation = receiver.incarnation;
+        if from == dest {
+            // Loopback: no loss, duplication, reordering, partition or transmitter; delivered
+            // at the current instant, after what is already scheduled for it.
+            self.in_flight += 1;
+            let epoch = self.partitions.sent();
+            let state = &mut self.links[link as usize];
+            if state.floor_incarnation != incarnation {
+                state.fifo_floor = 0;
+                state.floor_incarnation = incarnation;
+            }
+            let at = self.now.as_micros().max(state.fifo_floor);
+            state.fifo_floor = at;
+            self.push(Time::from_micros(at), Kind::Deliver { link, incarnation, epoch, bytes });
             return;
         }
         if sender.group != receiver.group {
             self.drop_copy(link, bytes.len(), DropReason::Partition);
             return;
         }
-        let incarnation = receiver.incarnation;
         if chance(&mut self.rng, config.loss) {
             self.drop_copy(link, bytes.len(), DropReason::Loss);
             return;
@@ -1263,21 +1678,106 @@ impl World {
             self.links[link as usize].stats.duplicated += 1;
             self.totals.duplicated += 1;
             let copy = bytes.clone();
-            self.schedule_copy(link, &config, incarnation, bytes);
-            self.schedule_copy(link, &config, incarnation, copy);
+            self.transmit(link, &config, channel, incarnation, bytes);
+            self.transmit(link, &config, channel, incarnation, copy);
         } else {
-            self.schedule_copy(link, &config, incarnation, bytes);
+            self.transmit(link, &config, channel, incarnation, bytes);
         }
     }
 
-    fn schedule_copy(
+    /// Puts a copy in flight: straight onto the wire, or through the link's transmitter.
+    fn transmit(
         &mut self,
         link: u32,
         config: &CompiledLink,
+        channel: ChannelId,
         incarnation: u32,
         bytes: Vec<u8>,
     ) {
-        let sampled = self.now.as_micros().saturating_add(config.sample_latency(&mut self.rng));
+        let Some(bandwidth) = config.bandwidth else {
+            self.in_flight += 1;
+            let epoch = self.partitions.sent();
+            self.launch(link, config, self.now.as_micros(), incarnation, epoch, bytes);
+            return;
+        };
+        let tx = self.links[link as usize].tx.get_or_insert_with(|| {
+            Box::new(Transmitter {
+                busy: false,
+                next: 0,
+                queues: std::array::from_fn(|_| VecDeque::new()),
+            })
+        });
+        if !tx.busy {
+            self.in_flight += 1;
+            let epoch = self.partitions.sent();
+            self.start_tx(link, config, channel.index(), Queued { incarnation, epoch, bytes });
+            return;
+        }
+        if tx.queues[channel.index()].len() >= bandwidth.queue_limit {
+            self.drop_copy(link, bytes.len(), DropReason::Overflow);
+            return;
+        }
+        self.in_flight += 1;
+        let epoch = self.partitions.sent();
+        tx.queues[channel.index()].push_back(Queued { incarnation, epoch, bytes });
+    }
+
+    /// The transmitter of `link` starts sending `q` (from the queue of `channel`).
+    fn start_tx(&mut self, link: u32, config: &CompiledLink, channel: usize, q: Queued) {
+        let busy_us = config.bandwidth.map_or(0, |b| b.serialization_us(q.bytes.len()));
+        let end = self.now.as_micros().saturating_add(busy_us);
+        if let Some(tx) = self.links[link as usize].tx.as_mut() {
+            tx.busy = true;
+            tx.next = (channel + 1) % ChannelId::COUNT;
+        }
+        self.push(Time::from_micros(end), Kind::TxDone { link });
+        self.launch(link, config, end, q.incarnation, q.epoch, q.bytes);
+    }
+
+    /// The transmitter of `link` is free: it starts the next queued copy, round robin.
+    fn tx_done(&mut self, link: u32) {
+        let state = &mut self.links[link as usize];
+        let (from, to) = (state.from, state.to);
+        let Some(tx) = state.tx.as_mut() else { return };
+        tx.busy = false;
+        let next = (0..ChannelId::COUNT)
+            .map(|k| (tx.next + k) % ChannelId::COUNT)
+            .find_map(|c| tx.queues[c].pop_front().map(|q| (c, q)));
+        if let Some((channel, q)) = next {
+            let config = self.config_of(from, to);
+            self.start_tx(link, &config, channel, q);
+        }
+    }
+
+    /// Node `node` crashed or left: the copies still queued in its transmitters go with it.
+    fn drop_queued_from(&mut self, node: u32) {
+        for link in 0..self.links.len() {
+            let state = &mut self.links[link];
+            if state.from != node {
+                continue;
+            }
+            let Some(tx) = state.tx.as_mut() else { continue };
+            let queued: Vec<Queued> = tx.queues.iter_mut().flat_map(|q| q.drain(..)).collect();
+            let (from, to) = (state.from, state.to);
+            for q in queued {
+                self.in_flight -= 1;
+                self.partitions.arrived(q.epoch, from, to);
+                self.drop_copy(link as u32, q.bytes.len(), DropReason::Overflow);
+            }
+        }
+    }
+
+    /// Schedules the arrival of a copy that leaves the sender at `base` (microseconds).
+    fn launch(
+        &mut self,
+        link: u32,
+        config: &CompiledLink,
+        base: u64,
+        incarnation: u32,
+        epoch: u64,
+        bytes: Vec<u8>,
+    ) {
+        let sampled = base.saturating_add(config.sample_latency(&mut self.rng));
         let held_back = config.sample_reorder(&mut self.rng);
         let state = &mut self.links[link as usize];
         if state.floor_incarnation != incarnation {
@@ -1294,9 +1794,69 @@ impl World {
                 fifo_at
             }
         };
-        self.in_flight += 1;
-        let epoch = self.partitions.sent();
         self.push(Time::from_micros(at), Kind::Deliver { link, incarnation, epoch, bytes });
+    }
+
+    /// The state of link `from → to`, if it was ever used.
+    fn peek_link(&self, from: u32, to: u32) -> Option<u32> {
+        let slot = match &self.link_index {
+            LinkIndex::Dense { n, slots } => {
+                slots.get(from as usize * *n + to as usize).copied().unwrap_or(u32::MAX)
+            }
+            LinkIndex::Sparse(map) => map.get(&link_key(from, to)).copied().unwrap_or(u32::MAX),
+        };
+        (slot != u32::MAX).then_some(slot)
+    }
+
+    /// The running nodes other than `node` whose link to it the cores see as up (same
+    /// reported partition group), in index order.
+    fn linked(&self, node: u32) -> Vec<u32> {
+        let group = self.meta[node as usize].seen_group;
+        (0..self.meta.len() as u32)
+            .filter(|&i| i != node && self.meta[i as usize].up)
+            .filter(|&i| self.meta[i as usize].seen_group == group)
+            .collect()
+    }
+
+    /// Schedules telling `node` that its link to `peer` went up or down: behind every FIFO
+    /// copy already on the wire from `peer` to it, so a peer's messages arrive between its
+    /// `Up` and its `Down`.
+    fn notify(&mut self, node: u32, peer: u32, up: bool) {
+        let incarnation = self.meta[node as usize].incarnation;
+        let mut at = self.now;
+        if let Some(link) = self.peek_link(peer, node) {
+            let state = &self.links[link as usize];
+            if state.floor_incarnation == incarnation {
+                at = at.max(Time::from_micros(state.fifo_floor));
+            }
+        }
+        self.pending_notices += 1;
+        self.push(at, Kind::Notice { node, incarnation, peer, up });
+    }
+
+    /// Reports the partition assignment in force to the cores (see
+    /// [`SimBuilder::partition_detection`]).
+    fn detect(&mut self) {
+        let n = self.meta.len() as u32;
+        for i in 0..n {
+            if !self.meta[i as usize].up {
+                continue;
+            }
+            for j in 0..n {
+                let (a, b) = (&self.meta[i as usize], &self.meta[j as usize]);
+                if i == j || !b.up {
+                    continue;
+                }
+                let before = a.seen_group == b.seen_group;
+                let after = a.group == b.group;
+                if before != after {
+                    self.notify(i, j, after);
+                }
+            }
+        }
+        for m in &mut self.meta {
+            m.seen_group = m.group;
+        }
     }
 
     fn drop_copy(&mut self, link: u32, len: usize, reason: DropReason) {
@@ -1307,6 +1867,7 @@ impl World {
                 DropReason::Partition => stats.dropped_partition += 1,
                 DropReason::Crash => stats.dropped_crash += 1,
                 DropReason::Decode => stats.dropped_decode += 1,
+                DropReason::Overflow => stats.dropped_overflow += 1,
             }
             stats.dropped_bytes += len as u64;
         }

@@ -52,6 +52,46 @@ pub struct Reorder {
     pub max_extra_delay: Duration,
 }
 
+/// A link's transmitter: how fast it puts bytes on the wire, and how many messages may wait
+/// for it per channel (see [`LinkConfig::bandwidth`]).
+///
+/// With a bandwidth set, a directed link sends one message at a time: a message of `len`
+/// bytes occupies the transmitter for `ceil(len × 1,000,000 / bytes_per_sec)` microseconds,
+/// and only then starts its propagation [`Latency`]. Messages that find the transmitter busy
+/// wait in a FIFO queue of their [`ChannelId`](llmkg_federation_core::ChannelId); when the
+/// transmitter frees up it takes the head of the next non-empty channel queue after the
+/// channel it sent last (round robin, one message per turn). So a channel's message waits for
+/// at most the message being transmitted plus one message of every other busy channel per
+/// message queued ahead of it on its own channel. A message that finds its channel's queue
+/// holding `queue_limit` messages is dropped ([`DropReason::Overflow`](super::DropReason)).
+/// Messages a node sends to itself never use a transmitter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bandwidth {
+    /// Bytes per second of virtual time; must be positive.
+    pub bytes_per_sec: u64,
+    /// Messages that may wait per channel; must be positive. Default 1,024.
+    pub queue_limit: usize,
+}
+
+impl Bandwidth {
+    /// A transmitter of `bytes_per_sec` with the default queue limit of 1,024 per channel.
+    pub fn new(bytes_per_sec: u64) -> Self {
+        Self { bytes_per_sec, queue_limit: 1024 }
+    }
+
+    /// Sets how many messages may wait per channel.
+    pub fn queue_limit(mut self, limit: usize) -> Self {
+        self.queue_limit = limit;
+        self
+    }
+
+    /// Microseconds the transmitter is busy with `len` bytes (rounded up).
+    pub(super) fn serialization_us(&self, len: usize) -> u64 {
+        let us = (len as u128 * 1_000_000).div_ceil(u128::from(self.bytes_per_sec.max(1)));
+        u64::try_from(us).unwrap_or(u64::MAX)
+    }
+}
+
 /// The behaviour of one directed link (or the default for all links).
 ///
 /// With `reorder` unset a link is FIFO: messages are delivered in the order they were sent,
@@ -76,6 +116,9 @@ pub struct LinkConfig {
     pub duplicate: f64,
     /// Optional reordering; `None` keeps the link FIFO.
     pub reorder: Option<Reorder>,
+    /// Optional transmitter with a bandwidth and per-channel queues; `None` (the default)
+    /// sends every message the moment it is emitted, however many there are.
+    pub bandwidth: Option<Bandwidth>,
 }
 
 impl LinkConfig {
@@ -102,6 +145,13 @@ impl LinkConfig {
         self
     }
 
+    /// Gives the link a transmitter of limited bandwidth with per-channel fair queueing (see
+    /// [`Bandwidth`]).
+    pub fn bandwidth(mut self, bandwidth: Bandwidth) -> Self {
+        self.bandwidth = Some(bandwidth);
+        self
+    }
+
     /// Checks the probabilities (finite, within `[0, 1]`: NaN and infinities are refused) and
     /// the latency bounds (`min <= max` for a uniform latency).
     pub fn validate(&self) -> Result<(), SimError> {
@@ -121,6 +171,11 @@ impl LinkConfig {
             && min > max
         {
             return Err(SimError::InvalidLink("uniform latency needs min <= max"));
+        }
+        if let Some(b) = &self.bandwidth
+            && (b.bytes_per_sec == 0 || b.queue_limit == 0)
+        {
+            return Err(SimError::InvalidLink("bandwidth and queue limit must be positive"));
         }
         Ok(())
     }
@@ -144,6 +199,7 @@ impl LinkConfig {
             duplicate: self.duplicate,
             reorder,
             reorder_max,
+            bandwidth: self.bandwidth,
         })
     }
 }
@@ -167,6 +223,7 @@ pub(super) struct CompiledLink {
     pub(super) duplicate: f64,
     reorder: f64,
     reorder_max: u64,
+    pub(super) bandwidth: Option<Bandwidth>,
 }
 
 impl CompiledLink {
@@ -192,6 +249,12 @@ impl CompiledLink {
             tracer.u64(p.to_bits());
         }
         tracer.u64(self.reorder_max);
+        // Only when set, so traces of runs without a bandwidth model are unchanged.
+        if let Some(b) = self.bandwidth {
+            tracer.u8(4);
+            tracer.u64(b.bytes_per_sec);
+            tracer.u64(b.queue_limit as u64);
+        }
     }
 
     /// Samples a latency in microseconds.
@@ -343,5 +406,10 @@ mod tests {
         let bad = Latency::Uniform { min: Duration::from_millis(2), max: Duration::from_millis(1) };
         assert!(LinkConfig::with_latency(bad).validate().is_err());
         assert!(LinkConfig::default().loss(1.0).duplicate(0.5).validate().is_ok());
+        assert!(LinkConfig::default().bandwidth(Bandwidth::new(0)).validate().is_err());
+        let no_queue = Bandwidth::new(1).queue_limit(0);
+        assert!(LinkConfig::default().bandwidth(no_queue).validate().is_err());
+        assert_eq!(Bandwidth::new(1_000_000).serialization_us(1_500), 1_500);
+        assert_eq!(Bandwidth::new(3).serialization_us(1), 333_334);
     }
 }

@@ -61,9 +61,12 @@ impl PartitionHistory {
             return false;
         };
         sent_in.in_flight = sent_in.in_flight.saturating_sub(1);
-        let cut = self.epochs.range(i + 1..).any(|e| {
-            e.groups.as_deref().is_some_and(|g| g.get(from as usize) != g.get(to as usize))
-        });
+        // A node added after an assignment came into force is in its group 0 (the unlisted).
+        let group = |g: &[u32], n: u32| g.get(n as usize).copied().unwrap_or(0);
+        let cut = self
+            .epochs
+            .range(i + 1..)
+            .any(|e| e.groups.as_deref().is_some_and(|g| group(g, from) != group(g, to)));
         self.prune();
         cut
     }

@@ -38,6 +38,10 @@ pub struct MessageStats {
     /// Copies that arrived but did not decode as the receiver's message type (malformed,
     /// non-canonical, or longer than the configured limit).
     pub dropped_decode: u64,
+    /// Copies dropped by a link's transmitter: its queue for the channel was full, or the
+    /// sender crashed or left while they were queued (only with a
+    /// [`Bandwidth`](super::Bandwidth) model).
+    pub dropped_overflow: u64,
     /// Bytes of all dropped copies.
     pub dropped_bytes: u64,
 }
@@ -45,7 +49,11 @@ pub struct MessageStats {
 impl MessageStats {
     /// Copies dropped for any reason.
     pub fn dropped(&self) -> u64 {
-        self.dropped_loss + self.dropped_partition + self.dropped_crash + self.dropped_decode
+        self.dropped_loss
+            + self.dropped_partition
+            + self.dropped_crash
+            + self.dropped_decode
+            + self.dropped_overflow
     }
 
     /// Copies neither delivered nor dropped yet.
@@ -63,6 +71,7 @@ impl MessageStats {
         self.dropped_partition += other.dropped_partition;
         self.dropped_crash += other.dropped_crash;
         self.dropped_decode += other.dropped_decode;
+        self.dropped_overflow += other.dropped_overflow;
         self.dropped_bytes += other.dropped_bytes;
     }
 }
@@ -83,6 +92,9 @@ pub struct NodeStats {
     pub unroutable: u64,
     /// Messages this node emitted that its message type could not encode (not sent).
     pub unencodable: u64,
+    /// Messages this node emitted whose encoding exceeded the maximum message length (not
+    /// sent).
+    pub oversized: u64,
     /// Times the node crashed.
     pub crashes: u64,
     /// Times the node was restarted.
@@ -91,6 +103,9 @@ pub struct NodeStats {
     pub incarnation: u32,
     /// Whether the node is running.
     pub up: bool,
+    /// Whether the node has left the simulation for good
+    /// ([`Sim::remove_node`](super::Sim::remove_node)).
+    pub removed: bool,
 }
 
 /// A snapshot of everything the simulator counted (see [`Sim::stats`](super::Sim::stats)).
@@ -114,6 +129,12 @@ pub struct SimStats {
     pub unroutable: u64,
     /// Messages cores emitted that their message type could not encode (not sent).
     pub unencodable: u64,
+    /// Messages cores emitted whose encoding exceeded the maximum message length (not sent).
+    pub oversized: u64,
+    /// Nodes added while the simulation ran ([`Sim::add_node`](super::Sim::add_node)).
+    pub joined: u64,
+    /// Nodes that left ([`Sim::remove_node`](super::Sim::remove_node)).
+    pub left: u64,
     /// Network-wide totals.
     pub messages: MessageStats,
     /// Per node, keyed by id.

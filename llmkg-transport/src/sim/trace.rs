@@ -17,6 +17,10 @@ pub enum DropReason {
     Crash,
     /// The payload did not decode as the receiver's message type.
     Decode,
+    /// The link's transmitter queue for the message's channel was full (see
+    /// [`Bandwidth`](super::Bandwidth)), or the sender crashed or left while the message was
+    /// still queued in it.
+    Overflow,
 }
 
 impl DropReason {
@@ -26,6 +30,7 @@ impl DropReason {
             DropReason::Partition => 1,
             DropReason::Crash => 2,
             DropReason::Decode => 3,
+            DropReason::Overflow => 4,
         }
     }
 }
@@ -151,6 +156,44 @@ pub enum TraceEntry {
         /// Sender side, or `None` for the default configuration.
         link: Option<(NodeId, NodeId)>,
     },
+    /// A core was told that its link to `peer` came up or went down (recorded, not hashed:
+    /// it follows from the hashed crash, restart, join, leave or partition that caused it).
+    Peer {
+        /// Virtual time.
+        at: Time,
+        /// The node told.
+        node: NodeId,
+        /// The peer.
+        peer: NodeId,
+        /// Up or down.
+        link: llmkg_federation_core::LinkState,
+    },
+    /// A node joined the simulation ([`Sim::add_node`](super::Sim::add_node)).
+    Joined {
+        /// Virtual time.
+        at: Time,
+        /// The node.
+        node: NodeId,
+    },
+    /// A node left the simulation for good ([`Sim::remove_node`](super::Sim::remove_node)).
+    Left {
+        /// Virtual time.
+        at: Time,
+        /// The node.
+        node: NodeId,
+    },
+    /// A core emitted a message whose encoding exceeds the maximum message length; nothing
+    /// was sent.
+    Oversized {
+        /// Virtual time.
+        at: Time,
+        /// Sender.
+        from: NodeId,
+        /// The intended destination.
+        to: NodeId,
+        /// Encoded length.
+        bytes: usize,
+    },
     /// The host called a core-specific input through [`Sim::with_node`](super::Sim::with_node).
     HostCall {
         /// Virtual time.
@@ -183,6 +226,9 @@ pub(super) const TAG_LINK: u8 = 9;
 pub(super) const TAG_HOST: u8 = 10;
 pub(super) const TAG_HEAL: u8 = 11;
 pub(super) const TAG_UNENCODABLE: u8 = 12;
+pub(super) const TAG_JOIN: u8 = 13;
+pub(super) const TAG_LEAVE: u8 = 14;
+pub(super) const TAG_OVERSIZED: u8 = 15;
 
 impl Tracer {
     pub(super) fn new(seed: u64, nodes: usize, limit: usize) -> Self {
