@@ -1662,11 +1662,44 @@ fn latency_samples(seed: u64, latency: Latency, n: u64) -> Vec<u64> {
         .collect()
 }
 
+/// The latency of the first message of a run with seed `seed`, in µs.
+fn first_latency(seed: u64, latency: Latency) -> u64 {
+    let mut sim = SimBuilder::new(seed)
+        .nodes(2)
+        .default_link(LinkConfig::with_latency(latency))
+        .build(|_| Recorder::default())
+        .unwrap();
+    let (a, b) = (sim.node_ids()[0], sim.node_ids()[1]);
+    sim.with_node(a, |core, _| core.send(b, Msg::Seq(0))).unwrap();
+    assert!(matches!(sim.run(), RunOutcome::Quiescent { .. }), "seed {seed}");
+    match &sim.drain_events()[..] {
+        [(at, node, _)] if *node == b => at.as_micros(),
+        other => panic!("seed {seed}: {other:?}"),
+    }
+}
+
 /// "A seed gives the same samples on every platform": the latency samples of seed 1 are
 /// pinned, for the long-tailed distribution (drawn through the portable logarithm) and the
-/// uniform one (integer-only).
+/// uniform one (integer-only). At millisecond means a sample is rounded to whole µs, which
+/// hides the logarithm's last bits; with a mean of 2^56 µs they show (one ulp of the
+/// logarithm is 16 µs, and the samples stay far below the end of virtual time), so a
+/// platform's `ln` or a less precise series in its place changes the pinned values.
 #[test]
 fn latency_samples_of_a_seed_are_pinned() {
+    let precise =
+        Latency::Exponential { floor: Duration::ZERO, mean: Duration::from_micros(1 << 56) };
+    let got: Vec<u64> = (1..=8).map(|seed| first_latency(seed, precise.clone())).collect();
+    let pinned = [
+        24213006481993336,
+        77603088087491840,
+        33928883501584864,
+        79565168976445520,
+        41478115600394048,
+        98810911023735328,
+        40101821875309568,
+        14185826968752888,
+    ];
+    assert_eq!(got, pinned, "exponential latency samples of seeds 1 to 8, mean 2^56 us");
     let exponential = Latency::Exponential { floor: ms(1), mean: ms(10) };
     let got = latency_samples(1, exponential, 12);
     let pinned = [4360, 33437, 26164, 3720, 19323, 2760, 14967, 12972, 4644, 4160, 11393, 6236];
