@@ -44,6 +44,7 @@
 //! | `request_response` | a request is answered, and the answer goes to the right request |
 //! | `concurrent_requests` | 32 concurrent requests answered in reverse order are each matched |
 //! | `request_timeout` | an unanswered request fails with `Timeout` after (not before) its timeout; a late answer is discarded |
+//! | `disconnect_fails_pending_requests` | a request waiting on a peer that closes fails with `Disconnected` naming that peer, well before its timeout |
 //! | `backpressure` | a sender whose peer does not read is eventually made to wait, and nothing is lost once the peer reads |
 //! | `channels_independent` | a channel whose receiver reads nothing stops its sender, not a message on another channel; then everything on it arrives in order |
 //! | `send_to_self` | a message and a request to one's own id arrive on the channel they were sent on, from oneself, and the request is answered |
@@ -147,6 +148,7 @@ impl Suite {
         case!("request_response", Suite::request_response);
         case!("concurrent_requests", Suite::concurrent_requests);
         case!("request_timeout", Suite::request_timeout);
+        case!("disconnect_fails_pending_requests", Suite::disconnect_fails_pending_requests);
         case!("backpressure", Suite::backpressure);
         case!("channels_independent", Suite::channels_independent);
         case!("send_to_self", Suite::send_to_self);
@@ -323,6 +325,25 @@ impl Suite {
         match response {
             Ok(bytes) if bytes == answer(b"fresh") => Ok(()),
             other => Err(format!("after a late answer, a new request gave {other:?}")),
+        }
+    }
+
+    async fn disconnect_fails_pending_requests(&self, pair: &Pair) -> CaseResult {
+        let (a, b) = (&pair.a, &pair.b);
+        let b_id = b.local_id();
+        // Far longer than the case may take: only the disconnect can end the request in time.
+        let patience = self.case_timeout.saturating_mul(4);
+        let leave = async {
+            // Take the request, then leave without answering.
+            next_request(b).await?;
+            b.close().await;
+            Ok::<(), String>(())
+        };
+        let (outcome, left) = join(a.request(b_id, b"unanswered".to_vec(), patience), leave).await;
+        left?;
+        match outcome {
+            Err(TransportError::Disconnected(peer)) if peer == b_id => Ok(()),
+            other => Err(format!("a request waiting on a peer that closed gave {other:?}")),
         }
     }
 

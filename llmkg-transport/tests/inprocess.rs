@@ -4,9 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use llmkg_federation_core::{Incoming, NodeId, NodeKeypair, Timer, Transport, TransportError};
+use llmkg_federation_core::{
+    Incoming, NodeId, NodeKeypair, RequestId, Timer, Transport, TransportError,
+};
 use llmkg_transport::testing::{Pair, Suite};
-use llmkg_transport::{InProcessConfig, InProcessError, InProcessNetwork, StdTimer};
+use llmkg_transport::{
+    InProcessConfig, InProcessError, InProcessNetwork, InProcessTransport, StdTimer,
+};
 
 fn node(i: u8) -> NodeId {
     NodeKeypair::from_secret_bytes([i; 32]).node_id()
@@ -34,7 +38,7 @@ fn passes_the_conformance_suite() {
             })
             .await
             .unwrap_or_else(|failure| panic!("{failure}"));
-        assert_eq!(report.passed.len(), 10, "{report:?}");
+        assert_eq!(report.passed.len(), 11, "{report:?}");
     });
 }
 
@@ -121,5 +125,45 @@ fn request_timeout_covers_waiting_for_queue_space() {
         let result = a.request(node(2), b"?".to_vec(), Duration::from_millis(100)).await;
         assert!(matches!(result, Err(TransportError::Timeout { peer, .. }) if peer == node(2)));
         assert!(timer.now() - started >= Duration::from_millis(100));
+    });
+}
+
+/// Requests are failed per peer: when one peer leaves, only the requests waiting on it fail;
+/// a request to another peer, outstanding at the same moment, is still answered.
+#[test]
+fn a_leaving_peer_fails_only_its_own_pending_requests() {
+    async fn next_request(t: &InProcessTransport) -> (NodeId, RequestId, Vec<u8>) {
+        loop {
+            if let Incoming::Request { from, id, payload } = t.recv().await.unwrap() {
+                return (from, id, payload);
+            }
+        }
+    }
+    runtime().block_on(async {
+        let net = InProcessNetwork::new(Arc::new(StdTimer::new()));
+        let a = Arc::new(net.join(node(1)).unwrap());
+        let b = net.join(node(2)).unwrap();
+        let c = net.join(node(3)).unwrap();
+        let ask = |to: NodeId| {
+            let a = a.clone();
+            tokio::spawn(async move { a.request(to, b"?".to_vec(), Duration::from_secs(30)).await })
+        };
+        let (to_b, to_c) = (ask(node(2)), ask(node(3)));
+        // Both requests have arrived; neither is answered.
+        assert_eq!(next_request(&b).await.0, node(1));
+        let (from, c_request, _) = next_request(&c).await;
+        assert_eq!(from, node(1));
+
+        b.close().await;
+        let result = to_b.await.unwrap();
+        assert!(
+            matches!(result, Err(TransportError::Disconnected(peer)) if peer == node(2)),
+            "the request to the peer that left ended with {result:?}"
+        );
+        c.respond(node(1), c_request, b"from c".to_vec()).await.unwrap();
+        match to_c.await.unwrap() {
+            Ok(answer) => assert_eq!(answer, b"from c".to_vec()),
+            other => panic!("the request to the peer that stayed ended with {other:?}"),
+        }
     });
 }
