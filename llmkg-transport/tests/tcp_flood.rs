@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use llmkg_federation_core::{Incoming, NodeId, NodeKeypair, Transport};
 use llmkg_transport::tcp::{
-    FederationId, HELLO_LEN, Hello, NOISE_PARAMS, TcpConfig, TcpTransport, Trust,
+    FederationId, HELLO_LEN, HandshakeError, Hello, NOISE_PARAMS, PROTOCOL_VERSION, TcpConfig,
+    TcpError, TcpTransport, Trust,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -219,25 +220,52 @@ async fn dial_and_time(
 
 const VICTIM: u8 = 1;
 const RECONNECTING: u8 = 2;
-const FRESH: u8 = 3;
-const FRESH_BASELINE: u8 = 4;
+const FRESH_BASELINE: u8 = 3;
+/// Fresh peers under attack: seeds `FRESH..FRESH + ROUNDS`.
+const FRESH: u8 = 10;
+const ROUNDS: u8 = 5;
+
+/// Waits for a message from `from` on `t`, skipping other events.
+async fn message_within(t: &TcpTransport, from: NodeId, within: Duration) -> bool {
+    timeout(within, async {
+        loop {
+            match t.recv().await {
+                Ok(Incoming::Message { from: f, .. }) if f == from => return,
+                Ok(_) => {}
+                Err(e) => panic!("recv failed: {e}"),
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+fn fmt_times(times: &[Option<Duration>]) -> String {
+    let shown: Vec<String> = times
+        .iter()
+        .map(|t| t.map_or_else(|| "NOT CONNECTED".to_string(), |t| format!("{t:.1?}")))
+        .collect();
+    shown.join(", ")
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trusted_peers_connect_through_a_flood_of_strangers() {
     let mut c = TcpConfig::new(keypair(VICTIM), fed());
-    c.trust = Trust::AllowList(HashSet::from([id(RECONNECTING), id(FRESH), id(FRESH_BASELINE)]));
+    let mut trusted = HashSet::from([id(RECONNECTING), id(FRESH_BASELINE)]);
+    trusted.extend((FRESH..FRESH + ROUNDS).map(id));
+    c.trust = Trust::AllowList(trusted);
     let victim = TcpTransport::bind(c).await.unwrap();
 
     // Baseline, measured in the same run: a first connection, and a reconnection after the
     // peer lost its link (it crashed: dropped without closing).
     let (fresh_base, t_fresh_base) = dial_and_time(FRESH_BASELINE, &victim, BOUND).await;
-    let t_fresh_base = t_fresh_base.expect("no flood: a fresh peer connects");
+    assert!(t_fresh_base.is_some(), "no flood: a fresh peer connects");
     let (old, t) = dial_and_time(RECONNECTING, &victim, BOUND).await;
     t.expect("no flood: the peer connects");
     drop(old);
     assert!(disconnected_within(&victim, id(RECONNECTING), BOUND).await);
-    let (reconnected, t_reconnect_base) = dial_and_time(RECONNECTING, &victim, BOUND).await;
-    let t_reconnect_base = t_reconnect_base.expect("no flood: the peer reconnects");
+    let (mut reconnected, t_reconnect_base) = dial_and_time(RECONNECTING, &victim, BOUND).await;
+    assert!(t_reconnect_base.is_some(), "no flood: the peer reconnects");
 
     // The flood: every kind of attacker, from the trusted peers' own address (127.0.0.1) and
     // from eight others.
@@ -249,16 +277,29 @@ async fn trusted_peers_connect_through_a_flood_of_strangers() {
     let attackers = tasks.len();
     sleep(Duration::from_millis(1500)).await;
     let connects_before = stats.connects.load(Ordering::Relaxed);
+    let flood_start = Instant::now();
 
-    // The peer that had a live link loses it and reconnects while the flood is on.
-    drop(reconnected);
-    assert!(disconnected_within(&victim, id(RECONNECTING), BOUND).await);
-    let (reconnected, t_reconnect) = dial_and_time(RECONNECTING, &victim, BOUND).await;
-    // A trusted peer that never connected before.
-    let (fresh, t_fresh) = dial_and_time(FRESH, &victim, BOUND).await;
-    // The existing link carried on throughout.
+    // Round after round, the peer that had a live link loses it and reconnects, and a trusted
+    // peer that never connected before connects, all while the flood is on.
+    let mut t_reconnect = Vec::new();
+    let mut t_fresh = Vec::new();
+    let mut fresh_peers = Vec::new();
+    for round in 0..ROUNDS {
+        drop(reconnected);
+        assert!(disconnected_within(&victim, id(RECONNECTING), BOUND).await);
+        let (again, t) = dial_and_time(RECONNECTING, &victim, BOUND).await;
+        reconnected = again;
+        t_reconnect.push(t);
+        let (fresh, t) = dial_and_time(FRESH + round, &victim, BOUND).await;
+        fresh_peers.push(fresh);
+        t_fresh.push(t);
+        sleep(Duration::from_millis(200)).await;
+    }
+    // The link that was up before the flood carried on throughout.
     fresh_base.send(victim.local_id(), b"still here".to_vec()).await.unwrap();
+    let old_link_ok = message_within(&victim, id(FRESH_BASELINE), BOUND).await;
 
+    let flood_time = flood_start.elapsed();
     let connects = stats.connects.load(Ordering::Relaxed);
     let closed = stats.closed_by_node.load(Ordering::Relaxed);
     for task in &tasks {
@@ -266,23 +307,199 @@ async fn trusted_peers_connect_through_a_flood_of_strangers() {
     }
     println!(
         "flood: {attackers} attackers (idle, slow, hello-then-stall, noise-msg-1-then-stall; \
-         64 from 127.0.0.1, 16 from each of 127.0.0.2..9), {connects_before} connections \
-         open after 1.5 s, {connects} made in all, {closed} closed by the node"
+         64 from 127.0.0.1, 16 from each of 127.0.0.2..9, each reconnecting \
+         {RECONNECT_PAUSE:?} after the node drops it): {connects_before} connections in the \
+         first 1.5 s, {connects} in all, {closed} closed by the node; measured for \
+         {flood_time:.1?} under attack"
     );
-    println!("fresh peer connect time: {t_fresh_base:?} without attack, {t_fresh:?} under attack");
     println!(
-        "reconnecting peer connect time: {t_reconnect_base:?} without attack, \
-         {t_reconnect:?} under attack"
+        "fresh trusted peer connect time: {:.1?} without attack; under attack: {}",
+        t_fresh_base.unwrap_or_default(),
+        fmt_times(&t_fresh)
+    );
+    println!(
+        "reconnecting trusted peer connect time: {:.1?} without attack; under attack: {}",
+        t_reconnect_base.unwrap_or_default(),
+        fmt_times(&t_reconnect)
     );
     println!("victim stats: {:?}", victim.stats());
     assert!(
-        t_reconnect.is_some(),
+        t_reconnect.iter().all(Option::is_some),
         "the reconnecting trusted peer did not get through the flood within {BOUND:?}"
     );
     assert!(
-        t_fresh.is_some(),
-        "the fresh trusted peer did not get through the flood within {BOUND:?}"
+        t_fresh.iter().all(Option::is_some),
+        "a fresh trusted peer did not get through the flood within {BOUND:?}"
     );
-    drop((reconnected, fresh, fresh_base));
+    assert!(old_link_ok, "the link set up before the flood stopped carrying messages");
+    let shed = victim.stats();
+    assert!(shed.handshakes_shed > 0 && shed.handshakes_shed_per_address > 0, "{shed:?}");
+    drop((reconnected, fresh_peers, fresh_base));
     victim.close().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// The policy, piece by piece
+// ---------------------------------------------------------------------------------------
+
+async fn victim_with(seed: u8, tweak: impl FnOnce(&mut TcpConfig)) -> TcpTransport {
+    let mut c = TcpConfig::new(keypair(seed), fed());
+    tweak(&mut c);
+    TcpTransport::bind(c).await.unwrap()
+}
+
+/// Reads what the node sends until it closes the connection (or `within` passes).
+async fn read_until_closed(s: &mut TcpStream, within: Duration) -> (Vec<u8>, bool) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    let closed = timeout(within, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (got, closed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_learns_nothing_before_naming_the_federation() {
+    let node = victim_with(40, |_| {}).await;
+    let addr = node.local_addr();
+
+    // A port scanner that connects and waits hears nothing.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let (got, closed) = read_until_closed(&mut s, Duration::from_millis(500)).await;
+    assert!(got.is_empty() && !closed, "the node spoke first: {got:?}");
+
+    // One that sends something else is closed without a word.
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n________________").await.unwrap();
+    let (got, closed) = read_until_closed(&mut s, BOUND).await;
+    assert!(got.is_empty() && closed, "got {got:?}, closed: {closed}");
+
+    // One naming another federation learns that it is another federation, not which.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&Hello::new(FederationId::from_name("guess")).encode()).await.unwrap();
+    let (got, closed) = read_until_closed(&mut s, BOUND).await;
+    assert!(closed);
+    let reply = Hello::decode(&got).expect("a hello");
+    assert_eq!(reply.version, PROTOCOL_VERSION);
+    assert_ne!(reply.federation, fed());
+    assert_ne!(reply.federation, FederationId::from_name("guess"));
+
+    // One that names this federation gets the node's hello (and then the handshake).
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&Hello::new(fed()).encode()).await.unwrap();
+    let mut theirs = [0u8; HELLO_LEN];
+    timeout(BOUND, s.read_exact(&mut theirs)).await.unwrap().unwrap();
+    assert_eq!(Hello::decode(&theirs), Ok(Hello::new(fed())));
+    node.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hello_must_arrive_well_before_the_handshake_timeout() {
+    let node = victim_with(42, |c| {
+        c.hello_timeout = Duration::from_millis(300);
+        c.handshake_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let mut failures = node.connection_failures();
+    let start = Instant::now();
+    let mut silent = TcpStream::connect(node.local_addr()).await.unwrap();
+    let mut slow = TcpStream::connect(node.local_addr()).await.unwrap();
+    for byte in Hello::new(fed()).encode().into_iter().take(10) {
+        if slow.write_all(&[byte]).await.is_err() {
+            break;
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+    let (_, silent_closed) = read_until_closed(&mut silent, BOUND).await;
+    let (_, slow_closed) = read_until_closed(&mut slow, BOUND).await;
+    println!("silent and slow clients closed after {:.1?}", start.elapsed());
+    assert!(silent_closed && slow_closed);
+    for _ in 0..2 {
+        let f = timeout(BOUND, failures.recv()).await.unwrap().unwrap();
+        assert!(
+            matches!(
+                f.error,
+                TcpError::Handshake(HandshakeError::Timeout { after })
+                    if after == Duration::from_millis(300)
+            ),
+            "{:?}",
+            f.error
+        );
+    }
+    node.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_address_sheds_its_own_least_advanced_handshake() {
+    let node = victim_with(44, |c| {
+        c.max_pending_per_address = 3;
+        c.hello_timeout = Duration::from_secs(30);
+        c.handshake_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let addr = node.local_addr();
+    let busy = Ipv4Addr::new(127, 0, 0, 44);
+    // The oldest has sent its hello (it knows the federation); two younger ones are idle.
+    let mut advanced = connect_from(busy, addr).await.unwrap();
+    advanced.write_all(&Hello::new(fed()).encode()).await.unwrap();
+    let mut theirs = [0u8; HELLO_LEN];
+    timeout(BOUND, advanced.read_exact(&mut theirs)).await.unwrap().unwrap();
+    let mut idle_old = connect_from(busy, addr).await.unwrap();
+    sleep(Duration::from_millis(100)).await;
+    let mut idle_young = connect_from(busy, addr).await.unwrap();
+    // An idle connection from elsewhere.
+    let mut elsewhere = connect_from(Ipv4Addr::new(127, 0, 0, 45), addr).await.unwrap();
+    sleep(Duration::from_millis(200)).await;
+    assert_eq!(node.stats().handshakes_shed, 0);
+
+    // A fourth connection from the busy address sheds its oldest idle one.
+    let _newcomer = connect_from(busy, addr).await.unwrap();
+    let (_, closed) = read_until_closed(&mut idle_old, BOUND).await;
+    assert!(closed, "the oldest idle handshake of the busy address was not shed");
+    let short = Duration::from_millis(300);
+    assert!(!read_until_closed(&mut advanced, short).await.1, "the advanced one was shed");
+    assert!(!read_until_closed(&mut idle_young, short).await.1, "the younger one was shed");
+    assert!(!read_until_closed(&mut elsewhere, short).await.1, "another address was shed");
+    let stats = node.stats();
+    assert_eq!((stats.handshakes_shed, stats.handshakes_shed_per_address), (1, 1), "{stats:?}");
+    node.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_overall_limit_the_fullest_address_is_shed_and_accepting_goes_on() {
+    let node = victim_with(46, |c| {
+        c.max_pending_handshakes = 4;
+        c.max_pending_per_address = 3;
+        c.hello_timeout = Duration::from_secs(30);
+        c.handshake_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let addr = node.local_addr();
+    let heavy = Ipv4Addr::new(127, 0, 0, 46);
+    let mut lone = connect_from(Ipv4Addr::new(127, 0, 0, 47), addr).await.unwrap();
+    sleep(Duration::from_millis(100)).await;
+    let mut heavy_conns = Vec::new();
+    for _ in 0..3 {
+        heavy_conns.push(connect_from(heavy, addr).await.unwrap());
+        sleep(Duration::from_millis(50)).await;
+    }
+    sleep(Duration::from_millis(200)).await;
+    // Every slot is taken; a newcomer from a third address is accepted, and the oldest
+    // handshake of the fullest address makes room (not the older lone connection).
+    let mut newcomer = connect_from(Ipv4Addr::new(127, 0, 0, 48), addr).await.unwrap();
+    newcomer.write_all(&Hello::new(fed()).encode()).await.unwrap();
+    let mut theirs = [0u8; HELLO_LEN];
+    timeout(BOUND, newcomer.read_exact(&mut theirs)).await.unwrap().unwrap();
+    let (_, closed) = read_until_closed(&mut heavy_conns[0], BOUND).await;
+    assert!(closed, "the oldest handshake of the fullest address was not shed");
+    assert!(!read_until_closed(&mut lone, Duration::from_millis(300)).await.1);
+    let stats = node.stats();
+    assert_eq!((stats.handshakes_shed, stats.handshakes_shed_per_address), (1, 0), "{stats:?}");
+    node.close().await;
 }
