@@ -12,6 +12,13 @@
 //!                                      ◄──  acceptance: an empty encrypted chunk
 //! ```
 //!
+//! The responder says nothing until the initiator's hello has arrived (within
+//! [`TcpConfig::hello_timeout`](super::TcpConfig::hello_timeout)): to bytes that are not a
+//! hello it never answers, and to a hello naming another federation it answers with a hello
+//! naming the all-zero federation, so the dialer sees the mismatch without learning the
+//! node's federation. Only a dialer that named the node's federation gets its real hello
+//! and, after XX message 1, the node's Diffie-Hellman work.
+//!
 //! Handshake messages are framed as `[u16 BE length][bytes]`. A [`HandshakePayload`] is the
 //! sender's [`NodeId`] and its signature, under [`IDENTITY_BINDING_CONTEXT`], over the Noise
 //! static public key the handshake authenticates. Each side checks the signature against the
@@ -20,6 +27,10 @@
 //! also found room for the peer in its peer table, sends the acceptance (the first chunk of
 //! its encrypted stream, with nothing in it); the initiator reports the link up only once it
 //! has it, so a node that refuses a dialer never shows up as connected there.
+//!
+//! The listener keeps unfinished inbound handshakes in an admission table (per address
+//! group, with how far each has got) and sheds from it rather than stop accepting; see
+//! [`TcpConfig::max_pending_handshakes`](super::TcpConfig::max_pending_handshakes).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -403,18 +414,18 @@ pub(crate) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     run_gated(stream, role, local, expected, trusted, None).await
 }
 
-/// How far an inbound connection has got in its handshake. When pending handshakes must be
-/// shed, the least advanced go first.
+/// What an inbound connection's handshake is waiting for: how far it has got. When pending
+/// handshakes must be shed, the least advanced go first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Stage {
     /// Accepted; its hello has not arrived yet. It has proved nothing.
-    AwaitingHello,
+    Hello,
     /// Its hello named this node's federation and version; the first Noise message has not
     /// arrived yet.
-    AwaitingNoise,
+    Noise,
     /// This node answered the first Noise message (its Diffie-Hellman work is done); the
     /// peer's identity has not arrived yet.
-    AwaitingIdentity,
+    Identity,
 }
 
 /// What the listener adds to a responder's handshake: the deadline for the peer's hello and
@@ -475,7 +486,7 @@ pub(crate) async fn run_gated<S: AsyncRead + AsyncWrite + Unpin>(
             (gate.progress)(stage);
         }
     };
-    progress(Stage::AwaitingNoise);
+    progress(Stage::Noise);
     let mut prologue = [0u8; 2 * HELLO_LEN];
     let (first, second) = prologue.split_at_mut(HELLO_LEN);
     match role {
@@ -527,7 +538,7 @@ pub(crate) async fn run_gated<S: AsyncRead + AsyncWrite + Unpin>(
             }
             let n = hs.write_message(local.payload, &mut out).map_err(noise_err)?;
             send_msg(stream, out.get(..n).unwrap_or_default()).await?;
-            progress(Stage::AwaitingIdentity);
+            progress(Stage::Identity);
             let msg = recv_msg(stream, &mut inbuf).await?;
             let n = hs.read_message(msg, &mut payload).map_err(noise_err)?;
             let peer = check_peer(
@@ -675,7 +686,7 @@ impl Admission {
         let mut table = self.table();
         let id = table.next;
         table.next = table.next.wrapping_add(1);
-        table.entries.insert(id, PendingEntry { group, stage: Stage::AwaitingHello, shed: tx });
+        table.entries.insert(id, PendingEntry { group, stage: Stage::Hello, shed: tx });
         *table.per_group.entry(group).or_insert(0) += 1;
         (Ticket { admission: self.clone(), id }, rx)
     }
@@ -724,6 +735,16 @@ mod tests {
         );
         assert_eq!(Hello::decode(b"GARBAGE!and more bytes"), Err(HandshakeError::BadMagic));
         assert!(Hello::decode(&a.encode()[..41]).is_err());
+    }
+
+    #[test]
+    fn address_groups() {
+        let v4 = |s: &str| AddressGroup::of(s.parse().unwrap());
+        assert_eq!(v4("10.0.0.1"), v4("::ffff:10.0.0.1"));
+        assert_ne!(v4("10.0.0.1"), v4("10.0.0.2"));
+        assert_ne!(v4("127.0.0.1"), v4("127.0.0.2"));
+        assert_eq!(v4("2001:db8:1:2::1"), v4("2001:db8:1:2:ffff::9"));
+        assert_ne!(v4("2001:db8:1:2::1"), v4("2001:db8:1:3::1"));
     }
 
     #[test]
