@@ -169,10 +169,31 @@ pub struct TcpConfig {
     /// this bounds what strangers can make the node allocate.
     pub max_peers: usize,
     /// Bound on inbound connections not yet adopted at once: in handshake, authenticated and
-    /// waiting for their peer's task, or being dismissed after losing a tie-break. Beyond it
-    /// the listener stops accepting until one is done. It also bounds how many closed
+    /// waiting for their peer's task, or being dismissed after losing a tie-break. The
+    /// listener never stops accepting because of strangers: when the bound is reached, a new
+    /// connection takes the place of an unfinished handshake, which is shed (closed, with
+    /// [`HandshakeError::Shed`]): from the address groups (see
+    /// [`max_pending_per_address`](Self::max_pending_per_address)) holding the most
+    /// pending handshakes, the least advanced (no hello yet, then no first Noise message,
+    /// then no identity), then the oldest. Only when every slot is held by an authenticated
+    /// connection does the listener wait for one to be done. It also bounds how many closed
     /// sockets linger to read their peer's close. Default 64.
     pub max_pending_handshakes: usize,
+    /// Bound on the unfinished inbound handshakes from one address group: one IPv4 address
+    /// (IPv4-mapped IPv6 addresses count as IPv4), or one IPv6 /64 prefix (what one host or
+    /// subscriber can usually choose addresses from). A new connection from a group at the
+    /// bound sheds that group's least advanced, then oldest, handshake. Loopback is not
+    /// special: each `127.x.y.z` is its own group. So a flood from a few addresses stays
+    /// among those addresses, and peers elsewhere are not shed by it. Default 8; must be
+    /// positive.
+    pub max_pending_per_address: usize,
+    /// Time allowed for a connecting peer's hello (its first 42 bytes) to arrive, counted
+    /// from the accept; within [`handshake_timeout`](Self::handshake_timeout), which bounds
+    /// the whole handshake. A legitimate dialer sends its hello as soon as it is connected,
+    /// so this only needs to cover a round trip and a retransmission or two; a peer that
+    /// sends nothing, or dribbles its hello, is closed with [`HandshakeError::Timeout`]. The
+    /// node sends nothing before it has the peer's hello. Default 2 s; must be positive.
+    pub hello_timeout: Duration,
 }
 
 impl TcpConfig {
@@ -195,6 +216,8 @@ impl TcpConfig {
             certificate: None,
             max_peers: 1024,
             max_pending_handshakes: 64,
+            max_pending_per_address: 8,
+            hello_timeout: Duration::from_secs(2),
         }
     }
 
@@ -209,6 +232,12 @@ impl TcpConfig {
             return Err(TcpError::InvalidConfig(
                 "max_peers and max_pending_handshakes must be >= 1",
             ));
+        }
+        if self.max_pending_per_address == 0 {
+            return Err(TcpError::InvalidConfig("max_pending_per_address must be >= 1"));
+        }
+        if self.hello_timeout.is_zero() {
+            return Err(TcpError::InvalidConfig("hello_timeout must be positive"));
         }
         if self.backoff_initial.is_zero() || self.backoff_max < self.backoff_initial {
             return Err(TcpError::InvalidConfig("need 0 < backoff_initial <= backoff_max"));

@@ -12,6 +12,13 @@
 //!                                      ◄──  acceptance: an empty encrypted chunk
 //! ```
 //!
+//! The responder says nothing until the initiator's hello has arrived (within
+//! [`TcpConfig::hello_timeout`](super::TcpConfig::hello_timeout)): to bytes that are not a
+//! hello it never answers, and to a hello naming another federation it answers with a hello
+//! naming the all-zero federation, so the dialer sees the mismatch without learning the
+//! node's federation. Only a dialer that named the node's federation gets its real hello
+//! and, after XX message 1, the node's Diffie-Hellman work.
+//!
 //! Handshake messages are framed as `[u16 BE length][bytes]`. A [`HandshakePayload`] is the
 //! sender's [`NodeId`] and its signature, under [`IDENTITY_BINDING_CONTEXT`], over the Noise
 //! static public key the handshake authenticates. Each side checks the signature against the
@@ -20,12 +27,20 @@
 //! also found room for the peer in its peer table, sends the acceptance (the first chunk of
 //! its encrypted stream, with nothing in it); the initiator reports the link up only once it
 //! has it, so a node that refuses a dialer never shows up as connected there.
+//!
+//! The listener keeps unfinished inbound handshakes in an admission table (per address
+//! group, with how far each has got) and sheds from it rather than stop accepting; see
+//! [`TcpConfig::max_pending_handshakes`](super::TcpConfig::max_pending_handshakes).
 
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use llmkg_federation_core::{CertificateError, NodeId, NodeKeypair, SigningInput};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::oneshot;
 
 use super::TcpError;
 use super::conn::Session;
@@ -155,6 +170,17 @@ pub enum HandshakeError {
     Timeout {
         /// The configured handshake timeout.
         after: Duration,
+    },
+    /// The handshake was unfinished when the listener shed it to make room for a newer
+    /// connection: its address group held
+    /// [`max_pending_per_address`](super::TcpConfig::max_pending_per_address) pending
+    /// handshakes (`per_address`), or the node held
+    /// [`max_pending_handshakes`](super::TcpConfig::max_pending_handshakes). The least
+    /// advanced, then oldest, handshake of the fullest address group is shed.
+    #[error("unfinished handshake shed to make room ({})", if *per_address { "limit per address" } else { "overall limit" })]
+    Shed {
+        /// Whether the per-address limit (rather than the overall one) was reached.
+        per_address: bool,
     },
     /// The peer closed the connection during the handshake. This is what a dialer sees when
     /// the node it dialed refuses it (untrusted, peer table full, ...): the refusing side
@@ -385,14 +411,82 @@ pub(crate) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     expected: Option<NodeId>,
     trusted: &Trusted<'_>,
 ) -> Result<Authenticated, TcpError> {
+    run_gated(stream, role, local, expected, trusted, None).await
+}
+
+/// What an inbound connection's handshake is waiting for: how far it has got. When pending
+/// handshakes must be shed, the least advanced go first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Stage {
+    /// Accepted; its hello has not arrived yet. It has proved nothing.
+    Hello,
+    /// Its hello named this node's federation and version; the first Noise message has not
+    /// arrived yet.
+    Noise,
+    /// This node answered the first Noise message (its Diffie-Hellman work is done); the
+    /// peer's identity has not arrived yet.
+    Identity,
+}
+
+/// What the listener adds to a responder's handshake: the deadline for the peer's hello and
+/// a report of each stage reached.
+pub(crate) struct Gate<'a> {
+    pub(crate) hello_timeout: Duration,
+    pub(crate) progress: &'a (dyn Fn(Stage) + Sync),
+}
+
+/// The federation a responder names in its hello to a dialer whose hello named another
+/// federation: the responder does not disclose its own to a stranger.
+pub(crate) const UNDISCLOSED: FederationId = FederationId::from_bytes([0; 32]);
+
+/// [`run`], with the listener's `gate` for the responder. The responder says nothing until
+/// the dialer's hello has arrived (within the gate's hello timeout): a stranger that does not
+/// send a well-formed hello learns nothing, and one that names another federation is
+/// answered with a hello naming [`UNDISCLOSED`] (so it sees the mismatch) before the
+/// connection is closed. Only a dialer that named this node's federation and version gets
+/// the node's hello and, after its first Noise message, the node's Diffie-Hellman work.
+pub(crate) async fn run_gated<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    role: Role,
+    local: &Local<'_>,
+    expected: Option<NodeId>,
+    trusted: &Trusted<'_>,
+    gate: Option<&Gate<'_>>,
+) -> Result<Authenticated, TcpError> {
     let ours = Hello::new(local.federation);
     let ours_bytes = ours.encode();
-    stream.write_all(&ours_bytes).await.map_err(io_err)?;
     let mut theirs_bytes = [0u8; HELLO_LEN];
-    stream.read_exact(&mut theirs_bytes).await.map_err(io_err)?;
+    match role {
+        Role::Initiator => {
+            stream.write_all(&ours_bytes).await.map_err(io_err)?;
+            stream.read_exact(&mut theirs_bytes).await.map_err(io_err)?;
+        }
+        Role::Responder => {
+            let read = stream.read_exact(&mut theirs_bytes);
+            match gate {
+                Some(gate) => tokio::time::timeout(gate.hello_timeout, read)
+                    .await
+                    .map_err(|_| HandshakeError::Timeout { after: gate.hello_timeout })?,
+                None => read.await,
+            }
+            .map_err(io_err)?;
+            let theirs = Hello::decode(&theirs_bytes)?;
+            let reply = if theirs.federation == local.federation {
+                ours
+            } else {
+                Hello { federation: UNDISCLOSED, ..ours }
+            };
+            stream.write_all(&reply.encode()).await.map_err(io_err)?;
+        }
+    }
     let theirs = Hello::decode(&theirs_bytes)?;
     ours.check_compatible(&theirs)?;
-
+    let progress = |stage| {
+        if let Some(gate) = gate {
+            (gate.progress)(stage);
+        }
+    };
+    progress(Stage::Noise);
     let mut prologue = [0u8; 2 * HELLO_LEN];
     let (first, second) = prologue.split_at_mut(HELLO_LEN);
     match role {
@@ -444,6 +538,7 @@ pub(crate) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             }
             let n = hs.write_message(local.payload, &mut out).map_err(noise_err)?;
             send_msg(stream, out.get(..n).unwrap_or_default()).await?;
+            progress(Stage::Identity);
             let msg = recv_msg(stream, &mut inbuf).await?;
             let n = hs.read_message(msg, &mut payload).map_err(noise_err)?;
             let peer = check_peer(
@@ -463,6 +558,166 @@ pub(crate) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(Authenticated { peer, session })
 }
 
+/// Which inbound connections count together against
+/// [`TcpConfig::max_pending_per_address`](super::TcpConfig::max_pending_per_address): an IPv4
+/// address (an IPv4-mapped IPv6 address counts as the IPv4 address), or an IPv6 /64 prefix,
+/// the block a single subscriber or host can usually pick addresses from at will. Loopback
+/// addresses are not special: `127.0.0.1` and `127.0.0.2` are two groups, although they are
+/// the same host (whoever can use them can do worse than flood a listener).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum AddressGroup {
+    V4(Ipv4Addr),
+    V6Prefix([u8; 8]),
+}
+
+impl AddressGroup {
+    pub(crate) fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => Self::V4(v4),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Self::V4(v4),
+                None => {
+                    let [a, b, c, d, e, f, g, h, ..] = v6.octets();
+                    Self::V6Prefix([a, b, c, d, e, f, g, h])
+                }
+            },
+        }
+    }
+}
+
+/// Why a pending handshake was shed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shed {
+    /// Its address group was at its limit and a connection from the same group arrived.
+    PerAddress,
+    /// The node was at its overall limit and a connection arrived.
+    Overall,
+}
+
+struct PendingEntry {
+    group: AddressGroup,
+    stage: Stage,
+    shed: oneshot::Sender<Shed>,
+}
+
+#[derive(Default)]
+struct AdmissionTable {
+    next: u64,
+    /// Unauthenticated inbound handshakes, by arrival order (older first).
+    entries: BTreeMap<u64, PendingEntry>,
+    per_group: HashMap<AddressGroup, usize>,
+}
+
+impl AdmissionTable {
+    fn remove(&mut self, id: u64) -> Option<PendingEntry> {
+        let entry = self.entries.remove(&id)?;
+        if let Some(count) = self.per_group.get_mut(&entry.group) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.per_group.remove(&entry.group);
+            }
+        }
+        Some(entry)
+    }
+
+    /// Sheds the least advanced, then oldest, entry among those `eligible`.
+    fn shed_where(&mut self, reason: Shed, eligible: impl Fn(&PendingEntry) -> bool) -> bool {
+        let victim = self
+            .entries
+            .iter()
+            .filter(|(_, e)| eligible(e))
+            .min_by_key(|(id, e)| (e.stage, **id))
+            .map(|(id, _)| *id);
+        match victim.and_then(|id| self.remove(id)) {
+            Some(entry) => {
+                let _ = entry.shed.send(reason);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// The listener's table of inbound handshakes that have not authenticated yet: how many each
+/// address group holds, how far each has got, and a way to shed each. Bounded by the
+/// listener's pending-handshake limit (plus the one connection being admitted).
+pub(crate) struct Admission {
+    max_per_address: usize,
+    table: Mutex<AdmissionTable>,
+}
+
+impl Admission {
+    pub(crate) fn new(max_per_address: usize) -> Arc<Self> {
+        Arc::new(Self { max_per_address, table: Mutex::new(AdmissionTable::default()) })
+    }
+
+    fn table(&self) -> MutexGuard<'_, AdmissionTable> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// If `group` holds its limit of pending handshakes, sheds its least advanced (then
+    /// oldest) one, to make room for a new connection from it. Returns whether it shed one.
+    pub(crate) fn make_room_in(&self, group: AddressGroup) -> bool {
+        let mut table = self.table();
+        if table.per_group.get(&group).copied().unwrap_or(0) < self.max_per_address {
+            return false;
+        }
+        table.shed_where(Shed::PerAddress, |e| e.group == group)
+    }
+
+    /// Sheds one pending handshake: from the address groups holding the most, the least
+    /// advanced, then oldest. A peer with a single connection in handshake is shed only once
+    /// every group is down to one. Returns whether there was one to shed.
+    pub(crate) fn shed_one(&self) -> bool {
+        let mut table = self.table();
+        let Some(most) = table.per_group.values().copied().max() else { return false };
+        let heavy: HashSet<AddressGroup> =
+            table.per_group.iter().filter(|(_, n)| **n == most).map(|(g, _)| *g).collect();
+        table.shed_where(Shed::Overall, |e| heavy.contains(&e.group))
+    }
+
+    /// Registers a new pending handshake from `group`. The receiver fires if it is shed; the
+    /// ticket removes it from the table when dropped or released.
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        group: AddressGroup,
+    ) -> (Ticket, oneshot::Receiver<Shed>) {
+        let (tx, rx) = oneshot::channel();
+        let mut table = self.table();
+        let id = table.next;
+        table.next = table.next.wrapping_add(1);
+        table.entries.insert(id, PendingEntry { group, stage: Stage::Hello, shed: tx });
+        *table.per_group.entry(group).or_insert(0) += 1;
+        (Ticket { admission: self.clone(), id }, rx)
+    }
+}
+
+/// A pending handshake's place in the [`Admission`] table.
+pub(crate) struct Ticket {
+    admission: Arc<Admission>,
+    id: u64,
+}
+
+impl Ticket {
+    /// Records that the handshake reached `stage`.
+    pub(crate) fn advance(&self, stage: Stage) {
+        if let Some(entry) = self.admission.table().entries.get_mut(&self.id) {
+            entry.stage = stage;
+        }
+    }
+
+    /// Takes the handshake out of the table: it authenticated, and is no longer shed.
+    pub(crate) fn release(&self) {
+        self.admission.table().remove(self.id);
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -480,6 +735,16 @@ mod tests {
         );
         assert_eq!(Hello::decode(b"GARBAGE!and more bytes"), Err(HandshakeError::BadMagic));
         assert!(Hello::decode(&a.encode()[..41]).is_err());
+    }
+
+    #[test]
+    fn address_groups() {
+        let v4 = |s: &str| AddressGroup::of(s.parse().unwrap());
+        assert_eq!(v4("10.0.0.1"), v4("::ffff:10.0.0.1"));
+        assert_ne!(v4("10.0.0.1"), v4("10.0.0.2"));
+        assert_ne!(v4("127.0.0.1"), v4("127.0.0.2"));
+        assert_eq!(v4("2001:db8:1:2::1"), v4("2001:db8:1:2:ffff::9"));
+        assert_ne!(v4("2001:db8:1:2::1"), v4("2001:db8:1:3::1"));
     }
 
     #[test]

@@ -8,8 +8,11 @@
 //!
 //! **Connection setup** ([`handshake`](Hello)): both sides send a cleartext [`Hello`]
 //! (magic, [`PROTOCOL_VERSION`], [`FederationId`]) and refuse a peer of another version or
-//! federation. Both hellos become the Noise prologue, so tampering with them breaks the
-//! handshake. Then a Noise XX handshake ([`NOISE_PARAMS`]) with a fresh static key per
+//! federation; the dialer speaks first, and the listening side answers only once the
+//! dialer's hello has arrived within [`TcpConfig::hello_timeout`] (so a port scanner hears
+//! nothing, and a dialer naming another federation is answered with an all-zero federation
+//! rather than the node's). Both hellos become the Noise prologue, so tampering with them
+//! breaks the handshake. Then a Noise XX handshake ([`NOISE_PARAMS`]) with a fresh static key per
 //! transport; each side's [`HandshakePayload`] carries its node id and a signature over its
 //! Noise static key, binding the key to the identity. A side accepts the other only if the
 //! signature verifies over the key Noise authenticated, the identity is not its own and,
@@ -21,7 +24,11 @@
 //! found room for the peer in its table, accepts with an empty first encrypted chunk; the
 //! dialer reports the link up only after that, so a refused dialer sees its dial fail
 //! (and backs off) rather than a link that comes up and drops. Every refusal has a typed
-//! [`HandshakeError`] on the refusing side.
+//! [`HandshakeError`] on the refusing side. Strangers cannot block the listener: unfinished
+//! handshakes are bounded per address group ([`TcpConfig::max_pending_per_address`]) and
+//! overall ([`TcpConfig::max_pending_handshakes`]), and at either bound the least advanced,
+//! oldest handshake of the fullest group is shed ([`HandshakeError::Shed`]) so that the new
+//! connection is accepted; the listener never stops accepting because of them.
 //!
 //! **Data**: [`Frame`]s (message, request, response, goodbye, keepalive) form a byte
 //! stream, encrypted in Noise messages of at most 65535 bytes, each sent as

@@ -19,7 +19,9 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout, timeout_at};
 
 use super::conn::{ConnCtx, Linger};
-use super::handshake::{self, HandshakeError, Local, Role};
+use super::handshake::{
+    self, AddressGroup, Admission, Gate, HandshakeError, Local, Role, Shed, Ticket,
+};
 use super::outbox::{Kind, Outbox, Outgoing};
 use super::peer::{Established, PeerActor, PeerCmd, PeerHandle};
 use super::{
@@ -67,6 +69,8 @@ pub(crate) struct Counters {
     pub(crate) connections_refused: Counter,
     pub(crate) connections_failed: Counter,
     pub(crate) dial_failures: Counter,
+    pub(crate) handshakes_shed: Counter,
+    pub(crate) handshakes_shed_per_address: Counter,
     pub(crate) frames_in: Counter,
     pub(crate) frames_out: Counter,
     pub(crate) bytes_in: Counter,
@@ -87,6 +91,12 @@ pub struct TcpStats {
     pub connections_failed: u64,
     /// Dial attempts that failed before the handshake (refused, unreachable, timed out).
     pub dial_failures: u64,
+    /// Unfinished inbound handshakes shed to make room for newer connections
+    /// ([`HandshakeError::Shed`]; also counted in `connections_refused`).
+    pub handshakes_shed: u64,
+    /// Of `handshakes_shed`, those shed because their address group held
+    /// [`TcpConfig::max_pending_per_address`] pending handshakes.
+    pub handshakes_shed_per_address: u64,
     /// Frames received (keepalives not included).
     pub frames_in: u64,
     /// Frames sent (keepalives not included).
@@ -437,7 +447,14 @@ impl TcpTransport {
             tasks: Mutex::new(Vec::new()),
         });
         let permits = Arc::new(Semaphore::new(config.max_pending_handshakes));
-        let acceptor = handle.spawn(accept_loop(inner.clone(), listener, permits));
+        let admission = Admission::new(config.max_pending_per_address);
+        let acceptor = handle.spawn(accept_loop(
+            inner.clone(),
+            listener,
+            permits,
+            admission,
+            config.hello_timeout,
+        ));
         lock(&inner.tasks).push(acceptor);
         Ok(Self { inner, local_addr })
     }
@@ -500,6 +517,8 @@ impl TcpTransport {
             connections_refused: s.connections_refused.get(),
             connections_failed: s.connections_failed.get(),
             dial_failures: s.dial_failures.get(),
+            handshakes_shed: s.handshakes_shed.get(),
+            handshakes_shed_per_address: s.handshakes_shed_per_address.get(),
             frames_in: s.frames_in.get(),
             frames_out: s.frames_out.get(),
             bytes_in: s.bytes_in.get(),
@@ -540,38 +559,65 @@ impl Drop for TcpTransport {
     }
 }
 
-async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, permits: Arc<Semaphore>) {
+/// Accepts connections for as long as the transport runs. It never stops accepting because
+/// of unauthenticated connections: a new connection from an address group at its limit sheds
+/// one of that group's unfinished handshakes, and one arriving when every pending slot is
+/// taken sheds one from the fullest groups (see [`Admission`]). Only slots held by
+/// authenticated connections make it wait.
+async fn accept_loop(
+    inner: Arc<Inner>,
+    listener: TcpListener,
+    permits: Arc<Semaphore>,
+    admission: Arc<Admission>,
+    hello_timeout: Duration,
+) {
     let mut level = inner.level.subscribe();
     loop {
-        let permit = tokio::select! {
-            _ = wait_level(&mut level, Level::Closing) => return,
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
         let accepted = tokio::select! {
             _ = wait_level(&mut level, Level::Closing) => return,
             accepted = listener.accept() => accepted,
         };
-        match accepted {
-            Ok((stream, addr)) => {
-                let inner2 = inner.clone();
-                let mut level2 = inner.level.subscribe();
-                inner.handle.spawn(async move {
-                    tokio::select! {
-                        _ = wait_level(&mut level2, Level::Closing) => {}
-                        _ = accept_one(inner2, stream, addr, permit) => {}
-                    }
-                });
-            }
+        let (stream, addr) = match accepted {
+            Ok(accepted) => accepted,
             Err(_) => {
                 // Out of file descriptors or a similar transient failure: back off briefly
                 // instead of spinning.
-                drop(permit);
                 tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
             }
+        };
+        let group = AddressGroup::of(addr.ip());
+        let freeing = admission.make_room_in(group);
+        if freeing {
+            inner.stats.handshakes_shed.add(1);
+            inner.stats.handshakes_shed_per_address.add(1);
         }
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                // A shed handshake gives its slot back at once; if none can be shed, every
+                // slot is held by an authenticated connection, soon done.
+                if !freeing && admission.shed_one() {
+                    inner.stats.handshakes_shed.add(1);
+                }
+                tokio::select! {
+                    _ = wait_level(&mut level, Level::Closing) => return,
+                    permit = permits.clone().acquire_owned() => match permit {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    },
+                }
+            }
+        };
+        let (ticket, shed) = admission.admit(group);
+        let inner2 = inner.clone();
+        let mut level2 = inner.level.subscribe();
+        inner.handle.spawn(async move {
+            tokio::select! {
+                _ = wait_level(&mut level2, Level::Closing) => {}
+                _ = accept_one(inner2, stream, addr, permit, ticket, shed, hello_timeout) => {}
+            }
+        });
     }
 }
 
@@ -592,21 +638,41 @@ async fn accept_one(
     mut stream: TcpStream,
     peer_addr: SocketAddr,
     permit: OwnedSemaphorePermit,
+    ticket: Ticket,
+    shed: oneshot::Receiver<Shed>,
+    hello_timeout: Duration,
 ) {
     let mut authenticated = None;
     let setup = async {
         stream.set_nodelay(true)?;
         let local = inner.local_handshake();
         let trusted = |id: &NodeId, cert: Option<&[u8]>| inner.check_trust(id, cert);
-        let mut auth = handshake::run(&mut stream, Role::Responder, &local, None, &trusted).await?;
+        let progress = |stage| ticket.advance(stage);
+        let gate = Gate { hello_timeout, progress: &progress };
+        let mut auth =
+            handshake::run_gated(&mut stream, Role::Responder, &local, None, &trusted, Some(&gate))
+                .await?;
+        ticket.release();
         authenticated = Some(auth.peer);
         let handle = inner.peer(auth.peer, None)?;
         auth.session.send_accept(&mut stream).await?;
         Ok::<_, TcpError>((auth, handle))
     };
-    let result = match timeout(inner.handshake_timeout, setup).await {
-        Ok(result) => result,
-        Err(_) => Err(HandshakeError::Timeout { after: inner.handshake_timeout }.into()),
+    // Once released (authenticated), the ticket's sender is gone: never shed after that.
+    let shed = async {
+        match shed.await {
+            Ok(reason) => reason,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let result = tokio::select! {
+        result = timeout(inner.handshake_timeout, setup) => match result {
+            Ok(result) => result,
+            Err(_) => Err(HandshakeError::Timeout { after: inner.handshake_timeout }.into()),
+        },
+        reason = shed => {
+            Err(HandshakeError::Shed { per_address: reason == Shed::PerAddress }.into())
+        }
     };
     match result {
         Ok((auth, handle)) => {
