@@ -125,6 +125,13 @@
 //! `Triple` order (subject, predicate, object), so equal states give byte-identical files.
 //! Turtle output groups by subject and uses the prefixes of [`ExportOptions`] (by default
 //! `rdf`, `rdfs`, `owl` and `xsd`).
+//!
+//! One kind of IRI does not survive an export and re-import: an IRI holding one of the few
+//! letters Turtle allows in a prefixed name's local part but RFC 3987 does not (U+FFF0 to
+//! U+FFFD, U+E0000 to U+E0FFF, U+xFFFE and U+xFFFF of planes 1 to 14; see [`Iri`]). A Turtle
+//! document can name it (`ex:name` followed by U+E01EF, say) and the core accepts it, but the
+//! export writes it as `<...>` and the parser checks every `<...>` against RFC 3987 alone, so
+//! the re-import fails with a positioned [`ImportError::Syntax`] (nothing is committed).
 
 mod convert;
 mod read;
