@@ -1,6 +1,7 @@
 //! The knowledge-graph model: RDF terms, triples and change sets.
 //!
-//! Every value here is valid by construction: IRIs are checked against RFC 3987, language
+//! Every value here is valid by construction: IRIs are checked against RFC 3987 (with the
+//! few letters the Turtle grammar adds, see [`Iri`]), language
 //! tags against BCP 47 (and normalized to lower case), blank-node labels against the label
 //! grammar of N-Triples and Turtle (so every stored blank node can be written out and read
 //! back), and triples against RDF's position rules (a literal never stands as
@@ -26,7 +27,7 @@ pub const MAX_TERM_LEN: usize = 1 << 20;
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum TermError {
-    /// The text is not an absolute IRI (RFC 3987).
+    /// The text is not an absolute IRI (RFC 3987, with the characters [`Iri`] adds).
     #[error("invalid IRI {iri:?}: {reason}")]
     InvalidIri {
         /// The rejected text (truncated to 200 bytes).
@@ -85,28 +86,61 @@ fn check_len(s: &str) -> Result<(), TermError> {
     if s.len() > MAX_TERM_LEN { Err(TermError::TooLong { len: s.len() }) } else { Ok(()) }
 }
 
-/// An absolute IRI, validated against RFC 3987.
+/// An absolute IRI, validated against RFC 3987, with the few letters the Turtle grammar adds.
+///
+/// Turtle's `PN_CHARS_BASE` lets a prefixed name's local part, and so an IRI, hold a few code
+/// points that RFC 3987's `ucschar` leaves out: U+FFF0 to U+FFFD, U+E0000 to U+E0FFF (tags and
+/// variation selectors), and the last two code points of planes 1 to 14 (U+1FFFE, U+1FFFF,
+/// ..., U+EFFFF). They are accepted wherever RFC 3987 accepts a `ucschar` (path, query,
+/// fragment, user info, host name), so every IRI a Turtle document can name is an `Iri`.
+/// Everything else RFC 3987 refuses still is refused: relative references, characters in the
+/// wrong component, spaces, controls, the characters N-Triples and Turtle exclude from an IRI
+/// (`<`, `>`, `"`, `{`, `}`, `|`, `^`, the backquote, `\`), malformed percent-encodings.
 ///
 /// ```
 /// use llmkg_federation_core::Iri;
 /// let name = Iri::new("http://xmlns.com/foaf/0.1/name")?;
 /// assert_eq!(name.as_str(), "http://xmlns.com/foaf/0.1/name");
 /// assert!(Iri::new("not an iri").is_err());
+/// assert!(Iri::new("http://a.example/\u{E01EF}").is_ok()); // a Turtle local-name letter
+/// assert!(Iri::new("http://a.example/a b").is_err());
 /// # Ok::<(), llmkg_federation_core::TermError>(())
 /// ```
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(into = "String", try_from = "String")]
 pub struct Iri(Box<str>);
 
+/// A code point of Turtle's `PN_CHARS_BASE` that is not an RFC 3987 `ucschar` (nor ASCII):
+/// U+FFF0..=U+FFFD, U+E0000..=U+E0FFF and U+xFFFE, U+xFFFF of planes 1 to 14.
+fn is_turtle_only_iri_char(c: char) -> bool {
+    let c = u32::from(c);
+    matches!(c, 0xFFF0..=0xFFFD | 0xE0000..=0xE0FFF)
+        || ((0x1_0000..=0xE_FFFF).contains(&c) && c & 0xFFFE == 0xFFFE)
+}
+
 impl Iri {
-    /// Validates `iri` as an absolute IRI.
+    /// Validates `iri` as an absolute IRI (see [`Iri`] for the characters accepted beyond
+    /// RFC 3987).
     pub fn new(iri: impl Into<String>) -> Result<Self, TermError> {
         let iri: String = iri.into();
         check_len(&iri)?;
-        match oxiri::Iri::parse(iri.as_str()) {
-            Ok(_) => Ok(Self(iri.into_boxed_str())),
-            Err(e) => Err(TermError::InvalidIri { iri: truncated(&iri), reason: e.to_string() }),
+        let error = match oxiri::Iri::parse(iri.as_str()) {
+            Ok(_) => return Ok(Self(iri.into_boxed_str())),
+            Err(e) => e,
+        };
+        // The characters Turtle adds are accepted where RFC 3987 accepts a `ucschar`: the IRI
+        // is checked again with each of them replaced by one (U+00C0, a letter in both
+        // grammars). The error reported is the one of the IRI as given.
+        if iri.contains(is_turtle_only_iri_char) {
+            let stand_in: String = iri
+                .chars()
+                .map(|c| if is_turtle_only_iri_char(c) { '\u{C0}' } else { c })
+                .collect();
+            if oxiri::Iri::parse(stand_in.as_str()).is_ok() {
+                return Ok(Self(iri.into_boxed_str()));
+            }
         }
+        Err(TermError::InvalidIri { iri: truncated(&iri), reason: error.to_string() })
     }
 
     /// An IRI from text that [`Iri::new`] has already accepted (the RDF importer checks each
@@ -761,5 +795,84 @@ impl ChangeSet {
 impl fmt::Debug for ChangeSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ChangeSet").field("add", &self.add).field("remove", &self.remove).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accepted(iri: &str) -> bool {
+        Iri::new(iri).is_ok()
+    }
+
+    /// The W3C Turtle test `localName_with_assigned_nfc_PN_CHARS_BASE_character_boundaries`
+    /// names an IRI ending in U+E01EF, a `PN_CHARS_BASE` letter outside RFC 3987's `ucschar`.
+    #[test]
+    fn iri_accepts_the_turtle_local_name_letters() {
+        let w3c = "http://a.example/AZaz\u{C0}\u{D6}\u{D8}\u{F6}\u{F8}\u{2FF}\u{370}\u{37D}\
+                   \u{384}\u{1FFE}\u{200C}\u{200D}\u{2070}\u{2189}\u{2C00}\u{2FD5}\u{3001}\
+                   \u{D7FB}\u{FA0E}\u{FDC7}\u{FDF0}\u{FFEF}\u{10000}\u{E01EF}";
+        assert!(accepted(w3c));
+        for c in [
+            '\u{FFF0}',
+            '\u{FFFD}',
+            '\u{1FFFE}',
+            '\u{1FFFF}',
+            '\u{E0000}',
+            '\u{E0FFF}',
+            '\u{EFFFF}',
+        ] {
+            assert!(is_turtle_only_iri_char(c), "{c:?}");
+            for iri in [
+                format!("http://a.example/{c}"),
+                format!("http://a.example/p?{c}#{c}"),
+                format!("http://u{c}@h{c}.example/"),
+            ] {
+                assert!(accepted(&iri), "{iri:?}");
+            }
+        }
+        // Their neighbours in ucschar were accepted before and still are.
+        for c in ['\u{FFEF}', '\u{1FFFD}', '\u{E1000}', '\u{EFFFD}'] {
+            assert!(!is_turtle_only_iri_char(c) && accepted(&format!("http://a.example/{c}")));
+        }
+        // U+FFFE and U+FFFF are not in PN_CHARS_BASE, nor are planes 15 and 16 (private use,
+        // which RFC 3987 allows in a query only).
+        for c in ['\u{FFFE}', '\u{FFFF}', '\u{F0000}', '\u{10FFFD}'] {
+            assert!(!is_turtle_only_iri_char(c), "{c:?}");
+            assert!(!accepted(&format!("http://a.example/{c}")), "{c:?}");
+        }
+    }
+
+    /// What RDF forbids is still a typed error, whatever the characters.
+    #[test]
+    fn iri_still_rejects_what_rdf_forbids() {
+        let e = '\u{E01EF}';
+        for iri in [
+            format!("a/{e}"),                  // relative
+            format!("{e}:x"),                  // not a scheme character
+            format!("h{e}ttp://a.example/"),   // in the scheme
+            format!("http://a.example/{e} x"), // a space
+            format!("http://a.example/{e}<"),  // a character IRIREF excludes
+            format!("http://a.example/{e}%zz"),
+            format!("http://[{e}]/"),               // in an IP literal
+            format!("http://a.example/\u{80}{e}"),  // a C1 control
+            "http://a.example/\u{FFFE}".to_owned(), // a BMP non-character
+        ] {
+            match Iri::new(iri.as_str()) {
+                Err(TermError::InvalidIri { reason, .. }) => {
+                    assert!(!reason.is_empty(), "{iri:?}")
+                }
+                other => panic!("{iri:?}: expected InvalidIri, got {other:?}"),
+            }
+        }
+        // Decoding applies the same check.
+        let bytes = postcard::to_allocvec(&format!("a/{e}")).unwrap();
+        assert!(postcard::from_bytes::<Iri>(&bytes).is_err());
+        let bytes = postcard::to_allocvec(&format!("http://a.example/{e}")).unwrap();
+        assert_eq!(
+            postcard::from_bytes::<Iri>(&bytes).unwrap().as_str(),
+            format!("http://a.example/{e}")
+        );
     }
 }

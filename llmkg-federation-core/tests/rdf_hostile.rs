@@ -10,6 +10,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use llmkg_federation_core::TermError;
 use llmkg_federation_core::rdf::{self, Format, ImportError, ImportLimits, ImportOptions, Limit};
 use llmkg_federation_core::{
     BranchName, CommitId, ManualClock, MemoryStore, NodeKeypair, OrgId, Repository, Timestamp,
@@ -312,4 +313,264 @@ fn the_limit_is_exact_with_brackets_in_tokens_at_every_level() {
             "depth {depth}: {err}"
         );
     }
+}
+
+/// A reader producing `head`, then `len` copies of `fill`, then `tail`, without holding them.
+struct Generated {
+    head: Vec<u8>,
+    fill: u8,
+    len: usize,
+    tail: Vec<u8>,
+    at: usize,
+}
+
+impl Generated {
+    fn new(head: &str, fill: u8, len: usize, tail: &str) -> Self {
+        Self { head: head.into(), fill, len, tail: tail.into(), at: 0 }
+    }
+}
+
+impl std::io::Read for Generated {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let mut n = 0;
+        for slot in buf.iter_mut() {
+            let i = self.at;
+            let (h, f) = (self.head.len(), self.head.len() + self.len);
+            *slot = if i < h {
+                self.head[i]
+            } else if i < f {
+                self.fill
+            } else if let Some(&b) = self.tail.get(i - f) {
+                b
+            } else {
+                break;
+            };
+            self.at += 1;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// The bound asserted on the peak of the shapes below under a memory budget of `budget`
+/// bytes: the budget, plus what is not charged to it (the parser's buffer, a few blocks of
+/// input, the hash sets' spare capacity), which for these documents of at most 2 MiB stays
+/// under 3 MiB.
+fn budget_bound(budget: usize) -> usize {
+    2 * budget + 3 * MIB
+}
+
+#[test]
+fn many_distinct_blank_node_labels_cross_the_memory_budget_in_bounded_memory() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let budget = MIB;
+    let limits = ImportLimits::new().max_memory(budget as u64);
+    // As objects: each label is a triple and an entry of the label set.
+    let mut doc = String::from("<urn:s> <urn:p> _:b0");
+    let mut i = 1;
+    while doc.len() < 2 * MIB {
+        doc.push_str(&format!(", _:b{i}"));
+        i += 1;
+    }
+    doc.push_str(" .\n");
+    let (err, peak) = hostile(doc.as_bytes(), Format::Turtle, limits);
+    println!("2 MiB of distinct labels, budget {budget}: {err}; peak {peak} bytes");
+    assert!(peak < budget_bound(budget), "peak {peak} bytes");
+    assert!(matches!(err, ImportError::LimitExceeded { limit: Limit::Memory, line: 1, .. }));
+    // Without the budget the same document holds several times its size.
+    let (_, unbounded) =
+        peak_of(|| rdf::read(doc.as_bytes(), Format::Turtle, ImportOptions::new()).unwrap().len());
+    println!("the same without a budget: peak {unbounded} bytes");
+    assert!(unbounded > budget_bound(budget), "the document must be able to cross the bound");
+
+    // In comments, one label a line: the label set alone grows, with no triple; the error is
+    // on the line of the label that crossed the budget.
+    let budget = 256 * 1024;
+    let limits = ImportLimits::new().max_memory(budget as u64);
+    let mut doc = String::new();
+    let mut line = 0u64;
+    while doc.len() < 2 * MIB {
+        doc.push_str(&format!("# _:label{line}\n"));
+        line += 1;
+    }
+    let (err, peak) = hostile(doc.as_bytes(), Format::Turtle, limits);
+    println!("2 MiB of labels in comments, budget {budget}: {err}; peak {peak} bytes");
+    assert!(peak < budget_bound(budget), "peak {peak} bytes");
+    let ImportError::LimitExceeded { limit: Limit::Memory, line, column, .. } = err else {
+        panic!("expected a memory limit error, got {err:?}")
+    };
+    // A label is recorded at the byte after it: the line's end.
+    let text = doc.lines().nth(line as usize - 1).unwrap();
+    assert_eq!(column as usize, text.len() + 1, "{text}");
+}
+
+#[test]
+fn many_prefix_declarations_cross_the_memory_budget_in_bounded_memory() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let budget = 256 * 1024;
+    let limits = ImportLimits::new().max_memory(budget as u64);
+    for (what, keyword, same_name) in [
+        ("distinct @prefix", "@prefix", false),
+        ("distinct PREFIX", "PREFIX", false),
+        ("redefined @prefix", "@prefix", true),
+    ] {
+        let mut doc = String::new();
+        let mut i = 0;
+        while doc.len() < 2 * MIB {
+            let name = if same_name { "p".to_owned() } else { format!("p{i}") };
+            let end = if keyword == "PREFIX" { "" } else { " ." };
+            doc.push_str(&format!("{keyword} {name}: <urn:x:{i}:>{end}\n"));
+            i += 1;
+        }
+        let (err, peak) = hostile(doc.as_bytes(), Format::Turtle, limits);
+        println!("2 MiB of {what}, budget {budget}: {err}; peak {peak} bytes");
+        assert!(peak < budget_bound(budget), "{what}: peak {peak} bytes");
+        let ImportError::LimitExceeded { limit: Limit::Memory, line, column, .. } = err else {
+            panic!("{what}: expected a memory limit error, got {err:?}")
+        };
+        // At the `>` that ends the declared IRI.
+        let text = doc.lines().nth(line as usize - 1).unwrap();
+        assert_eq!(text.chars().nth(column as usize - 1), Some('>'), "{what}: {text}");
+    }
+    // A prefixed name that merely reads `prefix` is no declaration.
+    let doc = "@prefix prefix: <urn:x:> .\nprefix:prefix prefix:prefix <urn:prefix> .\n";
+    let limits = ImportLimits::new().max_memory(4096);
+    assert_eq!(
+        rdf::read(doc.as_bytes(), Format::Turtle, ImportOptions::new().limits(limits))
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn a_long_object_list_crosses_the_memory_budget_before_the_triple_limit() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let budget = MIB;
+    let limits = ImportLimits::new().max_memory(budget as u64);
+    let value = "v".repeat(200);
+    let mut doc = String::from("<urn:s> <urn:p> ");
+    let mut i = 0;
+    while doc.len() < 2 * MIB {
+        doc.push_str(&format!("\"{value}{i}\" ; <urn:p{i}> "));
+        i += 1;
+    }
+    doc.push_str("1 .\n");
+    let (err, peak) = hostile(doc.as_bytes(), Format::Turtle, limits);
+    println!("2 MiB of a ';'/',' chain, budget {budget}: {err}; peak {peak} bytes");
+    assert!(peak < budget_bound(budget), "peak {peak} bytes");
+    assert!(matches!(err, ImportError::LimitExceeded { limit: Limit::Memory, line: 1, .. }));
+    // N-Triples too.
+    let doc: String = (0..8_000).map(|i| format!("<urn:s> <urn:p> \"{value}{i}\" .\n")).collect();
+    let (err, peak) = hostile(doc.as_bytes(), Format::NTriples, limits);
+    println!("{} bytes of N-Triples, budget {budget}: {err}; peak {peak} bytes", doc.len());
+    assert!(peak < budget_bound(budget), "peak {peak} bytes");
+    assert!(matches!(err, ImportError::LimitExceeded { limit: Limit::Memory, .. }));
+}
+
+#[test]
+fn long_literals_and_iris_are_refused_at_their_start_in_bounded_memory() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let max = 64 * 1024;
+    let limits = ImportLimits::new().max_token_len(max);
+    let bound = MIB;
+    let long = "x".repeat(2 * MIB);
+    for (what, doc, format) in [
+        ("literal", format!("<urn:a> <urn:p> 1 .\n<urn:a> <urn:p> \"{long}\" .\n"), Format::Turtle),
+        (
+            "long literal",
+            format!("<urn:a> <urn:p> 1 .\n<urn:a> <urn:p> \"\"\"{long}\"\"\" .\n"),
+            Format::Turtle,
+        ),
+        ("IRI", format!("<urn:a> <urn:p> 1 .\n<urn:a> <urn:p> <urn:{long}> .\n"), Format::Turtle),
+        ("prefixed name", format!("@prefix ex: <urn:> .\nex:a ex:p ex:{long} .\n"), Format::Turtle),
+        (
+            "N-Triples literal",
+            format!("<urn:a> <urn:p> \"1\" .\n<urn:a> <urn:p> \"{long}\" .\n"),
+            Format::NTriples,
+        ),
+        (
+            "N-Quads graph",
+            format!("<urn:a> <urn:p> \"1\" .\n<urn:a> <urn:p> \"1\" <urn:{long}> .\n"),
+            Format::NQuads,
+        ),
+    ] {
+        let (err, peak) = hostile(doc.as_bytes(), format, limits);
+        println!("a 2 MiB {what}, token limit {max}: {err}; peak {peak} bytes");
+        assert!(peak < bound, "{what}: peak {peak} bytes");
+        let ImportError::LimitExceeded {
+            limit: Limit::TokenLength, line: 2, column, offset, ..
+        } = err
+        else {
+            panic!("{what}: expected a token limit error on line 2, got {err:?}")
+        };
+        // At the token's first byte.
+        assert!(matches!(doc.as_bytes()[offset as usize], b'"' | b'<' | b'e'), "{what}");
+        let line_start = doc.find('\n').unwrap() as u64 + 1;
+        assert_eq!(column, offset - line_start + 1, "{what}");
+    }
+}
+
+#[test]
+fn a_long_literal_under_the_default_token_limit_is_a_positioned_term_error() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // Longer than the core's longest term, shorter than the default token limit.
+    let long = "x".repeat(3 * MIB);
+    let doc = format!("<urn:a> <urn:p> 1 .\n<urn:a> <urn:p> \"{long}\" .\n");
+    let (err, peak) = hostile(doc.as_bytes(), Format::Turtle, ImportLimits::default());
+    // The parser's buffer holds the token (up to twice its size as it grows), the literal's
+    // value is a copy: about four times the token at most.
+    let bound = 4 * 3 * MIB + MIB;
+    println!("a 3 MiB literal, default limits: {err}; peak {peak} bytes (bound {bound})");
+    assert!(peak < bound, "peak {peak} bytes");
+    match err {
+        ImportError::Term {
+            statement: 2,
+            line: 3,
+            column: 1,
+            source: TermError::TooLong { .. },
+            ..
+        } => {}
+        other => panic!("expected a positioned term error, got {other:?}"),
+    }
+}
+
+#[test]
+fn comments_of_any_length_are_accepted_in_bounded_memory() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // 24 MiB of comment on one line: longer than the parser's 16 MiB buffer and than the
+    // token limit, generated as it is read.
+    let len = 24 * MIB;
+    for format in Format::ALL {
+        let reader = Generated::new(
+            "<urn:a> <urn:p> <urn:o> . # ",
+            b'x',
+            len,
+            "\n<urn:a> <urn:p> <urn:b> .\n",
+        );
+        let (dataset, peak) = peak_of(|| rdf::read(reader, format, ImportOptions::new()).unwrap());
+        println!("{format}: a 24 MiB comment: peak {peak} bytes");
+        assert_eq!(dataset.len(), 2, "{format}");
+        assert!(peak < MIB, "{format}: peak {peak} bytes");
+    }
+    // A syntax error after a long comment is at its true position (the parser did not see
+    // most of the comment).
+    let comment = "\u{e9}".repeat(3 * MIB);
+    let doc = format!("<urn:a> <urn:p> <urn:o> .\n#{comment}\n<urn:a> <urn:p> @@ .\n");
+    let err = rdf::read(doc.as_bytes(), Format::Turtle, ImportOptions::new()).unwrap_err();
+    // The parser points into `@@` (at its second character); the offset must be that of the
+    // same character in the whole input.
+    let line_start = doc.rfind("<urn:a>").unwrap() as u64;
+    let ImportError::Syntax { line: 3, column, offset, .. } = err else {
+        panic!("expected a syntax error on line 3, got {err:?}")
+    };
+    assert!((17..=18).contains(&column), "{err:?}");
+    assert_eq!(offset, line_start + column - 1, "{err:?}");
+    // An error at the end of the input, inside a long comment, is on its line.
+    let doc = format!("<urn:a> <urn:p> #{comment}");
+    let err = rdf::read(doc.as_bytes(), Format::Turtle, ImportOptions::new()).unwrap_err();
+    let ImportError::Syntax { line: 1, offset, .. } = err else {
+        panic!("expected a syntax error on line 1, got {err:?}")
+    };
+    assert!(offset <= doc.len() as u64);
 }

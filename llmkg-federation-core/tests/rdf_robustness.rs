@@ -9,7 +9,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use llmkg_federation_core::rdf::{
-    self, Format, ImportError, ImportLimits, ImportMode, ImportOptions,
+    self, Format, ImportError, ImportLimits, ImportMode, ImportOptions, Limit,
 };
 use llmkg_federation_core::{
     BranchName, CommitId, ManualClock, MemoryStore, NodeKeypair, ObjectId, OrgId, RepoError,
@@ -247,7 +247,7 @@ fn a_failed_commit_leaves_the_branch_and_its_cached_state_unchanged() {
 }
 
 #[test]
-fn a_token_longer_than_the_parser_buffer_is_a_typed_error() {
+fn a_token_longer_than_the_token_limit_is_a_positioned_error() {
     let doc = format!("<urn:a> <urn:p> \"{}\" .\n", "x".repeat(17 << 20));
     let mut repo = repo();
     let main = b("main");
@@ -255,7 +255,20 @@ fn a_token_longer_than_the_parser_buffer_is_a_typed_error() {
         .unwrap();
     let before = snapshot(&mut repo, &main);
     let err = repo.import(&main, doc.as_bytes(), Format::Turtle, ImportOptions::new());
-    assert!(matches!(err, Err(ImportError::TokenTooLong { .. })), "{err:?}");
+    // Refused at the token's start, before the parser's buffer fills.
+    assert!(
+        matches!(
+            err,
+            Err(ImportError::LimitExceeded {
+                limit: Limit::TokenLength,
+                max: ImportLimits::MAX_TOKEN_LEN,
+                line: 1,
+                column: 17,
+                offset: 16,
+            })
+        ),
+        "{err:?}"
+    );
     assert_untouched(&mut repo, &main, before);
 }
 

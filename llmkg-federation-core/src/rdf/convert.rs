@@ -2,7 +2,10 @@
 //!
 //! Core → oxrdf is infallible and, through the `*Ref` types, allocation-free: every core
 //! value is valid for oxrdf (IRIs are RFC 3987 IRIs, language tags are lower-case BCP 47 tags,
-//! blank-node labels follow the same grammar). oxrdf → core goes through the checked core
+//! blank-node labels follow the same grammar). The one exception is an IRI holding one of the
+//! few Turtle local-name letters that RFC 3987 lacks (see [`Iri`]): oxrdf's checked
+//! `NamedNode::new` would refuse it, the unchecked constructor used here carries it through
+//! unchanged. oxrdf → core goes through the checked core
 //! constructors and fails with a [`TermError`] where the core model is stricter (a value
 //! longer than [`MAX_TERM_LEN`](crate::MAX_TERM_LEN), a literal typed `rdf:langString`).
 

@@ -41,19 +41,20 @@
 //! removed.
 //!
 //! - **Atomic.** Nothing is committed before the last statement has been parsed and
-//!   converted. Any error — a syntax error ([`ImportError::Syntax`], with 1-based line and
-//!   column), a term the model rejects ([`ImportError::Term`]), a token longer than the
-//!   parser's buffer ([`ImportError::TokenTooLong`]), a crossed limit
-//!   ([`ImportError::LimitExceeded`]), a read error ([`ImportError::Io`]), a failed commit —
-//!   leaves the branch, and the repository's cached state of it, exactly as
+//!   converted. Any error — a syntax error ([`ImportError::Syntax`]), a term the model
+//!   rejects ([`ImportError::Term`]), a crossed limit ([`ImportError::LimitExceeded`]), all
+//!   three with 1-based line and column; a read error ([`ImportError::Io`]), a failed
+//!   commit — leaves the branch, and the repository's cached state of it, exactly as
 //!   it was. So does a panicking progress callback (it runs before anything is committed).
-//! - **Streaming, bounded memory.** The parser reads the input in small chunks (a single
-//!   token may not exceed 16 MiB); memory grows with the statements kept (for Turtle, also
-//!   with the distinct `_:labels` written in the text), not with the size of the file's text.
-//!   Nesting depth is not limited by the call stack but by [`ImportLimits::max_nesting_depth`]
-//!   (each open collection or property list costs the parser several hundred bytes), and the
-//!   statements kept by [`ImportLimits::max_pending_triples`]; both are set with
-//!   [`ImportOptions::limits`]. Reads that fail with
+//! - **Streaming, bounded memory.** The parser reads the input in small chunks; what the
+//!   import holds is bounded by [`ImportLimits`], set with [`ImportOptions::limits`]: a byte
+//!   budget for everything it accumulates (the statements kept, the `_:labels` written in a
+//!   Turtle text, prefix declarations, caches: [`ImportLimits::max_memory`]), the length of
+//!   a single token ([`ImportLimits::max_token_len`]; comments may be of any length), the
+//!   nesting depth, which is not limited by the call stack
+//!   ([`ImportLimits::max_nesting_depth`]; each open collection or property list costs the
+//!   parser several hundred bytes), and the number of statements kept
+//!   ([`ImportLimits::max_pending_triples`]). Reads that fail with
 //!   [`Interrupted`](std::io::ErrorKind::Interrupted) are retried.
 //! - **Text.** The input must be UTF-8 (invalid bytes are a positioned syntax error); a
 //!   leading UTF-8 byte order mark is skipped, and lines may end in `\n`, `\r\n` or `\r`.
@@ -124,6 +125,13 @@
 //! `Triple` order (subject, predicate, object), so equal states give byte-identical files.
 //! Turtle output groups by subject and uses the prefixes of [`ExportOptions`] (by default
 //! `rdf`, `rdfs`, `owl` and `xsd`).
+//!
+//! One kind of IRI does not survive an export and re-import: an IRI holding one of the few
+//! letters Turtle allows in a prefixed name's local part but RFC 3987 does not (U+FFF0 to
+//! U+FFFD, U+E0000 to U+E0FFF, U+xFFFE and U+xFFFF of planes 1 to 14; see [`Iri`]). A Turtle
+//! document can name it (`ex:name` followed by U+E01EF, say) and the core accepts it, but the
+//! export writes it as `<...>` and the parser checks every `<...>` against RFC 3987 alone, so
+//! the re-import fails with a positioned [`ImportError::Syntax`] (nothing is committed).
 
 mod convert;
 mod read;

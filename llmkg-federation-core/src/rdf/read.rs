@@ -12,7 +12,9 @@ use super::{Format, GraphName};
 use crate::commit::CommitId;
 use crate::repo::{RepoError, Repository};
 use crate::store::{BranchName, Store};
-use crate::term::{BlankNode, ChangeSet, Iri, LanguageTag, Literal, Term, TermError, Triple};
+use crate::term::{
+    BlankNode, ChangeSet, Iri, LanguageTag, Literal, LiteralKind, Term, TermError, Triple,
+};
 
 /// Progress is reported each time this many more bytes have been read.
 const PROGRESS_EVERY_BYTES: u64 = 256 * 1024;
@@ -84,6 +86,12 @@ pub enum Limit {
     /// [`ImportLimits::max_pending_triples`]: too many triples parsed and held for the one
     /// commit an import makes.
     PendingTriples,
+    /// [`ImportLimits::max_memory`]: what the import holds while parsing (triples, blank-node
+    /// labels, prefixes, caches) grew past the byte budget.
+    Memory,
+    /// [`ImportLimits::max_token_len`]: a single token (a literal, an IRI, a name; comments
+    /// do not count) is too long.
+    TokenLength,
 }
 
 impl fmt::Display for Limit {
@@ -91,6 +99,8 @@ impl fmt::Display for Limit {
         f.write_str(match self {
             Limit::NestingDepth => "nesting depth",
             Limit::PendingTriples => "pending triples",
+            Limit::Memory => "memory held (bytes)",
+            Limit::TokenLength => "token length (bytes)",
         })
     }
 }
@@ -99,12 +109,20 @@ impl fmt::Display for Limit {
 /// fails with [`ImportError::LimitExceeded`] instead of exhausting memory. Set them with
 /// [`ImportOptions::limits`].
 ///
-/// Everything else the importer holds is bounded per byte of input by a small constant (or,
-/// for a single token, by the parser's 16 MiB buffer; see [`ImportError::TokenTooLong`]).
+/// [`max_memory`](Self::max_memory) bounds, in bytes, everything the import accumulates while
+/// it parses: the triples held for its commit, the blank-node labels written in the text, the
+/// prefixes declared, the importer's caches. What is not counted there is bounded by the
+/// other limits: the parser's buffer by [`max_token_len`](Self::max_token_len) (at most twice
+/// [`MAX_TOKEN_LEN`](Self::MAX_TOKEN_LEN)), its stack by
+/// [`max_nesting_depth`](Self::max_nesting_depth). Comments cost nothing, however long.
 ///
 /// ```
 /// use llmkg_federation_core::rdf::{ImportLimits, ImportOptions};
-/// let limits = ImportLimits::new().max_nesting_depth(1024).max_pending_triples(1_000_000);
+/// let limits = ImportLimits::new()
+///     .max_nesting_depth(1024)
+///     .max_pending_triples(1_000_000)
+///     .max_memory(512 << 20)
+///     .max_token_len(1 << 20);
 /// assert_eq!(limits.max_nesting_depth, 1024);
 /// let options = ImportOptions::new().limits(limits);
 /// # drop(options);
@@ -124,6 +142,21 @@ pub struct ImportLimits {
     /// and with it of long collections and long `;` / `,` chains, which produce triples
     /// without nesting. Default [`DEFAULT_MAX_PENDING_TRIPLES`](Self::DEFAULT_MAX_PENDING_TRIPLES).
     pub max_pending_triples: u64,
+    /// How many bytes the import may hold while parsing: the triples kept for its commit (the
+    /// triple values and the text of their terms), the `_:labels` written in a Turtle
+    /// document, the prefixes it declares (each declaration counts, redefinitions included),
+    /// and the importer's caches of checked IRIs, language tags and anonymous nodes. The count
+    /// is an estimate of the heap these take (each string is charged its length plus a
+    /// fixed overhead); it is checked as each item is added. Default
+    /// [`DEFAULT_MAX_MEMORY`](Self::DEFAULT_MAX_MEMORY).
+    pub max_memory: u64,
+    /// The longest run of input, in bytes, that contains no whitespace and none of
+    /// `, ; ( ) [ ]` outside strings and IRIs: a bound on any single token (a literal with its
+    /// quotes, an IRI, a prefixed name; `<a><b>` written without a space counts as one).
+    /// Comments are not tokens and may be of any length. The parser buffers a token whole, so
+    /// this bounds its buffer. At most [`MAX_TOKEN_LEN`](Self::MAX_TOKEN_LEN) (larger values
+    /// are lowered to it); default [`DEFAULT_MAX_TOKEN_LEN`](Self::DEFAULT_MAX_TOKEN_LEN).
+    pub max_token_len: u64,
 }
 
 impl ImportLimits {
@@ -135,6 +168,16 @@ impl ImportLimits {
     /// about a hundred times its size), so this is in the order of a few GiB at most. Larger
     /// documents need a raised limit (or several imports).
     pub const DEFAULT_MAX_PENDING_TRIPLES: u64 = 10_000_000;
+    /// Default of [`max_memory`](Self::max_memory): 2 GiB (about seven million triples of
+    /// short terms; see [`DEFAULT_MAX_PENDING_TRIPLES`](Self::DEFAULT_MAX_PENDING_TRIPLES)).
+    pub const DEFAULT_MAX_MEMORY: u64 = 2 << 30;
+    /// The largest [`max_token_len`](Self::max_token_len): 8 MiB, half the parser's 16 MiB
+    /// buffer, which then always holds the current line's start and the token together.
+    pub const MAX_TOKEN_LEN: u64 = 8 << 20;
+    /// Default of [`max_token_len`](Self::max_token_len): [`MAX_TOKEN_LEN`](Self::MAX_TOKEN_LEN),
+    /// room for a term of the core's longest length ([`MAX_TERM_LEN`](crate::MAX_TERM_LEN))
+    /// even when it is written with escapes.
+    pub const DEFAULT_MAX_TOKEN_LEN: u64 = Self::MAX_TOKEN_LEN;
 
     /// The defaults.
     pub fn new() -> Self {
@@ -152,6 +195,19 @@ impl ImportLimits {
         self.max_pending_triples = triples;
         self
     }
+
+    /// Sets [`max_memory`](Self::max_memory), in bytes; `u64::MAX` means no bound.
+    pub fn max_memory(mut self, bytes: u64) -> Self {
+        self.max_memory = bytes;
+        self
+    }
+
+    /// Sets [`max_token_len`](Self::max_token_len), in bytes, lowered to at most
+    /// [`MAX_TOKEN_LEN`](Self::MAX_TOKEN_LEN).
+    pub fn max_token_len(mut self, bytes: u64) -> Self {
+        self.max_token_len = bytes.min(Self::MAX_TOKEN_LEN);
+        self
+    }
 }
 
 impl Default for ImportLimits {
@@ -159,6 +215,8 @@ impl Default for ImportLimits {
         Self {
             max_nesting_depth: Self::DEFAULT_MAX_NESTING_DEPTH,
             max_pending_triples: Self::DEFAULT_MAX_PENDING_TRIPLES,
+            max_memory: Self::DEFAULT_MAX_MEMORY,
+            max_token_len: Self::DEFAULT_MAX_TOKEN_LEN,
         }
     }
 }
@@ -292,11 +350,21 @@ pub enum ImportError {
     },
     /// A statement is valid RDF but one of its terms is rejected by the core model (for
     /// example a value longer than [`MAX_TERM_LEN`](crate::MAX_TERM_LEN)). Branch unchanged.
-    #[error("statement {statement}: {source}")]
+    ///
+    /// The position is how far the input had been read when the parser returned the
+    /// statement: at or after the statement's end, by less than the parser's last read
+    /// (see [`ImportError::LimitExceeded`]).
+    #[error("statement {statement} (input read to line {line}, column {column}): {source}")]
     Term {
         /// The rejected statement's number, from 1, in document order (0 for a label the
         /// importer derives after parsing, which cannot actually be rejected).
         statement: u64,
+        /// Line, from 1.
+        line: u64,
+        /// Column, from 1, in characters.
+        column: u64,
+        /// Byte offset, from 0 (a byte order mark included).
+        offset: u64,
         /// Why the term was rejected.
         source: TermError,
     },
@@ -308,22 +376,15 @@ pub enum ImportError {
         /// Why it was rejected.
         reason: String,
     },
-    /// A single token (an IRI, a literal, a comment, ...) is longer than the parser's buffer
-    /// of 16 MiB, so the document cannot be parsed in bounded memory. Branch unchanged.
-    #[error(
-        "a single token exceeds the parser's 16 MiB buffer (after {bytes_read} bytes of input)"
-    )]
-    TokenTooLong {
-        /// Bytes read from the input when the parser gave up.
-        bytes_read: u64,
-    },
     /// The document crossed one of the [`ImportLimits`] set with [`ImportOptions::limits`].
     /// Branch unchanged.
     ///
     /// For [`Limit::NestingDepth`] the position is that of the bracket that opened one level
-    /// too many. For [`Limit::PendingTriples`] it is how far the input had been read when the
-    /// triple one too many was parsed; the parser reads ahead in blocks, so it may be past that
-    /// triple (by at most a block).
+    /// too many; for [`Limit::TokenLength`], the start of the long token; for
+    /// [`Limit::Memory`] crossed by a label or a prefix declaration, the byte that completed
+    /// it. For [`Limit::PendingTriples`], and [`Limit::Memory`] crossed by a triple, it is how
+    /// far the input had been read when the triple was parsed; the parser reads ahead in
+    /// blocks, so it may be past that triple (by at most a block).
     #[error("import limit exceeded at line {line}, column {column}: {limit} above {max}")]
     LimitExceeded {
         /// Which limit.
@@ -350,30 +411,53 @@ pub enum ImportError {
 
 impl ImportError {
     /// Converts a parser error; `input` tells whether an I/O error came from the caller's
-    /// reader (otherwise it is the parser's buffer limit) and how many bytes of byte order
-    /// mark the parser did not see.
-    fn from_parse(e: TurtleParseError, input: &InputState) -> Self {
+    /// reader (otherwise it is the parser's buffer limit), `scanner` maps the parser's
+    /// positions back to the input's (the parser does not see a byte order mark nor the
+    /// dropped tails of long comments).
+    fn from_parse(e: TurtleParseError, input: &InputState, scanner: &Scanner) -> Self {
         if let (TurtleParseError::Io(_), Some(hit)) = (&e, input.limit.get()) {
             return hit.error();
         }
         match e {
             TurtleParseError::Syntax(e) => {
                 let at = e.location().start;
+                let at = scanner.input_position(Position {
+                    line: at.line,
+                    column: at.column,
+                    offset: at.offset + input.bom,
+                });
                 ImportError::Syntax {
                     line: at.line + 1,
                     column: at.column + 1,
-                    offset: at.offset + input.bom,
+                    offset: at.offset,
                     message: e.message().to_owned(),
                 }
             }
-            // oxttl reports its buffer limit as `OutOfMemory`; the caller's reader failing
-            // with that kind stays an I/O error.
+            // oxttl reports its buffer limit as `OutOfMemory` (the caller's reader failing
+            // with that kind stays an I/O error). The token limit keeps the buffer below it;
+            // should it be reached all the same, it is that limit, at the current token.
             TurtleParseError::Io(e)
                 if e.kind() == std::io::ErrorKind::OutOfMemory && !input.reader_failed.get() =>
             {
-                ImportError::TokenTooLong { bytes_read: input.bytes.get() }
+                LimitHit {
+                    limit: Limit::TokenLength,
+                    max: scanner.max_token,
+                    at: scanner.token_start.unwrap_or(scanner.at),
+                }
+                .error()
             }
             TurtleParseError::Io(e) => ImportError::Io(e),
+        }
+    }
+
+    /// A term error for statement `statement`, positioned where the input had been read to.
+    fn term(statement: u64, at: Position, source: TermError) -> Self {
+        ImportError::Term {
+            statement,
+            line: at.line + 1,
+            column: at.column + 1,
+            offset: at.offset,
+            source,
         }
     }
 }
@@ -485,7 +569,37 @@ struct InputState {
     bom: u64,
     /// Set once a limit has been crossed; the import then fails with it.
     limit: Cell<Option<LimitHit>>,
+    /// Bytes charged against [`ImportLimits::max_memory`] so far.
+    memory: Cell<u64>,
+    max_memory: u64,
 }
+
+impl InputState {
+    /// Charges `bytes` against the memory budget; the error if it is exceeded.
+    fn charge(&self, bytes: u64, at: Position) -> Result<(), LimitHit> {
+        let used = self.memory.get().saturating_add(bytes);
+        self.memory.set(used);
+        if used > self.max_memory {
+            return Err(LimitHit { limit: Limit::Memory, max: self.max_memory, at });
+        }
+        Ok(())
+    }
+}
+
+/// The estimated heap overhead of one owned string or one hash-set entry, on top of its bytes.
+const ENTRY_OVERHEAD: u64 = 32;
+
+/// What one prefix declaration costs the parser besides its text (its map entry and the
+/// parsed IRI's positions).
+const PREFIX_OVERHEAD: u64 = 128;
+
+/// Comments are passed to the parser up to this many bytes; the rest of a longer comment is
+/// dropped (the parser would otherwise need the whole comment in its buffer).
+const COMMENT_KEPT: u64 = 4096;
+
+/// How far behind the input the parser's position may lag: its buffer holds at most 16 MiB.
+/// Elisions further back than this are folded into one count.
+const PARSER_LAG: u64 = 32 << 20;
 
 /// Where a limit was crossed.
 #[derive(Clone, Copy, Debug)]
@@ -515,8 +629,8 @@ struct Position {
     offset: u64,
 }
 
-/// Lexical state of [`Nesting`]: just enough of Turtle's tokens to know whether a bracket is
-/// punctuation. `q` is the quote character of a string.
+/// Lexical state of [`Scanner`]: just enough of the formats' tokens to know whether a byte is
+/// in a comment, a string, an IRI, or between tokens. `q` is the quote character of a string.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Lex {
     /// Between tokens, or in a token that cannot hold a bracket.
@@ -541,40 +655,154 @@ enum Lex {
     LongEscape(u8),
 }
 
-/// Tracks the position of every byte read and, for Turtle, the nesting depth of `(` and `[`,
-/// to stop a document before the parser sees the bracket that opens one level too many.
-struct Nesting {
+/// A part of a long comment that the parser did not see.
+#[derive(Clone, Copy, Debug)]
+struct Elision {
+    /// Offset in the parser's text (byte order mark included) where the bytes were dropped.
+    at: u64,
+    /// Line of the comment, from 0.
+    line: u64,
+    /// Bytes and characters dropped.
+    bytes: u64,
+    chars: u64,
+}
+
+/// What the scanner does with one byte.
+enum Step {
+    Keep,
+    Drop,
+    Hit(Limit, u64),
+}
+
+/// Scans every byte read before the parser sees it: tracks its position, the lexical state,
+/// and for Turtle the nesting depth of `(` and `[` and the prefix declarations; bounds tokens;
+/// drops the tail of long comments. It stops a document before the parser sees the byte that
+/// crosses a limit.
+struct Scanner {
     at: Position,
     after_cr: bool,
-    /// Whether to count brackets (Turtle); otherwise only the position is tracked.
+    /// Whether to count brackets and prefixes (Turtle).
     turtle: bool,
     lex: Lex,
     depth: u32,
     max_depth: u32,
+    max_token: u64,
+    /// Where the current token started; `None` between tokens.
+    token_start: Option<Position>,
+    /// Bytes of the current comment seen, and whether its tail is being dropped.
+    comment_len: u64,
+    dropping: bool,
+    /// Bytes passed on to the parser (byte order mark included).
+    out: u64,
+    elisions: std::collections::VecDeque<Elision>,
+    /// Bytes dropped by elisions folded out of `elisions`.
+    folded: u64,
+    /// The word being read between tokens, to spot `@prefix` and `PREFIX` (Turtle); `None`
+    /// once it cannot be one of them.
+    word: Option<([u8; 7], usize)>,
+    /// Bytes since the keyword of a prefix declaration whose IRI has not ended yet.
+    directive: Option<u64>,
 }
 
-impl Nesting {
-    fn new(turtle: bool, bom: u64, max_depth: u32) -> Self {
+impl Scanner {
+    fn new(turtle: bool, bom: u64, limits: &ImportLimits) -> Self {
+        let start = Position { offset: bom, ..Position::default() };
         Self {
-            at: Position { offset: bom, ..Position::default() },
+            at: start,
             after_cr: false,
             turtle,
             lex: Lex::Code,
             depth: 0,
-            max_depth,
+            max_depth: limits.max_nesting_depth,
+            max_token: limits.max_token_len.min(ImportLimits::MAX_TOKEN_LEN),
+            token_start: None,
+            comment_len: 0,
+            dropping: false,
+            out: bom,
+            elisions: std::collections::VecDeque::new(),
+            folded: 0,
+            word: Some(([0; 7], 0)),
+            directive: None,
         }
     }
 
-    /// Scans `chunk`; returns the index and position of the first bracket that opens one
-    /// level too many (the scan stops there).
-    fn feed(&mut self, chunk: &[u8]) -> Option<(usize, Position)> {
-        for (i, &b) in chunk.iter().enumerate() {
-            if self.turtle && self.step(b) {
-                return Some((i, self.at));
+    /// Scans `buf` in place, moving the bytes the parser is to see to its front, and records
+    /// `_:labels` in `text`. Returns how many bytes were kept, and the limit crossed, if one
+    /// was (the scan stops at the byte that crossed it, which is not kept).
+    fn feed(
+        &mut self,
+        buf: &mut [u8],
+        input: &InputState,
+        mut text: Option<&mut TextScan>,
+    ) -> (usize, Option<LimitHit>) {
+        let mut kept = 0;
+        for i in 0..buf.len() {
+            let Some(&b) = buf.get(i) else { break };
+            match self.step(b, input) {
+                Step::Hit(limit, max) => {
+                    let at = match limit {
+                        Limit::TokenLength => self.token_start.unwrap_or(self.at),
+                        _ => self.at,
+                    };
+                    return (kept, Some(LimitHit { limit, max, at }));
+                }
+                Step::Drop => self.drop_byte(b),
+                Step::Keep => {
+                    if let Some(text) = text.as_deref_mut()
+                        && let Some(label) = text.byte(b)
+                        && let Err(hit) = input.charge(label + ENTRY_OVERHEAD, self.at)
+                    {
+                        return (kept, Some(hit));
+                    }
+                    if let Some(slot) = buf.get_mut(kept) {
+                        *slot = b;
+                    }
+                    kept += 1;
+                    self.out += 1;
+                }
             }
             self.advance(b);
         }
-        None
+        (kept, None)
+    }
+
+    /// Records byte `b` of a comment as dropped.
+    fn drop_byte(&mut self, b: u8) {
+        let start = !self.dropping;
+        self.dropping = true;
+        if start {
+            while self.elisions.front().is_some_and(|e| e.at + PARSER_LAG < self.out) {
+                if let Some(e) = self.elisions.pop_front() {
+                    self.folded += e.bytes;
+                }
+            }
+            self.elisions.push_back(Elision {
+                at: self.out,
+                line: self.at.line,
+                bytes: 0,
+                chars: 0,
+            });
+        }
+        if let Some(e) = self.elisions.back_mut() {
+            e.bytes += 1;
+            if b & 0xC0 != 0x80 {
+                e.chars += 1;
+            }
+        }
+    }
+
+    /// The input position of a position in the parser's text (offset with the byte order
+    /// mark): adds back what was dropped before it.
+    fn input_position(&self, parser: Position) -> Position {
+        let mut at = parser;
+        at.offset += self.folded;
+        for e in self.elisions.iter().filter(|e| e.at <= parser.offset) {
+            at.offset += e.bytes;
+            if e.line == parser.line {
+                at.column += e.chars;
+            }
+        }
+        at
     }
 
     /// Moves the position past byte `b`. Lines end at `\n`, `\r` or `\r\n`, as the parser
@@ -600,26 +828,66 @@ impl Nesting {
         self.after_cr = false;
     }
 
-    /// Advances the lexical state by byte `b`; true if `b` opens a level beyond the limit.
-    fn step(&mut self, b: u8) -> bool {
+    /// Advances the lexical state by byte `b`.
+    fn step(&mut self, b: u8, input: &InputState) -> Step {
+        let mut boundary = false;
+        let mut iri_closed = false;
         self.lex = match self.lex {
-            Lex::Code => return self.code(b),
+            Lex::Code => match self.code(b, &mut boundary) {
+                Ok(lex) => lex,
+                Err(max) => return Step::Hit(Limit::NestingDepth, max),
+            },
             Lex::Escape => Lex::Code,
-            Lex::Comment if b == b'\n' || b == b'\r' => Lex::Code,
-            Lex::Comment => Lex::Comment,
-            Lex::Iri if b == b'>' => Lex::Code,
+            Lex::Comment if b == b'\n' || b == b'\r' => {
+                self.dropping = false;
+                boundary = true;
+                Lex::Code
+            }
+            Lex::Comment => {
+                self.comment_len += 1;
+                // The tail is dropped from a character boundary on.
+                if self.dropping || (self.comment_len > COMMENT_KEPT && b & 0xC0 != 0x80) {
+                    return Step::Drop;
+                }
+                return Step::Keep;
+            }
+            Lex::Iri if b == b'>' => {
+                iri_closed = true;
+                Lex::Code
+            }
             Lex::Iri => Lex::Iri,
             Lex::Quote1(q) if b == q => Lex::Quote2(q),
             Lex::Quote1(q) | Lex::Short(q) => Self::short(q, b),
             Lex::Quote2(q) if b == q => Lex::Long(q, 0),
-            Lex::Quote2(_) => return self.code(b),
+            Lex::Quote2(_) => match self.code(b, &mut boundary) {
+                Ok(lex) => lex,
+                Err(max) => return Step::Hit(Limit::NestingDepth, max),
+            },
             Lex::ShortEscape(q) => Lex::Short(q),
             Lex::Long(q, 2) if b == q => Lex::Code,
             Lex::Long(q, n) if b == q => Lex::Long(q, n + 1),
             Lex::Long(q, _) if b == b'\\' => Lex::LongEscape(q),
             Lex::Long(q, _) | Lex::LongEscape(q) => Lex::Long(q, 0),
         };
-        false
+        if let Some(bytes) = self.directive.as_mut() {
+            *bytes += 1;
+            if iri_closed {
+                let cost = *bytes + PREFIX_OVERHEAD;
+                self.directive = None;
+                if let Err(hit) = input.charge(cost, self.at) {
+                    return Step::Hit(hit.limit, hit.max);
+                }
+            }
+        }
+        if boundary || self.lex == Lex::Comment {
+            self.token_start = None;
+            return Step::Keep;
+        }
+        let start = *self.token_start.get_or_insert(self.at);
+        if self.at.offset - start.offset >= self.max_token {
+            return Step::Hit(Limit::TokenLength, self.max_token);
+        }
+        Step::Keep
     }
 
     fn short(q: u8, b: u8) -> Lex {
@@ -630,26 +898,55 @@ impl Nesting {
         }
     }
 
-    fn code(&mut self, b: u8) -> bool {
-        self.lex = match b {
-            b'(' | b'[' => {
+    /// A byte between tokens or in a name, number or punctuation; sets `boundary` if it
+    /// separates tokens. The error is the nesting limit, crossed by this byte.
+    fn code(&mut self, b: u8, boundary: &mut bool) -> Result<Lex, u64> {
+        *boundary =
+            matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b',' | b';' | b'(' | b')' | b'[' | b']');
+        if self.turtle {
+            self.word = match self.word {
+                Some((mut w, n)) if b.is_ascii_alphabetic() || (b == b'@' && n == 0) => {
+                    match w.get_mut(n) {
+                        Some(slot) => {
+                            *slot = b;
+                            Some((w, n + 1))
+                        }
+                        None => None,
+                    }
+                }
+                Some((w, n)) if *boundary || b == b'<' || b == b'#' => {
+                    let word = w.get(..n).unwrap_or_default();
+                    if word == b"@prefix" || word.eq_ignore_ascii_case(b"prefix") {
+                        self.directive = Some(0);
+                    }
+                    Some(([0; 7], 0))
+                }
+                _ if *boundary => Some(([0; 7], 0)),
+                _ => None,
+            };
+        }
+        Ok(match b {
+            b'(' | b'[' if self.turtle => {
                 if self.depth >= self.max_depth {
-                    return true;
+                    return Err(u64::from(self.max_depth));
                 }
                 self.depth += 1;
                 Lex::Code
             }
-            b')' | b']' => {
+            b')' | b']' if self.turtle => {
                 self.depth = self.depth.saturating_sub(1);
                 Lex::Code
             }
-            b'#' => Lex::Comment,
+            b'#' => {
+                self.comment_len = 1;
+                self.dropping = false;
+                Lex::Comment
+            }
             b'<' => Lex::Iri,
             b'"' | b'\'' => Lex::Quote1(b),
             b'\\' => Lex::Escape,
             _ => Lex::Code,
-        };
-        false
+        })
     }
 }
 
@@ -684,13 +981,13 @@ fn too_many_bytes() -> std::io::Error {
     )
 }
 
-/// A reader that retries interrupted reads, counts bytes and, for Turtle, hashes the text and
-/// collects the blank-node labels it contains.
+/// A reader that retries interrupted reads, counts bytes, runs the [`Scanner`] and, for
+/// Turtle, hashes the text and collects the blank-node labels it contains.
 struct Tap<'s, R> {
     inner: R,
     input: &'s InputState,
     text: Option<&'s RefCell<TextScan>>,
-    nesting: &'s RefCell<Nesting>,
+    scanner: &'s RefCell<Scanner>,
 }
 
 impl<R: Read> Read for Tap<'_, R> {
@@ -701,38 +998,54 @@ impl<R: Read> Read for Tap<'_, R> {
         if self.input.limit.get().is_some() {
             return Err(limit_crossed());
         }
-        let n = loop {
-            match self.inner.read(buf) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    self.input.reader_failed.set(true);
-                    return Err(e);
+        // Rather a short read than a chunk made empty by a dropped comment tail, which the
+        // parser would take for the end of the input.
+        loop {
+            let n = loop {
+                match self.inner.read(buf) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        self.input.reader_failed.set(true);
+                        return Err(e);
+                    }
+                }
+            };
+            let Some(chunk) = buf.get_mut(..n) else {
+                self.input.reader_failed.set(true);
+                return Err(too_many_bytes());
+            };
+            self.input.bytes.set(self.input.bytes.get() + n as u64);
+            let mut text = self.text.map(|t| t.borrow_mut());
+            if n == 0 {
+                if let Some(text) = text.as_deref_mut()
+                    && let Some(label) = text.flush()
+                    && let Err(hit) =
+                        self.input.charge(label + ENTRY_OVERHEAD, self.scanner.borrow().at)
+                {
+                    self.input.limit.set(Some(hit));
+                    return Err(limit_crossed());
+                }
+                return Ok(0);
+            }
+            if let Some(text) = text.as_deref_mut() {
+                text.hasher.update(chunk);
+            }
+            let (kept, hit) =
+                self.scanner.borrow_mut().feed(chunk, self.input, text.as_deref_mut());
+            if let Some(hit) = hit {
+                // The parser gets the bytes before the one that crossed the limit (a syntax
+                // error there still wins), then an error; never an early end of input, which
+                // could look like a whole document.
+                self.input.limit.set(Some(hit));
+                if kept == 0 {
+                    return Err(limit_crossed());
                 }
             }
-        };
-        let Some(mut chunk) = buf.get(..n) else {
-            self.input.reader_failed.set(true);
-            return Err(too_many_bytes());
-        };
-        self.input.bytes.set(self.input.bytes.get() + n as u64);
-        let max = u64::from(self.nesting.borrow().max_depth);
-        if let Some((i, at)) = self.nesting.borrow_mut().feed(chunk) {
-            // The parser gets the bytes before the bracket (a syntax error there still wins),
-            // then an error; never an early end of input, which could look like a whole
-            // document.
-            self.input.limit.set(Some(LimitHit { limit: Limit::NestingDepth, max, at }));
-            chunk = chunk.get(..i).unwrap_or_default();
-            if chunk.is_empty() {
-                return Err(limit_crossed());
+            if kept > 0 {
+                return Ok(kept);
             }
         }
-        let n = chunk.len();
-        if let Some(text) = self.text {
-            let mut text = text.borrow_mut();
-            if chunk.is_empty() { text.flush() } else { text.feed(chunk) }
-        }
-        Ok(n)
     }
 }
 
@@ -768,52 +1081,54 @@ impl TextScan {
         }
     }
 
-    fn feed(&mut self, chunk: &[u8]) {
-        self.hasher.update(chunk);
-        for &b in chunk {
-            self.state = match self.state {
-                ScanState::Idle if b == b'_' => ScanState::Underscore,
-                ScanState::Idle => ScanState::Idle,
-                ScanState::Underscore if b == b':' => {
-                    self.current.clear();
-                    ScanState::Label
-                }
-                ScanState::Underscore if b == b'_' => ScanState::Underscore,
-                ScanState::Underscore => ScanState::Idle,
+    /// Scans one byte (the hash is updated separately); returns the length of a label it
+    /// completed and recorded for the first time.
+    fn byte(&mut self, b: u8) -> Option<u64> {
+        let mut recorded = None;
+        self.state = match self.state {
+            ScanState::Idle if b == b'_' => ScanState::Underscore,
+            ScanState::Idle => ScanState::Idle,
+            ScanState::Underscore if b == b':' => {
+                self.current.clear();
                 ScanState::Label
-                    if b.is_ascii_alphanumeric()
-                        || matches!(b, b'_' | b'-' | b'.')
-                        || b >= 0x80 =>
-                {
-                    self.current.push(b);
-                    ScanState::Label
-                }
-                ScanState::Label => {
-                    self.finish_label();
-                    ScanState::Idle
-                }
-            };
-        }
+            }
+            ScanState::Underscore if b == b'_' => ScanState::Underscore,
+            ScanState::Underscore => ScanState::Idle,
+            ScanState::Label
+                if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.') || b >= 0x80 =>
+            {
+                self.current.push(b);
+                ScanState::Label
+            }
+            ScanState::Label => {
+                recorded = self.finish_label();
+                ScanState::Idle
+            }
+        };
+        recorded
     }
 
-    fn flush(&mut self) {
-        if self.state == ScanState::Label {
-            self.finish_label();
-        }
+    /// Ends the input; returns the length of a label it completed and recorded.
+    fn flush(&mut self) -> Option<u64> {
+        let recorded = if self.state == ScanState::Label { self.finish_label() } else { None };
         self.state = ScanState::Idle;
+        recorded
     }
 
-    fn finish_label(&mut self) {
+    fn finish_label(&mut self) -> Option<u64> {
         while self.current.last() == Some(&b'.') {
             self.current.pop();
         }
+        let mut recorded = None;
         if !self.current.is_empty() {
             let label = String::from_utf8_lossy(&self.current);
             if !self.labels.contains(label.as_ref()) {
+                recorded = Some(label.len() as u64);
                 self.labels.insert(label.into());
             }
         }
         self.current.clear();
+        recorded
     }
 }
 
@@ -844,6 +1159,8 @@ struct Converter<'s> {
     text: Option<&'s RefCell<TextScan>>,
     /// Parser-invented blank-node ids, numbered by first appearance.
     anonymous: HashMap<String, u64, Hasher>,
+    /// Estimated bytes the caches above have grown by, for the memory budget.
+    grown: u64,
 }
 
 impl Converter<'_> {
@@ -853,6 +1170,7 @@ impl Converter<'_> {
         }
         let iri = Iri::new(iri)?;
         if self.iris.len() < IRI_CACHE_LIMIT {
+            self.grown += iri.as_str().len() as u64 + ENTRY_OVERHEAD;
             self.iris.insert(iri.as_str().into());
         }
         Ok(iri)
@@ -870,7 +1188,10 @@ impl Converter<'_> {
             && !text.borrow().labels.contains(label.as_str())
         {
             let next = self.anonymous.len() as u64;
-            self.anonymous.entry(label.clone()).or_insert(next);
+            if !self.anonymous.contains_key(&label) {
+                self.grown += label.len() as u64 + ENTRY_OVERHEAD;
+                self.anonymous.insert(label.clone(), next);
+            }
             return Ok((Term::Blank(BlankNode::new(label)?), true));
         }
         Ok((Term::Blank(BlankNode::new(scoped(prefix, label))?), false))
@@ -883,6 +1204,7 @@ impl Converter<'_> {
                     Some(t) => t.clone(),
                     None => {
                         let t = LanguageTag::new(tag.as_str())?;
+                        self.grown += 2 * (tag.len() as u64 + ENTRY_OVERHEAD);
                         self.tags.insert(tag, t.clone());
                         t
                     }
@@ -931,6 +1253,24 @@ impl Converter<'_> {
     }
 }
 
+/// The estimated heap bytes of a triple's terms (the triple value itself not included).
+fn triple_heap(t: &Triple) -> u64 {
+    fn term(t: &Term) -> u64 {
+        let text = match t {
+            Term::Iri(iri) => iri.as_str().len(),
+            Term::Blank(b) => b.label().len(),
+            Term::Literal(l) => match l.kind() {
+                LiteralKind::String => l.value().len(),
+                LiteralKind::Typed(_) | LiteralKind::Language(_) => {
+                    l.value().len() + l.datatype().len() + l.language_tag().map_or(0, str::len)
+                }
+            },
+        };
+        text as u64 + 2 * ENTRY_OVERHEAD
+    }
+    term(t.subject()) + term(t.predicate()) + term(t.object())
+}
+
 /// One graph of the document being read.
 struct Bucket {
     name: GraphName,
@@ -958,21 +1298,23 @@ pub(super) fn read_dataset(
     let (head, head_len) = read_head(&mut reader)?;
     let bom = head_len - head.len() as u64;
     // The kept head bytes go through the tap like the rest, so they count from there.
+    let limits = options.limits;
     let input = InputState {
         bytes: Cell::new(bom),
         reader_failed: Cell::new(false),
         bom,
         limit: Cell::new(None),
+        memory: Cell::new(0),
+        max_memory: limits.max_memory,
     };
     let text = RefCell::new(TextScan::new());
     let turtle = matches!(format, Format::Turtle);
-    let limits = options.limits;
-    let nesting = RefCell::new(Nesting::new(turtle, bom, limits.max_nesting_depth));
+    let scanner = RefCell::new(Scanner::new(turtle, bom, &limits));
     let tap = Tap {
         inner: std::io::Cursor::new(head).chain(reader),
         input: &input,
         text: turtle.then_some(&text),
-        nesting: &nesting,
+        scanner: &scanner,
     };
     let quads: Quads<'_> = match format {
         Format::NTriples => Box::new(
@@ -997,6 +1339,7 @@ pub(super) fn read_dataset(
         tags: HashMap::default(),
         text: turtle.then_some(&text),
         anonymous: HashMap::default(),
+        grown: 0,
     };
     let mut buckets: Vec<Bucket> = Vec::new();
     let mut index: HashMap<oxrdf::GraphName, usize, Hasher> = HashMap::default();
@@ -1005,7 +1348,8 @@ pub(super) fn read_dataset(
     let mut pending = 0u64;
 
     for item in quads {
-        let mut quad = item.map_err(|e| ImportError::from_parse(e, &input))?;
+        let mut quad = item.map_err(|e| ImportError::from_parse(e, &input, &scanner.borrow()))?;
+        let at = scanner.borrow().at;
         statements += 1;
         let graph = std::mem::take(&mut quad.graph_name);
         let slot = match &last {
@@ -1014,10 +1358,9 @@ pub(super) fn read_dataset(
                 let i = match index.get(&graph) {
                     Some(i) => *i,
                     None => {
-                        let name =
-                            conv.graph_name(graph.clone(), document_prefix.as_deref()).map_err(
-                                |source| ImportError::Term { statement: statements, source },
-                            )?;
+                        let name = conv
+                            .graph_name(graph.clone(), document_prefix.as_deref())
+                            .map_err(|source| ImportError::term(statements, at, source))?;
                         let selected = match &options.graphs {
                             GraphSelection::All => true,
                             GraphSelection::Only(g) => *g == name,
@@ -1045,14 +1388,25 @@ pub(super) fn read_dataset(
         if let Some(bucket) = buckets.get_mut(slot) {
             if bucket.selected {
                 if pending >= limits.max_pending_triples {
-                    let at = nesting.borrow().at;
                     let max = limits.max_pending_triples;
                     return Err(LimitHit { limit: Limit::PendingTriples, max, at }.error());
                 }
                 pending += 1;
                 let (triple, anonymous) = conv
                     .triple(quad, bucket.prefix.as_deref())
-                    .map_err(|source| ImportError::Term { statement: statements, source })?;
+                    .map_err(|source| ImportError::term(statements, at, source))?;
+                // Charged before it is kept: the heap of its terms, the caches' growth, and
+                // the vectors' growth when they reallocate.
+                let mut cost = triple_heap(&triple) + std::mem::take(&mut conv.grown);
+                if bucket.triples.len() == bucket.triples.capacity() {
+                    let more = bucket.triples.capacity().max(4) as u64;
+                    cost += more * std::mem::size_of::<Triple>() as u64;
+                }
+                if anonymous && bucket.anonymous.len() == bucket.anonymous.capacity() {
+                    let more = bucket.anonymous.capacity().max(4) as u64;
+                    cost += more * std::mem::size_of::<usize>() as u64;
+                }
+                input.charge(cost, at).map_err(LimitHit::error)?;
                 if anonymous {
                     bucket.anonymous.push(bucket.triples.len());
                 }
@@ -1078,8 +1432,9 @@ pub(super) fn read_dataset(
 
     if !conv.anonymous.is_empty() {
         let doc = tag(b"llmkg/rdf/document/v1", text.borrow().hasher.finalize().as_bytes());
+        let end = scanner.borrow().at;
         for bucket in &mut buckets {
-            name_anonymous(bucket, &conv.anonymous, &doc)?;
+            name_anonymous(bucket, &conv.anonymous, &doc, end)?;
         }
     }
 
@@ -1101,6 +1456,7 @@ fn name_anonymous(
     bucket: &mut Bucket,
     anonymous: &HashMap<String, u64, Hasher>,
     doc: &str,
+    end: Position,
 ) -> Result<(), ImportError> {
     let rename = |t: &Term| -> Result<Term, TermError> {
         match t {
@@ -1117,9 +1473,9 @@ fn name_anonymous(
     for &i in &bucket.anonymous {
         if let Some(t) = bucket.triples.get(i) {
             let renamed = Triple::from_valid_parts(
-                rename(t.subject()).map_err(|source| ImportError::Term { statement: 0, source })?,
+                rename(t.subject()).map_err(|source| ImportError::term(0, end, source))?,
                 t.predicate().clone(),
-                rename(t.object()).map_err(|source| ImportError::Term { statement: 0, source })?,
+                rename(t.object()).map_err(|source| ImportError::term(0, end, source))?,
             );
             if let Some(slot) = bucket.triples.get_mut(i) {
                 *slot = renamed;
