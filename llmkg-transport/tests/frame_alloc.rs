@@ -10,6 +10,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
+use llmkg_federation_core::ChannelId;
 use llmkg_transport::tcp::{Frame, FrameDecoder, FrameError, INITIAL_PAYLOAD_CAPACITY};
 use proptest::prelude::*;
 
@@ -105,7 +106,7 @@ fn a_four_gib_header_allocates_nothing() {
 
 #[test]
 fn a_maximal_legal_header_allocates_only_the_initial_buffer_then_grows_with_the_data() {
-    let (header, n) = Frame::Message(vec![0; MAX]).header().unwrap();
+    let (header, n) = Frame::message(ChannelId::DEFAULT, vec![0; MAX]).header().unwrap();
     let mut d = FrameDecoder::new(MAX);
     let (r, heap) = measure(|| d.feed(&mut &header[..n]));
     assert_eq!(r, Ok(None));
@@ -133,7 +134,7 @@ proptest! {
     ) {
         let arrived = body_len.min(declared);
         // The frame's header, and only the first `arrived` bytes of its payload.
-        let frame = Frame::Message(vec![7; declared]);
+        let frame = Frame::message(ChannelId::DEFAULT, vec![7; declared]);
         let (header, n) = frame.header().unwrap();
         let mut bytes = header[..n].to_vec();
         bytes.extend_from_slice(&frame.payload()[..arrived]);

@@ -38,7 +38,7 @@ fn passes_the_conformance_suite() {
             })
             .await
             .unwrap_or_else(|failure| panic!("{failure}"));
-        assert_eq!(report.passed.len(), 11, "{report:?}");
+        assert_eq!(report.passed.len(), 13, "{report:?}");
     });
 }
 

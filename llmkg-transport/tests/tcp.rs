@@ -176,7 +176,7 @@ async fn passes_the_conformance_suite() {
         })
         .await
         .unwrap_or_else(|failure| panic!("{failure}"));
-    assert_eq!(report.passed.len(), 11, "{report:?}");
+    assert_eq!(report.passed.len(), 13, "{report:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -365,11 +365,20 @@ async fn close_flushes_queued_messages_then_refuses_everything() {
     for seq in 0..COUNT {
         a.send(b_id, numbered(seq, 100)).await.unwrap();
     }
+    // Most of it is still queued at a (b has not read, so a has no credit for it): close
+    // sends it out as b reads and gives credit, within the flush timeout.
+    let b = Arc::new(b);
+    let reader = tokio::spawn({
+        let b = b.clone();
+        async move {
+            for expected in 0..COUNT {
+                let (from, payload) = next_message(&b).await;
+                assert_eq!((from, seq_of(&payload)), (a_id, expected));
+            }
+        }
+    });
     a.close().await;
-    for expected in 0..COUNT {
-        let (from, payload) = next_message(&b).await;
-        assert_eq!((from, seq_of(&payload)), (a_id, expected));
-    }
+    reader.await.unwrap();
     // A goodbye is a clean close: the peer sees a disconnect but no failure.
     let mut failures = b.connection_failures();
     wait_disconnected(&b, a_id).await;
@@ -989,10 +998,10 @@ async fn truncated_frame_closes_only_that_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_frame_closes_only_that_connection() {
     let mut v = victim(42).await;
-    let max = v.a.max_message_len();
+    let max = llmkg_transport::tcp::MAX_FRAME_LEN;
     let mut raw = raw_handshake(v.a.local_addr(), &keypair(RAW), Forgery::None).await.unwrap();
     // Declares 4 GiB - 1; the node must refuse it from the header alone.
-    raw.send_plain(&[0xFF, 0xFF, 0xFF, 0xFF, 0]).await;
+    raw.send_plain(&[0xFF, 0xFF, 0xFF, 0xFF, 0, 0]).await;
     let f = v
         .expect_refused("TooLarge", true, |e| {
             matches!(e, TcpError::Frame(FrameError::TooLarge { .. }))
@@ -1006,7 +1015,7 @@ async fn oversized_frame_closes_only_that_connection() {
     }
     // An unknown frame kind is malformed.
     let mut raw = raw_handshake(v.a.local_addr(), &keypair(RAW), Forgery::None).await.unwrap();
-    raw.send_plain(&[0, 0, 0, 0, 0x7F]).await;
+    raw.send_plain(&[0, 0, 0, 0, 0x7F, 0]).await;
     v.expect_refused("Malformed", true, |e| {
         matches!(e, TcpError::Frame(FrameError::Malformed { .. }))
     })
@@ -1231,7 +1240,7 @@ async fn oversized_payload_is_refused_on_send() {
 const KEEPALIVE: Duration = Duration::from_millis(100);
 const IDLE: Duration = Duration::from_secs(1);
 /// A keepalive on the wire: a chunk (2-byte length, 16-byte tag) carrying a 5-byte frame.
-const KEEPALIVE_WIRE_BYTES: u64 = 2 + 5 + 16;
+const KEEPALIVE_WIRE_BYTES: u64 = 2 + 6 + 16;
 
 fn lively(mut c: TcpConfig) -> TcpConfig {
     c.keepalive_interval = KEEPALIVE;
@@ -1254,8 +1263,11 @@ async fn keepalives_hold_an_idle_link_up() {
     assert_link_ok(&a, &b, 0).await;
     // The counters are updated just after delivery: wait until both sides agree.
     timeout(PROMPT, async {
+        // Frames, and bytes too: credit frames are not counted as frames.
         while a.stats().frames_out != b.stats().frames_in
             || b.stats().frames_out != a.stats().frames_in
+            || a.stats().bytes_out != b.stats().bytes_in
+            || b.stats().bytes_out != a.stats().bytes_in
         {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
@@ -1449,9 +1461,19 @@ fn arb_any_frame() -> impl Strategy<Value = Frame> {
         ]
     };
     prop_oneof![
-        3 => payload().prop_map(Frame::Message),
-        2 => (any::<u64>(), payload()).prop_map(|(id, payload)| Frame::Request { id, payload }),
-        2 => (any::<u64>(), payload()).prop_map(|(id, payload)| Frame::Response { id, payload }),
+        3 => (0..16u8, any::<bool>(), payload()).prop_map(|(c, more, payload)| {
+            Frame::Message { channel: ChannelId::new(c).unwrap(), more, payload }
+        }),
+        2 => (0..16u8, any::<u64>(), any::<bool>(), payload()).prop_map(
+            |(c, id, more, payload)| Frame::Request {
+                channel: ChannelId::new(c).unwrap(),
+                id,
+                more,
+                payload
+            }
+        ),
+        2 => (any::<u64>(), any::<bool>(), payload())
+            .prop_map(|(id, more, payload)| Frame::Response { id, more, payload }),
         1 => Just(Frame::KeepAlive),
         1 => Just(Frame::Goodbye),
     ]
@@ -1625,7 +1647,7 @@ fn decode_checked(bytes: &[u8], pieces: &[usize], max: usize, cov: &mut Coverage
     }
     for f in &frames {
         let kind = match f {
-            Frame::Message(_) => 0,
+            Frame::Message { .. } => 0,
             Frame::Request { .. } => 1,
             Frame::Response { .. } => 2,
             Frame::Goodbye => 3,
@@ -1644,9 +1666,15 @@ fn with_payload_byte_flipped(frame: &Frame, i: usize, x: u8) -> Frame {
         p
     };
     match frame {
-        Frame::Message(p) => Frame::Message(flip(p)),
-        Frame::Request { id, payload } => Frame::Request { id: *id, payload: flip(payload) },
-        Frame::Response { id, payload } => Frame::Response { id: *id, payload: flip(payload) },
+        Frame::Message { channel, more, payload } => {
+            Frame::Message { channel: *channel, more: *more, payload: flip(payload) }
+        }
+        Frame::Request { channel, id, more, payload } => {
+            Frame::Request { channel: *channel, id: *id, more: *more, payload: flip(payload) }
+        }
+        Frame::Response { id, more, payload } => {
+            Frame::Response { id: *id, more: *more, payload: flip(payload) }
+        }
         other => panic!("{other:?} has no payload"),
     }
 }
@@ -1789,6 +1817,7 @@ proptest! {
         let mut d = FrameDecoder::new(max);
         let mut bytes = declared.to_be_bytes().to_vec();
         bytes.push(kind);
+        bytes.push(0); // channel
         if kind != 0 {
             bytes.extend_from_slice(&[0; 8]); // request id
         }
@@ -1805,7 +1834,7 @@ proptest! {
             Ok(_) => {
                 prop_assert!(declared as usize <= max);
                 // Capacity follows the bytes that arrived, not the declared length.
-                let arrived = body.len() + 13;
+                let arrived = body.len() + 14;
                 prop_assert!(d.buffered_capacity() <= (2 * arrived).max(64 * 1024));
             }
         }
@@ -1823,6 +1852,7 @@ proptest! {
         }
         bytes.extend_from_slice(&declared.to_be_bytes());
         bytes.push(4);
+        bytes.push(0);
         bytes.extend_from_slice(&body);
         let mut d = FrameDecoder::new(1 << 20);
         match decode_in_pieces(&mut d, &bytes, &[7], 1 << 20) {

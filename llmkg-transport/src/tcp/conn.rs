@@ -348,6 +348,7 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
 ) -> Result<(), TcpError> {
     let outbox = Arc::clone(&flow.outbox);
     let mut scheduler = Scheduler::new();
+    let grant_batch = u64::from(ctx.window / 4).max(1);
     let interval = ctx.keepalive_interval;
     let mut last_sent = Instant::now();
     // One timer per connection, re-armed only when it fires: a busy writer pays a clock
@@ -368,8 +369,14 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
         }
         let mut frames = 0u64;
         for channel in ChannelId::all() {
-            let owed =
-                LinkFlow::at(&flow.to_grant, channel).map_or(0, |c| c.swap(0, Ordering::AcqRel));
+            let Some(owed) = LinkFlow::at(&flow.to_grant, channel) else { continue };
+            // Credit goes back in batches of a quarter window: the peer still has three
+            // quarters to send meanwhile, and a busy channel costs one small frame per
+            // quarter window instead of one per message.
+            if owed.load(Ordering::Acquire) < grant_batch {
+                continue;
+            }
+            let owed = owed.swap(0, Ordering::AcqRel);
             if owed > 0 {
                 let messages = u32::try_from(owed).unwrap_or(u32::MAX);
                 sealer.push_frame(&mut w, &Frame::Credit { channel, messages }).await?;
