@@ -330,10 +330,9 @@ async fn a_zero_request_capacity_refuses_every_request() {
     assert_eq!((stats.requests_queued, stats.requests_ignored), (0, 3));
 }
 
-/// Needs the channel-aware in-process transport: until channels are separated there, the two
-/// drivers of a node read each other's messages.
+/// Two drivers of a node, each on its own channel of one in-process transport, each see only
+/// their own protocol's messages.
 #[tokio::test]
-#[ignore = "needs the channel-aware in-process transport"]
 async fn two_protocols_share_in_process_links_on_two_channels() {
     use llmkg_transport::InProcessNetwork;
     use llmkg_transport::echo::{Echo, EchoConfig, EchoEvent};
