@@ -115,7 +115,7 @@ impl Net {
         let mut config =
             TcpConfig::new(NodeKeypair::from_secret_bytes([seed; 32]), self.federation);
         config.trust = Trust::AllowList(trusted.iter().copied().collect());
-        config.max_frame_len = 64 << 20;
+        config.max_message_len = 64 << 20;
         Ok(self.rt.block_on(TcpTransport::bind(config))?)
     }
 }

@@ -805,4 +805,162 @@ mod tests {
         let mut plain = [0u8; 64];
         assert_eq!(opener.open(&sealer.wire[2..], &mut plain).unwrap(), 4);
     }
+
+    // The read and write loops on their own, over an in-memory stream, with a narrow context.
+
+    use super::super::outbox::{Kind, Outgoing};
+    use llmkg_federation_core::{Incoming, NodeKeypair};
+
+    fn ctx(window: u32) -> ConnCtx {
+        let local = NodeKeypair::from_secret_bytes([9; 32]).node_id();
+        ConnCtx {
+            stats: Arc::new(Counters::default()),
+            inbox: Arc::new(Inbox::new(local)),
+            requests: Arc::new(Requests::new()),
+            keepalive_interval: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            max_message_len: 4 << 20,
+            window,
+            linger: Linger {
+                handle: Handle::current(),
+                permits: Arc::new(Semaphore::new(4)),
+                limit: Duration::from_millis(100),
+            },
+        }
+    }
+
+    fn ch(n: u8) -> ChannelId {
+        ChannelId::new(n).unwrap()
+    }
+
+    fn peer() -> NodeId {
+        NodeKeypair::from_secret_bytes([8; 32]).node_id()
+    }
+
+    fn message(channel: ChannelId, payload: Vec<u8>) -> Outgoing {
+        Outgoing { kind: Kind::Message, channel, payload }
+    }
+
+    /// Runs a writer for `outbox` (with `credit` per channel from the peer) into a reader
+    /// with `window`, until the outbox is drained and the writer says goodbye; returns the
+    /// reader's result and its context.
+    async fn run_link(
+        outbox: Arc<Outbox>,
+        credit: u32,
+        window: u32,
+    ) -> (Result<(), TcpError>, ConnCtx) {
+        let (initiator, responder) = session_pair();
+        let (sealer, _) = initiator.split();
+        let (_, opener) = responder.split();
+        let (w, mut r) = tokio::io::duplex(1 << 16);
+        let (writer_ctx, reader_ctx) = (ctx(window), ctx(window));
+        let flow = Arc::new(LinkFlow::new(outbox.clone(), 0));
+        for channel in ChannelId::all() {
+            flow.credit_received(channel, credit);
+        }
+        let reader_flow = Arc::new(LinkFlow::new(Arc::new(Outbox::new(1)), window));
+        reader_ctx.inbox.link_up(peer(), 7);
+        outbox.close();
+        let (_stop, stop_rx) = oneshot::channel();
+        let writer = write_loop(w, sealer, flow, stop_rx, &writer_ctx);
+        let reader = read_loop(&mut r, opener, peer(), 7, reader_flow, &reader_ctx);
+        let (written, read) = tokio::join!(writer, reader);
+        if read.is_ok() {
+            written.unwrap();
+        }
+        (read, reader_ctx)
+    }
+
+    fn taken(ctx: &ConnCtx, channel: ChannelId) -> Vec<Vec<u8>> {
+        std::iter::from_fn(|| ctx.inbox.try_recv(channel))
+            .filter_map(|r| match r.unwrap() {
+                Incoming::Message { payload, .. } => Some(payload),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn messages_cross_on_their_channels_and_long_ones_in_parts() {
+        let outbox = Arc::new(Outbox::new(100));
+        let long: Vec<u8> = (0..3 * MAX_FRAME_LEN + 17).map(|i| i as u8).collect();
+        outbox.push(message(ch(1), b"one".to_vec())).await.unwrap();
+        outbox.push(message(ch(2), long.clone())).await.unwrap();
+        outbox.push(message(ch(1), b"two".to_vec())).await.unwrap();
+        let (read, ctx) = run_link(outbox, 10, 10).await;
+        read.unwrap();
+        assert_eq!(taken(&ctx, ch(1)), vec![b"one".to_vec(), b"two".to_vec()]);
+        assert_eq!(taken(&ctx, ch(2)), vec![long]);
+        assert_eq!(ctx.stats.frames_in.get(), 2 + 4);
+    }
+
+    #[tokio::test]
+    async fn without_credit_nothing_is_sent_on_a_channel() {
+        // No credit: the writer holds the message; dropping the link loses it.
+        let outbox = Arc::new(Outbox::new(10));
+        outbox.push(message(ch(3), b"held".to_vec())).await.unwrap();
+        let (initiator, responder) = session_pair();
+        let (sealer, _) = initiator.split();
+        let (_, opener) = responder.split();
+        let (w, mut r) = tokio::io::duplex(1 << 16);
+        let (writer_ctx, reader_ctx) = (ctx(4), ctx(4));
+        let flow = Arc::new(LinkFlow::new(outbox.clone(), 0));
+        let (stop, stop_rx) = oneshot::channel();
+        let reader_flow = Arc::new(LinkFlow::new(Arc::new(Outbox::new(1)), 4));
+        let writer = tokio::spawn(async move {
+            write_loop(w, sealer, flow, stop_rx, &writer_ctx).await.unwrap();
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _ = stop.send(());
+        writer.await.unwrap();
+        read_loop(&mut r, opener, peer(), 1, reader_flow, &reader_ctx).await.unwrap();
+        assert!(taken(&reader_ctx, ch(3)).is_empty());
+        assert_eq!(reader_ctx.stats.frames_in.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_exceeds_its_credit_is_cut_off() {
+        let outbox = Arc::new(Outbox::new(10));
+        for _ in 0..3 {
+            outbox.push(message(ch(0), b"x".to_vec())).await.unwrap();
+        }
+        // The writer was given 3, the reader only allows 2 waiting.
+        let (read, ctx) = run_link(outbox, 3, 2).await;
+        assert!(matches!(read, Err(TcpError::Protocol(_))), "{read:?}");
+        assert_eq!(taken(&ctx, ch(0)).len(), 2);
+    }
+
+    /// Feeds hand-made frames to a reader.
+    async fn read_frames(frames: &[Frame], max_message_len: usize) -> Result<(), TcpError> {
+        let (initiator, responder) = session_pair();
+        let (mut sealer, _) = initiator.split();
+        let (_, opener) = responder.split();
+        let (mut w, mut r) = tokio::io::duplex(1 << 20);
+        for f in frames {
+            sealer.push_frame(&mut w, f).await.unwrap();
+        }
+        sealer.goodbye(&mut w).await.unwrap();
+        let mut c = ctx(100);
+        c.max_message_len = max_message_len;
+        let flow = Arc::new(LinkFlow::new(Arc::new(Outbox::new(1)), 100));
+        read_loop(&mut r, opener, peer(), 1, flow, &c).await
+    }
+
+    #[tokio::test]
+    async fn parts_out_of_turn_and_overlong_payloads_are_protocol_violations() {
+        let part = |c: u8, more: bool| Frame::Message { channel: ch(c), more, payload: vec![1; 8] };
+        // A second long payload starting before the first ended.
+        let r = read_frames(&[part(1, true), part(2, true)], 1 << 20).await;
+        assert!(matches!(r, Err(TcpError::Protocol(_))), "{r:?}");
+        // A request part in the middle of a message's parts on the same channel.
+        let request = Frame::Request { channel: ch(1), id: 3, more: false, payload: vec![] };
+        let r = read_frames(&[part(1, true), request], 1 << 20).await;
+        assert!(matches!(r, Err(TcpError::Protocol(_))), "{r:?}");
+        // Parts adding up to more than the maximum message length.
+        let r = read_frames(&[part(1, true), part(1, true), part(1, false)], 20).await;
+        assert!(matches!(r, Err(TcpError::Protocol(_))), "{r:?}");
+        // Whole messages of other channels may come in between parts.
+        let ok = read_frames(&[part(1, true), part(2, false), part(1, false)], 1 << 20).await;
+        assert!(ok.is_ok(), "{ok:?}");
+    }
 }

@@ -210,11 +210,11 @@ impl Scheduler {
         let mut lanes = outbox.lanes();
         for step in 0..LANES {
             let lane = (self.next_lane + step) % LANES;
-            if let Some((busy, _, _)) = &self.in_progress {
-                if *busy == lane {
-                    self.next_lane = lane + 1;
-                    return self.next_part().map(Some);
-                }
+            if let Some((busy, _, _)) = &self.in_progress
+                && *busy == lane
+            {
+                self.next_lane = lane + 1;
+                return self.next_part().map(Some);
             }
             let Some(queue) = lanes.lanes.get_mut(lane) else { continue };
             let Some(head) = queue.front() else { continue };
