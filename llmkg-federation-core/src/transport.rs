@@ -199,10 +199,10 @@ pub enum TransportError {
 ///   [`TransportError::MessageTooLarge`] on send; a peer that sends one is disconnected.
 /// - **Connectivity.** Each channel reports, in order with its messages, a
 ///   [`Incoming::PeerConnected`] before the first message of a link and a
-///   [`Incoming::PeerDisconnected`] after its last one. Connectivity is state, not a queue: a
-///   channel that is not read for a while then reports where each link stands (a link that
-///   went down and came back shows as a disconnect followed by a connect), so connectivity
-///   never fills a queue.
+///   [`Incoming::PeerDisconnected`] after its last one. Connectivity is state, not a queue:
+///   a channel that is not read for a while then reports each peer's latest link (up, and
+///   down if it has gone down since), skipping links that came and went in between, so
+///   connectivity never fills a queue however often a peer reconnects.
 /// - **Membership.** Peers can be added and removed while the transport runs (how is the
 ///   implementation's: joining and leaving an in-process network, TCP `add_peer` /
 ///   `remove_peer`). Removing a peer closes its link: the channels report it

@@ -47,7 +47,7 @@ pub mod tcp;
 pub mod testing;
 mod timer;
 
-pub use driver::{Driver, DriverConfig, DriverExit, DriverHandle, DriverStats};
+pub use driver::{Driver, DriverConfig, DriverExit, DriverHandle, DriverStats, InboundRequest};
 pub use inprocess::{InProcessConfig, InProcessError, InProcessNetwork, InProcessTransport};
 #[cfg(feature = "tcp")]
 pub use tcp::{
