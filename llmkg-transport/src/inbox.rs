@@ -26,7 +26,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use event_listener::{Event, listener};
 use llmkg_federation_core::{ChannelId, Incoming, NodeId, RequestId, TransportError};
 
-/// Run when a queued entry is taken by the application (not when it is discarded at close).
+/// Run when a queued entry is taken by the application (not when it is discarded at close),
+/// with the inbox locked: it must not call back into the inbox.
 pub(crate) type OnTaken = Box<dyn FnOnce() + Send>;
 
 /// What a peer sent on a channel.
@@ -157,6 +158,29 @@ impl Inbox {
         Ok(())
     }
 
+    /// Entries from `from` waiting on `channel`.
+    pub(crate) fn queued_from(&self, channel: ChannelId, from: &NodeId) -> usize {
+        self.state()
+            .channels
+            .get(channel.index())
+            .and_then(|c| c.queued_from.get(from).copied())
+            .unwrap_or(0)
+    }
+
+    /// Runs `f` with the number of entries from `from` waiting on each channel, with the
+    /// inbox locked: no entry is queued or taken (and no release callback runs) meanwhile.
+    pub(crate) fn with_queued<R>(
+        &self,
+        from: &NodeId,
+        f: impl FnOnce([usize; ChannelId::COUNT]) -> R,
+    ) -> R {
+        let state = self.state();
+        let counts = std::array::from_fn(|i| {
+            state.channels.get(i).and_then(|c| c.queued_from.get(from).copied()).unwrap_or(0)
+        });
+        f(counts)
+    }
+
     /// Closes the inbox: every `recv` returns [`TransportError::Closed`]; queued entries are
     /// dropped without running their release callbacks.
     pub(crate) fn close(&self) {
@@ -190,15 +214,15 @@ impl Inbox {
 
     /// The next item on `channel` if one is ready.
     pub(crate) fn try_recv(&self, channel: ChannelId) -> Option<Result<Incoming, TransportError>> {
-        let (incoming, on_taken) = {
-            let mut state = self.state();
-            if state.closed {
-                return Some(Err(TransportError::Closed));
-            }
-            let State { links, channels, .. } = &mut *state;
-            let ch = channels.get_mut(channel.index())?;
-            next(self.local, links, ch)?
-        };
+        let mut state = self.state();
+        if state.closed {
+            return Some(Err(TransportError::Closed));
+        }
+        let State { links, channels, .. } = &mut *state;
+        let ch = channels.get_mut(channel.index())?;
+        let (incoming, on_taken) = next(self.local, links, ch)?;
+        // Under the lock, so that what is queued and what was released always agree (see
+        // `with_queued`). Release callbacks only count and wake; they never call back in.
         if let Some(release) = on_taken {
             release();
         }

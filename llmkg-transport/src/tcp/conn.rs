@@ -50,27 +50,42 @@ pub(crate) struct ConnCtx {
     pub(crate) linger: Linger,
 }
 
-/// Per-channel flow control of one connection, shared by its reader, its writer and the
-/// inbox entries it queued.
+/// Per-channel flow control with one peer, shared by the peer's connection (its reader and
+/// writer) and the inbox entries the peer's messages became.
+///
+/// It is the peer's, not a connection's: what a peer may have waiting on a channel of this
+/// node is bounded across its connections (entries of an old connection still count), so a
+/// peer cannot pile up messages by reconnecting. Each new connection starts with the peer
+/// owed the room left ([`reset`](Self::reset)), and every entry the host takes, of whichever
+/// connection, is owed back to the peer on the current one.
 pub(crate) struct LinkFlow {
     outbox: Arc<Outbox>,
     /// Credit the peer granted (Credit frames read), not yet handed to the writer.
     granted: [AtomicU64; ChannelId::COUNT],
-    /// Entries the host took, not yet granted back to the peer.
+    /// Room this side owes the peer, not yet granted.
     to_grant: [AtomicU64; ChannelId::COUNT],
-    /// Entries of this connection the host took, in total.
-    taken: [AtomicU64; ChannelId::COUNT],
 }
 
 impl LinkFlow {
-    /// Flow control for a new connection: the peer is owed its initial `window` on every
-    /// channel, which the writer sends first.
+    /// Flow control with the peer whose outgoing queues are `outbox`; the peer is owed
+    /// `window` on every channel.
     pub(crate) fn new(outbox: Arc<Outbox>, window: u32) -> Self {
         Self {
             outbox,
             granted: std::array::from_fn(|_| AtomicU64::new(0)),
             to_grant: std::array::from_fn(|_| AtomicU64::new(u64::from(window))),
-            taken: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    /// A new connection to the peer starts: the peer's credit on the old one is void, and it
+    /// is owed `free[c]` on each channel `c`. Call with the inbox's counts locked
+    /// ([`Inbox::with_queued`]), so that no entry is taken in between.
+    pub(crate) fn reset(&self, free: [u64; ChannelId::COUNT]) {
+        for (slot, free) in self.to_grant.iter().zip(free) {
+            slot.store(free, Ordering::Release);
+        }
+        for slot in &self.granted {
+            slot.store(0, Ordering::Release);
         }
     }
 
@@ -86,19 +101,12 @@ impl LinkFlow {
         self.outbox.wake_writer();
     }
 
-    /// The host took an entry of this connection from `channel`: the peer may send another.
+    /// The host took an entry of the peer's from `channel`: the peer may send another.
     fn taken(&self, channel: ChannelId) {
-        if let Some(c) = Self::at(&self.taken, channel) {
-            c.fetch_add(1, Ordering::AcqRel);
-        }
         if let Some(c) = Self::at(&self.to_grant, channel) {
             c.fetch_add(1, Ordering::AcqRel);
         }
         self.outbox.wake_writer();
-    }
-
-    fn taken_on(&self, channel: ChannelId) -> u64 {
-        Self::at(&self.taken, channel).map_or(0, |c| c.load(Ordering::Acquire))
     }
 }
 
@@ -592,8 +600,9 @@ fn assemble(
 /// connection fails. Returns `Ok` too when the transport is closing.
 ///
 /// Messages and requests go to the inbox, tagged with the link's `epoch`, each within the
-/// credit this side gave the peer on its channel: a peer that sends more has broken the
-/// protocol and is cut off ([`TcpError::Protocol`]). The reader itself never waits for the
+/// credit this side gave the peer on its channel (the peer may have at most the window
+/// waiting there, counting entries of its earlier connections): a peer that sends more has
+/// broken the protocol and is cut off ([`TcpError::Protocol`]). The reader itself never waits for the
 /// host, so a channel the host does not read holds up no other. Responses complete their
 /// requests; credit frames go to the writer.
 ///
@@ -610,8 +619,7 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
     let mut plain = Vec::new();
     let mut decoder = FrameDecoder::new(MAX_FRAME_LEN);
     let mut assembly = None;
-    let mut received = [0u64; ChannelId::COUNT];
-    let window = u64::from(ctx.window);
+    let window = usize::try_from(ctx.window).unwrap_or(usize::MAX);
     let idle_timeout = ctx.idle_timeout;
     let mut last_chunk = Instant::now();
     // Re-armed only when it fires (like the writer's keepalive timer).
@@ -669,13 +677,11 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
                     (channel, Item::Request { id: RequestId(id), payload })
                 }
             };
-            let Some(count) = received.get_mut(channel.index()) else { continue };
-            if count.saturating_sub(flow.taken_on(channel)) >= window {
+            if ctx.inbox.queued_from(channel, &peer) >= window {
                 return Err(TcpError::Protocol(
                     "more messages on a channel than it had credit for",
                 ));
             }
-            *count += 1;
             let release = {
                 let flow = Arc::clone(&flow);
                 Box::new(move || flow.taken(channel))
@@ -849,26 +855,70 @@ mod tests {
         credit: u32,
         window: u32,
     ) -> (Result<(), TcpError>, ConnCtx) {
+        let reader_ctx = ctx(window);
+        let read = run_link_into(outbox, credit, &reader_ctx, 7).await;
+        (read, reader_ctx)
+    }
+
+    /// Like [`run_link`], into the given reader context, as link `epoch`.
+    async fn run_link_into(
+        outbox: Arc<Outbox>,
+        credit: u32,
+        reader_ctx: &ConnCtx,
+        epoch: u64,
+    ) -> Result<(), TcpError> {
+        let window = reader_ctx.window;
         let (initiator, responder) = session_pair();
         let (sealer, _) = initiator.split();
         let (_, opener) = responder.split();
         let (w, mut r) = tokio::io::duplex(1 << 16);
-        let (writer_ctx, reader_ctx) = (ctx(window), ctx(window));
+        let writer_ctx = ctx(window);
         let flow = Arc::new(LinkFlow::new(outbox.clone(), 0));
         for channel in ChannelId::all() {
             flow.credit_received(channel, credit);
         }
         let reader_flow = Arc::new(LinkFlow::new(Arc::new(Outbox::new(1)), window));
-        reader_ctx.inbox.link_up(peer(), 7);
+        reader_ctx.inbox.link_up(peer(), epoch);
         outbox.close();
         let (_stop, stop_rx) = oneshot::channel();
         let writer = write_loop(w, sealer, flow, stop_rx, &writer_ctx);
-        let reader = read_loop(&mut r, opener, peer(), 7, reader_flow, &reader_ctx);
+        let reader = read_loop(&mut r, opener, peer(), epoch, reader_flow, reader_ctx);
         let (written, read) = tokio::join!(writer, reader);
         if read.is_ok() {
             written.unwrap();
         }
-        (read, reader_ctx)
+        read
+    }
+
+    #[tokio::test]
+    async fn a_peer_cannot_pile_up_messages_by_reconnecting() {
+        let reader_ctx = ctx(2);
+        // The first connection fills the window; nobody takes anything.
+        let first = Arc::new(Outbox::new(10));
+        for _ in 0..2 {
+            first.push(message(ch(5), b"a".to_vec())).await.unwrap();
+        }
+        run_link_into(first, 2, &reader_ctx, 1).await.unwrap();
+        // A second connection that claims a fresh window is over the bound.
+        let second = Arc::new(Outbox::new(10));
+        second.push(message(ch(5), b"b".to_vec())).await.unwrap();
+        let read = run_link_into(second, 1, &reader_ctx, 2).await;
+        assert!(matches!(read, Err(TcpError::Protocol(_))), "{read:?}");
+        assert_eq!(reader_ctx.inbox.queued_from(ch(5), &peer()), 2);
+        // The peer's flow, reset for a new connection, owes it only the room left.
+        let flow = LinkFlow::new(Arc::new(Outbox::new(1)), 2);
+        reader_ctx.inbox.with_queued(&peer(), |queued| {
+            flow.reset(queued.map(|n| 2u64.saturating_sub(n as u64)));
+        });
+        let owed = |c: u8| flow.to_grant[usize::from(c)].load(Ordering::Acquire);
+        assert_eq!((owed(5), owed(0)), (0, 2));
+        // Taking one entry (of the old connection) owes the peer one on the new one.
+        assert!(matches!(
+            reader_ctx.inbox.try_recv(ch(5)),
+            Some(Ok(Incoming::PeerConnected { .. }))
+        ));
+        let release_one = reader_ctx.inbox.try_recv(ch(5));
+        assert!(matches!(release_one, Some(Ok(Incoming::Message { .. }))));
     }
 
     fn taken(ctx: &ConnCtx, channel: ChannelId) -> Vec<Vec<u8>> {

@@ -117,7 +117,8 @@ pub(crate) struct PeerActor {
     inner: Arc<Inner>,
     node: NodeId,
     addr: Option<SocketAddr>,
-    outbox: Arc<Outbox>,
+    /// Flow control with the peer, across its connections (it holds the peer's outbox).
+    flow: Arc<LinkFlow>,
     cmds: mpsc::UnboundedReceiver<PeerCmd>,
     cmd_tx: mpsc::UnboundedSender<PeerCmd>,
     live: Option<Live>,
@@ -145,7 +146,8 @@ impl PeerActor {
         let seed = inner.jitter_seed(&node);
         let backoff = Backoff::new(inner.backoff_initial, inner.backoff_max, seed);
         let next_dial = addr.map(|_| Instant::now());
-        Self { inner, node, addr, outbox, cmds, cmd_tx, live: None, dial: None, next_dial, backoff }
+        let flow = Arc::new(LinkFlow::new(outbox.clone(), inner.conn.window));
+        Self { inner, node, addr, flow, cmds, cmd_tx, live: None, dial: None, next_dial, backoff }
     }
 
     pub(crate) async fn run(mut self) {
@@ -282,7 +284,12 @@ impl PeerActor {
         let conn_id = self.inner.next_conn_id();
         // Before the reader starts: the link is up before its first message.
         self.inner.conn.inbox.link_up(node, conn_id);
-        let flow = Arc::new(LinkFlow::new(self.outbox.clone(), self.inner.conn.window));
+        // The peer is owed the room it has left on each channel of this node.
+        let flow = self.flow.clone();
+        let window = u64::from(self.inner.conn.window);
+        self.inner.conn.inbox.with_queued(&node, |queued| {
+            flow.reset(queued.map(|n| window.saturating_sub(n as u64)));
+        });
         let (sealer, opener) = session.split();
         let (r, w) = stream.into_split();
         let (retire_reader, mut retired) = oneshot::channel::<oneshot::Sender<()>>();

@@ -323,6 +323,12 @@ impl Inner {
             .ok_or(TransportError::UnknownPeer(to))
     }
 
+    /// The error for a send to `to` whose outbox refused it: the transport closed, or `to`
+    /// was removed while the send waited.
+    fn removed(&self, to: NodeId, error: TransportError) -> TransportError {
+        if self.is_closed() { error } else { TransportError::UnknownPeer(to) }
+    }
+
     /// Queues `item` for this node itself on `channel`, waiting for room.
     async fn to_self(&self, channel: ChannelId, item: Item) -> Result<(), TransportError> {
         let (Some(tx), Some(rx)) =
@@ -481,7 +487,8 @@ impl TcpTransport {
     /// [`TransportError::Disconnected`]), drops what was queued for it, and forgets that
     /// [`add_peer`](Self::add_peer) trusted it — a node that [`Trust`] admits may still
     /// connect again, and is then a new peer. Sends to it fail with
-    /// [`TransportError::UnknownPeer`] from now on. Returns whether the node was a peer.
+    /// [`TransportError::UnknownPeer`] from now on, and so do sends that were waiting for
+    /// room in its queue. Returns whether the node was a peer.
     ///
     /// Errors: [`TcpError::Closed`].
     pub fn remove_peer(&self, node: NodeId) -> Result<bool, TcpError> {
@@ -726,7 +733,8 @@ impl TcpTransport {
             match outbox {
                 Some(outbox) => {
                     let kind = Kind::Request(id);
-                    outbox.push(Outgoing { kind, channel, payload }).await?;
+                    let item = Outgoing { kind, channel, payload };
+                    outbox.push(item).await.map_err(|e| inner.removed(to, e))?;
                 }
                 None => {
                     let item = Item::Request { id: RequestId(id), payload };
@@ -760,7 +768,8 @@ impl Transport for TcpTransport {
         Box::pin(async move {
             match self.inner.outbox_for(to, payload.len())? {
                 Some(outbox) => {
-                    outbox.push(Outgoing { kind: Kind::Message, channel, payload }).await
+                    let item = Outgoing { kind: Kind::Message, channel, payload };
+                    outbox.push(item).await.map_err(|e| self.inner.removed(to, e))
                 }
                 None => self.inner.to_self(channel, Item::Message(payload)).await,
             }
@@ -787,7 +796,8 @@ impl Transport for TcpTransport {
             match self.inner.outbox_for(to, payload.len())? {
                 Some(outbox) => {
                     let kind = Kind::Response(id.0);
-                    outbox.push(Outgoing { kind, channel: ChannelId::DEFAULT, payload }).await
+                    let item = Outgoing { kind, channel: ChannelId::DEFAULT, payload };
+                    outbox.push(item).await.map_err(|e| self.inner.removed(to, e))
                 }
                 None => {
                     self.inner.conn.requests.complete(self.inner.local, id.0, payload);
