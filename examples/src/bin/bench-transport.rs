@@ -1,6 +1,8 @@
 //! Benchmark of the transports: round-trip latency and one-way throughput of the TCP + Noise
-//! transport between two nodes in one process, over loopback, and the event rate of the
-//! deterministic simulator with 1,000 nodes (`sim-events`).
+//! transport between two nodes in one process, over loopback, the latency of a quiet channel
+//! while another channel of the same link floods (`tcp-channels`, against the same pings on
+//! the flood's channel), and the event rate of the deterministic simulator with 1,000 nodes
+//! (`sim-events`).
 //!
 //! ```text
 //! cargo run --release -p llmkg-examples --bin bench-transport -- [--json] [--case NAME]
@@ -24,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use llmkg_examples::bench::{Case, Report, quantile, round};
-use llmkg_federation_core::{Incoming, NodeKeypair, Transport};
+use llmkg_federation_core::{ChannelId, Incoming, NodeKeypair, Transport};
 use llmkg_transport::sim::workloads::{Flood, FloodConfig};
 use llmkg_transport::sim::{Latency, LinkConfig, RunOutcome, SimBuilder};
 use llmkg_transport::tcp::{FederationId, TcpConfig, TcpTransport, Trust};
@@ -88,8 +90,12 @@ fn progress(json: bool, msg: &str) {
 type CaseFn = fn(&Args, &tokio::runtime::Runtime, &mut Report);
 
 /// The cases, in the order they run. Add new cases here.
-const CASES: &[(&str, CaseFn)] =
-    &[("tcp-rtt", tcp_rtt), ("tcp-throughput", tcp_throughput), ("sim-events", sim_events)];
+const CASES: &[(&str, CaseFn)] = &[
+    ("tcp-rtt", tcp_rtt),
+    ("tcp-throughput", tcp_throughput),
+    ("tcp-channels", tcp_channels),
+    ("sim-events", sim_events),
+];
 
 /// Two connected TCP transports on loopback: `a` dials `b`, `b` trusts `a`.
 async fn tcp_pair(seed: u8) -> (TcpTransport, TcpTransport) {
@@ -306,6 +312,122 @@ fn tcp_throughput(a: &Args, rt: &tokio::runtime::Runtime, report: &mut Report) {
             .metric("seconds", round(secs, 3))
             .metric("plain_tcp_mb_per_s", round(baseline_mb_per_s, 1))
             .metric("vs_plain_tcp_ratio", round(mb_per_s / baseline_mb_per_s, 3)),
+    );
+}
+
+/// One-way latency of small pings on a quiet channel while another channel of the same link
+/// floods a receiver that takes `CONSUME_US` per flood message, against the same pings sent
+/// on the flood's channel (behind the flood), in the same run. Both ends share the process,
+/// so a ping's send time is read from the same clock it is received by.
+fn tcp_channels(_args: &Args, rt: &tokio::runtime::Runtime, report: &mut Report) {
+    const PINGS: usize = 200;
+    const FLOOD_BYTES: usize = 4096;
+    const CONSUME_US: u64 = 200;
+    let flood = ChannelId::new(1).unwrap();
+    let quiet = ChannelId::new(2).unwrap();
+    let measure = |ping: ChannelId, seed: u8| {
+        rt.block_on(async move {
+            let (sender, receiver) = tcp_pair(seed).await;
+            let (sender, receiver) = (Arc::new(sender), Arc::new(receiver));
+            let to = receiver.local_id();
+            let origin = Instant::now();
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flooder = {
+                let (sender, stop) = (sender.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut sent = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let send = sender.send_on(flood, to, vec![0xF1; FLOOD_BYTES]);
+                        if tokio::time::timeout(Duration::from_millis(5), send).await.is_ok() {
+                            sent += 1;
+                        }
+                    }
+                    sent
+                })
+            };
+            // Pings carry their send time (µs since `origin`); flood messages start 0xF1.
+            let latencies = |first: Option<u8>| {
+                move |payload: &[u8]| -> Option<f64> {
+                    if payload.first().copied() == first {
+                        return None;
+                    }
+                    let sent = u64::from_be_bytes(payload.get(..8)?.try_into().ok()?);
+                    Some(origin.elapsed().as_secs_f64() * 1e6 - sent as f64)
+                }
+            };
+            let flood_consumer = {
+                let receiver = receiver.clone();
+                let on_ping = latencies(Some(0xF1));
+                tokio::spawn(async move {
+                    let mut samples = Vec::new();
+                    while let Ok(event) = receiver.recv_on(flood).await {
+                        if let Incoming::Message { payload, .. } = event {
+                            match on_ping(&payload) {
+                                Some(latency) => samples.push(latency),
+                                None => tokio::time::sleep(Duration::from_micros(CONSUME_US)).await,
+                            }
+                            if samples.len() == PINGS {
+                                break;
+                            }
+                        }
+                    }
+                    samples
+                })
+            };
+            let quiet_consumer = (ping != flood).then(|| {
+                let receiver = receiver.clone();
+                let on_ping = latencies(None);
+                tokio::spawn(async move {
+                    let mut samples = Vec::new();
+                    while samples.len() < PINGS {
+                        if let Incoming::Message { payload, .. } =
+                            receiver.recv_on(ping).await.unwrap()
+                            && let Some(latency) = on_ping(&payload)
+                        {
+                            samples.push(latency);
+                        }
+                    }
+                    samples
+                })
+            });
+            // Let the flood fill the receiver's channel first.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            for _ in 0..PINGS {
+                let at = origin.elapsed().as_micros() as u64;
+                sender.send_on(ping, to, at.to_be_bytes().to_vec()).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            let samples = match quiet_consumer {
+                Some(task) => {
+                    let samples = task.await.unwrap();
+                    flood_consumer.abort();
+                    samples
+                }
+                None => flood_consumer.await.unwrap(),
+            };
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let flooded = flooder.await.unwrap();
+            sender.close().await;
+            receiver.close().await;
+            (samples, flooded)
+        })
+    };
+    let (mut own, flooded_own) = measure(quiet, 5);
+    let (mut shared, flooded_shared) = measure(flood, 7);
+    let (own_p50, own_p99) = (quantile(&mut own, 0.5), quantile(&mut own, 0.99));
+    let (shared_p50, shared_p99) = (quantile(&mut shared, 0.5), quantile(&mut shared, 0.99));
+    report.push(
+        Case::new("tcp-channels")
+            .param("pings", PINGS)
+            .param("flood_message_bytes", FLOOD_BYTES)
+            .param("flood_consumer_us_per_message", CONSUME_US)
+            .param("pattern", "ping every 2 ms on its own channel vs on the flood's channel")
+            .metric("own_channel_p50_us", round(own_p50, 1))
+            .metric("own_channel_p99_us", round(own_p99, 1))
+            .metric("flood_channel_p50_us", round(shared_p50, 1))
+            .metric("flood_channel_p99_us", round(shared_p99, 1))
+            .metric("p50_ratio", round(shared_p50 / own_p50, 1))
+            .metric("flood_messages_sent", flooded_own + flooded_shared),
     );
 }
 

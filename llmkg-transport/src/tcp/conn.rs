@@ -64,6 +64,8 @@ pub(crate) struct LinkFlow {
     granted: [AtomicU64; ChannelId::COUNT],
     /// Room this side owes the peer, not yet granted.
     to_grant: [AtomicU64; ChannelId::COUNT],
+    /// Credit goes back in batches of this many (a quarter window, at least one).
+    grant_batch: u64,
 }
 
 impl LinkFlow {
@@ -74,6 +76,7 @@ impl LinkFlow {
             outbox,
             granted: std::array::from_fn(|_| AtomicU64::new(0)),
             to_grant: std::array::from_fn(|_| AtomicU64::new(u64::from(window))),
+            grant_batch: u64::from(window / 4).max(1),
         }
     }
 
@@ -101,12 +104,14 @@ impl LinkFlow {
         self.outbox.wake_writer();
     }
 
-    /// The host took an entry of the peer's from `channel`: the peer may send another.
+    /// The host took an entry of the peer's from `channel`: the peer may send another. The
+    /// writer is woken only when a batch of credit is due (see [`write_loop`]), not for
+    /// every message taken.
     fn taken(&self, channel: ChannelId) {
-        if let Some(c) = Self::at(&self.to_grant, channel) {
-            c.fetch_add(1, Ordering::AcqRel);
+        let Some(c) = Self::at(&self.to_grant, channel) else { return };
+        if c.fetch_add(1, Ordering::AcqRel) + 1 == self.grant_batch {
+            self.outbox.wake_writer();
         }
-        self.outbox.wake_writer();
     }
 }
 
@@ -356,7 +361,7 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
 ) -> Result<(), TcpError> {
     let outbox = Arc::clone(&flow.outbox);
     let mut scheduler = Scheduler::new();
-    let grant_batch = u64::from(ctx.window / 4).max(1);
+    let grant_batch = flow.grant_batch;
     let interval = ctx.keepalive_interval;
     let mut last_sent = Instant::now();
     // One timer per connection, re-armed only when it fires: a busy writer pays a clock
