@@ -36,6 +36,30 @@ pub(crate) enum Item {
     Request { id: RequestId, payload: Vec<u8> },
 }
 
+impl Item {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Item::Message(payload) | Item::Request { payload, .. } => payload.len(),
+        }
+    }
+}
+
+/// What a sender has waiting on a channel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Queued {
+    pub(crate) entries: usize,
+    pub(crate) bytes: u64,
+}
+
+/// What an entry of `len` payload bytes counts against its sender's room: its length plus a
+/// fixed overhead, so that empty messages are not free.
+pub(crate) fn charge(len: usize) -> u64 {
+    (len as u64).saturating_add(ENTRY_OVERHEAD)
+}
+
+/// The fixed part of [`charge`].
+pub(crate) const ENTRY_OVERHEAD: u64 = 64;
+
 struct Entry {
     from: NodeId,
     epoch: u64,
@@ -56,8 +80,8 @@ struct Channel {
     /// The last link of each peer this channel reported, and whether it reported it up or
     /// (already) down.
     reported: HashMap<NodeId, Link>,
-    /// Queued entries per sender.
-    queued_from: HashMap<NodeId, usize>,
+    /// Queued entries per sender, and their charged bytes (see [`charge`]).
+    queued_from: HashMap<NodeId, Queued>,
     /// Peers whose link changed since this channel last caught up with them.
     dirty: BTreeSet<NodeId>,
 }
@@ -99,15 +123,16 @@ impl Inbox {
 
     /// The link to `peer` is up, as link `epoch` (larger than any earlier link's epoch).
     pub(crate) fn link_up(&self, peer: NodeId, epoch: u64) {
-        self.set_link(peer, Some(epoch));
+        self.set_link(peer, Some(epoch), None);
     }
 
-    /// The link to `peer` is down.
-    pub(crate) fn link_down(&self, peer: NodeId) {
-        self.set_link(peer, None);
+    /// Link `epoch` to `peer` is down. Ignored if `peer`'s latest link is another one (a
+    /// newer link is up already: the old one's end must not take it down).
+    pub(crate) fn link_down(&self, peer: NodeId, epoch: u64) {
+        self.set_link(peer, None, Some(epoch));
     }
 
-    fn set_link(&self, peer: NodeId, epoch: Option<u64>) {
+    fn set_link(&self, peer: NodeId, epoch: Option<u64>, ending: Option<u64>) {
         if peer == self.local {
             return;
         }
@@ -117,6 +142,11 @@ impl Inbox {
                 return;
             }
             let old = state.links.get(&peer).copied();
+            if let (Some(ending), Some(old)) = (ending, old)
+                && old.epoch != ending
+            {
+                return;
+            }
             let new = match (epoch, old) {
                 (Some(epoch), _) => Link { epoch, up: true },
                 (None, Some(link)) => Link { up: false, ..link },
@@ -149,36 +179,34 @@ impl Inbox {
                 return Err(item);
             }
             let Some(ch) = state.channels.get_mut(channel.index()) else { return Err(item) };
+            let queued = ch.queued_from.entry(from).or_default();
+            queued.entries += 1;
+            queued.bytes = queued.bytes.saturating_add(charge(item.len()));
             ch.queue.push_back(Entry { from, epoch, item, on_taken });
-            *ch.queued_from.entry(from).or_insert(0) += 1;
         }
         if let Some(event) = self.events.get(channel.index()) {
-            event.notify(1);
+            // `notify(1)` would only make sure *some* listener is notified: with two readers
+            // of one channel and two entries, the second reader could sleep on the second.
+            event.notify_additional(1);
         }
         Ok(())
     }
 
-    /// Entries from `from` waiting on `channel`.
-    pub(crate) fn queued_from(&self, channel: ChannelId, from: &NodeId) -> usize {
+    /// What `from` has waiting on `channel`.
+    pub(crate) fn queued_from(&self, channel: ChannelId, from: &NodeId) -> Queued {
         self.state()
             .channels
             .get(channel.index())
             .and_then(|c| c.queued_from.get(from).copied())
-            .unwrap_or(0)
+            .unwrap_or_default()
     }
 
-    /// Runs `f` with the number of entries from `from` waiting on each channel, with the
-    /// inbox locked: no entry is queued or taken (and no release callback runs) meanwhile.
-    pub(crate) fn with_queued<R>(
-        &self,
-        from: &NodeId,
-        f: impl FnOnce([usize; ChannelId::COUNT]) -> R,
-    ) -> R {
+    /// What `from` has waiting on each channel.
+    pub(crate) fn queued_all(&self, from: &NodeId) -> [Queued; ChannelId::COUNT] {
         let state = self.state();
-        let counts = std::array::from_fn(|i| {
-            state.channels.get(i).and_then(|c| c.queued_from.get(from).copied()).unwrap_or(0)
-        });
-        f(counts)
+        std::array::from_fn(|i| {
+            state.channels.get(i).and_then(|c| c.queued_from.get(from).copied()).unwrap_or_default()
+        })
     }
 
     /// Closes the inbox: every `recv` returns [`TransportError::Closed`]; queued entries are
@@ -261,9 +289,12 @@ fn next(
                 return Some((Incoming::PeerDisconnected { peer: from }, None));
             }
             Some(Link { epoch: e, .. }) if e >= epoch => {
-                // From a link this channel already reported over: it cannot be delivered in
-                // order any more. Transports never queue such an entry; dropped if one did.
-                take_head(ch);
+                // From a link this channel already reported over (a message that was on its
+                // way when its link ended): it cannot be delivered in order any more. It is
+                // dropped, and its room given back.
+                if let Some(release) = take_head(ch).and_then(|e| e.on_taken) {
+                    release();
+                }
             }
             _ => {
                 ch.reported.insert(from, Link { epoch, up: true });
@@ -276,7 +307,7 @@ fn next(
     let mut settled = Vec::new();
     let mut change = None;
     for peer in &ch.dirty {
-        if ch.queued_from.get(peer).is_some_and(|n| *n > 0) {
+        if ch.queued_from.get(peer).is_some_and(|q| q.entries > 0) {
             continue;
         }
         let have = ch.reported.get(peer).copied();
@@ -319,9 +350,10 @@ fn next(
 
 fn take_head(ch: &mut Channel) -> Option<Entry> {
     let entry = ch.queue.pop_front()?;
-    if let Some(n) = ch.queued_from.get_mut(&entry.from) {
-        *n -= 1;
-        if *n == 0 {
+    if let Some(q) = ch.queued_from.get_mut(&entry.from) {
+        q.entries = q.entries.saturating_sub(1);
+        q.bytes = q.bytes.saturating_sub(charge(entry.item.len()));
+        if q.entries == 0 {
             ch.queued_from.remove(&entry.from);
         }
     }
@@ -373,7 +405,7 @@ mod tests {
         let inbox = Inbox::new(me);
         inbox.link_up(p, 1);
         inbox.push(A, p, 1, msg(b"a1"), None).ok().unwrap();
-        inbox.link_down(p);
+        inbox.link_down(p, 1);
         assert_eq!(drain(&inbox, A), vec![connected(p), message(p, b"a1"), disconnected(p)]);
         // Channel b saw the link come and go with nothing on it: it still reports both.
         assert_eq!(drain(&inbox, b()), vec![connected(p), disconnected(p)]);
@@ -389,7 +421,7 @@ mod tests {
         let inbox = Inbox::new(me);
         inbox.link_up(p, 1);
         inbox.push(A, p, 1, msg(b"old"), None).ok().unwrap();
-        inbox.link_down(p);
+        inbox.link_down(p, 1);
         inbox.link_up(p, 2);
         inbox.push(A, p, 2, msg(b"new"), None).ok().unwrap();
         assert_eq!(
@@ -411,7 +443,7 @@ mod tests {
         inbox.link_up(p, 1);
         assert_eq!(drain(&inbox, A), vec![connected(p)]);
         for epoch in 2..10_000 {
-            inbox.link_down(p);
+            inbox.link_down(p, epoch - 1);
             inbox.link_up(p, epoch);
         }
         assert_eq!(inbox.queued(A), 0);

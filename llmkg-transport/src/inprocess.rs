@@ -92,7 +92,6 @@ struct Endpoint {
     slots: Vec<Slots>,
     /// Requests this endpoint sent and is waiting on: id → (peer asked, where to answer).
     pending: Mutex<HashMap<u64, (NodeId, ResponseSender)>>,
-    next_request: AtomicU64,
     closed: AtomicBool,
 }
 
@@ -101,12 +100,12 @@ impl Endpoint {
         self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Queues `item` from `from` (whose link epoch is `epoch`) on `channel`, waiting for room.
+    /// Queues `item` from `sender` on `channel`, waiting for room. A sender that leaves
+    /// while it waits gets `Closed`, and its message is not queued.
     async fn deliver(
         &self,
         channel: ChannelId,
-        from: NodeId,
-        epoch: u64,
+        sender: &Endpoint,
         item: Item,
     ) -> Result<(), TransportError> {
         let peer = self.id;
@@ -114,6 +113,11 @@ impl Endpoint {
             return Err(TransportError::Disconnected(peer));
         };
         slots.tx.send(()).await.map_err(|_| TransportError::Disconnected(peer))?;
+        if sender.closed.load(Ordering::Acquire) {
+            let _ = slots.rx.try_recv();
+            return Err(TransportError::Closed);
+        }
+        let (from, epoch) = (sender.id, sender.epoch);
         let rx = slots.rx.clone();
         let release = Box::new(move || {
             let _ = rx.try_recv();
@@ -156,7 +160,7 @@ impl Endpoint {
         self.fail_pending(None, || TransportError::Closed);
         for other in others {
             other.fail_pending(Some(me), || TransportError::Disconnected(me));
-            other.inbox.link_down(me);
+            other.inbox.link_down(me, self.epoch);
         }
     }
 }
@@ -166,6 +170,9 @@ struct Shared {
     timer: Arc<dyn Timer>,
     members: Mutex<BTreeMap<NodeId, Arc<Endpoint>>>,
     next_epoch: AtomicU64,
+    /// Request ids, unique in the network: a late answer to a request of a node that left
+    /// cannot complete a request of a node that joined under the same id.
+    next_request: AtomicU64,
 }
 
 impl Shared {
@@ -207,6 +214,7 @@ impl InProcessNetwork {
                 timer,
                 members: Mutex::new(BTreeMap::new()),
                 next_epoch: AtomicU64::new(1),
+                next_request: AtomicU64::new(0),
             }),
         }
     }
@@ -232,7 +240,6 @@ impl InProcessNetwork {
             inbox: Inbox::new(id),
             slots,
             pending: Mutex::new(HashMap::new()),
-            next_request: AtomicU64::new(0),
             closed: AtomicBool::new(false),
         });
         for (peer, other) in members.iter() {
@@ -310,14 +317,14 @@ impl InProcessTransport {
         let peer = self.peer(to)?;
         // The timeout covers the whole request, including waiting for room in the peer's queue.
         let deadline = self.shared.timer.now() + timeout;
-        let id = self.endpoint.next_request.fetch_add(1, Ordering::Relaxed);
+        let id = self.shared.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = async_channel::bounded(1);
         self.endpoint.pending().insert(id, (to, tx));
         let _guard = PendingGuard { endpoint: &self.endpoint, id };
-        let (from, epoch) = (self.endpoint.id, self.endpoint.epoch);
+        let me = &self.endpoint;
         let exchange = async move {
             let item = Item::Request { id: RequestId(id), payload };
-            peer.deliver(channel, from, epoch, item).await?;
+            peer.deliver(channel, me, item).await?;
             rx.recv().await.unwrap_or(Err(TransportError::Disconnected(to)))
         };
         let sleep = self.shared.timer.sleep_until(deadline);
@@ -346,8 +353,7 @@ impl Transport for InProcessTransport {
         Box::pin(async move {
             self.check(&payload)?;
             let peer = self.peer(to)?;
-            let (from, epoch) = (self.endpoint.id, self.endpoint.epoch);
-            peer.deliver(channel, from, epoch, Item::Message(payload)).await
+            peer.deliver(channel, &self.endpoint, Item::Message(payload)).await
         })
     }
 

@@ -359,14 +359,15 @@ async fn a_lost_peer_fails_only_its_own_pending_requests() {
 async fn close_flushes_queued_messages_then_refuses_everything() {
     let (a, b) = connected_pair(5, 6).await;
     let (a_id, b_id) = (a.local_id(), b.local_id());
-    // All of it is accepted while b reads nothing: b's credit on the channel (256) plus
-    // a's outgoing queue (1,024). More would wait for b to read, as flow control should.
+    // All of it is accepted while b reads nothing: b's credit on the channel (4 MiB, about
+    // 24,000 such messages) plus a's outgoing queue (1,024). More would wait for b to read,
+    // as flow control should.
     const COUNT: u64 = 1_000;
     for seq in 0..COUNT {
         a.send(b_id, numbered(seq, 100)).await.unwrap();
     }
-    // Most of it is still queued at a (b has not read, so a has no credit for it): close
-    // sends it out as b reads and gives credit, within the flush timeout.
+    // Some of it may still be queued at a when close starts: close sends it out within the
+    // flush timeout while b reads.
     let b = Arc::new(b);
     let reader = tokio::spawn({
         let b = b.clone();
@@ -1031,7 +1032,7 @@ impl Raw {
     async fn read_frames_until_goodbye(mut self, progress: Arc<AtomicUsize>) -> Vec<Frame> {
         let mut credit = Vec::new();
         for channel in ChannelId::all() {
-            Frame::Credit { channel, messages: 1 << 30 }.encode(&mut credit).unwrap();
+            Frame::Credit { channel, bytes: 1 << 30 }.encode(&mut credit).unwrap();
         }
         self.send_plain(&credit).await;
         let mut decoder = FrameDecoder::new(1 << 20);
@@ -1419,10 +1420,8 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
             more,
             payload
         }),
-        (0..16u8, any::<u32>()).prop_map(|(c, messages)| Frame::Credit {
-            channel: ChannelId::new(c).unwrap(),
-            messages
-        }),
+        (0..16u8, any::<u32>())
+            .prop_map(|(c, bytes)| Frame::Credit { channel: ChannelId::new(c).unwrap(), bytes }),
         Just(Frame::KeepAlive),
     ]
 }

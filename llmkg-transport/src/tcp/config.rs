@@ -119,10 +119,12 @@ pub struct TcpConfig {
     /// Capacity, in messages, of each peer's outgoing queue on each channel (responses have
     /// a queue of their own). Default 1024. Queues take memory only for what they hold.
     pub outgoing_queue: usize,
-    /// How many messages and requests one peer may have waiting on one channel of this node
-    /// (received, not yet taken by `recv_on`): the peer is given this much credit per
-    /// channel and more as messages are taken, so a channel that is not read stops only its
-    /// own senders. Default 256; at least 1.
+    /// How many bytes of messages and requests one peer may have waiting on one channel of
+    /// this node (received, not yet taken by `recv_on`; each counts its payload plus 64
+    /// bytes): the peer is given this much credit per channel, and more as its messages are
+    /// taken, so a channel that is not read stops only its own senders. A peer may start one
+    /// message while it has any credit left, so what it can have waiting on a channel is at
+    /// most this plus one message. Default 4 MiB; at least 1.
     pub inbound_window: u32,
     /// Time allowed to connect, and separately to complete the hello and Noise handshake
     /// (and, for the responder, the acceptance). Default 5 s. Three times this is how far
@@ -205,7 +207,7 @@ impl TcpConfig {
             listen_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             max_message_len: 64 << 20,
             outgoing_queue: 1024,
-            inbound_window: 256,
+            inbound_window: 4 << 20,
             handshake_timeout: Duration::from_secs(5),
             backoff_initial: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),

@@ -19,8 +19,8 @@
 //! direction. A counter that would reach the nonce Noise reserves (2^64 - 1) ends the
 //! connection instead of wrapping.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use event_listener::listener;
@@ -35,7 +35,7 @@ use super::handshake::HandshakeError;
 use super::outbox::{MAX_FRAME_LEN, Outbox, Piece, Scheduler};
 use super::transport::{Counters, Requests};
 use super::{Frame, FrameDecoder, FrameError, TcpError};
-use crate::inbox::{Inbox, Item};
+use crate::inbox::{Inbox, Item, charge};
 
 /// What a connection's read and write loops need of the transport, and nothing more.
 pub(crate) struct ConnCtx {
@@ -45,50 +45,77 @@ pub(crate) struct ConnCtx {
     pub(crate) keepalive_interval: Duration,
     pub(crate) idle_timeout: Duration,
     pub(crate) max_message_len: usize,
-    /// Messages a peer may have waiting per channel (its initial credit).
+    /// Bytes (as charged) a peer may have waiting per channel.
     pub(crate) window: u32,
     pub(crate) linger: Linger,
 }
 
-/// Per-channel flow control with one peer, shared by the peer's connection (its reader and
-/// writer) and the inbox entries the peer's messages became.
-///
-/// It is the peer's, not a connection's: what a peer may have waiting on a channel of this
-/// node is bounded across its connections (entries of an old connection still count), so a
-/// peer cannot pile up messages by reconnecting. Each new connection starts with the peer
-/// owed the room left ([`reset`](Self::reset)), and every entry the host takes, of whichever
-/// connection, is owed back to the peer on the current one.
-pub(crate) struct LinkFlow {
-    outbox: Arc<Outbox>,
-    /// Credit the peer granted (Credit frames read), not yet handed to the writer.
-    granted: [AtomicU64; ChannelId::COUNT],
-    /// Room this side owes the peer, not yet granted.
-    to_grant: [AtomicU64; ChannelId::COUNT],
-    /// Credit goes back in batches of this many (a quarter window, at least one).
-    grant_batch: u64,
+/// Wakes the writer of a peer's current connection when the host has taken enough of the
+/// peer's messages that new credit is due. One per peer, kept across its connections (and
+/// its removal and return), because entries of an old connection may be taken after a new one
+/// is up: their room is the new connection's to give.
+pub(crate) struct PeerSignal {
+    /// Bytes taken since the writer was last woken for it.
+    taken: AtomicU64,
+    /// Wake the writer every this many bytes taken (a quarter window, at least one).
+    batch: u64,
+    /// The outbox of the peer's current connection.
+    outbox: Mutex<Weak<Outbox>>,
 }
 
-impl LinkFlow {
-    /// Flow control with the peer whose outgoing queues are `outbox`; the peer is owed
-    /// `window` on every channel.
-    pub(crate) fn new(outbox: Arc<Outbox>, window: u32) -> Self {
+impl PeerSignal {
+    pub(crate) fn new(window: u32) -> Self {
         Self {
-            outbox,
-            granted: std::array::from_fn(|_| AtomicU64::new(0)),
-            to_grant: std::array::from_fn(|_| AtomicU64::new(u64::from(window))),
-            grant_batch: u64::from(window / 4).max(1),
+            taken: AtomicU64::new(0),
+            batch: u64::from(window / 4).max(1),
+            outbox: Mutex::new(Weak::new()),
         }
     }
 
-    /// A new connection to the peer starts: the peer's credit on the old one is void, and it
-    /// is owed `free[c]` on each channel `c`. Call with the inbox's counts locked
-    /// ([`Inbox::with_queued`]), so that no entry is taken in between.
-    pub(crate) fn reset(&self, free: [u64; ChannelId::COUNT]) {
-        for (slot, free) in self.to_grant.iter().zip(free) {
-            slot.store(free, Ordering::Release);
+    /// The peer's outbox from now on.
+    pub(crate) fn attach(&self, outbox: &Arc<Outbox>) {
+        *self.outbox.lock().unwrap_or_else(PoisonError::into_inner) = Arc::downgrade(outbox);
+    }
+
+    /// The host took `bytes` (as charged) of the peer's from some channel.
+    fn taken(&self, bytes: u64) {
+        let before = self.taken.fetch_add(bytes, Ordering::AcqRel);
+        if before.saturating_add(bytes) >= self.batch {
+            self.taken.store(0, Ordering::Release);
+            let outbox = self.outbox.lock().unwrap_or_else(PoisonError::into_inner).upgrade();
+            if let Some(outbox) = outbox {
+                outbox.wake_writer();
+            }
         }
-        for slot in &self.granted {
-            slot.store(0, Ordering::Release);
+    }
+}
+
+/// Flow control of one connection, shared by its reader and writer.
+///
+/// Credit is never remembered, it is computed: the room a peer has on a channel is the
+/// window less what it has waiting there (entries of its earlier connections included) less
+/// the credit it still holds on this connection (given minus received). So no credit can be
+/// lost or granted twice, whatever connections come and go, and a peer cannot pile up
+/// messages by reconnecting.
+pub(crate) struct LinkFlow {
+    outbox: Arc<Outbox>,
+    signal: Arc<PeerSignal>,
+    /// Credit the peer granted on this connection (Credit frames read), not yet handed to
+    /// the writer.
+    granted: [AtomicU64; ChannelId::COUNT],
+    /// Bytes (as charged) received on this connection, per channel.
+    received: [AtomicU64; ChannelId::COUNT],
+}
+
+impl LinkFlow {
+    /// Flow control of a new connection to the peer whose outgoing queues are `outbox`.
+    pub(crate) fn new(outbox: Arc<Outbox>, signal: Arc<PeerSignal>) -> Self {
+        signal.attach(&outbox);
+        Self {
+            outbox,
+            signal,
+            granted: std::array::from_fn(|_| AtomicU64::new(0)),
+            received: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 
@@ -96,22 +123,12 @@ impl LinkFlow {
         counters.get(channel.index())
     }
 
-    /// The peer granted `messages` more on `channel`.
-    fn credit_received(&self, channel: ChannelId, messages: u32) {
+    /// The peer granted `bytes` more on `channel`.
+    fn credit_received(&self, channel: ChannelId, bytes: u32) {
         if let Some(c) = Self::at(&self.granted, channel) {
-            c.fetch_add(u64::from(messages), Ordering::AcqRel);
+            c.fetch_add(u64::from(bytes), Ordering::AcqRel);
         }
         self.outbox.wake_writer();
-    }
-
-    /// The host took an entry of the peer's from `channel`: the peer may send another. The
-    /// writer is woken only when a batch of credit is due (see [`write_loop`]), not for
-    /// every message taken.
-    fn taken(&self, channel: ChannelId) {
-        let Some(c) = Self::at(&self.to_grant, channel) else { return };
-        if c.fetch_add(1, Ordering::AcqRel) + 1 == self.grant_batch {
-            self.outbox.wake_writer();
-        }
     }
 }
 
@@ -283,9 +300,7 @@ impl Sealer {
         let (header, n) = frame.header()?;
         let header = header.get(..n).unwrap_or_default();
         match frame {
-            Frame::Credit { messages, .. } => {
-                self.push_piece(w, header, &messages.to_be_bytes()).await
-            }
+            Frame::Credit { bytes, .. } => self.push_piece(w, header, &bytes.to_be_bytes()).await,
             other => self.push_piece(w, header, other.payload()).await,
         }
     }
@@ -348,20 +363,24 @@ fn stop_requested(stop: &mut oneshot::Receiver<()>) -> bool {
 /// replaced) or the socket fails. The first two end with a goodbye. Payloads it took but
 /// could not write are lost (at most once).
 ///
-/// It sends the credit this side owes the peer first (the initial window, then one per
-/// message the host took), then frames chosen by the connection's [`Scheduler`]. When it
+/// It sends the credit this side owes the peer first (the window at the start, then more as
+/// the host takes the peer's messages; see [`LinkFlow`]), then frames chosen by the connection's [`Scheduler`]. When it
 /// has written nothing for the keepalive interval, it sends a [`Frame::KeepAlive`] (in its
 /// own chunk, outside the queue: the order of queued frames is untouched).
 pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
     mut w: W,
     mut sealer: Sealer,
+    peer: NodeId,
     flow: Arc<LinkFlow>,
     mut stop: oneshot::Receiver<()>,
     ctx: &ConnCtx,
 ) -> Result<(), TcpError> {
     let outbox = Arc::clone(&flow.outbox);
     let mut scheduler = Scheduler::new();
-    let grant_batch = flow.grant_batch;
+    let window = u64::from(ctx.window);
+    let grant_batch = flow.signal.batch;
+    // Credit given to the peer on this connection, per channel.
+    let mut given = [0u64; ChannelId::COUNT];
     let interval = ctx.keepalive_interval;
     let mut last_sent = Instant::now();
     // One timer per connection, re-armed only when it fires: a busy writer pays a clock
@@ -378,21 +397,21 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
         for channel in ChannelId::all() {
             let granted =
                 LinkFlow::at(&flow.granted, channel).map_or(0, |c| c.swap(0, Ordering::AcqRel));
-            scheduler.add_credit(channel, u32::try_from(granted).unwrap_or(u32::MAX));
+            scheduler.add_credit(channel, granted);
         }
         let mut frames = 0u64;
-        for channel in ChannelId::all() {
-            let Some(owed) = LinkFlow::at(&flow.to_grant, channel) else { continue };
-            // Credit goes back in batches of a quarter window: the peer still has three
-            // quarters to send meanwhile, and a busy channel costs one small frame per
-            // quarter window instead of one per message.
-            if owed.load(Ordering::Acquire) < grant_batch {
-                continue;
-            }
-            let owed = owed.swap(0, Ordering::AcqRel);
-            if owed > 0 {
-                let messages = u32::try_from(owed).unwrap_or(u32::MAX);
-                sealer.push_frame(&mut w, &Frame::Credit { channel, messages }).await?;
+        let queued = ctx.inbox.queued_all(&peer);
+        for (channel, (given, queued)) in ChannelId::all().zip(given.iter_mut().zip(queued)) {
+            let received =
+                LinkFlow::at(&flow.received, channel).map_or(0, |c| c.load(Ordering::Acquire));
+            let holds = given.saturating_sub(received);
+            let owed = window.saturating_sub(queued.bytes).saturating_sub(holds);
+            // Credit goes back in batches of a quarter window: the peer keeps most of its
+            // window meanwhile, and a busy channel costs one small frame per batch.
+            if owed >= grant_batch {
+                let bytes = u32::try_from(owed).unwrap_or(u32::MAX);
+                sealer.push_frame(&mut w, &Frame::Credit { channel, bytes }).await?;
+                *given += u64::from(bytes);
             }
         }
         let credit_only = !sealer.wire.is_empty() || !sealer.chunk.is_empty();
@@ -624,7 +643,7 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
     let mut plain = Vec::new();
     let mut decoder = FrameDecoder::new(MAX_FRAME_LEN);
     let mut assembly = None;
-    let window = usize::try_from(ctx.window).unwrap_or(usize::MAX);
+    let window = u64::from(ctx.window);
     let idle_timeout = ctx.idle_timeout;
     let mut last_chunk = Instant::now();
     // Re-armed only when it fires (like the writer's keepalive timer).
@@ -660,8 +679,8 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
                     ctx.stats.frames_in.add(frames);
                     return Ok(());
                 }
-                Frame::Credit { channel, messages } => {
-                    flow.credit_received(channel, messages);
+                Frame::Credit { channel, bytes } => {
+                    flow.credit_received(channel, bytes);
                     continue;
                 }
                 data => {
@@ -682,14 +701,18 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
                     (channel, Item::Request { id: RequestId(id), payload })
                 }
             };
-            if ctx.inbox.queued_from(channel, &peer) >= window {
-                return Err(TcpError::Protocol(
-                    "more messages on a channel than it had credit for",
-                ));
+            // An honest peer sends only while it holds credit, which it cannot while what it
+            // has waiting here fills the window.
+            if ctx.inbox.queued_from(channel, &peer).bytes >= window {
+                return Err(TcpError::Protocol("more on a channel than it had credit for"));
+            }
+            let cost = charge(item.len());
+            if let Some(received) = LinkFlow::at(&flow.received, channel) {
+                received.fetch_add(cost, Ordering::AcqRel);
             }
             let release = {
-                let flow = Arc::clone(&flow);
-                Box::new(move || flow.taken(channel))
+                let signal = Arc::clone(&flow.signal);
+                Box::new(move || signal.taken(cost))
             };
             if ctx.inbox.push(channel, peer, epoch, item, Some(release)).is_err() {
                 // The transport is closing.
@@ -852,9 +875,18 @@ mod tests {
         Outgoing { kind: Kind::Message, channel, payload }
     }
 
-    /// Runs a writer for `outbox` (with `credit` per channel from the peer) into a reader
-    /// with `window`, until the outbox is drained and the writer says goodbye; returns the
-    /// reader's result and its context.
+    fn flow(outbox: Arc<Outbox>, window: u32) -> Arc<LinkFlow> {
+        Arc::new(LinkFlow::new(outbox, Arc::new(PeerSignal::new(window))))
+    }
+
+    /// The charge of a message of `len` bytes.
+    fn cost(len: usize) -> u32 {
+        u32::try_from(charge(len)).unwrap()
+    }
+
+    /// Runs a writer for `outbox` (with `credit` bytes per channel from the peer) into a
+    /// reader with `window`, until the outbox is drained and the writer says goodbye; returns
+    /// the reader's result and its context.
     async fn run_link(
         outbox: Arc<Outbox>,
         credit: u32,
@@ -878,15 +910,15 @@ mod tests {
         let (_, opener) = responder.split();
         let (w, mut r) = tokio::io::duplex(1 << 16);
         let writer_ctx = ctx(window);
-        let flow = Arc::new(LinkFlow::new(outbox.clone(), 0));
+        let writer_flow = flow(outbox.clone(), window);
         for channel in ChannelId::all() {
-            flow.credit_received(channel, credit);
+            writer_flow.credit_received(channel, credit);
         }
-        let reader_flow = Arc::new(LinkFlow::new(Arc::new(Outbox::new(1)), window));
+        let reader_flow = flow(Arc::new(Outbox::new(1)), window);
         reader_ctx.inbox.link_up(peer(), epoch);
         outbox.close();
         let (_stop, stop_rx) = oneshot::channel();
-        let writer = write_loop(w, sealer, flow, stop_rx, &writer_ctx);
+        let writer = write_loop(w, sealer, peer(), writer_flow, stop_rx, &writer_ctx);
         let reader = read_loop(&mut r, opener, peer(), epoch, reader_flow, reader_ctx);
         let (written, read) = tokio::join!(writer, reader);
         if read.is_ok() {
@@ -897,33 +929,72 @@ mod tests {
 
     #[tokio::test]
     async fn a_peer_cannot_pile_up_messages_by_reconnecting() {
-        let reader_ctx = ctx(2);
+        let window = 2 * cost(1);
+        let reader_ctx = ctx(window);
         // The first connection fills the window; nobody takes anything.
         let first = Arc::new(Outbox::new(10));
         for _ in 0..2 {
             first.push(message(ch(5), b"a".to_vec())).await.unwrap();
         }
-        run_link_into(first, 2, &reader_ctx, 1).await.unwrap();
+        run_link_into(first, window, &reader_ctx, 1).await.unwrap();
         // A second connection that claims a fresh window is over the bound.
         let second = Arc::new(Outbox::new(10));
         second.push(message(ch(5), b"b".to_vec())).await.unwrap();
-        let read = run_link_into(second, 1, &reader_ctx, 2).await;
+        let read = run_link_into(second, window, &reader_ctx, 2).await;
         assert!(matches!(read, Err(TcpError::Protocol(_))), "{read:?}");
-        assert_eq!(reader_ctx.inbox.queued_from(ch(5), &peer()), 2);
-        // The peer's flow, reset for a new connection, owes it only the room left.
-        let flow = LinkFlow::new(Arc::new(Outbox::new(1)), 2);
-        reader_ctx.inbox.with_queued(&peer(), |queued| {
-            flow.reset(queued.map(|n| 2u64.saturating_sub(n as u64)));
-        });
-        let owed = |c: u8| flow.to_grant[usize::from(c)].load(Ordering::Acquire);
-        assert_eq!((owed(5), owed(0)), (0, 2));
-        // Taking one entry (of the old connection) owes the peer one on the new one.
-        assert!(matches!(
-            reader_ctx.inbox.try_recv(ch(5)),
-            Some(Ok(Incoming::PeerConnected { .. }))
-        ));
-        let release_one = reader_ctx.inbox.try_recv(ch(5));
-        assert!(matches!(release_one, Some(Ok(Incoming::Message { .. }))));
+        assert_eq!(reader_ctx.inbox.queued_from(ch(5), &peer()).entries, 2);
+    }
+
+    /// The credit frames a writer for `peer()` sends at its start, given what `inbox` holds.
+    async fn initial_credit(inbox: Arc<Inbox>, window: u32) -> Vec<(ChannelId, u32)> {
+        let (initiator, responder) = session_pair();
+        let (sealer, _) = initiator.split();
+        let (_, mut opener) = responder.split();
+        let (w, mut r) = tokio::io::duplex(1 << 16);
+        let mut writer_ctx = ctx(window);
+        writer_ctx.inbox = inbox;
+        let outbox = Arc::new(Outbox::new(1));
+        outbox.close();
+        let (_stop, stop_rx) = oneshot::channel();
+        write_loop(w, sealer, peer(), flow(outbox, window), stop_rx, &writer_ctx).await.unwrap();
+        let mut wire = Vec::new();
+        r.read_to_end(&mut wire).await.unwrap();
+        let mut decoder = FrameDecoder::new(MAX_FRAME_LEN);
+        let mut credits = Vec::new();
+        let mut rest = &wire[..];
+        while rest.len() >= 2 {
+            let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+            let mut plain = vec![0; len];
+            let n = opener.open(&rest[2..2 + len], &mut plain).unwrap();
+            rest = &rest[2 + len..];
+            let mut input = &plain[..n];
+            while let Some(frame) = decoder.feed(&mut input).unwrap() {
+                if let Frame::Credit { channel, bytes } = frame {
+                    credits.push((channel, bytes));
+                }
+            }
+        }
+        credits
+    }
+
+    #[tokio::test]
+    async fn a_new_connection_is_given_only_the_room_left() {
+        let window = 4 * cost(10);
+        let inbox = Arc::new(Inbox::new(NodeKeypair::from_secret_bytes([9; 32]).node_id()));
+        inbox.link_up(peer(), 1);
+        for _ in 0..3 {
+            inbox.push(ch(5), peer(), 1, Item::Message(vec![0; 10]), None).ok().unwrap();
+        }
+        let credits = initial_credit(inbox.clone(), window).await;
+        // A quarter window (one message's charge) is left on channel 5: exactly a batch.
+        assert!(credits.contains(&(ch(5), cost(10))), "{credits:?}");
+        assert!(credits.contains(&(ch(0), window)), "{credits:?}");
+        assert_eq!(credits.len(), ChannelId::COUNT);
+        // With the window full, nothing is granted on that channel until the host takes.
+        inbox.push(ch(5), peer(), 1, Item::Message(vec![0; 10]), None).ok().unwrap();
+        let credits = initial_credit(inbox.clone(), window).await;
+        assert!(!credits.iter().any(|(c, _)| *c == ch(5)), "{credits:?}");
+        assert_eq!(credits.len(), ChannelId::COUNT - 1);
     }
 
     fn taken(ctx: &ConnCtx, channel: ChannelId) -> Vec<Vec<u8>> {
@@ -942,7 +1013,8 @@ mod tests {
         outbox.push(message(ch(1), b"one".to_vec())).await.unwrap();
         outbox.push(message(ch(2), long.clone())).await.unwrap();
         outbox.push(message(ch(1), b"two".to_vec())).await.unwrap();
-        let (read, ctx) = run_link(outbox, 10, 10).await;
+        // Any credit lets a message start, however long.
+        let (read, ctx) = run_link(outbox, 1 << 10, 4 << 20).await;
         read.unwrap();
         assert_eq!(taken(&ctx, ch(1)), vec![b"one".to_vec(), b"two".to_vec()]);
         assert_eq!(taken(&ctx, ch(2)), vec![long]);
@@ -958,12 +1030,12 @@ mod tests {
         let (sealer, _) = initiator.split();
         let (_, opener) = responder.split();
         let (w, mut r) = tokio::io::duplex(1 << 16);
-        let (writer_ctx, reader_ctx) = (ctx(4), ctx(4));
-        let flow = Arc::new(LinkFlow::new(outbox.clone(), 0));
+        let (writer_ctx, reader_ctx) = (ctx(1 << 20), ctx(1 << 20));
+        let writer_flow = flow(outbox.clone(), 1 << 20);
         let (stop, stop_rx) = oneshot::channel();
-        let reader_flow = Arc::new(LinkFlow::new(Arc::new(Outbox::new(1)), 4));
+        let reader_flow = flow(Arc::new(Outbox::new(1)), 1 << 20);
         let writer = tokio::spawn(async move {
-            write_loop(w, sealer, flow, stop_rx, &writer_ctx).await.unwrap();
+            write_loop(w, sealer, peer(), writer_flow, stop_rx, &writer_ctx).await.unwrap();
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         let _ = stop.send(());
@@ -979,8 +1051,9 @@ mod tests {
         for _ in 0..3 {
             outbox.push(message(ch(0), b"x".to_vec())).await.unwrap();
         }
-        // The writer was given 3, the reader only allows 2 waiting.
-        let (read, ctx) = run_link(outbox, 3, 2).await;
+        // The writer was given room for 3, the reader allows 2 waiting: the third arrives
+        // while the window is full.
+        let (read, ctx) = run_link(outbox, 3 * cost(1), 2 * cost(1)).await;
         assert!(matches!(read, Err(TcpError::Protocol(_))), "{read:?}");
         assert_eq!(taken(&ctx, ch(0)).len(), 2);
     }
@@ -995,10 +1068,9 @@ mod tests {
             sealer.push_frame(&mut w, f).await.unwrap();
         }
         sealer.goodbye(&mut w).await.unwrap();
-        let mut c = ctx(100);
+        let mut c = ctx(1 << 20);
         c.max_message_len = max_message_len;
-        let flow = Arc::new(LinkFlow::new(Arc::new(Outbox::new(1)), 100));
-        read_loop(&mut r, opener, peer(), 1, flow, &c).await
+        read_loop(&mut r, opener, peer(), 1, flow(Arc::new(Outbox::new(1)), 1 << 20), &c).await
     }
 
     #[tokio::test]

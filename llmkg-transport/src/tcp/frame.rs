@@ -7,7 +7,8 @@
 //! base     = 0 Message | 1 Request | 2 Response | 3 Goodbye | 4 KeepAlive | 5 Credit
 //! MORE     = 0x80: the payload continues in the next part (Message, Request, Response only)
 //! channel  = the ChannelId (below ChannelId::COUNT); zero for Response, Goodbye, KeepAlive
-//! Credit   = payload is messages:u32be, more messages the sender may queue on the channel
+//! Credit   = payload is bytes:u32be, how many more bytes (payload plus 64 per message) the
+//!            receiver of the frame may have waiting on the channel
 //!            (Goodbye and KeepAlive have an empty payload)
 //! ```
 //!
@@ -75,14 +76,14 @@ pub enum Frame {
         /// The response bytes (of this part).
         payload: Vec<u8>,
     },
-    /// The receiver of this frame may queue `messages` more messages and requests on
-    /// `channel`: flow control per channel, so that a channel whose reader is slow holds up
-    /// only itself.
+    /// The receiver of this frame may send `bytes` more on `channel` (each message counts
+    /// its payload length plus 64): flow control per channel, so that a channel whose reader
+    /// is slow holds up only itself.
     Credit {
         /// The channel the credit is for.
         channel: ChannelId,
-        /// How many more.
-        messages: u32,
+        /// How many more bytes.
+        bytes: u32,
     },
     /// The sender is closing the connection gracefully; nothing follows.
     Goodbye,
@@ -164,8 +165,8 @@ impl Frame {
     pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), FrameError> {
         let (header, n) = self.header()?;
         out.extend_from_slice(header.get(..n).unwrap_or(&header));
-        if let Frame::Credit { messages, .. } = self {
-            out.extend_from_slice(&messages.to_be_bytes());
+        if let Frame::Credit { bytes, .. } = self {
+            out.extend_from_slice(&bytes.to_be_bytes());
         } else {
             out.extend_from_slice(self.payload());
         }
@@ -389,11 +390,11 @@ impl Body {
             KIND_GOODBYE => Frame::Goodbye,
             KIND_KEEPALIVE => Frame::KeepAlive,
             KIND_CREDIT => {
-                let messages =
+                let bytes =
                     <[u8; 4]>::try_from(payload.as_slice()).map(u32::from_be_bytes).map_err(
                         |_| FrameError::Malformed { reason: "credit frame not of four bytes" },
                     )?;
-                Frame::Credit { channel, messages }
+                Frame::Credit { channel, bytes }
             }
             _ => Frame::Message { channel, more, payload },
         })
@@ -433,7 +434,7 @@ mod tests {
             Frame::Request { channel: ch(3), id: 7, more: true, payload: vec![9; 300] },
             Frame::Response { id: u64::MAX, more: false, payload: Vec::new() },
             Frame::Message { channel: ch(15), more: true, payload: Vec::new() },
-            Frame::Credit { channel: ch(2), messages: 77 },
+            Frame::Credit { channel: ch(2), bytes: 77 },
             Frame::KeepAlive,
             Frame::Goodbye,
         ];

@@ -2,8 +2,9 @@
 //! identified by their ed25519 [`NodeId`](llmkg_federation_core::NodeId)s.
 //!
 //! ```text
-//!  send/request/respond ─► per-peer bounded queue ─► writer ─► Noise chunks ─► TCP
-//!  recv ◄─ bounded inbound queue ◄─ reader ◄─ frame decoder ◄─ Noise chunks ◄─ TCP
+//!  send_on/request_on/respond ─► per-peer lane per channel ─► writer (round-robin, credit)
+//!                                                             ─► Noise chunks ─► TCP
+//!  recv_on ◄─ inbox (queue per channel) ◄─ reader (reassembly) ◄─ frame decoder ◄─ TCP
 //! ```
 //!
 //! **Connection setup** ([`handshake`](Hello)): both sides send a cleartext [`Hello`]
@@ -30,12 +31,22 @@
 //! oldest handshake of the fullest group is shed ([`HandshakeError::Shed`]) so that the new
 //! connection is accepted; the listener never stops accepting because of them.
 //!
-//! **Data**: [`Frame`]s (message, request, response, goodbye, keepalive) form a byte
-//! stream, encrypted in Noise messages of at most 65535 bytes, each sent as
-//! `[u16 BE length][ciphertext]`. The receiver checks each declared frame length against
-//! `max_frame_len` before buffering anything. A malformed stream closes only that
-//! connection; the failure is published on [`TcpTransport::connection_failures`] and the
-//! peer is reported disconnected.
+//! **Data**: [`Frame`]s (message, request, response, credit, goodbye, keepalive), each on a
+//! channel, form a byte stream, encrypted in Noise messages of at most 65535 bytes, each
+//! sent as `[u16 BE length][ciphertext]`. The receiver checks each declared frame length
+//! against [`MAX_FRAME_LEN`] before buffering anything; a payload longer than a frame
+//! travels in parts and is reassembled, up to [`TcpConfig::max_message_len`]. A malformed
+//! stream, or a peer that breaks the flow control below, closes only that connection; the
+//! failure is published on [`TcpTransport::connection_failures`] and the peer is reported
+//! disconnected.
+//!
+//! **Channels and flow control**: each peer has an outgoing lane per channel (and one for
+//! responses); a connection's writer takes one frame from each lane that may send in turn,
+//! so a message on a quiet channel waits for at most one frame of each busy lane. The
+//! receiving side never waits for the host: it gives each peer *credit* per channel, in
+//! bytes ([`TcpConfig::inbound_window`]), computed from what the peer has waiting there, and
+//! more as the host takes it; a peer that sends beyond its credit is cut off. A channel the
+//! host does not read therefore stops only its own senders (see `docs/decisions.md`, D40).
 //!
 //! **Links**: one live connection per peer. The node dials every added peer and redials it
 //! with capped, jittered exponential backoff; if both ends dial each other at once, both
@@ -44,9 +55,10 @@
 //! replaced connection stops delivering before the new one starts, and its writer stops
 //! before the new writer takes over the queue: nothing is duplicated or reordered across
 //! the switch, and what was in flight may be lost (a `PeerDisconnected` is reported). Each
-//! peer's outgoing queue is bounded and outlives connections: messages queued while the
-//! peer is away go out when it is back. The inbound queue is bounded too; while it is full,
-//! connections stop reading and TCP flow control pushes back on the senders.
+//! peer's outgoing queues are bounded and outlive connections: messages queued while the
+//! peer is away go out when it is back. Peers are added ([`TcpTransport::add_peer`]) and
+//! removed ([`TcpTransport::remove_peer`]) while the transport runs; the end of a removed
+//! peer's old connection never takes down a newer one.
 //!
 //! **Shutdown**: [`close`](llmkg_federation_core::Transport::close) returns within the
 //! flush timeout (plus a moment) whatever the peers do; dropping the transport stops

@@ -169,10 +169,11 @@ pub(crate) struct Piece {
     pub(crate) completes: bool,
 }
 
-/// One connection's view of the outbox: its credit per channel, its round-robin position and
-/// the long payload it is sending in parts.
+/// One connection's view of the outbox: its credit per channel (in bytes as
+/// [`charge`](crate::inbox::charge) counts them; it may go below zero by the last payload
+/// sent), its round-robin position and the long payload it is sending in parts.
 pub(crate) struct Scheduler {
-    credit: [u64; ChannelId::COUNT],
+    credit: [i64; ChannelId::COUNT],
     next_lane: usize,
     in_progress: Option<(usize, Outgoing, usize)>,
 }
@@ -182,16 +183,16 @@ impl Scheduler {
         Self { credit: [0; ChannelId::COUNT], next_lane: 0, in_progress: None }
     }
 
-    /// The peer allows `messages` more on `channel`.
-    pub(crate) fn add_credit(&mut self, channel: ChannelId, messages: u32) {
+    /// The peer allows `bytes` more on `channel`.
+    pub(crate) fn add_credit(&mut self, channel: ChannelId, bytes: u64) {
         if let Some(c) = self.credit.get_mut(channel.index()) {
-            *c = c.saturating_add(u64::from(messages));
+            *c = c.saturating_add(i64::try_from(bytes).unwrap_or(i64::MAX));
         }
     }
 
     /// The credit left on `channel`.
     #[cfg(test)]
-    pub(crate) fn credit(&self, channel: ChannelId) -> u64 {
+    pub(crate) fn credit(&self, channel: ChannelId) -> i64 {
         self.credit.get(channel.index()).copied().unwrap_or(0)
     }
 
@@ -222,9 +223,14 @@ impl Scheduler {
             if long && self.in_progress.is_some() {
                 continue;
             }
+            // A channel may start a payload while it has any credit left; the payload's whole
+            // charge is taken then, so the peer holds at most one payload beyond its window.
             if lane != RESPONSE_LANE {
                 match self.credit.get_mut(lane) {
-                    Some(c) if *c > 0 => *c -= 1,
+                    Some(c) if *c > 0 => {
+                        let cost = crate::inbox::charge(head.payload.len());
+                        *c = c.saturating_sub(i64::try_from(cost).unwrap_or(i64::MAX));
+                    }
                     _ => continue,
                 }
             }
@@ -309,8 +315,8 @@ mod tests {
         }
         push(&outbox, message(ch(1), 10, 1));
         let mut s = Scheduler::new();
-        s.add_credit(ch(0), 1000);
-        s.add_credit(ch(1), 1000);
+        s.add_credit(ch(0), 1 << 20);
+        s.add_credit(ch(1), 1 << 20);
         let order = drain(&mut s, &outbox);
         let quiet = order.iter().position(|(lane, _, _)| *lane == 1).unwrap();
         assert!(quiet <= 1, "the quiet channel's message went out {quiet}th");
@@ -326,7 +332,10 @@ mod tests {
         assert_eq!(drain(&mut s, &outbox), vec![(RESPONSE_LANE, 1, true)]);
         s.add_credit(ch(2), 1);
         assert_eq!(drain(&mut s, &outbox), vec![(2, 1, true)]);
-        assert_eq!(s.credit(ch(2)), 0);
+        // Any credit lets a payload start; its whole charge is taken.
+        assert_eq!(s.credit(ch(2)), 1 - crate::inbox::charge(1) as i64);
+        push(&outbox, message(ch(2), 1, 0));
+        assert_eq!(drain(&mut s, &outbox), vec![]);
     }
 
     #[test]
@@ -339,7 +348,7 @@ mod tests {
         push(&outbox, message(ch(2), 3, 2));
         let mut s = Scheduler::new();
         for c in 0..3 {
-            s.add_credit(ch(c), 10);
+            s.add_credit(ch(c), 10 << 20);
         }
         let order = drain(&mut s, &outbox);
         assert_eq!(
@@ -368,8 +377,8 @@ mod tests {
         assert!(matches!(outbox.try_push(message(ch(3), 1, 0)), Err(None)));
         assert!(!outbox.is_drained());
         let mut s = Scheduler::new();
-        s.add_credit(ch(0), 5);
-        s.add_credit(ch(1), 5);
+        s.add_credit(ch(0), 5 << 10);
+        s.add_credit(ch(1), 5 << 10);
         assert_eq!(drain(&mut s, &outbox).len(), 2);
         assert!(outbox.is_drained());
     }

@@ -18,7 +18,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 
 use super::ConnectionFailure;
 use super::TcpError;
-use super::conn::{LinkFlow, Session, linger, read_loop, write_loop};
+use super::conn::{LinkFlow, PeerSignal, Session, linger, read_loop, write_loop};
 use super::handshake::{self, HandshakeError, Role};
 use super::outbox::Outbox;
 use super::transport::{Inner, Level, wait_level};
@@ -117,8 +117,9 @@ pub(crate) struct PeerActor {
     inner: Arc<Inner>,
     node: NodeId,
     addr: Option<SocketAddr>,
-    /// Flow control with the peer, across its connections (it holds the peer's outbox).
-    flow: Arc<LinkFlow>,
+    outbox: Arc<Outbox>,
+    /// Wakes the writer when the host takes the peer's messages (kept across actors).
+    signal: Arc<PeerSignal>,
     cmds: mpsc::UnboundedReceiver<PeerCmd>,
     cmd_tx: mpsc::UnboundedSender<PeerCmd>,
     live: Option<Live>,
@@ -146,8 +147,20 @@ impl PeerActor {
         let seed = inner.jitter_seed(&node);
         let backoff = Backoff::new(inner.backoff_initial, inner.backoff_max, seed);
         let next_dial = addr.map(|_| Instant::now());
-        let flow = Arc::new(LinkFlow::new(outbox.clone(), inner.conn.window));
-        Self { inner, node, addr, flow, cmds, cmd_tx, live: None, dial: None, next_dial, backoff }
+        let signal = inner.signal(node);
+        Self {
+            inner,
+            node,
+            addr,
+            outbox,
+            signal,
+            cmds,
+            cmd_tx,
+            live: None,
+            dial: None,
+            next_dial,
+            backoff,
+        }
     }
 
     pub(crate) async fn run(mut self) {
@@ -280,16 +293,11 @@ impl PeerActor {
             return;
         }
         drop(permit);
-        self.inner.set_connected(node, true);
         let conn_id = self.inner.next_conn_id();
+        self.inner.set_connected(node, conn_id);
         // Before the reader starts: the link is up before its first message.
         self.inner.conn.inbox.link_up(node, conn_id);
-        // The peer is owed the room it has left on each channel of this node.
-        let flow = self.flow.clone();
-        let window = u64::from(self.inner.conn.window);
-        self.inner.conn.inbox.with_queued(&node, |queued| {
-            flow.reset(queued.map(|n| window.saturating_sub(n as u64)));
-        });
+        let flow = Arc::new(LinkFlow::new(self.outbox.clone(), self.signal.clone()));
         let (sealer, opener) = session.split();
         let (r, w) = stream.into_split();
         let (retire_reader, mut retired) = oneshot::channel::<oneshot::Sender<()>>();
@@ -323,7 +331,7 @@ impl PeerActor {
             let inner = self.inner.clone();
             let cmd = self.cmd_tx.clone();
             self.inner.spawn(async move {
-                if let Err(e) = write_loop(w, sealer, flow, stop_rx, &inner.conn).await {
+                if let Err(e) = write_loop(w, sealer, node, flow, stop_rx, &inner.conn).await {
                     let _ = cmd.send(PeerCmd::Ended { conn_id, error: Some(e) });
                 }
             })
@@ -367,7 +375,7 @@ impl PeerActor {
     /// across the switch. Frames still in flight on the old connection are lost (the
     /// `PeerDisconnected` reported here says so), unless the peer reads it to the end.
     async fn retire(&mut self, live: Live) {
-        let Live { reader, mut writer, stop, retire_reader, .. } = live;
+        let Live { conn_id, reader, mut writer, stop, retire_reader, .. } = live;
         let flush = self.inner.flush_timeout;
         self.stop_delivering(reader, retire_reader).await;
         let _ = stop.send(());
@@ -375,7 +383,7 @@ impl PeerActor {
             writer.abort();
             let _ = writer.await;
         }
-        self.disconnected(None, None);
+        self.disconnected(conn_id, None, None);
     }
 
     /// Makes a connection's reader stop delivering (it then lingers in the background until
@@ -400,17 +408,20 @@ impl PeerActor {
         live.writer.abort();
         let _ = live.reader.await;
         let _ = live.writer.await;
-        self.disconnected(error, Some(live.peer_addr));
+        self.disconnected(live.conn_id, error, Some(live.peer_addr));
     }
 
-    /// Bookkeeping when the live connection goes away (after its reader stopped): the link
-    /// is down in the inbox, the connected set, waiting requests fail, and the failure
-    /// report, if any.
-    fn disconnected(&self, error: Option<TcpError>, peer_addr: Option<SocketAddr>) {
+    /// Bookkeeping when connection `conn_id` goes away (after its reader stopped): the link
+    /// is down in the inbox and the connected set, waiting requests fail, and the failure is
+    /// reported, if any. If a newer link to the node is up already (the node was removed and
+    /// came back while this actor was still closing), that link and its requests are left
+    /// alone.
+    fn disconnected(&self, conn_id: u64, error: Option<TcpError>, peer_addr: Option<SocketAddr>) {
         let node = self.node;
-        self.inner.conn.inbox.link_down(node);
-        self.inner.set_connected(node, false);
-        self.inner.conn.requests.fail(node);
+        self.inner.conn.inbox.link_down(node, conn_id);
+        if self.inner.clear_connected(node, conn_id) {
+            self.inner.conn.requests.fail(node);
+        }
         if let (Some(error), Some(peer_addr)) = (error, peer_addr) {
             self.inner.stats.connections_failed.add(1);
             self.inner.publish(ConnectionFailure { peer_addr, peer: Some(node), error });
@@ -456,7 +467,7 @@ impl PeerActor {
                 live.writer.abort();
                 live.reader.abort();
             }
-            self.inner.set_connected(self.node, false);
+            self.inner.clear_connected(self.node, live.conn_id);
         }
     }
 

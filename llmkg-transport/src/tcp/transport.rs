@@ -1,8 +1,8 @@
 //! [`TcpTransport`]: the listener, the peer table, request correlation and the
 //! [`Transport`] implementation.
 
+use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,7 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot, wat
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout, timeout_at};
 
-use super::conn::{ConnCtx, Linger};
+use super::conn::{ConnCtx, Linger, PeerSignal};
 use super::handshake::{
     self, AddressGroup, Admission, Gate, HandshakeError, Local, Role, Shed, Ticket,
 };
@@ -165,8 +165,8 @@ impl Requests {
     }
 }
 
-/// Room for the node's messages to itself: a counting semaphore per channel, like the
-/// credit a peer gets.
+/// Room for the node's messages to itself: a counting semaphore per channel, of the
+/// outgoing queue's capacity.
 struct SelfSlots {
     tx: Vec<async_channel::Sender<()>>,
     rx: Vec<async_channel::Receiver<()>>,
@@ -188,7 +188,11 @@ pub(crate) struct Inner {
     pub(crate) backoff_initial: Duration,
     pub(crate) backoff_max: Duration,
     peers: Mutex<HashMap<NodeId, PeerHandle>>,
-    connected: Mutex<HashSet<NodeId>>,
+    /// The live connection to each connected peer.
+    connected: Mutex<HashMap<NodeId, u64>>,
+    /// Each peer's flow-control signal (see [`PeerSignal`]): one per node that ever had a
+    /// peer entry, kept when it is removed, since its messages may still be waiting.
+    signals: Mutex<HashMap<NodeId, Arc<PeerSignal>>>,
     /// What the connections' loops share (inbox, requests, counters, limits).
     pub(crate) conn: Arc<ConnCtx>,
     self_slots: SelfSlots,
@@ -265,13 +269,30 @@ impl Inner {
         let _ = self.failures.send(failure);
     }
 
-    pub(crate) fn set_connected(&self, node: NodeId, up: bool) {
-        let mut c = lock(&self.connected);
-        if up {
-            c.insert(node);
-        } else {
-            c.remove(&node);
+    /// Connection `conn_id` to `node` is up.
+    pub(crate) fn set_connected(&self, node: NodeId, conn_id: u64) {
+        lock(&self.connected).insert(node, conn_id);
+    }
+
+    /// Connection `conn_id` to `node` is down; `false` (and nothing changes) if another
+    /// connection to it is up by now.
+    pub(crate) fn clear_connected(&self, node: NodeId, conn_id: u64) -> bool {
+        let mut connected = lock(&self.connected);
+        match connected.get(&node) {
+            Some(current) if *current != conn_id => false,
+            _ => {
+                connected.remove(&node);
+                true
+            }
         }
+    }
+
+    /// The node's flow-control signal, the same for all its connections and actors.
+    pub(crate) fn signal(&self, node: NodeId) -> Arc<PeerSignal> {
+        lock(&self.signals)
+            .entry(node)
+            .or_insert_with(|| Arc::new(PeerSignal::new(self.conn.window)))
+            .clone()
     }
 
     /// The peer's handle, creating the peer (and its actor) if needed. `addr` registers a
@@ -424,7 +445,8 @@ impl TcpTransport {
                 limit: config.flush_timeout,
             },
         });
-        let window = usize::try_from(config.inbound_window).unwrap_or(usize::MAX);
+        // Messages to oneself wait in a queue like a peer's outgoing queue.
+        let window = config.outgoing_queue;
         let (self_tx, self_rx) = ChannelId::all().map(|_| async_channel::bounded(window)).unzip();
         let inner = Arc::new(Inner {
             local,
@@ -441,7 +463,8 @@ impl TcpTransport {
             backoff_initial: config.backoff_initial,
             backoff_max: config.backoff_max,
             peers: Mutex::new(HashMap::new()),
-            connected: Mutex::new(HashSet::new()),
+            connected: Mutex::new(HashMap::new()),
+            signals: Mutex::new(HashMap::new()),
             conn,
             self_slots: SelfSlots { tx: self_tx, rx: self_rx },
             next_conn: AtomicU64::new(1),
@@ -510,7 +533,7 @@ impl TcpTransport {
 
     /// The peers with a live connection now.
     pub fn connected_peers(&self) -> Vec<NodeId> {
-        let mut peers: Vec<NodeId> = lock(&self.inner.connected).iter().copied().collect();
+        let mut peers: Vec<NodeId> = lock(&self.inner.connected).keys().copied().collect();
         peers.sort();
         peers
     }
