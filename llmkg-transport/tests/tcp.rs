@@ -2038,3 +2038,74 @@ fn a_certificate_for_another_node_is_an_invalid_config() {
     let r = rt.block_on(TcpTransport::bind(c));
     assert!(matches!(r, Err(TcpError::InvalidConfig(_))));
 }
+
+/// `remove_peer` retires the old connection in the old actor; if the same identity connects
+/// again meanwhile (here: while the old writer is stuck on a full socket for the flush
+/// timeout), the new actor brings the new link up before the old actor finishes. The old
+/// actor's end must not take the new link down (it once did: the channels reported the peer
+/// disconnected while its connection was live, and dropped its later messages as stale).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_connections_end_never_takes_down_a_newer_one() {
+    let mut c = config(31);
+    c.inbound_window = 4 * 65;
+    c.trust = Trust::AnyAuthenticated;
+    let a = bind(c).await;
+    let x_key = keypair(32);
+    let x = x_key.node_id();
+    let (c1, c2) = (ChannelId::new(1).unwrap(), ChannelId::new(2).unwrap());
+
+    // R1: x's first connection; it grants a lots of credit on channel 1 and never reads.
+    let mut r1 = raw_handshake(a.local_addr(), &x_key, Forgery::None).await.unwrap();
+    let mut credit = Vec::new();
+    Frame::Credit { channel: c1, bytes: 1 << 30 }.encode(&mut credit).unwrap();
+    r1.send_plain(&credit).await;
+    timeout(PROMPT, async {
+        while !a.connected_peers().contains(&x) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .unwrap();
+    for _ in 0..40 {
+        a.send_on(c1, x, vec![7; 1 << 20]).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await; // a's writer is now stuck
+    assert!(a.remove_peer(x).unwrap());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    // R2: x connects again, as a new peer (a trusts any authenticated node).
+    let mut r2 = raw_handshake(a.local_addr(), &x_key, Forgery::None).await.unwrap();
+    let mut m = Vec::new();
+    Frame::message(c2, b"m1".to_vec()).encode(&mut m).unwrap();
+    r2.send_plain(&m).await;
+    let mut seen = Vec::new();
+    while !seen.iter().any(|e| matches!(e, Incoming::Message { .. })) {
+        seen.push(timeout(Duration::from_secs(5), a.recv_on(c2)).await.unwrap().unwrap());
+    }
+    println!("channel 2 before: {seen:?}");
+    // The old actor's flush timeout (2 s) passes; r2 stays connected and sends again.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut m = Vec::new();
+    Frame::message(c2, b"m2".to_vec()).encode(&mut m).unwrap();
+    r2.send_plain(&m).await;
+    let mut after = Vec::new();
+    let got_m2 = timeout(Duration::from_secs(2), async {
+        loop {
+            let e = a.recv_on(c2).await.unwrap();
+            after.push(e.clone());
+            if matches!(e, Incoming::Message { .. }) {
+                return;
+            }
+        }
+    })
+    .await
+    .is_ok();
+    println!("channel 2 after: {after:?}; connected_peers = {:?}", a.connected_peers());
+    assert!(
+        !after.contains(&Incoming::PeerDisconnected { peer: x }),
+        "x reported disconnected while its connection is up"
+    );
+    assert!(got_m2, "m2 on the live connection was never delivered");
+    drop(r1);
+    a.close().await;
+}
