@@ -1,16 +1,21 @@
 //! # llmkg-consensus
 //!
-//! **Status: not implemented yet.** This crate is a placeholder in the workspace so that the
-//! crate map and dependency direction are fixed from the start; it exports nothing.
+//! **Status: under construction.** The consensus backends are not built yet; what this crate
+//! exports today is the tooling their tests are built on:
+//!
+//! - [`linearizability`]: a checker (Wing and Gong's search with Lowe's memoization) that
+//!   decides whether a concurrent history of operations is explained by a sequential model,
+//!   property-tested against brute force.
 //!
 //! It will hold the pluggable consensus backends used to agree on federated-branch decisions
 //! (branch creation, federated merges, synchronization plans, policy updates, node join and
 //! leave), each written as a sans-io state machine and run by one generic async driver:
 //!
 //! - Raft, for crash faults;
-//! - a HotStuff-style Byzantine fault-tolerant protocol with ed25519-signed votes and
-//!   verifiable quorum certificates;
+//! - a Byzantine fault-tolerant backend with verifiable quorum certificates;
 //! - gossip, for eventual agreement across very large federations;
 //! - a hybrid of a primary and a fallback backend, and strategy selection.
 //!
-//! Nothing here works yet; do not depend on it.
+//! None of the backends exists yet; do not depend on them.
+
+pub mod linearizability;

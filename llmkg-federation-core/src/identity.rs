@@ -342,6 +342,17 @@ pub trait Signable: Serialize + DeserializeOwned {
     }
 }
 
+/// A kind of signed value that belongs to this crate family (consensus proposals and
+/// acknowledgements, for example): signed under a reserved context through
+/// [`Signed::sign_crate_kind`]. Sealed: only this crate implements it, so a host can sign these
+/// kinds only as what they are, never pass arbitrary bytes off as one.
+pub trait CrateSignable: Signable + sealed::Sealed {}
+
+pub(crate) mod sealed {
+    /// Seals [`CrateSignable`](super::CrateSignable).
+    pub trait Sealed {}
+}
+
 /// A value signed by a node for one federation, verified whenever it is constructed.
 ///
 /// A `Signed<T>` only exists if its signature verified: it is made by [`Signed::sign`], by
@@ -439,6 +450,21 @@ impl<T: Signable> Signed<T> {
         if is_reserved_context(T::CONTEXT) {
             return Err(SignError::ReservedContext { context: T::CONTEXT.into() });
         }
+        let input = SigningInput(envelope_input(T::CONTEXT, federation, &value.signed_message()?));
+        let signature = signer.sign(&input)?;
+        Ok(Self { value, federation: *federation, signer: signer.node_id(), signature })
+    }
+
+    /// Signs a crate family's own kind (see [`CrateSignable`]) for `federation`: the same
+    /// envelope as [`sign`](Self::sign), under the kind's reserved context.
+    pub fn sign_crate_kind(
+        signer: &dyn Signer,
+        federation: &FederationId,
+        value: T,
+    ) -> Result<Self, SignError>
+    where
+        T: CrateSignable,
+    {
         let input = SigningInput(envelope_input(T::CONTEXT, federation, &value.signed_message()?));
         let signature = signer.sign(&input)?;
         Ok(Self { value, federation: *federation, signer: signer.node_id(), signature })

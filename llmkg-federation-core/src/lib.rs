@@ -54,6 +54,7 @@
 
 mod certificate;
 mod commit;
+pub mod consensus;
 pub mod encoding;
 mod federation;
 mod graph;
@@ -85,9 +86,9 @@ pub use encoding::{DecodeError, TripleId};
 pub use federation::FederationId;
 pub use graph::{ApplyError, GraphState, Matches, Pattern, TripleRef};
 pub use identity::{
-    BatchError, ENVELOPE_DOMAIN, InvalidOrgId, NodeId, NodeKeypair, OrgId, RESERVED_CONTEXT_PREFIX,
-    SignError, Signable, SignatureError, Signed, Signer, SignerError, SigningInput,
-    TRANSPORT_BINDING_CONTEXT, is_reserved_context,
+    BatchError, CrateSignable, ENVELOPE_DOMAIN, InvalidOrgId, NodeId, NodeKeypair, OrgId,
+    RESERVED_CONTEXT_PREFIX, SignError, Signable, SignatureError, Signed, Signer, SignerError,
+    SigningInput, TRANSPORT_BINDING_CONTEXT, is_reserved_context,
 };
 pub use kv::{KvBatch, KvError, KvStore, MemoryKv, RedbKv};
 pub use merkle::{

@@ -1,0 +1,685 @@
+//! The control plane's vocabulary: what a consensus group decides, and the evidence that it
+//! did, checkable by anyone who knows the group's members.
+//!
+//! Every cross-organization decision of a federated branch is a [`ConsensusProposal`] signed
+//! by its proposer and bound to the federation. The group of the branch agrees on one ordered
+//! log of them; a deterministic state machine applies the log in order, so every correct
+//! member reaches the same [`Outcome`]. A decision comes with [`Evidence`] of the backend
+//! that decided it — for Raft, a majority of the group's voters signing their acknowledgement
+//! of the same (group, term, index, chain hash) — that [`Evidence::verify`] checks with the
+//! group's [`Membership`] alone.
+//!
+//! The backends live in `llmkg-consensus`; this module is the contract they share.
+//!
+//! ```
+//! use llmkg_federation_core::consensus::{
+//!     ChainHash, Evidence, GroupId, Member, Membership, RaftAck, RaftCertificate,
+//! };
+//! use llmkg_federation_core::{FederationId, NodeKeypair, OrgId, Signed};
+//!
+//! let federation = FederationId::from_name("acme-research");
+//! let keys: Vec<NodeKeypair> = (1..=3).map(|i| NodeKeypair::from_secret_bytes([i; 32])).collect();
+//! let org = OrgId::new("acme")?;
+//! let group = GroupId::from_bytes([7; 32]);
+//! let membership = Membership::new(
+//!     group,
+//!     keys.iter().map(|k| Member { node: k.node_id(), org: org.clone() }).collect(),
+//!     Vec::new(),
+//! )?;
+//! // Two of three voters acknowledge entry 5 of term 2.
+//! let ack = RaftAck { group, term: 2, index: 5, chain: ChainHash::from_bytes([9; 32]) };
+//! let acks = keys[..2]
+//!     .iter()
+//!     .map(|k| Signed::sign_crate_kind(k, &federation, ack.clone()))
+//!     .collect::<Result<Vec<_>, _>>()?;
+//! let evidence = Evidence::Raft(RaftCertificate { acks });
+//! let certified = evidence.verify(&membership, &federation)?;
+//! assert_eq!((certified.term, certified.index), (2, 5));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::encoding::{self, content_id};
+use crate::identity::{CrateSignable, sealed};
+use crate::{
+    BoxFuture, BranchName, CommitId, FederationId, NodeId, OrgId, Signable, Signed, Timestamp,
+};
+
+content_id!(
+    /// A consensus group: the nodes of one federated branch that agree on its log of
+    /// decisions. Derived from the request that created the branch.
+    GroupId
+);
+
+content_id!(
+    /// The hash chaining a group's log: each entry's chain hash covers the previous one's and
+    /// the entry, so acknowledging one entry acknowledges the whole prefix.
+    ChainHash
+);
+
+content_id!(
+    /// A proposal: the hash of its signed envelope.
+    ProposalId
+);
+
+/// A node of a group, with the organization it acts for.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Member {
+    /// The node.
+    pub node: NodeId,
+    /// Its organization.
+    pub org: OrgId,
+}
+
+/// Who is in a group: the voters, who decide, and the learners, who follow and catch up
+/// before they may vote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    group: GroupId,
+    voters: Vec<Member>,
+    learners: Vec<Member>,
+}
+
+/// A membership that cannot be.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum MembershipError {
+    /// A group needs at least one voter.
+    #[error("a group needs at least one voter")]
+    NoVoters,
+    /// A node appears twice (as two voters, two learners, or both).
+    #[error("node {0} appears more than once")]
+    Duplicate(NodeId),
+}
+
+impl Membership {
+    /// The membership of `group`; voters and learners are kept in node order.
+    pub fn new(
+        group: GroupId,
+        mut voters: Vec<Member>,
+        mut learners: Vec<Member>,
+    ) -> Result<Self, MembershipError> {
+        if voters.is_empty() {
+            return Err(MembershipError::NoVoters);
+        }
+        voters.sort();
+        learners.sort();
+        let mut seen = BTreeSet::new();
+        for m in voters.iter().chain(&learners) {
+            if !seen.insert(m.node) {
+                return Err(MembershipError::Duplicate(m.node));
+            }
+        }
+        Ok(Self { group, voters, learners })
+    }
+
+    /// The group.
+    pub fn group(&self) -> GroupId {
+        self.group
+    }
+
+    /// The voters, in node order.
+    pub fn voters(&self) -> &[Member] {
+        &self.voters
+    }
+
+    /// The learners, in node order.
+    pub fn learners(&self) -> &[Member] {
+        &self.learners
+    }
+
+    /// Whether `node` votes.
+    pub fn is_voter(&self, node: &NodeId) -> bool {
+        self.voters.iter().any(|m| m.node == *node)
+    }
+
+    /// How many voters make a majority.
+    pub fn quorum(&self) -> usize {
+        self.voters.len() / 2 + 1
+    }
+}
+
+/// Which agreement protocol decides. Only [`Raft`](ConsensusStrategy::Raft) has a backend so
+/// far; asking an engine for another is [`ConsensusError::NotAvailable`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ConsensusStrategy {
+    /// Crash-fault-tolerant leader-based replication.
+    Raft,
+    /// Byzantine-fault-tolerant agreement with quorum certificates.
+    Byzantine,
+    /// Eventual agreement by signed votes spread by gossip.
+    Gossip,
+    /// A primary protocol, and a fallback when it cannot make progress.
+    Hybrid {
+        /// Tried first.
+        primary: Box<ConsensusStrategy>,
+        /// Used when the primary cannot decide.
+        fallback: Box<ConsensusStrategy>,
+    },
+}
+
+/// How replicas of a federated branch are kept consistent.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum SyncStrategyKind {
+    /// Add-wins convergence of concurrent changes.
+    Crdt,
+    /// Changes applied in the order the group decides.
+    ConsensusOrdered,
+    /// Three-way merges with conflict resolution.
+    ThreeWayMerge,
+    /// A host-defined strategy, by name.
+    Custom(String),
+}
+
+/// Create a federated branch and its group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BranchCreation {
+    /// The branch's name.
+    pub branch: BranchName,
+    /// The commit it starts from, if any.
+    pub base: Option<CommitId>,
+    /// The initial voters of its group.
+    pub participants: Vec<Member>,
+    /// The protocol its group decides with.
+    pub consensus: ConsensusStrategy,
+    /// How its replicas are kept consistent.
+    pub sync: SyncStrategyKind,
+}
+
+/// Merge the head of a branch of another group into this group's branch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FederatedMerge {
+    /// The group of the branch merged from.
+    pub source_group: GroupId,
+    /// The branch merged from.
+    pub source_branch: BranchName,
+    /// Its head, as the proposer saw it.
+    pub source_head: CommitId,
+    /// This branch's head the merge applies to.
+    pub target_head: CommitId,
+}
+
+/// Adopt a way of keeping the branch's replicas consistent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SynchronizationPlan {
+    /// The strategy.
+    pub strategy: SyncStrategyKind,
+    /// How often replicas reconcile, in milliseconds (0: on every change).
+    pub interval_ms: u64,
+}
+
+/// Replace a governance policy of the branch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyUpdate {
+    /// The policy's name.
+    pub policy: String,
+    /// Its new version; must exceed the current one.
+    pub version: u64,
+    /// The policy document, opaque to consensus (governance reads it).
+    pub document: Vec<u8>,
+}
+
+/// Let a node into the group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeJoin {
+    /// The node and its organization.
+    pub member: Member,
+    /// Whether it joins as a learner (it catches up first, then a later change makes it vote).
+    pub learner: bool,
+}
+
+/// Take a node out of the group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeLeave {
+    /// The node.
+    pub node: NodeId,
+}
+
+/// What a proposal asks the group to decide.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ProposalKind {
+    /// See [`BranchCreation`].
+    BranchCreation(BranchCreation),
+    /// See [`FederatedMerge`].
+    FederatedMerge(FederatedMerge),
+    /// See [`SynchronizationPlan`].
+    SynchronizationPlan(SynchronizationPlan),
+    /// See [`PolicyUpdate`].
+    PolicyUpdate(PolicyUpdate),
+    /// See [`NodeJoin`].
+    NodeJoin(NodeJoin),
+    /// See [`NodeLeave`].
+    NodeLeave(NodeLeave),
+}
+
+/// A decision asked of a group. Signed by its proposer ([`Signed<ConsensusProposal>`]) and so
+/// bound to the federation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsensusProposal {
+    /// The group asked.
+    pub group: GroupId,
+    /// What is asked.
+    pub kind: ProposalKind,
+    /// When it was made (the proposer's clock).
+    pub proposed_at: Timestamp,
+    /// After this, the state machine rejects it if it is not yet approved.
+    pub deadline: Timestamp,
+    /// Distinguishes otherwise equal proposals.
+    pub nonce: u64,
+}
+
+impl Signable for ConsensusProposal {
+    const CONTEXT: &'static str = "llmkg/consensus/proposal/v1";
+}
+
+impl sealed::Sealed for ConsensusProposal {}
+impl CrateSignable for ConsensusProposal {}
+
+impl ProposalId {
+    const DOMAIN: &'static [u8] = b"llmkg/consensus/proposal-id/v1";
+
+    /// The id of a signed proposal: the hash of its envelope (value, federation, signer,
+    /// signature).
+    pub fn of(proposal: &Signed<ConsensusProposal>) -> Result<Self, encoding::EncodeError> {
+        Ok(Self(encoding::hash_bytes(Self::DOMAIN, &proposal.encode()?)))
+    }
+}
+
+/// What the group's state machine made of a proposal: the same on every correct member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The approvals the group's rules demand were in the log in time.
+    Approved,
+    /// Refused, or not approved by the deadline.
+    Rejected {
+        /// Why, in words.
+        reason: String,
+    },
+}
+
+/// A voter's acknowledgement that its log holds entry `index` of `term` with chain hash
+/// `chain` (and therefore the whole prefix the chain hash covers).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftAck {
+    /// The group.
+    pub group: GroupId,
+    /// The leader's term the entry was appended in.
+    pub term: u64,
+    /// The entry's position in the log.
+    pub index: u64,
+    /// The chain hash at that entry.
+    pub chain: ChainHash,
+}
+
+impl Signable for RaftAck {
+    const CONTEXT: &'static str = "llmkg/consensus/raft-ack/v1";
+}
+
+impl sealed::Sealed for RaftAck {}
+impl CrateSignable for RaftAck {}
+
+/// A Raft decision's evidence: signed acknowledgements of the same entry by a majority of the
+/// group's voters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftCertificate {
+    /// The acknowledgements.
+    pub acks: Vec<Signed<RaftAck>>,
+}
+
+/// How a decision was reached, in a form a third party can check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Evidence {
+    /// See [`RaftCertificate`].
+    Raft(RaftCertificate),
+}
+
+/// What a piece of evidence certifies: that the group's log holds this entry (and the prefix
+/// its chain hash covers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Certified {
+    /// The group.
+    pub group: GroupId,
+    /// The entry's term.
+    pub term: u64,
+    /// The entry's index.
+    pub index: u64,
+    /// The chain hash at the entry.
+    pub chain: ChainHash,
+    /// The voters whose acknowledgements count, in node order.
+    pub signers: Vec<NodeId>,
+}
+
+/// Evidence that does not prove what it claims. Nothing is certified.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum EvidenceError {
+    /// No acknowledgement at all.
+    #[error("the evidence is empty")]
+    Empty,
+    /// An acknowledgement was signed for another federation.
+    #[error("an acknowledgement was signed for another federation")]
+    OtherFederation,
+    /// An acknowledgement is for another group than the membership's.
+    #[error("an acknowledgement is for another group")]
+    OtherGroup,
+    /// The acknowledgements are not all of the same entry.
+    #[error("the acknowledgements are of different entries")]
+    Mismatch,
+    /// A signer is not a voter of the group.
+    #[error("{0} is not a voter of the group")]
+    NotAVoter(NodeId),
+    /// Fewer distinct voters than a majority signed.
+    #[error("{signed} distinct voters signed, a majority is {quorum}")]
+    NoQuorum {
+        /// Distinct voters that signed.
+        signed: usize,
+        /// A majority of the voters.
+        quorum: usize,
+    },
+}
+
+impl Evidence {
+    /// Checks the evidence against the group's membership and the federation: each
+    /// acknowledgement's signature (already checked when it was built or decoded) was made for
+    /// `federation`, all acknowledge the same entry of `membership`'s group, every signer is a
+    /// voter, and a majority of distinct voters signed.
+    pub fn verify(
+        &self,
+        membership: &Membership,
+        federation: &FederationId,
+    ) -> Result<Certified, EvidenceError> {
+        match self {
+            Evidence::Raft(certificate) => certificate.verify(membership, federation),
+        }
+    }
+}
+
+impl RaftCertificate {
+    fn verify(
+        &self,
+        membership: &Membership,
+        federation: &FederationId,
+    ) -> Result<Certified, EvidenceError> {
+        let Some(first) = self.acks.first() else { return Err(EvidenceError::Empty) };
+        let entry = first.open(federation).map_err(|_| EvidenceError::OtherFederation)?;
+        if entry.group != membership.group() {
+            return Err(EvidenceError::OtherGroup);
+        }
+        let mut signers = BTreeSet::new();
+        for ack in &self.acks {
+            let value = ack.open(federation).map_err(|_| EvidenceError::OtherFederation)?;
+            if value != entry {
+                return Err(EvidenceError::Mismatch);
+            }
+            let signer = ack.signer();
+            if !membership.is_voter(&signer) {
+                return Err(EvidenceError::NotAVoter(signer));
+            }
+            signers.insert(signer);
+        }
+        let quorum = membership.quorum();
+        if signers.len() < quorum {
+            return Err(EvidenceError::NoQuorum { signed: signers.len(), quorum });
+        }
+        Ok(Certified {
+            group: entry.group,
+            term: entry.term,
+            index: entry.index,
+            chain: entry.chain,
+            signers: signers.into_iter().collect(),
+        })
+    }
+}
+
+/// A decision as an engine reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsensusResult {
+    /// The proposal decided.
+    pub proposal: ProposalId,
+    /// Whether the outcome is [`Outcome::Approved`].
+    pub approved: bool,
+    /// The outcome.
+    pub outcome: Outcome,
+    /// The protocol that decided.
+    pub strategy: ConsensusStrategy,
+    /// The voters whose acknowledgements are in the evidence.
+    pub participants: Vec<NodeId>,
+    /// When the deciding entry was committed (the reporting node's clock).
+    pub decided_at: Timestamp,
+    /// The entry's position in the group's log.
+    pub index: u64,
+    /// The evidence.
+    pub evidence: Evidence,
+}
+
+/// An entry of a group's log, in log order, as [`ConsensusEngine::next_decided`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecidedEntry {
+    /// Its position.
+    pub index: u64,
+    /// The proposal it holds.
+    pub proposal: Signed<ConsensusProposal>,
+    /// What the state machine made of it.
+    pub outcome: Outcome,
+}
+
+/// How an engine sees its group now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Health {
+    /// The current leader, if the backend has one and knows it.
+    pub leader: Option<NodeId>,
+    /// The last index this node knows to be decided.
+    pub decided: u64,
+    /// The last index this node has applied.
+    pub applied: u64,
+    /// Voters this node has heard from recently (itself included).
+    pub reachable_voters: usize,
+}
+
+/// Why a proposal or a query failed. Each variant says whether the proposal may still be
+/// decided.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ConsensusError {
+    /// No decision within the timeout. The proposal may still be decided later (follow
+    /// [`ConsensusEngine::next_decided`]); a timeout is not a rejection.
+    #[error("no decision within {after:?}; the proposal may still be decided")]
+    Timeout {
+        /// The timeout that expired.
+        after: Duration,
+    },
+    /// The engine does not offer this strategy. Nothing was proposed.
+    #[error("consensus strategy {0:?} is not available")]
+    NotAvailable(ConsensusStrategy),
+    /// The proposal is for another group, or its signature is for another federation.
+    /// Nothing was proposed.
+    #[error("the proposal is not for this group and federation")]
+    WrongGroup,
+    /// This node cannot propose now (it is not a voter, or no leader is known). Nothing was
+    /// proposed; try again or elsewhere.
+    #[error("cannot propose now: {reason}")]
+    Unavailable {
+        /// Why.
+        reason: String,
+        /// A node that may accept it, if known.
+        leader: Option<NodeId>,
+    },
+    /// The engine has stopped. The proposal may or may not have been decided.
+    #[error("consensus engine closed")]
+    Closed,
+    /// A failure of the engine's storage or transport.
+    #[error("consensus engine failure: {0}")]
+    Other(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// One consensus group's agreement, as a node's host uses it. Object safe: a host holds
+/// `Arc<dyn ConsensusEngine>`, whatever the backend.
+pub trait ConsensusEngine: Send + Sync {
+    /// The protocol this engine runs.
+    fn strategy(&self) -> ConsensusStrategy;
+
+    /// The group's membership as this node last knew it.
+    fn membership(&self) -> Membership;
+
+    /// How this node sees the group now.
+    fn health(&self) -> Health;
+
+    /// Proposes `proposal` and waits up to `timeout` for its decision.
+    fn propose(
+        &self,
+        proposal: Signed<ConsensusProposal>,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<ConsensusResult, ConsensusError>>;
+
+    /// The next decided entry, in log order, from the first one this handle has not seen.
+    fn next_decided(&self) -> BoxFuture<'_, Result<DecidedEntry, ConsensusError>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::NodeKeypair;
+
+    fn keys(n: u8) -> Vec<NodeKeypair> {
+        (1..=n).map(|i| NodeKeypair::from_secret_bytes([i; 32])).collect()
+    }
+
+    fn membership(keys: &[NodeKeypair], learners: &[NodeKeypair]) -> Membership {
+        let member = |k: &NodeKeypair| Member { node: k.node_id(), org: OrgId::new("o").unwrap() };
+        Membership::new(
+            GroupId::from_bytes([1; 32]),
+            keys.iter().map(member).collect(),
+            learners.iter().map(member).collect(),
+        )
+        .unwrap()
+    }
+
+    fn ack(term: u64, index: u64) -> RaftAck {
+        RaftAck {
+            group: GroupId::from_bytes([1; 32]),
+            term,
+            index,
+            chain: ChainHash::from_bytes([3; 32]),
+        }
+    }
+
+    fn certificate(signers: &[&NodeKeypair], fed: &FederationId, ack: &RaftAck) -> Evidence {
+        let acks = signers
+            .iter()
+            .map(|k| Signed::sign_crate_kind(*k, fed, ack.clone()).unwrap())
+            .collect();
+        Evidence::Raft(RaftCertificate { acks })
+    }
+
+    #[test]
+    fn a_majority_of_voters_certifies_an_entry() {
+        let fed = FederationId::from_name("f");
+        let k = keys(5);
+        let m = membership(&k, &[]);
+        assert_eq!(m.quorum(), 3);
+        let good = certificate(&[&k[0], &k[2], &k[4]], &fed, &ack(4, 10));
+        let certified = good.verify(&m, &fed).unwrap();
+        assert_eq!((certified.term, certified.index, certified.signers.len()), (4, 10, 3));
+        // Two are not enough, and the same voter twice is one voter.
+        let few = certificate(&[&k[0], &k[2]], &fed, &ack(4, 10));
+        assert_eq!(few.verify(&m, &fed), Err(EvidenceError::NoQuorum { signed: 2, quorum: 3 }));
+        let twice = certificate(&[&k[0], &k[0], &k[2]], &fed, &ack(4, 10));
+        assert!(matches!(twice.verify(&m, &fed), Err(EvidenceError::NoQuorum { .. })));
+        assert_eq!(
+            Evidence::Raft(RaftCertificate { acks: vec![] }).verify(&m, &fed),
+            Err(EvidenceError::Empty)
+        );
+    }
+
+    #[test]
+    fn learners_strangers_other_entries_groups_and_federations_do_not_count() {
+        let fed = FederationId::from_name("f");
+        let k = keys(5);
+        let m = membership(&k[..3], &k[3..4]);
+        let learner = certificate(&[&k[0], &k[3]], &fed, &ack(1, 1));
+        assert_eq!(learner.verify(&m, &fed), Err(EvidenceError::NotAVoter(k[3].node_id())));
+        let stranger = certificate(&[&k[0], &k[4]], &fed, &ack(1, 1));
+        assert_eq!(stranger.verify(&m, &fed), Err(EvidenceError::NotAVoter(k[4].node_id())));
+        let Evidence::Raft(mut mixed) = certificate(&[&k[0]], &fed, &ack(1, 1));
+        mixed.acks.push(Signed::sign_crate_kind(&k[1], &fed, ack(1, 2)).unwrap());
+        assert_eq!(Evidence::Raft(mixed).verify(&m, &fed), Err(EvidenceError::Mismatch));
+        let mut other = ack(1, 1);
+        other.group = GroupId::from_bytes([2; 32]);
+        let other_group = certificate(&[&k[0], &k[1]], &fed, &other);
+        assert_eq!(other_group.verify(&m, &fed), Err(EvidenceError::OtherGroup));
+        let elsewhere = certificate(&[&k[0], &k[1]], &FederationId::from_name("g"), &ack(1, 1));
+        assert_eq!(elsewhere.verify(&m, &fed), Err(EvidenceError::OtherFederation));
+    }
+
+    #[test]
+    fn evidence_with_any_byte_flipped_does_not_verify() {
+        let fed = FederationId::from_name("f");
+        let k = keys(3);
+        let m = membership(&k, &[]);
+        let evidence = certificate(&[&k[0], &k[1]], &fed, &ack(2, 7));
+        let bytes = encoding::try_encode(&evidence).unwrap();
+        let mut decoded_ok = 0;
+        for i in 0..bytes.len() {
+            for bit in [0x01u8, 0x80] {
+                let mut flipped = bytes.clone();
+                flipped[i] ^= bit;
+                // Decoding checks every signature; if it decodes, it must not certify the same.
+                if let Ok(e) = encoding::decode_with_limit::<Evidence>(&flipped, 1 << 16) {
+                    decoded_ok += 1;
+                    let original = evidence.verify(&m, &fed).unwrap();
+                    assert_ne!(e.verify(&m, &fed).ok(), Some(original), "byte {i} bit {bit:#x}");
+                }
+            }
+        }
+        assert!(decoded_ok < bytes.len(), "most flips must fail to decode at all");
+    }
+
+    #[test]
+    fn proposals_are_signed_for_a_federation_and_hosts_cannot_forge_crate_kinds() {
+        let fed = FederationId::from_name("f");
+        let k = NodeKeypair::from_secret_bytes([1; 32]);
+        let proposal = ConsensusProposal {
+            group: GroupId::from_bytes([1; 32]),
+            kind: ProposalKind::NodeLeave(NodeLeave { node: k.node_id() }),
+            proposed_at: Timestamp::from_micros(1_000),
+            deadline: Timestamp::from_micros(2_000),
+            nonce: 7,
+        };
+        // The public signing path refuses the reserved kind...
+        assert!(Signed::sign(&k, &fed, proposal.clone()).is_err());
+        // ...the crate-kind path signs it, bound to the federation.
+        let signed = Signed::sign_crate_kind(&k, &fed, proposal.clone()).unwrap();
+        assert_eq!(signed.open(&fed).unwrap(), &proposal);
+        assert!(signed.open(&FederationId::from_name("g")).is_err());
+        let bytes = signed.encode().unwrap();
+        let back = Signed::<ConsensusProposal>::decode(&bytes, &fed).unwrap();
+        assert_eq!(ProposalId::of(&back).unwrap(), ProposalId::of(&signed).unwrap());
+    }
+
+    #[test]
+    fn memberships_are_checked() {
+        let k = keys(2);
+        let m = |v: &[NodeKeypair], l: &[NodeKeypair]| {
+            let member =
+                |k: &NodeKeypair| Member { node: k.node_id(), org: OrgId::new("o").unwrap() };
+            Membership::new(
+                GroupId::from_bytes([1; 32]),
+                v.iter().map(member).collect(),
+                l.iter().map(member).collect(),
+            )
+        };
+        assert_eq!(m(&[], &k), Err(MembershipError::NoVoters));
+        assert_eq!(m(&k, &k[..1]), Err(MembershipError::Duplicate(k[0].node_id())));
+        assert_eq!(m(&k, &[]).unwrap().quorum(), 2);
+    }
+}
