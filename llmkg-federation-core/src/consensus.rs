@@ -67,6 +67,31 @@ content_id!(
     ProposalId
 );
 
+impl ChainHash {
+    const DOMAIN: &'static [u8] = b"llmkg/consensus/chain/v1";
+
+    /// The chain hash before a group's first entry.
+    pub fn genesis(group: GroupId) -> Self {
+        let mut bytes = Vec::with_capacity(33);
+        bytes.push(0);
+        bytes.extend_from_slice(group.as_bytes());
+        Self(encoding::hash_bytes(Self::DOMAIN, &bytes))
+    }
+
+    /// The chain hash after appending, to a log whose chain hash is `self`, the entry of
+    /// `term` at `index` whose encoding is `entry`. Changing anything in the log up to an
+    /// entry changes that entry's chain hash and every later one.
+    pub fn next(&self, term: u64, index: u64, entry: &[u8]) -> Self {
+        let mut bytes = Vec::with_capacity(1 + 32 + 8 + 8 + 32);
+        bytes.push(1);
+        bytes.extend_from_slice(&self.0);
+        bytes.extend_from_slice(&term.to_le_bytes());
+        bytes.extend_from_slice(&index.to_le_bytes());
+        bytes.extend_from_slice(blake3::hash(entry).as_bytes());
+        Self(encoding::hash_bytes(Self::DOMAIN, &bytes))
+    }
+}
+
 /// A node of a group, with the organization it acts for.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Member {
@@ -664,6 +689,29 @@ mod tests {
         let bytes = signed.encode().unwrap();
         let back = Signed::<ConsensusProposal>::decode(&bytes, &fed).unwrap();
         assert_eq!(ProposalId::of(&back).unwrap(), ProposalId::of(&signed).unwrap());
+    }
+
+    #[test]
+    fn the_chain_hash_binds_the_whole_prefix() {
+        let group = GroupId::from_bytes([1; 32]);
+        let chain = |entries: &[(u64, &[u8])]| {
+            entries
+                .iter()
+                .enumerate()
+                .fold(ChainHash::genesis(group), |h, (i, (term, e))| h.next(*term, i as u64 + 1, e))
+        };
+        let log: [(u64, &[u8]); 3] = [(1, b"a"), (1, b"b"), (2, b"c")];
+        assert_eq!(chain(&log), chain(&log));
+        // Any change anywhere in the prefix: the entry, its term, or the order.
+        assert_ne!(chain(&log), chain(&[(1, b"x"), (1, b"b"), (2, b"c")]));
+        assert_ne!(chain(&log), chain(&[(2, b"a"), (1, b"b"), (2, b"c")]));
+        assert_ne!(chain(&log), chain(&[(1, b"b"), (1, b"a"), (2, b"c")]));
+        // Another group's log of the same entries.
+        let other = ChainHash::genesis(GroupId::from_bytes([2; 32])).next(1, 1, b"a");
+        assert_ne!(chain(&log[..1]), other);
+        // The index is bound too.
+        let h = ChainHash::genesis(group);
+        assert_ne!(h.next(1, 1, b"a"), h.next(1, 2, b"a"));
     }
 
     #[test]
