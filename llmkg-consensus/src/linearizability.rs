@@ -445,7 +445,7 @@ mod tests {
         fn arb_history() -> impl Strategy<Value = History> {
             proptest::collection::vec(
                 (arb_op(), 0..12u64, 0..6u64, proptest::option::weighted(0.85, 0..3u8), 0..8u8),
-                0..7,
+                0..=7,
             )
             .prop_map(|ops| {
                 ops.into_iter()

@@ -7,9 +7,9 @@
 //! member reaches the same [`Outcome`]. A decision comes with [`Evidence`] of the backend
 //! that decided it — for Raft, a majority of the group's voters signing their acknowledgement
 //! of the same (group, term, index, chain hash) — that [`Evidence::verify`] checks with the
-//! group's [`Membership`] alone.
+//! group's [`Membership`] and the federation id alone.
 //!
-//! The backends live in `llmkg-consensus`; this module is the contract they share.
+//! The backends will live in `llmkg-consensus`; this module is the contract they share.
 //!
 //! ```
 //! use llmkg_federation_core::consensus::{
@@ -169,8 +169,9 @@ impl Membership {
     }
 }
 
-/// Which agreement protocol decides. Only [`Raft`](ConsensusStrategy::Raft) has a backend so
-/// far; asking an engine for another is [`ConsensusError::NotAvailable`].
+/// Which agreement protocol decides. No backend exists yet; the first will be
+/// [`Raft`](ConsensusStrategy::Raft). An engine asked for a strategy it does not offer returns
+/// [`ConsensusError::NotAvailable`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum ConsensusStrategy {

@@ -189,7 +189,9 @@ pub enum TransportError {
 ///   accepted but not yet received; the transport never delivers a message twice and never
 ///   delivers a message altered. Protocols that need reliability retransmit.
 /// - **Backpressure.** Each peer has a bounded outgoing queue per channel; `send_on`,
-///   `request_on` and [`respond`](Transport::respond) wait while it is full. Inbound messages
+///   `request_on` and [`respond`](Transport::respond) wait while it is full (a transport may
+///   give responses one queue per peer of their own, not flow-controlled per channel: they
+///   only answer requests the peer is waiting on). Inbound messages
 ///   wait in a bounded queue per channel until `recv_on` takes them; while a channel's queue
 ///   is full its senders wait (over a network: are not given credit to send more on that
 ///   channel). No peer can make a transport use unbounded memory.

@@ -17,8 +17,9 @@
 //!
 //! The queues themselves are not bounded here: each entry carries a release callback
 //! ([`OnTaken`]) that the transport uses to bound them (the in-process transport returns a
-//! slot of the channel's capacity, TCP returns a credit to the sending connection), run when
-//! the entry is taken.
+//! slot of the channel's capacity; TCP reports the bytes taken to the peer's signal, which
+//! wakes the writer of its current connection to compute new credit), run when the entry is
+//! taken.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};

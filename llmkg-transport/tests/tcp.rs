@@ -931,7 +931,7 @@ async fn garbage_before_the_hello_is_refused() {
     hello.version = PROTOCOL_VERSION + 1;
     s.write_all(&hello.encode()).await.unwrap();
     v.expect_refused("VersionMismatch", false, |e| {
-        matches!(e, TcpError::Handshake(HandshakeError::VersionMismatch { ours: 1, theirs: 2 }))
+        matches!(e, TcpError::Handshake(HandshakeError::VersionMismatch { ours: 2, theirs: 3 }))
     })
     .await;
     v.close().await;

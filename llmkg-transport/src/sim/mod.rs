@@ -11,7 +11,7 @@
 //! - Nodes are numbered `0..n` and have ed25519 identities ([`NodeId`]) derived from their
 //!   index (or supplied with [`SimBuilder::secrets`]). Each node's core is built by a factory
 //!   that receives a [`NodeContext`]: id, index, incarnation, a per-node seed derived from the
-//!   master seed, index and incarnation, the node's [`Disk`] and the list of all ids.
+//!   master seed, index and incarnation, the node's [`Disk`] and every node id added so far.
 //! - **Messages travel as bytes.** Whatever a core emits from `poll_transmit` is encoded with
 //!   the canonical encoding ([`encoding::try_encode`]; a message its type cannot encode is
 //!   counted in [`SimStats::unencodable`] and not sent); on arrival the bytes are decoded with

@@ -2,13 +2,14 @@
 //!
 //! ```text
 //! frame    = length:u32be kind:u8 channel:u8 [id:u64be] payload   (id: Request and Response)
-//! length   = number of payload bytes (at most the transport's max_frame_len)
+//! length   = number of payload bytes (at most MAX_FRAME_LEN, 256 KiB; longer payloads
+//!            travel in parts)
 //! kind     = base | MORE
 //! base     = 0 Message | 1 Request | 2 Response | 3 Goodbye | 4 KeepAlive | 5 Credit
 //! MORE     = 0x80: the payload continues in the next part (Message, Request, Response only)
 //! channel  = the ChannelId (below ChannelId::COUNT); zero for Response, Goodbye, KeepAlive
 //! Credit   = payload is bytes:u32be, how many more bytes (payload plus 64 per message) the
-//!            receiver of the frame may have waiting on the channel
+//!            receiver of the frame may send on the channel
 //!            (Goodbye and KeepAlive have an empty payload)
 //! ```
 //!

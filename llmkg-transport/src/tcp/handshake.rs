@@ -48,8 +48,9 @@ use super::conn::Session;
 /// The first bytes of every connection.
 pub const MAGIC: [u8; 8] = *b"LLMKGFED";
 
-/// The wire protocol version this implementation speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The wire protocol version this implementation speaks. Version 2 (channels, credit and
+/// payloads in parts in the frame format) cannot talk to version 1, and the hello says so.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Length of an encoded [`Hello`]: magic, version, federation id.
 pub const HELLO_LEN: usize = 8 + 2 + 32;

@@ -45,7 +45,8 @@
 //! so a message on a quiet channel waits for at most one frame of each busy lane. The
 //! receiving side never waits for the host: it gives each peer *credit* per channel, in
 //! bytes ([`TcpConfig::inbound_window`]), computed from what the peer has waiting there, and
-//! more as the host takes it; a peer that sends beyond its credit is cut off. A channel the
+//! more as the host takes it; a peer that sends where what it has waiting fills its window is
+//! cut off, so it can have at most the window plus one message waiting. A channel the
 //! host does not read therefore stops only its own senders (see `docs/decisions.md`, D40).
 //!
 //! **Links**: one live connection per peer. The node dials every added peer and redials it

@@ -1,5 +1,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
-//! Regression tests for races a review found in the channel and membership code: a node
+//! Regression tests for races we found in the channel and membership code: a node
 //! that leaves or is removed and comes back, a send waiting while its sender leaves, a late
 //! answer after a rejoin, two readers of one channel. Each failed before its fix.
 
