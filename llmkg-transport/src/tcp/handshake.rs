@@ -729,10 +729,13 @@ mod tests {
         assert_eq!(Hello::decode(&a.encode()), Ok(a));
         let b = Hello::new(FederationId::from_name("b"));
         assert!(matches!(a.check_compatible(&b), Err(HandshakeError::FederationMismatch { .. })));
-        let v2 = Hello { version: 2, ..a };
+        let next = Hello { version: PROTOCOL_VERSION + 1, ..a };
         assert_eq!(
-            a.check_compatible(&v2),
-            Err(HandshakeError::VersionMismatch { ours: 1, theirs: 2 })
+            a.check_compatible(&next),
+            Err(HandshakeError::VersionMismatch {
+                ours: PROTOCOL_VERSION,
+                theirs: PROTOCOL_VERSION + 1
+            })
         );
         assert_eq!(Hello::decode(b"GARBAGE!and more bytes"), Err(HandshakeError::BadMagic));
         assert!(Hello::decode(&a.encode()[..41]).is_err());
