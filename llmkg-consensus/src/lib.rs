@@ -5,7 +5,10 @@
 //!
 //! - [`linearizability`]: a checker (Wing and Gong's search with Lowe's memoization) that
 //!   decides whether a concurrent history of operations is explained by a sequential model,
-//!   property-tested against brute force.
+//!   property-tested against brute force;
+//! - [`log`]: a consensus group's durable, hash-chained log on any `KvStore` (hard state,
+//!   leader appends, follower appends that check the chain and replace a conflicting suffix,
+//!   compaction, snapshot installation), every write atomic and durable when it returns.
 //!
 //! It will hold the pluggable consensus backends used to agree on federated-branch decisions
 //! (branch creation, federated merges, synchronization plans, policy updates, node join and
@@ -19,3 +22,4 @@
 //! None of the backends exists yet; do not depend on them.
 
 pub mod linearizability;
+pub mod log;
