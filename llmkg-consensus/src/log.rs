@@ -124,6 +124,16 @@ pub enum LogError {
         /// The last index held.
         last: u64,
     },
+    /// An entry's term is older than the entry before it (terms never go down in a log).
+    #[error("entry {index} has term {term}, older than the term {previous} before it")]
+    TermWentDown {
+        /// The entry.
+        index: u64,
+        /// Its term.
+        term: u64,
+        /// The term before it.
+        previous: u64,
+    },
     /// A payload is longer than [`MAX_ENTRY_LEN`].
     #[error("an entry of {len} bytes exceeds the maximum of {max}")]
     TooLarge {
@@ -324,6 +334,10 @@ impl<K: KvStore> DurableLog<K> {
     /// Appends `payloads` as entries of `term` (a leader's append); returns the new last
     /// index. Durable when it returns.
     pub fn append(&mut self, term: u64, payloads: Vec<Vec<u8>>) -> Result<u64, LogError> {
+        if term < self.last_term && !payloads.is_empty() {
+            let (index, previous) = (self.last + 1, self.last_term);
+            return Err(LogError::TermWentDown { index, term, previous });
+        }
         let mut chain = self.last_chain;
         let mut index = self.last;
         let mut entries = Vec::with_capacity(payloads.len());
@@ -359,11 +373,20 @@ impl<K: KvStore> DurableLog<K> {
         let Some(mut chain) = self.chain_at(prev_index)? else {
             return Err(LogError::PrevMismatch { index: prev_index });
         };
+        let mut previous = prev_term;
         for (offset, entry) in entries.iter().enumerate() {
             let expected = prev_index + 1 + offset as u64;
             if entry.index != expected {
                 return Err(LogError::NotConsecutive { expected });
             }
+            if entry.term < previous {
+                return Err(LogError::TermWentDown {
+                    index: entry.index,
+                    term: entry.term,
+                    previous,
+                });
+            }
+            previous = entry.term;
             chain = chain.next(entry.term, entry.index, &entry.payload);
             if entry.chain != chain {
                 return Err(LogError::ChainBroken { index: entry.index });
@@ -556,6 +579,17 @@ mod tests {
             follower.replicate(1, 1, skipped),
             Err(LogError::NotConsecutive { expected: 2 })
         ));
+        // Terms going down, chained correctly all the same.
+        let start = follower.chain_at(1).unwrap().unwrap();
+        let (c2, c3) = (start.next(3, 2, b"x"), start.next(3, 2, b"x").next(2, 3, b"y"));
+        let down = vec![
+            LogEntry { term: 3, index: 2, chain: c2, payload: b"x".to_vec() },
+            LogEntry { term: 2, index: 3, chain: c3, payload: b"y".to_vec() },
+        ];
+        assert!(matches!(
+            follower.replicate(1, 1, down),
+            Err(LogError::TermWentDown { index: 3, term: 2, previous: 3 })
+        ));
         assert_eq!((follower.last_index(), follower.last_chain()), before);
         assert_eq!(follower.replicate(1, 1, entries).unwrap(), 3);
         assert_eq!(follower.last_chain(), leader.last_chain());
@@ -640,6 +674,10 @@ mod tests {
         assert_eq!(log.entries(1, 100, 250).unwrap().len(), 2);
         // At least one entry, however large.
         assert_eq!(log.entries(1, 100, 0).unwrap().len(), 1);
+        assert!(matches!(
+            log.append(0, vec![vec![1]]),
+            Err(LogError::TermWentDown { index: 11, term: 0, previous: 1 })
+        ));
         let too_big = vec![0; MAX_ENTRY_LEN + 1];
         assert!(matches!(log.append(2, vec![too_big]), Err(LogError::TooLarge { .. })));
         assert_eq!(log.last_index(), 10);

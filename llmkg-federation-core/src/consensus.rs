@@ -102,8 +102,9 @@ pub struct Member {
 }
 
 /// Who is in a group: the voters, who decide, and the learners, who follow and catch up
-/// before they may vote.
+/// before they may vote. Decoding checks it like [`Membership::new`] does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "MembershipWire")]
 pub struct Membership {
     group: GroupId,
     voters: Vec<Member>,
@@ -120,6 +121,20 @@ pub enum MembershipError {
     /// A node appears twice (as two voters, two learners, or both).
     #[error("node {0} appears more than once")]
     Duplicate(NodeId),
+}
+
+#[derive(Deserialize)]
+struct MembershipWire {
+    group: GroupId,
+    voters: Vec<Member>,
+    learners: Vec<Member>,
+}
+
+impl TryFrom<MembershipWire> for Membership {
+    type Error = MembershipError;
+    fn try_from(wire: MembershipWire) -> Result<Self, MembershipError> {
+        Membership::new(wire.group, wire.voters, wire.learners)
+    }
 }
 
 impl Membership {
@@ -730,5 +745,17 @@ mod tests {
         assert_eq!(m(&[], &k), Err(MembershipError::NoVoters));
         assert_eq!(m(&k, &k[..1]), Err(MembershipError::Duplicate(k[0].node_id())));
         assert_eq!(m(&k, &[]).unwrap().quorum(), 2);
+        // A membership from the wire is checked the same way.
+        let good = m(&k, &[]).unwrap();
+        let bytes = encoding::try_encode(&good).unwrap();
+        assert_eq!(encoding::decode_with_limit::<Membership>(&bytes, 4096).unwrap(), good);
+        let member = |k: &NodeKeypair| Member { node: k.node_id(), org: OrgId::new("o").unwrap() };
+        let twice = (
+            GroupId::from_bytes([1; 32]),
+            vec![member(&k[0]), member(&k[0])],
+            Vec::<Member>::new(),
+        );
+        let bytes = encoding::try_encode(&twice).unwrap();
+        assert!(encoding::decode_with_limit::<Membership>(&bytes, 4096).is_err());
     }
 }
