@@ -667,6 +667,25 @@ mod tests {
     }
 
     #[test]
+    fn groups_share_one_store_under_their_own_namespaces() {
+        use llmkg_federation_core::kv::Prefixed;
+        let shared = std::sync::Arc::new(MemoryKv::new());
+        let (a, b) = (GroupId::from_bytes([1; 32]), GroupId::from_bytes([2; 32]));
+        let space = |g: GroupId| Prefixed::namespace(shared.clone(), &g.to_string()).unwrap();
+        let mut log_a = DurableLog::open(space(a), a).unwrap();
+        let mut log_b = DurableLog::open(space(b), b).unwrap();
+        log_a.append(1, payloads(5, 1)).unwrap();
+        log_b.append(4, payloads(2, 2)).unwrap();
+        log_a.compact(3).unwrap();
+        log_b.save_hard_state(HardState { term: 9, vote: None }).unwrap();
+        let (log_a, log_b) =
+            (DurableLog::open(space(a), a).unwrap(), DurableLog::open(space(b), b).unwrap());
+        assert_eq!((log_a.first_index(), log_a.last_index(), log_a.hard_state().term), (4, 5, 0));
+        assert_eq!((log_b.first_index(), log_b.last_index(), log_b.hard_state().term), (1, 2, 9));
+        assert_eq!(log_b.last_term(), 4);
+    }
+
+    #[test]
     fn batches_are_bounded_by_count_and_bytes() {
         let mut log = DurableLog::open(MemoryKv::new(), group()).unwrap();
         log.append(1, (0..10).map(|i| vec![i; 100]).collect()).unwrap();
