@@ -9,7 +9,8 @@ use std::time::Duration;
 use llmkg_federation_core::encoding;
 use llmkg_federation_core::{ChannelId, HostInfo, LinkState, NodeId, Protocol, Time, Transmit};
 use llmkg_transport::sim::{
-    Bandwidth, Latency, LinkConfig, Mux, MuxEvent, MuxMessage, RunOutcome, SimBuilder, SimError,
+    Bandwidth, Fault, Latency, LinkConfig, Mux, MuxEvent, MuxMessage, RunOutcome, SimBuilder,
+    SimError,
 };
 use serde::{Deserialize, Serialize};
 
@@ -311,6 +312,52 @@ fn check_connectivity(seed: u64, log: &Log, members: &[NodeId]) {
         }
         let up = view.values().filter(|l| **l == LinkState::Up).count();
         assert_eq!(up, members.len() - 1, "seed {seed}: a departed node still seen up");
+    }
+}
+
+/// The same membership changes, scheduled in advance rather than made between steps.
+fn scheduled_membership_run(seed: u64) -> (Log, llmkg_transport::sim::TraceHash, Vec<NodeId>) {
+    let link = LinkConfig::with_latency(Latency::Uniform { min: ms(1), max: ms(8) }).loss(0.1);
+    let mut sim = SimBuilder::new(seed)
+        .nodes(3)
+        .default_link(link)
+        .max_message_len(4096)
+        .build(|_| Greeter::default())
+        .unwrap();
+    let ids = sim.node_ids().to_vec();
+    let (d, e) = ([0xd0; 32], [0xe0; 32]);
+    let id =
+        |secret: [u8; 32]| llmkg_federation_core::NodeKeypair::from_secret_bytes(secret).node_id();
+    let at = |millis: u64| Time::from_millis(millis);
+    sim.schedule(at(3), Fault::Join { secret: d }).unwrap();
+    sim.schedule(at(5), Fault::Crash(ids[1])).unwrap();
+    sim.schedule(at(7), Fault::Remove(ids[0])).unwrap();
+    sim.schedule(at(8), Fault::Restart(ids[1])).unwrap();
+    sim.schedule(at(8), Fault::Join { secret: e }).unwrap();
+    // A second join of the same identity, scheduled before the first applied, does nothing.
+    sim.schedule(at(9), Fault::Join { secret: e }).unwrap();
+    assert!(matches!(sim.run(), RunOutcome::Quiescent { .. }));
+    // Once it has joined, scheduling it again is refused.
+    assert_eq!(
+        sim.schedule(at(20), Fault::Join { secret: e }),
+        Err(SimError::DuplicateNode(id(e)))
+    );
+    assert_eq!(sim.members(), vec![ids[1], ids[2], id(d), id(e)]);
+    assert_eq!((sim.stats().joined, sim.stats().left), (2, 1));
+    (sim.drain_events(), sim.trace_hash(), sim.members())
+}
+
+#[test]
+fn scheduled_joins_and_leaves_are_deterministic_and_cores_see_their_links() {
+    for seed in 0..100 {
+        let (log, hash, members) = scheduled_membership_run(seed);
+        check_connectivity(seed, &log, &members);
+        let (again, hash_again, _) = scheduled_membership_run(seed);
+        assert_eq!(
+            (log, hash),
+            (again, hash_again),
+            "seed {seed}: the same seed gives the same run"
+        );
     }
 }
 

@@ -312,6 +312,13 @@ pub enum Fault {
     /// The node leaves the simulation for good (see [`Sim::remove_node`]; a scheduled removal
     /// of a node that has already left does nothing).
     Remove(NodeId),
+    /// A node with this secret key joins (see [`Sim::add_node_with_secret`]). Refused when it
+    /// is scheduled if a node with that identity exists already; if one has joined by the
+    /// time it applies, it does nothing.
+    Join {
+        /// The new node's secret key (its identity is derived from it).
+        secret: [u8; 32],
+    },
     /// Overrides the configuration of one directed link.
     SetLink {
         /// Sender side.
@@ -795,6 +802,9 @@ impl<P: Protocol> Sim<P> {
     }
 
     fn apply_action(&mut self, action: Action) -> Result<(), SimError> {
+        if let Action::Join(secret) = action {
+            return self.add_node_with_secret(secret).map(|_| ());
+        }
         let w = &mut self.world;
         let now = w.now;
         match action {
@@ -873,6 +883,8 @@ impl<P: Protocol> Sim<P> {
                 self.cores[i as usize] = Some((self.factory)(ctx));
                 self.bring_up(i);
             }
+            // Handled above, before the world is borrowed.
+            Action::Join(_) => {}
             Action::Remove(i) => {
                 let m = &w.meta[i as usize];
                 if m.removed {
@@ -1401,6 +1413,7 @@ enum Action {
     Crash(u32),
     Restart(u32),
     Remove(u32),
+    Join([u8; 32]),
     SetLink(u32, u32, CompiledLink),
     ClearLink(u32, u32),
     SetDefault(LinkConfig, CompiledLink),
@@ -1493,6 +1506,13 @@ impl World {
             Fault::Crash(id) => Action::Crash(self.resolve(id)?),
             Fault::Restart(id) => Action::Restart(self.resolve(id)?),
             Fault::Remove(id) => Action::Remove(self.resolve(id)?),
+            Fault::Join { secret } => {
+                let id = NodeKeypair::from_secret_bytes(secret).node_id();
+                if self.index.contains_key(&id) {
+                    return Err(SimError::DuplicateNode(id));
+                }
+                Action::Join(secret)
+            }
             Fault::SetLink { from, to, config } => {
                 Action::SetLink(self.resolve(from)?, self.resolve(to)?, config.compile()?)
             }
