@@ -1392,12 +1392,53 @@ impl WireState {
     }
 }
 
-/// A link's transmitter: busy with one message at a time, the others waiting per channel.
+/// A link's transmitter: busy with one message at a time, the others waiting per channel,
+/// served by deficit round robin (fair in bytes, see [`Bandwidth`]).
 struct Transmitter {
     busy: bool,
-    /// The channel whose queue is looked at first when the transmitter frees up.
+    /// The channel whose turn it is.
     next: usize,
+    /// Bytes each channel may still send in its turn.
+    deficit: [u64; ChannelId::COUNT],
     queues: [VecDeque<Queued>; ChannelId::COUNT],
+}
+
+/// What a channel's turn adds to its deficit: about one Ethernet frame.
+const QUANTUM: u64 = 1500;
+
+impl Transmitter {
+    /// Deficit round robin: the channel whose turn it is sends its head message if its deficit
+    /// covers it; otherwise it gets a quantum more and the turn passes on. An empty channel's
+    /// deficit is reset, so an idle channel cannot save up. Each turn adds a quantum to some
+    /// waiting channel, so this ends (after at most the largest message's length in quanta of
+    /// turns around the channels).
+    fn next_by_deficit(&mut self) -> Option<(usize, Queued)> {
+        if self.queues.iter().all(VecDeque::is_empty) {
+            self.deficit = [0; ChannelId::COUNT];
+            return None;
+        }
+        loop {
+            let c = self.next % ChannelId::COUNT;
+            let (Some(queue), Some(deficit)) = (self.queues.get_mut(c), self.deficit.get_mut(c))
+            else {
+                return None;
+            };
+            match queue.front().map(|q| q.bytes.len() as u64) {
+                None => {
+                    *deficit = 0;
+                    self.next = c + 1;
+                }
+                Some(len) if *deficit >= len => {
+                    *deficit -= len;
+                    return queue.pop_front().map(|q| (c, q));
+                }
+                Some(_) => {
+                    *deficit = deficit.saturating_add(QUANTUM);
+                    self.next = c + 1;
+                }
+            }
+        }
+    }
 }
 
 /// A copy waiting for its link's transmitter (already counted in flight).
@@ -1724,6 +1765,7 @@ impl World {
             Box::new(Transmitter {
                 busy: false,
                 next: 0,
+                deficit: [0; ChannelId::COUNT],
                 queues: std::array::from_fn(|_| VecDeque::new()),
             })
         });
@@ -1748,21 +1790,21 @@ impl World {
         let end = self.now.as_micros().saturating_add(busy_us);
         if let Some(tx) = self.links[link as usize].tx.as_mut() {
             tx.busy = true;
-            tx.next = (channel + 1) % ChannelId::COUNT;
+            // The channel keeps its turn while its deficit covers its next message.
+            tx.next = channel;
         }
         self.push(Time::from_micros(end), Kind::TxDone { link });
         self.launch(link, config, end, q.incarnation, q.epoch, q.bytes);
     }
 
-    /// The transmitter of `link` is free: it starts the next queued copy, round robin.
+    /// The transmitter of `link` is free: it starts the next queued copy, by deficit round
+    /// robin.
     fn tx_done(&mut self, link: u32) {
         let state = &mut self.links[link as usize];
         let (from, to) = (state.from, state.to);
         let Some(tx) = state.tx.as_mut() else { return };
         tx.busy = false;
-        let next = (0..ChannelId::COUNT)
-            .map(|k| (tx.next + k) % ChannelId::COUNT)
-            .find_map(|c| tx.queues[c].pop_front().map(|q| (c, q)));
+        let next = tx.next_by_deficit();
         if let Some((channel, q)) = next {
             let config = self.config_of(from, to);
             self.start_tx(link, &config, channel, q);

@@ -59,10 +59,11 @@ pub struct Reorder {
 /// bytes occupies the transmitter for `ceil(len × 1,000,000 / bytes_per_sec)` microseconds,
 /// and only then starts its propagation [`Latency`]. Messages that find the transmitter busy
 /// wait in a FIFO queue of their [`ChannelId`](llmkg_federation_core::ChannelId); when the
-/// transmitter frees up it takes the head of the next non-empty channel queue after the
-/// channel it sent last (round robin, one message per turn). So a channel's message waits for
-/// at most the message being transmitted plus one message of every other busy channel per
-/// message queued ahead of it on its own channel. A message that finds its channel's queue
+/// transmitter frees up it serves the channels by deficit round robin: each turn adds a
+/// quantum of 1,500 bytes to a waiting channel's allowance, and a channel sends while its
+/// allowance covers its next message. The channels share the link fairly in bytes, whatever
+/// the sizes of their messages: a channel of small messages is not held to one message per
+/// large message of a busy one. A message that finds its channel's queue
 /// holding `queue_limit` messages is dropped ([`DropReason::Overflow`](super::DropReason)).
 /// Messages a node sends to itself never use a transmitter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
