@@ -19,7 +19,7 @@
 //! direction. A counter that would reach the nonce Noise reserves (2^64 - 1) ends the
 //! connection instead of wrapping.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
@@ -59,6 +59,8 @@ pub(crate) struct PeerSignal {
     taken: AtomicU64,
     /// Wake the writer every this many bytes taken (a quarter window, at least one).
     batch: u64,
+    /// Set when the writer should work out the peer's credit again (room was freed).
+    due: AtomicBool,
     /// The outbox of the peer's current connection.
     outbox: Mutex<Weak<Outbox>>,
 }
@@ -68,6 +70,7 @@ impl PeerSignal {
         Self {
             taken: AtomicU64::new(0),
             batch: u64::from(window / 4).max(1),
+            due: AtomicBool::new(false),
             outbox: Mutex::new(Weak::new()),
         }
     }
@@ -82,6 +85,7 @@ impl PeerSignal {
         let before = self.taken.fetch_add(bytes, Ordering::AcqRel);
         if before.saturating_add(bytes) >= self.batch {
             self.taken.store(0, Ordering::Release);
+            self.due.store(true, Ordering::Release);
             let outbox = self.outbox.lock().unwrap_or_else(PoisonError::into_inner).upgrade();
             if let Some(outbox) = outbox {
                 outbox.wake_writer();
@@ -381,6 +385,10 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
     let grant_batch = flow.signal.batch;
     // Credit given to the peer on this connection, per channel.
     let mut given = [0u64; ChannelId::COUNT];
+    // What the peer is owed changes only when the host takes its messages (receiving moves
+    // bytes from what it holds to what it has waiting), so credit is worked out at the start
+    // and then when the signal says room was freed, not on every pass.
+    let mut credit_due = true;
     let interval = ctx.keepalive_interval;
     let mut last_sent = Instant::now();
     // One timer per connection, re-armed only when it fires: a busy writer pays a clock
@@ -400,18 +408,21 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
             scheduler.add_credit(channel, granted);
         }
         let mut frames = 0u64;
-        let queued = ctx.inbox.queued_all(&peer);
-        for (channel, (given, queued)) in ChannelId::all().zip(given.iter_mut().zip(queued)) {
-            let received =
-                LinkFlow::at(&flow.received, channel).map_or(0, |c| c.load(Ordering::Acquire));
-            let holds = given.saturating_sub(received);
-            let owed = window.saturating_sub(queued.bytes).saturating_sub(holds);
-            // Credit goes back in batches of a quarter window: the peer keeps most of its
-            // window meanwhile, and a busy channel costs one small frame per batch.
-            if owed >= grant_batch {
-                let bytes = u32::try_from(owed).unwrap_or(u32::MAX);
-                sealer.push_frame(&mut w, &Frame::Credit { channel, bytes }).await?;
-                *given += u64::from(bytes);
+        credit_due |= flow.signal.due.swap(false, Ordering::AcqRel);
+        if std::mem::take(&mut credit_due) {
+            let queued = ctx.inbox.queued_all(&peer);
+            for (channel, (given, queued)) in ChannelId::all().zip(given.iter_mut().zip(queued)) {
+                let received =
+                    LinkFlow::at(&flow.received, channel).map_or(0, |c| c.load(Ordering::Acquire));
+                let holds = given.saturating_sub(received);
+                let owed = window.saturating_sub(queued.bytes).saturating_sub(holds);
+                // Credit goes back in batches of a quarter window: the peer keeps most of its
+                // window meanwhile, and a busy channel costs one small frame per batch.
+                if owed >= grant_batch {
+                    let bytes = u32::try_from(owed).unwrap_or(u32::MAX);
+                    sealer.push_frame(&mut w, &Frame::Credit { channel, bytes }).await?;
+                    *given += u64::from(bytes);
+                }
             }
         }
         let credit_only = !sealer.wire.is_empty() || !sealer.chunk.is_empty();
