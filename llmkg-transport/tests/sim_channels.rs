@@ -248,16 +248,21 @@ impl Protocol for Greeter {
 
 type Log = Vec<(Time, NodeId, Seen)>;
 
-/// Three nodes; a fourth joins, one crashes, one leaves, the crashed one restarts, a fifth
-/// joins — all while greetings are in flight over lossy, jittery links.
-fn membership_run(seed: u64) -> (Log, llmkg_transport::sim::TraceHash, Vec<NodeId>) {
+/// Three greeters on lossy, jittery links.
+fn greeters(seed: u64) -> llmkg_transport::sim::Sim<Greeter> {
     let link = LinkConfig::with_latency(Latency::Uniform { min: ms(1), max: ms(8) }).loss(0.1);
-    let mut sim = SimBuilder::new(seed)
+    SimBuilder::new(seed)
         .nodes(3)
         .default_link(link)
         .max_message_len(4096)
         .build(|_| Greeter::default())
-        .unwrap();
+        .unwrap()
+}
+
+/// Three nodes; a fourth joins, one crashes, one leaves, the crashed one restarts, a fifth
+/// joins — all while greetings are in flight over lossy, jittery links.
+fn membership_run(seed: u64) -> (Log, llmkg_transport::sim::TraceHash, Vec<NodeId>) {
+    let mut sim = greeters(seed);
     let ids = sim.node_ids().to_vec();
     sim.run_for(ms(3));
     let d = sim.add_node().unwrap();
@@ -323,13 +328,7 @@ fn check_connectivity(seed: u64, log: &Log, members: &[NodeId]) {
 
 /// The same membership changes, scheduled in advance rather than made between steps.
 fn scheduled_membership_run(seed: u64) -> (Log, llmkg_transport::sim::TraceHash, Vec<NodeId>) {
-    let link = LinkConfig::with_latency(Latency::Uniform { min: ms(1), max: ms(8) }).loss(0.1);
-    let mut sim = SimBuilder::new(seed)
-        .nodes(3)
-        .default_link(link)
-        .max_message_len(4096)
-        .build(|_| Greeter::default())
-        .unwrap();
+    let mut sim = greeters(seed);
     let ids = sim.node_ids().to_vec();
     let (d, e) = ([0xd0; 32], [0xe0; 32]);
     let id =
