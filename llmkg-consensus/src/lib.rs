@@ -23,3 +23,4 @@
 
 pub mod linearizability;
 pub mod log;
+pub mod raft;

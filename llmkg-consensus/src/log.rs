@@ -34,6 +34,7 @@ pub const MAX_ENTRY_LEN: usize = 16 << 20;
 
 const HARD_KEY: &[u8] = b"h";
 const SNAPSHOT_KEY: &[u8] = b"s";
+const SNAPSHOT_DATA_KEY: &[u8] = b"d";
 const ENTRY_PREFIX: u8 = b'e';
 
 fn entry_key(index: u64) -> [u8; 9] {
@@ -444,9 +445,15 @@ impl<K: KvStore> DurableLog<K> {
         Ok(self.last)
     }
 
-    /// Forgets the entries up to `index` (a snapshot now covers them). `index` must be held.
-    /// Durable when it returns.
-    pub fn compact(&mut self, index: u64) -> Result<(), LogError> {
+    /// The snapshot stored with the last [`compact`](Self::compact) or
+    /// [`install_snapshot`](Self::install_snapshot) (empty if none).
+    pub fn snapshot_data(&self) -> Result<Vec<u8>, LogError> {
+        Ok(self.kv.get(SNAPSHOT_DATA_KEY)?.unwrap_or_default())
+    }
+
+    /// Forgets the entries up to `index` and keeps `data`, the snapshot that now covers them,
+    /// in the same atomic write. `index` must be held. Durable when it returns.
+    pub fn compact(&mut self, index: u64, data: &[u8]) -> Result<(), LogError> {
         if index <= self.snapshot.index {
             return Ok(());
         }
@@ -455,7 +462,8 @@ impl<K: KvStore> DurableLog<K> {
         };
         let point = SnapshotPoint { index, term: entry.term, chain: entry.chain };
         let mut batch = KvBatch::new()
-            .put(SNAPSHOT_KEY.to_vec(), encoding::try_encode(&point).map_err(corrupt)?);
+            .put(SNAPSHOT_KEY.to_vec(), encoding::try_encode(&point).map_err(corrupt)?)
+            .put(SNAPSHOT_DATA_KEY.to_vec(), data.to_vec());
         for i in self.first_index()..=index {
             batch = batch.delete(entry_key(i).to_vec());
         }
@@ -464,17 +472,18 @@ impl<K: KvStore> DurableLog<K> {
         Ok(())
     }
 
-    /// Replaces the whole log by a snapshot's point (a follower installing a leader's
-    /// snapshot). Entries after the point that match it are kept; everything else goes.
-    /// Durable when it returns.
-    pub fn install_snapshot(&mut self, point: SnapshotPoint) -> Result<(), LogError> {
+    /// Replaces the whole log by a snapshot (a follower installing a leader's snapshot): its
+    /// point and `data`. Entries after the point that match it are kept; everything else
+    /// goes. Durable when it returns.
+    pub fn install_snapshot(&mut self, point: SnapshotPoint, data: &[u8]) -> Result<(), LogError> {
         if point.index <= self.snapshot.index {
             // Older than what the log already covers: nothing to do.
             return Ok(());
         }
         let keep = point.index <= self.last && self.chain_at(point.index)? == Some(point.chain);
         let mut batch = KvBatch::new()
-            .put(SNAPSHOT_KEY.to_vec(), encoding::try_encode(&point).map_err(corrupt)?);
+            .put(SNAPSHOT_KEY.to_vec(), encoding::try_encode(&point).map_err(corrupt)?)
+            .put(SNAPSHOT_DATA_KEY.to_vec(), data.to_vec());
         let drop_to = if keep { point.index } else { self.last };
         for i in self.first_index()..=drop_to {
             batch = batch.delete(entry_key(i).to_vec());
@@ -603,7 +612,8 @@ mod tests {
         log.append(1, payloads(4, 1)).unwrap();
         log.append(2, payloads(2, 2)).unwrap();
         let chain4 = log.chain_at(4).unwrap().unwrap();
-        log.compact(4).unwrap();
+        log.compact(4, b"state at 4").unwrap();
+        assert_eq!(log.snapshot_data().unwrap(), b"state at 4");
         assert_eq!(log.first_index(), 5);
         assert_eq!(log.term_at(4).unwrap(), Some(1));
         assert_eq!(log.chain_at(4).unwrap(), Some(chain4));
@@ -615,10 +625,11 @@ mod tests {
         let mut follower = log;
         let point =
             SnapshotPoint { index: 5, term: 2, chain: follower.chain_at(5).unwrap().unwrap() };
-        follower.install_snapshot(point).unwrap();
+        follower.install_snapshot(point, b"at 5").unwrap();
         assert_eq!((follower.first_index(), follower.last_index()), (6, 6));
         let foreign = SnapshotPoint { index: 9, term: 4, chain: ChainHash::from_bytes([7; 32]) };
-        follower.install_snapshot(foreign).unwrap();
+        follower.install_snapshot(foreign, b"at 9").unwrap();
+        assert_eq!(follower.snapshot_data().unwrap(), b"at 9");
         assert_eq!(
             (follower.first_index(), follower.last_index(), follower.last_term()),
             (10, 9, 4)
@@ -659,7 +670,7 @@ mod tests {
         let before = (log.last_index(), log.last_chain(), log.hard_state());
         assert!(log.append(2, payloads(1, 2)).is_err());
         assert!(log.save_hard_state(HardState { term: 5, vote: None }).is_err());
-        assert!(log.compact(1).is_err());
+        assert!(log.compact(1, b"s").is_err());
         assert_eq!((log.last_index(), log.last_chain(), log.hard_state()), before);
         assert_eq!(log.first_index(), 1);
         kv.fail.store(false, std::sync::atomic::Ordering::SeqCst);
@@ -677,7 +688,7 @@ mod tests {
         let mut log_b = DurableLog::open(space(b), b).unwrap();
         log_a.append(1, payloads(5, 1)).unwrap();
         log_b.append(4, payloads(2, 2)).unwrap();
-        log_a.compact(3).unwrap();
+        log_a.compact(3, b"").unwrap();
         log_b.save_hard_state(HardState { term: 9, vote: None }).unwrap();
         let (log_a, log_b) =
             (DurableLog::open(space(a), a).unwrap(), DurableLog::open(space(b), b).unwrap());

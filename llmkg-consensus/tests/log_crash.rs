@@ -58,7 +58,7 @@ fn log_crash_child() {
         let last = log.append(term.max(1), vec![payload.clone(), payload]).unwrap();
         println!("ACK {last} {}", log.last_chain());
         if last % 100 < 2 && last > 50 {
-            log.compact(last - 30).unwrap();
+            log.compact(last - 30, b"").unwrap();
             println!("COMPACT {}", last - 30);
         }
     }

@@ -13,7 +13,8 @@
 //!
 //! ```
 //! use llmkg_federation_core::consensus::{
-//!     ChainHash, Evidence, GroupId, Member, Membership, RaftAck, RaftCertificate,
+//!     ChainHash, ChainLink, ChainPath, Evidence, GroupId, Member, Membership, RaftAck,
+//!     RaftCertificate,
 //! };
 //! use llmkg_federation_core::{FederationId, NodeKeypair, OrgId, Signed};
 //!
@@ -26,17 +27,28 @@
 //!     keys.iter().map(|k| Member { node: k.node_id(), org: org.clone() }).collect(),
 //!     Vec::new(),
 //! )?;
-//! // Two of three voters acknowledge entry 5 of term 2.
-//! let ack = RaftAck { group, term: 2, index: 5, chain: ChainHash::from_bytes([9; 32]) };
-//! let acks = keys[..2]
-//!     .iter()
-//!     .map(|k| Signed::sign_crate_kind(k, &federation, ack.clone()))
-//!     .collect::<Result<Vec<_>, _>>()?;
-//! let evidence = Evidence::Raft(RaftCertificate { acks });
+//! // A log of two entries of term 2: the decision at index 1, then one more entry.
+//! let (decision, later) = (b"create branch".to_vec(), b"join node".to_vec());
+//! let prev = ChainHash::genesis(group);
+//! let at_1 = prev.next(2, 1, &decision);
+//! let at_2 = at_1.next(2, 2, &later);
+//! // One voter acknowledges entry 1, another entry 2 (which covers entry 1 too).
+//! let acks = vec![
+//!     Signed::sign_crate_kind(&keys[0], &federation, RaftAck { group, term: 2, index: 1, chain: at_1 })?,
+//!     Signed::sign_crate_kind(&keys[1], &federation, RaftAck { group, term: 2, index: 2, chain: at_2 })?,
+//! ];
+//! let path = ChainPath {
+//!     index: 1,
+//!     term: 2,
+//!     prev,
+//!     entry: decision.clone(),
+//!     later: vec![ChainLink { term: 2, digest: *blake3::hash(&later).as_bytes() }],
+//! };
+//! let evidence = Evidence::Raft(RaftCertificate { acks, path });
 //! let certified = evidence.verify(&membership, &federation)?;
-//! assert_eq!((certified.term, certified.index), (2, 5));
+//! assert_eq!((certified.term, certified.index, certified.entry), (2, 1, decision));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
-//! ```
+//! //! ```
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -82,12 +94,18 @@ impl ChainHash {
     /// `term` at `index` whose encoding is `entry`. Changing anything in the log up to an
     /// entry changes that entry's chain hash and every later one.
     pub fn next(&self, term: u64, index: u64, entry: &[u8]) -> Self {
+        self.next_digest(term, index, blake3::hash(entry).as_bytes())
+    }
+
+    /// [`next`](Self::next) given the entry's BLAKE3 digest instead of the entry (how a chain
+    /// path proves later entries without carrying them).
+    pub fn next_digest(&self, term: u64, index: u64, digest: &[u8; 32]) -> Self {
         let mut bytes = Vec::with_capacity(1 + 32 + 8 + 8 + 32);
         bytes.push(1);
         bytes.extend_from_slice(&self.0);
         bytes.extend_from_slice(&term.to_le_bytes());
         bytes.extend_from_slice(&index.to_le_bytes());
-        bytes.extend_from_slice(blake3::hash(entry).as_bytes());
+        bytes.extend_from_slice(digest);
         Self(encoding::hash_bytes(Self::DOMAIN, &bytes))
     }
 }
@@ -367,12 +385,62 @@ impl Signable for RaftAck {
 impl sealed::Sealed for RaftAck {}
 impl CrateSignable for RaftAck {}
 
-/// A Raft decision's evidence: signed acknowledgements of the same entry by a majority of the
-/// group's voters.
+/// The most later entries a [`ChainPath`] may carry (a certificate's acknowledgements lie at
+/// most this far past the entry it proves).
+pub const MAX_CHAIN_PATH: usize = 1 << 16;
+
+/// One later entry of a [`ChainPath`]: its term and the BLAKE3 digest of its encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainLink {
+    /// The entry's term.
+    pub term: u64,
+    /// `blake3(entry)`.
+    pub digest: [u8; 32],
+}
+
+/// The hash chain from one entry of a group's log up to the entries its acknowledgements
+/// name: the entry itself (so a verifier sees what was decided), the chain hash before it,
+/// and a digest of each later entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainPath {
+    /// The entry's position.
+    pub index: u64,
+    /// Its term.
+    pub term: u64,
+    /// The chain hash before it (at `index - 1`).
+    pub prev: ChainHash,
+    /// The entry's encoding, as the log holds it.
+    pub entry: Vec<u8>,
+    /// The entries after it, in order, as far as the furthest acknowledgement.
+    pub later: Vec<ChainLink>,
+}
+
+impl ChainPath {
+    /// The (term, chain hash) at each index the path covers, from `index` on.
+    fn chains(&self) -> Vec<(u64, u64, ChainHash)> {
+        let mut out = Vec::with_capacity(self.later.len() + 1);
+        let mut chain = self.prev.next(self.term, self.index, &self.entry);
+        out.push((self.index, self.term, chain));
+        let mut index = self.index;
+        for link in &self.later {
+            index = index.saturating_add(1);
+            chain = chain.next_digest(link.term, index, &link.digest);
+            out.push((index, link.term, chain));
+        }
+        out
+    }
+}
+
+/// A Raft decision's evidence: signed acknowledgements by a majority of the group's voters of
+/// entries at or after the decided one, and the hash chain linking the decided entry to each
+/// of them. Acknowledging an entry acknowledges the prefix its chain hash covers, so the
+/// acknowledgements need not all name the same entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RaftCertificate {
     /// The acknowledgements.
     pub acks: Vec<Signed<RaftAck>>,
+    /// The chain from the decided entry to every acknowledged one.
+    pub path: ChainPath,
 }
 
 /// How a decision was reached, in a form a third party can check.
@@ -383,8 +451,8 @@ pub enum Evidence {
     Raft(RaftCertificate),
 }
 
-/// What a piece of evidence certifies: that the group's log holds this entry (and the prefix
-/// its chain hash covers).
+/// What a piece of evidence certifies: that the group's log holds this entry, and therefore
+/// the prefix its chain hash covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Certified {
     /// The group.
@@ -395,6 +463,8 @@ pub struct Certified {
     pub index: u64,
     /// The chain hash at the entry.
     pub chain: ChainHash,
+    /// The entry's encoding: what was decided.
+    pub entry: Vec<u8>,
     /// The voters whose acknowledgements count, in node order.
     pub signers: Vec<NodeId>,
 }
@@ -412,9 +482,12 @@ pub enum EvidenceError {
     /// An acknowledgement is for another group than the membership's.
     #[error("an acknowledgement is for another group")]
     OtherGroup,
-    /// The acknowledgements are not all of the same entry.
-    #[error("the acknowledgements are of different entries")]
+    /// An acknowledgement names an entry the chain path does not lead to.
+    #[error("an acknowledgement is of an entry off the chain path")]
     Mismatch,
+    /// The chain path is longer than [`MAX_CHAIN_PATH`].
+    #[error("the chain path is longer than {MAX_CHAIN_PATH} entries")]
+    PathTooLong,
     /// A signer is not a voter of the group.
     #[error("{0} is not a voter of the group")]
     NotAVoter(NodeId),
@@ -431,8 +504,9 @@ pub enum EvidenceError {
 impl Evidence {
     /// Checks the evidence against the group's membership and the federation: each
     /// acknowledgement's signature (already checked when it was built or decoded) was made for
-    /// `federation`, all acknowledge the same entry of `membership`'s group, every signer is a
-    /// voter, and a majority of distinct voters signed.
+    /// `federation` and for `membership`'s group, each names an entry the chain path leads to
+    /// (same index, term and chain hash), every signer is a voter, and a majority of distinct
+    /// voters signed. What is certified is the path's first entry.
     pub fn verify(
         &self,
         membership: &Membership,
@@ -450,15 +524,22 @@ impl RaftCertificate {
         membership: &Membership,
         federation: &FederationId,
     ) -> Result<Certified, EvidenceError> {
-        let Some(first) = self.acks.first() else { return Err(EvidenceError::Empty) };
-        let entry = first.open(federation).map_err(|_| EvidenceError::OtherFederation)?;
-        if entry.group != membership.group() {
-            return Err(EvidenceError::OtherGroup);
+        if self.acks.is_empty() {
+            return Err(EvidenceError::Empty);
         }
+        if self.path.later.len() > MAX_CHAIN_PATH {
+            return Err(EvidenceError::PathTooLong);
+        }
+        let chains = self.path.chains();
         let mut signers = BTreeSet::new();
         for ack in &self.acks {
             let value = ack.open(federation).map_err(|_| EvidenceError::OtherFederation)?;
-            if value != entry {
+            if value.group != membership.group() {
+                return Err(EvidenceError::OtherGroup);
+            }
+            let offset = value.index.checked_sub(self.path.index).ok_or(EvidenceError::Mismatch)?;
+            let on_path = usize::try_from(offset).ok().and_then(|o| chains.get(o));
+            if on_path != Some(&(value.index, value.term, value.chain)) {
                 return Err(EvidenceError::Mismatch);
             }
             let signer = ack.signer();
@@ -471,11 +552,13 @@ impl RaftCertificate {
         if signers.len() < quorum {
             return Err(EvidenceError::NoQuorum { signed: signers.len(), quorum });
         }
+        let (index, term, chain) = chains[0];
         Ok(Certified {
-            group: entry.group,
-            term: entry.term,
-            index: entry.index,
-            chain: entry.chain,
+            group: membership.group(),
+            term,
+            index,
+            chain,
+            entry: self.path.entry.clone(),
             signers: signers.into_iter().collect(),
         })
     }
@@ -605,21 +688,37 @@ mod tests {
         .unwrap()
     }
 
-    fn ack(term: u64, index: u64) -> RaftAck {
-        RaftAck {
-            group: GroupId::from_bytes([1; 32]),
-            term,
-            index,
-            chain: ChainHash::from_bytes([3; 32]),
+    /// A log of `n` entries of term 1 in group 1: the chain path proving entry `index`.
+    fn path(index: u64, n: u64) -> ChainPath {
+        let group = GroupId::from_bytes([1; 32]);
+        let entry = |i: u64| format!("entry {i}").into_bytes();
+        let mut prev = ChainHash::genesis(group);
+        for i in 1..index {
+            prev = prev.next(1, i, &entry(i));
         }
+        let later = (index + 1..=n)
+            .map(|i| ChainLink { term: 1, digest: *blake3::hash(&entry(i)).as_bytes() })
+            .collect();
+        ChainPath { index, term: 1, prev, entry: entry(index), later }
     }
 
-    fn certificate(signers: &[&NodeKeypair], fed: &FederationId, ack: &RaftAck) -> Evidence {
+    /// The acknowledgement of entry `index` on `path`.
+    fn ack(path: &ChainPath, index: u64) -> RaftAck {
+        let (index, term, chain) = path.chains()[(index - path.index) as usize];
+        RaftAck { group: GroupId::from_bytes([1; 32]), term, index, chain }
+    }
+
+    fn certificate(
+        signers: &[&NodeKeypair],
+        fed: &FederationId,
+        path: &ChainPath,
+        index: u64,
+    ) -> Evidence {
         let acks = signers
             .iter()
-            .map(|k| Signed::sign_crate_kind(*k, fed, ack.clone()).unwrap())
+            .map(|k| Signed::sign_crate_kind(*k, fed, ack(path, index)).unwrap())
             .collect();
-        Evidence::Raft(RaftCertificate { acks })
+        Evidence::Raft(RaftCertificate { acks, path: path.clone() })
     }
 
     #[test]
@@ -628,18 +727,55 @@ mod tests {
         let k = keys(5);
         let m = membership(&k, &[]);
         assert_eq!(m.quorum(), 3);
-        let good = certificate(&[&k[0], &k[2], &k[4]], &fed, &ack(4, 10));
+        let p = path(10, 10);
+        let good = certificate(&[&k[0], &k[2], &k[4]], &fed, &p, 10);
         let certified = good.verify(&m, &fed).unwrap();
-        assert_eq!((certified.term, certified.index, certified.signers.len()), (4, 10, 3));
+        assert_eq!((certified.term, certified.index, certified.signers.len()), (1, 10, 3));
+        assert_eq!(certified.entry, b"entry 10");
         // Two are not enough, and the same voter twice is one voter.
-        let few = certificate(&[&k[0], &k[2]], &fed, &ack(4, 10));
+        let few = certificate(&[&k[0], &k[2]], &fed, &p, 10);
         assert_eq!(few.verify(&m, &fed), Err(EvidenceError::NoQuorum { signed: 2, quorum: 3 }));
-        let twice = certificate(&[&k[0], &k[0], &k[2]], &fed, &ack(4, 10));
+        let twice = certificate(&[&k[0], &k[0], &k[2]], &fed, &p, 10);
         assert!(matches!(twice.verify(&m, &fed), Err(EvidenceError::NoQuorum { .. })));
         assert_eq!(
-            Evidence::Raft(RaftCertificate { acks: vec![] }).verify(&m, &fed),
+            Evidence::Raft(RaftCertificate { acks: vec![], path: p }).verify(&m, &fed),
             Err(EvidenceError::Empty)
         );
+    }
+
+    #[test]
+    fn acknowledgements_of_later_entries_certify_an_earlier_one_through_the_path() {
+        let fed = FederationId::from_name("f");
+        let k = keys(3);
+        let m = membership(&k, &[]);
+        let p = path(4, 9);
+        let acks = vec![
+            Signed::sign_crate_kind(&k[0], &fed, ack(&p, 9)).unwrap(),
+            Signed::sign_crate_kind(&k[1], &fed, ack(&p, 6)).unwrap(),
+        ];
+        let evidence = Evidence::Raft(RaftCertificate { acks: acks.clone(), path: p.clone() });
+        let certified = evidence.verify(&m, &fed).unwrap();
+        assert_eq!((certified.index, certified.entry.as_slice()), (4, &b"entry 4"[..]));
+        // Another entry in place of the decided one breaks the path to every acknowledgement.
+        let mut swapped = p.clone();
+        swapped.entry = b"entry X".to_vec();
+        let forged = Evidence::Raft(RaftCertificate { acks: acks.clone(), path: swapped });
+        assert_eq!(forged.verify(&m, &fed), Err(EvidenceError::Mismatch));
+        // So does changing a later entry's term, or cutting the path short of an acknowledgement.
+        let mut retermed = p.clone();
+        retermed.later[0].term = 2;
+        let forged = Evidence::Raft(RaftCertificate { acks: acks.clone(), path: retermed });
+        assert_eq!(forged.verify(&m, &fed), Err(EvidenceError::Mismatch));
+        let mut short = p.clone();
+        short.later.truncate(2);
+        let forged = Evidence::Raft(RaftCertificate { acks: acks.clone(), path: short });
+        assert_eq!(forged.verify(&m, &fed), Err(EvidenceError::Mismatch));
+        // An acknowledgement of an entry before the decided one certifies nothing about it.
+        let early = path(2, 9);
+        let mut before = vec![Signed::sign_crate_kind(&k[0], &fed, ack(&early, 2)).unwrap()];
+        before.push(acks[0].clone());
+        let forged = Evidence::Raft(RaftCertificate { acks: before, path: p });
+        assert_eq!(forged.verify(&m, &fed), Err(EvidenceError::Mismatch));
     }
 
     #[test]
@@ -647,19 +783,30 @@ mod tests {
         let fed = FederationId::from_name("f");
         let k = keys(5);
         let m = membership(&k[..3], &k[3..4]);
-        let learner = certificate(&[&k[0], &k[3]], &fed, &ack(1, 1));
+        let p = path(1, 2);
+        let learner = certificate(&[&k[0], &k[3]], &fed, &p, 1);
         assert_eq!(learner.verify(&m, &fed), Err(EvidenceError::NotAVoter(k[3].node_id())));
-        let stranger = certificate(&[&k[0], &k[4]], &fed, &ack(1, 1));
+        let stranger = certificate(&[&k[0], &k[4]], &fed, &p, 1);
         assert_eq!(stranger.verify(&m, &fed), Err(EvidenceError::NotAVoter(k[4].node_id())));
-        let Evidence::Raft(mut mixed) = certificate(&[&k[0]], &fed, &ack(1, 1));
-        mixed.acks.push(Signed::sign_crate_kind(&k[1], &fed, ack(1, 2)).unwrap());
+        let Evidence::Raft(mut mixed) = certificate(&[&k[0]], &fed, &p, 1);
+        let mut off_path = ack(&p, 2);
+        off_path.chain = ChainHash::from_bytes([3; 32]);
+        mixed.acks.push(Signed::sign_crate_kind(&k[1], &fed, off_path).unwrap());
         assert_eq!(Evidence::Raft(mixed).verify(&m, &fed), Err(EvidenceError::Mismatch));
-        let mut other = ack(1, 1);
+        let mut other = ack(&p, 1);
         other.group = GroupId::from_bytes([2; 32]);
-        let other_group = certificate(&[&k[0], &k[1]], &fed, &other);
+        let acks = [&k[0], &k[1]]
+            .iter()
+            .map(|key| Signed::sign_crate_kind(*key, &fed, other.clone()).unwrap())
+            .collect();
+        let other_group = Evidence::Raft(RaftCertificate { acks, path: p.clone() });
         assert_eq!(other_group.verify(&m, &fed), Err(EvidenceError::OtherGroup));
-        let elsewhere = certificate(&[&k[0], &k[1]], &FederationId::from_name("g"), &ack(1, 1));
+        let elsewhere = certificate(&[&k[0], &k[1]], &FederationId::from_name("g"), &p, 1);
         assert_eq!(elsewhere.verify(&m, &fed), Err(EvidenceError::OtherFederation));
+        let mut long = p.clone();
+        long.later = vec![ChainLink { term: 1, digest: [0; 32] }; MAX_CHAIN_PATH + 1];
+        let too_long = certificate(&[&k[0], &k[1]], &fed, &long, 1);
+        assert_eq!(too_long.verify(&m, &fed), Err(EvidenceError::PathTooLong));
     }
 
     #[test]
@@ -667,7 +814,11 @@ mod tests {
         let fed = FederationId::from_name("f");
         let k = keys(3);
         let m = membership(&k, &[]);
-        let evidence = certificate(&[&k[0], &k[1]], &fed, &ack(2, 7));
+        let p = path(7, 8);
+        let Evidence::Raft(mut certificate) = certificate(&[&k[0]], &fed, &p, 7);
+        certificate.acks.push(Signed::sign_crate_kind(&k[1], &fed, ack(&p, 8)).unwrap());
+        let evidence = Evidence::Raft(certificate);
+        let original = evidence.verify(&m, &fed).unwrap();
         let bytes = encoding::try_encode(&evidence).unwrap();
         let mut decoded_ok = 0;
         for i in 0..bytes.len() {
@@ -677,8 +828,11 @@ mod tests {
                 // Decoding checks every signature; if it decodes, it must not certify the same.
                 if let Ok(e) = encoding::decode_with_limit::<Evidence>(&flipped, 1 << 16) {
                     decoded_ok += 1;
-                    let original = evidence.verify(&m, &fed).unwrap();
-                    assert_ne!(e.verify(&m, &fed).ok(), Some(original), "byte {i} bit {bit:#x}");
+                    assert_ne!(
+                        e.verify(&m, &fed).ok(),
+                        Some(original.clone()),
+                        "byte {i} bit {bit:#x}"
+                    );
                 }
             }
         }

@@ -194,6 +194,7 @@ impl Inbox {
     }
 
     /// What `from` has waiting on `channel`.
+    #[cfg(feature = "tcp")]
     pub(crate) fn queued_from(&self, channel: ChannelId, from: &NodeId) -> Queued {
         self.state()
             .channels
@@ -203,6 +204,7 @@ impl Inbox {
     }
 
     /// What `from` has waiting on each channel.
+    #[cfg(feature = "tcp")]
     pub(crate) fn queued_all(&self, from: &NodeId) -> [Queued; ChannelId::COUNT] {
         let state = self.state();
         std::array::from_fn(|i| {
