@@ -21,6 +21,7 @@
 //!
 //! None of the backends exists yet; do not depend on them.
 
+pub mod engine;
 pub mod linearizability;
 pub mod log;
 pub mod raft;

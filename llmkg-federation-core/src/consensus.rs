@@ -610,6 +610,18 @@ pub struct Health {
     pub reachable_voters: usize,
 }
 
+impl Health {
+    /// A health report.
+    pub fn new(
+        leader: Option<NodeId>,
+        decided: u64,
+        applied: u64,
+        reachable_voters: usize,
+    ) -> Self {
+        Self { leader, decided, applied, reachable_voters }
+    }
+}
+
 /// Why a proposal or a query failed. Each variant says whether the proposal may still be
 /// decided.
 #[derive(Debug, Error)]
@@ -638,9 +650,20 @@ pub enum ConsensusError {
         /// A node that may accept it, if known.
         leader: Option<NodeId>,
     },
+    /// The proposal's entry was replaced in the log by a new leader's: it will not be
+    /// decided (unless proposed again).
+    #[error("the proposal was lost in a change of leader; propose it again")]
+    Lost,
     /// The engine has stopped. The proposal may or may not have been decided.
     #[error("consensus engine closed")]
     Closed,
+    /// [`ConsensusEngine::next_decided`] fell so far behind that decided entries were no
+    /// longer buffered; the next call continues after `through`.
+    #[error("decided entries up to index {through} were no longer buffered")]
+    Lagged {
+        /// The last index that was skipped.
+        through: u64,
+    },
     /// A failure of the engine's storage or transport.
     #[error("consensus engine failure: {0}")]
     Other(#[source] Box<dyn std::error::Error + Send + Sync>),

@@ -699,12 +699,19 @@ impl<K: KvStore, S: StateMachine> Raft<K, S> {
         Some(Evidence::Raft(RaftCertificate { acks, path }))
     }
 
-    /// The leader's own acknowledgement, if it is the leader and has signed one at or after
-    /// `index`.
+    /// This node's own acknowledgement of an entry at or after `index`: the leader's signed
+    /// when it committed, or a new one of this node's commit index (which its log holds).
     fn own_ack_for(&self, index: u64) -> Option<Signed<RaftAck>> {
-        let ack = self.leader_state.as_ref()?.own_ack.clone()?;
-        let value = ack.open(&self.federation).ok()?;
-        (value.index >= index).then_some(ack)
+        if let Some(ack) = self.leader_state.as_ref().and_then(|ls| ls.own_ack.clone())
+            && ack.open(&self.federation).is_ok_and(|v| v.index >= index)
+        {
+            return Some(ack);
+        }
+        let commit = self.commit;
+        let chain = self.log.chain_at(commit).ok().flatten()?;
+        let term = self.log.term_at(commit).ok().flatten()?;
+        let ack = RaftAck { group: self.group, term, index: commit, chain };
+        Signed::sign_crate_kind(&self.keypair, &self.federation, ack).ok()
     }
 
     // ----- plumbing -----
