@@ -116,7 +116,7 @@ pub struct NodeId([u8; 32]);
 impl NodeId {
     /// Validates `bytes` as an ed25519 public key.
     pub fn from_bytes(bytes: [u8; 32]) -> Result<Self, SignatureError> {
-        VerifyingKey::from_bytes(&bytes).map_err(|_| SignatureError::InvalidPublicKey)?;
+        verifying_key(&bytes).map_err(|()| SignatureError::InvalidPublicKey)?;
         Ok(Self(bytes))
     }
 
@@ -131,7 +131,7 @@ impl NodeId {
     }
 
     pub(crate) fn verifying_key(&self) -> Result<VerifyingKey, SignatureError> {
-        VerifyingKey::from_bytes(&self.0).map_err(|_| SignatureError::InvalidPublicKey)
+        verifying_key(&self.0).map_err(|()| SignatureError::InvalidPublicKey)
     }
 
     /// Checks `signature` over `context` and `message` made by this node (the format of
@@ -159,9 +159,34 @@ impl NodeId {
 
 /// Strict ed25519 verification (rejects small-order keys and points, non-canonical scalars).
 pub(crate) fn verify_strict(key: &[u8; 32], input: &[u8], signature: &[u8; 64]) -> Result<(), ()> {
-    let key = VerifyingKey::from_bytes(key).map_err(|_| ())?;
+    let key = verifying_key(key)?;
     key.verify_strict(input, &Signature::from_bytes(signature)).map_err(|_| ())
 }
+
+/// The decompressed public key of `bytes`. Decompressing is a large part of a verification
+/// (and of decoding every node id), and a node sees the same few keys over and over, so each
+/// thread keeps the last keys it decompressed (at most [`KEY_CACHE`]; cleared when full).
+fn verifying_key(bytes: &[u8; 32]) -> Result<VerifyingKey, ()> {
+    thread_local! {
+        static KEYS: std::cell::RefCell<std::collections::HashMap<[u8; 32], VerifyingKey>> =
+            std::cell::RefCell::new(std::collections::HashMap::new());
+    }
+    if let Some(key) = KEYS.with(|k| k.borrow().get(bytes).copied()) {
+        return Ok(key);
+    }
+    let key = VerifyingKey::from_bytes(bytes).map_err(|_| ())?;
+    KEYS.with(|k| {
+        let mut k = k.borrow_mut();
+        if k.len() >= KEY_CACHE {
+            k.clear();
+        }
+        k.insert(*bytes, key);
+    });
+    Ok(key)
+}
+
+/// How many decompressed keys each thread keeps (see `verifying_key`).
+const KEY_CACHE: usize = 1024;
 
 impl TryFrom<[u8; 32]> for NodeId {
     type Error = SignatureError;

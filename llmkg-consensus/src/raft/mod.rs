@@ -381,6 +381,8 @@ pub struct Raft<K: KvStore, S: StateMachine> {
     leader_contact: Option<Time>,
     incoming: Option<Incoming>,
     certificate: Vec<Signed<RaftAck>>,
+    /// The last acknowledgement this follower signed.
+    last_ack: Option<Signed<RaftAck>>,
     out: VecDeque<Transmit<RaftMessage>>,
     events: VecDeque<RaftEvent<S::Output>>,
     max_append_bytes: usize,
@@ -453,6 +455,7 @@ impl<K: KvStore, S: StateMachine> Raft<K, S> {
             leader_contact: None,
             incoming: None,
             certificate: Vec::new(),
+            last_ack: None,
             out: VecDeque::new(),
             events: VecDeque::new(),
             max_append_bytes: 1 << 20,
@@ -971,7 +974,7 @@ impl<K: KvStore, S: StateMachine> Raft<K, S> {
                 return true;
             };
             let last_sent = prev_index + entries.len() as u64;
-            let certificate = if tell_commit { self.certificate.clone() } else { Vec::new() };
+            let certificate = if tell_commit { self.certificate_for(peer) } else { Vec::new() };
             let commit = self.commit;
             let wire: Vec<WireEntry> = entries
                 .into_iter()
@@ -1093,6 +1096,26 @@ impl<K: KvStore, S: StateMachine> Raft<K, S> {
         acks.push(own.clone());
         ls.own_ack = Some(own);
         self.certificate = acks;
+    }
+
+    /// The certificate of the commit index as `peer` needs it: without its own
+    /// acknowledgement (it adds its own when it builds evidence), the leader's first.
+    fn certificate_for(&self, peer: NodeId) -> Vec<Signed<RaftAck>> {
+        let config = self.configuration();
+        let voters = config.voters.len().max(config.outgoing.len());
+        let needed = if config.is_voter(&peer) { voters / 2 } else { voters / 2 + 1 };
+        let mut out: Vec<Signed<RaftAck>> = Vec::with_capacity(needed);
+        let own = self.leader_state.as_ref().and_then(|ls| ls.own_ack.clone());
+        for ack in own.iter().chain(&self.certificate) {
+            if out.len() >= needed.max(1) && !config.is_joint() {
+                break;
+            }
+            let signer = ack.signer();
+            if signer != peer && !out.iter().any(|a| a.signer() == signer) {
+                out.push(ack.clone());
+            }
+        }
+        out
     }
 
     /// Once a joint configuration is committed, the leader appends the final one; once the
@@ -1220,7 +1243,7 @@ impl<K: KvStore, S: StateMachine> Raft<K, S> {
             let skip = (self.commit - prev_index).min(entries.len() as u64);
             if prev_index + (entries.len() as u64) <= self.commit {
                 let index = self.commit;
-                return self.accept(from, index, commit.min(index));
+                return self.accept(from, index, commit.min(index), true);
             }
             entries.drain(..usize::try_from(skip).unwrap_or(usize::MAX));
             prev_index = self.commit;
@@ -1258,7 +1281,7 @@ impl<K: KvStore, S: StateMachine> Raft<K, S> {
                 } else if count > 0 {
                     // The log was longer and matched: configurations are unchanged.
                 }
-                self.accept(from, last_new, commit.min(last_new));
+                self.accept(from, last_new, commit.min(last_new), count > 0);
             }
             Err(LogError::PrevMismatch { .. }) => {
                 let hint_index =
@@ -1293,7 +1316,7 @@ impl<K: KvStore, S: StateMachine> Raft<K, S> {
     }
 
     /// The log matches the leader's up to `index`: commit what the leader says, acknowledge.
-    fn accept(&mut self, from: NodeId, index: u64, commit: u64) {
+    fn accept(&mut self, from: NodeId, index: u64, commit: u64, brought_entries: bool) {
         if commit > self.commit {
             self.commit = commit;
             self.apply_committed();
@@ -1304,8 +1327,25 @@ impl<K: KvStore, S: StateMachine> Raft<K, S> {
             match (chain, term) {
                 (Some(chain), Some(term)) => {
                     let ack = RaftAck { group: self.group, term, index, chain };
-                    self.metrics.acks_signed += 1;
-                    Signed::sign_crate_kind(&self.keypair, &self.federation, ack).ok()
+                    // The same acknowledgement again, for an append that brought nothing
+                    // new (the leader telling its commit index), is not signed or sent again:
+                    // the leader holds it, or rewinds and sends entries if it lost it.
+                    match &self.last_ack {
+                        Some(signed) if signed.open(&self.federation).ok() == Some(&ack) => {
+                            if brought_entries {
+                                Some(signed.clone())
+                            } else {
+                                None
+                            }
+                        }
+                        _ => {
+                            self.metrics.acks_signed += 1;
+                            let signed =
+                                Signed::sign_crate_kind(&self.keypair, &self.federation, ack).ok();
+                            self.last_ack.clone_from(&signed);
+                            signed
+                        }
+                    }
                 }
                 _ => None,
             }
@@ -1341,7 +1381,22 @@ impl<K: KvStore, S: StateMachine> Raft<K, S> {
                     self.metrics.bad_messages += 1;
                     return;
                 }
-                let ack = if self.cfg.signed_acks {
+                // An acknowledgement left out stands for the one the leader holds; if that
+                // does not cover `index`, the answer is not counted (the follower sends its
+                // acknowledgement again with the next entries).
+                if self.cfg.signed_acks && ack.is_none() {
+                    let covered = self
+                        .leader_state
+                        .as_ref()
+                        .and_then(|ls| ls.progress.get(&from))
+                        .and_then(|p| p.ack.as_ref())
+                        .and_then(|a| a.open(&self.federation).ok())
+                        .is_some_and(|a| a.index >= index);
+                    if !covered {
+                        return;
+                    }
+                }
+                let ack = if self.cfg.signed_acks && ack.is_some() {
                     match self.check_ack(from, index, ack) {
                         Ok(ack) => ack,
                         Err(()) => {
