@@ -337,3 +337,184 @@ pub fn logs_agree<K: KvStore, L: KvStore>(
         ta != tb || a.chain_at(i).ok().flatten() == b.chain_at(i).ok().flatten()
     })
 }
+
+// ----- Single cores driven by hand (the paper-rule and bad-input tests) -----
+
+/// The keypair of test node `i`.
+pub fn keypair(i: u8) -> llmkg_federation_core::NodeKeypair {
+    llmkg_federation_core::NodeKeypair::from_secret_bytes([i; 32])
+}
+
+/// The id of test node `i`.
+pub fn node_id(i: u8) -> NodeId {
+    keypair(i).node_id()
+}
+
+/// A configuration of the test nodes `voters` and `learners`.
+pub fn configuration(voters: &[u8], learners: &[u8]) -> Configuration {
+    let members = |ids: &[u8]| ids.iter().map(|i| member(node_id(*i))).collect();
+    Configuration::new(members(voters), members(learners))
+}
+
+/// The setup of test node `i` (its seed is `i`).
+pub fn setup(i: u8, bootstrap: Option<Configuration>, config: RaftConfig) -> RaftSetup {
+    RaftSetup {
+        keypair: keypair(i),
+        federation: federation(),
+        group: group(),
+        bootstrap,
+        config,
+        seed: u64::from(i),
+    }
+}
+
+/// Opens a node over `kv` (reopening it restarts the node) and starts it at `now` with room
+/// for messages of 1 MiB.
+pub fn open_node(
+    setup: RaftSetup,
+    kv: &std::sync::Arc<llmkg_federation_core::MemoryKv>,
+    now: llmkg_federation_core::Time,
+) -> Raft<std::sync::Arc<llmkg_federation_core::MemoryKv>, KvMachine> {
+    use llmkg_federation_core::Protocol;
+    let mut node = Raft::open(setup, kv.clone(), KvMachine::default()).expect("open raft node");
+    node.handle_start(now, llmkg_federation_core::HostInfo::new(1 << 20));
+    node
+}
+
+/// Everything the node wants sent, in order.
+pub fn outbox<K: KvStore, S: StateMachine>(
+    node: &mut Raft<K, S>,
+) -> Vec<llmkg_federation_core::Transmit<llmkg_consensus::raft::RaftMessage>> {
+    use llmkg_federation_core::Protocol;
+    std::iter::from_fn(|| node.poll_transmit()).collect()
+}
+
+/// Everything the node reported, in order.
+pub fn reported<K: KvStore, S: StateMachine>(node: &mut Raft<K, S>) -> Vec<RaftEvent<S::Output>> {
+    use llmkg_federation_core::Protocol;
+    std::iter::from_fn(|| node.poll_event()).collect()
+}
+
+/// A message of the test group.
+pub fn message(
+    term: u64,
+    body: llmkg_consensus::raft::RaftBody,
+) -> llmkg_consensus::raft::RaftMessage {
+    llmkg_consensus::raft::RaftMessage { group: group(), term, body }
+}
+
+/// The encoded command `Put { key, value }`.
+pub fn put(key: u8, value: u64) -> Vec<u8> {
+    encoding::try_encode(&KvCommand::Put { key, value }).expect("encode command")
+}
+
+/// The payload of a log entry of `kind`.
+pub fn entry_bytes(kind: &llmkg_consensus::raft::EntryKind) -> Vec<u8> {
+    encoding::try_encode(kind).expect("encode entry")
+}
+
+/// The payload the tests store at (`index`, `term`): a command naming both, so that two logs
+/// holding an entry of the same index and term hold the same entry (log matching).
+pub fn paper_entry(index: u64, term: u64) -> Vec<u8> {
+    let key = u8::try_from(index % 8).expect("small key");
+    entry_bytes(&llmkg_consensus::raft::EntryKind::Command(put(key, index * 1_000 + term)))
+}
+
+/// The entry at (`index`, `term`) as a leader sends it.
+pub fn wire(index: u64, term: u64) -> llmkg_consensus::raft::WireEntry {
+    llmkg_consensus::raft::WireEntry { term, payload: paper_entry(index, term) }
+}
+
+/// Writes into `kv` a log whose entry `i + 1` has term `terms[i]` (payloads from
+/// [`paper_entry`]), and the hard state (`term`, `vote`).
+pub fn write_log(
+    kv: &std::sync::Arc<llmkg_federation_core::MemoryKv>,
+    terms: &[u64],
+    term: u64,
+    vote: Option<NodeId>,
+) {
+    let mut log = llmkg_consensus::log::DurableLog::open(kv.clone(), group()).expect("open log");
+    for (i, t) in terms.iter().enumerate() {
+        log.append(*t, vec![paper_entry(i as u64 + 1, *t)]).expect("append");
+    }
+    log.save_hard_state(llmkg_consensus::log::HardState { term, vote }).expect("hard state");
+}
+
+/// The chain hash after a log whose entry `i + 1` has term `terms[i]` (payloads from
+/// [`paper_entry`]).
+pub fn chain_of(terms: &[u64]) -> ChainHash {
+    terms.iter().enumerate().fold(ChainHash::genesis(group()), |h, (i, t)| {
+        let index = i as u64 + 1;
+        h.next(*t, index, &paper_entry(index, *t))
+    })
+}
+
+/// The terms of a node's log, from its first entry to its last.
+pub fn log_terms<K: KvStore>(log: &llmkg_consensus::log::DurableLog<K>) -> Vec<u64> {
+    (log.first_index()..=log.last_index())
+        .map(|i| log.term_at(i).expect("read term").expect("term held"))
+        .collect()
+}
+
+/// The acknowledgement of entry `index` of `node`'s log, signed by test node `signer`.
+pub fn ack_of<K: KvStore, S: StateMachine>(
+    node: &Raft<K, S>,
+    signer: u8,
+    index: u64,
+) -> llmkg_federation_core::Signed<llmkg_federation_core::consensus::RaftAck> {
+    let log = node.log();
+    let ack = llmkg_federation_core::consensus::RaftAck {
+        group: group(),
+        term: log.term_at(index).expect("term").expect("entry held"),
+        index,
+        chain: log.chain_at(index).expect("chain").expect("entry held"),
+    };
+    llmkg_federation_core::Signed::sign_crate_kind(&keypair(signer), &federation(), ack)
+        .expect("sign ack")
+}
+
+/// Test node `signer`'s answer that its log matches `leader`'s up to `index`, with its signed
+/// acknowledgement: what a follower holding the leader's log sends.
+pub fn accepted<K: KvStore, S: StateMachine>(
+    leader: &Raft<K, S>,
+    signer: u8,
+    index: u64,
+) -> llmkg_consensus::raft::RaftMessage {
+    use llmkg_consensus::raft::{AppendResult, RaftBody};
+    let ack = Some(ack_of(leader, signer, index));
+    message(leader.term(), RaftBody::AppendResponse(AppendResult::Accepted { index, ack }))
+}
+
+/// Makes `node` time out and win an election with the votes of test nodes `peers` (through a
+/// pre-vote round first if it runs one). Returns the time it became leader. Its vote requests
+/// are drained; what it sent as leader (its no-op's appends) is left in its outbox.
+pub fn win_election<K: KvStore, S: StateMachine>(
+    node: &mut Raft<K, S>,
+    peers: &[u8],
+) -> llmkg_federation_core::Time {
+    use llmkg_consensus::raft::RaftBody;
+    use llmkg_federation_core::Protocol;
+    let now = node.poll_timeout().expect("an election timer");
+    node.handle_timeout(now);
+    outbox(node);
+    if node.role() == Role::PreCandidate {
+        let term = node.term() + 1;
+        for p in peers {
+            if node.role() != Role::PreCandidate {
+                break;
+            }
+            let granted = message(term, RaftBody::PreVoteResponse { granted: true });
+            node.handle_message(now, node_id(*p), granted);
+        }
+        outbox(node);
+    }
+    for p in peers {
+        if node.role() == Role::Leader {
+            break;
+        }
+        let granted = message(node.term(), RaftBody::VoteResponse { granted: true });
+        node.handle_message(now, node_id(*p), granted);
+    }
+    assert_eq!(node.role(), Role::Leader, "the votes of {peers:?} elect the node");
+    now
+}
