@@ -211,6 +211,14 @@ impl Run {
         };
         let Ok(target) = target else { return };
         let done = self.sim.with_node(leader_id, |n, now| n.change_membership(now, &target));
+        if std::env::var("LLMKG_RAFT_DEBUG").is_ok() {
+            eprintln!(
+                "stage {stage} at {}: {:?} -> {:?}",
+                self.sim.now(),
+                target.voters().iter().map(|m| m.node.short()).collect::<Vec<_>>(),
+                done
+            );
+        }
         if matches!(done, Ok(Ok(_))) {
             *stage += 1;
             self.report.membership_changes += 1;

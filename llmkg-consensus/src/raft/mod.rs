@@ -383,6 +383,9 @@ pub struct Raft<K: KvStore, S: StateMachine> {
     certificate: Vec<Signed<RaftAck>>,
     /// The last acknowledgement this follower signed.
     last_ack: Option<Signed<RaftAck>>,
+    /// A write failed in a way that left memory ahead of storage: the node ignores every
+    /// input until it is opened again.
+    halted: bool,
     out: VecDeque<Transmit<RaftMessage>>,
     events: VecDeque<RaftEvent<S::Output>>,
     max_append_bytes: usize,
@@ -456,6 +459,7 @@ impl<K: KvStore, S: StateMachine> Raft<K, S> {
             incoming: None,
             certificate: Vec::new(),
             last_ack: None,
+            halted: false,
             out: VecDeque::new(),
             events: VecDeque::new(),
             max_append_bytes: 1 << 20,
@@ -568,6 +572,9 @@ impl<K: KvStore, S: StateMachine> Raft<K, S> {
         commands: Vec<Vec<u8>>,
     ) -> Result<(u64, u64, u64), ProposeError> {
         self.now = now;
+        if self.halted {
+            return Err(ProposeError::Storage("the node halted after a storage failure".into()));
+        }
         if self.role != Role::Leader {
             return Err(ProposeError::NotLeader { leader: self.leader });
         }
@@ -805,7 +812,7 @@ impl<K: KvStore, S: StateMachine> Raft<K, S> {
                 return self.start_election(false);
             }
             let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
-            let term = self.term() + 1;
+            let Some(term) = self.term().checked_add(1) else { return };
             for peer in self.configuration().all_voters() {
                 if peer != self.id {
                     let body = RaftBody::PreVote { last_index, last_term };
@@ -819,7 +826,11 @@ impl<K: KvStore, S: StateMachine> Raft<K, S> {
     }
 
     fn start_election(&mut self, transfer: bool) {
-        let term = self.term() + 1;
+        let Some(term) = self.term().checked_add(1) else {
+            // The last term there is: this node cannot campaign any more.
+            self.reset_election_timer();
+            return;
+        };
         let hard = crate::log::HardState { term, vote: Some(self.id) };
         if let Err(e) = self.log.save_hard_state(hard) {
             self.storage_failed(e);
@@ -1393,6 +1404,9 @@ impl<K: KvStore, S: StateMachine> Raft<K, S> {
                         .and_then(|a| a.open(&self.federation).ok())
                         .is_some_and(|a| a.index >= index);
                     if !covered {
+                        // Missing where one is needed (a follower whose earlier answer was
+                        // lost sends it again once the leader rewinds and sends entries).
+                        self.metrics.bad_acks += 1;
                         return;
                     }
                 }
@@ -1440,6 +1454,10 @@ impl<K: KvStore, S: StateMachine> Raft<K, S> {
                 self.send_append(from, false);
             }
             AppendResult::Rejected { rejected, hint_index, hint_term } => {
+                if rejected > last {
+                    self.metrics.bad_messages += 1;
+                    return;
+                }
                 let back_to = self.conflict_hint(hint_index.min(last), hint_term);
                 let Some(pr) = self.leader_state.as_mut().and_then(|ls| ls.progress.get_mut(&from))
                 else {
@@ -1566,13 +1584,16 @@ impl<K: KvStore, S: StateMachine> Raft<K, S> {
                 return;
             }
         };
-        if let Err(e) = self.log.install_snapshot(point, &data) {
-            return self.storage_failed(e);
-        }
-        if let Err(e) = self.sm.restore(&blob.state) {
-            // The log now starts after a state the machine cannot take: stop applying.
+        // The state machine takes the snapshot first: one it refuses changes nothing.
+        if self.sm.restore(&blob.state).is_err() {
             self.metrics.bad_messages += 1;
-            return self.storage_failed(format!("snapshot {} does not restore: {e}", point.index));
+            return;
+        }
+        if let Err(e) = self.log.install_snapshot(point, &data) {
+            // The state machine is ahead of the durable log now: stop until restarted,
+            // which rebuilds both from storage.
+            self.halted = true;
+            return self.storage_failed(e);
         }
         self.metrics.snapshots_installed += 1;
         self.base_config = blob.config;
@@ -1624,6 +1645,9 @@ impl<K: KvStore, S: StateMachine> Protocol for Raft<K, S> {
 
     fn handle_message(&mut self, now: Time, from: NodeId, message: RaftMessage) {
         self.now = now;
+        if self.halted {
+            return;
+        }
         if message.group != self.group {
             self.metrics.wrong_group += 1;
             return;
@@ -1674,7 +1698,10 @@ impl<K: KvStore, S: StateMachine> Protocol for Raft<K, S> {
                 self.on_pre_vote(from, term, last_index, last_term)
             }
             RaftBody::PreVoteResponse { granted } => {
-                if self.role == Role::PreCandidate && term == self.term() + 1 && granted {
+                if self.role == Role::PreCandidate
+                    && self.term().checked_add(1) == Some(term)
+                    && granted
+                {
                     self.votes.insert(from);
                     if self.configuration().has_quorum(|n| self.votes.contains(n)) {
                         self.start_election(false);
@@ -1765,6 +1792,9 @@ impl<K: KvStore, S: StateMachine> Protocol for Raft<K, S> {
 
     fn handle_timeout(&mut self, now: Time) {
         self.now = now;
+        if self.halted {
+            return;
+        }
         if self.role == Role::Leader {
             let Some(ls) = self.leader_state.as_mut() else { return };
             if let Some((_, deadline)) = ls.transfer

@@ -273,16 +273,22 @@ impl Checker {
         Ok(())
     }
 
-    /// After the run: every entry ever committed is in every live node's log (or under its
-    /// snapshot, whose chain hash agrees), and every acknowledged proposal is committed.
+    /// After the run: every entry ever committed is in the log of every live member of the
+    /// final configuration (or under its snapshot, whose chain hash agrees), and every
+    /// acknowledged proposal is committed. Nodes removed from the group are not checked:
+    /// they stop receiving the log.
     pub fn check_final(&self, sim: &Sim<Node>) -> Result<(), String> {
+        let members: Vec<NodeId> = leader(sim)
+            .and_then(|l| sim.node(l))
+            .map(|n| n.configuration().members())
+            .unwrap_or_else(|| sim.node_ids().to_vec());
         for (&index, &term) in &self.acknowledged {
             match self.committed.get(&index) {
                 Some(&(t, _)) if t == term => {}
                 _ => return Err(format!("acknowledged entry {index} of term {term} is lost")),
             }
         }
-        for &id in sim.node_ids() {
+        for &id in &members {
             let Some(node) = sim.node(id) else { continue };
             let log = node.log();
             let snap = log.snapshot_point();
