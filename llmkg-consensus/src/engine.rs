@@ -301,6 +301,7 @@ type Core<K, M> = Raft<K, Decisions<M>>;
 
 struct Inner<K: KvStore + 'static, M: DecisionMachine> {
     handle: DriverHandle<Core<K, M>>,
+    me: NodeId,
     timer: Arc<dyn Timer>,
     clock: Arc<dyn Clock>,
     federation: FederationId,
@@ -377,6 +378,7 @@ impl<K: KvStore + 'static, M: DecisionMachine> RaftEngine<K, M> {
                     .map_err(|e| StartError::Membership(e.to_string()))?
             }
         };
+        let me = keypair.node_id();
         let setup = RaftSetup { keypair, federation, group, bootstrap, config: raft, seed };
         let core = Raft::open(setup, kv, Decisions::new(machine, federation, group))?;
         let config = DriverConfig { channel, event_capacity: 4096, ..DriverConfig::default() };
@@ -385,6 +387,7 @@ impl<K: KvStore + 'static, M: DecisionMachine> RaftEngine<K, M> {
         let (wake_tx, wake_rx) = async_channel::bounded(1);
         let inner = Arc::new(Inner {
             handle,
+            me,
             timer,
             clock,
             federation,
@@ -464,8 +467,7 @@ impl<K: KvStore + 'static, M: DecisionMachine> RaftEngine<K, M> {
                 return Err(expired());
             }
             let leader = inner.handle.call(|core, _| core.leader());
-            let me = inner.handle.call(|core, _| core.id());
-            let attempt = if leader == Some(me) {
+            let attempt = if leader == Some(inner.me) {
                 self.append_here(command.clone(), deadline).await?
             } else if let Some(leader) = leader {
                 self.append_at(leader, command.clone(), deadline).await?
@@ -683,9 +685,9 @@ async fn pump<K: KvStore + 'static, M: DecisionMachine>(inner: Arc<Inner<K, M>>)
         let indices: Vec<u64> = state.uncertified.keys().copied().collect();
         drop(state);
         if !indices.is_empty() {
-            let found: Vec<(u64, Option<Evidence>)> = inner
-                .handle
-                .call(|core, _| indices.iter().map(|i| (*i, core.evidence(*i))).collect());
+            let found: Vec<(u64, Option<Evidence>)> = inner.handle.call(|core, _| {
+                indices.iter().copied().zip(core.evidence_batch(&indices)).collect()
+            });
             let mut state = inner.state();
             for (index, evidence) in found {
                 let Some(evidence) = evidence else { continue };

@@ -668,45 +668,71 @@ impl<K: KvStore, S: StateMachine> Raft<K, S> {
     /// hold such a certificate yet (or no longer holds the entry) or acknowledgements are
     /// unsigned.
     pub fn evidence(&self, index: u64) -> Option<Evidence> {
-        if index == 0 || index > self.commit || index < self.log.first_index() {
-            return None;
-        }
-        let mut acks: Vec<Signed<RaftAck>> = Vec::new();
-        let mut furthest = index;
-        for ack in self.certificate.iter().chain(self.own_ack_for(index).as_ref()) {
+        self.evidence_batch(&[index]).pop().flatten()
+    }
+
+    /// [`evidence`](Self::evidence) for several entries at once, reading the log once.
+    pub fn evidence_batch(&self, indices: &[u64]) -> Vec<Option<Evidence>> {
+        let mut out = vec![None; indices.len()];
+        let first = self.log.first_index();
+        let wanted = |i: u64| i > 0 && i <= self.commit && i >= first;
+        let Some(lowest) = indices.iter().copied().filter(|i| wanted(*i)).min() else {
+            return out;
+        };
+        let Some(membership) = self.membership() else { return out };
+        // The acknowledgements on this node's log, each signer once (the furthest kept).
+        let mut acks: Vec<(u64, Signed<RaftAck>)> = Vec::new();
+        for ack in self.certificate.iter().chain(self.own_ack_for(lowest).as_ref()) {
             let Ok(value) = ack.open(&self.federation) else { continue };
-            if value.index < index || value.index > self.log.last_index() {
+            if value.index < lowest || value.index > self.log.last_index() {
                 continue;
             }
             if self.log.chain_at(value.index).ok().flatten() != Some(value.chain) {
                 continue;
             }
-            if acks.iter().any(|a| a.signer() == ack.signer()) {
+            match acks.iter_mut().find(|(_, a)| a.signer() == ack.signer()) {
+                Some(held) if held.0 >= value.index => {}
+                Some(held) => *held = (value.index, ack.clone()),
+                None => acks.push((value.index, ack.clone())),
+            }
+        }
+        let Some(furthest) = acks.iter().map(|(i, _)| *i).max() else { return out };
+        let Some(count) = usize::try_from(furthest - lowest + 1).ok() else { return out };
+        let Ok(entries) = self.log.entries(lowest, count, usize::MAX) else { return out };
+        let Some(before) = self.log.chain_at(lowest - 1).ok().flatten() else { return out };
+        let digests: Vec<ChainLink> = entries
+            .iter()
+            .map(|e| ChainLink { term: e.term, digest: *blake3::hash(&e.payload).as_bytes() })
+            .collect();
+        for (slot, &index) in out.iter_mut().zip(indices) {
+            if !wanted(index) {
                 continue;
             }
-            furthest = furthest.max(value.index);
-            acks.push(ack.clone());
+            let covering: Vec<&(u64, Signed<RaftAck>)> =
+                acks.iter().filter(|(i, _)| *i >= index).collect();
+            let voters = covering.iter().filter(|(_, a)| membership.is_voter(&a.signer())).count();
+            if voters < membership.quorum() {
+                continue;
+            }
+            let reach = covering.iter().map(|(i, _)| *i).max().unwrap_or(index);
+            let Ok(at) = usize::try_from(index - lowest) else { continue };
+            let Ok(end) = usize::try_from(reach - lowest) else { continue };
+            let Some(entry) = entries.get(at) else { continue };
+            let prev = if at == 0 {
+                before
+            } else {
+                match entries.get(at - 1) {
+                    Some(e) => e.chain,
+                    None => continue,
+                }
+            };
+            let later = digests.get(at + 1..=end).map(<[ChainLink]>::to_vec).unwrap_or_default();
+            let path =
+                ChainPath { index, term: entry.term, prev, entry: entry.payload.clone(), later };
+            let acks = covering.iter().map(|(_, a)| a.clone()).collect();
+            *slot = Some(Evidence::Raft(RaftCertificate { acks, path }));
         }
-        let membership = self.membership()?;
-        let voters = acks.iter().filter(|a| membership.is_voter(&a.signer())).count();
-        if voters < membership.quorum() {
-            return None;
-        }
-        let prev = self.log.chain_at(index - 1).ok().flatten()?;
-        let count = usize::try_from(furthest - index + 1).ok()?;
-        let entries = self.log.entries(index, count, usize::MAX).ok()?;
-        let (first, later) = entries.split_first()?;
-        let path = ChainPath {
-            index,
-            term: first.term,
-            prev,
-            entry: first.payload.clone(),
-            later: later
-                .iter()
-                .map(|e| ChainLink { term: e.term, digest: *blake3::hash(&e.payload).as_bytes() })
-                .collect(),
-        };
-        Some(Evidence::Raft(RaftCertificate { acks, path }))
+        out
     }
 
     /// This node's own acknowledgement of an entry at or after `index`: the leader's signed
