@@ -180,7 +180,7 @@ pub struct EngineOptions {
     pub strategy: ConsensusStrategy,
     /// The transport channel of this group. Default 1.
     pub channel: ChannelId,
-    /// Raft settings.
+    /// Raft settings (`signed_acks` is always on in an engine: results carry evidence).
     pub raft: RaftConfig,
     /// Seeds the election timeouts.
     pub seed: u64,
@@ -379,6 +379,9 @@ impl<K: KvStore + 'static, M: DecisionMachine> RaftEngine<K, M> {
             }
         };
         let me = keypair.node_id();
+        // Results carry evidence, which needs signed acknowledgements.
+        let mut raft = raft;
+        raft.signed_acks = true;
         let setup = RaftSetup { keypair, federation, group, bootstrap, config: raft, seed };
         let core = Raft::open(setup, kv, Decisions::new(machine, federation, group))?;
         let config = DriverConfig { channel, event_capacity: 4096, ..DriverConfig::default() };

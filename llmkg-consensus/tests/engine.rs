@@ -201,3 +201,79 @@ async fn wrong_groups_federations_strategies_and_timeouts_are_typed_errors() {
     assert!(matches!(lonely, Err(ConsensusError::Timeout { .. })), "{lonely:?}");
     engines[0].shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_groups_share_the_nodes_each_on_its_own_channel() {
+    let timer = Arc::new(TokioTimer::new());
+    let network = InProcessNetwork::new(timer.clone());
+    let keys = keys(3);
+    let voters: Vec<Member> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| Member { node: k.node_id(), org: OrgId::new(format!("org{i}")).unwrap() })
+        .collect();
+    let transports: Vec<_> =
+        keys.iter().map(|k| Arc::new(network.join(k.node_id()).unwrap())).collect();
+    let groups = [GroupId::from_bytes([21; 32]), GroupId::from_bytes([22; 32])];
+    let mut engines: Vec<Vec<Arc<Engine>>> = Vec::new();
+    for (g, group) in groups.iter().enumerate() {
+        let mut in_group = Vec::new();
+        for (k, transport) in keys.iter().zip(&transports) {
+            let mut options = EngineOptions::new(
+                NodeKeypair::from_secret_bytes(k.secret_bytes()),
+                federation(),
+                *group,
+                Some(Configuration::new(voters.clone(), Vec::new())),
+            );
+            options.raft = fast();
+            options.channel = llmkg_federation_core::ChannelId::new(1 + g as u8).unwrap();
+            let (engine, task) = RaftEngine::start(
+                options,
+                MemoryKv::new(),
+                AcceptAll,
+                transport.clone(),
+                timer.clone(),
+            )
+            .unwrap();
+            tokio::spawn(task);
+            in_group.push(engine);
+        }
+        engines.push(in_group);
+    }
+    for (g, group) in groups.iter().enumerate() {
+        wait_for_leader(&engines[g]).await;
+        for n in 0..3u64 {
+            let p = ConsensusProposal {
+                group: *group,
+                kind: ProposalKind::PolicyUpdate(PolicyUpdate {
+                    policy: format!("group {g}"),
+                    version: n,
+                    document: Vec::new(),
+                }),
+                proposed_at: Timestamp::from_micros(1),
+                deadline: Timestamp::from_micros(i64::MAX),
+                nonce: n,
+            };
+            let signed = Signed::sign_crate_kind(&keys[n as usize], &federation(), p).unwrap();
+            let result =
+                engines[g][n as usize].propose(signed, Duration::from_secs(5)).await.unwrap();
+            let membership = engines[g][0].membership();
+            assert_eq!(membership.group(), *group);
+            result.evidence.verify(&membership, &federation()).unwrap();
+        }
+    }
+    // Each group's log holds only its own proposals; neither saw a message of the other.
+    for (g, group) in groups.iter().enumerate() {
+        for e in &engines[g] {
+            for _ in 0..3 {
+                let d = tokio::time::timeout(Duration::from_secs(5), e.next_decided())
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(d.proposal.open(&federation()).unwrap().group, *group);
+            }
+            assert_eq!(e.with_core(|c| c.metrics().wrong_group), 0);
+            e.shutdown();
+        }
+    }
+}
