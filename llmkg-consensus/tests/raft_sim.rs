@@ -42,6 +42,7 @@ struct Report {
     steps: u64,
     crashes: u64,
     membership_changes: u64,
+    snapshots_installed: u64,
 }
 
 struct Run {
@@ -354,6 +355,13 @@ fn chaos_run(seed: u64, membership: bool) -> Result<Report, String> {
         return Err(e);
     }
     run.report.committed = run.checker.committed_count();
+    run.report.snapshots_installed = run
+        .sim
+        .node_ids()
+        .iter()
+        .filter_map(|id| run.sim.node(*id))
+        .map(|n| n.metrics().snapshots_installed)
+        .sum();
     run.report.steps = run.checker.steps;
     Ok(run.report)
 }
@@ -371,6 +379,7 @@ fn run_seeds(default: u64, membership: bool) {
                 total.steps += r.steps;
                 total.crashes += r.crashes;
                 total.membership_changes += r.membership_changes;
+                total.snapshots_installed += r.snapshots_installed;
             }
             Err(e) => {
                 eprintln!("seed {seed} FAILED: {e} (replay: LLMKG_RAFT_SEED={seed})");
@@ -381,13 +390,15 @@ fn run_seeds(default: u64, membership: bool) {
     let fraction = total.after_heal_decided as f64 / total.after_heal_proposed.max(1) as f64;
     println!(
         "raft_sim: {} seeds, {} violations, {} steps checked, {} entries committed, {} crashes, \
-         {} membership changes, liveness {}/{} decided after heal ({:.4}%)",
+         {} membership changes, {} snapshots installed (since the last restart), liveness {}/{} \
+         decided after heal ({:.4}%)",
         seeds.len(),
         failures.len(),
         total.steps,
         total.committed,
         total.crashes,
         total.membership_changes,
+        total.snapshots_installed,
         total.after_heal_decided,
         total.after_heal_proposed,
         fraction * 100.0

@@ -1264,15 +1264,24 @@ impl<K: KvStore, S: StateMachine> Raft<K, S> {
         commit: u64,
         certificate: Vec<Signed<RaftAck>>,
     ) {
-        // Check the entries decode before anything is stored.
-        if entries
-            .iter()
-            .any(|e| encoding::decode_with_limit::<EntryKind>(&e.payload, e.payload.len()).is_err())
-            || prev_index.checked_add(entries.len() as u64).is_none()
-        {
+        // Check the entries decode before anything is stored (and note the configurations,
+        // by position).
+        let mut configs_at: Vec<(usize, Configuration)> = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            match encoding::decode_with_limit::<EntryKind>(&e.payload, e.payload.len()) {
+                Ok(EntryKind::Config(c)) => configs_at.push((i, c)),
+                Ok(_) => {}
+                Err(_) => {
+                    self.metrics.bad_messages += 1;
+                    return;
+                }
+            }
+        }
+        if prev_index.checked_add(entries.len() as u64).is_none() {
             self.metrics.bad_messages += 1;
             return;
         }
+        let first_new = prev_index.saturating_add(1);
         self.take_certificate(certificate);
         // What is committed here matches the leader: skip it.
         let (mut prev_index, mut prev_term, mut entries) = (prev_index, prev_term, entries);
@@ -1301,12 +1310,11 @@ impl<K: KvStore, S: StateMachine> Raft<K, S> {
                 LogEntry { term: e.term, index, chain, payload: e.payload }
             })
             .collect();
-        let configs: Vec<(u64, Configuration)> = log_entries
-            .iter()
-            .filter_map(|e| match encoding::decode_with_limit(&e.payload, e.payload.len()) {
-                Ok(EntryKind::Config(c)) => Some((e.index, c)),
-                _ => None,
-            })
+        // Positions were counted before committed entries were skipped.
+        let configs: Vec<(u64, Configuration)> = configs_at
+            .into_iter()
+            .map(|(i, c)| (first_new + i as u64, c))
+            .filter(|(index, _)| *index > prev_index)
             .collect();
         let count = log_entries.len() as u64;
         match self.log.replicate(prev_index, prev_term, log_entries) {
