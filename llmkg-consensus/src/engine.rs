@@ -471,7 +471,7 @@ impl<K: KvStore + 'static, M: DecisionMachine> RaftEngine<K, M> {
             }
             let leader = inner.handle.call(|core, _| core.leader());
             let attempt = if leader == Some(inner.me) {
-                self.append_here(command.clone(), deadline).await?
+                self.append_here(command.clone(), deadline, timeout).await?
             } else if let Some(leader) = leader {
                 self.append_at(leader, command.clone(), deadline).await?
             } else {
@@ -521,6 +521,7 @@ impl<K: KvStore + 'static, M: DecisionMachine> RaftEngine<K, M> {
         &self,
         command: Vec<u8>,
         deadline: llmkg_federation_core::Time,
+        timeout: Duration,
     ) -> Result<Option<(u64, u64, async_channel::Receiver<Reply>)>, ConsensusError> {
         let inner = &self.inner;
         let (tx, rx) = async_channel::bounded(1);
@@ -533,7 +534,7 @@ impl<K: KvStore + 'static, M: DecisionMachine> RaftEngine<K, M> {
         let sleep = inner.timer.sleep_until(deadline);
         let appended = match select(Box::pin(rx.recv()), sleep).await {
             Either::Left((r, _)) => r.map_err(|_| ConsensusError::Closed)?,
-            Either::Right(_) => return Err(ConsensusError::Timeout { after: Duration::ZERO }),
+            Either::Right(_) => return Err(ConsensusError::Timeout { after: timeout }),
         };
         match appended {
             Ok((index, term)) => Ok(Some((index, term, waiter_rx))),
