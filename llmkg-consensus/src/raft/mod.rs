@@ -1229,6 +1229,24 @@ impl<K: KvStore, S: StateMachine> Raft<K, S> {
 
     // ----- message handlers -----
 
+    /// A message only the leader of `term` sends arrived from `from`: follow it (a leader
+    /// receiving one counts it: two leaders in one term cannot be). Returns whether to
+    /// handle the message.
+    fn follow(&mut self, now: Time, term: u64, from: NodeId) -> bool {
+        if self.role == Role::Leader {
+            self.metrics.bad_messages += 1;
+            return false;
+        }
+        if (self.role != Role::Follower || self.leader != Some(from))
+            && !self.become_follower(term, Some(from))
+        {
+            return false;
+        }
+        self.leader_contact = Some(now);
+        self.reset_election_timer();
+        true
+    }
+
     fn on_pre_vote(&mut self, from: NodeId, term: u64, last_index: u64, last_term: u64) {
         let granted =
             term > self.term() && !self.in_lease() && self.log_up_to_date(last_index, last_term);
@@ -1754,18 +1772,9 @@ impl<K: KvStore, S: StateMachine> Protocol for Raft<K, S> {
                 }
             }
             RaftBody::Append { prev_index, prev_term, entries, commit, certificate } => {
-                if self.role == Role::Leader {
-                    self.metrics.bad_messages += 1; // two leaders in one term cannot be
-                    return;
+                if self.follow(now, term, from) {
+                    self.on_append(from, prev_index, prev_term, entries, commit, certificate);
                 }
-                if (self.role != Role::Follower || self.leader != Some(from))
-                    && !self.become_follower(term, Some(from))
-                {
-                    return;
-                }
-                self.leader_contact = Some(now);
-                self.reset_election_timer();
-                self.on_append(from, prev_index, prev_term, entries, commit, certificate);
             }
             RaftBody::AppendResponse(result) => {
                 if self.role == Role::Leader {
@@ -1773,17 +1782,9 @@ impl<K: KvStore, S: StateMachine> Protocol for Raft<K, S> {
                 }
             }
             RaftBody::Heartbeat { commit } => {
-                if self.role == Role::Leader {
-                    self.metrics.bad_messages += 1;
+                if !self.follow(now, term, from) {
                     return;
                 }
-                if (self.role != Role::Follower || self.leader != Some(from))
-                    && !self.become_follower(term, Some(from))
-                {
-                    return;
-                }
-                self.leader_contact = Some(now);
-                self.reset_election_timer();
                 let commit = commit.min(self.log.last_index());
                 if commit > self.commit {
                     self.commit = commit;
@@ -1798,18 +1799,9 @@ impl<K: KvStore, S: StateMachine> Protocol for Raft<K, S> {
                 }
             }
             RaftBody::Snapshot(chunk) => {
-                if self.role == Role::Leader {
-                    self.metrics.bad_messages += 1;
-                    return;
+                if self.follow(now, term, from) {
+                    self.on_snapshot(from, chunk);
                 }
-                if (self.role != Role::Follower || self.leader != Some(from))
-                    && !self.become_follower(term, Some(from))
-                {
-                    return;
-                }
-                self.leader_contact = Some(now);
-                self.reset_election_timer();
-                self.on_snapshot(from, chunk);
             }
             RaftBody::SnapshotResponse { index, next_offset, done } => {
                 if self.role == Role::Leader {
