@@ -48,7 +48,7 @@
 //! let certified = evidence.verify(&membership, &federation)?;
 //! assert_eq!((certified.term, certified.index, certified.entry), (2, 1, decision));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
-//! //! ```
+//! ```
 
 use std::collections::BTreeSet;
 use std::time::Duration;
