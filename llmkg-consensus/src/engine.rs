@@ -465,7 +465,7 @@ impl<K: KvStore + 'static, M: DecisionMachine> RaftEngine<K, M> {
         let deadline = inner.timer.now() + timeout;
         let expired = || ConsensusError::Timeout { after: timeout };
         // Get the proposal appended: here if this node leads, else at the leader.
-        let (index, term, rx) = loop {
+        let (_index, _term, rx) = loop {
             if inner.timer.now() >= deadline {
                 return Err(expired());
             }
@@ -484,19 +484,13 @@ impl<K: KvStore + 'static, M: DecisionMachine> RaftEngine<K, M> {
             let pause = inner.timer.now() + Duration::from_millis(10);
             inner.timer.sleep_until(pause.min(deadline)).await;
         };
-        let _ = term;
         let wait = Box::pin(rx.recv());
         let sleep = inner.timer.sleep_until(deadline);
         let reply = match select(wait, sleep).await {
             Either::Left((reply, _)) => reply.map_err(|_| ConsensusError::Closed)?,
-            Either::Right(((), _)) => {
-                // Give up waiting; the proposal may still be decided.
-                let mut state = inner.state();
-                if let Some(ws) = state.pending.get_mut(&index) {
-                    ws.retain(|w| !w.tx.is_closed());
-                }
-                return Err(expired());
-            }
+            // Give up waiting; the proposal may still be decided. (Its waiter goes when its
+            // index is applied: answering a dropped receiver is a no-op.)
+            Either::Right(((), _)) => return Err(expired()),
         };
         let (decision, evidence, index) = reply?;
         let evidence = evidence.ok_or(ConsensusError::Closed)?;
