@@ -639,41 +639,18 @@ mod tests {
 
     #[test]
     fn a_failed_write_changes_nothing() {
-        /// A store whose writes fail on demand.
-        struct Flaky {
-            inner: MemoryKv,
-            fail: std::sync::atomic::AtomicBool,
-        }
-        impl KvStore for Flaky {
-            fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
-                self.inner.get(key)
-            }
-            fn scan(
-                &self,
-                start: Bound<&[u8]>,
-                end: Bound<&[u8]>,
-                limit: usize,
-            ) -> Result<Vec<llmkg_federation_core::kv::KvPair>, KvError> {
-                self.inner.scan(start, end, limit)
-            }
-            fn write(&self, batch: KvBatch) -> Result<(), KvError> {
-                if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
-                    return Err(KvError::Io(std::io::Error::other("injected")));
-                }
-                self.inner.write(batch)
-            }
-        }
-        let kv = std::sync::Arc::new(Flaky { inner: MemoryKv::new(), fail: false.into() });
+        // The simulator's disk fails every write while it is set faulty.
+        let kv = llmkg_transport::sim::Disk::new();
         let mut log = DurableLog::open(kv.clone(), group()).unwrap();
         log.append(1, payloads(2, 1)).unwrap();
-        kv.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        kv.set_faulty(true);
         let before = (log.last_index(), log.last_chain(), log.hard_state());
         assert!(log.append(2, payloads(1, 2)).is_err());
         assert!(log.save_hard_state(HardState { term: 5, vote: None }).is_err());
         assert!(log.compact(1, b"s").is_err());
         assert_eq!((log.last_index(), log.last_chain(), log.hard_state()), before);
         assert_eq!(log.first_index(), 1);
-        kv.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+        kv.set_faulty(false);
         let reopened = DurableLog::open(kv, group()).unwrap();
         assert_eq!((reopened.last_index(), reopened.last_chain()), (before.0, before.1));
     }

@@ -12,9 +12,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::ops::Bound;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::{
@@ -27,10 +25,8 @@ use llmkg_consensus::raft::{
     RaftEvent, RaftMessage, Role, SnapshotChunk, WireEntry,
 };
 use llmkg_federation_core::consensus::{Membership, RaftAck};
-use llmkg_federation_core::kv::KvPair;
-use llmkg_federation_core::{
-    HostInfo, KvBatch, KvError, KvStore, MemoryKv, NodeId, Protocol, Time, Transmit,
-};
+use llmkg_federation_core::{HostInfo, MemoryKv, NodeId, Protocol, Time, Transmit};
+use llmkg_transport::sim::Disk;
 
 type Core = Raft<Arc<MemoryKv>, KvMachine>;
 
@@ -799,43 +795,15 @@ fn term_vote_and_log_survive_a_restart() {
     assert_eq!(outbox(&mut c), one(2, message(1, RaftBody::VoteResponse { granted: false })));
 }
 
-/// A store whose writes fail while `fail` is set.
-#[derive(Default)]
-struct Flaky {
-    inner: MemoryKv,
-    fail: AtomicBool,
-}
-
-impl KvStore for Flaky {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
-        self.inner.get(key)
-    }
-
-    fn scan(
-        &self,
-        start: Bound<&[u8]>,
-        end: Bound<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<KvPair>, KvError> {
-        self.inner.scan(start, end, limit)
-    }
-
-    fn write(&self, batch: KvBatch) -> Result<(), KvError> {
-        if self.fail.load(Ordering::SeqCst) {
-            return Err(KvError::Io(std::io::Error::other("injected write failure")));
-        }
-        self.inner.write(batch)
-    }
-}
-
 #[test]
 fn nothing_depends_on_a_write_that_failed() {
-    let kv = Arc::new(Flaky::default());
+    // The simulator's disk fails every write while it is set faulty.
+    let kv = Disk::new();
     let conf = Some(configuration(&[1, 2, 3], &[]));
     let mut n =
         Raft::open(setup(2, conf.clone(), plain()), kv.clone(), KvMachine::default()).unwrap();
     n.handle_start(Time::ZERO, HostInfo::new(1 << 20));
-    let failing = |on: bool| kv.fail.store(on, Ordering::SeqCst);
+    let failing = |on: bool| kv.set_faulty(on);
     // A new term that cannot be stored: no vote leaves.
     failing(true);
     n.handle_message(at(1), node_id(1), message(1, vote(0, 0)));
@@ -865,14 +833,14 @@ fn nothing_depends_on_a_write_that_failed() {
     assert_eq!((n.term(), n.role()), (1, Role::Follower));
     assert_eq!(n.metrics().storage_failures, 4);
     // A leader does not send what it could not store.
-    let leader_kv = Arc::new(Flaky::default());
+    let leader_kv = Disk::new();
     let mut l =
         Raft::open(setup(1, conf, plain()), leader_kv.clone(), KvMachine::default()).unwrap();
     l.handle_start(Time::ZERO, HostInfo::new(1 << 20));
     let t = win_election(&mut l, &[2, 3]);
     l.handle_message(t, node_id(2), accepted(&l, 2, 1));
     outbox(&mut l);
-    leader_kv.fail.store(true, Ordering::SeqCst);
+    leader_kv.set_faulty(true);
     assert!(matches!(l.propose(t, put(1, 1)), Err(ProposeError::Storage(_))));
     assert!(outbox(&mut l).is_empty());
     assert_eq!(l.log().last_index(), 1);

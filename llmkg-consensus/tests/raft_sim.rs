@@ -190,8 +190,15 @@ impl Run {
         let group = common::group();
         let target = match *stage {
             0 => {
-                let Ok(id) = self.sim.add_node() else { return };
-                *newcomer = Some(id);
+                // Add the newcomer once; a refused change is tried again with it.
+                let id = match *newcomer {
+                    Some(id) => id,
+                    None => {
+                        let Ok(id) = self.sim.add_node() else { return };
+                        *newcomer = Some(id);
+                        id
+                    }
+                };
                 Membership::new(group, current.voters.clone(), vec![member(id)])
             }
             1 => {
@@ -226,10 +233,6 @@ impl Run {
         if matches!(done, Ok(Ok(_))) {
             *stage += 1;
             self.report.membership_changes += 1;
-        } else if *stage == 0 {
-            // The node was added but the change refused: try again next time with the same
-            // newcomer.
-            *stage = 10;
         }
     }
 }
@@ -249,34 +252,7 @@ fn chaos_run(seed: u64, membership: bool) -> Result<Report, String> {
             next_action = run.sim.now() + Duration::from_millis(run.rng.random_range(2..20));
         }
         if with_membership && run.sim.now() >= next_change {
-            if stage == 10 {
-                // Retry adding the same newcomer as a learner.
-                stage = 0;
-                if let Some(id) = newcomer {
-                    let target = leader(&run.sim).and_then(|l| {
-                        let c = run.sim.node(l)?.configuration().clone();
-                        Some((
-                            l,
-                            Membership::new(common::group(), c.voters, vec![member(id)]).ok()?,
-                        ))
-                    });
-                    if let Some((l, m)) = target {
-                        if matches!(
-                            run.sim.with_node(l, |n, now| n.change_membership(now, &m)),
-                            Ok(Ok(_))
-                        ) {
-                            stage = 1;
-                            run.report.membership_changes += 1;
-                        } else {
-                            stage = 10;
-                        }
-                    } else {
-                        stage = 10;
-                    }
-                }
-            } else {
-                run.membership_step(&mut stage, &mut newcomer);
-            }
+            run.membership_step(&mut stage, &mut newcomer);
             next_change = run.sim.now() + Duration::from_millis(500);
         }
         let until = next_action.min(chaos_end);

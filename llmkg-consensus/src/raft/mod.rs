@@ -658,7 +658,7 @@ impl<K: KvStore, S: StateMachine> Raft<K, S> {
         if caught_up {
             self.send(to, RaftBody::TimeoutNow);
         } else {
-            self.send_append(to, false);
+            self.send_append(to);
         }
         Ok(())
     }
@@ -960,14 +960,13 @@ impl<K: KvStore, S: StateMachine> Raft<K, S> {
             None => return,
         };
         for peer in peers {
-            self.send_append(peer, false);
+            self.send_append(peer);
         }
     }
 
-    /// Sends `peer` what it is missing, as far as the flow allows; with `force`, an append
-    /// even if it carries no entries (to tell the commit index). Returns whether anything
-    /// was sent.
-    fn send_append(&mut self, peer: NodeId, force: bool) -> bool {
+    /// Sends `peer` what it is missing, as far as the flow allows, or an append without
+    /// entries if only the commit index is new to it. Returns whether anything was sent.
+    fn send_append(&mut self, peer: NodeId) -> bool {
         let mut sent = false;
         loop {
             let Some(pr) = self.leader_state.as_ref().and_then(|ls| ls.progress.get(&peer)) else {
@@ -1002,7 +1001,7 @@ impl<K: KvStore, S: StateMachine> Raft<K, S> {
                 Vec::new()
             };
             let tell_commit = self.commit > commit_sent;
-            if entries.is_empty() && !(force || tell_commit) {
+            if entries.is_empty() && !tell_commit {
                 return sent;
             }
             let prev_index = next - 1;
@@ -1096,16 +1095,8 @@ impl<K: KvStore, S: StateMachine> Raft<K, S> {
             return;
         }
         self.finish_joint_change();
-        if self.role == Role::Leader {
-            let peers: Vec<NodeId> = self
-                .leader_state
-                .as_ref()
-                .map(|ls| ls.progress.keys().copied().collect())
-                .unwrap_or_default();
-            for peer in peers {
-                self.send_append(peer, false);
-            }
-        }
+        // Tell the followers the new commit index.
+        self.broadcast_append();
     }
 
     /// Gathers the acknowledgements that certify `commit` (the followers' and the leader's
@@ -1337,12 +1328,11 @@ impl<K: KvStore, S: StateMachine> Raft<K, S> {
         let count = log_entries.len() as u64;
         match self.log.replicate(prev_index, prev_term, log_entries) {
             Ok(last_new) => {
+                // If the log ends here, everything after prev_index was replaced by these
+                // entries; if it is longer, it matched and its configurations stand.
                 if self.log.last_index() == last_new {
-                    // Anything after prev_index was replaced by these entries.
                     self.configs.retain(|(i, _)| *i <= prev_index);
                     self.configs.extend(configs);
-                } else if count > 0 {
-                    // The log was longer and matched: configurations are unchanged.
                 }
                 self.accept(from, last_new, commit.min(last_new), count > 0);
             }
@@ -1503,7 +1493,7 @@ impl<K: KvStore, S: StateMachine> Raft<K, S> {
                 if transfer_to == Some(from) && matched == self.log.last_index() {
                     self.send(from, RaftBody::TimeoutNow);
                 }
-                self.send_append(from, false);
+                self.send_append(from);
             }
             AppendResult::Rejected { rejected, hint_index, hint_term } => {
                 if rejected > last {
@@ -1533,7 +1523,7 @@ impl<K: KvStore, S: StateMachine> Raft<K, S> {
                     }
                     Flow::Snapshot { .. } => return,
                 }
-                self.send_append(from, false);
+                self.send_append(from);
             }
         }
     }
@@ -1578,13 +1568,13 @@ impl<K: KvStore, S: StateMachine> Raft<K, S> {
             }
             Flow::Probe { .. } => {
                 pr.flow = Flow::Probe { paused: false };
-                self.send_append(from, false);
+                self.send_append(from);
             }
             Flow::Replicate => {
                 if stuck && pr.matched < last {
                     let next = pr.matched + 1;
                     pr.probe(next);
-                    self.send_append(from, false);
+                    self.send_append(from);
                 }
             }
         }
@@ -1675,7 +1665,7 @@ impl<K: KvStore, S: StateMachine> Raft<K, S> {
             let next = index + 1;
             pr.probe(next);
             self.maybe_commit();
-            self.send_append(from, false);
+            self.send_append(from);
         } else {
             *offset = next_offset;
             self.send_snapshot_chunk(from);
