@@ -58,6 +58,7 @@ use thiserror::Error;
 
 use crate::encoding::{self, content_id};
 use crate::identity::{CrateSignable, sealed};
+use crate::sync::FederatedSyncStrategy;
 use crate::{
     BoxFuture, BranchName, CommitId, FederationId, NodeId, OrgId, Signable, Signed, Timestamp,
 };
@@ -223,20 +224,6 @@ pub enum ConsensusStrategy {
     },
 }
 
-/// How replicas of a federated branch are kept consistent.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[non_exhaustive]
-pub enum SyncStrategyKind {
-    /// Add-wins convergence of concurrent changes.
-    Crdt,
-    /// Changes applied in the order the group decides.
-    ConsensusOrdered,
-    /// Three-way merges with conflict resolution.
-    ThreeWayMerge,
-    /// A host-defined strategy, by name.
-    Custom(String),
-}
-
 /// Create a federated branch and its group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BranchCreation {
@@ -249,7 +236,7 @@ pub struct BranchCreation {
     /// The protocol its group decides with.
     pub consensus: ConsensusStrategy,
     /// How its replicas are kept consistent.
-    pub sync: SyncStrategyKind,
+    pub sync: FederatedSyncStrategy,
 }
 
 /// Merge the head of a branch of another group into this group's branch.
@@ -269,7 +256,7 @@ pub struct FederatedMerge {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SynchronizationPlan {
     /// The strategy.
-    pub strategy: SyncStrategyKind,
+    pub strategy: FederatedSyncStrategy,
     /// How often replicas reconcile, in milliseconds (0: on every change).
     pub interval_ms: u64,
 }

@@ -67,6 +67,7 @@ pub mod rdf;
 mod repo;
 pub mod snapshot;
 mod store;
+pub mod sync;
 mod term;
 #[cfg(feature = "testing")]
 pub mod testing;
