@@ -159,6 +159,30 @@ pub struct FederatedSyncResult {
     pub failures: Vec<(NodeId, String)>,
 }
 
+impl FederatedSyncResult {
+    /// A result of `strategy` at `consistency` with nothing moved yet.
+    pub fn new(
+        strategy: FederatedSyncStrategy,
+        consistency: ConsistencyLevel,
+        state_root: StateRoot,
+    ) -> Self {
+        Self {
+            strategy,
+            consistency,
+            nodes: Vec::new(),
+            state_root,
+            commits_sent: 0,
+            commits_received: 0,
+            triples_received: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
+            round_trips: 0,
+            elapsed: Duration::ZERO,
+            failures: Vec::new(),
+        }
+    }
+}
+
 /// What a replica holds now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -171,6 +195,13 @@ pub struct ReplicaStatus {
     pub commits: u64,
     /// How many triples its state holds.
     pub triples: u64,
+}
+
+impl ReplicaStatus {
+    /// A status with these values.
+    pub fn new(heads: Vec<CommitId>, state_root: StateRoot, commits: u64, triples: u64) -> Self {
+        Self { heads, state_root, commits, triples }
+    }
 }
 
 /// A sync operation failed. Each variant says whether anything changed.

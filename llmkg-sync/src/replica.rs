@@ -49,7 +49,8 @@
 //! commits that touched it, and per commit a version vector of one `u64` per author. The
 //! commits themselves are in the [`KvStore`]; opening a replica replays them.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use llmkg_federation_core::kv::{KvBatch, KvError, KvStore};
@@ -101,7 +102,7 @@ pub enum Received {
     /// The commit was applied, followed by these waiting commits it unblocked, in the order
     /// applied (the commit itself first).
     Applied(Vec<CommitId>),
-    /// The replica already held it; nothing changed.
+    /// The replica already held it (or it already waits for its parents); nothing changed.
     Known(CommitId),
     /// It waits for these parents (it was already waiting if they were asked for before).
     Pending {
@@ -355,7 +356,13 @@ pub struct Replica<K: KvStore> {
     /// Missing parent -> commits waiting for it.
     waiting_for: HashMap<CommitId, Vec<CommitId>>,
     metrics: ReplicaMetrics,
+    /// The change sets of the latest commits applied, by index (consecutive).
+    recent: VecDeque<(u32, Arc<ChangeSet>)>,
 }
+
+/// How many of the latest commits' change sets are kept in memory: the commits concurrent
+/// with a new one are almost always among them.
+const RECENT_CHANGES: usize = 1024;
 
 impl<K: KvStore> std::fmt::Debug for Replica<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -421,6 +428,7 @@ impl<K: KvStore> Replica<K> {
             waiting_bytes: 0,
             waiting_for: HashMap::new(),
             metrics: ReplicaMetrics::default(),
+            recent: VecDeque::new(),
         };
         replica.replay()?;
         Ok(replica)
@@ -617,15 +625,22 @@ impl<K: KvStore> Replica<K> {
         })
     }
 
-    /// Reads a held commit's change set back from the store (verified when it was admitted).
-    fn stored_changes(&self, i: u32) -> Result<ChangeSet, KvError> {
+    /// A held commit's change set: from the recent ones kept in memory, or read back from
+    /// the store (verified when it was admitted).
+    fn stored_changes(&self, i: u32) -> Result<Arc<ChangeSet>, KvError> {
+        if let Some((first, _)) = self.recent.front()
+            && let Some(offset) = i.checked_sub(*first)
+            && let Some((_, changes)) = self.recent.get(offset as usize)
+        {
+            return Ok(changes.clone());
+        }
         let key = commit_key(self.meta(i).arrival);
         let bytes = self.kv.get(&key)?.ok_or_else(|| {
             KvError::Io(std::io::Error::other("a held commit is missing from the store"))
         })?;
         let (commit, _) = postcard::take_from_bytes::<Commit>(&bytes)
             .map_err(|e| KvError::Io(std::io::Error::other(format!("stored commit: {e}"))))?;
-        Ok(commit.changes().clone())
+        Ok(Arc::new(commit.changes().clone()))
     }
 
     /// Verifies `commit` (parents all held) against the policy and rules. On success the
@@ -786,6 +801,10 @@ impl<K: KvStore> Replica<K> {
             arrival,
         });
         self.metrics.triples_applied += c.changes().len() as u64;
+        self.recent.push_back((i, Arc::new(c.changes().clone())));
+        if self.recent.len() > RECENT_CHANGES {
+            self.recent.pop_front();
+        }
         for t in c.changes().added() {
             match self.history.get_mut(&t.id()) {
                 Some(h) => h.push(i, true),
@@ -826,6 +845,15 @@ impl<K: KvStore> Replica<K> {
                 len: bytes.len(),
                 limit: self.config.max_commit_bytes,
             });
+        }
+        // A commit already held is recognized by its id before its signature is checked:
+        // repeated commits cost a hash, not a verification.
+        if let Ok((commit, _)) = postcard::take_from_bytes::<Commit>(bytes) {
+            let id = commit.id();
+            if self.index.contains_key(&id) || self.waiting.contains_key(&id) {
+                self.metrics.duplicates += 1;
+                return Ok(Received::Known(id));
+            }
         }
         let commit = SignedCommit::decode(bytes, None)?;
         let id = commit.id();

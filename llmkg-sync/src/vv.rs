@@ -137,7 +137,9 @@ mod tests {
         assert_eq!(encoding::decode::<VersionVector>(&bytes).ok(), Some(v.clone()));
         let mut entries: Vec<(NodeId, u64)> = v.into();
         entries.reverse();
-        assert!(encoding::decode::<VersionVector>(&encoding::try_encode(&entries).unwrap()).is_err());
+        assert!(
+            encoding::decode::<VersionVector>(&encoding::try_encode(&entries).unwrap()).is_err()
+        );
         let zero = vec![(node(1), 0u64)];
         assert!(encoding::decode::<VersionVector>(&encoding::try_encode(&zero).unwrap()).is_err());
     }

@@ -1,0 +1,640 @@
+//! The anti-entropy protocol: a sans-io core that keeps one [`Replica`] in step with its peers.
+//!
+//! ```text
+//!  every round (and after a local write), to `fanout` random peers:
+//!    A ── Summary { heads, root, reply: true } ──────────────────────────────► B
+//!    B: heads equal            → A ◄── Summary { reply: false }                 (in sync)
+//!    B holds all of A's heads  → A ◄── Batch … Batch (what A lacks, parents first)
+//!    B lacks one of A's heads  → A ◄── Need { B's version vector } ──► A streams to B
+//!    A ◄── Summary { B's heads, reply: false }: A runs the same three cases the other way
+//!
+//!  Batch { stream, seq, commits }  ──►   ◄── Ack { stream, seq }   (at most `window` unacked)
+//!  Want { ids }: ask for named commits (the missing parents of commits that arrived early)
+//! ```
+//!
+//! The heads of a replica summarize everything it holds (a replica holds the causal past of
+//! every commit it holds), so when B holds all of A's heads it knows exactly what A lacks
+//! — the commits outside their causal past — without any vector. Only when each side holds
+//! something the other lacks does a side send its version vector. Each node talks to
+//! `fanout` peers per round, never to all, so its cost per round does not grow with the
+//! federation; new commits spread epidemically in O(log n) rounds.
+//!
+//! Commits travel in batches bounded by the frame size, pipelined up to
+//! [`SyncConfig::window`] unacknowledged batches per peer; a stream that stops being
+//! acknowledged for [`SyncConfig::stream_timeout`] is dropped, and the next round works out
+//! again what the peer lacks. Every message names the replica set ([`GroupId`]); a message
+//! for another is dropped. Everything a peer controls is bounded: heads and wanted ids per
+//! message, commits per batch (and each commit by the replica's own limits).
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::time::Duration;
+
+use llmkg_federation_core::consensus::GroupId;
+use llmkg_federation_core::kv::KvStore;
+use llmkg_federation_core::{
+    ChangeSet, CommitId, HostInfo, LinkState, NodeId, Protocol, StateRoot, Time, Timestamp,
+    Transmit,
+};
+use rand::seq::IndexedRandom;
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::replica::{ReceiveError, Received, Replica, WriteError};
+use crate::vv::VersionVector;
+
+/// Most heads a summary carries; a replica with more sends its version vector instead.
+pub const MAX_SUMMARY_HEADS: usize = 64;
+/// Most commit ids a [`SyncBody::Want`] may name.
+pub const MAX_WANT: usize = 4096;
+/// Most commits in one batch.
+pub const MAX_BATCH_COMMITS: usize = 4096;
+
+/// Settings of the anti-entropy protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SyncConfig {
+    /// The replica set: messages name it, and messages of another are dropped.
+    pub group: GroupId,
+    /// Time between anti-entropy rounds. Default 200 ms.
+    pub round_interval: Duration,
+    /// Peers contacted per round and after each local write. Default 2.
+    pub fanout: usize,
+    /// Unacknowledged batches in flight to one peer. Default 4.
+    pub window: usize,
+    /// A stream with no acknowledgement for this long is dropped. Default 2 s.
+    pub stream_timeout: Duration,
+    /// Largest batch, in bytes of commit envelopes; the host's frame size caps it (at half a
+    /// frame). Default 1 MiB.
+    pub max_batch_bytes: usize,
+    /// The wall-clock time at `Time::ZERO`: the replica's wall clock is this plus the
+    /// monotonic time of the inputs (commit timestamps come from it).
+    pub wall_origin: Timestamp,
+}
+
+impl SyncConfig {
+    /// The defaults for replica set `group`, with the wall clock at `Time::ZERO` being
+    /// `wall_origin`.
+    pub fn new(group: GroupId, wall_origin: Timestamp) -> Self {
+        Self {
+            group,
+            round_interval: Duration::from_millis(200),
+            fanout: 2,
+            window: 4,
+            stream_timeout: Duration::from_secs(2),
+            max_batch_bytes: 1 << 20,
+            wall_origin,
+        }
+    }
+}
+
+/// A message between replicas of one set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncMessage {
+    /// The replica set.
+    pub group: GroupId,
+    /// What it says.
+    pub body: SyncBody,
+}
+
+/// The kinds of message (see the [module documentation](self)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum SyncBody {
+    /// The sender's heads (all of them, or `truncated`), root and size.
+    Summary {
+        /// Its heads, sorted (at most [`MAX_SUMMARY_HEADS`]).
+        heads: Vec<CommitId>,
+        /// True if it has more heads than listed.
+        truncated: bool,
+        /// Its state root.
+        root: StateRoot,
+        /// How many commits it holds.
+        commits: u64,
+        /// True if the receiver should answer with its own summary.
+        reply: bool,
+    },
+    /// Send me the commits this version vector does not cover.
+    Need {
+        /// What the sender holds.
+        vv: VersionVector,
+    },
+    /// Send me these commits.
+    Want {
+        /// Their ids (at most [`MAX_WANT`]).
+        ids: Vec<CommitId>,
+    },
+    /// Commits, parents first.
+    Batch {
+        /// The sender's stream to this receiver.
+        stream: u64,
+        /// The batch's number in the stream.
+        seq: u64,
+        /// Commit envelopes (at most [`MAX_BATCH_COMMITS`]).
+        commits: Vec<Vec<u8>>,
+    },
+    /// Batch `seq` of `stream` arrived.
+    Ack {
+        /// The stream.
+        stream: u64,
+        /// The batch.
+        seq: u64,
+    },
+}
+
+/// What the core reports to its host.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SyncEvent {
+    /// Commits from `from` were applied (in this order).
+    Applied {
+        /// Who sent them.
+        from: NodeId,
+        /// The commits.
+        ids: Vec<CommitId>,
+    },
+    /// A commit from `from` was refused; the replica did not change.
+    Refused {
+        /// Who sent it.
+        from: NodeId,
+        /// Why.
+        error: ReceiveError,
+    },
+    /// A message from `from` broke the protocol's bounds and was dropped.
+    Malformed {
+        /// Who sent it.
+        from: NodeId,
+        /// What was wrong.
+        reason: &'static str,
+    },
+}
+
+/// Counters of what the core has done. They only grow.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SyncMetrics {
+    /// Anti-entropy rounds run.
+    pub rounds: u64,
+    /// Summaries sent.
+    pub summaries_sent: u64,
+    /// Requests sent that expect an answer (summaries asking for a reply, needs, wants).
+    pub requests_sent: u64,
+    /// Version vectors sent.
+    pub vectors_sent: u64,
+    /// Batches sent.
+    pub batches_sent: u64,
+    /// Commits sent.
+    pub commits_sent: u64,
+    /// Commits received and applied.
+    pub commits_applied: u64,
+    /// Commits received that were already held.
+    pub duplicates_received: u64,
+    /// Commits received and refused.
+    pub commits_refused: u64,
+    /// Streams dropped for lack of acknowledgements.
+    pub streams_dropped: u64,
+    /// Messages dropped for breaking the bounds or naming another replica set.
+    pub messages_dropped: u64,
+}
+
+/// What is known of a peer.
+#[derive(Debug, Default)]
+struct Peer {
+    up: bool,
+    /// Its heads and root as it last reported them.
+    heads: Option<(Vec<CommitId>, bool, StateRoot)>,
+    /// The stream of commits to it, if one is running.
+    out: Option<Stream>,
+    next_stream: u64,
+    commits_sent: u64,
+    commits_received: u64,
+}
+
+#[derive(Debug)]
+struct Stream {
+    id: u64,
+    queue: VecDeque<CommitId>,
+    queued: HashSet<CommitId>,
+    next_seq: u64,
+    in_flight: BTreeMap<u64, usize>,
+    last_progress: Time,
+}
+
+/// The anti-entropy core for one replica (see the [module documentation](self)).
+pub struct SyncCore<K: KvStore> {
+    replica: Replica<K>,
+    config: SyncConfig,
+    rng: ChaCha8Rng,
+    peers: BTreeMap<NodeId, Peer>,
+    out: VecDeque<Transmit<SyncMessage>>,
+    events: VecDeque<SyncEvent>,
+    next_round: Option<Time>,
+    max_batch_bytes: usize,
+    now: Time,
+    metrics: SyncMetrics,
+}
+
+impl<K: KvStore> std::fmt::Debug for SyncCore<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncCore").field("replica", &self.replica).finish_non_exhaustive()
+    }
+}
+
+impl<K: KvStore> SyncCore<K> {
+    /// A core over `replica` that syncs with `peers` (more may join through
+    /// [`handle_peer`](Protocol::handle_peer)), with randomness from `seed`.
+    pub fn new(
+        replica: Replica<K>,
+        config: SyncConfig,
+        peers: impl IntoIterator<Item = NodeId>,
+        seed: u64,
+    ) -> Self {
+        let me = replica.node_id();
+        let peers = peers.into_iter().filter(|p| *p != me).map(|p| (p, Peer::default())).collect();
+        let max_batch_bytes = config.max_batch_bytes;
+        Self {
+            replica,
+            config,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            peers,
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+            next_round: None,
+            max_batch_bytes,
+            now: Time::ZERO,
+            metrics: SyncMetrics::default(),
+        }
+    }
+
+    /// The replica.
+    pub fn replica(&self) -> &Replica<K> {
+        &self.replica
+    }
+
+    /// The replica, mutably (for queries that cache, such as the state root).
+    pub fn replica_mut(&mut self) -> &mut Replica<K> {
+        &mut self.replica
+    }
+
+    /// What the core has done so far.
+    pub fn metrics(&self) -> &SyncMetrics {
+        &self.metrics
+    }
+
+    /// The wall clock at `now`.
+    pub fn wall(&self, now: Time) -> Timestamp {
+        let us = i64::try_from(now.as_micros()).unwrap_or(i64::MAX);
+        Timestamp::from_micros(self.config.wall_origin.as_micros().saturating_add(us))
+    }
+
+    /// Commits `changes` to the replica (durable when it returns) and tells `fanout` peers.
+    pub fn write(
+        &mut self,
+        now: Time,
+        changes: ChangeSet,
+        message: &str,
+    ) -> Result<CommitId, WriteError> {
+        self.now = now;
+        let commit = self.replica.write(self.wall(now), changes, message)?;
+        let targets = self.pick_peers(self.config.fanout);
+        for p in targets {
+            self.send_summary(p, true);
+        }
+        Ok(commit.id())
+    }
+
+    /// Asks `peers` (every known peer if empty) for their summaries now; they answer, and
+    /// the exchange that follows brings both sides up to date.
+    pub fn sync_now(&mut self, now: Time, peers: &[NodeId]) {
+        self.now = now;
+        let targets: Vec<NodeId> =
+            if peers.is_empty() { self.peers.keys().copied().collect() } else { peers.to_vec() };
+        for p in targets {
+            if self.peers.contains_key(&p) {
+                self.send_summary(p, true);
+            }
+        }
+    }
+
+    /// True if `peer` last reported exactly this replica's heads.
+    pub fn converged_with(&self, peer: &NodeId) -> bool {
+        let ours = self.replica.heads();
+        self.peers
+            .get(peer)
+            .and_then(|p| p.heads.as_ref())
+            .is_some_and(|(h, truncated, _)| !truncated && *h == ours)
+    }
+
+    /// The state root `peer` last reported.
+    pub fn peer_root(&self, peer: &NodeId) -> Option<StateRoot> {
+        self.peers.get(peer).and_then(|p| p.heads.as_ref()).map(|h| h.2)
+    }
+
+    /// Commits sent to and received from `peer` so far.
+    pub fn peer_counts(&self, peer: &NodeId) -> (u64, u64) {
+        self.peers.get(peer).map_or((0, 0), |p| (p.commits_sent, p.commits_received))
+    }
+
+    /// The peers known, sorted.
+    pub fn peers(&self) -> Vec<NodeId> {
+        self.peers.keys().copied().collect()
+    }
+
+    fn pick_peers(&mut self, n: usize) -> Vec<NodeId> {
+        let up: Vec<NodeId> = self.peers.iter().filter(|(_, p)| p.up).map(|(id, _)| *id).collect();
+        let pool = if up.is_empty() { self.peers.keys().copied().collect() } else { up };
+        pool.sample(&mut self.rng, n).copied().collect()
+    }
+
+    fn send(&mut self, to: NodeId, body: SyncBody) {
+        self.out
+            .push_back(Transmit { to, message: SyncMessage { group: self.config.group, body } });
+    }
+
+    fn send_summary(&mut self, to: NodeId, reply: bool) {
+        let mut heads = self.replica.heads();
+        let truncated = heads.len() > MAX_SUMMARY_HEADS;
+        heads.truncate(MAX_SUMMARY_HEADS);
+        let root = self.replica.state_root();
+        let commits = self.replica.len() as u64;
+        self.metrics.summaries_sent += 1;
+        if reply {
+            self.metrics.requests_sent += 1;
+        }
+        self.send(to, SyncBody::Summary { heads, truncated, root, commits, reply });
+    }
+
+    fn send_need(&mut self, to: NodeId) {
+        self.metrics.vectors_sent += 1;
+        self.metrics.requests_sent += 1;
+        let vv = self.replica.version_vector();
+        self.send(to, SyncBody::Need { vv });
+    }
+
+    /// Queues `ids` (parents first) for `to`, starting a stream if none is running.
+    fn stream_to(&mut self, to: NodeId, ids: Vec<CommitId>) {
+        if ids.is_empty() {
+            return;
+        }
+        let now = self.now;
+        let Some(peer) = self.peers.get_mut(&to) else { return };
+        if peer.out.is_none() {
+            peer.next_stream += 1;
+        }
+        let id = peer.next_stream;
+        let stream = peer.out.get_or_insert_with(|| Stream {
+            id,
+            queue: VecDeque::new(),
+            queued: HashSet::new(),
+            next_seq: 0,
+            in_flight: BTreeMap::new(),
+            last_progress: now,
+        });
+        for c in ids {
+            if stream.queued.insert(c) {
+                stream.queue.push_back(c);
+            }
+        }
+        self.pump(to);
+    }
+
+    /// Sends batches to `to` while the window has room.
+    fn pump(&mut self, to: NodeId) {
+        loop {
+            let limit = self.max_batch_bytes;
+            let window = self.config.window.max(1);
+            let Some(stream) = self.peers.get_mut(&to).and_then(|p| p.out.as_mut()) else { return };
+            if stream.in_flight.len() >= window {
+                return;
+            }
+            if stream.queue.is_empty() {
+                if stream.in_flight.is_empty()
+                    && let Some(p) = self.peers.get_mut(&to)
+                {
+                    p.out = None;
+                }
+                return;
+            }
+            let mut ids = Vec::new();
+            let mut bytes = 0usize;
+            while let Some(id) = stream.queue.front().copied() {
+                if ids.len() >= MAX_BATCH_COMMITS {
+                    break;
+                }
+                let Ok(Some(env)) = self.replica.commit_bytes(&id) else {
+                    stream.queue.pop_front();
+                    continue;
+                };
+                if !ids.is_empty() && bytes + env.len() > limit {
+                    break;
+                }
+                bytes += env.len();
+                ids.push(env);
+                stream.queue.pop_front();
+            }
+            if ids.is_empty() {
+                continue;
+            }
+            let (stream_id, seq) = (stream.id, stream.next_seq);
+            stream.next_seq += 1;
+            stream.in_flight.insert(seq, ids.len());
+            let n = ids.len() as u64;
+            self.metrics.batches_sent += 1;
+            self.metrics.commits_sent += n;
+            if let Some(p) = self.peers.get_mut(&to) {
+                p.commits_sent += n;
+            }
+            self.send(to, SyncBody::Batch { stream: stream_id, seq, commits: ids });
+        }
+    }
+
+    fn on_summary(
+        &mut self,
+        from: NodeId,
+        heads: Vec<CommitId>,
+        truncated: bool,
+        root: StateRoot,
+        reply: bool,
+    ) {
+        if heads.len() > MAX_SUMMARY_HEADS || heads.windows(2).any(|w| w[0] >= w[1]) {
+            self.malformed(from, "summary heads not sorted or too many");
+            return;
+        }
+        let ours = self.replica.heads();
+        let same = !truncated && heads == ours;
+        if let Some(p) = self.peers.get_mut(&from) {
+            p.heads = Some((heads.clone(), truncated, root));
+        }
+        if reply {
+            self.send_summary(from, false);
+        }
+        if same {
+            return;
+        }
+        match (truncated, self.replica.missing_for_heads(&heads)) {
+            (false, Some(missing)) => self.stream_to(from, missing),
+            _ => self.send_need(from),
+        }
+    }
+
+    fn on_batch(&mut self, from: NodeId, stream: u64, seq: u64, commits: Vec<Vec<u8>>) {
+        if commits.len() > MAX_BATCH_COMMITS {
+            self.malformed(from, "batch holds too many commits");
+            return;
+        }
+        let wall = self.wall(self.now);
+        let mut applied = Vec::new();
+        for bytes in &commits {
+            match self.replica.receive(wall, bytes) {
+                Ok(Received::Applied(ids)) => applied.extend(ids),
+                Ok(Received::Known(_)) => self.metrics.duplicates_received += 1,
+                Ok(Received::Pending { .. }) => {}
+                Err(error) => {
+                    self.metrics.commits_refused += 1;
+                    self.events.push_back(SyncEvent::Refused { from, error });
+                }
+            }
+        }
+        self.send(from, SyncBody::Ack { stream, seq });
+        self.after_applied(from, applied);
+        let wanted = self.replica.wanted();
+        if !wanted.is_empty() {
+            self.metrics.requests_sent += 1;
+            let ids = wanted.into_iter().take(MAX_WANT).collect();
+            self.send(from, SyncBody::Want { ids });
+        }
+    }
+
+    fn after_applied(&mut self, from: NodeId, applied: Vec<CommitId>) {
+        if applied.is_empty() {
+            return;
+        }
+        let n = applied.len() as u64;
+        self.metrics.commits_applied += n;
+        if let Some(p) = self.peers.get_mut(&from) {
+            p.commits_received += n;
+        }
+        self.events.push_back(SyncEvent::Applied { from, ids: applied });
+    }
+
+    fn on_ack(&mut self, from: NodeId, stream: u64, seq: u64) {
+        let now = self.now;
+        let Some(s) = self.peers.get_mut(&from).and_then(|p| p.out.as_mut()) else { return };
+        if s.id != stream || s.in_flight.remove(&seq).is_none() {
+            return;
+        }
+        s.last_progress = now;
+        self.pump(from);
+    }
+
+    fn malformed(&mut self, from: NodeId, reason: &'static str) {
+        self.metrics.messages_dropped += 1;
+        self.events.push_back(SyncEvent::Malformed { from, reason });
+    }
+
+    fn round(&mut self, now: Time) {
+        self.metrics.rounds += 1;
+        let targets = self.pick_peers(self.config.fanout);
+        for p in targets {
+            self.send_summary(p, true);
+        }
+        // Drop streams that stopped making progress.
+        let timeout = self.config.stream_timeout;
+        let stalled: Vec<NodeId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                p.out.as_ref().is_some_and(|s| now.saturating_since(s.last_progress) >= timeout)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stalled {
+            if let Some(p) = self.peers.get_mut(&id) {
+                p.out = None;
+                self.metrics.streams_dropped += 1;
+            }
+        }
+        let jitter = self.rng.random_range(0..=self.config.round_interval.as_micros() as u64 / 4);
+        self.next_round = Some(now + self.config.round_interval + Duration::from_micros(jitter));
+    }
+}
+
+impl<K: KvStore> Protocol for SyncCore<K> {
+    type Message = SyncMessage;
+    type Event = SyncEvent;
+
+    fn handle_start(&mut self, now: Time, host: HostInfo) {
+        self.now = now;
+        self.max_batch_bytes = self.config.max_batch_bytes.min(host.max_message_len / 2).max(1);
+        // Rounds start at a random offset so that nodes started together do not all talk at
+        // once.
+        let offset = self.rng.random_range(0..=self.config.round_interval.as_micros() as u64);
+        self.next_round = Some(now + Duration::from_micros(offset));
+    }
+
+    fn handle_peer(&mut self, now: Time, peer: NodeId, link: LinkState) {
+        self.now = now;
+        if peer == self.replica.node_id() {
+            return;
+        }
+        let p = self.peers.entry(peer).or_default();
+        p.up = link == LinkState::Up;
+        if !p.up {
+            // Batches in flight may be lost; the next round works out what is missing.
+            p.out = None;
+        }
+    }
+
+    fn handle_message(&mut self, now: Time, from: NodeId, message: SyncMessage) {
+        self.now = now;
+        if message.group != self.config.group {
+            self.metrics.messages_dropped += 1;
+            return;
+        }
+        if from == self.replica.node_id() {
+            return;
+        }
+        self.peers.entry(from).or_default();
+        match message.body {
+            SyncBody::Summary { heads, truncated, root, commits: _, reply } => {
+                self.on_summary(from, heads, truncated, root, reply)
+            }
+            SyncBody::Need { vv } => {
+                let missing = self.replica.missing_for_vv(&vv);
+                self.stream_to(from, missing);
+            }
+            SyncBody::Want { ids } => {
+                if ids.len() > MAX_WANT {
+                    self.malformed(from, "want names too many commits");
+                    return;
+                }
+                let held: Vec<CommitId> =
+                    ids.into_iter().filter(|id| self.replica.contains(id)).collect();
+                let mut held = held;
+                held.sort_by_key(|id| self.replica.generation(id));
+                self.stream_to(from, held);
+            }
+            SyncBody::Batch { stream, seq, commits } => self.on_batch(from, stream, seq, commits),
+            SyncBody::Ack { stream, seq } => self.on_ack(from, stream, seq),
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Time) {
+        self.now = now;
+        if self.next_round.is_some_and(|t| t <= now) {
+            self.round(now);
+        }
+    }
+
+    fn poll_transmit(&mut self) -> Option<Transmit<SyncMessage>> {
+        self.out.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<Time> {
+        self.next_round
+    }
+
+    fn poll_event(&mut self) -> Option<SyncEvent> {
+        self.events.pop_front()
+    }
+}
