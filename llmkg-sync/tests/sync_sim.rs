@@ -7,7 +7,7 @@
 //!
 //! `cargo test -p llmkg-sync --test sync_sim` runs 500 seeds (in several tests, so the
 //! harness spreads them over the cores). More: `LLMKG_SYNC_SEEDS=10000` (split the same way);
-//! one seed: `LLMKG_SYNC_SEED=1234`.
+//! one seed: `LLMKG_SYNC_SEED=1234` (with `LLMKG_SYNC_DEBUG=1` to print every replica's metrics).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -182,6 +182,10 @@ fn run_seed(seed: u64) -> Result<Outcome, String> {
                 (missing, core.replica_mut().state_root())
             })
             .unwrap();
+        if std::env::var("LLMKG_SYNC_DEBUG").is_ok() {
+            let m = sim.node(*id).unwrap().replica().metrics().clone();
+            eprintln!("{id:?}: {m:?} {:?}", sim.node(*id).unwrap().metrics());
+        }
         if missing > 0 {
             return Err(format!("{id:?} lacks {missing} acknowledged writes"));
         }
