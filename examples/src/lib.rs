@@ -5,4 +5,5 @@
 //! given `--json`.
 
 pub mod bench;
+pub mod reconcile;
 pub mod synthetic;

@@ -12,3 +12,5 @@
 //!   with conflict detection and resolution policies.
 //!
 //! Nothing here works yet; do not depend on it.
+
+pub mod riblt;
