@@ -5,5 +5,6 @@
 //! given `--json`.
 
 pub mod bench;
+pub mod reconcile;
 pub mod sync_cases;
 pub mod synthetic;

@@ -38,6 +38,7 @@ pub mod engine;
 pub mod hlc;
 pub mod protocol;
 pub mod replica;
+pub mod riblt;
 pub mod vv;
 
 /// The guide (`docs/guide-sync.md`), compiled and run as a doctest so its examples cannot
