@@ -31,9 +31,10 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -44,7 +45,7 @@ use llmkg_federation_core::sync::{
 };
 use llmkg_federation_core::{
     BoxFuture, ChangeSet, ChannelId, Clock, CommitId, CommitPolicy, KvStore, NodeId, NodeKeypair,
-    OrgId, SystemClock, Time, Timer, Timestamp, Transport,
+    OrgId, SystemClock, Time, Timer, Timestamp, Transport, Triple,
 };
 use llmkg_transport::{Driver, DriverConfig, DriverHandle};
 
@@ -133,6 +134,18 @@ struct Inner<K: KvStore + 'static> {
     timer: Arc<dyn Timer>,
     round: Duration,
     changed: event_listener::Event,
+    /// Finished state comparisons, by peer, until taken.
+    diffs: Mutex<HashMap<NodeId, StateDiff>>,
+}
+
+/// How this replica's state and a peer's differ (see [`EventualSync::compare_with`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StateDiff {
+    /// Triples only this replica's state holds, sorted.
+    pub only_here: Vec<Triple>,
+    /// Triples only the peer's state holds, sorted.
+    pub only_there: Vec<Triple>,
 }
 
 /// One node's eventually consistent replica of a branch, synchronized over a transport; see
@@ -197,7 +210,13 @@ impl<K: KvStore + 'static> EventualSync<K> {
         let core = SyncCore::new(replica, sync, peers, seed);
         let config = DriverConfig { channel, ..DriverConfig::default() };
         let (driver, handle) = Driver::with_config(core, transport, Arc::clone(&timer), config);
-        let inner = Arc::new(Inner { handle, timer, round, changed: event_listener::Event::new() });
+        let inner = Arc::new(Inner {
+            handle,
+            timer,
+            round,
+            changed: event_listener::Event::new(),
+            diffs: Mutex::new(HashMap::new()),
+        });
         let run = {
             let inner = Arc::clone(&inner);
             async move {
@@ -225,6 +244,28 @@ impl<K: KvStore + 'static> EventualSync<K> {
     /// The driver's counters (messages, bytes, decode failures).
     pub fn driver_stats(&self) -> llmkg_transport::DriverStats {
         self.inner.handle.stats()
+    }
+
+    /// Compares this replica's current state with `peer`'s, triple by triple, by set
+    /// reconciliation over triple ids (however the two states were built), and returns the
+    /// triples that differ; `None` if the comparison did not finish within `timeout` (the
+    /// peer is unreachable, or sent symbols that do not decode). Nothing is applied.
+    pub async fn compare_with(&self, peer: NodeId, timeout: Duration) -> Option<StateDiff> {
+        let take = || self.inner.diffs.lock().unwrap_or_else(|p| p.into_inner()).remove(&peer);
+        take();
+        self.inner.handle.call(|core, now| core.compare_with(now, peer));
+        let deadline = self.inner.timer.now() + timeout;
+        loop {
+            let listener = self.inner.changed.listen();
+            if let Some(d) = take() {
+                return Some(d);
+            }
+            if self.inner.timer.now() >= deadline {
+                return None;
+            }
+            let sleep = self.inner.timer.sleep_until(deadline);
+            let _ = futures_util::future::select(listener, sleep).await;
+        }
     }
 
     /// Waits until the replica holds `id` or `timeout` passes; true if it does.
@@ -335,9 +376,9 @@ impl<K: KvStore + 'static> EventualSync<K> {
 /// Drains the core's events and wakes whoever waits for the replica to change.
 async fn pump<K: KvStore + 'static>(inner: Arc<Inner<K>>) {
     while let Some(event) = inner.handle.next_event().await {
-        match event {
-            SyncEvent::Applied { .. } | SyncEvent::Refused { .. } | SyncEvent::Malformed { .. } => {
-            }
+        if let SyncEvent::StateDiff { peer, only_here, only_there } = event {
+            let mut diffs = inner.diffs.lock().unwrap_or_else(|p| p.into_inner());
+            diffs.insert(peer, StateDiff { only_here, only_there });
         }
         inner.changed.notify(usize::MAX);
     }

@@ -33,7 +33,7 @@ use llmkg_federation_core::consensus::GroupId;
 use llmkg_federation_core::kv::KvStore;
 use llmkg_federation_core::{
     ChangeSet, CommitId, HostInfo, LinkState, NodeId, Protocol, StateRoot, Time, Timestamp,
-    Transmit,
+    Transmit, Triple, TripleId,
 };
 use rand::seq::IndexedRandom;
 use rand::{RngExt, SeedableRng};
@@ -41,6 +41,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::replica::{ReceiveError, Received, Replica, WriteError};
+use crate::riblt;
 use crate::vv::VersionVector;
 
 /// Most heads a summary carries; a replica with more sends its version vector instead.
@@ -49,6 +50,10 @@ pub const MAX_SUMMARY_HEADS: usize = 64;
 pub const MAX_WANT: usize = 4096;
 /// Most commits in one batch.
 pub const MAX_BATCH_COMMITS: usize = 4096;
+/// Most triple ids one [`SyncBody::FetchTriples`] may name (and triples one answer carries).
+pub const MAX_FETCH: usize = 4096;
+/// Bytes of one coded symbol on the wire (see [`riblt`](crate::riblt)).
+const SYMBOL_BYTES: usize = 37;
 
 /// Settings of the anti-entropy protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,7 +63,8 @@ pub struct SyncConfig {
     pub group: GroupId,
     /// Time between anti-entropy rounds. Default 200 ms.
     pub round_interval: Duration,
-    /// Peers contacted per round and after each local write. Default 2.
+    /// Peers contacted per round and after each local write. Default 2; 0 turns
+    /// anti-entropy off (the replica only answers).
     pub fanout: usize,
     /// Unacknowledged batches in flight to one peer. Default 4.
     pub window: usize,
@@ -70,6 +76,12 @@ pub struct SyncConfig {
     /// The wall-clock time at `Time::ZERO`: the replica's wall clock is this plus the
     /// monotonic time of the inputs (commit timestamps come from it).
     pub wall_origin: Timestamp,
+    /// A replica whose version vector has more authors than this finds what it lacks by set
+    /// reconciliation over commit ids instead of sending the vector. Default 32.
+    pub vv_limit: usize,
+    /// Most differences a reconciliation session decodes before it gives up. Default
+    /// 250,000.
+    pub max_differences: usize,
 }
 
 impl SyncConfig {
@@ -84,6 +96,8 @@ impl SyncConfig {
             stream_timeout: Duration::from_secs(2),
             max_batch_bytes: 1 << 20,
             wall_origin,
+            vv_limit: 32,
+            max_differences: 250_000,
         }
     }
 }
@@ -140,6 +154,41 @@ pub enum SyncBody {
         /// The batch.
         seq: u64,
     },
+    /// A step of a set-reconciliation session over commit ids or triple ids (see
+    /// [`riblt`](crate::riblt)); the side that opened the session decodes.
+    Reconcile {
+        /// The session, chosen by the side that opened it.
+        session: u64,
+        /// Which ids are reconciled.
+        target: ReconcileTarget,
+        /// The step.
+        step: riblt::Message,
+    },
+    /// Send me these triples of your current state.
+    FetchTriples {
+        /// The state-comparison session.
+        session: u64,
+        /// Their ids (at most [`MAX_FETCH`]).
+        ids: Vec<TripleId>,
+    },
+    /// Triples of the sender's current state, answering [`SyncBody::FetchTriples`].
+    Triples {
+        /// The session.
+        session: u64,
+        /// The triples the sender holds among those asked for.
+        triples: Vec<Triple>,
+    },
+}
+
+/// Which ids a reconciliation session compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReconcileTarget {
+    /// The commits each replica holds: finds what each lacks when version vectors are too
+    /// large to send.
+    Commits,
+    /// The triples of each replica's current state: compares two states however they were
+    /// built (see [`SyncCore::compare_with`]).
+    Triples,
 }
 
 /// What the core reports to its host.
@@ -159,6 +208,24 @@ pub enum SyncEvent {
         from: NodeId,
         /// Why.
         error: ReceiveError,
+    },
+    /// A state comparison ([`SyncCore::compare_with`]) finished: the triples only this
+    /// replica's state holds, and those only the peer's holds.
+    StateDiff {
+        /// The peer compared with.
+        peer: NodeId,
+        /// Triples in this replica's state and not in the peer's, sorted.
+        only_here: Vec<Triple>,
+        /// Triples in the peer's state and not in this replica's, sorted.
+        only_there: Vec<Triple>,
+    },
+    /// A reconciliation session with `peer` failed (the peer sent symbols that do not
+    /// decode within the limits); nothing changed and the session was dropped.
+    ReconcileFailed {
+        /// The peer.
+        peer: NodeId,
+        /// Why.
+        error: riblt::SessionError,
     },
     /// A message from `from` broke the protocol's bounds and was dropped.
     Malformed {
@@ -181,6 +248,8 @@ pub struct SyncMetrics {
     pub requests_sent: u64,
     /// Version vectors sent.
     pub vectors_sent: u64,
+    /// Reconciliation sessions opened.
+    pub reconciliations: u64,
     /// Batches sent.
     pub batches_sent: u64,
     /// Commits sent.
@@ -208,6 +277,48 @@ struct Peer {
     next_stream: u64,
     commits_sent: u64,
     commits_received: u64,
+    /// The reconciliation session this node opened with the peer, if any.
+    asking: Option<Asking>,
+    /// The reconciliation session the peer opened with this node, if any.
+    answering: Option<Answering>,
+}
+
+struct Asking {
+    session: u64,
+    target: ReconcileTarget,
+    requester: riblt::Requester,
+    started: Time,
+    /// For a state comparison: what only this side holds, and the ids still to fetch.
+    only_here: Vec<Triple>,
+    to_fetch: Vec<TripleId>,
+    only_there: Vec<Triple>,
+    /// The ids of the fetch in flight.
+    fetching: HashSet<TripleId>,
+}
+
+struct Answering {
+    session: u64,
+    target: ReconcileTarget,
+    responder: riblt::Responder,
+    started: Time,
+}
+
+impl std::fmt::Debug for Asking {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Asking")
+            .field("session", &self.session)
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Answering {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Answering")
+            .field("session", &self.session)
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -473,6 +584,9 @@ impl<K: KvStore> SyncCore<K> {
         }
         match (truncated, self.replica.missing_for_heads(&heads)) {
             (false, Some(missing)) => self.stream_to(from, missing),
+            _ if self.replica.authors() > self.config.vv_limit => {
+                self.open_session(from, ReconcileTarget::Commits)
+            }
             _ => self.send_need(from),
         }
     }
@@ -527,6 +641,255 @@ impl<K: KvStore> SyncCore<K> {
         self.pump(from);
     }
 
+    /// Compares this replica's current state with `peer`'s, triple by triple, by set
+    /// reconciliation over triple ids — however the two states were built (two
+    /// organizations that imported the same vocabulary separately, say). The answer is a
+    /// [`SyncEvent::StateDiff`]; nothing is applied. A comparison already running with the
+    /// peer is replaced.
+    pub fn compare_with(&mut self, now: Time, peer: NodeId) {
+        self.now = now;
+        self.open_session(peer, ReconcileTarget::Triples);
+    }
+
+    fn local_ids(&self, target: ReconcileTarget) -> Vec<riblt::Id> {
+        match target {
+            ReconcileTarget::Commits => self.replica.ids().map(|c| *c.as_bytes()).collect(),
+            ReconcileTarget::Triples => self
+                .replica
+                .state()
+                .merkle()
+                .entries()
+                .into_iter()
+                .map(|(id, _)| *id.as_bytes())
+                .collect(),
+        }
+    }
+
+    fn limits(&self) -> riblt::DecodeLimits {
+        riblt::DecodeLimits::for_differences(self.config.max_differences)
+    }
+
+    fn open_session(&mut self, peer: NodeId, target: ReconcileTarget) {
+        if !self.peers.contains_key(&peer) {
+            return;
+        }
+        if target == ReconcileTarget::Commits
+            && self.peers.get(&peer).and_then(|p| p.asking.as_ref()).is_some()
+        {
+            // One at a time; the running one will find the same commits.
+            return;
+        }
+        let session = self.rng.random::<u64>();
+        let requester = riblt::Requester::new(session, self.local_ids(target), self.limits());
+        let step = requester.open();
+        let asking = Asking {
+            session,
+            target,
+            requester,
+            started: self.now,
+            only_here: Vec::new(),
+            to_fetch: Vec::new(),
+            only_there: Vec::new(),
+            fetching: HashSet::new(),
+        };
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.asking = Some(asking);
+        }
+        self.metrics.requests_sent += 1;
+        self.metrics.reconciliations += 1;
+        self.send(peer, SyncBody::Reconcile { session, target, step });
+    }
+
+    /// Most symbols one message may carry.
+    fn symbols_per_message(&self) -> u64 {
+        (self.max_batch_bytes / SYMBOL_BYTES).max(1) as u64
+    }
+
+    fn on_reconcile(
+        &mut self,
+        from: NodeId,
+        session: u64,
+        target: ReconcileTarget,
+        step: riblt::Message,
+    ) {
+        match step {
+            riblt::Message::Open { .. } => {
+                let ids = self.local_ids(target);
+                let cap = self.symbols_per_message();
+                let max = self.limits().max_symbols as u64;
+                match riblt::Responder::accept(ids, &step, max) {
+                    Ok((responder, reply)) => {
+                        let reply = clamp_symbols(reply, cap);
+                        if let Some(p) = self.peers.get_mut(&from) {
+                            p.answering =
+                                Some(Answering { session, target, responder, started: self.now });
+                        }
+                        self.send(from, SyncBody::Reconcile { session, target, step: reply });
+                    }
+                    Err(_) => self.malformed(from, "reconciliation opened with a malformed sketch"),
+                }
+            }
+            riblt::Message::More { count } => {
+                let cap = self.symbols_per_message();
+                let Some(a) = self.peers.get_mut(&from).and_then(|p| p.answering.as_mut()) else {
+                    return;
+                };
+                if a.session != session {
+                    return;
+                }
+                let step = riblt::Message::More { count: count.min(cap) };
+                match a.responder.handle(&step) {
+                    Ok(Some(reply)) => {
+                        self.send(from, SyncBody::Reconcile { session, target, step: reply })
+                    }
+                    Ok(None) => {}
+                    Err(_) => {
+                        if let Some(p) = self.peers.get_mut(&from) {
+                            p.answering = None;
+                        }
+                        self.malformed(from, "reconciliation asked past its limit");
+                    }
+                }
+            }
+            riblt::Message::Done => {
+                if let Some(p) = self.peers.get_mut(&from)
+                    && p.answering.as_ref().is_some_and(|a| a.session == session)
+                {
+                    p.answering = None;
+                }
+            }
+            riblt::Message::Symbols { .. } => self.on_symbols(from, session, step),
+        }
+    }
+
+    fn on_symbols(&mut self, from: NodeId, session: u64, step: riblt::Message) {
+        let Some(a) = self.peers.get_mut(&from).and_then(|p| p.asking.as_mut()) else { return };
+        if a.session != session {
+            return;
+        }
+        let target = a.target;
+        match a.requester.handle(&step) {
+            Ok(riblt::Message::Done) => {
+                let diff = a.requester.differences().unwrap_or(riblt::Differences {
+                    remote_only: Vec::new(),
+                    local_only: Vec::new(),
+                });
+                self.send(
+                    from,
+                    SyncBody::Reconcile { session, target, step: riblt::Message::Done },
+                );
+                self.reconciled(from, target, diff);
+            }
+            Ok(next) => {
+                self.metrics.requests_sent += 1;
+                self.send(from, SyncBody::Reconcile { session, target, step: next });
+            }
+            Err(error) => {
+                if let Some(p) = self.peers.get_mut(&from) {
+                    p.asking = None;
+                }
+                self.events.push_back(SyncEvent::ReconcileFailed { peer: from, error });
+            }
+        }
+    }
+
+    /// A session decoded: act on the differences.
+    fn reconciled(&mut self, from: NodeId, target: ReconcileTarget, diff: riblt::Differences) {
+        match target {
+            ReconcileTarget::Commits => {
+                if let Some(p) = self.peers.get_mut(&from) {
+                    p.asking = None;
+                }
+                let mut theirs: Vec<CommitId> =
+                    diff.remote_only.iter().map(|id| CommitId::from_bytes(*id)).collect();
+                theirs.truncate(MAX_WANT);
+                if !theirs.is_empty() {
+                    self.metrics.requests_sent += 1;
+                    self.send(from, SyncBody::Want { ids: theirs });
+                }
+                let mut ours: Vec<CommitId> = diff
+                    .local_only
+                    .iter()
+                    .map(|id| CommitId::from_bytes(*id))
+                    .filter(|id| self.replica.contains(id))
+                    .collect();
+                ours.sort_by_key(|id| self.replica.generation(id));
+                self.stream_to(from, ours);
+            }
+            ReconcileTarget::Triples => {
+                let mut only_here: Vec<Triple> = diff
+                    .local_only
+                    .iter()
+                    .filter_map(|id| self.replica.state().get_by_id(&TripleId::from_bytes(*id)))
+                    .map(|t| t.to_triple())
+                    .collect();
+                only_here.sort();
+                let to_fetch: Vec<TripleId> =
+                    diff.remote_only.iter().map(|id| TripleId::from_bytes(*id)).collect();
+                if let Some(a) = self.peers.get_mut(&from).and_then(|p| p.asking.as_mut()) {
+                    a.only_here = only_here;
+                    a.to_fetch = to_fetch;
+                }
+                self.fetch_more(from);
+            }
+        }
+    }
+
+    /// Asks for the next triples of a comparison, or reports it when all arrived.
+    fn fetch_more(&mut self, from: NodeId) {
+        let Some(a) = self.peers.get_mut(&from).and_then(|p| p.asking.as_mut()) else { return };
+        if !a.fetching.is_empty() {
+            return;
+        }
+        if a.to_fetch.is_empty() {
+            let Some(a) = self.peers.get_mut(&from).and_then(|p| p.asking.take()) else { return };
+            let mut only_there = a.only_there;
+            only_there.sort();
+            self.events.push_back(SyncEvent::StateDiff {
+                peer: from,
+                only_here: a.only_here,
+                only_there,
+            });
+            return;
+        }
+        let n = a.to_fetch.len().min(MAX_FETCH);
+        let ids: Vec<TripleId> = a.to_fetch.drain(..n).collect();
+        a.fetching = ids.iter().copied().collect();
+        let session = a.session;
+        self.metrics.requests_sent += 1;
+        self.send(from, SyncBody::FetchTriples { session, ids });
+    }
+
+    fn on_fetch_triples(&mut self, from: NodeId, session: u64, ids: Vec<TripleId>) {
+        if ids.len() > MAX_FETCH {
+            self.malformed(from, "fetch names too many triples");
+            return;
+        }
+        let triples = ids
+            .iter()
+            .filter_map(|id| self.replica.state().get_by_id(id))
+            .map(|t| t.to_triple())
+            .collect();
+        self.send(from, SyncBody::Triples { session, triples });
+    }
+
+    fn on_triples(&mut self, from: NodeId, session: u64, triples: Vec<Triple>) {
+        let Some(a) = self.peers.get_mut(&from).and_then(|p| p.asking.as_mut()) else { return };
+        if a.session != session || a.target != ReconcileTarget::Triples || a.fetching.is_empty() {
+            return;
+        }
+        if triples.len() > a.fetching.len() {
+            self.malformed(from, "more triples than asked for");
+            return;
+        }
+        // Keep only triples that were asked for, each once: a peer cannot add others.
+        let asked = std::mem::take(&mut a.fetching);
+        let mut seen = HashSet::new();
+        a.only_there
+            .extend(triples.into_iter().filter(|t| asked.contains(&t.id()) && seen.insert(t.id())));
+        self.fetch_more(from);
+    }
+
     fn malformed(&mut self, from: NodeId, reason: &'static str) {
         self.metrics.messages_dropped += 1;
         self.events.push_back(SyncEvent::Malformed { from, reason });
@@ -552,6 +915,16 @@ impl<K: KvStore> SyncCore<K> {
             if let Some(p) = self.peers.get_mut(&id) {
                 p.out = None;
                 self.metrics.streams_dropped += 1;
+            }
+        }
+        // Reconciliation sessions that stopped making progress go too.
+        for p in self.peers.values_mut() {
+            if p.asking.as_ref().is_some_and(|a| now.saturating_since(a.started) >= timeout * 4) {
+                p.asking = None;
+            }
+            if p.answering.as_ref().is_some_and(|a| now.saturating_since(a.started) >= timeout * 4)
+            {
+                p.answering = None;
             }
         }
         let jitter = self.rng.random_range(0..=self.config.round_interval.as_micros() as u64 / 4);
@@ -616,6 +989,11 @@ impl<K: KvStore> Protocol for SyncCore<K> {
             }
             SyncBody::Batch { stream, seq, commits } => self.on_batch(from, stream, seq, commits),
             SyncBody::Ack { stream, seq } => self.on_ack(from, stream, seq),
+            SyncBody::Reconcile { session, target, step } => {
+                self.on_reconcile(from, session, target, step)
+            }
+            SyncBody::FetchTriples { session, ids } => self.on_fetch_triples(from, session, ids),
+            SyncBody::Triples { session, triples } => self.on_triples(from, session, triples),
         }
     }
 
@@ -636,5 +1014,17 @@ impl<K: KvStore> Protocol for SyncCore<K> {
 
     fn poll_event(&mut self) -> Option<SyncEvent> {
         self.events.pop_front()
+    }
+}
+
+/// Caps the symbols of a responder's reply to what one message may carry (the requester
+/// asks again for the rest).
+fn clamp_symbols(reply: riblt::Message, cap: u64) -> riblt::Message {
+    match reply {
+        riblt::Message::Symbols { estimate, mut symbols } => {
+            symbols.truncate(usize::try_from(cap).unwrap_or(usize::MAX));
+            riblt::Message::Symbols { estimate, symbols }
+        }
+        other => other,
     }
 }

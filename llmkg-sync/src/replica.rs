@@ -536,6 +536,11 @@ impl<K: KvStore> Replica<K> {
         &self.metrics
     }
 
+    /// Number of authors whose commits are held (the length of the version vector).
+    pub fn authors(&self) -> usize {
+        self.authors.len()
+    }
+
     /// Per author, how many of its commits are held.
     pub fn version_vector(&self) -> VersionVector {
         let mut v = VersionVector::new();
