@@ -11,10 +11,11 @@ use llmkg_federation_core::{
     Protocol, SignedCommit, StateRoot, Term, Time, Timestamp, Transmit, Triple,
 };
 use llmkg_sync::protocol::{
-    MAX_BATCH_COMMITS, MAX_SUMMARY_HEADS, MAX_WANT, SyncBody, SyncConfig, SyncCore, SyncEvent,
-    SyncMessage,
+    MAX_BATCH_COMMITS, MAX_SUMMARY_HEADS, MAX_WANT, ReconcileTarget, SyncBody, SyncConfig,
+    SyncCore, SyncEvent, SyncMessage,
 };
 use llmkg_sync::replica::{ReceiveError, Replica, ReplicaConfig, RuleViolation};
+use llmkg_sync::riblt;
 
 const WALL: i64 = 1_700_000_000_000_000;
 
@@ -269,4 +270,146 @@ fn a_stream_to_a_silent_peer_is_dropped_and_resumed_by_the_next_round() {
         drain(&mut c);
     }
     assert!(c.metrics().streams_dropped >= 1);
+}
+
+fn reconcile(session: u64, target: ReconcileTarget, step: riblt::Message) -> SyncMessage {
+    SyncMessage { group: group(), body: SyncBody::Reconcile { session, target, step } }
+}
+
+#[test]
+fn hostile_reconciliation_steps_are_bounded_and_refused() {
+    let mut c = core(ReplicaConfig::default());
+    let from = attacker().node_id();
+    for i in 0..10 {
+        c.write(Time::ZERO, ChangeSet::adding([triple(i)]), "w").unwrap();
+    }
+    drain(&mut c);
+    let before = snapshot(&mut c);
+    // Symbols nobody asked for, and steps of sessions that do not exist: ignored.
+    let junk =
+        riblt::Message::Symbols { estimate: 5, symbols: vec![riblt::CodedSymbol::EMPTY; 10] };
+    c.handle_message(Time::ZERO, from, reconcile(1, ReconcileTarget::Commits, junk.clone()));
+    c.handle_message(
+        Time::ZERO,
+        from,
+        reconcile(1, ReconcileTarget::Triples, riblt::Message::More { count: 5 }),
+    );
+    c.handle_message(
+        Time::ZERO,
+        from,
+        reconcile(1, ReconcileTarget::Commits, riblt::Message::Done),
+    );
+    assert!(drain(&mut c).0.is_empty());
+    // An opening with a sketch of the wrong size is malformed.
+    let bad = riblt::Message::Open {
+        salt: 1,
+        sketch: riblt::Sketch { set_size: 3, buckets: vec![1, 2, 3] },
+    };
+    c.handle_message(Time::ZERO, from, reconcile(2, ReconcileTarget::Triples, bad));
+    let (out, events) = drain(&mut c);
+    assert!(out.is_empty());
+    assert!(matches!(events.as_slice(), [SyncEvent::Malformed { .. }]));
+    // A valid opening is answered with symbols, bounded by the frame; asking again and
+    // again for more stops at the session limit, and opening again replaces the session.
+    let open = riblt::Requester::new(9, Vec::new(), riblt::DecodeLimits::default()).open();
+    c.handle_message(Time::ZERO, from, reconcile(3, ReconcileTarget::Commits, open.clone()));
+    let (out, _) = drain(&mut c);
+    assert!(matches!(
+        &out[..],
+        [Transmit {
+            message: SyncMessage {
+                body: SyncBody::Reconcile { step: riblt::Message::Symbols { .. }, .. },
+                ..
+            },
+            ..
+        }]
+    ));
+    let mut symbols = 0usize;
+    let mut malformed = 0;
+    for _ in 0..100 {
+        c.handle_message(
+            Time::ZERO,
+            from,
+            reconcile(3, ReconcileTarget::Commits, riblt::Message::More { count: u64::MAX }),
+        );
+        let (out, events) = drain(&mut c);
+        for t in &out {
+            if let SyncBody::Reconcile {
+                step: riblt::Message::Symbols { symbols: s, .. }, ..
+            } = &t.message.body
+            {
+                assert!(s.len() * 37 <= (16 << 20) / 2 + 37, "one reply stays within half a frame");
+                symbols += s.len();
+            }
+        }
+        malformed += events.iter().filter(|e| matches!(e, SyncEvent::Malformed { .. })).count();
+        if malformed > 0 {
+            break;
+        }
+    }
+    assert!(malformed == 1, "the session ends at its limit");
+    assert!(symbols <= riblt::DecodeLimits::default().max_symbols);
+    c.handle_message(Time::ZERO, from, reconcile(4, ReconcileTarget::Commits, open));
+    assert_eq!(drain(&mut c).0.len(), 1);
+    assert_eq!(snapshot(&mut c), before);
+}
+
+#[test]
+fn a_peer_cannot_slip_unasked_triples_into_a_comparison() {
+    let mut c = core(ReplicaConfig::default());
+    let peer = attacker().node_id();
+    c.write(Time::ZERO, ChangeSet::adding([triple(1), triple(2)]), "w").unwrap();
+    drain(&mut c);
+    c.compare_with(Time::ZERO, peer);
+    let (out, _) = drain(&mut c);
+    let (session, open) = match &out[..] {
+        [
+            Transmit {
+                message: SyncMessage { body: SyncBody::Reconcile { session, step, .. }, .. },
+                ..
+            },
+        ] => (*session, step.clone()),
+        other => panic!("{other:?}"),
+    };
+    // The honest peer holds triple 1 and triple 3: it answers with its symbols.
+    let theirs = [triple(1), triple(3)];
+    let (_, reply) =
+        riblt::Responder::accept(theirs.iter().map(|t| *t.id().as_bytes()), &open, 1 << 20)
+            .unwrap();
+    c.handle_message(Time::ZERO, peer, reconcile(session, ReconcileTarget::Triples, reply));
+    let (out, _) = drain(&mut c);
+    let asked = out
+        .iter()
+        .find_map(|t| match &t.message.body {
+            SyncBody::FetchTriples { ids, .. } => Some(ids.clone()),
+            _ => None,
+        })
+        .expect("asks for the triples only the peer has");
+    assert_eq!(asked, vec![triple(3).id()]);
+    // More triples than asked for: malformed, dropped, the fetch still waits.
+    let answer = SyncMessage {
+        group: group(),
+        body: SyncBody::Triples { session, triples: vec![triple(3), triple(99)] },
+    };
+    c.handle_message(Time::ZERO, peer, answer);
+    let (_, events) = drain(&mut c);
+    assert!(matches!(events.as_slice(), [SyncEvent::Malformed { .. }]), "{events:?}");
+    // One triple, but not the one asked for: dropped; the comparison ends without it.
+    let answer = SyncMessage {
+        group: group(),
+        body: SyncBody::Triples { session, triples: vec![triple(99)] },
+    };
+    c.handle_message(Time::ZERO, peer, answer);
+    let (_, events) = drain(&mut c);
+    let (here, there) = events
+        .iter()
+        .find_map(|e| match e {
+            SyncEvent::StateDiff { only_here, only_there, .. } => {
+                Some((only_here.clone(), only_there.clone()))
+            }
+            _ => None,
+        })
+        .expect("the comparison ends");
+    assert_eq!(here, vec![triple(2)]);
+    assert!(there.is_empty(), "an unasked triple is dropped: {there:?}");
 }
