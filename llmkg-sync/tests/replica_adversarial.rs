@@ -642,6 +642,14 @@ fn reopening_from_the_store_gives_the_same_replica() {
     let mut peer = observer(20, &[f.a1.encode(), f.b1.encode(), f.a2.encode(), mine.encode()]);
     assert!(matches!(peer.receive(ts(WALL), next.as_bytes()).unwrap(), Received::Applied(_)));
     assert_eq!(peer.state_root(), reopened.state_root());
+    // What it stored after the restart is kept with the rest: a second restart sees it all.
+    let mut after_write = observe(&mut reopened, &f.kv);
+    let mut third =
+        Replica::open(f.kv.clone(), keypair(10), org(), ReplicaConfig::default()).unwrap();
+    after_write.pending = 0;
+    assert_eq!(observe(&mut third, &f.kv), after_write);
+    assert_eq!(scan_all(&f.kv).len(), third.len());
+    assert_eq!(third.len(), 5);
 }
 
 proptest! {

@@ -437,6 +437,16 @@ impl Sim {
                 oracle_heads(&self.commits, &self.held[i]),
                 "replica {i}: heads"
             );
+            // The version vector counts, per author, the commits held.
+            let mut vv = llmkg_sync::vv::VersionVector::new();
+            let mut counts: BTreeMap<NodeId, u64> = BTreeMap::new();
+            for c in &self.held[i] {
+                *counts.entry(self.commits[c].author).or_default() += 1;
+            }
+            for (a, n) in counts {
+                vv.observe(a, n);
+            }
+            assert_eq!(self.reps[i].version_vector(), vv, "replica {i}: version vector");
             // ids() is in applied order: parents first.
             let mut seen = BTreeSet::new();
             for id in self.reps[i].ids() {
