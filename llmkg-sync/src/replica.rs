@@ -887,15 +887,22 @@ impl<K: KvStore> Replica<K> {
             }
             return Ok(Received::Pending { id, missing });
         }
-        self.apply_new(wall, commit)?;
+        self.apply_new(Some(wall), commit)?;
         let mut applied = vec![id];
         self.release_waiting(wall, id, &mut applied);
         Ok(Received::Applied(applied))
     }
 
-    /// Stores and installs a commit whose parents are held.
-    fn apply_new(&mut self, wall: Timestamp, commit: SignedCommit) -> Result<(), ReceiveError> {
-        let admitted = self.admit(Some(wall), commit)?;
+    /// Stores and installs a commit whose parents are held. `wall` is the local wall clock a
+    /// received commit's stamp may not run too far ahead of; `None` for a local write, whose
+    /// stamp the hybrid logical clock set (it may lawfully run further ahead of the wall: it
+    /// follows the parents' and the replica's own latest stamp).
+    fn apply_new(
+        &mut self,
+        wall: Option<Timestamp>,
+        commit: SignedCommit,
+    ) -> Result<(), ReceiveError> {
+        let admitted = self.admit(wall, commit)?;
         let arrival = self.next_arrival;
         if let Err(e) =
             self.kv.write(KvBatch::new().put(commit_key(arrival), admitted.commit.as_bytes()))
@@ -924,7 +931,7 @@ impl<K: KvStore> Replica<K> {
                 }
                 let Some(w) = self.waiting.remove(&child) else { continue };
                 self.waiting_bytes = self.waiting_bytes.saturating_sub(w.commit.as_bytes().len());
-                if self.apply_new(wall, w.commit).is_ok() {
+                if self.apply_new(Some(wall), w.commit).is_ok() {
                     applied.push(child);
                     ready.push(child);
                 } else {
@@ -990,8 +997,9 @@ impl<K: KvStore> Replica<K> {
         )?;
         let signed = SignedCommit::sign_with(self.signer.as_ref(), commit)?;
         self.policy.check(&signed).map_err(|r| WriteError::Refused(Box::new(r)))?;
-        // Our own commit follows the rules by construction; admitting it checks that too.
-        match self.apply_new(wall, signed.clone()) {
+        // Our own commit follows the rules by construction; admitting it checks that too,
+        // except the tolerance for stamps ahead of the wall clock, which is for peers' stamps.
+        match self.apply_new(None, signed.clone()) {
             Ok(()) => {
                 self.metrics.applied -= 1;
                 self.metrics.written += 1;
