@@ -170,7 +170,13 @@ pub fn sync_batching(commits: usize) -> Case {
 
 type SimNode = SyncCore<Disk>;
 
-fn sim(seed: u64, nodes: usize, link: LinkConfig, max_batch_bytes: usize) -> Sim<SimNode> {
+fn sim(
+    seed: u64,
+    nodes: usize,
+    link: LinkConfig,
+    max_batch_bytes: usize,
+    vv_limit: Option<usize>,
+) -> Sim<SimNode> {
     SimBuilder::new(seed)
         .nodes(nodes)
         .default_link(link)
@@ -182,6 +188,9 @@ fn sim(seed: u64, nodes: usize, link: LinkConfig, max_batch_bytes: usize) -> Sim
             let mut config = SyncConfig::new(group(), Timestamp::from_micros(WALL));
             config.round_interval = Duration::from_millis(100);
             config.max_batch_bytes = max_batch_bytes;
+            if let Some(limit) = vv_limit {
+                config.vv_limit = limit;
+            }
             SyncCore::new(replica, config, ctx.peers(), ctx.seed)
         })
         .unwrap()
@@ -207,8 +216,13 @@ fn run_to_convergence(sim: &mut Sim<SimNode>, limit: Duration) -> Duration {
 /// against shipping the whole state (its triples, canonically encoded).
 pub fn sync_bandwidth(triples: u64, diff_per_mille: u64) -> Case {
     let per_commit = 10_000u64;
-    let mut s =
-        sim(1, 2, LinkConfig::with_latency(Latency::Fixed(Duration::from_millis(5))), 1 << 20);
+    let mut s = sim(
+        1,
+        2,
+        LinkConfig::with_latency(Latency::Fixed(Duration::from_millis(5))),
+        1 << 20,
+        None,
+    );
     let ids = s.node_ids().to_vec();
     // Node 0 builds the branch; node 1 catches up before the measured part.
     let built = Instant::now();
@@ -262,13 +276,20 @@ pub fn sync_bandwidth(triples: u64, diff_per_mille: u64) -> Case {
 
 /// `sync-scaling`: every node of `nodes` writes `writes_per_node` commits at random times in
 /// the first second (lossless links, 1–20 ms); messages and bytes sent until every replica
-/// holds every write, per node and per write.
-pub fn sync_scaling(nodes: usize, writes_per_node: usize, seed: u64) -> Case {
+/// holds every write, per node and per write. `vv_limit` overrides the protocol's choice
+/// between version vectors and reconciliation over commit ids (`Some(0)` forces
+/// reconciliation).
+pub fn sync_scaling(
+    nodes: usize,
+    writes_per_node: usize,
+    seed: u64,
+    vv_limit: Option<usize>,
+) -> Case {
     let link = LinkConfig::with_latency(Latency::Uniform {
         min: Duration::from_millis(1),
         max: Duration::from_millis(20),
     });
-    let mut s = sim(seed, nodes, link, 1 << 20);
+    let mut s = sim(seed, nodes, link, 1 << 20, vv_limit);
     let ids = s.node_ids().to_vec();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut plan: Vec<(u64, usize)> = Vec::new();
@@ -292,6 +313,7 @@ pub fn sync_scaling(nodes: usize, writes_per_node: usize, seed: u64) -> Case {
     let rounds = (Duration::from_secs(1) + converge).as_millis() as f64 / 100.0;
     Case::new("sync-scaling")
         .param("nodes", nodes as u64)
+        .param("differences_by", if vv_limit == Some(0) { "reconciliation" } else { "default" })
         .param("writes", writes as u64)
         .metric("messages_per_node_per_write", round(totals.sent as f64 / nodes as f64 / writes, 3))
         .metric(

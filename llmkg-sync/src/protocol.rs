@@ -77,7 +77,9 @@ pub struct SyncConfig {
     /// monotonic time of the inputs (commit timestamps come from it).
     pub wall_origin: Timestamp,
     /// A replica whose version vector has more authors than this finds what it lacks by set
-    /// reconciliation over commit ids instead of sending the vector. Default 32.
+    /// reconciliation over commit ids instead of sending the vector. Default 256: below
+    /// that a vector (about 35 bytes per author) costs less than a reconciliation session's
+    /// extra round trip and symbols (see `sync-scaling` in `docs/BENCHMARKS.md`).
     pub vv_limit: usize,
     /// Most differences a reconciliation session decodes before it gives up. Default
     /// 250,000.
@@ -96,7 +98,7 @@ impl SyncConfig {
             stream_timeout: Duration::from_secs(2),
             max_batch_bytes: 1 << 20,
             wall_origin,
-            vv_limit: 32,
+            vv_limit: 256,
             max_differences: 250_000,
         }
     }

@@ -102,7 +102,7 @@ pub enum Received {
     /// The commit was applied, followed by these waiting commits it unblocked, in the order
     /// applied (the commit itself first).
     Applied(Vec<CommitId>),
-    /// The replica already held it (or it already waits for its parents); nothing changed.
+    /// The replica already held it; nothing changed.
     Known(CommitId),
     /// It waits for these parents (it was already waiting if they were asked for before).
     Pending {
@@ -855,9 +855,13 @@ impl<K: KvStore> Replica<K> {
         // repeated commits cost a hash, not a verification.
         if let Ok((commit, _)) = postcard::take_from_bytes::<Commit>(bytes) {
             let id = commit.id();
-            if self.index.contains_key(&id) || self.waiting.contains_key(&id) {
+            if self.index.contains_key(&id) {
                 self.metrics.duplicates += 1;
                 return Ok(Received::Known(id));
+            }
+            if let Some(w) = self.waiting.get(&id) {
+                self.metrics.duplicates += 1;
+                return Ok(Received::Pending { id, missing: w.missing.clone() });
             }
         }
         let commit = SignedCommit::decode(bytes, None)?;

@@ -6,7 +6,8 @@
 //! held by every replica.
 //!
 //! `cargo test -p llmkg-sync --test sync_sim` runs 500 seeds (in several tests, so the
-//! harness spreads them over the cores). More: `LLMKG_SYNC_SEEDS=10000` (split the same way);
+//! harness spreads them over the cores); odd seeds find differences by set reconciliation
+//! over commit ids, even seeds by version vectors. More: `LLMKG_SYNC_SEEDS=10000` (split the same way);
 //! one seed: `LLMKG_SYNC_SEED=1234` (with `LLMKG_SYNC_DEBUG=1` to print every replica's metrics).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -51,10 +52,11 @@ fn build(seed: u64) -> Sim<Node> {
     .loss(0.05)
     .duplicate(0.02)
     .reorder(0.1, Duration::from_millis(30));
+    let reconcile = seed % 2 == 1;
     SimBuilder::new(seed)
         .nodes(NODES)
         .default_link(link)
-        .build(|ctx: NodeContext| {
+        .build(move |ctx: NodeContext| {
             let org = OrgId::new(format!("org-{}", ctx.index % 4)).unwrap();
             let replica =
                 Replica::open(ctx.disk.clone(), ctx.keypair(), org, ReplicaConfig::default())
@@ -64,6 +66,11 @@ fn build(seed: u64) -> Sim<Node> {
                 Timestamp::from_micros(1_700_000_000_000_000),
             );
             config.round_interval = ROUND;
+            // Odd seeds find differences by set reconciliation over commit ids, even seeds
+            // by version vectors.
+            if reconcile {
+                config.vv_limit = 0;
+            }
             config.stream_timeout = Duration::from_millis(500);
             SyncCore::new(replica, config, ctx.peers(), ctx.seed)
         })

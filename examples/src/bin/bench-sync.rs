@@ -80,7 +80,11 @@ const CASES: &[(&str, CaseFn)] = &[
     ("sync-bandwidth", |a, r| r.push(sync_cases::sync_bandwidth(a.triples, 10))),
     ("sync-scaling", |_, r| {
         for n in [4, 16, 64] {
-            r.push(sync_cases::sync_scaling(n, 4, 1));
+            r.push(sync_cases::sync_scaling(n, 4, 1, None));
+        }
+        // The same with every difference found by set reconciliation over commit ids.
+        for n in [4, 16, 64] {
+            r.push(sync_cases::sync_scaling(n, 4, 1, Some(0)));
         }
     }),
 ];
