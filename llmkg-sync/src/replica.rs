@@ -9,10 +9,13 @@
 //! past, so an addition concurrent with a removal survives:
 //!
 //! ```text
-//!          c1: +t                        state{c1}          = {t}
-//!         /      \                       state{c1,c2}       = {}     c2 saw c1's dot
-//!   c2: -t        c3: +t                 state{c1,c3}       = {t}
-//!   (saw c1)      (concurrent with c2)   state{c1,c2,c3}    = {t}    c3's dot is unseen by c2
+//!   c1: +t (by a)       c3: +t (by b, who had not seen c1)
+//!     |
+//!   c2: -t (by a, saw c1)
+//!
+//!   state{c1}          = {t}
+//!   state{c1, c2}      = {}     c2 saw c1's dot and removed it
+//!   state{c1, c2, c3}  = {t}    c3's dot is concurrent with c2: unseen, so it survives
 //! ```
 //!
 //! Two replicas that hold the same commits have the same state, and the same state root,
@@ -82,6 +85,9 @@ pub struct ReplicaConfig {
     pub max_pending_bytes: usize,
     /// Longest commit envelope accepted. Default 16 MiB.
     pub max_commit_bytes: usize,
+    /// How long (by the local wall clock) a commit may wait for its parents before a full
+    /// waiting room lets it go to make room. Default 60 s.
+    pub max_pending_age: Duration,
 }
 
 impl Default for ReplicaConfig {
@@ -91,6 +97,7 @@ impl Default for ReplicaConfig {
             max_pending: 4096,
             max_pending_bytes: 64 << 20,
             max_commit_bytes: 16 << 20,
+            max_pending_age: Duration::from_secs(60),
         }
     }
 }
@@ -288,6 +295,8 @@ impl History {
 struct Waiting {
     commit: SignedCommit,
     missing: Vec<CommitId>,
+    /// The local wall clock when it arrived.
+    since: Timestamp,
 }
 
 /// Counters of what a replica has done. They only grow.
@@ -306,6 +315,8 @@ pub struct ReplicaMetrics {
     pub refused: u64,
     /// Received commits that had to wait for parents.
     pub deferred: u64,
+    /// Waiting commits let go after [`ReplicaConfig::max_pending_age`] to make room.
+    pub expired: u64,
 }
 
 /// One node's replica of an eventually consistent branch (see the
@@ -876,17 +887,21 @@ impl<K: KvStore> Replica<K> {
                 self.policy
                     .check(&commit)
                     .map_err(|reason| ReceiveError::Refused { id, reason: Box::new(reason) })?;
-                if self.waiting.len() >= self.config.max_pending
-                    || self.waiting_bytes.saturating_add(bytes.len())
-                        > self.config.max_pending_bytes
-                {
+                let full = |r: &Self| {
+                    r.waiting.len() >= r.config.max_pending
+                        || r.waiting_bytes.saturating_add(bytes.len()) > r.config.max_pending_bytes
+                };
+                if full(self) {
+                    self.expire_waiting(wall);
+                }
+                if full(self) {
                     return Err(ReceiveError::PendingFull { id });
                 }
                 for p in &missing {
                     self.waiting_for.entry(*p).or_default().push(id);
                 }
                 self.waiting_bytes += bytes.len();
-                self.waiting.insert(id, Waiting { commit, missing: missing.clone() });
+                self.waiting.insert(id, Waiting { commit, missing: missing.clone(), since: wall });
                 self.metrics.deferred += 1;
             }
             return Ok(Received::Pending { id, missing });
@@ -895,6 +910,31 @@ impl<K: KvStore> Replica<K> {
         let mut applied = vec![id];
         self.release_waiting(wall, id, &mut applied);
         Ok(Received::Applied(applied))
+    }
+
+    /// Lets go of the commits that have waited longer than
+    /// [`ReplicaConfig::max_pending_age`]: a peer that filled the room with commits whose
+    /// parents never come blocks it for that long at most. (A commit let go is asked for again
+    /// by the next anti-entropy round if it is real.)
+    fn expire_waiting(&mut self, wall: Timestamp) {
+        let age = i64::try_from(self.config.max_pending_age.as_micros()).unwrap_or(i64::MAX);
+        let cutoff = Timestamp::from_micros(wall.as_micros().saturating_sub(age));
+        let old: Vec<CommitId> =
+            self.waiting.iter().filter(|(_, w)| w.since < cutoff).map(|(id, _)| *id).collect();
+        for id in old {
+            if let Some(w) = self.waiting.remove(&id) {
+                self.waiting_bytes = self.waiting_bytes.saturating_sub(w.commit.as_bytes().len());
+                for p in &w.missing {
+                    if let Some(children) = self.waiting_for.get_mut(p) {
+                        children.retain(|c| *c != id);
+                        if children.is_empty() {
+                            self.waiting_for.remove(p);
+                        }
+                    }
+                }
+                self.metrics.expired += 1;
+            }
+        }
     }
 
     /// Stores and installs a commit whose parents are held. `wall` is the local wall clock a
@@ -939,8 +979,8 @@ impl<K: KvStore> Replica<K> {
                     applied.push(child);
                     ready.push(child);
                 } else {
-                    // Refused: so are its own waiting descendants, in time (they stay until
-                    // evicted by the bound; a later copy may be admitted).
+                    // Refused (counted): its own waiting descendants stay until they expire
+                    // (`max_pending_age`); a later, valid copy may still be admitted.
                     self.metrics.refused += 1;
                 }
             }

@@ -186,6 +186,20 @@ fn unparented_floods_stop_at_the_bound_and_repeats_cost_nothing() {
     assert_eq!(c.replica().pending(), 32);
     assert_eq!(snapshot(&mut c), before);
     assert!(c.replica().metrics().duplicates >= 20 * 32);
+    // The room does not stay blocked: a minute later the flood is let go to make room.
+    let later = Time::from_micros(61_000_000);
+    let honest = commit(
+        vec![CommitId::from_bytes([8; 32])],
+        ChangeSet::adding([triple(500)]),
+        WALL + 61_000_000,
+        None,
+    );
+    c.handle_message(later, from, batch(vec![honest.encode()]));
+    let (_, events) = drain(&mut c);
+    assert!(refusals(&events).is_empty(), "{events:?}");
+    assert_eq!(c.replica().pending(), 1);
+    assert_eq!(c.replica().metrics().expired, 32);
+    assert_eq!(snapshot(&mut c), before);
 }
 
 #[test]
