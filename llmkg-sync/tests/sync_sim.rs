@@ -29,8 +29,8 @@ type Node = SyncCore<Disk>;
 const NODES: usize = 64;
 /// Writes each node attempts (some change nothing and are not committed).
 const WRITES_PER_NODE: usize = 1;
-/// Writes happen in the first 1.5 s; the partition lasts from 0.3 s to 1 s.
-const WRITE_WINDOW_US: u64 = 1_500_000;
+/// Writes happen in the first second; the partition lasts from 0.2 s to 0.7 s.
+const WRITE_WINDOW_US: u64 = 1_000_000;
 const ROUND: Duration = Duration::from_millis(100);
 /// The bound on convergence after the last fault and the last write, in rounds.
 const CONVERGENCE_ROUNDS: u64 = 40;
@@ -88,8 +88,8 @@ fn run_seed(seed: u64) -> Result<Outcome, String> {
     let mut sim = build(seed);
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
     let ids: Vec<NodeId> = sim.node_ids().to_vec();
-    // A schedule of writes over the first 3 s, a partition into halves from 0.5 s to 2 s,
-    // and a few crashes with restarts.
+    // A schedule of writes over the first second, a partition into halves from 0.2 s to
+    // 0.7 s, and four crashes with restarts.
     let mut plan: BTreeMap<(u64, u32), Action> = BTreeMap::new();
     let mut k = 0u32;
     for (i, _) in ids.iter().enumerate() {
@@ -105,12 +105,12 @@ fn run_seed(seed: u64) -> Result<Outcome, String> {
         shuffled.swap(i, j);
     }
     let (left, right) = shuffled.split_at(NODES / 2);
-    plan.insert((300_000, 0), Action::Partition(left.to_vec(), right.to_vec()));
-    plan.insert((1_000_000, 0), Action::Heal);
+    plan.insert((200_000, 0), Action::Partition(left.to_vec(), right.to_vec()));
+    plan.insert((700_000, 0), Action::Heal);
     for c in 0..4u32 {
         let i = rng.random_range(0..NODES);
-        let at = rng.random_range(100_000..1_200_000u64);
-        let down = rng.random_range(50_000..400_000u64);
+        let at = rng.random_range(100_000..800_000u64);
+        let down = rng.random_range(50_000..300_000u64);
         plan.insert((at, 10_000 + c), Action::Crash(i));
         plan.insert((at + down, 10_000 + c), Action::Restart(i));
     }
