@@ -80,9 +80,9 @@ fn replica_crash_child() {
     loop {
         i += 1;
         let wall = Timestamp::from_micros(WALL + i as i64);
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             let held = r.state().triples();
-            let changes = if i % 6 == 0 && !held.is_empty() {
+            let changes = if i.is_multiple_of(6) && !held.is_empty() {
                 ChangeSet::removing([held[(i as usize / 6) % held.len()].clone()])
             } else {
                 ChangeSet::adding([triple(i)])
