@@ -251,7 +251,9 @@ fn seeds(part: u64, parts: u64) -> Vec<u64> {
     }
     let total: u64 =
         std::env::var("LLMKG_SYNC_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(500);
-    (0..total).filter(|s| s % parts == part).collect()
+    // Pairs of seeds (one of each configuration) go to the parts in turn, so that the parts
+    // take about as long as each other.
+    (0..total).filter(|s| (s / 2) % parts == part).collect()
 }
 
 fn run_part(part: u64) {
@@ -260,7 +262,14 @@ fn run_part(part: u64) {
     let mut messages = 0;
     let mut failures = Vec::new();
     let list = seeds(part, 4);
-    for seed in &list {
+    for (n, seed) in list.iter().enumerate() {
+        if n > 0 && n % 500 == 0 {
+            eprintln!(
+                "part {part}: {n} of {} seeds run, {} failures so far",
+                list.len(),
+                failures.len()
+            );
+        }
         match run_seed(*seed) {
             Ok(o) => {
                 worst = worst.max(o.rounds_to_converge);
