@@ -716,12 +716,7 @@ impl<K: KvStore> Replica<K> {
         let generation =
             parents.iter().map(|p| self.meta(*p).generation).max().unwrap_or(0).saturating_add(1);
         // The state the author saw, its changes and root.
-        let concurrent: Vec<u32> = self
-            .chains
-            .iter()
-            .enumerate()
-            .flat_map(|(a, chain)| chain.iter().skip(vv_get(&vv, a as u32) as usize).copied())
-            .collect();
+        let concurrent = self.outside(&vv);
         let delta = self.delta_to_past(&concurrent, &vv).map_err(ReceiveError::Storage)?;
         if let Err(e) = self.state.apply(&delta) {
             return Err(ReceiveError::Storage(KvError::Io(std::io::Error::other(format!(
@@ -760,6 +755,16 @@ impl<K: KvStore> Replica<K> {
             vv: vv.into_boxed_slice(),
             applied_in_place: in_place,
         })
+    }
+
+    /// The held commits outside the past described by `vv` (concurrent with a commit whose
+    /// vector it is).
+    fn outside(&self, vv: &[u64]) -> Vec<u32> {
+        self.chains
+            .iter()
+            .enumerate()
+            .flat_map(|(a, chain)| chain.iter().skip(vv_get(vv, a as u32) as usize).copied())
+            .collect()
     }
 
     /// The changes that turn the current state into the state of the past described by
@@ -1002,12 +1007,7 @@ impl<K: KvStore> Replica<K> {
         let me = self.signer.node_id();
         let author = self.author_index.get(&me).copied().unwrap_or(self.authors.len() as u32);
         let vv = self.join_vv(&idx, Some(author));
-        let concurrent: Vec<u32> = self
-            .chains
-            .iter()
-            .enumerate()
-            .flat_map(|(a, chain)| chain.iter().skip(vv_get(&vv, a as u32) as usize).copied())
-            .collect();
+        let concurrent = self.outside(&vv);
         let delta = self.delta_to_past(&concurrent, &vv)?;
         self.state.apply(&delta).map_err(WriteError::Apply)?;
         let undo = |state: &mut GraphState, effective: &ChangeSet| {

@@ -83,22 +83,16 @@ fn differential(k: usize, skew: u64, steps: &[Step]) -> Result<(), TestCaseError
         sim.check();
         compare(&sim, &sets)?;
     }
-    // Full exchange: everyone converges to the same set, and so do the Orswots.
-    for from in 0..k {
-        for to in 0..k {
-            if from != to {
-                sim.deliver(from, to, u64::MAX, None);
-                let other = sets[from].clone();
-                sets[to].merge(other);
-            }
-        }
-    }
-    for from in 0..k {
-        for to in 0..k {
-            if from != to {
-                sim.deliver(from, to, u64::MAX, None);
-                let other = sets[from].clone();
-                sets[to].merge(other);
+    // Full exchange: everyone converges to the same set, and so do the Orswots. Two passes
+    // of all pairs: after the first, the last replica holds everything; the second spreads it.
+    for _pass in 0..2 {
+        for from in 0..k {
+            for to in 0..k {
+                if from != to {
+                    sim.deliver(from, to, u64::MAX, None);
+                    let other = sets[from].clone();
+                    sets[to].merge(other);
+                }
             }
         }
     }
