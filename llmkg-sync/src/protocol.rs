@@ -52,7 +52,7 @@ pub const MAX_WANT: usize = 4096;
 pub const MAX_BATCH_COMMITS: usize = 4096;
 /// Most triple ids one [`SyncBody::FetchTriples`] may name (and triples one answer carries).
 pub const MAX_FETCH: usize = 4096;
-/// Bytes of one coded symbol on the wire (see [`riblt`](crate::riblt)).
+/// Bytes of one coded symbol on the wire (see [`riblt`]).
 const SYMBOL_BYTES: usize = 37;
 
 /// Settings of the anti-entropy protocol.
@@ -157,7 +157,7 @@ pub enum SyncBody {
         seq: u64,
     },
     /// A step of a set-reconciliation session over commit ids or triple ids (see
-    /// [`riblt`](crate::riblt)); the side that opened the session decodes.
+    /// [`riblt`]); the side that opened the session decodes.
     Reconcile {
         /// The session, chosen by the side that opened it.
         session: u64,
