@@ -307,14 +307,19 @@ impl<K: KvStore + 'static> EventualSync<K> {
         let deadline = inner.timer.now() + options.timeout;
         loop {
             let listener = inner.changed.listen();
-            let done = self.with_core(|c| peers.iter().all(|p| c.converged_with(p)));
             let now = inner.timer.now();
+            // Ask the peers that have not converged yet, in the same call that finds them.
+            let done = inner.handle.call(|core, now| {
+                let waiting: Vec<NodeId> =
+                    peers.iter().filter(|p| !core.converged_with(p)).copied().collect();
+                if !waiting.is_empty() && now < deadline {
+                    core.sync_now(now, &waiting);
+                }
+                waiting.is_empty()
+            });
             if done || now >= deadline {
                 break;
             }
-            let waiting: Vec<NodeId> = self
-                .with_core(|c| peers.iter().filter(|p| !c.converged_with(p)).copied().collect());
-            inner.handle.call(|core, now| core.sync_now(now, &waiting));
             let next: Time = (now + inner.round).min(deadline);
             let sleep = inner.timer.sleep_until(next);
             let _ = futures_util::future::select(listener, sleep).await;

@@ -263,7 +263,7 @@ fn oversized_or_malformed_messages_are_dropped_with_a_reason() {
 }
 
 #[test]
-fn a_stream_to_a_silent_peer_is_dropped_and_resumed_by_the_next_round() {
+fn a_stream_to_a_silent_peer_is_dropped() {
     let mut c = core(ReplicaConfig::default());
     let peer: NodeId = attacker().node_id();
     c.handle_peer(Time::ZERO, peer, llmkg_federation_core::LinkState::Up);
