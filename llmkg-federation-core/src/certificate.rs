@@ -30,7 +30,9 @@ use thiserror::Error;
 
 use crate::commit::SignedCommit;
 use crate::encoding::{self, DecodeError};
-use crate::identity::{NodeId, OrgId, sig_bytes, signing_input, verify_strict};
+use crate::identity::{
+    NodeId, OrgId, SignError, SigningInput, sig_bytes, signing_input, verify_strict,
+};
 use crate::time::Timestamp;
 
 /// Most roles a certificate may grant.
@@ -134,6 +136,12 @@ impl OrgRootKey {
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
+
+    /// Whether `signature` is this root's signature of `message` under `context` (made by
+    /// [`OrgKeypair::sign_statement`]; strict ed25519 verification).
+    pub fn verify_statement(&self, context: &str, message: &[u8], signature: &[u8; 64]) -> bool {
+        verify_strict(&self.0, &signing_input(context, message), signature).is_ok()
+    }
 }
 
 impl TryFrom<[u8; 32]> for OrgRootKey {
@@ -185,6 +193,17 @@ impl OrgKeypair {
 
     fn sign(&self, context: &'static str, message: &[u8]) -> [u8; 64] {
         self.key.sign(&signing_input(context, message)).to_bytes()
+    }
+
+    /// Signs `message` under a host- or sibling-crate-chosen `context`: the organization's
+    /// statements other than certificates and revocations (an endorsement of another
+    /// organization's new root, an encryption key, a policy). Refuses contexts in the reserved
+    /// namespace ([`RESERVED_CONTEXT_PREFIX`](crate::RESERVED_CONTEXT_PREFIX)), so such a
+    /// signature can never pass for a certificate or a revocation. Checked with
+    /// [`OrgRootKey::verify_statement`].
+    pub fn sign_statement(&self, context: &str, message: &[u8]) -> Result<[u8; 64], SignError> {
+        let input = SigningInput::raw(context, message)?;
+        Ok(self.key.sign(input.as_bytes()).to_bytes())
     }
 
     /// Certifies `node` as a member of `org` with `roles` (sorted and deduplicated here, at
@@ -767,5 +786,23 @@ impl CommitPolicy for CertificatePolicy {
             refusal.get_or_insert(r);
         }
         Err(refusal.unwrap_or(CommitRefusal::NoCertificate { author }))
+    }
+}
+
+#[cfg(test)]
+mod statement_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn statements_verify_only_under_their_context_and_key() {
+        let root = OrgKeypair::from_secret_bytes([3; 32]);
+        let other = OrgKeypair::from_secret_bytes([4; 32]);
+        let sig = root.sign_statement("acme/endorse/v1", b"hello").unwrap();
+        assert!(root.root_key().verify_statement("acme/endorse/v1", b"hello", &sig));
+        assert!(!root.root_key().verify_statement("acme/endorse/v2", b"hello", &sig));
+        assert!(!root.root_key().verify_statement("acme/endorse/v1", b"hellp", &sig));
+        assert!(!other.root_key().verify_statement("acme/endorse/v1", b"hello", &sig));
+        assert!(root.sign_statement("llmkg/node-certificate/v1", b"x").is_err());
     }
 }
