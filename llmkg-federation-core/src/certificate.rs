@@ -707,6 +707,12 @@ pub trait CommitPolicy: Send + Sync {
     fn check(&self, commit: &SignedCommit) -> Result<(), CommitRefusal>;
 }
 
+impl<P: CommitPolicy + ?Sized> CommitPolicy for std::sync::Arc<P> {
+    fn check(&self, commit: &SignedCommit) -> Result<(), CommitRefusal> {
+        (**self).check(commit)
+    }
+}
+
 /// Admits every verified commit (the behavior without a policy).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AcceptAll;

@@ -65,6 +65,7 @@ pub mod protocol;
 #[cfg(feature = "rdf")]
 pub mod rdf;
 mod repo;
+pub mod security;
 pub mod snapshot;
 mod store;
 pub mod sync;

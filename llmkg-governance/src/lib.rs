@@ -1,3 +1,6 @@
 //! # llmkg-governance
 //!
 //! The security plane of LLMKG Federation (work in progress on this branch).
+
+pub mod access;
+pub mod trust;

@@ -1,0 +1,648 @@
+//! Access control: which principals may perform which operations on which resources.
+//!
+//! Each organization publishes an [`AccessPolicy`]: a set of [`Rule`]s, each permitting or
+//! forbidding some [`Operation`]s to a principal pattern (anyone, an organization, a role, an
+//! organization's role, one node) on a resource (any branch or one, optionally a predicate
+//! namespace within it). Evaluation is:
+//!
+//! - **default deny**: nothing is allowed unless a rule permits it;
+//! - **forbid wins**: a matching forbid beats any number of matching permits;
+//! - **order-independent**: the rule set is a set; the rule reported as deciding is the one
+//!   with the smallest id among the deciding kind, whatever order the rules were given in;
+//! - **every owner consents**: [`AccessControl::decide`] asks the policy of every
+//!   organization whose data the operation touches, and approves only if all permit.
+//!
+//! Namespaces are IRI prefixes. A namespace-scoped *permit* grants only requests inside its
+//! namespace; a namespace-scoped *forbid* also refuses whole-branch requests (which include
+//! that namespace's data), so scoping never widens a grant.
+//!
+//! ```
+//! use llmkg_federation_core::security::Operation;
+//! use llmkg_federation_core::{BranchName, NodeKeypair, OrgId, Role};
+//! use llmkg_governance::access::{AccessDecision, AccessPolicy, PrincipalPattern, Resource, Rule};
+//! use llmkg_governance::trust::Principal;
+//!
+//! let acme = OrgId::new("acme")?;
+//! let policy = AccessPolicy::new(acme.clone(), 1, vec![
+//!     Rule::permit("writers-commit", PrincipalPattern::Role(Role::Writer), [Operation::Read, Operation::Commit])?,
+//!     Rule::forbid("no-salaries", PrincipalPattern::Any, [Operation::Read, Operation::Commit])?
+//!         .in_namespace("https://acme.example/hr/salary"),
+//! ])?;
+//! let main = BranchName::new("main")?;
+//! let writer = Principal::new(NodeKeypair::from_secret_bytes([1; 32]).node_id(), acme, [Role::Writer]);
+//!
+//! let foaf = Resource::namespace(&main, "http://xmlns.com/foaf/0.1/name");
+//! assert!(policy.decide(&writer, Operation::Commit, &foaf).is_permit());
+//! let salary = Resource::namespace(&main, "https://acme.example/hr/salary/base");
+//! assert_eq!(policy.decide(&writer, Operation::Commit, &salary).rule().map(|r| r.as_str()), Some("no-salaries"));
+//! assert_eq!(policy.decide(&writer, Operation::Merge, &foaf), AccessDecision::DefaultDeny);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+
+use llmkg_federation_core::security::{Operation, OrgVerdict, SecurityDecision, Verdict};
+use llmkg_federation_core::{BranchName, NodeId, OrgId, Role};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::trust::Principal;
+
+/// Most rules one policy may hold.
+pub const MAX_RULES: usize = 100_000;
+/// Longest rule id, in bytes.
+pub const MAX_RULE_ID_LEN: usize = 128;
+/// Longest namespace prefix, in bytes.
+pub const MAX_NAMESPACE_LEN: usize = 4096;
+
+/// A policy or rule was malformed. Nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum PolicyError {
+    /// A rule id is empty, longer than [`MAX_RULE_ID_LEN`] or uses other characters than
+    /// ASCII letters, digits and `-_.:/`.
+    #[error("invalid rule id {0:?}")]
+    InvalidRuleId(String),
+    /// Two rules share an id.
+    #[error("rule id {0} is used twice")]
+    DuplicateRuleId(RuleId),
+    /// A rule lists no operation.
+    #[error("rule {0} lists no operation")]
+    NoOperations(RuleId),
+    /// A namespace is empty or longer than [`MAX_NAMESPACE_LEN`].
+    #[error("rule {0} has an invalid namespace")]
+    InvalidNamespace(RuleId),
+    /// More than [`MAX_RULES`] rules.
+    #[error("{0} rules exceed the limit of {MAX_RULES}")]
+    TooManyRules(usize),
+    /// A policy update does not advance the version.
+    #[error("policy version {new} of {org} does not exceed the current {current}")]
+    StaleVersion {
+        /// The organization.
+        org: OrgId,
+        /// The version held.
+        current: u64,
+        /// The version offered.
+        new: u64,
+    },
+    /// A policy document did not parse.
+    #[error("policy document: {0}")]
+    Document(String),
+}
+
+/// A rule's name, unique within its policy; decisions report it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RuleId(Box<str>);
+
+impl RuleId {
+    /// Validates `id`.
+    pub fn new(id: impl Into<String>) -> Result<Self, PolicyError> {
+        let id = id.into();
+        let ok = !id.is_empty()
+            && id.len() <= MAX_RULE_ID_LEN
+            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b));
+        if ok { Ok(Self(id.into_boxed_str())) } else { Err(PolicyError::InvalidRuleId(id)) }
+    }
+
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for RuleId {
+    type Error = PolicyError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::new(value)
+    }
+}
+
+impl From<RuleId> for String {
+    fn from(value: RuleId) -> Self {
+        value.0.into()
+    }
+}
+
+impl fmt::Display for RuleId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Whether a rule grants or refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Effect {
+    /// Allows the operation, unless a forbid also matches.
+    Permit,
+    /// Refuses the operation, whatever permits match.
+    Forbid,
+}
+
+/// Whom a rule is about.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrincipalPattern {
+    /// Every certified node.
+    Any,
+    /// The nodes of one organization.
+    Org(OrgId),
+    /// The nodes holding a role, in any organization.
+    Role(Role),
+    /// The nodes of one organization holding a role.
+    OrgRole(OrgId, Role),
+    /// One node.
+    Node(NodeId),
+}
+
+impl PrincipalPattern {
+    fn matches(&self, p: &Principal) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Org(o) => o == p.org(),
+            Self::Role(r) => p.roles().contains(r),
+            Self::OrgRole(o, r) => o == p.org() && p.roles().contains(r),
+            Self::Node(n) => *n == p.node(),
+        }
+    }
+}
+
+/// One permit or forbid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawRule")]
+pub struct Rule {
+    id: RuleId,
+    effect: Effect,
+    principal: PrincipalPattern,
+    operations: Vec<Operation>,
+    branch: Option<BranchName>,
+    namespace: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawRule {
+    id: RuleId,
+    effect: Effect,
+    principal: PrincipalPattern,
+    operations: Vec<Operation>,
+    #[serde(default)]
+    branch: Option<BranchName>,
+    #[serde(default)]
+    namespace: Option<String>,
+}
+
+impl TryFrom<RawRule> for Rule {
+    type Error = PolicyError;
+    fn try_from(r: RawRule) -> Result<Self, PolicyError> {
+        let mut rule = Rule::new(r.id.as_str(), r.effect, r.principal, r.operations)?;
+        rule.branch = r.branch;
+        if let Some(ns) = r.namespace {
+            rule = rule.in_namespace(ns);
+        }
+        rule.check()?;
+        Ok(rule)
+    }
+}
+
+impl Rule {
+    /// A rule with `effect` on `operations` for `principal`, on every branch and namespace.
+    pub fn new(
+        id: &str,
+        effect: Effect,
+        principal: PrincipalPattern,
+        operations: impl IntoIterator<Item = Operation>,
+    ) -> Result<Self, PolicyError> {
+        let id = RuleId::new(id)?;
+        let ops: BTreeSet<Operation> = operations.into_iter().collect();
+        if ops.is_empty() {
+            return Err(PolicyError::NoOperations(id));
+        }
+        Ok(Self {
+            id,
+            effect,
+            principal,
+            operations: ops.into_iter().collect(),
+            branch: None,
+            namespace: None,
+        })
+    }
+
+    /// A permit.
+    pub fn permit(
+        id: &str,
+        principal: PrincipalPattern,
+        operations: impl IntoIterator<Item = Operation>,
+    ) -> Result<Self, PolicyError> {
+        Self::new(id, Effect::Permit, principal, operations)
+    }
+
+    /// A forbid.
+    pub fn forbid(
+        id: &str,
+        principal: PrincipalPattern,
+        operations: impl IntoIterator<Item = Operation>,
+    ) -> Result<Self, PolicyError> {
+        Self::new(id, Effect::Forbid, principal, operations)
+    }
+
+    /// Restricts the rule to one branch.
+    pub fn on_branch(mut self, branch: BranchName) -> Self {
+        self.branch = Some(branch);
+        self
+    }
+
+    /// Restricts the rule to the resources whose IRI starts with `prefix`.
+    pub fn in_namespace(mut self, prefix: impl Into<String>) -> Self {
+        self.namespace = Some(prefix.into());
+        self
+    }
+
+    fn check(&self) -> Result<(), PolicyError> {
+        if let Some(ns) = &self.namespace
+            && (ns.is_empty() || ns.len() > MAX_NAMESPACE_LEN)
+        {
+            return Err(PolicyError::InvalidNamespace(self.id.clone()));
+        }
+        Ok(())
+    }
+
+    /// Its id.
+    pub fn id(&self) -> &RuleId {
+        &self.id
+    }
+
+    /// Permit or forbid.
+    pub fn effect(&self) -> Effect {
+        self.effect
+    }
+
+    /// Whom it is about.
+    pub fn principal(&self) -> &PrincipalPattern {
+        &self.principal
+    }
+
+    /// The operations it covers, sorted.
+    pub fn operations(&self) -> &[Operation] {
+        &self.operations
+    }
+
+    fn matches_resource(&self, r: &Resource<'_>) -> bool {
+        if let Some(b) = &self.branch
+            && b != r.branch
+        {
+            return false;
+        }
+        match (&self.namespace, r.namespace) {
+            (None, _) => true,
+            (Some(ns), Some(iri)) => iri.starts_with(ns.as_str()),
+            // A scoped forbid covers whole-branch requests; a scoped permit does not.
+            (Some(_), None) => self.effect == Effect::Forbid,
+        }
+    }
+}
+
+/// What an operation acts on: a branch, and optionally one IRI within it (a predicate a
+/// commit writes, a namespace read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resource<'a> {
+    /// The branch.
+    pub branch: &'a BranchName,
+    /// The IRI within it, or `None` for the whole branch.
+    pub namespace: Option<&'a str>,
+}
+
+impl<'a> Resource<'a> {
+    /// The whole branch.
+    pub fn branch(branch: &'a BranchName) -> Self {
+        Self { branch, namespace: None }
+    }
+
+    /// One IRI (or namespace) within the branch.
+    pub fn namespace(branch: &'a BranchName, iri: &'a str) -> Self {
+        Self { branch, namespace: Some(iri) }
+    }
+}
+
+/// One policy's answer, with the rule that decided it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessDecision {
+    /// A permit matched and no forbid did.
+    Permit {
+        /// The permitting rule with the smallest id.
+        rule: RuleId,
+    },
+    /// A forbid matched.
+    Forbid {
+        /// The forbidding rule with the smallest id.
+        rule: RuleId,
+    },
+    /// No rule permitted it.
+    DefaultDeny,
+}
+
+impl AccessDecision {
+    /// Whether the operation is allowed.
+    pub fn is_permit(&self) -> bool {
+        matches!(self, Self::Permit { .. })
+    }
+
+    /// The deciding rule (`None` for default deny).
+    pub fn rule(&self) -> Option<&RuleId> {
+        match self {
+            Self::Permit { rule } | Self::Forbid { rule } => Some(rule),
+            Self::DefaultDeny => None,
+        }
+    }
+}
+
+impl fmt::Display for AccessDecision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Permit { rule } => write!(f, "permitted by rule {rule}"),
+            Self::Forbid { rule } => write!(f, "forbidden by rule {rule}"),
+            Self::DefaultDeny => f.write_str("no rule permits it (default deny)"),
+        }
+    }
+}
+
+/// The rules of one operation, bucketed by the principal they name.
+#[derive(Debug, Clone, Default)]
+struct OpIndex {
+    any: Vec<u32>,
+    by_org: HashMap<OrgId, Vec<u32>>,
+    by_role: BTreeMap<Role, Vec<u32>>,
+    by_org_role: HashMap<(OrgId, Role), Vec<u32>>,
+    by_node: HashMap<NodeId, Vec<u32>>,
+}
+
+/// One organization's published rules, indexed for evaluation.
+#[derive(Debug, Clone)]
+pub struct AccessPolicy {
+    org: OrgId,
+    version: u64,
+    /// Sorted by id: a rule's position is its rank, so the smallest matching position is the
+    /// smallest matching id.
+    rules: Vec<Rule>,
+    index: Vec<OpIndex>,
+}
+
+impl PartialEq for AccessPolicy {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.org, self.version, &self.rules) == (&other.org, other.version, &other.rules)
+    }
+}
+
+impl Eq for AccessPolicy {}
+
+/// The serialized form of a policy (JSON in documents and policy updates).
+#[derive(Serialize, Deserialize)]
+struct PolicyDocument {
+    org: OrgId,
+    version: u64,
+    rules: Vec<Rule>,
+}
+
+fn op_slot(op: Operation) -> usize {
+    Operation::ALL.iter().position(|o| *o == op).unwrap_or(0)
+}
+
+impl AccessPolicy {
+    /// `org`'s policy at `version` (updates must increase it) with `rules` in any order.
+    /// Refuses duplicate ids and more than [`MAX_RULES`] rules.
+    pub fn new(org: OrgId, version: u64, mut rules: Vec<Rule>) -> Result<Self, PolicyError> {
+        if rules.len() > MAX_RULES {
+            return Err(PolicyError::TooManyRules(rules.len()));
+        }
+        for r in &rules {
+            r.check()?;
+        }
+        rules.sort_by(|a, b| a.id.cmp(&b.id));
+        if let Some(w) = rules.windows(2).find(|w| matches!(w, [a, b] if a.id == b.id))
+            && let Some(r) = w.first()
+        {
+            return Err(PolicyError::DuplicateRuleId(r.id.clone()));
+        }
+        let mut index = vec![OpIndex::default(); Operation::ALL.len()];
+        for (pos, rule) in rules.iter().enumerate() {
+            let pos = pos as u32; // at most MAX_RULES
+            for op in &rule.operations {
+                let Some(ix) = index.get_mut(op_slot(*op)) else { continue };
+                let list = match &rule.principal {
+                    PrincipalPattern::Any => &mut ix.any,
+                    PrincipalPattern::Org(o) => ix.by_org.entry(o.clone()).or_default(),
+                    PrincipalPattern::Role(r) => ix.by_role.entry(*r).or_default(),
+                    PrincipalPattern::OrgRole(o, r) => {
+                        ix.by_org_role.entry((o.clone(), *r)).or_default()
+                    }
+                    PrincipalPattern::Node(n) => ix.by_node.entry(*n).or_default(),
+                };
+                list.push(pos);
+            }
+        }
+        Ok(Self { org, version, rules, index })
+    }
+
+    /// Parses a policy document (JSON: `{"org": .., "version": .., "rules": [..]}`).
+    pub fn from_json(bytes: &[u8]) -> Result<Self, PolicyError> {
+        let doc: PolicyDocument =
+            serde_json::from_slice(bytes).map_err(|e| PolicyError::Document(e.to_string()))?;
+        Self::new(doc.org, doc.version, doc.rules)
+    }
+
+    /// The policy as a JSON document (rules sorted by id), which
+    /// [`from_json`](Self::from_json) reads back.
+    pub fn to_json(&self) -> Vec<u8> {
+        let doc = PolicyDocument {
+            org: self.org.clone(),
+            version: self.version,
+            rules: self.rules.clone(),
+        };
+        serde_json::to_vec(&doc).unwrap_or_default()
+    }
+
+    /// The organization whose policy this is.
+    pub fn org(&self) -> &OrgId {
+        &self.org
+    }
+
+    /// Its version.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The rules, sorted by id.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// Whether `principal` may perform `op` on `resource` under this policy alone.
+    pub fn decide(
+        &self,
+        principal: &Principal,
+        op: Operation,
+        resource: &Resource<'_>,
+    ) -> AccessDecision {
+        let Some(ix) = self.index.get(op_slot(op)) else { return AccessDecision::DefaultDeny };
+        let (mut forbid, mut permit) = (u32::MAX, u32::MAX);
+        let mut scan = |list: Option<&Vec<u32>>| {
+            for &pos in list.map(Vec::as_slice).unwrap_or(&[]) {
+                // Positions are ranks: once both kinds are decided below `pos`, skip.
+                if pos >= forbid {
+                    break;
+                }
+                let Some(rule) = self.rules.get(pos as usize) else { continue };
+                if !rule.matches_resource(resource) {
+                    continue;
+                }
+                match rule.effect {
+                    Effect::Forbid => forbid = pos,
+                    Effect::Permit => permit = permit.min(pos),
+                }
+            }
+        };
+        scan(Some(&ix.any));
+        scan(ix.by_org.get(principal.org()));
+        scan(ix.by_node.get(&principal.node()));
+        for role in principal.roles() {
+            scan(ix.by_role.get(role));
+            if !ix.by_org_role.is_empty() {
+                scan(ix.by_org_role.get(&(principal.org().clone(), *role)));
+            }
+        }
+        let rule_at = |pos: u32| self.rules.get(pos as usize).map(|r| r.id.clone());
+        if let Some(rule) = (forbid != u32::MAX).then(|| rule_at(forbid)).flatten() {
+            AccessDecision::Forbid { rule }
+        } else if let Some(rule) = (permit != u32::MAX).then(|| rule_at(permit)).flatten() {
+            AccessDecision::Permit { rule }
+        } else {
+            AccessDecision::DefaultDeny
+        }
+    }
+
+    /// Matches `principal`'s pattern the slow way (every rule): the reference the index is
+    /// tested against.
+    #[doc(hidden)]
+    pub fn decide_unindexed(
+        &self,
+        principal: &Principal,
+        op: Operation,
+        resource: &Resource<'_>,
+    ) -> AccessDecision {
+        let matching = || {
+            self.rules.iter().filter(|r| {
+                r.operations.contains(&op)
+                    && r.principal.matches(principal)
+                    && r.matches_resource(resource)
+            })
+        };
+        if let Some(r) = matching().find(|r| r.effect == Effect::Forbid) {
+            AccessDecision::Forbid { rule: r.id.clone() }
+        } else if let Some(r) = matching().find(|r| r.effect == Effect::Permit) {
+            AccessDecision::Permit { rule: r.id.clone() }
+        } else {
+            AccessDecision::DefaultDeny
+        }
+    }
+}
+
+/// The published policies of every organization, and the rule that an operation touching
+/// several organizations' data needs all of them.
+#[derive(Debug, Clone, Default)]
+pub struct AccessControl {
+    policies: BTreeMap<OrgId, AccessPolicy>,
+}
+
+impl AccessControl {
+    /// No policy known: every organization's verdict is pending.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Installs `policy` for its organization; its version must exceed the one held. On error
+    /// nothing changed.
+    pub fn set_policy(&mut self, policy: AccessPolicy) -> Result<(), PolicyError> {
+        if let Some(current) = self.policies.get(policy.org())
+            && policy.version() <= current.version()
+        {
+            return Err(PolicyError::StaleVersion {
+                org: policy.org().clone(),
+                current: current.version(),
+                new: policy.version(),
+            });
+        }
+        self.policies.insert(policy.org().clone(), policy);
+        Ok(())
+    }
+
+    /// `org`'s policy, if known.
+    pub fn policy(&self, org: &OrgId) -> Option<&AccessPolicy> {
+        self.policies.get(org)
+    }
+
+    /// Asks every organization in `owners` whether `principal` may perform `op` on every one
+    /// of `resources` (an empty list means the whole branch of `branch`). An owner approves
+    /// only if its policy permits every resource; it refuses on the first resource its policy
+    /// forbids or does not permit; an owner without a known policy is pending.
+    pub fn decide(
+        &self,
+        owners: &BTreeSet<OrgId>,
+        principal: &Principal,
+        op: Operation,
+        branch: &BranchName,
+        resources: &[&str],
+    ) -> SecurityDecision {
+        let whole = [Resource::branch(branch)];
+        let scoped: Vec<Resource<'_>> =
+            resources.iter().map(|iri| Resource::namespace(branch, iri)).collect();
+        let targets: &[Resource<'_>] = if resources.is_empty() { &whole } else { &scoped };
+        let verdicts = owners
+            .iter()
+            .map(|org| {
+                let verdict = match self.policies.get(org) {
+                    None => {
+                        Verdict::Pending { reason: format!("no policy of {org} is known here") }
+                    }
+                    Some(policy) => owner_verdict(policy, principal, op, targets),
+                };
+                OrgVerdict::new(org.clone(), verdict)
+            })
+            .collect();
+        SecurityDecision::new(verdicts)
+    }
+}
+
+fn owner_verdict(
+    policy: &AccessPolicy,
+    principal: &Principal,
+    op: Operation,
+    targets: &[Resource<'_>],
+) -> Verdict {
+    let mut first_rule = None;
+    for target in targets {
+        let d = policy.decide(principal, op, target);
+        let what = match target.namespace {
+            Some(iri) => format!("{op} on {iri}"),
+            None => format!("{op} on branch {:?}", target.branch.as_str()),
+        };
+        match d {
+            AccessDecision::Permit { rule } => {
+                first_rule.get_or_insert(rule);
+            }
+            AccessDecision::Forbid { rule } => {
+                return Verdict::Refused {
+                    reason: format!("{what} by {} forbidden by rule {rule}", principal.node()),
+                    rule: Some(rule.to_string()),
+                };
+            }
+            AccessDecision::DefaultDeny => {
+                return Verdict::Refused {
+                    reason: format!("{what} by {}: no rule permits it", principal.node()),
+                    rule: None,
+                };
+            }
+        }
+    }
+    Verdict::Approved { rule: first_rule.map(|r| r.to_string()) }
+}
