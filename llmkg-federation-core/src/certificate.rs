@@ -693,6 +693,15 @@ pub enum CommitRefusal {
         /// The required role.
         role: Role,
     },
+    /// The access policy of an organization whose data the commit touches does not permit
+    /// its author to commit it (default deny, or a forbid).
+    #[error("author {author} may not commit this: {reason}")]
+    AccessDenied {
+        /// The commit's author.
+        author: NodeId,
+        /// Which organizations refused, and by which rule.
+        reason: String,
+    },
     /// A host policy's own reason.
     #[error("refused: {0}")]
     Other(String),

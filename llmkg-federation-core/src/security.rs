@@ -123,9 +123,20 @@ pub struct FederatedBranchRequest {
     pub participants: Vec<OrgId>,
     /// How sensitive the branch is.
     pub security_level: SecurityLevel,
-    /// The predicate namespaces (IRI prefixes) the branch will carry; empty for the whole
-    /// branch.
-    pub namespaces: Vec<String>,
+    /// The predicate namespaces the branch will carry that are one organization's data.
+    /// Data outside every declared namespace belongs to all participants jointly.
+    pub namespaces: Vec<NamespaceClaim>,
+}
+
+/// A predicate namespace (an IRI prefix) whose data belongs to one organization: operations
+/// touching it need that organization's consent (and only its, unless other data is touched
+/// too). The longest matching prefix decides.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct NamespaceClaim {
+    /// The IRI prefix.
+    pub prefix: String,
+    /// The organization whose data it is.
+    pub owner: OrgId,
 }
 
 /// A federated branch, named across federations.
@@ -146,8 +157,8 @@ pub struct CrossFederationMerge {
     pub source: BranchRef,
     /// The branch merged into.
     pub target: BranchRef,
-    /// The predicate namespaces the merged changes touch; empty for the whole branch.
-    pub namespaces: Vec<String>,
+    /// The predicate IRIs the merged changes touch; empty for the whole branch.
+    pub predicates: Vec<String>,
 }
 
 /// The security context of one federated branch: who holds it and how it is protected.
@@ -159,6 +170,8 @@ pub struct SecurityContext {
     pub members: Vec<OrgId>,
     /// Its security level.
     pub level: SecurityLevel,
+    /// The namespaces that are one organization's data.
+    pub namespaces: Vec<NamespaceClaim>,
     /// The current data-key epoch, for a sealed level.
     pub key_epoch: Option<u64>,
     /// When it was created.

@@ -1,0 +1,1113 @@
+//! The federated security manager: one node's security plane.
+//!
+//! [`FederatedSecurityManager`] composes the [`trust`](crate::trust) store, the published
+//! [`access`](crate::access) policies, the federation [`keys`](crate::keys) and the
+//! [`audit`](crate::audit) log, and implements core's
+//! [`SecurityManager`](llmkg_federation_core::security::SecurityManager). Every decision it
+//! makes, approval or refusal, is appended to its audit log before the call returns; if the
+//! log cannot be written the call fails closed (refuses) and changes nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use llmkg_federation_core::encoding::fmt_hex_string;
+use llmkg_federation_core::kv::KvStore;
+use llmkg_federation_core::security::{
+    BranchRef, CrossFederationMerge, FederatedBranchRequest, NamespaceClaim, Operation,
+    OrgVerdict, SecurityContext, SecurityDecision, SecurityError, SecurityLevel, SecurityManager,
+    Verdict,
+};
+use llmkg_federation_core::{
+    BranchName, ChangeSet, CommitPolicy, CommitRefusal, FederationId, NodeCertificate, NodeId,
+    OrgId, OrgKeypair, OrgRootKey, Revocation, Role, SignError, Signed, SignedCommit, Signer,
+    Timestamp,
+};
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use thiserror::Error;
+
+use crate::access::{AccessControl, AccessPolicy, PolicyError};
+use crate::audit::{AuditError, AuditLog, LogSigner, SignedNote};
+use crate::event::{AuditEvent, AuditKind, VerdictRecord};
+use crate::keys::{
+    Accepted, EncryptionKeyCertificate, FederationKeyring, KeyEpoch, KeyError,
+    OrgEncryptionKeypair, SealedChangeSet,
+};
+use crate::trust::{
+    NodeKeyRotation, Principal, RootEndorsement, RootRotation, TrustError, TrustLevel, TrustStore,
+};
+
+const POLICY_CONTEXT: &str = "llmkg-governance/access-policy/v1";
+/// Longest policy document accepted, in bytes.
+pub const MAX_POLICY_LEN: usize = 16 * 1024 * 1024;
+
+/// A governance operation was refused or failed. Nothing changed, and the refusal itself was
+/// recorded in the audit log (unless the log is what failed).
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum GovernanceError {
+    /// A certificate, revocation, node-key or root rotation was refused.
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    /// The operation was not approved by every organization whose consent it needs.
+    #[error("not approved: {0}")]
+    NotApproved(SecurityDecision),
+    /// A policy was malformed, stale, or not signed by its organization's pinned root.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// A policy document is not signed by the pinned root of the organization it names.
+    #[error("policy of {0} is not signed by its pinned root")]
+    PolicyNotSigned(OrgId),
+    /// A key operation failed: no key for an epoch (not a member then), tampered data, a
+    /// forged epoch, an unverifiable encryption key.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The branch has no security context here.
+    #[error("no security context for {0:?}")]
+    UnknownBranch(BranchName),
+    /// A member organization of a sealed branch has registered no encryption key.
+    #[error("organization {0} has no registered encryption key")]
+    NoEncryptionKey(OrgId),
+    /// The issuer of a key epoch may not administer.
+    #[error("node {node} may not issue key epochs: {reason}")]
+    NotAnAdministrator {
+        /// The issuing node.
+        node: NodeId,
+        /// Why not.
+        reason: String,
+    },
+    /// The audit log could not be written; the operation was not performed.
+    #[error("audit log: {0}")]
+    Audit(#[from] AuditError),
+    /// Signing failed.
+    #[error(transparent)]
+    Sign(#[from] SignError),
+}
+
+impl From<GovernanceError> for SecurityError {
+    fn from(e: GovernanceError) -> Self {
+        match e {
+            GovernanceError::NotApproved(d) => SecurityError::NotApproved(d),
+            GovernanceError::UnknownBranch(b) => SecurityError::UnknownBranch(b),
+            GovernanceError::Trust(TrustError::NoCertificate(n)) => {
+                SecurityError::UnknownRequester(n)
+            }
+            other => SecurityError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// An organization's access policy, signed by its root: the only form in which a manager
+/// accepts another organization's policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedPolicy {
+    document: Vec<u8>,
+    signature: [u8; 64],
+}
+
+impl SignedPolicy {
+    /// Signs `policy` with its organization's root.
+    pub fn sign(policy: &AccessPolicy, root: &OrgKeypair) -> Result<Self, SignError> {
+        let document = policy.to_json();
+        let signature = root.sign_statement(POLICY_CONTEXT, &document)?;
+        Ok(Self { document, signature })
+    }
+
+    /// A policy document and its root signature as received (checked when published).
+    pub fn from_parts(document: Vec<u8>, signature: [u8; 64]) -> Self {
+        Self { document, signature }
+    }
+
+    /// The JSON document.
+    pub fn document(&self) -> &[u8] {
+        &self.document
+    }
+
+    /// The root's signature over it.
+    pub fn signature(&self) -> &[u8; 64] {
+        &self.signature
+    }
+}
+
+/// What a manager is and signs with.
+pub struct GovernanceOptions {
+    /// The organization this node belongs to.
+    pub org: OrgId,
+    /// This node's signing key (issues key epochs).
+    pub signer: Arc<dyn Signer>,
+    /// The organization's encryption keypair (opens its copy of federation data keys).
+    pub encryption: OrgEncryptionKeypair,
+    /// Signs the audit log's checkpoints.
+    pub log_signer: LogSigner,
+    /// Seeds the manager's RNG (data keys, nonces): a fixed seed replays exactly; a host
+    /// seeds it from the operating system.
+    pub seed: [u8; 32],
+}
+
+#[derive(Debug, Clone)]
+struct BranchSecurity {
+    context: SecurityContext,
+}
+
+impl BranchSecurity {
+    /// The organizations whose data `iris` touch (all members and namespace owners when
+    /// `iris` is empty: the whole branch).
+    fn owners(&self, iris: &[&str]) -> BTreeSet<OrgId> {
+        let members: BTreeSet<OrgId> = self.context.members.iter().cloned().collect();
+        if iris.is_empty() {
+            let mut all = members;
+            all.extend(self.context.namespaces.iter().map(|c| c.owner.clone()));
+            return all;
+        }
+        let mut owners = BTreeSet::new();
+        for iri in iris {
+            let claim = self
+                .context
+                .namespaces
+                .iter()
+                .filter(|c| iri.starts_with(c.prefix.as_str()))
+                .max_by_key(|c| c.prefix.len());
+            match claim {
+                Some(c) => {
+                    owners.insert(c.owner.clone());
+                }
+                None => owners.extend(members.iter().cloned()),
+            }
+        }
+        owners
+    }
+}
+
+struct State<K: KvStore> {
+    org: OrgId,
+    signer: Arc<dyn Signer>,
+    encryption_secret: [u8; 32],
+    trust: TrustStore,
+    access: AccessControl,
+    contexts: BTreeMap<BranchRef, BranchSecurity>,
+    encryption_keys: BTreeMap<OrgId, EncryptionKeyCertificate>,
+    keyrings: BTreeMap<FederationId, FederationKeyring>,
+    epochs: BTreeMap<FederationId, Vec<Signed<KeyEpoch>>>,
+    audit: AuditLog<K>,
+    log_signer: LogSigner,
+    rng: ChaCha20Rng,
+}
+
+/// One node's security plane over an audit log kept in `K` (see the [module](self) docs).
+///
+/// ```
+/// use std::sync::Arc;
+/// use llmkg_federation_core::security::{FederatedBranchRequest, SecurityLevel, SecurityManager, Operation};
+/// use llmkg_federation_core::{BranchName, FederationId, MemoryKv, NodeKeypair, OrgId, OrgKeypair, Role, Timestamp};
+/// use llmkg_governance::access::{AccessPolicy, PrincipalPattern, Rule};
+/// use llmkg_governance::audit::LogSigner;
+/// use llmkg_governance::keys::OrgEncryptionKeypair;
+/// use llmkg_governance::manager::{FederatedSecurityManager, GovernanceOptions, SignedPolicy};
+/// use llmkg_governance::trust::TrustLevel;
+///
+/// let t = |s: i64| Timestamp::from_micros(s * 1_000_000);
+/// let acme = OrgId::new("acme")?;
+/// let root = OrgKeypair::from_secret_bytes([1; 32]);
+/// let node = NodeKeypair::from_secret_bytes([2; 32]);
+/// let node_id = node.node_id();
+/// let manager = FederatedSecurityManager::new(GovernanceOptions {
+///     org: acme.clone(),
+///     signer: Arc::new(node),
+///     encryption: OrgEncryptionKeypair::from_secret_bytes([3; 32]),
+///     log_signer: LogSigner::new("acme.example/audit", ed25519_dalek::SigningKey::from_bytes(&[4; 32]))?,
+///     seed: [5; 32],
+/// }, MemoryKv::new())?;
+/// manager.pin(acme.clone(), root.root_key(), TrustLevel::Full, t(0))?;
+/// manager.add_certificate(root.certify(acme.clone(), node_id, [Role::Admin], t(0), t(100), 1)?, t(1))?;
+/// let policy = AccessPolicy::new(acme.clone(), 1, vec![
+///     Rule::permit("admins", PrincipalPattern::Role(Role::Admin), [Operation::Administer])?,
+/// ])?;
+/// manager.publish_policy(&SignedPolicy::sign(&policy, &root)?, t(1))?;
+///
+/// let request = FederatedBranchRequest {
+///     federation: FederationId::from_name("research"),
+///     branch: BranchName::new("shared")?,
+///     requester: node_id,
+///     participants: vec![acme.clone()],
+///     security_level: SecurityLevel::Internal,
+///     namespaces: vec![],
+/// };
+/// let decision = manager.validate_branch_request(&request, t(2))?;
+/// assert!(decision.is_approved(), "{decision}");
+/// let context = manager.create_security_context(&request, t(2))?;
+/// assert_eq!(context.members, vec![acme]);
+/// assert!(manager.audit_size() >= 5); // pin, certificate, policy, two decisions, context
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct FederatedSecurityManager<K: KvStore> {
+    state: Arc<Mutex<State<K>>>,
+}
+
+impl<K: KvStore> Clone for FederatedSecurityManager<K> {
+    fn clone(&self) -> Self {
+        Self { state: Arc::clone(&self.state) }
+    }
+}
+
+fn lock<K: KvStore>(state: &Mutex<State<K>>) -> MutexGuard<'_, State<K>> {
+    // A panic while holding the lock cannot leave the state half-changed: every mutation
+    // is computed first and applied last, so the poisoned state is still consistent.
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    fmt_hex_string(bytes)
+}
+
+fn branch_label(b: &BranchRef) -> (String, String) {
+    (b.federation.to_string(), b.branch.as_str().to_string())
+}
+
+fn verdict_records(d: &SecurityDecision) -> Vec<VerdictRecord> {
+    d.verdicts()
+        .iter()
+        .map(|v| match &v.verdict {
+            Verdict::Approved { rule } => VerdictRecord {
+                org: v.org.to_string(),
+                verdict: "approved",
+                rule: rule.clone(),
+                reason: None,
+            },
+            Verdict::Refused { rule, reason } => VerdictRecord {
+                org: v.org.to_string(),
+                verdict: "refused",
+                rule: rule.clone(),
+                reason: Some(reason.clone()),
+            },
+            Verdict::Pending { reason } => VerdictRecord {
+                org: v.org.to_string(),
+                verdict: "pending",
+                rule: None,
+                reason: Some(reason.clone()),
+            },
+            _ => VerdictRecord {
+                org: v.org.to_string(),
+                verdict: "unknown",
+                rule: None,
+                reason: None,
+            },
+        })
+        .collect()
+}
+
+fn predicates(changes: &ChangeSet) -> Vec<String> {
+    let set: BTreeSet<&str> = changes
+        .added()
+        .iter()
+        .chain(changes.removed())
+        .filter_map(|t| t.predicate().as_iri().map(|i| i.as_str()))
+        .collect();
+    set.into_iter().map(str::to_string).collect()
+}
+
+impl<K: KvStore> State<K> {
+    fn record(&mut self, now: Timestamp, kind: AuditKind) -> Result<u64, AuditError> {
+        let event = AuditEvent { at: now.as_micros(), by: self.org.to_string(), kind };
+        self.audit.append(&event.to_bytes())
+    }
+
+    /// Records a refusal and returns the error that caused it (or the audit failure).
+    fn refuse<T>(
+        &mut self,
+        now: Timestamp,
+        kind: AuditKind,
+        error: GovernanceError,
+    ) -> Result<T, GovernanceError> {
+        self.record(now, kind)?;
+        Err(error)
+    }
+
+    fn principal(&self, node: &NodeId, at: Timestamp) -> Result<Principal, TrustError> {
+        self.trust.principal(node, at)
+    }
+
+    /// The verdict of this node's own trust in the principal's organization, if it caps `op`.
+    fn trust_cap(&self, principal: &Principal, op: Operation) -> Option<OrgVerdict> {
+        let level = self.trust.level(principal.org());
+        let allowed = level.is_some_and(|l| l.allows(op));
+        (!allowed).then(|| {
+            OrgVerdict::new(
+                self.org.clone(),
+                Verdict::Refused {
+                    rule: Some("trust-level".into()),
+                    reason: match level {
+                        Some(l) => format!(
+                            "{} is trusted at level {l} here, which does not allow {op}",
+                            principal.org()
+                        ),
+                        None => format!("{} is not pinned here", principal.org()),
+                    },
+                },
+            )
+        })
+    }
+
+    fn decide(
+        &self,
+        principal: &Principal,
+        op: Operation,
+        owners: &BTreeSet<OrgId>,
+        branch: &BranchName,
+        iris: &[&str],
+    ) -> SecurityDecision {
+        let mut d = self.access.decide(owners, principal, op, branch, iris);
+        if let Some(cap) = self.trust_cap(principal, op) {
+            let mut v = d.verdicts().to_vec();
+            v.push(cap);
+            d = SecurityDecision::new(v);
+        }
+        d
+    }
+
+    fn record_decision(
+        &mut self,
+        now: Timestamp,
+        branch: &BranchRef,
+        node: &NodeId,
+        op: Operation,
+        decision: &SecurityDecision,
+    ) -> Result<(), AuditError> {
+        let (federation, branch) = branch_label(branch);
+        self.record(
+            now,
+            AuditKind::AccessDecision {
+                federation,
+                branch,
+                node: node.to_string(),
+                operation: op.to_string(),
+                approved: decision.is_approved(),
+                verdicts: verdict_records(decision),
+            },
+        )
+        .map(|_| ())
+    }
+
+    /// The requester as a principal, recording the refusal if it has no valid certificate.
+    fn requester(
+        &mut self,
+        node: &NodeId,
+        branch: &BranchRef,
+        op: Operation,
+        now: Timestamp,
+    ) -> Result<Principal, GovernanceError> {
+        match self.principal(node, now) {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                let d = SecurityDecision::default();
+                let (federation, b) = branch_label(branch);
+                self.record(
+                    now,
+                    AuditKind::AccessDecision {
+                        federation,
+                        branch: b,
+                        node: node.to_string(),
+                        operation: op.to_string(),
+                        approved: false,
+                        verdicts: vec![VerdictRecord {
+                            org: self.org.to_string(),
+                            verdict: "refused",
+                            rule: Some("identity".into()),
+                            reason: Some(e.to_string()),
+                        }],
+                    },
+                )?;
+                let _ = d;
+                Err(GovernanceError::Trust(e))
+            }
+        }
+    }
+
+    fn keyring(&mut self, federation: FederationId) -> &mut FederationKeyring {
+        let (org, secret) = (self.org.clone(), self.encryption_secret);
+        self.keyrings.entry(federation).or_insert_with(|| {
+            FederationKeyring::new(federation, org, OrgEncryptionKeypair::from_secret_bytes(secret))
+        })
+    }
+
+    /// Issues a new key epoch for `federation` wrapping the data key for `members`.
+    fn rotate_keys(
+        &mut self,
+        federation: FederationId,
+        members: &[OrgId],
+        now: Timestamp,
+    ) -> Result<u64, GovernanceError> {
+        let mut recipients = Vec::with_capacity(members.len());
+        for org in members {
+            let Some(cert) = self.encryption_keys.get(org) else {
+                return Err(GovernanceError::NoEncryptionKey(org.clone()));
+            };
+            recipients.push((org.clone(), cert.key()));
+        }
+        let signer = Arc::clone(&self.signer);
+        let mut rng = self.rng.clone();
+        let epoch = self.keyring(federation).rotate(&mut rng, signer.as_ref(), &recipients)?;
+        self.rng = rng;
+        let number = epoch.open(&federation).map(|e| e.epoch()).unwrap_or_default();
+        self.epochs.entry(federation).or_default().push(epoch);
+        self.record(
+            now,
+            AuditKind::KeyEpoch {
+                federation: federation.to_string(),
+                epoch: number,
+                members: members.iter().map(ToString::to_string).collect(),
+                issued_here: true,
+            },
+        )?;
+        Ok(number)
+    }
+
+    fn context(&self, branch: &BranchRef) -> Result<&BranchSecurity, GovernanceError> {
+        self.contexts.get(branch).ok_or_else(|| GovernanceError::UnknownBranch(branch.branch.clone()))
+    }
+}
+
+impl<K: KvStore> FederatedSecurityManager<K> {
+    /// A manager for `options.org`, trusting no one yet, recording into an audit log kept in
+    /// `audit_store` (reopened if it holds one).
+    pub fn new(options: GovernanceOptions, audit_store: K) -> Result<Self, GovernanceError> {
+        let audit = AuditLog::open(audit_store)?;
+        let state = State {
+            org: options.org,
+            signer: options.signer,
+            encryption_secret: options.encryption.secret_bytes(),
+            trust: TrustStore::new(),
+            access: AccessControl::new(),
+            contexts: BTreeMap::new(),
+            encryption_keys: BTreeMap::new(),
+            keyrings: BTreeMap::new(),
+            epochs: BTreeMap::new(),
+            audit,
+            log_signer: options.log_signer,
+            rng: ChaCha20Rng::from_seed(options.seed),
+        };
+        Ok(Self { state: Arc::new(Mutex::new(state)) })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State<K>> {
+        lock(&self.state)
+    }
+
+    /// Pins `org`'s root at a trust level (the act of trusting it). Audited.
+    pub fn pin(
+        &self,
+        org: OrgId,
+        root: OrgRootKey,
+        level: TrustLevel,
+        now: Timestamp,
+    ) -> Result<(), GovernanceError> {
+        let mut s = self.state();
+        s.record(
+            now,
+            AuditKind::Pin { org: org.to_string(), root: root.to_string(), level: level.to_string() },
+        )?;
+        s.trust.pin(org, root, level);
+        Ok(())
+    }
+
+    /// Accepts a node certificate after verifying it at `now` against the pins. Audited,
+    /// accepted or refused.
+    pub fn add_certificate(
+        &self,
+        certificate: NodeCertificate,
+        now: Timestamp,
+    ) -> Result<(), GovernanceError> {
+        let mut s = self.state();
+        let mut trial = s.trust.clone();
+        let (org, node, serial) =
+            (certificate.org().to_string(), certificate.node().to_string(), certificate.serial());
+        match trial.add_certificate(certificate, now) {
+            Ok(()) => {
+                s.record(now, AuditKind::CertificateAccepted { org, node, serial })?;
+                s.trust = trial;
+                Ok(())
+            }
+            Err(e) => s.refuse(
+                now,
+                AuditKind::CertificateRefused { org, node, serial, reason: e.to_string() },
+                e.into(),
+            ),
+        }
+    }
+
+    /// Accepts a revocation signed by its organization's pinned root. Audited.
+    pub fn add_revocation(
+        &self,
+        revocation: &Revocation,
+        now: Timestamp,
+    ) -> Result<(), GovernanceError> {
+        let mut s = self.state();
+        let org = revocation.org().to_string();
+        let mut trial = s.trust.clone();
+        match trial.add_revocation(revocation) {
+            Ok(()) => {
+                s.record(now, AuditKind::Revocation { org, serials: revocation.serials().to_vec() })?;
+                s.trust = trial;
+                Ok(())
+            }
+            Err(e) => s.refuse(
+                now,
+                AuditKind::RevocationRefused { org, reason: e.to_string() },
+                e.into(),
+            ),
+        }
+    }
+
+    /// Replaces a node key (new certificate and revocation of the old serial, both by the
+    /// organization's root). Audited.
+    pub fn rotate_node_key(
+        &self,
+        rotation: &NodeKeyRotation,
+        now: Timestamp,
+    ) -> Result<(), GovernanceError> {
+        let mut s = self.state();
+        let org = rotation.certificate.org().to_string();
+        let mut trial = s.trust.clone();
+        match trial.rotate_node_key(rotation, now) {
+            Ok(()) => {
+                s.record(
+                    now,
+                    AuditKind::NodeKeyRotated {
+                        org,
+                        node: rotation.certificate.node().to_string(),
+                        serial: rotation.certificate.serial(),
+                        revoked: rotation.revocation.serials().to_vec(),
+                    },
+                )?;
+                s.trust = trial;
+                Ok(())
+            }
+            Err(e) => s.refuse(
+                now,
+                AuditKind::NodeKeyRotationRefused { org, reason: e.to_string() },
+                e.into(),
+            ),
+        }
+    }
+
+    /// Installs another root for an organization, given endorsements from a majority of the
+    /// other voting members. Audited.
+    pub fn rotate_root(
+        &self,
+        rotation: &RootRotation,
+        endorsements: &[RootEndorsement],
+        now: Timestamp,
+    ) -> Result<(), GovernanceError> {
+        let mut s = self.state();
+        let org = rotation.org().to_string();
+        let mut trial = s.trust.clone();
+        match trial.rotate_root(rotation, endorsements) {
+            Ok(endorsers) => {
+                s.record(
+                    now,
+                    AuditKind::RootRotated {
+                        org,
+                        old_root: rotation.old_root().to_string(),
+                        new_root: rotation.new_root().to_string(),
+                        sequence: rotation.sequence(),
+                        endorsers: endorsers.iter().map(ToString::to_string).collect(),
+                    },
+                )?;
+                s.trust = trial;
+                Ok(())
+            }
+            Err(e) => s.refuse(
+                now,
+                AuditKind::RootRotationRefused { org, reason: e.to_string() },
+                e.into(),
+            ),
+        }
+    }
+
+    /// Installs an organization's access policy, signed by its pinned root; its version must
+    /// exceed the one held. Audited.
+    pub fn publish_policy(
+        &self,
+        policy: &SignedPolicy,
+        now: Timestamp,
+    ) -> Result<(), GovernanceError> {
+        let mut s = self.state();
+        if policy.document.len() > MAX_POLICY_LEN {
+            let e = PolicyError::Document(format!(
+                "{} bytes exceed the limit of {MAX_POLICY_LEN}",
+                policy.document.len()
+            ));
+            return s.refuse(
+                now,
+                AuditKind::PolicyRefused { org: String::new(), reason: e.to_string() },
+                e.into(),
+            );
+        }
+        let parsed = match AccessPolicy::from_json(&policy.document) {
+            Ok(p) => p,
+            Err(e) => {
+                return s.refuse(
+                    now,
+                    AuditKind::PolicyRefused { org: String::new(), reason: e.to_string() },
+                    e.into(),
+                );
+            }
+        };
+        let org = parsed.org().clone();
+        let signed = s
+            .trust
+            .root(&org)
+            .is_some_and(|r| r.verify_statement(POLICY_CONTEXT, &policy.document, &policy.signature));
+        if !signed {
+            let e = GovernanceError::PolicyNotSigned(org.clone());
+            return s.refuse(
+                now,
+                AuditKind::PolicyRefused { org: org.to_string(), reason: e.to_string() },
+                e,
+            );
+        }
+        let (version, rules) = (parsed.version(), parsed.rules().len());
+        let mut trial = s.access.clone();
+        match trial.set_policy(parsed) {
+            Ok(()) => {
+                s.record(now, AuditKind::PolicyInstalled { org: org.to_string(), version, rules })?;
+                s.access = trial;
+                Ok(())
+            }
+            Err(e) => s.refuse(
+                now,
+                AuditKind::PolicyRefused { org: org.to_string(), reason: e.to_string() },
+                e.into(),
+            ),
+        }
+    }
+
+    /// Registers an organization's encryption key, certified by its pinned root. Audited.
+    pub fn register_encryption_key(
+        &self,
+        certificate: EncryptionKeyCertificate,
+        now: Timestamp,
+    ) -> Result<(), GovernanceError> {
+        let mut s = self.state();
+        let org = certificate.org().to_string();
+        match certificate.verified_key(s.trust.anchors()) {
+            Ok(key) => {
+                s.record(now, AuditKind::EncryptionKey { org, key: hex(key.as_bytes()) })?;
+                s.encryption_keys.insert(certificate.org().clone(), certificate);
+                Ok(())
+            }
+            Err(e) => s.refuse(
+                now,
+                AuditKind::EncryptionKeyRefused { org, reason: e.to_string() },
+                e.into(),
+            ),
+        }
+    }
+
+    /// Whether `node` may perform `op` on `branch`, touching the resources `iris` (empty: the
+    /// whole branch): every organization whose data it touches must permit it, and this
+    /// node's trust in the node's organization must allow it. Audited; `Err(NotApproved)`
+    /// unless approved.
+    pub fn authorize(
+        &self,
+        node: &NodeId,
+        op: Operation,
+        branch: &BranchRef,
+        iris: &[&str],
+        now: Timestamp,
+    ) -> Result<SecurityDecision, GovernanceError> {
+        let mut s = self.state();
+        let principal = s.requester(node, branch, op, now)?;
+        let owners = s.context(branch)?.owners(iris);
+        let decision = s.decide(&principal, op, &owners, &branch.branch, iris);
+        s.record_decision(now, branch, node, op, &decision)?;
+        if decision.is_approved() { Ok(decision) } else { Err(GovernanceError::NotApproved(decision)) }
+    }
+
+    /// Lets `org` into a branch (a membership change): for a sealed level, the federation's
+    /// data key rotates into a new epoch wrapped for the new members. Audited.
+    pub fn add_member(
+        &self,
+        branch: &BranchRef,
+        org: OrgId,
+        now: Timestamp,
+    ) -> Result<SecurityContext, GovernanceError> {
+        self.change_members(branch, now, |m| {
+            if !m.contains(&org) {
+                m.push(org);
+                m.sort();
+            }
+        })
+    }
+
+    /// Takes `org` out of a branch: for a sealed level, the data key rotates into a new epoch
+    /// the removed organization cannot open, so it cannot read anything written afterwards.
+    /// Audited.
+    pub fn remove_member(
+        &self,
+        branch: &BranchRef,
+        org: &OrgId,
+        now: Timestamp,
+    ) -> Result<SecurityContext, GovernanceError> {
+        self.change_members(branch, now, |m| m.retain(|o| o != org))
+    }
+
+    fn change_members(
+        &self,
+        branch: &BranchRef,
+        now: Timestamp,
+        change: impl FnOnce(&mut Vec<OrgId>),
+    ) -> Result<SecurityContext, GovernanceError> {
+        let mut s = self.state();
+        let mut context = s.context(branch)?.context.clone();
+        change(&mut context.members);
+        if context.level.seals() {
+            context.key_epoch = Some(s.rotate_keys(branch.federation, &context.members, now)?);
+        }
+        let (federation, b) = branch_label(branch);
+        s.record(
+            now,
+            AuditKind::MembershipChanged {
+                federation,
+                branch: b,
+                members: context.members.iter().map(ToString::to_string).collect(),
+                key_epoch: context.key_epoch,
+            },
+        )?;
+        s.contexts.insert(branch.clone(), BranchSecurity { context: context.clone() });
+        Ok(context)
+    }
+
+    /// The key epochs this node issued or accepted for `federation`, oldest first, to ship to
+    /// other members.
+    pub fn key_epochs(&self, federation: &FederationId) -> Vec<Signed<KeyEpoch>> {
+        self.state().epochs.get(federation).cloned().unwrap_or_default()
+    }
+
+    /// Accepts a key epoch issued by another member's administrator: its signer must hold a
+    /// valid certificate with the [`Role::Admin`] role from an organization trusted to
+    /// administer. Returns whether this organization is a member of the epoch. Audited.
+    pub fn accept_key_epoch(
+        &self,
+        epoch: &Signed<KeyEpoch>,
+        now: Timestamp,
+    ) -> Result<Accepted, GovernanceError> {
+        let mut s = self.state();
+        let issuer = epoch.signer();
+        let federation = epoch.federation();
+        let admin = match s.principal(&issuer, now) {
+            Err(e) => Err(e.to_string()),
+            Ok(p) if !p.roles().contains(&Role::Admin) => Err("no admin role".to_string()),
+            Ok(p) => match s.trust.level(p.org()) {
+                Some(l) if l.allows(Operation::Administer) => Ok(()),
+                _ => Err(format!("{} is not trusted to administer", p.org())),
+            },
+        };
+        if let Err(reason) = admin {
+            return s.refuse(
+                now,
+                AuditKind::SealedReadRefused {
+                    federation: federation.to_string(),
+                    branch: String::new(),
+                    epoch: 0,
+                    reason: format!("key epoch from {issuer} refused: {reason}"),
+                },
+                GovernanceError::NotAnAdministrator { node: issuer, reason },
+            );
+        }
+        let mut keyring = s.keyring(federation).clone();
+        let accepted = keyring.accept(epoch)?;
+        let value = epoch.open(&federation).map_err(KeyError::from)?;
+        s.record(
+            now,
+            AuditKind::KeyEpoch {
+                federation: federation.to_string(),
+                epoch: value.epoch(),
+                members: value.members().map(ToString::to_string).collect(),
+                issued_here: false,
+            },
+        )?;
+        s.keyrings.insert(federation, keyring);
+        s.epochs.entry(federation).or_default().push(epoch.clone());
+        for (b, sec) in s.contexts.iter_mut() {
+            if b.federation == federation && sec.context.level.seals() {
+                sec.context.key_epoch = Some(value.epoch());
+            }
+        }
+        Ok(accepted)
+    }
+
+    /// Seals `changes` for `branch` under its federation's current data key.
+    pub fn seal(
+        &self,
+        branch: &BranchRef,
+        changes: &ChangeSet,
+    ) -> Result<SealedChangeSet, GovernanceError> {
+        let mut s = self.state();
+        s.context(branch)?;
+        let mut rng = s.rng.clone();
+        let sealed = s.keyring(branch.federation).seal(&mut rng, &branch.branch, changes)?;
+        s.rng = rng;
+        Ok(sealed)
+    }
+
+    /// Opens a sealed change set of `branch`. A refusal (no key for its epoch because this
+    /// organization was not a member when it was written, tampering) is audited.
+    pub fn open(
+        &self,
+        branch: &BranchRef,
+        sealed: &SealedChangeSet,
+        now: Timestamp,
+    ) -> Result<ChangeSet, GovernanceError> {
+        let mut s = self.state();
+        let result = s.keyring(branch.federation).open(&branch.branch, sealed);
+        match result {
+            Ok(c) => Ok(c),
+            Err(e) => {
+                let (federation, b) = branch_label(branch);
+                s.refuse(
+                    now,
+                    AuditKind::SealedReadRefused {
+                        federation,
+                        branch: b,
+                        epoch: sealed.epoch(),
+                        reason: e.to_string(),
+                    },
+                    e.into(),
+                )
+            }
+        }
+    }
+
+    /// Records a decision of a branch's consensus group.
+    pub fn record_consensus_decision(
+        &self,
+        group: &[u8; 32],
+        index: u64,
+        proposal: &[u8; 32],
+        outcome: &str,
+        now: Timestamp,
+    ) -> Result<u64, GovernanceError> {
+        let mut s = self.state();
+        Ok(s.record(
+            now,
+            AuditKind::ConsensusDecision {
+                group: hex(group),
+                index,
+                proposal: hex(proposal),
+                outcome: outcome.to_string(),
+            },
+        )?)
+    }
+
+    /// The number of audit entries.
+    pub fn audit_size(&self) -> u64 {
+        self.state().audit.size()
+    }
+
+    /// A checkpoint of the audit log at its current size, signed by the log's key.
+    pub fn checkpoint(&self) -> Result<SignedNote, GovernanceError> {
+        let s = self.state();
+        Ok(s.audit.signed_checkpoint(&s.log_signer)?)
+    }
+
+    /// Runs `f` on the audit log (proofs, entries, export).
+    pub fn with_audit<R>(&self, f: impl FnOnce(&AuditLog<K>) -> R) -> R {
+        f(&self.state().audit)
+    }
+
+    /// The security context of `branch`, if known here.
+    pub fn context(&self, branch: &BranchRef) -> Option<SecurityContext> {
+        self.state().contexts.get(branch).map(|b| b.context.clone())
+    }
+
+    fn branch_decision(
+        &self,
+        request: &FederatedBranchRequest,
+        now: Timestamp,
+    ) -> Result<(SecurityDecision, Vec<OrgId>), GovernanceError> {
+        let mut s = self.state();
+        let branch = BranchRef { federation: request.federation, branch: request.branch.clone() };
+        let principal = s.requester(&request.requester, &branch, Operation::Administer, now)?;
+        let mut members: BTreeSet<OrgId> = request.participants.iter().cloned().collect();
+        members.insert(principal.org().clone());
+        let mut owners = members.clone();
+        owners.extend(request.namespaces.iter().map(|c| c.owner.clone()));
+        let mut decision =
+            s.decide(&principal, Operation::Administer, &owners, &request.branch, &[]);
+        let untrusted: Vec<OrgVerdict> = owners
+            .iter()
+            .filter(|o| s.trust.level(o).is_none_or(|l| l < TrustLevel::Reader))
+            .map(|o| {
+                OrgVerdict::new(
+                    o.clone(),
+                    Verdict::Refused {
+                        rule: Some("trust-level".into()),
+                        reason: format!("{o} is not trusted to hold data here"),
+                    },
+                )
+            })
+            .collect();
+        if !untrusted.is_empty() {
+            let mut v = decision.verdicts().to_vec();
+            v.extend(untrusted);
+            decision = SecurityDecision::new(v);
+        }
+        s.record_decision(now, &branch, &request.requester, Operation::Administer, &decision)?;
+        Ok((decision, owners.into_iter().collect()))
+    }
+}
+
+impl<K: KvStore + 'static> SecurityManager for FederatedSecurityManager<K> {
+    fn validate_branch_request(
+        &self,
+        request: &FederatedBranchRequest,
+        now: Timestamp,
+    ) -> Result<SecurityDecision, SecurityError> {
+        match self.branch_decision(request, now) {
+            Ok((d, _)) => Ok(d),
+            Err(GovernanceError::Trust(TrustError::Certificate(error))) => {
+                Err(SecurityError::Identity { node: request.requester, error })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn create_security_context(
+        &self,
+        request: &FederatedBranchRequest,
+        now: Timestamp,
+    ) -> Result<SecurityContext, SecurityError> {
+        let (decision, members) = match self.branch_decision(request, now) {
+            Ok(x) => x,
+            Err(GovernanceError::Trust(TrustError::Certificate(error))) => {
+                return Err(SecurityError::Identity { node: request.requester, error });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if !decision.is_approved() {
+            return Err(SecurityError::NotApproved(decision));
+        }
+        let mut s = self.state();
+        let branch = BranchRef { federation: request.federation, branch: request.branch.clone() };
+        let mut namespaces: Vec<NamespaceClaim> = request.namespaces.clone();
+        namespaces.sort();
+        namespaces.dedup();
+        // The requester's node issues the first data-key epoch; the others accept it
+        // (`accept_key_epoch`) when it reaches them.
+        let key_epoch = if !request.security_level.seals() {
+            None
+        } else if request.requester == s.signer.node_id() {
+            Some(s.rotate_keys(request.federation, &members, now).map_err(SecurityError::from)?)
+        } else {
+            s.keyrings.get(&request.federation).and_then(FederationKeyring::current_epoch)
+        };
+        let context = SecurityContext {
+            branch: branch.clone(),
+            members,
+            level: request.security_level,
+            namespaces,
+            key_epoch,
+            created_at: now,
+        };
+        let (federation, b) = branch_label(&branch);
+        s.record(
+            now,
+            AuditKind::ContextCreated {
+                federation,
+                branch: b,
+                level: format!("{:?}", context.level).to_lowercase(),
+                members: context.members.iter().map(ToString::to_string).collect(),
+                key_epoch,
+            },
+        )
+        .map_err(|e| SecurityError::Internal(e.to_string()))?;
+        s.contexts.insert(branch, BranchSecurity { context: context.clone() });
+        Ok(context)
+    }
+
+    fn validate_cross_federation_merge(
+        &self,
+        merge: &CrossFederationMerge,
+        now: Timestamp,
+    ) -> Result<SecurityDecision, SecurityError> {
+        let mut s = self.state();
+        let principal = match s.requester(&merge.requester, &merge.target, Operation::Merge, now) {
+            Ok(p) => p,
+            Err(GovernanceError::Trust(TrustError::Certificate(error))) => {
+                return Err(SecurityError::Identity { node: merge.requester, error });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let iris: Vec<&str> = merge.predicates.iter().map(String::as_str).collect();
+        let mut owners = s.context(&merge.target).map_err(SecurityError::from)?.owners(&iris);
+        owners.extend(s.context(&merge.source).map_err(SecurityError::from)?.owners(&iris));
+        let decision = s.decide(&principal, Operation::Merge, &owners, &merge.target.branch, &iris);
+        s.record_decision(now, &merge.target, &merge.requester, Operation::Merge, &decision)
+            .map_err(|e| SecurityError::Internal(e.to_string()))?;
+        Ok(decision)
+    }
+
+    fn commit_policy(&self, branch: &BranchRef) -> Result<Arc<dyn CommitPolicy>, SecurityError> {
+        self.state().context(branch).map_err(SecurityError::from)?;
+        Ok(Arc::new(GovernanceCommitPolicy { state: Arc::clone(&self.state), branch: branch.clone() }))
+    }
+}
+
+/// The commit policy of one branch under a [`FederatedSecurityManager`]: the author holds a
+/// certificate valid at the commit's timestamp from a pinned root, of the commit's
+/// organization; this node's trust in that organization allows committing; and every
+/// organization whose data the commit's predicates touch permits the author to commit them.
+/// Refusals are audited.
+pub struct GovernanceCommitPolicy<K: KvStore> {
+    state: Arc<Mutex<State<K>>>,
+    branch: BranchRef,
+}
+
+impl<K: KvStore> CommitPolicy for GovernanceCommitPolicy<K> {
+    fn check(&self, commit: &SignedCommit) -> Result<(), CommitRefusal> {
+        let mut s = lock(&self.state);
+        let c = commit.commit();
+        let author = c.author();
+        let refusal = (|| {
+            let principal = s.principal(&author, c.timestamp()).map_err(|e| match e {
+                TrustError::Certificate(error) => {
+                    CommitRefusal::InvalidCertificate { author, error }
+                }
+                _ => CommitRefusal::NoCertificate { author },
+            })?;
+            if principal.org() != c.org() {
+                return Err(CommitRefusal::OrgMismatch {
+                    author,
+                    commit_org: c.org().clone(),
+                    certified_org: principal.org().clone(),
+                });
+            }
+            let preds = predicates(c.changes());
+            let iris: Vec<&str> = preds.iter().map(String::as_str).collect();
+            let owners = s
+                .context(&self.branch)
+                .map_err(|e| CommitRefusal::Other(e.to_string()))?
+                .owners(&iris);
+            let d = s.decide(&principal, Operation::Commit, &owners, &self.branch.branch, &iris);
+            if d.is_approved() {
+                Ok(())
+            } else {
+                Err(CommitRefusal::AccessDenied { author, reason: d.to_string() })
+            }
+        })();
+        if let Err(r) = &refusal {
+            let (federation, branch) = branch_label(&self.branch);
+            let kind = AuditKind::CommitRefused {
+                federation,
+                branch,
+                commit: commit.id().to_string(),
+                author: author.to_string(),
+                reason: r.to_string(),
+            };
+            if s.record(c.timestamp(), kind).is_err() {
+                return Err(CommitRefusal::Other("audit log unavailable".into()));
+            }
+        }
+        refusal
+    }
+}

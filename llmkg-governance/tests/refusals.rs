@@ -1,0 +1,434 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+//! Every refusal of the security plane, through the manager: each is a typed error, changes
+//! nothing, and is itself recorded as one audit entry.
+
+use std::sync::Arc;
+
+use llmkg_federation_core::security::{
+    BranchRef, CrossFederationMerge, FederatedBranchRequest, NamespaceClaim, Operation,
+    SecurityError, SecurityLevel, SecurityManager,
+};
+use llmkg_federation_core::{
+    BranchName, CertificateError, ChangeSet, CommitRefusal, FederationId, MemoryKv,
+    NodeCertificate, NodeId, NodeKeypair, OrgId, OrgKeypair, Role, Term, Timestamp, Triple,
+};
+use llmkg_governance::access::{AccessPolicy, PrincipalPattern, Rule};
+use llmkg_governance::audit::LogSigner;
+use llmkg_governance::keys::{EncryptionKeyCertificate, KeyError, OrgEncryptionKeypair};
+use llmkg_governance::manager::{FederatedSecurityManager, GovernanceOptions, SignedPolicy};
+use llmkg_governance::trust::{RootRotation, TrustError, TrustLevel};
+use llmkg_governance::GovernanceError;
+use llmkg_sync::replica::{ReceiveError, Replica, ReplicaConfig};
+
+fn t(s: i64) -> Timestamp {
+    Timestamp::from_micros(1_700_000_000_000_000 + s * 1_000_000)
+}
+
+fn federation() -> FederationId {
+    FederationId::from_name("refusals")
+}
+
+/// One organization: its root, an admin node, a writer node, its encryption key.
+struct Org {
+    id: OrgId,
+    root: OrgKeypair,
+    admin: u8,
+    writer: u8,
+    enc: u8,
+}
+
+impl Org {
+    fn new(name: &str, seed: u8) -> Self {
+        Org {
+            id: OrgId::new(name).unwrap(),
+            root: OrgKeypair::from_secret_bytes([seed; 32]),
+            admin: seed + 1,
+            writer: seed + 2,
+            enc: seed + 3,
+        }
+    }
+    fn node(&self, which: u8) -> NodeKeypair {
+        NodeKeypair::from_secret_bytes([which; 32])
+    }
+    fn admin_id(&self) -> NodeId {
+        self.node(self.admin).node_id()
+    }
+    fn writer_id(&self) -> NodeId {
+        self.node(self.writer).node_id()
+    }
+    fn cert(&self, node: NodeId, roles: &[Role], serial: u64) -> NodeCertificate {
+        self.root.certify(self.id.clone(), node, roles.iter().copied(), t(0), t(10_000), serial).unwrap()
+    }
+    fn enc_cert(&self) -> EncryptionKeyCertificate {
+        let kp = OrgEncryptionKeypair::from_secret_bytes([self.enc; 32]);
+        EncryptionKeyCertificate::issue(&self.root, self.id.clone(), kp.public_key(), 1, t(0)).unwrap()
+    }
+    /// Admins administer and merge; writers read and commit; nobody may touch `/secret/`.
+    fn policy(&self, version: u64) -> SignedPolicy {
+        let p = AccessPolicy::new(
+            self.id.clone(),
+            version,
+            vec![
+                Rule::permit("admins", PrincipalPattern::Role(Role::Admin), Operation::ALL).unwrap(),
+                Rule::permit(
+                    "writers",
+                    PrincipalPattern::Role(Role::Writer),
+                    [Operation::Read, Operation::Commit],
+                )
+                .unwrap(),
+                Rule::forbid("no-secret", PrincipalPattern::Any, [Operation::Commit, Operation::Read])
+                    .unwrap()
+                    .in_namespace("https://ex.org/secret/"),
+            ],
+        )
+        .unwrap();
+        SignedPolicy::sign(&p, &self.root).unwrap()
+    }
+    fn manager(&self, all: &[&Org]) -> FederatedSecurityManager<MemoryKv> {
+        let m = FederatedSecurityManager::new(
+            GovernanceOptions {
+                org: self.id.clone(),
+                signer: Arc::new(self.node(self.admin)),
+                encryption: OrgEncryptionKeypair::from_secret_bytes([self.enc; 32]),
+                log_signer: LogSigner::new(
+                    &format!("{}.example/audit", self.id),
+                    ed25519_dalek::SigningKey::from_bytes(&[self.enc + 100; 32]),
+                )
+                .unwrap(),
+                seed: [self.enc; 32],
+            },
+            MemoryKv::new(),
+        )
+        .unwrap();
+        for o in all {
+            m.pin(o.id.clone(), o.root.root_key(), TrustLevel::Full, t(0)).unwrap();
+            m.add_certificate(o.cert(o.admin_id(), &[Role::Admin], 1), t(1)).unwrap();
+            m.add_certificate(o.cert(o.writer_id(), &[Role::Writer], 2), t(1)).unwrap();
+            m.register_encryption_key(o.enc_cert(), t(1)).unwrap();
+            m.publish_policy(&o.policy(1), t(1)).unwrap();
+        }
+        m
+    }
+}
+
+fn orgs() -> (Org, Org, Org) {
+    (Org::new("acme", 10), Org::new("globex", 20), Org::new("initech", 30))
+}
+
+fn branch(name: &str) -> BranchRef {
+    BranchRef { federation: federation(), branch: BranchName::new(name).unwrap() }
+}
+
+fn request(by: &Org, name: &str, members: &[&Org], level: SecurityLevel) -> FederatedBranchRequest {
+    FederatedBranchRequest {
+        federation: federation(),
+        branch: BranchName::new(name).unwrap(),
+        requester: by.admin_id(),
+        participants: members.iter().map(|o| o.id.clone()).collect(),
+        security_level: level,
+        namespaces: vec![],
+    }
+}
+
+/// The last audit entry, parsed.
+fn last_event(m: &FederatedSecurityManager<MemoryKv>) -> serde_json::Value {
+    let bytes = m.with_audit(|log| log.entry(log.size() - 1).unwrap());
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// Runs `refused`, checking it recorded exactly one audit entry of kind `event`.
+fn audited<T: std::fmt::Debug>(
+    m: &FederatedSecurityManager<MemoryKv>,
+    event: &str,
+    refused: impl FnOnce() -> T,
+) -> T {
+    let before = m.audit_size();
+    let out = refused();
+    assert_eq!(m.audit_size(), before + 1, "one audit entry for {out:?}");
+    assert_eq!(last_event(m)["event"], event, "{}", last_event(m));
+    out
+}
+
+fn triple(p: &str, o: &str) -> Triple {
+    Triple::new(Term::iri("https://ex.org/s").unwrap(), Term::iri(p).unwrap(), Term::string(o).unwrap())
+        .unwrap()
+}
+
+#[test]
+fn forged_certificate_is_refused() {
+    let (acme, globex, _) = orgs();
+    let m = acme.manager(&[&acme]);
+    // A flipped byte in the bytes of a genuine certificate: it no longer decodes.
+    let mut bytes = acme.cert(globex.writer_id(), &[Role::Writer], 9).encode();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    assert!(matches!(NodeCertificate::decode(&bytes), Err(CertificateError::BadSignature { .. })));
+    // A certificate for acme signed by a root that is not acme's pinned root.
+    let forger = OrgKeypair::from_secret_bytes([99; 32]);
+    let forged = forger
+        .certify(acme.id.clone(), globex.writer_id(), [Role::Admin], t(0), t(100), 7)
+        .unwrap();
+    let err = audited(&m, "certificate-refused", || m.add_certificate(forged, t(2)));
+    assert!(
+        matches!(err, Err(GovernanceError::Trust(TrustError::Certificate(CertificateError::WrongRoot { .. })))),
+        "{err:?}"
+    );
+    // Nothing changed: the forged node is still unknown.
+    let b = branch("b");
+    let req = FederatedBranchRequest { requester: globex.writer_id(), ..request(&acme, "b", &[&acme], SecurityLevel::Internal) };
+    assert!(matches!(m.validate_branch_request(&req, t(3)), Err(SecurityError::UnknownRequester(_))));
+    let _ = b;
+}
+
+#[test]
+fn expired_and_not_yet_valid_certificates_are_refused() {
+    let (acme, globex, _) = orgs();
+    let m = acme.manager(&[&acme, &globex]);
+    let node = NodeKeypair::from_secret_bytes([77; 32]).node_id();
+    let cert = globex.root.certify(globex.id.clone(), node, [Role::Writer], t(100), t(200), 5).unwrap();
+    let err = audited(&m, "certificate-refused", || m.add_certificate(cert.clone(), t(300)));
+    assert!(matches!(err, Err(GovernanceError::Trust(TrustError::Certificate(CertificateError::Expired { .. })))));
+    let err = audited(&m, "certificate-refused", || m.add_certificate(cert, t(50)));
+    assert!(matches!(err, Err(GovernanceError::Trust(TrustError::Certificate(CertificateError::NotYetValid { .. })))));
+    // A certificate that lapses after being accepted stops authorizing.
+    let short = globex.root.certify(globex.id.clone(), node, [Role::Admin], t(0), t(20), 6).unwrap();
+    m.add_certificate(short, t(10)).unwrap();
+    let req = FederatedBranchRequest { requester: node, ..request(&globex, "late", &[&globex], SecurityLevel::Internal) };
+    let err = audited(&m, "access-decision", || m.validate_branch_request(&req, t(30)));
+    assert!(matches!(err, Err(SecurityError::Identity { error: CertificateError::Expired { .. }, .. })), "{err:?}");
+}
+
+#[test]
+fn revoked_certificate_is_refused() {
+    let (acme, globex, _) = orgs();
+    let m = acme.manager(&[&acme, &globex]);
+    let req = request(&globex, "r", &[&acme, &globex], SecurityLevel::Internal);
+    assert!(m.validate_branch_request(&req, t(2)).unwrap().is_approved());
+    let revocation = globex.root.revoke(globex.id.clone(), [1], t(3)).unwrap();
+    audited(&m, "revocation", || m.add_revocation(&revocation, t(3)).unwrap());
+    let err = audited(&m, "access-decision", || m.validate_branch_request(&req, t(4)));
+    assert!(matches!(err, Err(SecurityError::Identity { error: CertificateError::Revoked { .. }, .. })), "{err:?}");
+    // A revocation signed by another root is refused and changes nothing.
+    let bogus = acme.root.revoke(globex.id.clone(), [2], t(3)).unwrap();
+    let err = audited(&m, "revocation-refused", || m.add_revocation(&bogus, t(5)));
+    assert!(matches!(err, Err(GovernanceError::Trust(TrustError::Certificate(CertificateError::WrongRoot { .. })))));
+}
+
+#[test]
+fn unpinned_root_is_refused() {
+    let (acme, globex, _) = orgs();
+    let m = acme.manager(&[&acme]);
+    let err = audited(&m, "certificate-refused", || {
+        m.add_certificate(globex.cert(globex.writer_id(), &[Role::Writer], 2), t(2))
+    });
+    assert!(matches!(err, Err(GovernanceError::Trust(TrustError::Certificate(CertificateError::UnknownOrg(_))))));
+    // A policy of an unpinned organization is refused too.
+    let err = audited(&m, "policy-refused", || m.publish_policy(&globex.policy(1), t(2)));
+    assert!(matches!(err, Err(GovernanceError::PolicyNotSigned(_))), "{err:?}");
+}
+
+#[test]
+fn access_is_denied_by_default_and_forbid_overrides_permit() {
+    let (acme, globex, _) = orgs();
+    let m = acme.manager(&[&acme, &globex]);
+    let ctx = m.create_security_context(&request(&acme, "main", &[&acme, &globex], SecurityLevel::Internal), t(2)).unwrap();
+    let b = ctx.branch;
+    // A writer may commit, but not merge: nothing permits it.
+    let err = audited(&m, "access-decision", || m.authorize(&acme.writer_id(), Operation::Merge, &b, &[], t(3)));
+    let Err(GovernanceError::NotApproved(d)) = err else { panic!("{err:?}") };
+    assert!(d.refused_by().all(|(_, rule, _)| rule.is_none()), "{d}");
+    assert_eq!(d.refused_by().count(), 2);
+    // The writer may commit a foaf name, but the forbid on /secret/ beats the writer permit.
+    m.authorize(&acme.writer_id(), Operation::Commit, &b, &["http://xmlns.com/foaf/0.1/name"], t(3)).unwrap();
+    let err = audited(&m, "access-decision", || {
+        m.authorize(&acme.writer_id(), Operation::Commit, &b, &["https://ex.org/secret/salary"], t(3))
+    });
+    let Err(GovernanceError::NotApproved(d)) = err else { panic!("{err:?}") };
+    assert!(d.refused_by().all(|(_, rule, _)| rule == Some("no-secret")), "{d}");
+    let event = last_event(&m);
+    assert_eq!(event["approved"], false);
+    assert_eq!(event["verdicts"][0]["rule"], "no-secret");
+}
+
+#[test]
+fn one_organization_withholding_consent_refuses() {
+    let (acme, globex, initech) = orgs();
+    let m = acme.manager(&[&acme, &globex, &initech]);
+    // Initech publishes a stricter policy: only its own admins administer.
+    let strict = AccessPolicy::new(
+        initech.id.clone(),
+        2,
+        vec![Rule::permit("own-admins", PrincipalPattern::OrgRole(initech.id.clone(), Role::Admin), Operation::ALL).unwrap()],
+    )
+    .unwrap();
+    m.publish_policy(&SignedPolicy::sign(&strict, &initech.root).unwrap(), t(2)).unwrap();
+    let req = request(&acme, "joint", &[&acme, &globex, &initech], SecurityLevel::Internal);
+    let d = audited(&m, "access-decision", || m.validate_branch_request(&req, t(3)).unwrap());
+    assert!(!d.is_approved());
+    assert_eq!(d.approved_by().cloned().collect::<Vec<_>>(), vec![acme.id.clone(), globex.id.clone()]);
+    assert_eq!(d.refused_by().map(|(o, _, _)| o.clone()).collect::<Vec<_>>(), vec![initech.id.clone()]);
+    let err = m.create_security_context(&req, t(3));
+    assert!(matches!(err, Err(SecurityError::NotApproved(_))), "{err:?}");
+    assert!(m.context(&branch("joint")).is_none(), "no context was created");
+    // Without initech the same request passes.
+    let req2 = request(&acme, "pair", &[&acme, &globex], SecurityLevel::Internal);
+    assert!(m.validate_branch_request(&req2, t(3)).unwrap().is_approved());
+    // An owner whose policy is unknown here is pending, never approved.
+    let hooli = Org::new("hooli", 40);
+    m.pin(hooli.id.clone(), hooli.root.root_key(), TrustLevel::Member, t(3)).unwrap();
+    let req3 = request(&acme, "four", &[&acme, &hooli], SecurityLevel::Internal);
+    let d = m.validate_branch_request(&req3, t(4)).unwrap();
+    assert_eq!(d.pending().cloned().collect::<Vec<_>>(), vec![hooli.id.clone()]);
+    assert!(!d.is_approved());
+}
+
+#[test]
+fn merge_needs_both_branches_organizations() {
+    let (acme, globex, initech) = orgs();
+    let m = acme.manager(&[&acme, &globex, &initech]);
+    let s = m.create_security_context(&request(&acme, "source", &[&acme, &initech], SecurityLevel::Internal), t(2)).unwrap();
+    let tgt = m.create_security_context(&request(&acme, "target", &[&acme, &globex], SecurityLevel::Internal), t(2)).unwrap();
+    let merge = CrossFederationMerge {
+        requester: acme.admin_id(),
+        source: s.branch.clone(),
+        target: tgt.branch.clone(),
+        predicates: vec![],
+    };
+    let d = m.validate_cross_federation_merge(&merge, t(3)).unwrap();
+    assert!(d.is_approved(), "{d}");
+    assert_eq!(d.verdicts().len(), 3);
+    // A writer may not merge: every organization refuses.
+    let by_writer = CrossFederationMerge { requester: acme.writer_id(), ..merge };
+    let d = audited(&m, "access-decision", || m.validate_cross_federation_merge(&by_writer, t(3)).unwrap());
+    assert_eq!(d.refused_by().count(), 3, "{d}");
+}
+
+#[test]
+fn unauthorized_commit_is_refused_on_receive_everywhere() {
+    let (acme, globex, _) = orgs();
+    let ma = acme.manager(&[&acme, &globex]);
+    let mg = globex.manager(&[&acme, &globex]);
+    let mut req = request(&acme, "shared", &[&acme, &globex], SecurityLevel::Internal);
+    // Globex's namespace is globex's data alone.
+    req.namespaces = vec![NamespaceClaim { prefix: "https://globex.example/".into(), owner: globex.id.clone() }];
+    ma.create_security_context(&req, t(2)).unwrap();
+    mg.create_security_context(&req, t(2)).unwrap();
+    let b = branch("shared");
+    // The writer's own replica lets it write anything (no policy).
+    let mut author = Replica::open(
+        MemoryKv::new(),
+        acme.node(acme.writer),
+        acme.id.clone(),
+        ReplicaConfig::default(),
+    )
+    .unwrap();
+    let ok = author.write(t(5), ChangeSet::adding([triple("https://ex.org/name", "x")]), "fine").unwrap();
+    let bad = author.write(t(6), ChangeSet::adding([triple("https://ex.org/secret/salary", "1")]), "bad").unwrap();
+    for m in [&ma, &mg] {
+        let mut replica = Replica::open_with_policy(
+            MemoryKv::new(),
+            NodeKeypair::from_secret_bytes([200; 32]),
+            acme.id.clone(),
+            ReplicaConfig::default(),
+            m.commit_policy(&b).unwrap(),
+        )
+        .unwrap();
+        replica.receive(t(7), &ok.encode()).unwrap();
+        let before = m.audit_size();
+        let err = replica.receive(t(7), &bad.encode()).unwrap_err();
+        let ReceiveError::Refused { reason, .. } = &err else { panic!("{err:?}") };
+        assert!(matches!(**reason, CommitRefusal::AccessDenied { .. }), "{reason:?}");
+        assert_eq!(m.audit_size(), before + 1);
+        assert_eq!(last_event(m)["event"], "commit-refused");
+        assert_eq!(replica.len(), 1, "the refused commit was not kept");
+    }
+    // A commit claiming another organization than its author's certificate.
+    let mut liar = Replica::open(MemoryKv::new(), acme.node(acme.writer), globex.id.clone(), ReplicaConfig::default()).unwrap();
+    let forged_org = liar.write(t(5), ChangeSet::adding([triple("https://ex.org/name", "y")]), "as globex").unwrap();
+    let policy = mg.commit_policy(&b).unwrap();
+    assert!(matches!(policy.check(&forged_org), Err(CommitRefusal::OrgMismatch { .. })));
+    // Globex's namespace: acme's writer may not write it without globex, even though acme permits it.
+    let strict = AccessPolicy::new(
+        globex.id.clone(),
+        2,
+        vec![Rule::permit("own", PrincipalPattern::Org(globex.id.clone()), Operation::ALL).unwrap()],
+    )
+    .unwrap();
+    mg.publish_policy(&SignedPolicy::sign(&strict, &globex.root).unwrap(), t(8)).unwrap();
+    let gx = author.write(t(9), ChangeSet::adding([triple("https://globex.example/price", "3")]), "gx").unwrap();
+    assert!(matches!(policy.check(&gx), Err(CommitRefusal::AccessDenied { .. })));
+}
+
+#[test]
+fn removed_organization_cannot_read_what_is_sealed_after_its_removal() {
+    let (acme, globex, initech) = orgs();
+    let all = [&acme, &globex, &initech];
+    let ma = acme.manager(&all);
+    let mi = initech.manager(&all);
+    let req = request(&acme, "conf", &all, SecurityLevel::Confidential);
+    let ctx = ma.create_security_context(&req, t(2)).unwrap();
+    assert_eq!(ctx.key_epoch, Some(1));
+    let b = ctx.branch;
+    // Initech's node creates the same context; it did not ask, so it issues no epoch and
+    // learns acme's epoch 1 (it is a member) when it arrives.
+    let mi2 = mi;
+    let ci = mi2.create_security_context(&req, t(2)).unwrap();
+    assert_eq!(ci.key_epoch, None);
+    let epochs = ma.key_epochs(&federation());
+    mi2.accept_key_epoch(&epochs[0], t(3)).unwrap();
+    assert_eq!(mi2.context(&b).unwrap().key_epoch, Some(1));
+    let before = ChangeSet::adding([triple("https://ex.org/name", "before")]);
+    let sealed_before = ma.seal(&b, &before).unwrap();
+    assert_eq!(mi2.open(&b, &sealed_before, t(4)).unwrap(), before);
+    // Acme removes initech: a new epoch it is not a member of.
+    let ctx = ma.remove_member(&b, &initech.id, t(5)).unwrap();
+    assert_eq!(ctx.key_epoch, Some(2));
+    let epochs = ma.key_epochs(&federation());
+    mi2.accept_key_epoch(&epochs[1], t(6)).unwrap();
+    let after = ChangeSet::adding([triple("https://ex.org/name", "after")]);
+    let sealed_after = ma.seal(&b, &after).unwrap();
+    let err = audited(&mi2, "sealed-read-refused", || mi2.open(&b, &sealed_after, t(7)));
+    assert!(matches!(err, Err(GovernanceError::Key(KeyError::NoKeyForEpoch { epoch: 2 }))), "{err:?}");
+    // What it could read before, it still can; globex, still a member, reads both.
+    assert_eq!(mi2.open(&b, &sealed_before, t(8)).unwrap(), before);
+    let mg = globex.manager(&all);
+    mg.create_security_context(&req, t(2)).unwrap();
+    for e in &epochs {
+        mg.accept_key_epoch(e, t(6)).unwrap();
+    }
+    assert_eq!(mg.open(&b, &sealed_after, t(9)).unwrap(), after);
+}
+
+#[test]
+fn root_rotation_needs_a_quorum_of_the_other_members() {
+    let (acme, globex, initech) = orgs();
+    let hooli = Org::new("hooli", 40);
+    let umbrella = Org::new("umbrella", 50);
+    let all = [&acme, &globex, &initech, &hooli, &umbrella];
+    let m = acme.manager(&all);
+    // Globex lost its root: it makes a new one; 4 other voting members, so 3 must endorse.
+    let new_root = OrgKeypair::from_secret_bytes([21; 32]);
+    let rotation = RootRotation::sign(&new_root, globex.id.clone(), globex.root.root_key(), 1, t(5)).unwrap();
+    let e: Vec<_> = [&acme, &initech, &hooli]
+        .iter()
+        .map(|o| rotation.endorse(o.id.clone(), &o.root).unwrap())
+        .collect();
+    let err = audited(&m, "root-rotation-refused", || m.rotate_root(&rotation, &e[..2], t(6)));
+    assert!(
+        matches!(err, Err(GovernanceError::Trust(TrustError::QuorumNotMet { have: 2, need: 3, .. }))),
+        "{err:?}"
+    );
+    // Nothing changed: certificates under the old root still verify, new ones do not.
+    m.add_certificate(globex.cert(globex.writer_id(), &[Role::Writer], 3), t(6)).unwrap();
+    let new_cert = new_root.certify(globex.id.clone(), globex.writer_id(), [Role::Writer], t(0), t(100), 4).unwrap();
+    assert!(m.add_certificate(new_cert.clone(), t(6)).is_err());
+    // The rotating organization's own endorsement does not count.
+    let own = rotation.endorse(globex.id.clone(), &globex.root).unwrap();
+    let err = m.rotate_root(&rotation, &[e[0].clone(), e[1].clone(), own], t(6));
+    assert!(matches!(err, Err(GovernanceError::Trust(TrustError::QuorumNotMet { have: 2, .. }))));
+    // With three, the new root is installed.
+    audited(&m, "root-rotated", || m.rotate_root(&rotation, &e, t(7)).unwrap());
+    m.add_certificate(new_cert, t(8)).unwrap();
+    let err = m.add_certificate(globex.cert(globex.writer_id(), &[Role::Writer], 5), t(8));
+    assert!(matches!(err, Err(GovernanceError::Trust(TrustError::Certificate(CertificateError::WrongRoot { .. })))));
+}
