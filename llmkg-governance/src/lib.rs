@@ -1,3 +1,5 @@
 //! # llmkg-governance
 //!
 //! The security plane of LLMKG Federation (work in progress on this branch).
+
+pub mod keys;
