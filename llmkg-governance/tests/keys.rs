@@ -385,17 +385,59 @@ fn encryption_key_validation() {
     assert!(OrgEncryptionKey::from_bytes(nine).is_ok());
 }
 
-#[test]
-fn small_order_keys_cannot_receive_wrapped_keys() {
-    // Every key refused as small-order would indeed make HPKE encapsulation fail: check by
-    // forcing one into an epoch through serde (the only way past validation is none).
-    let small: [u8; 32] = [
+/// The small-order X25519 points below the field prime.
+const SMALL_ORDER: [[u8; 32]; 5] = [
+    [0; 32],
+    [
+        1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0,
+    ],
+    [
         0xe0, 0xeb, 0x7a, 0x7c, 0x3b, 0x41, 0xb8, 0xae, 0x16, 0x56, 0xe3, 0xfa, 0xf1, 0x9f, 0xc4,
         0x6a, 0xda, 0x09, 0x8d, 0xeb, 0x9c, 0x32, 0xb1, 0xfd, 0x86, 0x62, 0x05, 0x16, 0x5f, 0x49,
         0xb8, 0x00,
-    ];
-    let encoded = postcard::to_allocvec(&small).unwrap();
-    assert!(postcard::from_bytes::<OrgEncryptionKey>(&encoded).is_err());
+    ],
+    [
+        0x5f, 0x9c, 0x95, 0xbc, 0xa3, 0x50, 0x8c, 0x24, 0xb1, 0xd0, 0xb1, 0x55, 0x9c, 0x83, 0xef,
+        0x5b, 0x04, 0x44, 0x5c, 0xc4, 0x58, 0x1c, 0x8e, 0x86, 0xd8, 0x22, 0x4e, 0xdd, 0xd0, 0x9f,
+        0x11, 0x57,
+    ],
+    [
+        0xec, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+];
+
+/// Wraps a key to `public` with the suite the keys module uses, as HPKE sees it.
+fn hpke_wrap(public: &[u8; 32], r: &mut ChaCha20Rng) -> Result<(), hpke::HpkeError> {
+    use hpke::Deserializable;
+    let pk = <hpke::kem::X25519HkdfSha256 as hpke::Kem>::PublicKey::from_bytes(public)?;
+    hpke::single_shot_seal_with_rng::<
+        hpke::aead::ChaCha20Poly1305,
+        hpke::kdf::HkdfSha256,
+        hpke::kem::X25519HkdfSha256,
+    >(&hpke::OpModeS::Base, &pk, b"info", &[7; 32], b"", r)
+    .map(|_| ())
+}
+
+#[test]
+fn small_order_keys_are_exactly_those_hpke_refuses() {
+    let mut r = rng(12);
+    for p in SMALL_ORDER {
+        // HPKE refuses to encapsulate to them (the shared secret would be all zeros) ...
+        assert_eq!(hpke_wrap(&p, &mut r), Err(hpke::HpkeError::EncapError), "{p:02x?}");
+        // ... and they are refused as encryption keys, directly and through serde.
+        assert_eq!(OrgEncryptionKey::from_bytes(p), Err(KeyError::InvalidEncryptionKey));
+        let encoded = postcard::to_allocvec(&p).unwrap();
+        assert!(postcard::from_bytes::<OrgEncryptionKey>(&encoded).is_err());
+    }
+    // Random valid keys are accepted by both.
+    for seed in 0..20u8 {
+        let k = OrgEncryptionKeypair::from_secret_bytes([seed; 32]).public_key();
+        assert!(hpke_wrap(k.as_bytes(), &mut r).is_ok());
+        assert!(OrgEncryptionKey::from_bytes(*k.as_bytes()).is_ok());
+    }
 }
 
 #[test]
@@ -490,6 +532,25 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn any_flipped_byte_of_a_signed_epoch_is_refused(
+        seed in any::<u64>(),
+        flip in any::<prop::sample::Index>(),
+        bit in 0u8..8,
+    ) {
+        let mut r = rng(seed);
+        let t = three(&mut r);
+        let mut bytes = t.epoch1.encode().unwrap();
+        let i = flip.index(bytes.len());
+        bytes[i] ^= 1 << bit;
+        // The signature covers every byte: decoding (or verifying) refuses the change.
+        prop_assert!(KeyEpoch::decode_signed(&bytes, &fed()).is_err());
+    }
+}
+
 /// Measures seal + open throughput for 1 MiB change sets (run with `--release --ignored`).
 #[test]
 #[ignore = "measurement; run in release"]
@@ -524,7 +585,16 @@ fn measure_seal_open_throughput() {
         std::hint::black_box(t.a.seal(&mut r, &branch, &cs).unwrap());
     }
     let seal_mbs = (len * rounds) as f64 / start.elapsed().as_secs_f64() / 1e6;
+    // And the canonical encode + decode of the change set alone, without any cryptography.
+    let start = std::time::Instant::now();
+    for _ in 0..rounds {
+        let bytes = llmkg_federation_core::encoding::encode(&cs);
+        let back: ChangeSet = llmkg_federation_core::encoding::decode(&bytes).unwrap();
+        std::hint::black_box(back);
+    }
+    let codec_mbs = (len * rounds) as f64 / start.elapsed().as_secs_f64() / 1e6;
     println!(
-        "change set of {len} bytes ({n} triples): seal+open {mbs:.1} MB/s, seal alone {seal_mbs:.1} MB/s"
+        "change set of {len} bytes ({n} triples): seal+open {mbs:.1} MB/s, seal alone \
+         {seal_mbs:.1} MB/s, encode+decode without crypto {codec_mbs:.1} MB/s"
     );
 }
