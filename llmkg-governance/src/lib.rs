@@ -1,3 +1,4 @@
 //! # llmkg-governance
 //!
 //! The security plane of LLMKG Federation (work in progress on this branch).
+pub mod audit;
