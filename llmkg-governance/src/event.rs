@@ -46,19 +46,68 @@ pub struct VerdictRecord {
 #[non_exhaustive]
 #[allow(missing_docs)] // the fields are described in the module table and named for what they hold
 pub enum AuditKind {
-    Pin { org: String, root: String, level: String },
-    CertificateAccepted { org: String, node: String, serial: u64 },
-    CertificateRefused { org: String, node: String, serial: u64, reason: String },
-    Revocation { org: String, serials: Vec<u64> },
-    RevocationRefused { org: String, reason: String },
-    NodeKeyRotated { org: String, node: String, serial: u64, revoked: Vec<u64> },
-    NodeKeyRotationRefused { org: String, reason: String },
-    RootRotated { org: String, old_root: String, new_root: String, sequence: u64, endorsers: Vec<String> },
-    RootRotationRefused { org: String, reason: String },
-    PolicyInstalled { org: String, version: u64, rules: usize },
-    PolicyRefused { org: String, reason: String },
-    EncryptionKey { org: String, key: String },
-    EncryptionKeyRefused { org: String, reason: String },
+    Pin {
+        org: String,
+        root: String,
+        level: String,
+    },
+    CertificateAccepted {
+        org: String,
+        node: String,
+        serial: u64,
+    },
+    CertificateRefused {
+        org: String,
+        node: String,
+        serial: u64,
+        reason: String,
+    },
+    Revocation {
+        org: String,
+        serials: Vec<u64>,
+    },
+    RevocationRefused {
+        org: String,
+        reason: String,
+    },
+    NodeKeyRotated {
+        org: String,
+        node: String,
+        serial: u64,
+        revoked: Vec<u64>,
+    },
+    NodeKeyRotationRefused {
+        org: String,
+        reason: String,
+    },
+    RootRotated {
+        org: String,
+        old_root: String,
+        new_root: String,
+        sequence: u64,
+        endorsers: Vec<String>,
+    },
+    RootRotationRefused {
+        org: String,
+        reason: String,
+    },
+    PolicyInstalled {
+        org: String,
+        version: u64,
+        rules: usize,
+    },
+    PolicyRefused {
+        org: String,
+        reason: String,
+    },
+    EncryptionKey {
+        org: String,
+        key: String,
+    },
+    EncryptionKeyRefused {
+        org: String,
+        reason: String,
+    },
     AccessDecision {
         federation: String,
         branch: String,
@@ -67,12 +116,44 @@ pub enum AuditKind {
         approved: bool,
         verdicts: Vec<VerdictRecord>,
     },
-    CommitRefused { federation: String, branch: String, commit: String, author: String, reason: String },
-    ContextCreated { federation: String, branch: String, level: String, members: Vec<String>, key_epoch: Option<u64> },
-    MembershipChanged { federation: String, branch: String, members: Vec<String>, key_epoch: Option<u64> },
-    KeyEpoch { federation: String, epoch: u64, members: Vec<String>, issued_here: bool },
-    SealedReadRefused { federation: String, branch: String, epoch: u64, reason: String },
-    ConsensusDecision { group: String, index: u64, proposal: String, outcome: String },
+    CommitRefused {
+        federation: String,
+        branch: String,
+        commit: String,
+        author: String,
+        reason: String,
+    },
+    ContextCreated {
+        federation: String,
+        branch: String,
+        level: String,
+        members: Vec<String>,
+        key_epoch: Option<u64>,
+    },
+    MembershipChanged {
+        federation: String,
+        branch: String,
+        members: Vec<String>,
+        key_epoch: Option<u64>,
+    },
+    KeyEpoch {
+        federation: String,
+        epoch: u64,
+        members: Vec<String>,
+        issued_here: bool,
+    },
+    SealedReadRefused {
+        federation: String,
+        branch: String,
+        epoch: u64,
+        reason: String,
+    },
+    ConsensusDecision {
+        group: String,
+        index: u64,
+        proposal: String,
+        outcome: String,
+    },
 }
 
 /// One audit entry: when, by whom, what.

@@ -10,12 +10,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use llmkg_federation_core::encoding::fmt_hex_string;
 use llmkg_federation_core::kv::KvStore;
 use llmkg_federation_core::security::{
-    BranchRef, CrossFederationMerge, FederatedBranchRequest, NamespaceClaim, Operation,
-    OrgVerdict, SecurityContext, SecurityDecision, SecurityError, SecurityLevel, SecurityManager,
-    Verdict,
+    BranchRef, CrossFederationMerge, FederatedBranchRequest, NamespaceClaim, Operation, OrgVerdict,
+    SecurityContext, SecurityDecision, SecurityError, SecurityManager, Verdict,
 };
 use llmkg_federation_core::{
     BranchName, ChangeSet, CommitPolicy, CommitRefusal, FederationId, NodeCertificate, NodeId,
@@ -27,7 +25,7 @@ use rand_chacha::ChaCha20Rng;
 use thiserror::Error;
 
 use crate::access::{AccessControl, AccessPolicy, PolicyError};
-use crate::audit::{AuditError, AuditLog, LogSigner, SignedNote};
+use crate::audit::{AuditError, AuditLog, Checkpoint, CheckpointError, LogSigner, SignedNote};
 use crate::event::{AuditEvent, AuditKind, VerdictRecord};
 use crate::keys::{
     Accepted, EncryptionKeyCertificate, FederationKeyring, KeyEpoch, KeyError,
@@ -79,6 +77,9 @@ pub enum GovernanceError {
     /// The audit log could not be written; the operation was not performed.
     #[error("audit log: {0}")]
     Audit(#[from] AuditError),
+    /// A checkpoint could not be made (an origin the checkpoint format refuses).
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
     /// Signing failed.
     #[error(transparent)]
     Sign(#[from] SignError),
@@ -256,7 +257,7 @@ fn lock<K: KvStore>(state: &Mutex<State<K>>) -> MutexGuard<'_, State<K>> {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    fmt_hex_string(bytes)
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn branch_label(b: &BranchRef) -> (String, String) {
@@ -462,7 +463,9 @@ impl<K: KvStore> State<K> {
     }
 
     fn context(&self, branch: &BranchRef) -> Result<&BranchSecurity, GovernanceError> {
-        self.contexts.get(branch).ok_or_else(|| GovernanceError::UnknownBranch(branch.branch.clone()))
+        self.contexts
+            .get(branch)
+            .ok_or_else(|| GovernanceError::UnknownBranch(branch.branch.clone()))
     }
 }
 
@@ -503,7 +506,11 @@ impl<K: KvStore> FederatedSecurityManager<K> {
         let mut s = self.state();
         s.record(
             now,
-            AuditKind::Pin { org: org.to_string(), root: root.to_string(), level: level.to_string() },
+            AuditKind::Pin {
+                org: org.to_string(),
+                root: root.to_string(),
+                level: level.to_string(),
+            },
         )?;
         s.trust.pin(org, root, level);
         Ok(())
@@ -545,15 +552,16 @@ impl<K: KvStore> FederatedSecurityManager<K> {
         let mut trial = s.trust.clone();
         match trial.add_revocation(revocation) {
             Ok(()) => {
-                s.record(now, AuditKind::Revocation { org, serials: revocation.serials().to_vec() })?;
+                s.record(
+                    now,
+                    AuditKind::Revocation { org, serials: revocation.serials().to_vec() },
+                )?;
                 s.trust = trial;
                 Ok(())
             }
-            Err(e) => s.refuse(
-                now,
-                AuditKind::RevocationRefused { org, reason: e.to_string() },
-                e.into(),
-            ),
+            Err(e) => {
+                s.refuse(now, AuditKind::RevocationRefused { org, reason: e.to_string() }, e.into())
+            }
         }
     }
 
@@ -653,10 +661,9 @@ impl<K: KvStore> FederatedSecurityManager<K> {
             }
         };
         let org = parsed.org().clone();
-        let signed = s
-            .trust
-            .root(&org)
-            .is_some_and(|r| r.verify_statement(POLICY_CONTEXT, &policy.document, &policy.signature));
+        let signed = s.trust.root(&org).is_some_and(|r| {
+            r.verify_statement(POLICY_CONTEXT, &policy.document, &policy.signature)
+        });
         if !signed {
             let e = GovernanceError::PolicyNotSigned(org.clone());
             return s.refuse(
@@ -720,7 +727,11 @@ impl<K: KvStore> FederatedSecurityManager<K> {
         let owners = s.context(branch)?.owners(iris);
         let decision = s.decide(&principal, op, &owners, &branch.branch, iris);
         s.record_decision(now, branch, node, op, &decision)?;
-        if decision.is_approved() { Ok(decision) } else { Err(GovernanceError::NotApproved(decision)) }
+        if decision.is_approved() {
+            Ok(decision)
+        } else {
+            Err(GovernanceError::NotApproved(decision))
+        }
     }
 
     /// Lets `org` into a branch (a membership change): for a sealed level, the federation's
@@ -814,8 +825,22 @@ impl<K: KvStore> FederatedSecurityManager<K> {
                 GovernanceError::NotAnAdministrator { node: issuer, reason },
             );
         }
-        let mut keyring = s.keyring(federation).clone();
-        let accepted = keyring.accept(epoch)?;
+        // `accept` changes nothing on error.
+        let accepted = match s.keyring(federation).accept(epoch) {
+            Ok(a) => a,
+            Err(e) => {
+                return s.refuse(
+                    now,
+                    AuditKind::SealedReadRefused {
+                        federation: federation.to_string(),
+                        branch: String::new(),
+                        epoch: 0,
+                        reason: format!("key epoch from {issuer} refused: {e}"),
+                    },
+                    e.into(),
+                );
+            }
+        };
         let value = epoch.open(&federation).map_err(KeyError::from)?;
         s.record(
             now,
@@ -826,7 +851,6 @@ impl<K: KvStore> FederatedSecurityManager<K> {
                 issued_here: false,
             },
         )?;
-        s.keyrings.insert(federation, keyring);
         s.epochs.entry(federation).or_default().push(epoch.clone());
         for (b, sec) in s.contexts.iter_mut() {
             if b.federation == federation && sec.context.level.seals() {
@@ -907,7 +931,8 @@ impl<K: KvStore> FederatedSecurityManager<K> {
     /// A checkpoint of the audit log at its current size, signed by the log's key.
     pub fn checkpoint(&self) -> Result<SignedNote, GovernanceError> {
         let s = self.state();
-        Ok(s.audit.signed_checkpoint(&s.log_signer)?)
+        let checkpoint = Checkpoint::new(s.log_signer.name(), s.audit.size(), s.audit.root())?;
+        Ok(s.log_signer.sign(&checkpoint))
     }
 
     /// Runs `f` on the audit log (proofs, entries, export).
@@ -1049,7 +1074,10 @@ impl<K: KvStore + 'static> SecurityManager for FederatedSecurityManager<K> {
 
     fn commit_policy(&self, branch: &BranchRef) -> Result<Arc<dyn CommitPolicy>, SecurityError> {
         self.state().context(branch).map_err(SecurityError::from)?;
-        Ok(Arc::new(GovernanceCommitPolicy { state: Arc::clone(&self.state), branch: branch.clone() }))
+        Ok(Arc::new(GovernanceCommitPolicy {
+            state: Arc::clone(&self.state),
+            branch: branch.clone(),
+        }))
     }
 }
 

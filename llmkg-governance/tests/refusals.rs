@@ -12,12 +12,12 @@ use llmkg_federation_core::{
     BranchName, CertificateError, ChangeSet, CommitRefusal, FederationId, MemoryKv,
     NodeCertificate, NodeId, NodeKeypair, OrgId, OrgKeypair, Role, Term, Timestamp, Triple,
 };
+use llmkg_governance::GovernanceError;
 use llmkg_governance::access::{AccessPolicy, PrincipalPattern, Rule};
 use llmkg_governance::audit::LogSigner;
 use llmkg_governance::keys::{EncryptionKeyCertificate, KeyError, OrgEncryptionKeypair};
 use llmkg_governance::manager::{FederatedSecurityManager, GovernanceOptions, SignedPolicy};
 use llmkg_governance::trust::{RootRotation, TrustError, TrustLevel};
-use llmkg_governance::GovernanceError;
 use llmkg_sync::replica::{ReceiveError, Replica, ReplicaConfig};
 
 fn t(s: i64) -> Timestamp {
@@ -57,11 +57,14 @@ impl Org {
         self.node(self.writer).node_id()
     }
     fn cert(&self, node: NodeId, roles: &[Role], serial: u64) -> NodeCertificate {
-        self.root.certify(self.id.clone(), node, roles.iter().copied(), t(0), t(10_000), serial).unwrap()
+        self.root
+            .certify(self.id.clone(), node, roles.iter().copied(), t(0), t(10_000), serial)
+            .unwrap()
     }
     fn enc_cert(&self) -> EncryptionKeyCertificate {
         let kp = OrgEncryptionKeypair::from_secret_bytes([self.enc; 32]);
-        EncryptionKeyCertificate::issue(&self.root, self.id.clone(), kp.public_key(), 1, t(0)).unwrap()
+        EncryptionKeyCertificate::issue(&self.root, self.id.clone(), kp.public_key(), 1, t(0))
+            .unwrap()
     }
     /// Admins administer and merge; writers read and commit; nobody may touch `/secret/`.
     fn policy(&self, version: u64) -> SignedPolicy {
@@ -69,16 +72,21 @@ impl Org {
             self.id.clone(),
             version,
             vec![
-                Rule::permit("admins", PrincipalPattern::Role(Role::Admin), Operation::ALL).unwrap(),
+                Rule::permit("admins", PrincipalPattern::Role(Role::Admin), Operation::ALL)
+                    .unwrap(),
                 Rule::permit(
                     "writers",
                     PrincipalPattern::Role(Role::Writer),
                     [Operation::Read, Operation::Commit],
                 )
                 .unwrap(),
-                Rule::forbid("no-secret", PrincipalPattern::Any, [Operation::Commit, Operation::Read])
-                    .unwrap()
-                    .in_namespace("https://ex.org/secret/"),
+                Rule::forbid(
+                    "no-secret",
+                    PrincipalPattern::Any,
+                    [Operation::Commit, Operation::Read],
+                )
+                .unwrap()
+                .in_namespace("https://ex.org/secret/"),
             ],
         )
         .unwrap();
@@ -150,8 +158,12 @@ fn audited<T: std::fmt::Debug>(
 }
 
 fn triple(p: &str, o: &str) -> Triple {
-    Triple::new(Term::iri("https://ex.org/s").unwrap(), Term::iri(p).unwrap(), Term::string(o).unwrap())
-        .unwrap()
+    Triple::new(
+        Term::iri("https://ex.org/s").unwrap(),
+        Term::iri(p).unwrap(),
+        Term::string(o).unwrap(),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -170,13 +182,24 @@ fn forged_certificate_is_refused() {
         .unwrap();
     let err = audited(&m, "certificate-refused", || m.add_certificate(forged, t(2)));
     assert!(
-        matches!(err, Err(GovernanceError::Trust(TrustError::Certificate(CertificateError::WrongRoot { .. })))),
+        matches!(
+            err,
+            Err(GovernanceError::Trust(TrustError::Certificate(
+                CertificateError::WrongRoot { .. }
+            )))
+        ),
         "{err:?}"
     );
     // Nothing changed: the forged node is still unknown.
     let b = branch("b");
-    let req = FederatedBranchRequest { requester: globex.writer_id(), ..request(&acme, "b", &[&acme], SecurityLevel::Internal) };
-    assert!(matches!(m.validate_branch_request(&req, t(3)), Err(SecurityError::UnknownRequester(_))));
+    let req = FederatedBranchRequest {
+        requester: globex.writer_id(),
+        ..request(&acme, "b", &[&acme], SecurityLevel::Internal)
+    };
+    assert!(matches!(
+        m.validate_branch_request(&req, t(3)),
+        Err(SecurityError::UnknownRequester(_))
+    ));
     let _ = b;
 }
 
@@ -185,17 +208,31 @@ fn expired_and_not_yet_valid_certificates_are_refused() {
     let (acme, globex, _) = orgs();
     let m = acme.manager(&[&acme, &globex]);
     let node = NodeKeypair::from_secret_bytes([77; 32]).node_id();
-    let cert = globex.root.certify(globex.id.clone(), node, [Role::Writer], t(100), t(200), 5).unwrap();
+    let cert =
+        globex.root.certify(globex.id.clone(), node, [Role::Writer], t(100), t(200), 5).unwrap();
     let err = audited(&m, "certificate-refused", || m.add_certificate(cert.clone(), t(300)));
-    assert!(matches!(err, Err(GovernanceError::Trust(TrustError::Certificate(CertificateError::Expired { .. })))));
+    assert!(matches!(
+        err,
+        Err(GovernanceError::Trust(TrustError::Certificate(CertificateError::Expired { .. })))
+    ));
     let err = audited(&m, "certificate-refused", || m.add_certificate(cert, t(50)));
-    assert!(matches!(err, Err(GovernanceError::Trust(TrustError::Certificate(CertificateError::NotYetValid { .. })))));
+    assert!(matches!(
+        err,
+        Err(GovernanceError::Trust(TrustError::Certificate(CertificateError::NotYetValid { .. })))
+    ));
     // A certificate that lapses after being accepted stops authorizing.
-    let short = globex.root.certify(globex.id.clone(), node, [Role::Admin], t(0), t(20), 6).unwrap();
+    let short =
+        globex.root.certify(globex.id.clone(), node, [Role::Admin], t(0), t(20), 6).unwrap();
     m.add_certificate(short, t(10)).unwrap();
-    let req = FederatedBranchRequest { requester: node, ..request(&globex, "late", &[&globex], SecurityLevel::Internal) };
+    let req = FederatedBranchRequest {
+        requester: node,
+        ..request(&globex, "late", &[&globex], SecurityLevel::Internal)
+    };
     let err = audited(&m, "access-decision", || m.validate_branch_request(&req, t(30)));
-    assert!(matches!(err, Err(SecurityError::Identity { error: CertificateError::Expired { .. }, .. })), "{err:?}");
+    assert!(
+        matches!(err, Err(SecurityError::Identity { error: CertificateError::Expired { .. }, .. })),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -207,11 +244,17 @@ fn revoked_certificate_is_refused() {
     let revocation = globex.root.revoke(globex.id.clone(), [1], t(3)).unwrap();
     audited(&m, "revocation", || m.add_revocation(&revocation, t(3)).unwrap());
     let err = audited(&m, "access-decision", || m.validate_branch_request(&req, t(4)));
-    assert!(matches!(err, Err(SecurityError::Identity { error: CertificateError::Revoked { .. }, .. })), "{err:?}");
+    assert!(
+        matches!(err, Err(SecurityError::Identity { error: CertificateError::Revoked { .. }, .. })),
+        "{err:?}"
+    );
     // A revocation signed by another root is refused and changes nothing.
     let bogus = acme.root.revoke(globex.id.clone(), [2], t(3)).unwrap();
     let err = audited(&m, "revocation-refused", || m.add_revocation(&bogus, t(5)));
-    assert!(matches!(err, Err(GovernanceError::Trust(TrustError::Certificate(CertificateError::WrongRoot { .. })))));
+    assert!(matches!(
+        err,
+        Err(GovernanceError::Trust(TrustError::Certificate(CertificateError::WrongRoot { .. })))
+    ));
 }
 
 #[test]
@@ -221,7 +264,10 @@ fn unpinned_root_is_refused() {
     let err = audited(&m, "certificate-refused", || {
         m.add_certificate(globex.cert(globex.writer_id(), &[Role::Writer], 2), t(2))
     });
-    assert!(matches!(err, Err(GovernanceError::Trust(TrustError::Certificate(CertificateError::UnknownOrg(_))))));
+    assert!(matches!(
+        err,
+        Err(GovernanceError::Trust(TrustError::Certificate(CertificateError::UnknownOrg(_))))
+    ));
     // A policy of an unpinned organization is refused too.
     let err = audited(&m, "policy-refused", || m.publish_policy(&globex.policy(1), t(2)));
     assert!(matches!(err, Err(GovernanceError::PolicyNotSigned(_))), "{err:?}");
@@ -231,17 +277,37 @@ fn unpinned_root_is_refused() {
 fn access_is_denied_by_default_and_forbid_overrides_permit() {
     let (acme, globex, _) = orgs();
     let m = acme.manager(&[&acme, &globex]);
-    let ctx = m.create_security_context(&request(&acme, "main", &[&acme, &globex], SecurityLevel::Internal), t(2)).unwrap();
+    let ctx = m
+        .create_security_context(
+            &request(&acme, "main", &[&acme, &globex], SecurityLevel::Internal),
+            t(2),
+        )
+        .unwrap();
     let b = ctx.branch;
     // A writer may commit, but not merge: nothing permits it.
-    let err = audited(&m, "access-decision", || m.authorize(&acme.writer_id(), Operation::Merge, &b, &[], t(3)));
+    let err = audited(&m, "access-decision", || {
+        m.authorize(&acme.writer_id(), Operation::Merge, &b, &[], t(3))
+    });
     let Err(GovernanceError::NotApproved(d)) = err else { panic!("{err:?}") };
     assert!(d.refused_by().all(|(_, rule, _)| rule.is_none()), "{d}");
     assert_eq!(d.refused_by().count(), 2);
     // The writer may commit a foaf name, but the forbid on /secret/ beats the writer permit.
-    m.authorize(&acme.writer_id(), Operation::Commit, &b, &["http://xmlns.com/foaf/0.1/name"], t(3)).unwrap();
+    m.authorize(
+        &acme.writer_id(),
+        Operation::Commit,
+        &b,
+        &["http://xmlns.com/foaf/0.1/name"],
+        t(3),
+    )
+    .unwrap();
     let err = audited(&m, "access-decision", || {
-        m.authorize(&acme.writer_id(), Operation::Commit, &b, &["https://ex.org/secret/salary"], t(3))
+        m.authorize(
+            &acme.writer_id(),
+            Operation::Commit,
+            &b,
+            &["https://ex.org/secret/salary"],
+            t(3),
+        )
     });
     let Err(GovernanceError::NotApproved(d)) = err else { panic!("{err:?}") };
     assert!(d.refused_by().all(|(_, rule, _)| rule == Some("no-secret")), "{d}");
@@ -258,15 +324,28 @@ fn one_organization_withholding_consent_refuses() {
     let strict = AccessPolicy::new(
         initech.id.clone(),
         2,
-        vec![Rule::permit("own-admins", PrincipalPattern::OrgRole(initech.id.clone(), Role::Admin), Operation::ALL).unwrap()],
+        vec![
+            Rule::permit(
+                "own-admins",
+                PrincipalPattern::OrgRole(initech.id.clone(), Role::Admin),
+                Operation::ALL,
+            )
+            .unwrap(),
+        ],
     )
     .unwrap();
     m.publish_policy(&SignedPolicy::sign(&strict, &initech.root).unwrap(), t(2)).unwrap();
     let req = request(&acme, "joint", &[&acme, &globex, &initech], SecurityLevel::Internal);
     let d = audited(&m, "access-decision", || m.validate_branch_request(&req, t(3)).unwrap());
     assert!(!d.is_approved());
-    assert_eq!(d.approved_by().cloned().collect::<Vec<_>>(), vec![acme.id.clone(), globex.id.clone()]);
-    assert_eq!(d.refused_by().map(|(o, _, _)| o.clone()).collect::<Vec<_>>(), vec![initech.id.clone()]);
+    assert_eq!(
+        d.approved_by().cloned().collect::<Vec<_>>(),
+        vec![acme.id.clone(), globex.id.clone()]
+    );
+    assert_eq!(
+        d.refused_by().map(|(o, _, _)| o.clone()).collect::<Vec<_>>(),
+        vec![initech.id.clone()]
+    );
     let err = m.create_security_context(&req, t(3));
     assert!(matches!(err, Err(SecurityError::NotApproved(_))), "{err:?}");
     assert!(m.context(&branch("joint")).is_none(), "no context was created");
@@ -286,8 +365,18 @@ fn one_organization_withholding_consent_refuses() {
 fn merge_needs_both_branches_organizations() {
     let (acme, globex, initech) = orgs();
     let m = acme.manager(&[&acme, &globex, &initech]);
-    let s = m.create_security_context(&request(&acme, "source", &[&acme, &initech], SecurityLevel::Internal), t(2)).unwrap();
-    let tgt = m.create_security_context(&request(&acme, "target", &[&acme, &globex], SecurityLevel::Internal), t(2)).unwrap();
+    let s = m
+        .create_security_context(
+            &request(&acme, "source", &[&acme, &initech], SecurityLevel::Internal),
+            t(2),
+        )
+        .unwrap();
+    let tgt = m
+        .create_security_context(
+            &request(&acme, "target", &[&acme, &globex], SecurityLevel::Internal),
+            t(2),
+        )
+        .unwrap();
     let merge = CrossFederationMerge {
         requester: acme.admin_id(),
         source: s.branch.clone(),
@@ -299,7 +388,9 @@ fn merge_needs_both_branches_organizations() {
     assert_eq!(d.verdicts().len(), 3);
     // A writer may not merge: every organization refuses.
     let by_writer = CrossFederationMerge { requester: acme.writer_id(), ..merge };
-    let d = audited(&m, "access-decision", || m.validate_cross_federation_merge(&by_writer, t(3)).unwrap());
+    let d = audited(&m, "access-decision", || {
+        m.validate_cross_federation_merge(&by_writer, t(3)).unwrap()
+    });
     assert_eq!(d.refused_by().count(), 3, "{d}");
 }
 
@@ -310,7 +401,8 @@ fn unauthorized_commit_is_refused_on_receive_everywhere() {
     let mg = globex.manager(&[&acme, &globex]);
     let mut req = request(&acme, "shared", &[&acme, &globex], SecurityLevel::Internal);
     // Globex's namespace is globex's data alone.
-    req.namespaces = vec![NamespaceClaim { prefix: "https://globex.example/".into(), owner: globex.id.clone() }];
+    req.namespaces =
+        vec![NamespaceClaim { prefix: "https://globex.example/".into(), owner: globex.id.clone() }];
     ma.create_security_context(&req, t(2)).unwrap();
     mg.create_security_context(&req, t(2)).unwrap();
     let b = branch("shared");
@@ -322,8 +414,12 @@ fn unauthorized_commit_is_refused_on_receive_everywhere() {
         ReplicaConfig::default(),
     )
     .unwrap();
-    let ok = author.write(t(5), ChangeSet::adding([triple("https://ex.org/name", "x")]), "fine").unwrap();
-    let bad = author.write(t(6), ChangeSet::adding([triple("https://ex.org/secret/salary", "1")]), "bad").unwrap();
+    let ok = author
+        .write(t(5), ChangeSet::adding([triple("https://ex.org/name", "x")]), "fine")
+        .unwrap();
+    let bad = author
+        .write(t(6), ChangeSet::adding([triple("https://ex.org/secret/salary", "1")]), "bad")
+        .unwrap();
     for m in [&ma, &mg] {
         let mut replica = Replica::open_with_policy(
             MemoryKv::new(),
@@ -343,19 +439,31 @@ fn unauthorized_commit_is_refused_on_receive_everywhere() {
         assert_eq!(replica.len(), 1, "the refused commit was not kept");
     }
     // A commit claiming another organization than its author's certificate.
-    let mut liar = Replica::open(MemoryKv::new(), acme.node(acme.writer), globex.id.clone(), ReplicaConfig::default()).unwrap();
-    let forged_org = liar.write(t(5), ChangeSet::adding([triple("https://ex.org/name", "y")]), "as globex").unwrap();
+    let mut liar = Replica::open(
+        MemoryKv::new(),
+        acme.node(acme.writer),
+        globex.id.clone(),
+        ReplicaConfig::default(),
+    )
+    .unwrap();
+    let forged_org = liar
+        .write(t(5), ChangeSet::adding([triple("https://ex.org/name", "y")]), "as globex")
+        .unwrap();
     let policy = mg.commit_policy(&b).unwrap();
     assert!(matches!(policy.check(&forged_org), Err(CommitRefusal::OrgMismatch { .. })));
     // Globex's namespace: acme's writer may not write it without globex, even though acme permits it.
     let strict = AccessPolicy::new(
         globex.id.clone(),
         2,
-        vec![Rule::permit("own", PrincipalPattern::Org(globex.id.clone()), Operation::ALL).unwrap()],
+        vec![
+            Rule::permit("own", PrincipalPattern::Org(globex.id.clone()), Operation::ALL).unwrap(),
+        ],
     )
     .unwrap();
     mg.publish_policy(&SignedPolicy::sign(&strict, &globex.root).unwrap(), t(8)).unwrap();
-    let gx = author.write(t(9), ChangeSet::adding([triple("https://globex.example/price", "3")]), "gx").unwrap();
+    let gx = author
+        .write(t(9), ChangeSet::adding([triple("https://globex.example/price", "3")]), "gx")
+        .unwrap();
     assert!(matches!(policy.check(&gx), Err(CommitRefusal::AccessDenied { .. })));
 }
 
@@ -388,7 +496,10 @@ fn removed_organization_cannot_read_what_is_sealed_after_its_removal() {
     let after = ChangeSet::adding([triple("https://ex.org/name", "after")]);
     let sealed_after = ma.seal(&b, &after).unwrap();
     let err = audited(&mi2, "sealed-read-refused", || mi2.open(&b, &sealed_after, t(7)));
-    assert!(matches!(err, Err(GovernanceError::Key(KeyError::NoKeyForEpoch { epoch: 2 }))), "{err:?}");
+    assert!(
+        matches!(err, Err(GovernanceError::Key(KeyError::NoKeyForEpoch { epoch: 2 }))),
+        "{err:?}"
+    );
     // What it could read before, it still can; globex, still a member, reads both.
     assert_eq!(mi2.open(&b, &sealed_before, t(8)).unwrap(), before);
     let mg = globex.manager(&all);
@@ -408,19 +519,25 @@ fn root_rotation_needs_a_quorum_of_the_other_members() {
     let m = acme.manager(&all);
     // Globex lost its root: it makes a new one; 4 other voting members, so 3 must endorse.
     let new_root = OrgKeypair::from_secret_bytes([21; 32]);
-    let rotation = RootRotation::sign(&new_root, globex.id.clone(), globex.root.root_key(), 1, t(5)).unwrap();
+    let rotation =
+        RootRotation::sign(&new_root, globex.id.clone(), globex.root.root_key(), 1, t(5)).unwrap();
     let e: Vec<_> = [&acme, &initech, &hooli]
         .iter()
         .map(|o| rotation.endorse(o.id.clone(), &o.root).unwrap())
         .collect();
     let err = audited(&m, "root-rotation-refused", || m.rotate_root(&rotation, &e[..2], t(6)));
     assert!(
-        matches!(err, Err(GovernanceError::Trust(TrustError::QuorumNotMet { have: 2, need: 3, .. }))),
+        matches!(
+            err,
+            Err(GovernanceError::Trust(TrustError::QuorumNotMet { have: 2, need: 3, .. }))
+        ),
         "{err:?}"
     );
     // Nothing changed: certificates under the old root still verify, new ones do not.
     m.add_certificate(globex.cert(globex.writer_id(), &[Role::Writer], 3), t(6)).unwrap();
-    let new_cert = new_root.certify(globex.id.clone(), globex.writer_id(), [Role::Writer], t(0), t(100), 4).unwrap();
+    let new_cert = new_root
+        .certify(globex.id.clone(), globex.writer_id(), [Role::Writer], t(0), t(100), 4)
+        .unwrap();
     assert!(m.add_certificate(new_cert.clone(), t(6)).is_err());
     // The rotating organization's own endorsement does not count.
     let own = rotation.endorse(globex.id.clone(), &globex.root).unwrap();
@@ -430,5 +547,8 @@ fn root_rotation_needs_a_quorum_of_the_other_members() {
     audited(&m, "root-rotated", || m.rotate_root(&rotation, &e, t(7)).unwrap());
     m.add_certificate(new_cert, t(8)).unwrap();
     let err = m.add_certificate(globex.cert(globex.writer_id(), &[Role::Writer], 5), t(8));
-    assert!(matches!(err, Err(GovernanceError::Trust(TrustError::Certificate(CertificateError::WrongRoot { .. })))));
+    assert!(matches!(
+        err,
+        Err(GovernanceError::Trust(TrustError::Certificate(CertificateError::WrongRoot { .. })))
+    ));
 }

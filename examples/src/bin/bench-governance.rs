@@ -102,8 +102,7 @@ fn policy_and_requests(
     let nodes: Vec<_> =
         (0..50u8).map(|i| NodeKeypair::from_secret_bytes([i + 1; 32]).node_id()).collect();
     let roles = [Role::Reader, Role::Writer, Role::Admin];
-    let namespaces: Vec<String> =
-        (0..30).map(|i| format!("https://data.example/ns{i}/")).collect();
+    let namespaces: Vec<String> = (0..30).map(|i| format!("https://data.example/ns{i}/")).collect();
     let mut rules = Vec::new();
     for i in 0..1_000 {
         let principal = match rng.random_range(0..5) {
@@ -141,7 +140,11 @@ fn policy_and_requests(
             let role = roles[rng.random_range(0..3)];
             let op = Operation::ALL[rng.random_range(0..Operation::ALL.len())];
             let branch = branches[rng.random_range(0..branches.len())].clone();
-            let iri = format!("{}p{}", namespaces[rng.random_range(0..namespaces.len())], rng.random_range(0..100));
+            let iri = format!(
+                "{}p{}",
+                namespaces[rng.random_range(0..namespaces.len())],
+                rng.random_range(0..100)
+            );
             (Principal::new(node, org, [role]), op, branch, iri)
         })
         .collect();
