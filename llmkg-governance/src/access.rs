@@ -13,8 +13,9 @@
 //!   organization whose data the operation touches, and approves only if all permit.
 //!
 //! Namespaces are IRI prefixes. A namespace-scoped *permit* grants only requests inside its
-//! namespace; a namespace-scoped *forbid* also refuses whole-branch requests (which include
-//! that namespace's data), so scoping never widens a grant.
+//! namespace; a namespace-scoped *forbid* also refuses requests for an enclosing namespace
+//! and for the whole branch (both include that namespace's data), so scoping never widens a
+//! grant. Rule ids compare as byte strings.
 //!
 //! ```
 //! use llmkg_federation_core::security::Operation;
@@ -296,8 +297,13 @@ impl Rule {
         }
         match (&self.namespace, r.namespace) {
             (None, _) => true,
-            (Some(ns), Some(iri)) => iri.starts_with(ns.as_str()),
-            // A scoped forbid covers whole-branch requests; a scoped permit does not.
+            // A scoped permit grants only requests inside its namespace. A scoped forbid also
+            // covers requests for an enclosing namespace and for the whole branch: both
+            // include its data.
+            (Some(ns), Some(iri)) => {
+                iri.starts_with(ns.as_str())
+                    || (self.effect == Effect::Forbid && ns.starts_with(iri))
+            }
             (Some(_), None) => self.effect == Effect::Forbid,
         }
     }
