@@ -165,3 +165,61 @@ fn measure_redb_append_throughput() {
     verify_inclusion(&leaf_hash(entry), 123_456, size, &inc, &log.root()).unwrap();
     verify_consistency(654_321, size, &log.root_at(654_321).unwrap(), &log.root(), &con).unwrap();
 }
+
+/// A store whose next write fails: either before anything is written (`Backend`) or after the
+/// batch became durable (`CommitUncertain`).
+struct Faulty {
+    inner: MemoryKv,
+    fail: std::sync::Mutex<Option<bool>>, // Some(true): apply then report uncertain
+}
+
+impl KvStore for Faulty {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, llmkg_federation_core::kv::KvError> {
+        self.inner.get(key)
+    }
+    fn scan(
+        &self,
+        start: std::ops::Bound<&[u8]>,
+        end: std::ops::Bound<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<llmkg_federation_core::kv::KvPair>, llmkg_federation_core::kv::KvError> {
+        self.inner.scan(start, end, limit)
+    }
+    fn write(
+        &self,
+        batch: llmkg_federation_core::kv::KvBatch,
+    ) -> Result<(), llmkg_federation_core::kv::KvError> {
+        use llmkg_federation_core::kv::KvError;
+        match self.fail.lock().unwrap().take() {
+            None => self.inner.write(batch),
+            Some(false) => Err(KvError::backend("injected failure before commit")),
+            Some(true) => {
+                self.inner.write(batch)?;
+                Err(KvError::CommitUncertain("injected failure after commit".into()))
+            }
+        }
+    }
+}
+
+#[test]
+fn store_failures_leave_the_log_consistent() {
+    let store = std::sync::Arc::new(Faulty { inner: MemoryKv::new(), fail: Default::default() });
+    let mut log = AuditLog::open(store.clone()).unwrap();
+    log.append_batch(&[b"a", b"b"]).unwrap();
+    let root = log.root();
+
+    // Failure before commit: nothing written, the log goes on from the same state.
+    *store.fail.lock().unwrap() = Some(false);
+    assert!(matches!(log.append(b"lost"), Err(AuditError::Store(_))));
+    assert_eq!((log.size(), log.root()), (2, root));
+    assert_eq!(AuditLog::open(store.clone()).unwrap().root(), root);
+    log.append(b"c").unwrap();
+
+    // Outcome unknown: the log refuses to write until reopened; reopening finds the batch.
+    *store.fail.lock().unwrap() = Some(true);
+    assert!(matches!(log.append_batch(&[b"d", b"e"]), Err(AuditError::Store(_))));
+    assert!(matches!(log.append(b"f"), Err(AuditError::Poisoned)));
+    let reopened = AuditLog::open(store.clone()).unwrap();
+    assert_eq!(reopened.size(), 5);
+    assert_eq!(reopened.root(), tree_root(&[b"a", b"b", b"c", b"d", b"e"].map(|e| leaf_hash(e))));
+}

@@ -5,12 +5,13 @@
 //! ```text
 //!   "e" ‖ index:u64             → the entry's bytes
 //!   "h" ‖ level:u8 ‖ index:u64  → hash of the complete subtree of leaves
-//!                                 index·2^level .. (index+1)·2^level (level 0: leaf hashes)
+//!                                 index·2^level .. (index+1)·2^level, for level ≥ 1
+//!                                 (a leaf hash is recomputed from its entry)
 //!   "s"                         → the log's size (u64)
 //! ```
 //!
-//! Each call to [`AuditLog::append`] / [`AuditLog::append_batch`] writes its entries, their
-//! leaf hashes, every subtree they complete and the new size in **one** atomic
+//! Each call to [`AuditLog::append`] / [`AuditLog::append_batch`] writes its entries, the
+//! hashes of every subtree they complete and the new size in **one** atomic
 //! [`KvBatch`]: after a crash the whole call is there or none of it. Any root or proof, for
 //! any size up to the current one, reads O(log n) stored hashes.
 
@@ -184,6 +185,14 @@ impl<K: KvStore> AuditLog<K> {
     }
 
     fn stored_hash(&self, level: u32, index: u64) -> Result<Hash, AuditError> {
+        if level == 0 {
+            // Leaf hashes are not stored: one entry read and one hash.
+            let entry = self
+                .store
+                .get(&entry_key(index))?
+                .ok_or_else(|| AuditError::Corrupt(format!("missing entry {index}")))?;
+            return Ok(leaf_hash(&entry));
+        }
         let v = self.store.get(&hash_key(level, index))?.ok_or_else(|| {
             AuditError::Corrupt(format!("missing subtree hash at level {level}, index {index}"))
         })?;
@@ -246,7 +255,7 @@ impl<K: KvStore> AuditLog<K> {
         for (i, e) in (start..end).zip(entries) {
             let e = e.as_ref();
             let mut h = leaf_hash(e);
-            batch = batch.put(entry_key(i).to_vec(), e).put(hash_key(0, i).to_vec(), h.to_vec());
+            batch = batch.put(entry_key(i).to_vec(), e);
             let (mut level, mut index) = (0u32, i);
             // Each odd index completes its parent with the frontier's last subtree.
             while index & 1 == 1 {
