@@ -208,7 +208,8 @@ fn ref_covers(rule: &RSpec, p: &PSpec, op: usize, res: Res) -> bool {
     match (rule.ns, res.iri) {
         (None, _) => true,
         (Some(ns), Some(iri)) => {
-            IRIS[iri].starts_with(NAMESPACES[ns]) || (rule.forbid && NAMESPACES[ns].starts_with(IRIS[iri]))
+            IRIS[iri].starts_with(NAMESPACES[ns])
+                || (rule.forbid && NAMESPACES[ns].starts_with(IRIS[iri]))
         }
         (Some(_), None) => rule.forbid,
     }
@@ -475,8 +476,13 @@ fn namespace_scoping_on_fixed_cases() {
         d(Operation::Commit, Resource::namespace(main, "https://a.example/hr/x")),
         Expected::Permit("hr-only".into())
     );
+    // ... and a request for an enclosing namespace includes the forbidden salaries.
     assert_eq!(
         d(Operation::Commit, Resource::namespace(main, "https://a.example/h")),
+        Expected::Forbid("no-salary".into())
+    );
+    assert_eq!(
+        d(Operation::Commit, Resource::namespace(main, "https://a.example/hx")),
         Expected::Deny
     );
     assert_eq!(d(Operation::Commit, Resource::branch(main)), Expected::Forbid("no-salary".into()));

@@ -266,7 +266,7 @@ fn audit_append(a: &Args, report: &mut Report) {
     let batch = 1_000u64;
     let total = (a.entries / 10).clamp(batch, 200_000);
     let dir = tempfile::tempdir().unwrap();
-    let mut log = AuditLog::open(RedbKv::create(dir.path().join("audit.redb")).unwrap()).unwrap();
+    let mut log = AuditLog::open(RedbKv::open(dir.path().join("audit.redb")).unwrap()).unwrap();
     let start = Instant::now();
     let mut next = 0;
     while next < total {
@@ -277,7 +277,7 @@ fn audit_append(a: &Args, report: &mut Report) {
     let secs = start.elapsed().as_secs_f64();
     let per_s = total as f64 / secs;
     // Baseline: the same entries written to redb in the same batches, no Merkle log.
-    let kv = RedbKv::create(dir.path().join("plain.redb")).unwrap();
+    let kv = RedbKv::open(dir.path().join("plain.redb")).unwrap();
     let start = Instant::now();
     let mut next = 0;
     while next < total {
@@ -303,7 +303,7 @@ fn audit_append(a: &Args, report: &mut Report) {
 fn audit_proof(a: &Args, report: &mut Report) {
     let n = a.entries;
     let dir = tempfile::tempdir().unwrap();
-    let mut log = AuditLog::open(RedbKv::create(dir.path().join("audit.redb")).unwrap()).unwrap();
+    let mut log = AuditLog::open(RedbKv::open(dir.path().join("audit.redb")).unwrap()).unwrap();
     let batch = 10_000u64;
     let mut next = 0;
     while next < n {
