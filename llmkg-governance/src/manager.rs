@@ -25,7 +25,9 @@ use rand_chacha::ChaCha20Rng;
 use thiserror::Error;
 
 use crate::access::{AccessControl, AccessPolicy, PolicyError};
-use crate::audit::{AuditError, AuditLog, Checkpoint, CheckpointError, LogSigner, SignedNote};
+use crate::audit::{
+    AuditError, AuditLog, Checkpoint, CheckpointError, LogSigner, LogVerifier, SignedNote,
+};
 use crate::event::{AuditEvent, AuditKind, VerdictRecord};
 use crate::keys::{
     Accepted, EncryptionKeyCertificate, FederationKeyring, KeyEpoch, KeyError,
@@ -933,6 +935,12 @@ impl<K: KvStore> FederatedSecurityManager<K> {
         let s = self.state();
         let checkpoint = Checkpoint::new(s.log_signer.name(), s.audit.size(), s.audit.root())?;
         Ok(s.log_signer.sign(&checkpoint))
+    }
+
+    /// The key that verifies this manager's checkpoints (its name is the log's origin), for
+    /// witnesses and auditors.
+    pub fn log_verifier(&self) -> LogVerifier {
+        self.state().log_signer.verifier()
     }
 
     /// Runs `f` on the audit log (proofs, entries, export).

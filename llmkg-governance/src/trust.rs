@@ -54,7 +54,9 @@ const ROOT_ROTATION_CONTEXT: &str = "llmkg-governance/root-rotation/v1";
 const ROOT_ENDORSEMENT_CONTEXT: &str = "llmkg-governance/root-endorsement/v1";
 
 /// How far this organization trusts another: an upper bound on what that organization's
-/// nodes may do here, whatever the access policies permit.
+/// nodes may do here, whatever the access policies permit. The store only records it; the
+/// [`FederatedSecurityManager`](crate::manager::FederatedSecurityManager) applies it to every
+/// decision (as a refusal by the local organization with rule `trust-level`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum TrustLevel {
@@ -461,7 +463,10 @@ impl TrustStore {
     /// old one and the next sequence number, be signed by the new root, and carry valid
     /// endorsements (by their pinned roots) from a majority of [`root_voters`](Self::root_voters).
     /// Certificates signed by the old root stop verifying; the organization re-certifies its
-    /// nodes under the new one. Returns the organizations whose endorsement counted. On error
+    /// nodes under the new one, with new serials (serials revoked under the old root stay
+    /// revoked). An organization with no other voting member here cannot rotate its root this
+    /// way (a majority of none is not reached): it is re-pinned out of band with
+    /// [`pin`](Self::pin). Returns the organizations whose endorsement counted. On error
     /// nothing changed.
     pub fn rotate_root(
         &mut self,
