@@ -373,14 +373,83 @@ impl fmt::Display for AccessDecision {
     }
 }
 
-/// The rules of one operation, bucketed by the principal they name.
+type Map<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
+
+/// Rule positions (ascending) of one principal bucket, split by the branch they name.
+#[derive(Debug, Clone, Default)]
+struct Lists {
+    any_branch: Vec<u32>,
+    by_branch: Map<BranchName, Vec<u32>>,
+}
+
+impl Lists {
+    fn push(&mut self, branch: Option<&BranchName>, pos: u32) {
+        match branch {
+            None => self.any_branch.push(pos),
+            Some(b) => self.by_branch.entry(b.clone()).or_default().push(pos),
+        }
+    }
+
+    fn visit<'a>(&'a self, branch: &BranchName, f: &mut impl FnMut(&'a [u32])) {
+        f(&self.any_branch);
+        if !self.by_branch.is_empty()
+            && let Some(list) = self.by_branch.get(branch)
+        {
+            f(list);
+        }
+    }
+}
+
+/// The rules of one effect and operation, bucketed by the principal and branch they name.
+#[derive(Debug, Clone, Default)]
+struct Buckets {
+    any: Lists,
+    by_org: Map<OrgId, Lists>,
+    by_role: BTreeMap<Role, Lists>,
+    by_org_role: Map<OrgId, BTreeMap<Role, Lists>>,
+    by_node: Map<NodeId, Lists>,
+}
+
+impl Buckets {
+    fn lists_for(&mut self, principal: &PrincipalPattern) -> &mut Lists {
+        match principal {
+            PrincipalPattern::Any => &mut self.any,
+            PrincipalPattern::Org(o) => self.by_org.entry(o.clone()).or_default(),
+            PrincipalPattern::Role(r) => self.by_role.entry(*r).or_default(),
+            PrincipalPattern::OrgRole(o, r) => {
+                self.by_org_role.entry(o.clone()).or_default().entry(*r).or_default()
+            }
+            PrincipalPattern::Node(n) => self.by_node.entry(*n).or_default(),
+        }
+    }
+
+    /// Calls `f` with every list of rules that can match `principal` on `branch`.
+    fn visit<'a>(&'a self, p: &Principal, branch: &BranchName, mut f: impl FnMut(&'a [u32])) {
+        self.any.visit(branch, &mut f);
+        if let Some(l) = self.by_org.get(p.org()) {
+            l.visit(branch, &mut f);
+        }
+        if let Some(l) = self.by_node.get(&p.node()) {
+            l.visit(branch, &mut f);
+        }
+        let org_roles = self.by_org_role.get(p.org());
+        for role in p.roles() {
+            if let Some(l) = self.by_role.get(role) {
+                l.visit(branch, &mut f);
+            }
+            if let Some(l) = org_roles.and_then(|m| m.get(role)) {
+                l.visit(branch, &mut f);
+            }
+        }
+    }
+}
+
+/// The rules of one operation: forbids and permits apart, so that a decision looks at
+/// permits only when no forbid matched, and stops in each list at its first match.
 #[derive(Debug, Clone, Default)]
 struct OpIndex {
-    any: Vec<u32>,
-    by_org: HashMap<OrgId, Vec<u32>>,
-    by_role: BTreeMap<Role, Vec<u32>>,
-    by_org_role: HashMap<(OrgId, Role), Vec<u32>>,
-    by_node: HashMap<NodeId, Vec<u32>>,
+    forbid: Buckets,
+    permit: Buckets,
 }
 
 /// One organization's published rules, indexed for evaluation.
@@ -435,16 +504,11 @@ impl AccessPolicy {
             let pos = pos as u32; // at most MAX_RULES
             for op in &rule.operations {
                 let Some(ix) = index.get_mut(op_slot(*op)) else { continue };
-                let list = match &rule.principal {
-                    PrincipalPattern::Any => &mut ix.any,
-                    PrincipalPattern::Org(o) => ix.by_org.entry(o.clone()).or_default(),
-                    PrincipalPattern::Role(r) => ix.by_role.entry(*r).or_default(),
-                    PrincipalPattern::OrgRole(o, r) => {
-                        ix.by_org_role.entry((o.clone(), *r)).or_default()
-                    }
-                    PrincipalPattern::Node(n) => ix.by_node.entry(*n).or_default(),
+                let buckets = match rule.effect {
+                    Effect::Forbid => &mut ix.forbid,
+                    Effect::Permit => &mut ix.permit,
                 };
-                list.push(pos);
+                buckets.lists_for(&rule.principal).push(rule.branch.as_ref(), pos);
             }
         }
         Ok(Self { org, version, rules, index })
@@ -491,36 +555,28 @@ impl AccessPolicy {
         resource: &Resource<'_>,
     ) -> AccessDecision {
         let Some(ix) = self.index.get(op_slot(op)) else { return AccessDecision::DefaultDeny };
-        let (mut forbid, mut permit) = (u32::MAX, u32::MAX);
-        let mut scan = |list: Option<&Vec<u32>>| {
-            for &pos in list.map(Vec::as_slice).unwrap_or(&[]) {
-                // Positions are ranks: once both kinds are decided below `pos`, skip.
-                if pos >= forbid {
-                    break;
+        // Lists hold positions in ascending order and positions are ranks (id order): the
+        // first match of a list is its smallest, and a list is abandoned once past the best.
+        let first_match = |buckets: &Buckets| {
+            let mut best = u32::MAX;
+            buckets.visit(principal, resource.branch, |list| {
+                for &pos in list {
+                    if pos >= best {
+                        break;
+                    }
+                    if self.rules.get(pos as usize).is_some_and(|r| r.matches_resource(resource)) {
+                        best = pos;
+                        break;
+                    }
                 }
-                let Some(rule) = self.rules.get(pos as usize) else { continue };
-                if !rule.matches_resource(resource) {
-                    continue;
-                }
-                match rule.effect {
-                    Effect::Forbid => forbid = pos,
-                    Effect::Permit => permit = permit.min(pos),
-                }
-            }
+            });
+            (best != u32::MAX)
+                .then(|| self.rules.get(best as usize).map(|r| r.id.clone()))
+                .flatten()
         };
-        scan(Some(&ix.any));
-        scan(ix.by_org.get(principal.org()));
-        scan(ix.by_node.get(&principal.node()));
-        for role in principal.roles() {
-            scan(ix.by_role.get(role));
-            if !ix.by_org_role.is_empty() {
-                scan(ix.by_org_role.get(&(principal.org().clone(), *role)));
-            }
-        }
-        let rule_at = |pos: u32| self.rules.get(pos as usize).map(|r| r.id.clone());
-        if let Some(rule) = (forbid != u32::MAX).then(|| rule_at(forbid)).flatten() {
+        if let Some(rule) = first_match(&ix.forbid) {
             AccessDecision::Forbid { rule }
-        } else if let Some(rule) = (permit != u32::MAX).then(|| rule_at(permit)).flatten() {
+        } else if let Some(rule) = first_match(&ix.permit) {
             AccessDecision::Permit { rule }
         } else {
             AccessDecision::DefaultDeny

@@ -563,25 +563,46 @@ fn decisions_are_in_a_witnessed_log_an_outside_auditor_verifies() {
     let (acme, globex, initech) = orgs();
     let m = acme.manager(&[&acme, &globex, &initech]);
     let mut witness = Witness::new(
-        WitnessKey::new("globex.example/witness", ed25519_dalek::SigningKey::from_bytes(&[0x77; 32]))
-            .unwrap(),
+        WitnessKey::new(
+            "globex.example/witness",
+            ed25519_dalek::SigningKey::from_bytes(&[0x77; 32]),
+        )
+        .unwrap(),
     );
     let verifier = m.log_verifier();
     witness.add_log(verifier.name(), verifier.clone());
     // Some approvals and refusals.
-    let ctx = m.create_security_context(&request(&acme, "main", &[&acme, &globex], SecurityLevel::Internal), t(2)).unwrap();
+    let ctx = m
+        .create_security_context(
+            &request(&acme, "main", &[&acme, &globex], SecurityLevel::Internal),
+            t(2),
+        )
+        .unwrap();
     let _ = m.authorize(&acme.writer_id(), Operation::Merge, &ctx.branch, &[], t(3));
     let mut first = m.checkpoint().unwrap();
     first.add_signature(witness.cosign(&first, &[], 1_700_000_100).unwrap());
     let size1 = m.audit_size();
-    let _ = m.add_certificate(OrgKeypair::from_secret_bytes([99; 32]).certify(acme.id.clone(), acme.writer_id(), [Role::Admin], t(0), t(9), 9).unwrap(), t(4));
+    let _ = m.add_certificate(
+        OrgKeypair::from_secret_bytes([99; 32])
+            .certify(acme.id.clone(), acme.writer_id(), [Role::Admin], t(0), t(9), 9)
+            .unwrap(),
+        t(4),
+    );
     m.record_consensus_decision(&[1; 32], 7, &[2; 32], "approved", t(5)).unwrap();
     let mut latest = m.checkpoint().unwrap();
     let proof = m.with_audit(|log| log.consistency_proof(size1, log.size()).unwrap());
     latest.add_signature(witness.cosign(&latest, &proof, 1_700_000_200).unwrap());
     let size = m.audit_size();
     let doc = m.with_audit(|log| {
-        build_export(log, &verifier, &latest, &[witness.verifier()], &[first.clone()], &[0, size - 1]).unwrap()
+        build_export(
+            log,
+            &verifier,
+            &latest,
+            &[witness.verifier()],
+            &[first.clone()],
+            &[0, size - 1],
+        )
+        .unwrap()
     });
     // Every entry is a JSON event.
     use base64::Engine as _;
@@ -593,14 +614,29 @@ fn decisions_are_in_a_witnessed_log_an_outside_auditor_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("export.json");
     std::fs::write(&path, doc.to_json()).unwrap();
-    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/verify-audit.py");
-    let out = std::process::Command::new("python3").arg(script).arg(&path).output().expect("python3 runs");
-    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let script =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/verify-audit.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(&path)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     // A rewritten history is caught by the witness: a log that signs a checkpoint of the same
     // size with another root is equivocating.
     let forged_root = [0u8; 32];
-    let other = llmkg_governance::audit::Checkpoint::new(verifier.name(), size, forged_root).unwrap();
-    let signer = LogSigner::new(verifier.name(), ed25519_dalek::SigningKey::from_bytes(&[acme.enc + 100; 32])).unwrap();
+    let other =
+        llmkg_governance::audit::Checkpoint::new(verifier.name(), size, forged_root).unwrap();
+    let signer = LogSigner::new(
+        verifier.name(),
+        ed25519_dalek::SigningKey::from_bytes(&[acme.enc + 100; 32]),
+    )
+    .unwrap();
     let err = witness.cosign(&signer.sign(&other), &[], 1_700_000_300).unwrap_err();
     assert!(matches!(err, llmkg_governance::audit::WitnessError::Equivocation(_)), "{err:?}");
 }

@@ -19,7 +19,7 @@ use llmkg_federation_core::{
     BranchName, ChangeSet, FederationId, KvBatch, KvStore, NodeCertificate, NodeKeypair, OrgId,
     OrgKeypair, RedbKv, Role, Term, Timestamp, Triple, TrustAnchors,
 };
-use llmkg_governance::access::{AccessPolicy, PrincipalPattern, Resource, Rule};
+use llmkg_governance::access::{AccessPolicy, Effect, PrincipalPattern, Resource, Rule};
 use llmkg_governance::audit::{self, AuditLog};
 use llmkg_governance::keys::{FederationKeyring, OrgEncryptionKeypair};
 use llmkg_governance::trust::Principal;
@@ -91,8 +91,9 @@ fn t(s: i64) -> Timestamp {
     Timestamp::from_micros(s * 1_000_000)
 }
 
-/// 1,000 rules of 10 organizations over 20 branches: permits and forbids for organizations,
-/// roles, organization roles and single nodes, some scoped to a namespace.
+/// 1,000 rules of 10 organizations over 20 branches: permits for anyone, organizations,
+/// roles, organization roles and single nodes, half scoped to a branch and one in three
+/// to a namespace, and one in twenty a forbid of one namespace of one branch.
 fn policy_and_requests(
     rng: &mut ChaCha20Rng,
 ) -> (AccessPolicy, Vec<(Principal, Operation, BranchName, String)>) {
@@ -105,11 +106,13 @@ fn policy_and_requests(
     let namespaces: Vec<String> = (0..30).map(|i| format!("https://data.example/ns{i}/")).collect();
     let mut rules = Vec::new();
     for i in 0..1_000 {
-        let principal = match rng.random_range(0..5) {
+        // Rules for anyone are rare (one in fifty) and always name a branch; the others name an organization, a role,
+        // an organization's role or a node evenly.
+        let principal = match rng.random_range(0..50) {
             0 => PrincipalPattern::Any,
-            1 => PrincipalPattern::Org(orgs[rng.random_range(0..orgs.len())].clone()),
-            2 => PrincipalPattern::Role(roles[rng.random_range(0..3)]),
-            3 => PrincipalPattern::OrgRole(
+            1..13 => PrincipalPattern::Org(orgs[rng.random_range(0..orgs.len())].clone()),
+            13..25 => PrincipalPattern::Role(roles[rng.random_range(0..3)]),
+            25..37 => PrincipalPattern::OrgRole(
                 orgs[rng.random_range(0..orgs.len())].clone(),
                 roles[rng.random_range(0..3)],
             ),
@@ -119,15 +122,20 @@ fn policy_and_requests(
             Operation::ALL.iter().copied().filter(|_| rng.random_range(0..3) == 0).collect();
         let ops = if ops.is_empty() { vec![Operation::Read] } else { ops };
         let id = format!("rule-{i:04}");
-        let mut rule = if rng.random_range(0..10) == 0 {
-            Rule::forbid(&id, principal, ops).unwrap()
+        // One rule in twenty forbids, always narrowly: one namespace of one branch.
+        let mut rule = if rng.random_range(0..20) == 0 {
+            Rule::forbid(&id, principal, ops)
+                .unwrap()
+                .on_branch(branches[rng.random_range(0..branches.len())].clone())
+                .in_namespace(namespaces[rng.random_range(0..namespaces.len())].clone())
         } else {
             Rule::permit(&id, principal, ops).unwrap()
         };
-        if rng.random_range(0..2) == 0 {
+        let for_anyone = matches!(rule.principal(), PrincipalPattern::Any);
+        if rule.effect() == Effect::Permit && (for_anyone || rng.random_range(0..2) == 0) {
             rule = rule.on_branch(branches[rng.random_range(0..branches.len())].clone());
         }
-        if rng.random_range(0..3) == 0 {
+        if rule.effect() == Effect::Permit && rng.random_range(0..3) == 0 {
             rule = rule.in_namespace(namespaces[rng.random_range(0..namespaces.len())].clone());
         }
         rules.push(rule);
@@ -136,8 +144,14 @@ fn policy_and_requests(
     let requests = (0..4_096)
         .map(|_| {
             let node = nodes[rng.random_range(0..nodes.len())];
-            let org = orgs[rng.random_range(0..orgs.len())].clone();
-            let role = roles[rng.random_range(0..3)];
+            // Half the requests come from organizations the rules do not name, half from
+            // nodes without a role: a mix of permitted and denied requests.
+            let org = OrgId::new(format!("org{}", rng.random_range(0..20))).unwrap();
+            let role: Vec<Role> = if rng.random_range(0..2) == 0 {
+                vec![]
+            } else {
+                vec![roles[rng.random_range(0..3)]]
+            };
             let op = Operation::ALL[rng.random_range(0..Operation::ALL.len())];
             let branch = branches[rng.random_range(0..branches.len())].clone();
             let iri = format!(
@@ -145,7 +159,7 @@ fn policy_and_requests(
                 namespaces[rng.random_range(0..namespaces.len())],
                 rng.random_range(0..100)
             );
-            (Principal::new(node, org, [role]), op, branch, iri)
+            (Principal::new(node, org, role), op, branch, iri)
         })
         .collect();
     (policy, requests)
