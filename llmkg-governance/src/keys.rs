@@ -64,6 +64,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use zeroize::Zeroize;
 
 use chacha20poly1305::aead::AeadInOut;
 use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
@@ -259,21 +260,18 @@ pub enum KeyError {
 // ------------------------------------------------------------------------------------------
 // Secrets
 
-/// 32 secret bytes, overwritten with zeros when dropped (best effort: the crates that could
-/// guarantee it are not dependencies here, so the write is kept alive with `black_box`).
+/// 32 secret bytes, zeroized when dropped.
 struct SecretBytes([u8; 32]);
 
 impl Drop for SecretBytes {
     fn drop(&mut self) {
-        self.0.fill(0);
-        std::hint::black_box(&mut self.0);
+        self.0.zeroize();
     }
 }
 
-/// Overwrites a buffer that held secret bytes (best effort, like [`SecretBytes`]).
+/// Zeroizes a buffer that held secret bytes.
 fn wipe(buf: &mut [u8]) {
-    buf.fill(0);
-    std::hint::black_box(buf);
+    buf.zeroize();
 }
 
 // ------------------------------------------------------------------------------------------
@@ -378,8 +376,8 @@ impl fmt::Debug for OrgEncryptionKey {
 ///
 /// The secret is a 32-byte seed from which the X25519 key is derived with the suite's
 /// `DeriveKeyPair` (RFC 9180, section 7.1.3); [`secret_bytes`](Self::secret_bytes) returns
-/// the seed, to persist the key. The derived private key is zeroized when dropped; the seed
-/// is overwritten on a best-effort basis.
+/// the seed, to persist the key. The seed and the derived private key are zeroized when
+/// dropped.
 pub struct OrgEncryptionKeypair {
     seed: SecretBytes,
     secret: HpkePrivateKey,

@@ -184,7 +184,7 @@ impl BranchSecurity {
 struct State<K: KvStore> {
     org: OrgId,
     signer: Arc<dyn Signer>,
-    encryption_secret: [u8; 32],
+    encryption_secret: zeroize::Zeroizing<[u8; 32]>,
     trust: TrustStore,
     access: AccessControl,
     contexts: BTreeMap<BranchRef, BranchSecurity>,
@@ -426,7 +426,7 @@ impl<K: KvStore> State<K> {
     }
 
     fn keyring(&mut self, federation: FederationId) -> &mut FederationKeyring {
-        let (org, secret) = (self.org.clone(), self.encryption_secret);
+        let (org, secret) = (self.org.clone(), *self.encryption_secret);
         self.keyrings.entry(federation).or_insert_with(|| {
             FederationKeyring::new(federation, org, OrgEncryptionKeypair::from_secret_bytes(secret))
         })
@@ -479,7 +479,7 @@ impl<K: KvStore> FederatedSecurityManager<K> {
         let state = State {
             org: options.org,
             signer: options.signer,
-            encryption_secret: options.encryption.secret_bytes(),
+            encryption_secret: zeroize::Zeroizing::new(options.encryption.secret_bytes()),
             trust: TrustStore::new(),
             access: AccessControl::new(),
             contexts: BTreeMap::new(),
