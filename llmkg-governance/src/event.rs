@@ -19,7 +19,7 @@
 //! | `commit-refused` | a received commit fails the branch's commit policy |
 //! | `context-created` | a federated branch's security context is created |
 //! | `membership-changed` | an organization joins or leaves a branch |
-//! | `key-epoch` | a federation data-key epoch is issued or accepted |
+//! | `key-epoch` / `key-epoch-refused` | a federation data-key epoch is issued or accepted, or refused |
 //! | `sealed-read-refused` | a sealed change set could not be opened |
 //! | `consensus-decision` | the branch's consensus group decided a proposal |
 
@@ -141,6 +141,12 @@ pub enum AuditKind {
         epoch: u64,
         members: Vec<String>,
         issued_here: bool,
+    },
+    KeyEpochRefused {
+        federation: String,
+        epoch: u64,
+        issuer: String,
+        reason: String,
     },
     SealedReadRefused {
         federation: String,

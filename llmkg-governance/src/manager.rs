@@ -807,6 +807,22 @@ impl<K: KvStore> FederatedSecurityManager<K> {
         let mut s = self.state();
         let issuer = epoch.signer();
         let federation = epoch.federation();
+        let number = epoch.open(&federation).map(|e| e.epoch()).unwrap_or_default();
+        // The same epoch delivered again (gossip, a retry) is not news.
+        if s.epochs.get(&federation).is_some_and(|held| held.contains(epoch)) {
+            let keyring = s.keyring(federation);
+            return Ok(if keyring.is_member(number) {
+                Accepted::Member { epoch: number }
+            } else {
+                Accepted::NotMember { epoch: number }
+            });
+        }
+        let refused = |reason: String| AuditKind::KeyEpochRefused {
+            federation: federation.to_string(),
+            epoch: number,
+            issuer: issuer.to_string(),
+            reason,
+        };
         let admin = match s.principal(&issuer, now) {
             Err(e) => Err(e.to_string()),
             Ok(p) if !p.roles().contains(&Role::Admin) => Err("no admin role".to_string()),
@@ -818,30 +834,14 @@ impl<K: KvStore> FederatedSecurityManager<K> {
         if let Err(reason) = admin {
             return s.refuse(
                 now,
-                AuditKind::SealedReadRefused {
-                    federation: federation.to_string(),
-                    branch: String::new(),
-                    epoch: 0,
-                    reason: format!("key epoch from {issuer} refused: {reason}"),
-                },
+                refused(reason.clone()),
                 GovernanceError::NotAnAdministrator { node: issuer, reason },
             );
         }
         // `accept` changes nothing on error.
         let accepted = match s.keyring(federation).accept(epoch) {
             Ok(a) => a,
-            Err(e) => {
-                return s.refuse(
-                    now,
-                    AuditKind::SealedReadRefused {
-                        federation: federation.to_string(),
-                        branch: String::new(),
-                        epoch: 0,
-                        reason: format!("key epoch from {issuer} refused: {e}"),
-                    },
-                    e.into(),
-                );
-            }
+            Err(e) => return s.refuse(now, refused(e.to_string()), e.into()),
         };
         let value = epoch.open(&federation).map_err(KeyError::from)?;
         s.record(

@@ -640,3 +640,37 @@ fn decisions_are_in_a_witnessed_log_an_outside_auditor_verifies() {
     let err = witness.cosign(&signer.sign(&other), &[], 1_700_000_300).unwrap_err();
     assert!(matches!(err, llmkg_governance::audit::WitnessError::Equivocation(_)), "{err:?}");
 }
+
+#[test]
+fn key_epochs_come_only_from_administrators_and_repeats_are_not_news() {
+    use llmkg_governance::keys::FederationKeyring;
+    let (acme, globex, _) = orgs();
+    let all = [&acme, &globex];
+    let ma = acme.manager(&all);
+    let mg = globex.manager(&all);
+    let req = request(&acme, "conf", &all, SecurityLevel::Confidential);
+    ma.create_security_context(&req, t(2)).unwrap();
+    mg.create_security_context(&req, t(2)).unwrap();
+    // A writer (no admin role) issues an epoch of its own: refused, audited, nothing changed.
+    let mut rogue = FederationKeyring::new(
+        federation(),
+        acme.id.clone(),
+        OrgEncryptionKeypair::from_secret_bytes([acme.enc; 32]),
+    );
+    let mut rng = <rand_chacha::ChaCha20Rng as rand::SeedableRng>::seed_from_u64(1);
+    let members: Vec<_> = all
+        .iter()
+        .map(|o| (o.id.clone(), OrgEncryptionKeypair::from_secret_bytes([o.enc; 32]).public_key()))
+        .collect();
+    let forged = rogue.rotate(&mut rng, &acme.node(acme.writer), &members).unwrap();
+    let err = audited(&mg, "key-epoch-refused", || mg.accept_key_epoch(&forged, t(3)));
+    assert!(matches!(err, Err(GovernanceError::NotAnAdministrator { .. })), "{err:?}");
+    assert_eq!(mg.context(&branch("conf")).unwrap().key_epoch, None);
+    // The administrator's epoch is accepted once; delivered again, it changes nothing.
+    let epoch = ma.key_epochs(&federation()).remove(0);
+    mg.accept_key_epoch(&epoch, t(4)).unwrap();
+    let size = mg.audit_size();
+    mg.accept_key_epoch(&epoch, t(5)).unwrap();
+    assert_eq!(mg.audit_size(), size);
+    assert_eq!(mg.key_epochs(&federation()).len(), 1);
+}
