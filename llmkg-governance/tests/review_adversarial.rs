@@ -1,0 +1,873 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+//! Adversarial review of the security plane through `FederatedSecurityManager`.
+//!
+//! Each test states the behaviour the project rules ask for. Tests marked
+//! `#[ignore = "bug: ..."]` fail today and document a defect; the others document behaviour
+//! that was checked and holds.
+
+use std::ops::Bound;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use llmkg_federation_core::kv::{KvBatch, KvError, KvPair, KvStore};
+use llmkg_federation_core::security::{
+    BranchRef, CrossFederationMerge, FederatedBranchRequest, NamespaceClaim, Operation,
+    SecurityLevel, SecurityManager,
+};
+use llmkg_federation_core::{
+    BranchName, ChangeSet, FederationId, MemoryKv, NodeCertificate, NodeId, NodeKeypair, OrgId,
+    OrgKeypair, Role, Term, Timestamp, Triple,
+};
+use llmkg_governance::GovernanceError;
+use llmkg_governance::access::{AccessPolicy, PolicyError, PrincipalPattern, Rule};
+use llmkg_governance::audit::LogSigner;
+use llmkg_governance::keys::{
+    EncryptionKeyCertificate, FederationKeyring, KeyError, OrgEncryptionKeypair,
+};
+use llmkg_governance::manager::{
+    FederatedSecurityManager, GovernanceOptions, MAX_POLICY_LEN, SignedPolicy,
+};
+use llmkg_governance::trust::TrustLevel;
+use llmkg_sync::replica::{Replica, ReplicaConfig};
+use rand::SeedableRng;
+
+// ------------------------------------------------------------------------------------------
+// Fixture (after tests/refusals.rs)
+
+fn t(s: i64) -> Timestamp {
+    Timestamp::from_micros(1_700_000_000_000_000 + s * 1_000_000)
+}
+
+fn federation() -> FederationId {
+    FederationId::from_name("review")
+}
+
+struct Org {
+    id: OrgId,
+    root: OrgKeypair,
+    admin: u8,
+    writer: u8,
+    enc: u8,
+}
+
+impl Org {
+    fn new(name: &str, seed: u8) -> Self {
+        Org {
+            id: OrgId::new(name).unwrap(),
+            root: OrgKeypair::from_secret_bytes([seed; 32]),
+            admin: seed + 1,
+            writer: seed + 2,
+            enc: seed + 3,
+        }
+    }
+    fn node(&self, which: u8) -> NodeKeypair {
+        NodeKeypair::from_secret_bytes([which; 32])
+    }
+    fn admin_id(&self) -> NodeId {
+        self.node(self.admin).node_id()
+    }
+    fn writer_id(&self) -> NodeId {
+        self.node(self.writer).node_id()
+    }
+    fn cert(&self, node: NodeId, roles: &[Role], serial: u64) -> NodeCertificate {
+        self.root
+            .certify(self.id.clone(), node, roles.iter().copied(), t(0), t(10_000), serial)
+            .unwrap()
+    }
+    fn enc_keypair(&self) -> OrgEncryptionKeypair {
+        OrgEncryptionKeypair::from_secret_bytes([self.enc; 32])
+    }
+    fn enc_cert(&self) -> EncryptionKeyCertificate {
+        EncryptionKeyCertificate::issue(
+            &self.root,
+            self.id.clone(),
+            self.enc_keypair().public_key(),
+            1,
+            t(0),
+        )
+        .unwrap()
+    }
+    /// A keyring of this organization outside any manager (what its nodes hold).
+    fn keyring(&self) -> FederationKeyring {
+        FederationKeyring::new(federation(), self.id.clone(), self.enc_keypair())
+    }
+    /// Admins do everything; writers read and commit; nobody touches `/secret/`.
+    fn policy(&self, version: u64) -> SignedPolicy {
+        let p = AccessPolicy::new(
+            self.id.clone(),
+            version,
+            vec![
+                Rule::permit("admins", PrincipalPattern::Role(Role::Admin), Operation::ALL)
+                    .unwrap(),
+                Rule::permit(
+                    "writers",
+                    PrincipalPattern::Role(Role::Writer),
+                    [Operation::Read, Operation::Commit],
+                )
+                .unwrap(),
+                Rule::forbid(
+                    "no-secret",
+                    PrincipalPattern::Any,
+                    [Operation::Commit, Operation::Read],
+                )
+                .unwrap()
+                .in_namespace("https://ex.org/secret/"),
+            ],
+        )
+        .unwrap();
+        SignedPolicy::sign(&p, &self.root).unwrap()
+    }
+    /// Only this organization's own nodes may do anything.
+    fn own_only(&self, version: u64) -> SignedPolicy {
+        let p = AccessPolicy::new(
+            self.id.clone(),
+            version,
+            vec![
+                Rule::permit("own", PrincipalPattern::Org(self.id.clone()), Operation::ALL)
+                    .unwrap(),
+            ],
+        )
+        .unwrap();
+        SignedPolicy::sign(&p, &self.root).unwrap()
+    }
+    fn options(&self) -> GovernanceOptions {
+        GovernanceOptions {
+            org: self.id.clone(),
+            signer: Arc::new(self.node(self.admin)),
+            encryption: self.enc_keypair(),
+            log_signer: LogSigner::new(
+                &format!("{}.example/audit", self.id),
+                ed25519_dalek::SigningKey::from_bytes(&[self.enc + 100; 32]),
+            )
+            .unwrap(),
+            seed: [self.enc; 32],
+        }
+    }
+    /// Pins `o` at `level` with its two certificates, its encryption key and its policy.
+    fn admit<K: KvStore>(m: &FederatedSecurityManager<K>, o: &Org, level: TrustLevel) {
+        m.pin(o.id.clone(), o.root.root_key(), level, t(0)).unwrap();
+        m.add_certificate(o.cert(o.admin_id(), &[Role::Admin], 1), t(1)).unwrap();
+        m.add_certificate(o.cert(o.writer_id(), &[Role::Writer], 2), t(1)).unwrap();
+        m.register_encryption_key(o.enc_cert(), t(1)).unwrap();
+        m.publish_policy(&o.policy(1), t(1)).unwrap();
+    }
+    fn manager_on<K: KvStore>(&self, all: &[&Org], kv: K) -> FederatedSecurityManager<K> {
+        let m = FederatedSecurityManager::new(self.options(), kv).unwrap();
+        for o in all {
+            Org::admit(&m, o, TrustLevel::Full);
+        }
+        m
+    }
+    fn manager(&self, all: &[&Org]) -> FederatedSecurityManager<MemoryKv> {
+        self.manager_on(all, MemoryKv::new())
+    }
+}
+
+fn orgs() -> (Org, Org, Org) {
+    (Org::new("acme", 10), Org::new("globex", 20), Org::new("initech", 30))
+}
+
+fn branch(name: &str) -> BranchRef {
+    BranchRef { federation: federation(), branch: BranchName::new(name).unwrap() }
+}
+
+fn request(by: &Org, name: &str, members: &[&Org], level: SecurityLevel) -> FederatedBranchRequest {
+    FederatedBranchRequest {
+        federation: federation(),
+        branch: BranchName::new(name).unwrap(),
+        requester: by.admin_id(),
+        participants: members.iter().map(|o| o.id.clone()).collect(),
+        security_level: level,
+        namespaces: vec![],
+    }
+}
+
+fn last_event<K: KvStore>(m: &FederatedSecurityManager<K>) -> serde_json::Value {
+    let bytes = m.with_audit(|log| log.entry(log.size() - 1).unwrap());
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+fn triple(p: &str, o: &str) -> Triple {
+    Triple::new(
+        Term::iri("https://ex.org/s").unwrap(),
+        Term::iri(p).unwrap(),
+        Term::string(o).unwrap(),
+    )
+    .unwrap()
+}
+
+fn changes(o: &str) -> ChangeSet {
+    ChangeSet::adding([triple("https://ex.org/name", o)])
+}
+
+/// A store whose writes fail while `fail` is set (the audit log's storage going away).
+struct Flaky {
+    inner: MemoryKv,
+    fail: Arc<AtomicBool>,
+}
+
+impl Flaky {
+    fn new() -> (Self, Arc<AtomicBool>) {
+        let fail = Arc::new(AtomicBool::new(false));
+        (Flaky { inner: MemoryKv::new(), fail: Arc::clone(&fail) }, fail)
+    }
+}
+
+impl KvStore for Flaky {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+        self.inner.get(key)
+    }
+    fn scan(
+        &self,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KvPair>, KvError> {
+        self.inner.scan(start, end, limit)
+    }
+    fn write(&self, batch: KvBatch) -> Result<(), KvError> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(KvError::backend("injected: store unavailable"));
+        }
+        self.inner.write(batch)
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Key epochs and sealing
+
+/// An organization removed from a sealed branch must not be able to read what is sealed
+/// afterwards. Its admin node still holds a valid Admin certificate of a Full-trust
+/// organization, so it can issue the *next* epoch of the chain wrapping the data key for
+/// itself again; the remaining member accepts it and seals under it.
+#[test]
+#[ignore = "bug: accept_key_epoch takes the next epoch from any trusted admin, so a removed org re-keys itself in"]
+fn removed_organization_cannot_rekey_itself_back_in() {
+    let (acme, globex, initech) = orgs();
+    let all = [&acme, &globex, &initech];
+    let ma = acme.manager(&all);
+    let ctx = ma
+        .create_security_context(
+            &request(&acme, "conf", &[&acme, &globex], SecurityLevel::Confidential),
+            t(2),
+        )
+        .unwrap();
+    let b = ctx.branch;
+    ma.remove_member(&b, &globex.id, t(3)).unwrap();
+    // Globex follows the public chain (epoch 1 member, epoch 2 not) and issues epoch 3.
+    let mut ring = globex.keyring();
+    ring.accept_all(&ma.key_epochs(&federation())).unwrap();
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
+    let members = [
+        (acme.id.clone(), acme.enc_keypair().public_key()),
+        (globex.id.clone(), globex.enc_keypair().public_key()),
+    ];
+    let epoch3 = ring.rotate(&mut rng, &globex.node(globex.admin), &members).unwrap();
+    let accepted = ma.accept_key_epoch(&epoch3, t(4));
+    let sealed = ma.seal(&b, &changes("after removal")).unwrap();
+    assert!(
+        ring.open(&b.branch, &sealed).is_err(),
+        "removed globex reads data sealed after its removal (accept: {accepted:?}, context \
+         members {:?})",
+        ma.context(&b).unwrap().members
+    );
+}
+
+/// The same hole from an organization that was never a member: any Full-trust admin may
+/// issue the federation's next epoch with itself among the recipients.
+#[test]
+#[ignore = "bug: accept_key_epoch does not check the issuer or the epoch's members against the federation's contexts"]
+fn outsider_cannot_issue_an_epoch_for_a_federation_it_is_not_in() {
+    let (acme, globex, initech) = orgs();
+    let all = [&acme, &globex, &initech];
+    let ma = acme.manager(&all);
+    let ctx = ma
+        .create_security_context(
+            &request(&acme, "conf", &[&acme, &globex], SecurityLevel::Secret),
+            t(2),
+        )
+        .unwrap();
+    let mut ring = initech.keyring();
+    ring.accept_all(&ma.key_epochs(&federation())).unwrap();
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(2);
+    let members = [
+        (acme.id.clone(), acme.enc_keypair().public_key()),
+        (initech.id.clone(), initech.enc_keypair().public_key()),
+    ];
+    let epoch2 = ring.rotate(&mut rng, &initech.node(initech.admin), &members).unwrap();
+    let before = ma.audit_size();
+    let r = ma.accept_key_epoch(&epoch2, t(3));
+    assert_eq!(ma.audit_size(), before + 1, "accepted or refused, one entry");
+    assert!(r.is_err(), "an epoch from a non-member's admin was accepted: {r:?}");
+    let sealed = ma.seal(&ctx.branch, &changes("x")).unwrap();
+    assert!(ring.open(&ctx.branch.branch, &sealed).is_err(), "outsider reads sealed data");
+}
+
+/// Key epochs are per federation but contexts per branch: a second sealed branch of the
+/// same federation with other members rotates the key that the first branch seals under.
+#[test]
+#[ignore = "bug: per-federation keyring shared by branches with different members; a non-member of a branch reads it"]
+fn sealed_branches_of_one_federation_do_not_leak_to_each_others_members() {
+    let (acme, globex, initech) = orgs();
+    let all = [&acme, &globex, &initech];
+    let ma = acme.manager(&all);
+    let x = ma
+        .create_security_context(
+            &request(&acme, "x", &[&acme, &globex], SecurityLevel::Confidential),
+            t(2),
+        )
+        .unwrap();
+    // Either this is refused (members differ from the federation's epoch) ...
+    let y = ma.create_security_context(
+        &request(&acme, "y", &[&acme, &initech], SecurityLevel::Confidential),
+        t(3),
+    );
+    // ... or initech, not a member of x, still cannot read x.
+    let sealed = ma.seal(&x.branch, &changes("only acme and globex")).unwrap();
+    let mut ring = initech.keyring();
+    ring.accept_all(&ma.key_epochs(&federation())).unwrap();
+    assert!(
+        ring.open(&x.branch.branch, &sealed).is_err(),
+        "initech reads branch x it is not a member of (y: {:?}, x now says key epoch {:?})",
+        y.map(|c| c.members),
+        ma.context(&x.branch).unwrap().key_epoch
+    );
+    // And globex, a member of x, can no longer read x.
+    let mut ring = globex.keyring();
+    ring.accept_all(&ma.key_epochs(&federation())).unwrap();
+    assert!(ring.open(&x.branch.branch, &sealed).is_ok(), "globex cannot read branch x");
+}
+
+/// A failed audit write must leave nothing changed: no key epoch issued, no new key in use.
+#[test]
+#[ignore = "bug: rotate_keys rotates the keyring and stores the epoch before the audit record; a failed record leaves them"]
+fn membership_change_that_cannot_be_audited_issues_no_epoch() {
+    let (acme, globex, _) = orgs();
+    let (kv, fail) = Flaky::new();
+    let ma = acme.manager_on(&[&acme, &globex], kv);
+    let ctx = ma
+        .create_security_context(
+            &request(&acme, "conf", &[&acme, &globex], SecurityLevel::Confidential),
+            t(2),
+        )
+        .unwrap();
+    let b = ctx.branch;
+    fail.store(true, Ordering::SeqCst);
+    let err = ma.remove_member(&b, &globex.id, t(3));
+    assert!(matches!(err, Err(GovernanceError::Audit(_))), "{err:?}");
+    assert_eq!(ma.context(&b).unwrap().members.len(), 2, "membership unchanged");
+    assert_eq!(ma.key_epochs(&federation()).len(), 1, "an unaudited epoch was issued");
+    let sealed = ma.seal(&b, &changes("x")).unwrap();
+    assert_eq!(sealed.epoch(), 1, "sealing moved to the unaudited epoch");
+}
+
+/// Accepting an epoch whose record cannot be written must not install it.
+#[test]
+#[ignore = "bug: accept_key_epoch accepts into the keyring before the audit record; a failed record leaves it installed"]
+fn key_epoch_that_cannot_be_audited_is_not_installed() {
+    let (acme, globex, _) = orgs();
+    let ma = acme.manager(&[&acme, &globex]);
+    let (kv, fail) = Flaky::new();
+    let mg = globex.manager_on(&[&acme, &globex], kv);
+    let req = request(&acme, "conf", &[&acme, &globex], SecurityLevel::Confidential);
+    let b = ma.create_security_context(&req, t(2)).unwrap().branch;
+    mg.create_security_context(&req, t(2)).unwrap();
+    fail.store(true, Ordering::SeqCst);
+    let epochs = ma.key_epochs(&federation());
+    let err = mg.accept_key_epoch(&epochs[0], t(3));
+    assert!(matches!(err, Err(GovernanceError::Audit(_))), "{err:?}");
+    assert_eq!(mg.context(&b).unwrap().key_epoch, None);
+    let sealed = mg.seal(&b, &changes("x"));
+    assert!(
+        matches!(sealed, Err(GovernanceError::Key(KeyError::NoCurrentEpoch))),
+        "the unaudited epoch is in use: {:?}",
+        sealed.map(|s| s.epoch())
+    );
+}
+
+/// After acme's removal epoch, globex (removed) has no key for the current epoch and
+/// cannot seal in it.
+#[test]
+fn removed_organization_cannot_seal_in_the_new_epoch() {
+    let (acme, globex, _) = orgs();
+    let all = [&acme, &globex];
+    let ma = acme.manager(&all);
+    let mg = globex.manager(&all);
+    let req = request(&acme, "conf", &all, SecurityLevel::Confidential);
+    let b = ma.create_security_context(&req, t(2)).unwrap().branch;
+    mg.create_security_context(&req, t(2)).unwrap();
+    ma.remove_member(&b, &globex.id, t(3)).unwrap();
+    for e in ma.key_epochs(&federation()) {
+        mg.accept_key_epoch(&e, t(4)).unwrap();
+    }
+    let err = mg.seal(&b, &changes("x"));
+    assert!(matches!(err, Err(GovernanceError::Key(KeyError::NoKeyForEpoch { epoch: 2 }))));
+}
+
+/// A key epoch signed by a writer, or by an admin of an organization trusted only as a
+/// member, is refused, audited once, and installs nothing.
+#[test]
+fn non_admin_key_epochs_are_refused_and_audited_once() {
+    let (acme, globex, initech) = orgs();
+    let mg = globex.manager(&[&acme, &globex]);
+    Org::admit(&mg, &initech, TrustLevel::Member);
+    let req = request(&globex, "conf", &[&globex], SecurityLevel::Confidential);
+    // Globex's node is not the requester here, so it issues nothing.
+    let req = FederatedBranchRequest { requester: acme.admin_id(), ..req };
+    let b = mg.create_security_context(&req, t(2)).unwrap().branch;
+    let members = [(globex.id.clone(), globex.enc_keypair().public_key())];
+    for signer in [acme.node(acme.writer), initech.node(initech.admin)] {
+        let mut ring = acme.keyring();
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(3);
+        let epoch = ring.rotate(&mut rng, &signer, &members).unwrap();
+        let before = mg.audit_size();
+        let err = mg.accept_key_epoch(&epoch, t(3));
+        assert!(matches!(err, Err(GovernanceError::NotAnAdministrator { .. })), "{err:?}");
+        assert_eq!(mg.audit_size(), before + 1);
+        // Recorded under the kind the event table reserves for unreadable change sets.
+        assert_eq!(last_event(&mg)["event"], "sealed-read-refused");
+        assert!(matches!(mg.seal(&b, &changes("x")), Err(GovernanceError::Key(_))));
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Refusals that are not audited
+
+/// Creating a sealed context when a member has no encryption key is refused; the refusal
+/// must be recorded (today the log ends with the approved access decision).
+#[test]
+#[ignore = "bug: NoEncryptionKey from create_security_context is not audited; the log shows only an approval"]
+fn missing_encryption_key_refusal_is_audited() {
+    let (acme, globex, _) = orgs();
+    let m = acme.manager(&[&acme]);
+    m.pin(globex.id.clone(), globex.root.root_key(), TrustLevel::Full, t(0)).unwrap();
+    m.add_certificate(globex.cert(globex.admin_id(), &[Role::Admin], 1), t(1)).unwrap();
+    m.publish_policy(&globex.policy(1), t(1)).unwrap();
+    let req = request(&acme, "conf", &[&acme, &globex], SecurityLevel::Confidential);
+    let err = m.create_security_context(&req, t(2));
+    assert!(err.is_err());
+    assert!(m.context(&branch("conf")).is_none());
+    let ev = last_event(&m);
+    assert!(
+        ev.to_string().contains("encryption key") || ev["approved"] == false,
+        "the last entry does not record the refusal: {ev}"
+    );
+}
+
+/// `add_member` of an organization without an encryption key fails; the refusal is not in
+/// the log.
+#[test]
+#[ignore = "bug: change_members returns NoEncryptionKey without an audit entry"]
+fn add_member_without_encryption_key_is_audited() {
+    let (acme, globex, initech) = orgs();
+    let m = acme.manager(&[&acme, &globex]);
+    m.pin(initech.id.clone(), initech.root.root_key(), TrustLevel::Full, t(0)).unwrap();
+    let b = m
+        .create_security_context(
+            &request(&acme, "conf", &[&acme, &globex], SecurityLevel::Confidential),
+            t(2),
+        )
+        .unwrap()
+        .branch;
+    let before = m.audit_size();
+    let err = m.add_member(&b, initech.id.clone(), t(3));
+    assert!(matches!(err, Err(GovernanceError::NoEncryptionKey(_))), "{err:?}");
+    assert_eq!(m.audit_size(), before + 1, "refusal not recorded");
+}
+
+/// `authorize` on a branch with no context here, and a merge whose source is unknown, are
+/// refusals and need one audit entry each.
+#[test]
+#[ignore = "bug: UnknownBranch refusals of authorize and validate_cross_federation_merge are not audited"]
+fn unknown_branch_refusals_are_audited() {
+    let (acme, _, _) = orgs();
+    let m = acme.manager(&[&acme]);
+    let known = m
+        .create_security_context(&request(&acme, "known", &[&acme], SecurityLevel::Internal), t(2))
+        .unwrap()
+        .branch;
+    let before = m.audit_size();
+    let err = m.authorize(&acme.admin_id(), Operation::Read, &branch("nowhere"), &[], t(3));
+    assert!(matches!(err, Err(GovernanceError::UnknownBranch(_))), "{err:?}");
+    assert_eq!(m.audit_size(), before + 1, "authorize refusal not recorded");
+    let merge = CrossFederationMerge {
+        requester: acme.admin_id(),
+        source: branch("nowhere"),
+        target: known,
+        predicates: vec![],
+    };
+    let before = m.audit_size();
+    assert!(m.validate_cross_federation_merge(&merge, t(3)).is_err());
+    assert_eq!(m.audit_size(), before + 1, "merge refusal not recorded");
+}
+
+/// Attacker-sized strings end up verbatim in the reasons of refusal records; past the
+/// 64 KiB entry limit the refusal cannot be recorded at all.
+#[test]
+#[ignore = "bug: refusal reasons embed unbounded IRIs; over 64 KiB the audit append fails and the refusal is unrecorded"]
+fn oversized_iri_refusal_is_still_audited() {
+    let (acme, globex, _) = orgs();
+    let m = acme.manager(&[&acme, &globex]);
+    let b = m
+        .create_security_context(
+            &request(&acme, "main", &[&acme, &globex], SecurityLevel::Internal),
+            t(2),
+        )
+        .unwrap()
+        .branch;
+    let huge = format!("https://ex.org/secret/{}", "a".repeat(70_000));
+    let merge = CrossFederationMerge {
+        requester: acme.writer_id(),
+        source: b.clone(),
+        target: b.clone(),
+        predicates: vec![huge.clone()],
+    };
+    let before = m.audit_size();
+    let r = m.validate_cross_federation_merge(&merge, t(3));
+    assert_eq!(m.audit_size(), before + 1, "merge refusal not recorded: {r:?}");
+    // The same through the commit policy: a forbidden predicate IRI of 70 KB.
+    let mut author = Replica::open(
+        MemoryKv::new(),
+        acme.node(acme.writer),
+        acme.id.clone(),
+        ReplicaConfig::default(),
+    )
+    .unwrap();
+    let c = author.write(t(5), ChangeSet::adding([triple(&huge, "1")]), "big").unwrap();
+    let policy = m.commit_policy(&b).unwrap();
+    let before = m.audit_size();
+    let r = policy.check(&c);
+    assert!(r.is_err());
+    assert_eq!(m.audit_size(), before + 1, "commit refusal not recorded: {r:?}");
+}
+
+// ------------------------------------------------------------------------------------------
+// Trust levels
+
+/// `validate_branch_request` refuses owners trusted below `Reader` as data holders;
+/// `add_member` must apply the same bar (and today it hands them the data key).
+#[test]
+#[ignore = "bug: add_member applies no trust level; a Relay-trusted org is added and receives the data key"]
+fn add_member_applies_trust_levels() {
+    let (acme, globex, initech) = orgs();
+    let m = acme.manager(&[&acme, &globex]);
+    Org::admit(&m, &initech, TrustLevel::Relay);
+    // Creation with initech is refused on trust level ...
+    let d = m
+        .validate_branch_request(
+            &request(&acme, "conf", &[&acme, &initech], SecurityLevel::Confidential),
+            t(2),
+        )
+        .unwrap();
+    assert!(d.refused_by().any(|(o, r, _)| *o == initech.id && r == Some("trust-level")), "{d}");
+    // ... but adding it afterwards is not.
+    let b = m
+        .create_security_context(
+            &request(&acme, "conf", &[&acme, &globex], SecurityLevel::Confidential),
+            t(2),
+        )
+        .unwrap()
+        .branch;
+    let r = m.add_member(&b, initech.id.clone(), t(3));
+    assert!(r.is_err(), "relay-trusted initech became a member: {r:?}");
+    let mut ring = initech.keyring();
+    ring.accept_all(&m.key_epochs(&federation())).unwrap();
+    let sealed = m.seal(&b, &changes("x")).unwrap();
+    assert!(ring.open(&b.branch, &sealed).is_err());
+}
+
+/// Every node must reach the same verdict on a received commit (decisions D63): the
+/// commit policy adds the *local* trust level, which differs between nodes, so a commit is
+/// kept on one node and refused on another.
+#[test]
+#[ignore = "bug: GovernanceCommitPolicy applies the local node's trust cap; verdicts differ across nodes"]
+fn commit_policy_is_the_same_function_on_every_node() {
+    let (acme, globex, _) = orgs();
+    // Acme trusts globex only as a reader; globex trusts itself fully.
+    let ma = FederatedSecurityManager::new(acme.options(), MemoryKv::new()).unwrap();
+    Org::admit(&ma, &acme, TrustLevel::Full);
+    Org::admit(&ma, &globex, TrustLevel::Reader);
+    let mg = globex.manager(&[&acme, &globex]);
+    let req = request(&acme, "shared", &[&acme, &globex], SecurityLevel::Internal);
+    let mut req_g = req.clone();
+    req_g.requester = globex.admin_id();
+    ma.create_security_context(&req, t(2)).unwrap();
+    mg.create_security_context(&req_g, t(2)).unwrap();
+    let b = branch("shared");
+    let mut author = Replica::open(
+        MemoryKv::new(),
+        globex.node(globex.writer),
+        globex.id.clone(),
+        ReplicaConfig::default(),
+    )
+    .unwrap();
+    let c = author.write(t(5), changes("from globex"), "c").unwrap();
+    let on_acme = ma.commit_policy(&b).unwrap().check(&c);
+    let on_globex = mg.commit_policy(&b).unwrap().check(&c);
+    assert_eq!(on_acme.is_ok(), on_globex.is_ok(), "acme: {on_acme:?}, globex: {on_globex:?}");
+}
+
+// ------------------------------------------------------------------------------------------
+// Namespace ownership
+
+/// An IRI in an organization's declared namespace needs only that owner.
+#[test]
+fn iri_in_a_declared_namespace_needs_only_its_owner() {
+    let (acme, globex, _) = orgs();
+    let m = acme.manager(&[&acme, &globex]);
+    let mut req = request(&acme, "ns", &[&acme, &globex], SecurityLevel::Internal);
+    req.namespaces = vec![
+        NamespaceClaim { prefix: "https://globex.example/".into(), owner: globex.id.clone() },
+        NamespaceClaim { prefix: "https://globex.example/hr/".into(), owner: acme.id.clone() },
+    ];
+    let b = m.create_security_context(&req, t(2)).unwrap().branch;
+    // Globex lets nobody else in; acme keeps the open fixture policy.
+    m.publish_policy(&globex.own_only(2), t(3)).unwrap();
+    let d = m
+        .authorize(&globex.writer_id(), Operation::Commit, &b, &["https://globex.example/p"], t(4))
+        .unwrap();
+    assert_eq!(d.verdicts().len(), 1);
+    assert_eq!(d.verdicts()[0].org, globex.id);
+    // The longest claim decides: /hr/ is acme's alone.
+    let d = m
+        .authorize(&acme.writer_id(), Operation::Commit, &b, &["https://globex.example/hr/x"], t(4))
+        .unwrap();
+    assert_eq!(d.verdicts().len(), 1);
+    assert_eq!(d.verdicts()[0].org, acme.id);
+    // Outside every claim: all members.
+    let d = m
+        .authorize(&globex.writer_id(), Operation::Commit, &b, &["urn:x:unclaimed"], t(4))
+        .unwrap();
+    assert_eq!(d.verdicts().len(), 2, "{d}");
+    // Odd IRIs do not panic and fall to all members.
+    for odd in ["", "\u{0}", "https://globex.example", "HTTPS://GLOBEX.EXAMPLE/p"] {
+        let r = m.authorize(&acme.writer_id(), Operation::Read, &b, &[odd], t(4));
+        let Err(GovernanceError::NotApproved(d)) = r else { panic!("{odd:?}: {r:?}") };
+        assert_eq!(d.verdicts().len(), 2, "{odd:?}: {d}");
+    }
+}
+
+/// A claim of the empty prefix (or any catch-all such as `h`) makes the claimant the sole
+/// owner of every IRI, including what other members own jointly.
+#[test]
+#[ignore = "bug: namespace claims are not validated; an empty prefix claim gives one org sole ownership of all data"]
+fn catch_all_namespace_claim_does_not_take_other_members_data() {
+    let (acme, globex, _) = orgs();
+    let m = acme.manager(&[&acme, &globex]);
+    let mut req = request(&acme, "grab", &[&acme, &globex], SecurityLevel::Internal);
+    req.namespaces = vec![NamespaceClaim { prefix: String::new(), owner: acme.id.clone() }];
+    // The members approve creating the branch (their policies see an Administer request,
+    // not the claims), so the claim is kept as declared unless the manager refuses it.
+    let created = m.create_security_context(&req, t(2));
+    if let Ok(ctx) = created {
+        m.publish_policy(&globex.own_only(2), t(3)).unwrap();
+        let r = m.authorize(
+            &acme.writer_id(),
+            Operation::Commit,
+            &ctx.branch,
+            &["https://globex.example/price"],
+            t(4),
+        );
+        assert!(r.is_err(), "acme alone decided on data globex holds jointly: {r:?}");
+    }
+}
+
+/// Two organizations claiming the same prefix: the greater `OrgId` silently wins.
+#[test]
+#[ignore = "bug: duplicate prefixes with different owners are kept; only the owner with the greater OrgId is asked"]
+fn same_prefix_claimed_by_two_owners_needs_both() {
+    let (acme, globex, _) = orgs();
+    let m = acme.manager(&[&acme, &globex]);
+    let mut req = request(&acme, "dup", &[&acme, &globex], SecurityLevel::Internal);
+    req.namespaces = vec![
+        NamespaceClaim { prefix: "https://ex.org/shared/".into(), owner: acme.id.clone() },
+        NamespaceClaim { prefix: "https://ex.org/shared/".into(), owner: globex.id.clone() },
+    ];
+    let created = m.create_security_context(&req, t(2));
+    if let Ok(ctx) = created {
+        m.publish_policy(&acme.own_only(2), t(3)).unwrap();
+        let r = m.authorize(
+            &globex.writer_id(),
+            Operation::Commit,
+            &ctx.branch,
+            &["https://ex.org/shared/x"],
+            t(4),
+        );
+        assert!(r.is_err(), "acme's claim was ignored: {r:?}");
+    }
+}
+
+/// A removed organization's namespace claim stays: data in it then needs only the removed
+/// organization, which alone may authorize its own node on a branch it has left.
+#[test]
+#[ignore = "bug: remove_member keeps the removed org's namespace claims; it stays sole owner of that data"]
+fn removed_member_no_longer_owns_a_namespace() {
+    let (acme, globex, _) = orgs();
+    let m = acme.manager(&[&acme, &globex]);
+    let mut req = request(&acme, "ns", &[&acme, &globex], SecurityLevel::Internal);
+    req.namespaces =
+        vec![NamespaceClaim { prefix: "https://globex.example/".into(), owner: globex.id.clone() }];
+    let b = m.create_security_context(&req, t(2)).unwrap().branch;
+    m.publish_policy(&acme.own_only(2), t(3)).unwrap();
+    let ctx = m.remove_member(&b, &globex.id, t(4)).unwrap();
+    assert_eq!(ctx.members, vec![acme.id.clone()]);
+    let r = m.authorize(
+        &globex.writer_id(),
+        Operation::Commit,
+        &b,
+        &["https://globex.example/p"],
+        t(5),
+    );
+    assert!(r.is_err(), "removed globex authorized on its old namespace: {r:?}");
+}
+
+/// Each owner consents to its own data: a commit touching acme's and globex's namespaces,
+/// each of which the writer may write separately, is refused together because every owner
+/// is asked about every IRI.
+#[test]
+#[ignore = "bug: AccessControl::decide asks each owner about all IRIs, not only the ones it owns"]
+fn owners_are_asked_only_about_their_own_iris() {
+    let (acme, globex, _) = orgs();
+    let m = acme.manager(&[&acme, &globex]);
+    let mut req = request(&acme, "two", &[&acme, &globex], SecurityLevel::Internal);
+    req.namespaces = vec![
+        NamespaceClaim { prefix: "https://acme.example/".into(), owner: acme.id.clone() },
+        NamespaceClaim { prefix: "https://globex.example/".into(), owner: globex.id.clone() },
+    ];
+    let b = m.create_security_context(&req, t(2)).unwrap().branch;
+    let scoped = |o: &Org, ns: &str| {
+        let p = AccessPolicy::new(
+            o.id.clone(),
+            2,
+            vec![
+                Rule::permit(
+                    "acme-writers",
+                    PrincipalPattern::Org(acme.id.clone()),
+                    [Operation::Commit],
+                )
+                .unwrap()
+                .in_namespace(ns),
+            ],
+        )
+        .unwrap();
+        SignedPolicy::sign(&p, &o.root).unwrap()
+    };
+    m.publish_policy(&scoped(&acme, "https://acme.example/"), t(3)).unwrap();
+    m.publish_policy(&scoped(&globex, "https://globex.example/"), t(3)).unwrap();
+    let (a, g) = ("https://acme.example/p", "https://globex.example/p");
+    m.authorize(&acme.writer_id(), Operation::Commit, &b, &[a], t(4)).unwrap();
+    m.authorize(&acme.writer_id(), Operation::Commit, &b, &[g], t(4)).unwrap();
+    let both = m.authorize(&acme.writer_id(), Operation::Commit, &b, &[a, g], t(4));
+    assert!(both.is_ok(), "{both:?}");
+}
+
+// ------------------------------------------------------------------------------------------
+// Hostile input and checked behaviour
+
+/// A request whose requester's organization is in no participant list (or an empty list)
+/// makes the requester's organization the member; nothing panics.
+#[test]
+fn requester_outside_the_participants_and_empty_participants() {
+    let (acme, globex, _) = orgs();
+    let m = acme.manager(&[&acme, &globex]);
+    let ctx = m
+        .create_security_context(&request(&acme, "solo", &[], SecurityLevel::Confidential), t(2))
+        .unwrap();
+    assert_eq!(ctx.members, vec![acme.id.clone()]);
+    assert_eq!(ctx.key_epoch, Some(1));
+    let ctx = m
+        .create_security_context(&request(&acme, "g", &[&globex], SecurityLevel::Internal), t(2))
+        .unwrap();
+    assert_eq!(ctx.members, vec![acme.id.clone(), globex.id.clone()]);
+}
+
+/// An oversized policy document and a deeply nested one are refused with a typed error,
+/// one audit entry each, and the installed policy is unchanged.
+#[test]
+fn hostile_policy_documents_are_refused_and_audited_once() {
+    let (acme, globex, _) = orgs();
+    let m = acme.manager(&[&acme, &globex]);
+    let sig = *globex.policy(2).signature();
+    let huge = vec![b' '; MAX_POLICY_LEN + 1];
+    let nested = format!("{}{}", "[".repeat(200_000), "]".repeat(200_000)).into_bytes();
+    let not_utf8 = vec![0xff; 100];
+    for doc in [huge, nested, not_utf8] {
+        let before = m.audit_size();
+        let err = m.publish_policy(&SignedPolicy::from_parts(doc, sig), t(2));
+        assert!(matches!(err, Err(GovernanceError::Policy(PolicyError::Document(_)))), "{err:?}");
+        assert_eq!(m.audit_size(), before + 1);
+        assert_eq!(last_event(&m)["event"], "policy-refused");
+    }
+    // A genuine document with a flipped signature byte: refused, version 1 still held.
+    let good = globex.policy(2);
+    let mut bad_sig = *good.signature();
+    bad_sig[0] ^= 1;
+    let err = m.publish_policy(&SignedPolicy::from_parts(good.document().to_vec(), bad_sig), t(3));
+    assert!(matches!(err, Err(GovernanceError::PolicyNotSigned(_))), "{err:?}");
+    m.publish_policy(&good, t(4)).unwrap();
+    // Replaying it is stale.
+    let err = m.publish_policy(&good, t(5));
+    assert!(matches!(err, Err(GovernanceError::Policy(PolicyError::StaleVersion { .. }))));
+}
+
+/// A panic inside a caller's `with_audit` closure poisons the manager's mutex; the manager
+/// keeps working and stays consistent.
+#[test]
+fn a_panicking_audit_reader_does_not_wedge_the_manager() {
+    let (acme, _, _) = orgs();
+    let m = acme.manager(&[&acme]);
+    let size = m.audit_size();
+    let m2 = m.clone();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        m2.with_audit(|_| panic!("reader panics"));
+    }));
+    assert!(r.is_err());
+    assert_eq!(m.audit_size(), size);
+    m.create_security_context(&request(&acme, "after", &[&acme], SecurityLevel::Internal), t(2))
+        .unwrap();
+    assert!(m.checkpoint().is_ok());
+}
+
+/// A non-admin may not create a branch, and trust `Member` caps administering.
+#[test]
+fn non_admins_and_member_trusted_orgs_cannot_administer() {
+    let (acme, globex, _) = orgs();
+    let m = acme.manager(&[&acme]);
+    Org::admit(&m, &globex, TrustLevel::Member);
+    let by_writer = FederatedBranchRequest {
+        requester: acme.writer_id(),
+        ..request(&acme, "w", &[&acme], SecurityLevel::Internal)
+    };
+    let before = m.audit_size();
+    assert!(!m.validate_branch_request(&by_writer, t(2)).unwrap().is_approved());
+    assert_eq!(m.audit_size(), before + 1);
+    let by_member = request(&globex, "m", &[&globex], SecurityLevel::Internal);
+    let d = m.validate_branch_request(&by_member, t(2)).unwrap();
+    assert!(d.refused_by().any(|(_, r, _)| r == Some("trust-level")), "{d}");
+    assert!(m.create_security_context(&by_member, t(2)).is_err());
+    assert!(m.context(&branch("m")).is_none());
+}
+
+/// Creating a context for a branch that already has one replaces it, with the consent of
+/// the new request's organizations only: a member is evicted (and its claims dropped)
+/// without being asked.
+#[test]
+#[ignore = "bug: create_security_context overwrites an existing context; the evicted members are never asked"]
+fn recreating_a_branch_does_not_evict_members_without_their_consent() {
+    let (acme, globex, _) = orgs();
+    let m = acme.manager(&[&acme, &globex]);
+    let mut req = request(&acme, "conf", &[&acme, &globex], SecurityLevel::Confidential);
+    req.namespaces =
+        vec![NamespaceClaim { prefix: "https://globex.example/".into(), owner: globex.id.clone() }];
+    let b = m.create_security_context(&req, t(2)).unwrap().branch;
+    m.publish_policy(&globex.own_only(2), t(3)).unwrap();
+    let again = request(&acme, "conf", &[&acme], SecurityLevel::Confidential);
+    let r = m.create_security_context(&again, t(4));
+    let ctx = m.context(&b).unwrap();
+    assert!(
+        r.is_err() && ctx.members.contains(&globex.id),
+        "globex evicted without consent: {r:?}, members now {:?}, claims {:?}",
+        ctx.members,
+        ctx.namespaces
+    );
+}
