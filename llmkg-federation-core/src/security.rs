@@ -322,6 +322,11 @@ pub enum SecurityError {
     /// The branch has no security context here.
     #[error("no security context for branch {0:?}")]
     UnknownBranch(BranchName),
+    /// The request is malformed or conflicts with what exists (a namespace claim that is not
+    /// an IRI prefix or is claimed twice, a branch that already has a context, sealed branches
+    /// of one federation with different members).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
     /// An action needed an approved decision and did not have one.
     #[error("not approved: {0}")]
     NotApproved(SecurityDecision),

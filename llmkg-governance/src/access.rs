@@ -655,18 +655,30 @@ impl AccessControl {
         branch: &BranchName,
         resources: &[&str],
     ) -> SecurityDecision {
-        let whole = [Resource::branch(branch)];
-        let scoped: Vec<Resource<'_>> =
-            resources.iter().map(|iri| Resource::namespace(branch, iri)).collect();
-        let targets: &[Resource<'_>] = if resources.is_empty() { &whole } else { &scoped };
-        let verdicts = owners
+        let asks = owners
             .iter()
-            .map(|org| {
+            .map(|o| (o.clone(), vec![Ask { branch, iris: resources.to_vec() }]))
+            .collect();
+        self.decide_each(principal, op, &asks)
+    }
+
+    /// Asks each organization about its own part of an operation: `asks` maps an organization
+    /// to the branches and IRIs it owns among those touched (an empty IRI list: the whole
+    /// branch). An organization approves only if its policy permits every one of its asks.
+    pub fn decide_each(
+        &self,
+        principal: &Principal,
+        op: Operation,
+        asks: &BTreeMap<OrgId, Vec<Ask<'_>>>,
+    ) -> SecurityDecision {
+        let verdicts = asks
+            .iter()
+            .map(|(org, asks)| {
                 let verdict = match self.policies.get(org) {
                     None => {
                         Verdict::Pending { reason: format!("no policy of {org} is known here") }
                     }
-                    Some(policy) => owner_verdict(policy, principal, op, targets),
+                    Some(policy) => owner_verdict(policy, principal, op, asks),
                 };
                 OrgVerdict::new(org.clone(), verdict)
             })
@@ -675,34 +687,59 @@ impl AccessControl {
     }
 }
 
+/// One organization's part of an operation: a branch and the IRIs of it the organization
+/// owns among those touched (empty: the whole branch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ask<'a> {
+    /// The branch.
+    pub branch: &'a BranchName,
+    /// The IRIs, or none for the whole branch.
+    pub iris: Vec<&'a str>,
+}
+
+/// At most this many characters of an IRI go into a refusal's reason.
+const REASON_IRI_CHARS: usize = 200;
+
+fn short(iri: &str) -> String {
+    match iri.char_indices().nth(REASON_IRI_CHARS) {
+        None => iri.to_string(),
+        Some((cut, _)) => format!("{}… ({} bytes)", &iri[..cut], iri.len()),
+    }
+}
+
 fn owner_verdict(
     policy: &AccessPolicy,
     principal: &Principal,
     op: Operation,
-    targets: &[Resource<'_>],
+    asks: &[Ask<'_>],
 ) -> Verdict {
     let mut first_rule = None;
-    for target in targets {
-        let d = policy.decide(principal, op, target);
-        let what = match target.namespace {
-            Some(iri) => format!("{op} on {iri}"),
-            None => format!("{op} on branch {:?}", target.branch.as_str()),
-        };
-        match d {
-            AccessDecision::Permit { rule } => {
-                first_rule.get_or_insert(rule);
-            }
-            AccessDecision::Forbid { rule } => {
-                return Verdict::Refused {
-                    reason: format!("{what} by {} forbidden by rule {rule}", principal.node()),
-                    rule: Some(rule.to_string()),
-                };
-            }
-            AccessDecision::DefaultDeny => {
-                return Verdict::Refused {
-                    reason: format!("{what} by {}: no rule permits it", principal.node()),
-                    rule: None,
-                };
+    for ask in asks {
+        let whole = [Resource::branch(ask.branch)];
+        let scoped: Vec<Resource<'_>> =
+            ask.iris.iter().map(|iri| Resource::namespace(ask.branch, iri)).collect();
+        let targets: &[Resource<'_>] = if ask.iris.is_empty() { &whole } else { &scoped };
+        for target in targets {
+            let what = match target.namespace {
+                Some(iri) => format!("{op} on {}", short(iri)),
+                None => format!("{op} on branch {:?}", target.branch.as_str()),
+            };
+            match policy.decide(principal, op, target) {
+                AccessDecision::Permit { rule } => {
+                    first_rule.get_or_insert(rule);
+                }
+                AccessDecision::Forbid { rule } => {
+                    return Verdict::Refused {
+                        reason: format!("{what} by {} forbidden by rule {rule}", principal.node()),
+                        rule: Some(rule.to_string()),
+                    };
+                }
+                AccessDecision::DefaultDeny => {
+                    return Verdict::Refused {
+                        reason: format!("{what} by {}: no rule permits it", principal.node()),
+                        rule: None,
+                    };
+                }
             }
         }
     }

@@ -16,6 +16,7 @@
 //! | `policy-installed` / `policy-refused` | an organization publishes an access policy |
 //! | `encryption-key` / `encryption-key-refused` | an organization's encryption key is offered |
 //! | `access-decision` | any permission decision: branch request, merge, operation |
+//! | `request-refused` | a request refused before any policy was asked (unknown branch, malformed request, missing key material, conflicting membership) |
 //! | `commit-refused` | a received commit fails the branch's commit policy |
 //! | `context-created` | a federated branch's security context is created |
 //! | `membership-changed` | an organization joins or leaves a branch |
@@ -24,6 +25,7 @@
 //! | `consensus-decision` | the branch's consensus group decided a proposal |
 
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 /// One organization's verdict inside an `access-decision` event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -116,6 +118,13 @@ pub enum AuditKind {
         approved: bool,
         verdicts: Vec<VerdictRecord>,
     },
+    RequestRefused {
+        federation: String,
+        branch: String,
+        node: String,
+        operation: String,
+        reason: String,
+    },
     CommitRefused {
         federation: String,
         branch: String,
@@ -175,9 +184,50 @@ pub struct AuditEvent {
 }
 
 impl AuditEvent {
-    /// The entry bytes: the event as one compact JSON object.
+    /// The entry bytes: the event as one compact JSON object, at most
+    /// [`MAX_ENTRY_LEN`](crate::audit::log::MAX_ENTRY_LEN) bytes. An event that would be
+    /// longer (a refusal quoting a huge value from a peer) keeps its shape, but every string
+    /// longer than 256 bytes is cut and marked with its length and SHA-256, so the refusal is
+    /// still recorded.
     pub fn to_bytes(&self) -> Vec<u8> {
         // Strings, integers, booleans and sequences of them: serializing cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
+        let bytes = serde_json::to_vec(self).unwrap_or_default();
+        if bytes.len() <= crate::audit::log::MAX_ENTRY_LEN {
+            return bytes;
+        }
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        shorten(&mut value);
+        let bytes = serde_json::to_vec(&value).unwrap_or_default();
+        if bytes.len() <= crate::audit::log::MAX_ENTRY_LEN {
+            return bytes;
+        }
+        // Only a huge number of members could still exceed it: keep the kind and the time.
+        let digest: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        serde_json::to_vec(&serde_json::json!({
+            "at": self.at,
+            "by": self.by,
+            "event": value.get("event").cloned().unwrap_or_default(),
+            "truncated": {"bytes": bytes.len(), "sha256": digest},
+        }))
+        .unwrap_or_default()
+    }
+}
+
+const KEEP: usize = 256;
+
+fn shorten(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::String(s) if s.len() > KEEP => {
+            let digest: String =
+                Sha256::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+            let mut cut = KEEP;
+            while !s.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            *s = format!("{}… ({} bytes, sha256 {digest})", &s[..cut], s.len());
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(shorten),
+        serde_json::Value::Object(map) => map.values_mut().for_each(shorten),
+        _ => {}
     }
 }

@@ -769,6 +769,7 @@ fn seal_aad(federation: &FederationId, branch: &BranchName, epoch: u64) -> Vec<u
 // Keyring
 
 /// One epoch's data key, held as a cipher (zeroized when dropped).
+#[derive(Clone)]
 struct DataKey(XChaCha20Poly1305);
 
 impl DataKey {
@@ -778,6 +779,7 @@ impl DataKey {
 }
 
 /// What the keyring knows of one accepted epoch.
+#[derive(Clone)]
 struct EpochRecord {
     digest: EpochDigest,
     key: Option<DataKey>,
@@ -828,6 +830,17 @@ impl fmt::Debug for FederationKeyring {
 }
 
 impl FederationKeyring {
+    /// A copy (the same keypair and epochs), to change and swap in only once the change is
+    /// recorded.
+    pub(crate) fn duplicate(&self) -> Self {
+        Self {
+            federation: self.federation,
+            org: self.org.clone(),
+            keypair: OrgEncryptionKeypair::from_secret_bytes(self.keypair.seed.0),
+            epochs: self.epochs.clone(),
+        }
+    }
+
     /// The keyring of `org` in `federation`, with `keypair` as the organization's encryption
     /// key, having accepted no epoch yet.
     pub fn new(federation: FederationId, org: OrgId, keypair: OrgEncryptionKeypair) -> Self {

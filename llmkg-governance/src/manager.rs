@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use llmkg_federation_core::kv::KvStore;
 use llmkg_federation_core::security::{
-    BranchRef, CrossFederationMerge, FederatedBranchRequest, NamespaceClaim, Operation, OrgVerdict,
+    BranchRef, CrossFederationMerge, FederatedBranchRequest, Operation, OrgVerdict,
     SecurityContext, SecurityDecision, SecurityError, SecurityManager, Verdict,
 };
 use llmkg_federation_core::{
@@ -24,7 +24,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use thiserror::Error;
 
-use crate::access::{AccessControl, AccessPolicy, PolicyError};
+use crate::access::{AccessControl, AccessPolicy, Ask, MAX_NAMESPACE_LEN, PolicyError};
 use crate::audit::{
     AuditError, AuditLog, Checkpoint, CheckpointError, LogSigner, LogVerifier, SignedNote,
 };
@@ -79,6 +79,21 @@ pub enum GovernanceError {
     /// The audit log could not be written; the operation was not performed.
     #[error("audit log: {0}")]
     Audit(#[from] AuditError),
+    /// The request is malformed (a namespace claim that is not an IRI prefix, claimed twice
+    /// or by a non-participant; a branch left without members).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The branch already has a security context; a membership change is the way to alter it.
+    #[error("branch {0:?} already has a security context")]
+    AlreadyExists(BranchName),
+    /// Sealed branches of one federation share its data key, so they must have the same
+    /// members; this request would make them differ.
+    #[error("federation {0} already has a sealed branch with other members")]
+    SealedMembershipConflict(FederationId),
+    /// The branch is not sealed, or the key epoch of its latest membership change has not
+    /// arrived yet: nothing can be sealed for it now.
+    #[error("no current data key for branch {0:?}")]
+    KeyEpochPending(BranchName),
     /// A checkpoint could not be made (an origin the checkpoint format refuses).
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
@@ -92,6 +107,11 @@ impl From<GovernanceError> for SecurityError {
         match e {
             GovernanceError::NotApproved(d) => SecurityError::NotApproved(d),
             GovernanceError::UnknownBranch(b) => SecurityError::UnknownBranch(b),
+            e @ (GovernanceError::InvalidRequest(_)
+            | GovernanceError::AlreadyExists(_)
+            | GovernanceError::SealedMembershipConflict(_)) => {
+                SecurityError::InvalidRequest(e.to_string())
+            }
             GovernanceError::Trust(TrustError::NoCertificate(n)) => {
                 SecurityError::UnknownRequester(n)
             }
@@ -153,16 +173,29 @@ struct BranchSecurity {
 }
 
 impl BranchSecurity {
-    /// The organizations whose data `iris` touch (all members and namespace owners when
-    /// `iris` is empty: the whole branch).
-    fn owners(&self, iris: &[&str]) -> BTreeSet<OrgId> {
-        let members: BTreeSet<OrgId> = self.context.members.iter().cloned().collect();
+    /// Who must consent to touching `iris` of this branch, and about which of them: the owner
+    /// of the longest declared namespace matching an IRI is asked about it; an IRI outside
+    /// every namespace is all members' data. An empty `iris` is the whole branch: every
+    /// member and namespace owner is asked about all of it.
+    fn asks<'a>(&'a self, iris: &[&'a str]) -> BTreeMap<OrgId, Vec<Ask<'a>>> {
+        let branch = &self.context.branch.branch;
+        let mut asks: BTreeMap<OrgId, Vec<Ask<'a>>> = BTreeMap::new();
+        let mut ask = |org: &OrgId, iri: Option<&'a str>| {
+            let list =
+                asks.entry(org.clone()).or_insert_with(|| vec![Ask { branch, iris: vec![] }]);
+            if let (Some(iri), Some(a)) = (iri, list.first_mut()) {
+                a.iris.push(iri);
+            }
+        };
         if iris.is_empty() {
-            let mut all = members;
-            all.extend(self.context.namespaces.iter().map(|c| c.owner.clone()));
-            return all;
+            for org in &self.context.members {
+                ask(org, None);
+            }
+            for c in &self.context.namespaces {
+                ask(&c.owner, None);
+            }
+            return asks;
         }
-        let mut owners = BTreeSet::new();
         for iri in iris {
             let claim = self
                 .context
@@ -171,14 +204,55 @@ impl BranchSecurity {
                 .filter(|c| iri.starts_with(c.prefix.as_str()))
                 .max_by_key(|c| c.prefix.len());
             match claim {
-                Some(c) => {
-                    owners.insert(c.owner.clone());
+                Some(c) => ask(&c.owner, Some(iri)),
+                None => {
+                    for org in &self.context.members {
+                        ask(org, Some(iri));
+                    }
                 }
-                None => owners.extend(members.iter().cloned()),
             }
         }
-        owners
+        asks
     }
+}
+
+/// Checks a branch request's shape: namespace claims are IRI prefixes (with a scheme, not
+/// empty, bounded), claimed once, by participants.
+fn check_request(
+    request: &FederatedBranchRequest,
+    members: &BTreeSet<OrgId>,
+) -> Result<(), String> {
+    let mut seen = BTreeSet::new();
+    for c in &request.namespaces {
+        let scheme_end = c.prefix.find(':').unwrap_or(0);
+        let scheme_ok = scheme_end > 0
+            && c.prefix[..scheme_end]
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+        if !scheme_ok || c.prefix.len() <= scheme_end + 1 || c.prefix.len() > MAX_NAMESPACE_LEN {
+            return Err(format!(
+                "namespace claim {:?} is not an IRI prefix with a scheme and a path",
+                c.prefix.chars().take(80).collect::<String>()
+            ));
+        }
+        if !seen.insert(c.prefix.as_str()) {
+            return Err(format!("namespace {:?} is claimed twice", c.prefix));
+        }
+        if !members.contains(&c.owner) {
+            return Err(format!("namespace owner {} is not a participant", c.owner));
+        }
+    }
+    Ok(())
+}
+
+/// A key rotation prepared on copies, not yet in force.
+struct Rotation {
+    federation: FederationId,
+    keyring: FederationKeyring,
+    rng: ChaCha20Rng,
+    epoch: Signed<KeyEpoch>,
+    number: u64,
+    event: Option<AuditKind>,
 }
 
 struct State<K: KvStore> {
@@ -314,6 +388,40 @@ impl<K: KvStore> State<K> {
         self.audit.append(&event.to_bytes())
     }
 
+    /// Records several events in one atomic append.
+    fn record_all(&mut self, now: Timestamp, kinds: Vec<AuditKind>) -> Result<(), AuditError> {
+        let by = self.org.to_string();
+        let entries: Vec<Vec<u8>> = kinds
+            .into_iter()
+            .map(|kind| AuditEvent { at: now.as_micros(), by: by.clone(), kind }.to_bytes())
+            .collect();
+        self.audit.append_batch(&entries).map(|_| ())
+    }
+
+    /// Records the refusal of a request that never reached a decision (unknown branch,
+    /// malformed request, missing key material) and returns `error`.
+    fn refuse_request<T>(
+        &mut self,
+        now: Timestamp,
+        branch: &BranchRef,
+        node: &NodeId,
+        op: Operation,
+        error: GovernanceError,
+    ) -> Result<T, GovernanceError> {
+        let (federation, b) = branch_label(branch);
+        self.refuse(
+            now,
+            AuditKind::RequestRefused {
+                federation,
+                branch: b,
+                node: node.to_string(),
+                operation: op.to_string(),
+                reason: error.to_string(),
+            },
+            error,
+        )
+    }
+
     /// Records a refusal and returns the error that caused it (or the audit failure).
     fn refuse<T>(
         &mut self,
@@ -354,11 +462,9 @@ impl<K: KvStore> State<K> {
         &self,
         principal: &Principal,
         op: Operation,
-        owners: &BTreeSet<OrgId>,
-        branch: &BranchName,
-        iris: &[&str],
+        asks: &BTreeMap<OrgId, Vec<Ask<'_>>>,
     ) -> SecurityDecision {
-        let mut d = self.access.decide(owners, principal, op, branch, iris);
+        let mut d = self.access.decide_each(principal, op, asks);
         if let Some(cap) = self.trust_cap(principal, op) {
             let mut v = d.verdicts().to_vec();
             v.push(cap);
@@ -432,13 +538,14 @@ impl<K: KvStore> State<K> {
         })
     }
 
-    /// Issues a new key epoch for `federation` wrapping the data key for `members`.
-    fn rotate_keys(
+    /// Prepares the next key epoch of `federation` for `members`, changing nothing: the
+    /// rotated keyring, the RNG after it, the signed epoch and its audit event. The caller
+    /// records the event, then [`commit_rotation`](Self::commit_rotation)s.
+    fn prepare_rotation(
         &mut self,
         federation: FederationId,
         members: &[OrgId],
-        now: Timestamp,
-    ) -> Result<u64, GovernanceError> {
+    ) -> Result<Rotation, GovernanceError> {
         let mut recipients = Vec::with_capacity(members.len());
         for org in members {
             let Some(cert) = self.encryption_keys.get(org) else {
@@ -448,20 +555,32 @@ impl<K: KvStore> State<K> {
         }
         let signer = Arc::clone(&self.signer);
         let mut rng = self.rng.clone();
-        let epoch = self.keyring(federation).rotate(&mut rng, signer.as_ref(), &recipients)?;
-        self.rng = rng;
+        let mut keyring = self.keyring(federation).duplicate();
+        let epoch = keyring.rotate(&mut rng, signer.as_ref(), &recipients)?;
         let number = epoch.open(&federation).map(|e| e.epoch()).unwrap_or_default();
-        self.epochs.entry(federation).or_default().push(epoch);
-        self.record(
-            now,
-            AuditKind::KeyEpoch {
-                federation: federation.to_string(),
-                epoch: number,
-                members: members.iter().map(ToString::to_string).collect(),
-                issued_here: true,
-            },
-        )?;
-        Ok(number)
+        let event = AuditKind::KeyEpoch {
+            federation: federation.to_string(),
+            epoch: number,
+            members: members.iter().map(ToString::to_string).collect(),
+            issued_here: true,
+        };
+        Ok(Rotation { federation, keyring, rng, epoch, number, event: Some(event) })
+    }
+
+    /// Puts a recorded rotation in force.
+    fn commit_rotation(&mut self, r: Rotation) {
+        self.keyrings.insert(r.federation, r.keyring);
+        self.rng = r.rng;
+        self.epochs.entry(r.federation).or_default().push(r.epoch);
+    }
+
+    /// The members of the sealed branches of `federation` known here (they share its data
+    /// key, so they must be the same), or `None` if there is none.
+    fn sealed_members(&self, federation: FederationId) -> Option<&[OrgId]> {
+        self.contexts
+            .values()
+            .find(|b| b.context.branch.federation == federation && b.context.level.seals())
+            .map(|b| b.context.members.as_slice())
     }
 
     fn context(&self, branch: &BranchRef) -> Result<&BranchSecurity, GovernanceError> {
@@ -726,8 +845,13 @@ impl<K: KvStore> FederatedSecurityManager<K> {
     ) -> Result<SecurityDecision, GovernanceError> {
         let mut s = self.state();
         let principal = s.requester(node, branch, op, now)?;
-        let owners = s.context(branch)?.owners(iris);
-        let decision = s.decide(&principal, op, &owners, &branch.branch, iris);
+        let decision = match s.contexts.get(branch) {
+            Some(sec) => s.decide(&principal, op, &sec.asks(iris)),
+            None => {
+                let e = GovernanceError::UnknownBranch(branch.branch.clone());
+                return s.refuse_request(now, branch, node, op, e);
+            }
+        };
         s.record_decision(now, branch, node, op, &decision)?;
         if decision.is_approved() {
             Ok(decision)
@@ -736,56 +860,142 @@ impl<K: KvStore> FederatedSecurityManager<K> {
         }
     }
 
-    /// Lets `org` into a branch (a membership change): for a sealed level, the federation's
-    /// data key rotates into a new epoch wrapped for the new members. Audited.
+    /// Lets `org` into a branch, as `requester` asked (a membership change decided by the
+    /// branch's group, applied on every member's node). The requester must be allowed to
+    /// administer the branch by every organization whose data it holds, `org` must be trusted
+    /// here to hold data, and for a sealed level the federation's data key rotates into a new
+    /// epoch wrapped for the new members — issued by the requester's node; the others accept
+    /// it when it arrives ([`accept_key_epoch`](Self::accept_key_epoch)) and cannot seal until
+    /// then. Audited, approved or refused; on error nothing changed.
     pub fn add_member(
         &self,
+        requester: &NodeId,
         branch: &BranchRef,
         org: OrgId,
         now: Timestamp,
     ) -> Result<SecurityContext, GovernanceError> {
-        self.change_members(branch, now, |m| {
-            if !m.contains(&org) {
-                m.push(org);
-                m.sort();
-            }
-        })
+        self.change_members(requester, branch, now, Some(org), None)
     }
 
-    /// Takes `org` out of a branch: for a sealed level, the data key rotates into a new epoch
-    /// the removed organization cannot open, so it cannot read anything written afterwards.
-    /// Audited.
+    /// Takes `org` out of a branch, as `requester` asked (see [`add_member`](Self::add_member)
+    /// for who may). Its namespace claims go with it (that data becomes all remaining
+    /// members'), and for a sealed level the data key rotates into a new epoch it cannot
+    /// open, so it cannot read anything sealed afterwards. Audited; on error nothing changed.
     pub fn remove_member(
         &self,
+        requester: &NodeId,
         branch: &BranchRef,
         org: &OrgId,
         now: Timestamp,
     ) -> Result<SecurityContext, GovernanceError> {
-        self.change_members(branch, now, |m| m.retain(|o| o != org))
+        self.change_members(requester, branch, now, None, Some(org))
     }
 
     fn change_members(
         &self,
+        requester: &NodeId,
         branch: &BranchRef,
         now: Timestamp,
-        change: impl FnOnce(&mut Vec<OrgId>),
+        add: Option<OrgId>,
+        remove: Option<&OrgId>,
     ) -> Result<SecurityContext, GovernanceError> {
         let mut s = self.state();
-        let mut context = s.context(branch)?.context.clone();
-        change(&mut context.members);
+        let op = Operation::Administer;
+        let principal = s.requester(requester, branch, op, now)?;
+        let Some(current) = s.contexts.get(branch).map(|b| b.context.clone()) else {
+            let e = GovernanceError::UnknownBranch(branch.branch.clone());
+            return s.refuse_request(now, branch, requester, op, e);
+        };
+        let mut context = current.clone();
+        if let Some(org) = &add
+            && !context.members.contains(org)
+        {
+            context.members.push(org.clone());
+            context.members.sort();
+        }
+        if let Some(org) = remove {
+            context.members.retain(|o| o != org);
+            context.namespaces.retain(|c| &c.owner != org);
+        }
+        // Everyone whose data the branch holds now, and the newcomer, must allow it.
+        let current_sec = BranchSecurity { context: current.clone() };
+        let mut before = current_sec.asks(&[]);
+        if let Some(org) = &add {
+            before
+                .entry(org.clone())
+                .or_insert_with(|| vec![Ask { branch: &branch.branch, iris: vec![] }]);
+        }
+        let mut decision = s.decide(&principal, op, &before);
+        if let Some(org) = &add
+            && s.trust.level(org).is_none_or(|l| l < TrustLevel::Reader)
+        {
+            let mut v = decision.verdicts().to_vec();
+            v.push(OrgVerdict::new(
+                s.org.clone(),
+                Verdict::Refused {
+                    rule: Some("trust-level".into()),
+                    reason: format!("{org} is not trusted to hold data here"),
+                },
+            ));
+            decision = SecurityDecision::new(v);
+        }
+        drop(before);
+        if !decision.is_approved() {
+            s.record_decision(now, branch, requester, op, &decision)?;
+            return Err(GovernanceError::NotApproved(decision));
+        }
+        if context.members.is_empty() {
+            let e = GovernanceError::InvalidRequest("a branch needs at least one member".into());
+            return s.refuse_request(now, branch, requester, op, e);
+        }
+        let mut rotation = None;
         if context.level.seals() {
-            context.key_epoch = Some(s.rotate_keys(branch.federation, &context.members, now)?);
+            let others_sealed = s.contexts.values().any(|b| {
+                b.context.branch != *branch
+                    && b.context.branch.federation == branch.federation
+                    && b.context.level.seals()
+            });
+            if others_sealed {
+                let e = GovernanceError::SealedMembershipConflict(branch.federation);
+                return s.refuse_request(now, branch, requester, op, e);
+            }
+            if *requester == s.signer.node_id() {
+                match s.prepare_rotation(branch.federation, &context.members) {
+                    Ok(r) => {
+                        context.key_epoch = Some(r.number);
+                        rotation = Some(r);
+                    }
+                    Err(e) => return s.refuse_request(now, branch, requester, op, e),
+                }
+            } else {
+                // The requester's node issues the epoch; until it arrives, nothing is sealed.
+                context.key_epoch = None;
+            }
         }
         let (federation, b) = branch_label(branch);
-        s.record(
-            now,
+        let mut events = vec![
+            AuditKind::AccessDecision {
+                federation: federation.clone(),
+                branch: b.clone(),
+                node: requester.to_string(),
+                operation: op.to_string(),
+                approved: true,
+                verdicts: verdict_records(&decision),
+            },
             AuditKind::MembershipChanged {
                 federation,
                 branch: b,
                 members: context.members.iter().map(ToString::to_string).collect(),
                 key_epoch: context.key_epoch,
             },
-        )?;
+        ];
+        if let Some(event) = rotation.as_mut().and_then(|r| r.event.take()) {
+            events.push(event);
+        }
+        s.record_all(now, events)?;
+        if let Some(r) = rotation {
+            s.commit_rotation(r);
+        }
         s.contexts.insert(branch.clone(), BranchSecurity { context: context.clone() });
         Ok(context)
     }
@@ -796,80 +1006,134 @@ impl<K: KvStore> FederatedSecurityManager<K> {
         self.state().epochs.get(federation).cloned().unwrap_or_default()
     }
 
-    /// Accepts a key epoch issued by another member's administrator: its signer must hold a
-    /// valid certificate with the [`Role::Admin`] role from an organization trusted to
-    /// administer. Returns whether this organization is a member of the epoch. Audited.
+    /// Accepts one key epoch issued by another member's administrator: the same as
+    /// [`accept_key_epochs`](Self::accept_key_epochs) with a chain of one.
     pub fn accept_key_epoch(
         &self,
         epoch: &Signed<KeyEpoch>,
         now: Timestamp,
     ) -> Result<Accepted, GovernanceError> {
+        let mut accepted = self.accept_key_epochs(std::slice::from_ref(epoch), now)?;
+        // A chain of one yields one answer.
+        Ok(accepted.pop().unwrap_or(Accepted::NotMember { epoch: 0 }))
+    }
+
+    /// Accepts a run of key epochs of one federation, oldest first (an organization that joins
+    /// catches up on the whole chain; it is a member of none of the earlier epochs). Every
+    /// epoch must be signed by a node holding a valid certificate with the [`Role::Admin`]
+    /// role of an organization trusted here to administer, and continue the chain (next
+    /// number, previous digest). The newest must be the epoch of the federation's sealed
+    /// branch as it is here: its members exactly the branch's members, its issuer's
+    /// organization one of them — so no one can wrap the key for an organization the branch
+    /// does not have, or re-key itself in after its removal. Epochs already held are skipped.
+    /// Returns, per epoch, whether this organization is a member of it. Audited (one entry per
+    /// epoch accepted, or one refusal); on error nothing changed.
+    pub fn accept_key_epochs(
+        &self,
+        chain: &[Signed<KeyEpoch>],
+        now: Timestamp,
+    ) -> Result<Vec<Accepted>, GovernanceError> {
         let mut s = self.state();
-        let issuer = epoch.signer();
-        let federation = epoch.federation();
-        let number = epoch.open(&federation).map(|e| e.epoch()).unwrap_or_default();
-        // The same epoch delivered again (gossip, a retry) is not news.
-        if s.epochs.get(&federation).is_some_and(|held| held.contains(epoch)) {
-            let keyring = s.keyring(federation);
-            return Ok(if keyring.is_member(number) {
-                Accepted::Member { epoch: number }
-            } else {
-                Accepted::NotMember { epoch: number }
-            });
-        }
-        let refused = |reason: String| AuditKind::KeyEpochRefused {
+        let Some(last) = chain.last() else { return Ok(Vec::new()) };
+        let federation = last.federation();
+        let held = s.epochs.get(&federation).cloned().unwrap_or_default();
+        let refused = |e: &Signed<KeyEpoch>, reason: String| AuditKind::KeyEpochRefused {
             federation: federation.to_string(),
-            epoch: number,
-            issuer: issuer.to_string(),
+            epoch: e.open(&e.federation()).map(|v| v.epoch()).unwrap_or_default(),
+            issuer: e.signer().to_string(),
             reason,
         };
-        let admin = match s.principal(&issuer, now) {
-            Err(e) => Err(e.to_string()),
-            Ok(p) if !p.roles().contains(&Role::Admin) => Err("no admin role".to_string()),
-            Ok(p) => match s.trust.level(p.org()) {
-                Some(l) if l.allows(Operation::Administer) => Ok(()),
-                _ => Err(format!("{} is not trusted to administer", p.org())),
-            },
-        };
-        if let Err(reason) = admin {
-            return s.refuse(
-                now,
-                refused(reason.clone()),
-                GovernanceError::NotAnAdministrator { node: issuer, reason },
-            );
-        }
-        // `accept` changes nothing on error.
-        let accepted = match s.keyring(federation).accept(epoch) {
-            Ok(a) => a,
-            Err(e) => return s.refuse(now, refused(e.to_string()), e.into()),
-        };
-        let value = epoch.open(&federation).map_err(KeyError::from)?;
-        s.record(
-            now,
-            AuditKind::KeyEpoch {
+        let mut keyring = s.keyring(federation).duplicate();
+        let mut accepted = Vec::with_capacity(chain.len());
+        let mut fresh = Vec::new();
+        let mut events = Vec::new();
+        for (position, epoch) in chain.iter().enumerate() {
+            let value = match epoch.open(&federation) {
+                Ok(v) => v,
+                Err(e) => {
+                    let reason = format!("epoch of another federation: {e}");
+                    return s.refuse(now, refused(epoch, reason), KeyError::from(e).into());
+                }
+            };
+            let number = value.epoch();
+            if held.contains(epoch) {
+                accepted.push(if keyring.is_member(number) {
+                    Accepted::Member { epoch: number }
+                } else {
+                    Accepted::NotMember { epoch: number }
+                });
+                continue;
+            }
+            let issuer = epoch.signer();
+            let members: Vec<OrgId> = value.members().cloned().collect();
+            let newest = position + 1 == chain.len();
+            let check = match s.principal(&issuer, now) {
+                Err(e) => Err(e.to_string()),
+                Ok(p) if !p.roles().contains(&Role::Admin) => Err("no admin role".to_string()),
+                Ok(p) => match (s.trust.level(p.org()), s.sealed_members(federation)) {
+                    (None, _) => Err(format!("{} is not pinned", p.org())),
+                    (Some(l), _) if !l.allows(Operation::Administer) => {
+                        Err(format!("{} is not trusted to administer", p.org()))
+                    }
+                    (_, None) => Err("no sealed branch of this federation is known here".into()),
+                    (_, Some(current)) if newest && !current.contains(p.org()) => {
+                        Err(format!("{} is not a member of the sealed branch", p.org()))
+                    }
+                    (_, Some(current)) if newest && current != members.as_slice() => Err(format!(
+                        "the epoch is for {members:?}, the sealed branch's members are \
+                             {current:?}"
+                    )),
+                    _ => Ok(()),
+                },
+            };
+            if let Err(reason) = check {
+                return s.refuse(
+                    now,
+                    refused(epoch, reason.clone()),
+                    GovernanceError::NotAnAdministrator { node: issuer, reason },
+                );
+            }
+            match keyring.accept(epoch) {
+                Ok(a) => accepted.push(a),
+                Err(e) => return s.refuse(now, refused(epoch, e.to_string()), e.into()),
+            }
+            events.push(AuditKind::KeyEpoch {
                 federation: federation.to_string(),
-                epoch: value.epoch(),
-                members: value.members().map(ToString::to_string).collect(),
+                epoch: number,
+                members: members.iter().map(ToString::to_string).collect(),
                 issued_here: false,
-            },
-        )?;
-        s.epochs.entry(federation).or_default().push(epoch.clone());
+            });
+            fresh.push(epoch.clone());
+        }
+        if events.is_empty() {
+            return Ok(accepted);
+        }
+        s.record_all(now, events)?;
+        let current = keyring.current_epoch();
+        s.keyrings.insert(federation, keyring);
+        s.epochs.entry(federation).or_default().extend(fresh);
         for (b, sec) in s.contexts.iter_mut() {
             if b.federation == federation && sec.context.level.seals() {
-                sec.context.key_epoch = Some(value.epoch());
+                sec.context.key_epoch = current;
             }
         }
         Ok(accepted)
     }
 
-    /// Seals `changes` for `branch` under its federation's current data key.
+    /// Seals `changes` for `branch` (which must be of a sealed level) under its federation's
+    /// current data key. Refused with [`GovernanceError::KeyEpochPending`] while the epoch of
+    /// the branch's latest membership change has not arrived.
     pub fn seal(
         &self,
         branch: &BranchRef,
         changes: &ChangeSet,
     ) -> Result<SealedChangeSet, GovernanceError> {
         let mut s = self.state();
-        s.context(branch)?;
+        let context = s.context(branch)?.context.clone();
+        let current = s.keyrings.get(&branch.federation).and_then(FederationKeyring::current_epoch);
+        if !context.level.seals() || context.key_epoch.is_none() || context.key_epoch != current {
+            return Err(GovernanceError::KeyEpochPending(branch.branch.clone()));
+        }
         let mut rng = s.rng.clone();
         let sealed = s.keyring(branch.federation).seal(&mut rng, &branch.branch, changes)?;
         s.rng = rng;
@@ -953,31 +1217,82 @@ impl<K: KvStore> FederatedSecurityManager<K> {
         self.state().contexts.get(branch).map(|b| b.context.clone())
     }
 
-    fn branch_decision(
+    /// Decides a branch request and, if `create`, creates its context: all under one lock,
+    /// recorded in one atomic append.
+    fn branch_request(
         &self,
         request: &FederatedBranchRequest,
         now: Timestamp,
-    ) -> Result<(SecurityDecision, Vec<OrgId>), GovernanceError> {
+        create: bool,
+    ) -> Result<(SecurityDecision, Option<SecurityContext>), GovernanceError> {
         let mut s = self.state();
+        let op = Operation::Administer;
+        let node = &request.requester;
         let branch = BranchRef { federation: request.federation, branch: request.branch.clone() };
-        let principal = s.requester(&request.requester, &branch, Operation::Administer, now)?;
+        let principal = s.requester(node, &branch, op, now)?;
         let mut members: BTreeSet<OrgId> = request.participants.iter().cloned().collect();
         members.insert(principal.org().clone());
-        let mut owners = members.clone();
-        owners.extend(request.namespaces.iter().map(|c| c.owner.clone()));
-        let mut decision =
-            s.decide(&principal, Operation::Administer, &owners, &request.branch, &[]);
-        let untrusted: Vec<OrgVerdict> = owners
-            .iter()
+        if let Err(reason) = check_request(request, &members) {
+            return s.refuse_request(
+                now,
+                &branch,
+                node,
+                op,
+                GovernanceError::InvalidRequest(reason),
+            );
+        }
+        if s.contexts.contains_key(&branch) {
+            let e = GovernanceError::AlreadyExists(branch.branch.clone());
+            return s.refuse_request(now, &branch, node, op, e);
+        }
+        let members: Vec<OrgId> = members.into_iter().collect();
+        let mut namespaces = request.namespaces.clone();
+        namespaces.sort();
+        let mut context = SecurityContext {
+            branch: branch.clone(),
+            members,
+            level: request.security_level,
+            namespaces,
+            key_epoch: None,
+            created_at: now,
+        };
+        // Sealed branches of a federation share its data key, hence its members.
+        let mut rotation = None;
+        if create && context.level.seals() {
+            match s.sealed_members(branch.federation) {
+                Some(m) if m != context.members.as_slice() => {
+                    let e = GovernanceError::SealedMembershipConflict(branch.federation);
+                    return s.refuse_request(now, &branch, node, op, e);
+                }
+                Some(_) => {
+                    context.key_epoch = s
+                        .keyrings
+                        .get(&branch.federation)
+                        .and_then(FederationKeyring::current_epoch);
+                }
+                // The requester's node issues the first epoch; the others accept it
+                // (`accept_key_epoch`) when it reaches them.
+                None if *node == s.signer.node_id() => {
+                    match s.prepare_rotation(branch.federation, &context.members) {
+                        Ok(r) => {
+                            context.key_epoch = Some(r.number);
+                            rotation = Some(r);
+                        }
+                        Err(e) => return s.refuse_request(now, &branch, node, op, e),
+                    }
+                }
+                None => {}
+            }
+        }
+        let candidate = BranchSecurity { context: context.clone() };
+        let mut decision = s.decide(&principal, op, &candidate.asks(&[]));
+        let untrusted: Vec<OrgVerdict> = candidate
+            .asks(&[])
+            .into_keys()
             .filter(|o| s.trust.level(o).is_none_or(|l| l < TrustLevel::Reader))
             .map(|o| {
-                OrgVerdict::new(
-                    o.clone(),
-                    Verdict::Refused {
-                        rule: Some("trust-level".into()),
-                        reason: format!("{o} is not trusted to hold data here"),
-                    },
-                )
+                let reason = format!("{o} is not trusted to hold data here");
+                OrgVerdict::new(o, Verdict::Refused { rule: Some("trust-level".into()), reason })
             })
             .collect();
         if !untrusted.is_empty() {
@@ -985,8 +1300,44 @@ impl<K: KvStore> FederatedSecurityManager<K> {
             v.extend(untrusted);
             decision = SecurityDecision::new(v);
         }
-        s.record_decision(now, &branch, &request.requester, Operation::Administer, &decision)?;
-        Ok((decision, owners.into_iter().collect()))
+        let (federation, b) = branch_label(&branch);
+        let mut events = vec![AuditKind::AccessDecision {
+            federation: federation.clone(),
+            branch: b.clone(),
+            node: node.to_string(),
+            operation: op.to_string(),
+            approved: decision.is_approved(),
+            verdicts: verdict_records(&decision),
+        }];
+        if !create || !decision.is_approved() {
+            s.record_all(now, events)?;
+            return Ok((decision, None));
+        }
+        events.push(AuditKind::ContextCreated {
+            federation,
+            branch: b,
+            level: format!("{:?}", context.level).to_lowercase(),
+            members: context.members.iter().map(ToString::to_string).collect(),
+            key_epoch: context.key_epoch,
+        });
+        if let Some(event) = rotation.as_mut().and_then(|r| r.event.take()) {
+            events.push(event);
+        }
+        s.record_all(now, events)?;
+        if let Some(r) = rotation {
+            s.commit_rotation(r);
+        }
+        s.contexts.insert(branch, candidate);
+        Ok((decision, Some(context)))
+    }
+}
+
+fn security_error(e: GovernanceError, requester: NodeId) -> SecurityError {
+    match e {
+        GovernanceError::Trust(TrustError::Certificate(error)) => {
+            SecurityError::Identity { node: requester, error }
+        }
+        other => other.into(),
     }
 }
 
@@ -996,13 +1347,9 @@ impl<K: KvStore + 'static> SecurityManager for FederatedSecurityManager<K> {
         request: &FederatedBranchRequest,
         now: Timestamp,
     ) -> Result<SecurityDecision, SecurityError> {
-        match self.branch_decision(request, now) {
-            Ok((d, _)) => Ok(d),
-            Err(GovernanceError::Trust(TrustError::Certificate(error))) => {
-                Err(SecurityError::Identity { node: request.requester, error })
-            }
-            Err(e) => Err(e.into()),
-        }
+        self.branch_request(request, now, false)
+            .map(|(d, _)| d)
+            .map_err(|e| security_error(e, request.requester))
     }
 
     fn create_security_context(
@@ -1010,52 +1357,11 @@ impl<K: KvStore + 'static> SecurityManager for FederatedSecurityManager<K> {
         request: &FederatedBranchRequest,
         now: Timestamp,
     ) -> Result<SecurityContext, SecurityError> {
-        let (decision, members) = match self.branch_decision(request, now) {
-            Ok(x) => x,
-            Err(GovernanceError::Trust(TrustError::Certificate(error))) => {
-                return Err(SecurityError::Identity { node: request.requester, error });
-            }
-            Err(e) => return Err(e.into()),
-        };
-        if !decision.is_approved() {
-            return Err(SecurityError::NotApproved(decision));
+        match self.branch_request(request, now, true) {
+            Ok((_, Some(context))) => Ok(context),
+            Ok((decision, None)) => Err(SecurityError::NotApproved(decision)),
+            Err(e) => Err(security_error(e, request.requester)),
         }
-        let mut s = self.state();
-        let branch = BranchRef { federation: request.federation, branch: request.branch.clone() };
-        let mut namespaces: Vec<NamespaceClaim> = request.namespaces.clone();
-        namespaces.sort();
-        namespaces.dedup();
-        // The requester's node issues the first data-key epoch; the others accept it
-        // (`accept_key_epoch`) when it reaches them.
-        let key_epoch = if !request.security_level.seals() {
-            None
-        } else if request.requester == s.signer.node_id() {
-            Some(s.rotate_keys(request.federation, &members, now).map_err(SecurityError::from)?)
-        } else {
-            s.keyrings.get(&request.federation).and_then(FederationKeyring::current_epoch)
-        };
-        let context = SecurityContext {
-            branch: branch.clone(),
-            members,
-            level: request.security_level,
-            namespaces,
-            key_epoch,
-            created_at: now,
-        };
-        let (federation, b) = branch_label(&branch);
-        s.record(
-            now,
-            AuditKind::ContextCreated {
-                federation,
-                branch: b,
-                level: format!("{:?}", context.level).to_lowercase(),
-                members: context.members.iter().map(ToString::to_string).collect(),
-                key_epoch,
-            },
-        )
-        .map_err(|e| SecurityError::Internal(e.to_string()))?;
-        s.contexts.insert(branch, BranchSecurity { context: context.clone() });
-        Ok(context)
     }
 
     fn validate_cross_federation_merge(
@@ -1064,18 +1370,29 @@ impl<K: KvStore + 'static> SecurityManager for FederatedSecurityManager<K> {
         now: Timestamp,
     ) -> Result<SecurityDecision, SecurityError> {
         let mut s = self.state();
-        let principal = match s.requester(&merge.requester, &merge.target, Operation::Merge, now) {
-            Ok(p) => p,
-            Err(GovernanceError::Trust(TrustError::Certificate(error))) => {
-                return Err(SecurityError::Identity { node: merge.requester, error });
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let op = Operation::Merge;
+        let node = &merge.requester;
+        let principal =
+            s.requester(node, &merge.target, op, now).map_err(|e| security_error(e, *node))?;
         let iris: Vec<&str> = merge.predicates.iter().map(String::as_str).collect();
-        let mut owners = s.context(&merge.target).map_err(SecurityError::from)?.owners(&iris);
-        owners.extend(s.context(&merge.source).map_err(SecurityError::from)?.owners(&iris));
-        let decision = s.decide(&principal, Operation::Merge, &owners, &merge.target.branch, &iris);
-        s.record_decision(now, &merge.target, &merge.requester, Operation::Merge, &decision)
+        let decision = match (s.contexts.get(&merge.target), s.contexts.get(&merge.source)) {
+            (Some(target), Some(source)) => {
+                // The target's owners consent on the target branch, the source's on theirs.
+                let mut asks = target.asks(&iris);
+                for (org, list) in source.asks(&iris) {
+                    asks.entry(org).or_default().extend(list);
+                }
+                s.decide(&principal, op, &asks)
+            }
+            (t, _) => {
+                let missing = if t.is_none() { &merge.target } else { &merge.source };
+                let e = GovernanceError::UnknownBranch(missing.branch.clone());
+                return s
+                    .refuse_request(now, &merge.target, node, op, e)
+                    .map_err(|e| security_error(e, *node));
+            }
+        };
+        s.record_decision(now, &merge.target, node, op, &decision)
             .map_err(|e| SecurityError::Internal(e.to_string()))?;
         Ok(decision)
     }
@@ -1120,11 +1437,8 @@ impl<K: KvStore> CommitPolicy for GovernanceCommitPolicy<K> {
             }
             let preds = predicates(c.changes());
             let iris: Vec<&str> = preds.iter().map(String::as_str).collect();
-            let owners = s
-                .context(&self.branch)
-                .map_err(|e| CommitRefusal::Other(e.to_string()))?
-                .owners(&iris);
-            let d = s.decide(&principal, Operation::Commit, &owners, &self.branch.branch, &iris);
+            let sec = s.context(&self.branch).map_err(|e| CommitRefusal::Other(e.to_string()))?;
+            let d = s.decide(&principal, Operation::Commit, &sec.asks(&iris));
             if d.is_approved() {
                 Ok(())
             } else {
