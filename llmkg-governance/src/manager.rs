@@ -2,10 +2,11 @@
 //!
 //! [`FederatedSecurityManager`] composes the [`trust`](crate::trust) store, the published
 //! [`access`](crate::access) policies, the federation [`keys`](crate::keys) and the
-//! [`audit`](crate::audit) log, and implements core's
-//! [`SecurityManager`](llmkg_federation_core::security::SecurityManager). Every decision it
+//! [`audit`](crate::audit) log, and implements core's [`SecurityManager`]. Every decision it
 //! makes, approval or refusal, is appended to its audit log before the call returns; if the
-//! log cannot be written the call fails closed (refuses) and changes nothing.
+//! log cannot be written the call fails closed (refuses) and changes nothing. Its state other
+//! than the audit log (pins, certificates, policies, contexts, keyrings) lives in memory: a
+//! host rebuilds it on start from the signed documents it keeps, which verify again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
