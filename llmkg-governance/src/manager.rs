@@ -434,6 +434,26 @@ impl<K: KvStore> State<K> {
         Err(error)
     }
 
+    /// Applies `change` to a copy of the trust store; records `accepted` and puts the copy in
+    /// force, or records `refused` with the reason and changes nothing.
+    fn change_trust<T>(
+        &mut self,
+        now: Timestamp,
+        change: impl FnOnce(&mut TrustStore) -> Result<T, TrustError>,
+        accepted: impl FnOnce(&T) -> AuditKind,
+        refused: impl FnOnce(String) -> AuditKind,
+    ) -> Result<T, GovernanceError> {
+        let mut trial = self.trust.clone();
+        match change(&mut trial) {
+            Ok(value) => {
+                self.record(now, accepted(&value))?;
+                self.trust = trial;
+                Ok(value)
+            }
+            Err(e) => self.refuse(now, refused(e.to_string()), e.into()),
+        }
+    }
+
     fn principal(&self, node: &NodeId, at: Timestamp) -> Result<Principal, TrustError> {
         self.trust.principal(node, at)
     }
@@ -645,22 +665,15 @@ impl<K: KvStore> FederatedSecurityManager<K> {
         certificate: NodeCertificate,
         now: Timestamp,
     ) -> Result<(), GovernanceError> {
-        let mut s = self.state();
-        let mut trial = s.trust.clone();
         let (org, node, serial) =
             (certificate.org().to_string(), certificate.node().to_string(), certificate.serial());
-        match trial.add_certificate(certificate, now) {
-            Ok(()) => {
-                s.record(now, AuditKind::CertificateAccepted { org, node, serial })?;
-                s.trust = trial;
-                Ok(())
-            }
-            Err(e) => s.refuse(
-                now,
-                AuditKind::CertificateRefused { org, node, serial, reason: e.to_string() },
-                e.into(),
-            ),
-        }
+        let (o, n) = (org.clone(), node.clone());
+        self.state().change_trust(
+            now,
+            |t| t.add_certificate(certificate, now),
+            |()| AuditKind::CertificateAccepted { org, node, serial },
+            |reason| AuditKind::CertificateRefused { org: o, node: n, serial, reason },
+        )
     }
 
     /// Accepts a revocation signed by its organization's pinned root. Audited.
@@ -669,22 +682,14 @@ impl<K: KvStore> FederatedSecurityManager<K> {
         revocation: &Revocation,
         now: Timestamp,
     ) -> Result<(), GovernanceError> {
-        let mut s = self.state();
         let org = revocation.org().to_string();
-        let mut trial = s.trust.clone();
-        match trial.add_revocation(revocation) {
-            Ok(()) => {
-                s.record(
-                    now,
-                    AuditKind::Revocation { org, serials: revocation.serials().to_vec() },
-                )?;
-                s.trust = trial;
-                Ok(())
-            }
-            Err(e) => {
-                s.refuse(now, AuditKind::RevocationRefused { org, reason: e.to_string() }, e.into())
-            }
-        }
+        let o = org.clone();
+        self.state().change_trust(
+            now,
+            |t| t.add_revocation(revocation),
+            |()| AuditKind::Revocation { org, serials: revocation.serials().to_vec() },
+            |reason| AuditKind::RevocationRefused { org: o, reason },
+        )
     }
 
     /// Replaces a node key (new certificate and revocation of the old serial, both by the
@@ -694,29 +699,19 @@ impl<K: KvStore> FederatedSecurityManager<K> {
         rotation: &NodeKeyRotation,
         now: Timestamp,
     ) -> Result<(), GovernanceError> {
-        let mut s = self.state();
         let org = rotation.certificate.org().to_string();
-        let mut trial = s.trust.clone();
-        match trial.rotate_node_key(rotation, now) {
-            Ok(()) => {
-                s.record(
-                    now,
-                    AuditKind::NodeKeyRotated {
-                        org,
-                        node: rotation.certificate.node().to_string(),
-                        serial: rotation.certificate.serial(),
-                        revoked: rotation.revocation.serials().to_vec(),
-                    },
-                )?;
-                s.trust = trial;
-                Ok(())
-            }
-            Err(e) => s.refuse(
-                now,
-                AuditKind::NodeKeyRotationRefused { org, reason: e.to_string() },
-                e.into(),
-            ),
-        }
+        let o = org.clone();
+        self.state().change_trust(
+            now,
+            |t| t.rotate_node_key(rotation, now),
+            |()| AuditKind::NodeKeyRotated {
+                org,
+                node: rotation.certificate.node().to_string(),
+                serial: rotation.certificate.serial(),
+                revoked: rotation.revocation.serials().to_vec(),
+            },
+            |reason| AuditKind::NodeKeyRotationRefused { org: o, reason },
+        )
     }
 
     /// Installs another root for an organization, given endorsements from a majority of the
@@ -727,30 +722,22 @@ impl<K: KvStore> FederatedSecurityManager<K> {
         endorsements: &[RootEndorsement],
         now: Timestamp,
     ) -> Result<(), GovernanceError> {
-        let mut s = self.state();
         let org = rotation.org().to_string();
-        let mut trial = s.trust.clone();
-        match trial.rotate_root(rotation, endorsements) {
-            Ok(endorsers) => {
-                s.record(
-                    now,
-                    AuditKind::RootRotated {
-                        org,
-                        old_root: rotation.old_root().to_string(),
-                        new_root: rotation.new_root().to_string(),
-                        sequence: rotation.sequence(),
-                        endorsers: endorsers.iter().map(ToString::to_string).collect(),
-                    },
-                )?;
-                s.trust = trial;
-                Ok(())
-            }
-            Err(e) => s.refuse(
+        let o = org.clone();
+        self.state()
+            .change_trust(
                 now,
-                AuditKind::RootRotationRefused { org, reason: e.to_string() },
-                e.into(),
-            ),
-        }
+                |t| t.rotate_root(rotation, endorsements),
+                |endorsers: &Vec<OrgId>| AuditKind::RootRotated {
+                    org,
+                    old_root: rotation.old_root().to_string(),
+                    new_root: rotation.new_root().to_string(),
+                    sequence: rotation.sequence(),
+                    endorsers: endorsers.iter().map(ToString::to_string).collect(),
+                },
+                |reason| AuditKind::RootRotationRefused { org: o, reason },
+            )
+            .map(|_| ())
     }
 
     /// Installs an organization's access policy, signed by its pinned root; its version must

@@ -2,147 +2,25 @@
 //! Every refusal of the security plane, through the manager: each is a typed error, changes
 //! nothing, and is itself recorded as one audit entry.
 
-use std::sync::Arc;
+mod common;
+
+use common::*;
 
 use llmkg_federation_core::security::{
-    BranchRef, CrossFederationMerge, FederatedBranchRequest, NamespaceClaim, Operation,
-    SecurityError, SecurityLevel, SecurityManager,
+    CrossFederationMerge, FederatedBranchRequest, NamespaceClaim, Operation, SecurityError,
+    SecurityLevel, SecurityManager,
 };
 use llmkg_federation_core::{
-    BranchName, CertificateError, ChangeSet, CommitRefusal, FederationId, MemoryKv,
-    NodeCertificate, NodeId, NodeKeypair, OrgId, OrgKeypair, Role, Term, Timestamp, Triple,
+    CertificateError, ChangeSet, CommitRefusal, MemoryKv, NodeCertificate, NodeKeypair, OrgKeypair,
+    Role,
 };
 use llmkg_governance::GovernanceError;
 use llmkg_governance::access::{AccessPolicy, PrincipalPattern, Rule};
 use llmkg_governance::audit::LogSigner;
-use llmkg_governance::keys::{EncryptionKeyCertificate, KeyError, OrgEncryptionKeypair};
-use llmkg_governance::manager::{FederatedSecurityManager, GovernanceOptions, SignedPolicy};
+use llmkg_governance::keys::{KeyError, OrgEncryptionKeypair};
+use llmkg_governance::manager::{FederatedSecurityManager, SignedPolicy};
 use llmkg_governance::trust::{RootRotation, TrustError, TrustLevel};
 use llmkg_sync::replica::{ReceiveError, Replica, ReplicaConfig};
-
-fn t(s: i64) -> Timestamp {
-    Timestamp::from_micros(1_700_000_000_000_000 + s * 1_000_000)
-}
-
-fn federation() -> FederationId {
-    FederationId::from_name("refusals")
-}
-
-/// One organization: its root, an admin node, a writer node, its encryption key.
-struct Org {
-    id: OrgId,
-    root: OrgKeypair,
-    admin: u8,
-    writer: u8,
-    enc: u8,
-}
-
-impl Org {
-    fn new(name: &str, seed: u8) -> Self {
-        Org {
-            id: OrgId::new(name).unwrap(),
-            root: OrgKeypair::from_secret_bytes([seed; 32]),
-            admin: seed + 1,
-            writer: seed + 2,
-            enc: seed + 3,
-        }
-    }
-    fn node(&self, which: u8) -> NodeKeypair {
-        NodeKeypair::from_secret_bytes([which; 32])
-    }
-    fn admin_id(&self) -> NodeId {
-        self.node(self.admin).node_id()
-    }
-    fn writer_id(&self) -> NodeId {
-        self.node(self.writer).node_id()
-    }
-    fn cert(&self, node: NodeId, roles: &[Role], serial: u64) -> NodeCertificate {
-        self.root
-            .certify(self.id.clone(), node, roles.iter().copied(), t(0), t(10_000), serial)
-            .unwrap()
-    }
-    fn enc_cert(&self) -> EncryptionKeyCertificate {
-        let kp = OrgEncryptionKeypair::from_secret_bytes([self.enc; 32]);
-        EncryptionKeyCertificate::issue(&self.root, self.id.clone(), kp.public_key(), 1, t(0))
-            .unwrap()
-    }
-    /// Admins administer and merge; writers read and commit; nobody may touch `/secret/`.
-    fn policy(&self, version: u64) -> SignedPolicy {
-        let p = AccessPolicy::new(
-            self.id.clone(),
-            version,
-            vec![
-                Rule::permit("admins", PrincipalPattern::Role(Role::Admin), Operation::ALL)
-                    .unwrap(),
-                Rule::permit(
-                    "writers",
-                    PrincipalPattern::Role(Role::Writer),
-                    [Operation::Read, Operation::Commit],
-                )
-                .unwrap(),
-                Rule::forbid(
-                    "no-secret",
-                    PrincipalPattern::Any,
-                    [Operation::Commit, Operation::Read],
-                )
-                .unwrap()
-                .in_namespace("https://ex.org/secret/"),
-            ],
-        )
-        .unwrap();
-        SignedPolicy::sign(&p, &self.root).unwrap()
-    }
-    fn manager(&self, all: &[&Org]) -> FederatedSecurityManager<MemoryKv> {
-        let m = FederatedSecurityManager::new(
-            GovernanceOptions {
-                org: self.id.clone(),
-                signer: Arc::new(self.node(self.admin)),
-                encryption: OrgEncryptionKeypair::from_secret_bytes([self.enc; 32]),
-                log_signer: LogSigner::new(
-                    &format!("{}.example/audit", self.id),
-                    ed25519_dalek::SigningKey::from_bytes(&[self.enc + 100; 32]),
-                )
-                .unwrap(),
-                seed: [self.enc; 32],
-            },
-            MemoryKv::new(),
-        )
-        .unwrap();
-        for o in all {
-            m.pin(o.id.clone(), o.root.root_key(), TrustLevel::Full, t(0)).unwrap();
-            m.add_certificate(o.cert(o.admin_id(), &[Role::Admin], 1), t(1)).unwrap();
-            m.add_certificate(o.cert(o.writer_id(), &[Role::Writer], 2), t(1)).unwrap();
-            m.register_encryption_key(o.enc_cert(), t(1)).unwrap();
-            m.publish_policy(&o.policy(1), t(1)).unwrap();
-        }
-        m
-    }
-}
-
-fn orgs() -> (Org, Org, Org) {
-    (Org::new("acme", 10), Org::new("globex", 20), Org::new("initech", 30))
-}
-
-fn branch(name: &str) -> BranchRef {
-    BranchRef { federation: federation(), branch: BranchName::new(name).unwrap() }
-}
-
-fn request(by: &Org, name: &str, members: &[&Org], level: SecurityLevel) -> FederatedBranchRequest {
-    FederatedBranchRequest {
-        federation: federation(),
-        branch: BranchName::new(name).unwrap(),
-        requester: by.admin_id(),
-        participants: members.iter().map(|o| o.id.clone()).collect(),
-        security_level: level,
-        namespaces: vec![],
-    }
-}
-
-/// The last audit entry, parsed.
-fn last_event(m: &FederatedSecurityManager<MemoryKv>) -> serde_json::Value {
-    let bytes = m.with_audit(|log| log.entry(log.size() - 1).unwrap());
-    serde_json::from_slice(&bytes).unwrap()
-}
 
 /// Runs `refused`, checking it recorded exactly one audit entry of kind `event`.
 fn audited<T: std::fmt::Debug>(
@@ -155,15 +33,6 @@ fn audited<T: std::fmt::Debug>(
     assert_eq!(m.audit_size(), before + 1, "one audit entry for {out:?}");
     assert_eq!(last_event(m)["event"], event, "{}", last_event(m));
     out
-}
-
-fn triple(p: &str, o: &str) -> Triple {
-    Triple::new(
-        Term::iri("https://ex.org/s").unwrap(),
-        Term::iri(p).unwrap(),
-        Term::string(o).unwrap(),
-    )
-    .unwrap()
 }
 
 #[test]
