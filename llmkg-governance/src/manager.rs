@@ -341,6 +341,23 @@ fn branch_label(b: &BranchRef) -> (String, String) {
     (b.federation.to_string(), b.branch.as_str().to_string())
 }
 
+fn decision_event(
+    branch: &BranchRef,
+    node: &NodeId,
+    op: Operation,
+    decision: &SecurityDecision,
+) -> AuditKind {
+    let (federation, branch) = branch_label(branch);
+    AuditKind::AccessDecision {
+        federation,
+        branch,
+        node: node.to_string(),
+        operation: op.to_string(),
+        approved: decision.is_approved(),
+        verdicts: verdict_records(decision),
+    }
+}
+
 fn verdict_records(d: &SecurityDecision) -> Vec<VerdictRecord> {
     d.verdicts()
         .iter()
@@ -502,19 +519,27 @@ impl<K: KvStore> State<K> {
         op: Operation,
         decision: &SecurityDecision,
     ) -> Result<(), AuditError> {
-        let (federation, branch) = branch_label(branch);
-        self.record(
-            now,
-            AuditKind::AccessDecision {
-                federation,
-                branch,
-                node: node.to_string(),
-                operation: op.to_string(),
-                approved: decision.is_approved(),
-                verdicts: verdict_records(decision),
-            },
-        )
-        .map(|_| ())
+        self.record(now, decision_event(branch, node, op, decision)).map(|_| ())
+    }
+
+    /// Records `events` (and the rotation's) in one append, then puts the rotation and the
+    /// branch's new context in force.
+    fn apply_context(
+        &mut self,
+        now: Timestamp,
+        mut events: Vec<AuditKind>,
+        mut rotation: Option<Rotation>,
+        context: SecurityContext,
+    ) -> Result<(), AuditError> {
+        if let Some(event) = rotation.as_mut().and_then(|r| r.event.take()) {
+            events.push(event);
+        }
+        self.record_all(now, events)?;
+        if let Some(r) = rotation {
+            self.commit_rotation(r);
+        }
+        self.contexts.insert(context.branch.clone(), BranchSecurity { context });
+        Ok(())
     }
 
     /// The requester as a principal, recording the refusal if it has no valid certificate.
@@ -961,15 +986,8 @@ impl<K: KvStore> FederatedSecurityManager<K> {
             }
         }
         let (federation, b) = branch_label(branch);
-        let mut events = vec![
-            AuditKind::AccessDecision {
-                federation: federation.clone(),
-                branch: b.clone(),
-                node: requester.to_string(),
-                operation: op.to_string(),
-                approved: true,
-                verdicts: verdict_records(&decision),
-            },
+        let events = vec![
+            decision_event(branch, requester, op, &decision),
             AuditKind::MembershipChanged {
                 federation,
                 branch: b,
@@ -977,14 +995,7 @@ impl<K: KvStore> FederatedSecurityManager<K> {
                 key_epoch: context.key_epoch,
             },
         ];
-        if let Some(event) = rotation.as_mut().and_then(|r| r.event.take()) {
-            events.push(event);
-        }
-        s.record_all(now, events)?;
-        if let Some(r) = rotation {
-            s.commit_rotation(r);
-        }
-        s.contexts.insert(branch.clone(), BranchSecurity { context: context.clone() });
+        s.apply_context(now, events, rotation, context.clone())?;
         Ok(context)
     }
 
@@ -1288,19 +1299,12 @@ impl<K: KvStore> FederatedSecurityManager<K> {
             v.extend(untrusted);
             decision = SecurityDecision::new(v);
         }
-        let (federation, b) = branch_label(&branch);
-        let mut events = vec![AuditKind::AccessDecision {
-            federation: federation.clone(),
-            branch: b.clone(),
-            node: node.to_string(),
-            operation: op.to_string(),
-            approved: decision.is_approved(),
-            verdicts: verdict_records(&decision),
-        }];
+        let mut events = vec![decision_event(&branch, node, op, &decision)];
         if !create || !decision.is_approved() {
             s.record_all(now, events)?;
             return Ok((decision, None));
         }
+        let (federation, b) = branch_label(&branch);
         events.push(AuditKind::ContextCreated {
             federation,
             branch: b,
@@ -1308,14 +1312,7 @@ impl<K: KvStore> FederatedSecurityManager<K> {
             members: context.members.iter().map(ToString::to_string).collect(),
             key_epoch: context.key_epoch,
         });
-        if let Some(event) = rotation.as_mut().and_then(|r| r.event.take()) {
-            events.push(event);
-        }
-        s.record_all(now, events)?;
-        if let Some(r) = rotation {
-            s.commit_rotation(r);
-        }
-        s.contexts.insert(branch, candidate);
+        s.apply_context(now, events, rotation, context.clone())?;
         Ok((decision, Some(context)))
     }
 }
