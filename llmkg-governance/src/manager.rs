@@ -891,7 +891,7 @@ impl<K: KvStore> FederatedSecurityManager<K> {
     }
 
     /// Takes `org` out of a branch, as `requester` asked (see [`add_member`](Self::add_member)
-    /// for who may). Its namespace claims go with it (that data becomes all remaining
+    /// for who may; the consent of `org` itself is not needed). Its namespace claims go with it (that data becomes all remaining
     /// members'), and for a sealed level the data key rotates into a new epoch it cannot
     /// open, so it cannot read anything sealed afterwards. Audited; on error nothing changed.
     pub fn remove_member(
@@ -920,9 +920,20 @@ impl<K: KvStore> FederatedSecurityManager<K> {
             return s.refuse_request(now, branch, requester, op, e);
         };
         let mut context = current.clone();
-        if let Some(org) = &add
-            && !context.members.contains(org)
-        {
+        let unchanged = match (&add, remove) {
+            (Some(org), _) if context.members.contains(org) => {
+                Some(format!("{org} is already a member"))
+            }
+            (_, Some(org)) if !context.members.contains(org) => {
+                Some(format!("{org} is not a member"))
+            }
+            _ => None,
+        };
+        if let Some(reason) = unchanged {
+            let e = GovernanceError::InvalidRequest(reason);
+            return s.refuse_request(now, branch, requester, op, e);
+        }
+        if let Some(org) = &add {
             context.members.push(org.clone());
             context.members.sort();
         }
@@ -930,13 +941,18 @@ impl<K: KvStore> FederatedSecurityManager<K> {
             context.members.retain(|o| o != org);
             context.namespaces.retain(|c| &c.owner != org);
         }
-        // Everyone whose data the branch holds now, and the newcomer, must allow it.
+        // Everyone whose data the branch holds, and the newcomer, must allow it; an
+        // organization's consent is not needed to remove it (a member could otherwise never
+        // be expelled).
         let current_sec = BranchSecurity { context: current.clone() };
         let mut before = current_sec.asks(&[]);
         if let Some(org) = &add {
             before
                 .entry(org.clone())
                 .or_insert_with(|| vec![Ask { branch: &branch.branch, iris: vec![] }]);
+        }
+        if let Some(org) = remove {
+            before.remove(org);
         }
         let mut decision = s.decide(&principal, op, &before);
         if let Some(org) = &add

@@ -547,3 +547,46 @@ fn key_epochs_come_only_from_administrators_and_repeats_are_not_news() {
     assert_eq!(mg.audit_size(), size);
     assert_eq!(mg.key_epochs(&federation()).len(), 1);
 }
+
+#[test]
+fn membership_changes_need_the_owners_but_not_the_one_removed() {
+    let (acme, globex, initech) = orgs();
+    let all = [&acme, &globex, &initech];
+    let m = acme.manager(&all);
+    let b = m
+        .create_security_context(&request(&acme, "team", &all, SecurityLevel::Internal), t(2))
+        .unwrap()
+        .branch;
+    // Initech now lets no one but its own nodes do anything: it can no longer consent to
+    // acme administering, so acme cannot add or change anything it holds data in ...
+    let strict = AccessPolicy::new(
+        initech.id.clone(),
+        2,
+        vec![
+            Rule::permit("own", PrincipalPattern::Org(initech.id.clone()), Operation::ALL).unwrap(),
+        ],
+    )
+    .unwrap();
+    m.publish_policy(&SignedPolicy::sign(&strict, &initech.root).unwrap(), t(3)).unwrap();
+    let hooli = Org::new("hooli", 40);
+    Org::admit(&m, &hooli, TrustLevel::Member);
+    let err = audited(&m, "access-decision", || {
+        m.add_member(&acme.admin_id(), &b, hooli.id.clone(), t(4))
+    });
+    let Err(GovernanceError::NotApproved(d)) = err else { panic!("{err:?}") };
+    assert_eq!(
+        d.refused_by().map(|(o, _, _)| o.clone()).collect::<Vec<_>>(),
+        vec![initech.id.clone()]
+    );
+    // ... but initech's consent is not needed to remove initech.
+    let ctx = m.remove_member(&acme.admin_id(), &b, &initech.id, t(5)).unwrap();
+    assert_eq!(ctx.members, vec![acme.id.clone(), globex.id.clone()]);
+    // Changes that change nothing are refused, and recorded.
+    let err =
+        audited(&m, "request-refused", || m.remove_member(&acme.admin_id(), &b, &initech.id, t(6)));
+    assert!(matches!(err, Err(GovernanceError::InvalidRequest(_))), "{err:?}");
+    let err = audited(&m, "request-refused", || {
+        m.add_member(&acme.admin_id(), &b, globex.id.clone(), t(6))
+    });
+    assert!(matches!(err, Err(GovernanceError::InvalidRequest(_))), "{err:?}");
+}
