@@ -553,25 +553,11 @@ impl<K: KvStore> State<K> {
         match self.principal(node, now) {
             Ok(p) => Ok(p),
             Err(e) => {
-                let d = SecurityDecision::default();
-                let (federation, b) = branch_label(branch);
-                self.record(
-                    now,
-                    AuditKind::AccessDecision {
-                        federation,
-                        branch: b,
-                        node: node.to_string(),
-                        operation: op.to_string(),
-                        approved: false,
-                        verdicts: vec![VerdictRecord {
-                            org: self.org.to_string(),
-                            verdict: "refused",
-                            rule: Some("identity".into()),
-                            reason: Some(e.to_string()),
-                        }],
-                    },
-                )?;
-                let _ = d;
+                let refusal = SecurityDecision::new(vec![OrgVerdict::new(
+                    self.org.clone(),
+                    Verdict::Refused { rule: Some("identity".into()), reason: e.to_string() },
+                )]);
+                self.record_decision(now, branch, node, op, &refusal)?;
                 Err(GovernanceError::Trust(e))
             }
         }
