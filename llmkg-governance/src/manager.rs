@@ -1141,7 +1141,7 @@ impl<K: KvStore> FederatedSecurityManager<K> {
         Ok(sealed)
     }
 
-    /// Opens a sealed change set of `branch`. A refusal (no key for its epoch because this
+    /// Opens a sealed change set of `branch` (which must have a context here). A refusal (no key for its epoch because this
     /// organization was not a member when it was written, tampering) is audited.
     pub fn open(
         &self,
@@ -1150,6 +1150,11 @@ impl<K: KvStore> FederatedSecurityManager<K> {
         now: Timestamp,
     ) -> Result<ChangeSet, GovernanceError> {
         let mut s = self.state();
+        if !s.contexts.contains_key(branch) {
+            let me = s.signer.node_id();
+            let e = GovernanceError::UnknownBranch(branch.branch.clone());
+            return s.refuse_request(now, branch, &me, Operation::Read, e);
+        }
         let result = s.keyring(branch.federation).open(&branch.branch, sealed);
         match result {
             Ok(c) => Ok(c),
