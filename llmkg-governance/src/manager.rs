@@ -1141,8 +1141,9 @@ impl<K: KvStore> FederatedSecurityManager<K> {
         Ok(sealed)
     }
 
-    /// Opens a sealed change set of `branch` (which must have a context here). A refusal (no key for its epoch because this
-    /// organization was not a member when it was written, tampering) is audited.
+    /// Opens a sealed change set of `branch` (which must have a context here). A refusal (no
+    /// key for its epoch because this organization was not a member when it was written,
+    /// tampering, an unknown branch) is audited.
     pub fn open(
         &self,
         branch: &BranchRef,
