@@ -92,3 +92,123 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
+
+/// The command line the benchmark binaries share: `--json`, `--case NAME`, `-h`/`--help`, and
+/// numeric options with defaults (underscores allowed: `--n 1_000_000`).
+pub struct Cli {
+    /// `--json` was given.
+    pub json: bool,
+    /// The one case to run (`--case`), checked against the case names.
+    pub only: Option<String>,
+    values: Vec<(&'static str, f64)>,
+}
+
+impl Cli {
+    /// Parses the process arguments of `bench` (e.g. `bench-sync`) whose cases are `cases`
+    /// and whose numeric options are `options` (flag, default). A bad argument prints a
+    /// message and exits with status 2; `--help` prints the usage and exits with 0.
+    pub fn parse(bench: &str, cases: &[&str], options: &[(&'static str, f64)]) -> Self {
+        match Self::parse_from(bench, cases, options, std::env::args().skip(1)) {
+            Ok(cli) => cli,
+            Err(CliExit::Help(usage)) => {
+                println!("{usage}");
+                std::process::exit(0)
+            }
+            Err(CliExit::Error(msg)) => {
+                eprintln!("{bench}: {msg}");
+                std::process::exit(2)
+            }
+        }
+    }
+
+    /// [`parse`](Self::parse) over given arguments, returning instead of exiting.
+    pub fn parse_from(
+        bench: &str,
+        cases: &[&str],
+        options: &[(&'static str, f64)],
+        args: impl IntoIterator<Item = String>,
+    ) -> Result<Self, CliExit> {
+        let mut cli = Self { json: false, only: None, values: options.to_vec() };
+        let mut it = args.into_iter();
+        while let Some(arg) = it.next() {
+            match arg.as_str() {
+                "--json" => cli.json = true,
+                "--case" => {
+                    let name = it.next().ok_or(CliExit::Error("--case needs a name".into()))?;
+                    if !cases.contains(&name.as_str()) {
+                        return Err(CliExit::Error(format!("unknown case {name}")));
+                    }
+                    cli.only = Some(name);
+                }
+                "-h" | "--help" => {
+                    let mut usage = format!("{bench} [--json] [--case {}]", cases.join("|"));
+                    for (flag, default) in options {
+                        usage.push_str(&format!(" [{flag} N ({default})]"));
+                    }
+                    return Err(CliExit::Help(usage));
+                }
+                flag => {
+                    let Some(slot) = cli.values.iter_mut().find(|(f, _)| *f == flag) else {
+                        return Err(CliExit::Error(format!("unknown argument {flag}")));
+                    };
+                    slot.1 = it
+                        .next()
+                        .and_then(|v| v.replace('_', "").parse().ok())
+                        .ok_or_else(|| CliExit::Error(format!("{flag} needs a number")))?;
+                }
+            }
+        }
+        Ok(cli)
+    }
+
+    /// The value of a numeric option (its default if not given).
+    pub fn get(&self, flag: &str) -> f64 {
+        self.values.iter().find(|(f, _)| *f == flag).map_or(f64::NAN, |(_, v)| *v)
+    }
+
+    /// Whether `case` is to run (no `--case`, or `--case case`).
+    pub fn runs(&self, case: &str) -> bool {
+        self.only.as_deref().is_none_or(|only| only == case)
+    }
+}
+
+/// Why [`Cli::parse_from`] did not return options.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CliExit {
+    /// `--help`: the usage line.
+    Help(String),
+    /// A bad argument, with the message.
+    Error(String),
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, CliExit> {
+        Cli::parse_from(
+            "bench-x",
+            &["a", "b"],
+            &[("--n", 10.0), ("--seconds", 1.5)],
+            args.iter().map(|s| s.to_string()),
+        )
+    }
+
+    #[test]
+    fn options_cases_and_errors() {
+        let cli = parse(&["--json", "--n", "1_000", "--case", "b"]).unwrap();
+        assert!(cli.json && cli.runs("b") && !cli.runs("a"));
+        assert_eq!((cli.get("--n"), cli.get("--seconds")), (1000.0, 1.5));
+        assert!(parse(&[]).unwrap().runs("a"));
+        assert_eq!(parse(&["--case", "c"]).err(), Some(CliExit::Error("unknown case c".into())));
+        assert_eq!(parse(&["--n"]).err(), Some(CliExit::Error("--n needs a number".into())));
+        assert_eq!(parse(&["--x"]).err(), Some(CliExit::Error("unknown argument --x".into())));
+        assert_eq!(
+            parse(&["-h"]).err(),
+            Some(CliExit::Help(
+                "bench-x [--json] [--case a|b] [--n N (10)] [--seconds N (1.5)]".into()
+            ))
+        );
+    }
+}

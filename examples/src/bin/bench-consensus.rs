@@ -20,7 +20,7 @@ use llmkg_consensus::engine::{AcceptAll, EngineOptions, RaftEngine};
 use llmkg_consensus::raft::{
     Applied, Configuration, Raft, RaftConfig, RaftEvent, RaftSetup, Role, StateMachine,
 };
-use llmkg_examples::bench::{Case, Report, quantile, round};
+use llmkg_examples::bench::{Case, Cli, Report, quantile, round};
 use llmkg_federation_core::consensus::{
     ConsensusEngine, ConsensusProposal, GroupId, Member, PolicyUpdate, ProposalKind,
 };
@@ -39,46 +39,15 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args { json: false, only: None, decisions: 2_000, seconds: 3.0 };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--json" => a.json = true,
-            "--decisions" => {
-                a.decisions = it
-                    .next()
-                    .and_then(|v| v.replace('_', "").parse().ok())
-                    .unwrap_or_else(|| fail("--decisions needs a number"))
-            }
-            "--seconds" => {
-                a.seconds = it
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or_else(|| fail("--seconds needs a number"))
-            }
-            "--case" => a.only = Some(it.next().unwrap_or_else(|| fail("--case needs a name"))),
-            "-h" | "--help" => {
-                let names: Vec<&str> = CASES.iter().map(|(n, _)| *n).collect();
-                println!(
-                    "bench-consensus [--json] [--case {}] [--decisions N (2000)] [--seconds S (3)]",
-                    names.join("|")
-                );
-                std::process::exit(0);
-            }
-            other => fail(&format!("unknown argument {other}")),
-        }
+    let names: Vec<&str> = CASES.iter().map(|(n, _)| *n).collect();
+    let cli =
+        Cli::parse("bench-consensus", &names, &[("--decisions", 2_000.0), ("--seconds", 3.0)]);
+    Args {
+        json: cli.json,
+        only: cli.only.clone(),
+        decisions: cli.get("--decisions") as usize,
+        seconds: cli.get("--seconds"),
     }
-    if let Some(only) = &a.only
-        && !CASES.iter().any(|(n, _)| n == only)
-    {
-        fail(&format!("unknown case {only}"));
-    }
-    a
-}
-
-fn fail(msg: &str) -> ! {
-    eprintln!("bench-consensus: {msg}");
-    std::process::exit(2)
 }
 
 type CaseFn = fn(&Args, &tokio::runtime::Runtime, &mut Report);

@@ -13,7 +13,7 @@
 use std::time::Instant;
 
 use ed25519_dalek::Signer as _;
-use llmkg_examples::bench::{Case, Report, quantile, round};
+use llmkg_examples::bench::{Case, Cli, Report, quantile, round};
 use llmkg_federation_core::security::{BranchRef, Operation};
 use llmkg_federation_core::{
     BranchName, ChangeSet, FederationId, KvBatch, KvStore, NodeCertificate, NodeKeypair, OrgId,
@@ -35,46 +35,15 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args { json: false, only: None, entries: 1_000_000, seconds: 1.0 };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--json" => a.json = true,
-            "--entries" => {
-                a.entries = it
-                    .next()
-                    .and_then(|v| v.replace('_', "").parse().ok())
-                    .unwrap_or_else(|| fail("--entries needs a number"))
-            }
-            "--seconds" => {
-                a.seconds = it
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or_else(|| fail("--seconds needs a number"))
-            }
-            "--case" => a.only = Some(it.next().unwrap_or_else(|| fail("--case needs a name"))),
-            "-h" | "--help" => {
-                let names: Vec<&str> = CASES.iter().map(|(n, _)| *n).collect();
-                println!(
-                    "bench-governance [--json] [--case {}] [--entries N (1000000)] [--seconds S (1)]",
-                    names.join("|")
-                );
-                std::process::exit(0);
-            }
-            other => fail(&format!("unknown argument {other}")),
-        }
+    let names: Vec<&str> = CASES.iter().map(|(n, _)| *n).collect();
+    let cli =
+        Cli::parse("bench-governance", &names, &[("--entries", 1_000_000.0), ("--seconds", 1.0)]);
+    Args {
+        json: cli.json,
+        only: cli.only.clone(),
+        entries: cli.get("--entries") as u64,
+        seconds: cli.get("--seconds"),
     }
-    if let Some(only) = &a.only
-        && !CASES.iter().any(|(n, _)| n == only)
-    {
-        fail(&format!("unknown case {only}"));
-    }
-    a
-}
-
-fn fail(msg: &str) -> ! {
-    eprintln!("bench-governance: {msg}");
-    std::process::exit(2)
 }
 
 type CaseFn = fn(&Args, &mut Report);

@@ -17,7 +17,7 @@
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use llmkg_examples::bench::Report;
+use llmkg_examples::bench::{Cli, Report};
 use llmkg_examples::reconcile::reconcile_ids_cases;
 use llmkg_examples::sync_cases;
 
@@ -29,43 +29,20 @@ struct Args {
     triples: u64,
 }
 
-fn number(v: Option<String>, flag: &str) -> u64 {
-    v.and_then(|v| v.replace('_', "").parse().ok())
-        .unwrap_or_else(|| fail(&format!("{flag} needs a number")))
-}
-
 fn args() -> Args {
-    let mut a = Args { json: false, only: None, n: 1_000_000, commits: 10_000, triples: 1_000_000 };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--json" => a.json = true,
-            "--n" => a.n = number(it.next(), "--n") as usize,
-            "--commits" => a.commits = number(it.next(), "--commits") as usize,
-            "--triples" => a.triples = number(it.next(), "--triples"),
-            "--case" => a.only = Some(it.next().unwrap_or_else(|| fail("--case needs a name"))),
-            "-h" | "--help" => {
-                let names: Vec<&str> = CASES.iter().map(|(n, _)| *n).collect();
-                println!(
-                    "bench-sync [--json] [--case {}] [--n N (1000000)] [--commits N (10000)] [--triples N (1000000)]",
-                    names.join("|")
-                );
-                std::process::exit(0);
-            }
-            other => fail(&format!("unknown argument {other}")),
-        }
+    let names: Vec<&str> = CASES.iter().map(|(n, _)| *n).collect();
+    let cli = Cli::parse(
+        "bench-sync",
+        &names,
+        &[("--n", 1_000_000.0), ("--commits", 10_000.0), ("--triples", 1_000_000.0)],
+    );
+    Args {
+        json: cli.json,
+        only: cli.only.clone(),
+        n: cli.get("--n") as usize,
+        commits: cli.get("--commits") as usize,
+        triples: cli.get("--triples") as u64,
     }
-    if let Some(only) = &a.only
-        && !CASES.iter().any(|(n, _)| n == only)
-    {
-        fail(&format!("unknown case {only}"));
-    }
-    a
-}
-
-fn fail(msg: &str) -> ! {
-    eprintln!("bench-sync: {msg}");
-    std::process::exit(2)
 }
 
 type CaseFn = fn(&Args, &mut Report);

@@ -25,7 +25,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use llmkg_examples::bench::{Case, Report, quantile, round};
+use llmkg_examples::bench::{Case, Cli, Report, quantile, round};
 use llmkg_federation_core::{ChannelId, Incoming, NodeKeypair, Transport};
 use llmkg_transport::sim::workloads::{Flood, FloodConfig};
 use llmkg_transport::sim::{Latency, LinkConfig, RunOutcome, SimBuilder};
@@ -41,43 +41,18 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args { json: false, only: None, round_trips: 5_000, throughput_mib: 512 };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut num = |name: &str| -> usize {
-            it.next()
-                .and_then(|v| v.replace('_', "").parse().ok())
-                .unwrap_or_else(|| fail(&format!("{name} needs a number")))
-        };
-        match arg.as_str() {
-            "--json" => a.json = true,
-            "--round-trips" => a.round_trips = num("--round-trips").max(1),
-            "--throughput-mib" => a.throughput_mib = num("--throughput-mib").max(1),
-            "--case" => {
-                a.only = Some(it.next().unwrap_or_else(|| fail("--case needs a name")));
-            }
-            "-h" | "--help" => {
-                let names: Vec<&str> = CASES.iter().map(|(n, _)| *n).collect();
-                println!(
-                    "bench-transport [--json] [--case {}] [--round-trips N (5000)] [--throughput-mib N (512)]",
-                    names.join("|")
-                );
-                std::process::exit(0);
-            }
-            other => fail(&format!("unknown argument {other}")),
-        }
+    let names: Vec<&str> = CASES.iter().map(|(n, _)| *n).collect();
+    let cli = Cli::parse(
+        "bench-transport",
+        &names,
+        &[("--round-trips", 5_000.0), ("--throughput-mib", 512.0)],
+    );
+    Args {
+        json: cli.json,
+        only: cli.only.clone(),
+        round_trips: (cli.get("--round-trips") as usize).max(1),
+        throughput_mib: (cli.get("--throughput-mib") as usize).max(1),
     }
-    if let Some(only) = &a.only
-        && !CASES.iter().any(|(n, _)| n == only)
-    {
-        fail(&format!("unknown case {only}"));
-    }
-    a
-}
-
-fn fail(msg: &str) -> ! {
-    eprintln!("bench-transport: {msg}");
-    std::process::exit(2)
 }
 
 fn progress(json: bool, msg: &str) {
