@@ -273,7 +273,11 @@ pub(crate) fn fmt_hex(bytes: &[u8], f: &mut fmt::Formatter<'_>) -> fmt::Result {
 }
 
 /// Bytes as lower-case hex.
-pub(crate) fn hex(bytes: &[u8]) -> String {
+///
+/// ```
+/// assert_eq!(llmkg_federation_core::encoding::hex(&[0, 171]), "00ab");
+/// ```
+pub fn hex(bytes: &[u8]) -> String {
     use fmt::Write;
     let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {

@@ -24,6 +24,7 @@
 //! | `sealed-read-refused` | a sealed change set could not be opened |
 //! | `consensus-decision` | the branch's consensus group decided a proposal |
 
+use llmkg_federation_core::encoding::hex;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -202,7 +203,7 @@ impl AuditEvent {
             return bytes;
         }
         // Only a huge number of members could still exceed it: keep the kind and the time.
-        let digest: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        let digest = hex(&Sha256::digest(&bytes));
         serde_json::to_vec(&serde_json::json!({
             "at": self.at,
             "by": self.by,
@@ -218,8 +219,7 @@ const KEEP: usize = 256;
 fn shorten(value: &mut serde_json::Value) {
     match value {
         serde_json::Value::String(s) if s.len() > KEEP => {
-            let digest: String =
-                Sha256::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+            let digest = hex(&Sha256::digest(s.as_bytes()));
             let mut cut = KEEP;
             while !s.is_char_boundary(cut) {
                 cut -= 1;

@@ -72,7 +72,7 @@ use hpke::aead::ChaCha20Poly1305 as HpkeChaCha20Poly1305;
 use hpke::kdf::HkdfSha256;
 use hpke::kem::X25519HkdfSha256;
 use hpke::{Deserializable, Kem, OpModeR, OpModeS, Serializable};
-use llmkg_federation_core::encoding::{self, DecodeError, EncodeError};
+use llmkg_federation_core::encoding::{self, DecodeError, EncodeError, hex};
 use llmkg_federation_core::{
     BranchName, ChangeSet, FederationId, OrgId, OrgKeypair, OrgRootKey, SignError, Signable,
     SignatureError, Signed, Signer, Timestamp, TrustAnchors,
@@ -357,10 +357,7 @@ impl From<OrgEncryptionKey> for [u8; 32] {
 impl fmt::Display for OrgEncryptionKey {
     /// Lower-case hex.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in &self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        f.write_str(&hex(&self.0))
     }
 }
 
@@ -450,7 +447,7 @@ impl KeyStatement {
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct EncryptionKeyCertificate {
     statement: KeyStatement,
-    #[serde(with = "sig_bytes")]
+    #[serde(with = "crate::trust::serde_sig")]
     signature: [u8; 64],
 }
 
@@ -540,20 +537,6 @@ impl EncryptionKeyCertificate {
     }
 }
 
-mod sig_bytes {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(sig: &[u8; 64], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(sig)
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
-        let bytes: &'de [u8] = <&[u8]>::deserialize(d)?;
-        <[u8; 64]>::try_from(bytes)
-            .map_err(|_| serde::de::Error::invalid_length(bytes.len(), &"64"))
-    }
-}
-
 // ------------------------------------------------------------------------------------------
 // Key epochs
 
@@ -570,11 +553,7 @@ impl EpochDigest {
 
 impl fmt::Debug for EpochDigest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "EpochDigest(")?;
-        for b in self.0.iter().take(4) {
-            write!(f, "{b:02x}")?;
-        }
-        write!(f, ")")
+        write!(f, "EpochDigest({})", hex(self.0.get(..4).unwrap_or_default()))
     }
 }
 

@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use llmkg_federation_core::encoding::hex;
 use llmkg_federation_core::kv::KvStore;
 use llmkg_federation_core::security::{
     BranchRef, CrossFederationMerge, FederatedBranchRequest, Operation, OrgVerdict,
@@ -333,10 +334,6 @@ fn lock<K: KvStore>(state: &Mutex<State<K>>) -> MutexGuard<'_, State<K>> {
     state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn branch_label(b: &BranchRef) -> (String, String) {
     (b.federation.to_string(), b.branch.as_str().to_string())
 }
@@ -496,19 +493,34 @@ impl<K: KvStore> State<K> {
         })
     }
 
-    fn decide(
+    /// The owners' verdicts on `asks`, with this node's trust cap on the principal's
+    /// organization and, for every organization in `holders` not trusted here to hold data
+    /// (below [`TrustLevel::Reader`]), a refusal by rule `trust-level`.
+    fn decide<'h>(
         &self,
         principal: &Principal,
         op: Operation,
         asks: &BTreeMap<OrgId, Vec<Ask<'_>>>,
+        holders: impl IntoIterator<Item = &'h OrgId>,
     ) -> SecurityDecision {
-        let mut d = self.access.decide_each(principal, op, asks);
-        if let Some(cap) = self.trust_cap(principal, op) {
-            let mut v = d.verdicts().to_vec();
-            v.push(cap);
-            d = SecurityDecision::new(v);
+        let decision = self.access.decide_each(principal, op, asks);
+        let untrusted = holders
+            .into_iter()
+            .filter(|o| self.trust.level(o).is_none_or(|l| l < TrustLevel::Reader))
+            .map(|o| {
+                let reason = format!("{o} is not trusted to hold data here");
+                OrgVerdict::new(
+                    o.clone(),
+                    Verdict::Refused { rule: Some("trust-level".into()), reason },
+                )
+            });
+        let extra: Vec<OrgVerdict> = untrusted.chain(self.trust_cap(principal, op)).collect();
+        if extra.is_empty() {
+            return decision;
         }
-        d
+        let mut all = decision.verdicts().to_vec();
+        all.extend(extra);
+        SecurityDecision::new(all)
     }
 
     fn record_decision(
@@ -845,7 +857,7 @@ impl<K: KvStore> FederatedSecurityManager<K> {
         let mut s = self.state();
         let principal = s.requester(node, branch, op, now)?;
         let decision = match s.contexts.get(branch) {
-            Some(sec) => s.decide(&principal, op, &sec.asks(iris)),
+            Some(sec) => s.decide(&principal, op, &sec.asks(iris), []),
             None => {
                 let e = GovernanceError::UnknownBranch(branch.branch.clone());
                 return s.refuse_request(now, branch, node, op, e);
@@ -940,20 +952,7 @@ impl<K: KvStore> FederatedSecurityManager<K> {
         if let Some(org) = remove {
             before.remove(org);
         }
-        let mut decision = s.decide(&principal, op, &before);
-        if let Some(org) = &add
-            && s.trust.level(org).is_none_or(|l| l < TrustLevel::Reader)
-        {
-            let mut v = decision.verdicts().to_vec();
-            v.push(OrgVerdict::new(
-                s.org.clone(),
-                Verdict::Refused {
-                    rule: Some("trust-level".into()),
-                    reason: format!("{org} is not trusted to hold data here"),
-                },
-            ));
-            decision = SecurityDecision::new(v);
-        }
+        let decision = s.decide(&principal, op, &before, add.as_ref());
         drop(before);
         if !decision.is_approved() {
             s.record_decision(now, branch, requester, op, &decision)?;
@@ -1292,21 +1291,9 @@ impl<K: KvStore> FederatedSecurityManager<K> {
             }
         }
         let candidate = BranchSecurity { context: context.clone() };
-        let mut decision = s.decide(&principal, op, &candidate.asks(&[]));
-        let untrusted: Vec<OrgVerdict> = candidate
-            .asks(&[])
-            .into_keys()
-            .filter(|o| s.trust.level(o).is_none_or(|l| l < TrustLevel::Reader))
-            .map(|o| {
-                let reason = format!("{o} is not trusted to hold data here");
-                OrgVerdict::new(o, Verdict::Refused { rule: Some("trust-level".into()), reason })
-            })
-            .collect();
-        if !untrusted.is_empty() {
-            let mut v = decision.verdicts().to_vec();
-            v.extend(untrusted);
-            decision = SecurityDecision::new(v);
-        }
+        let asks = candidate.asks(&[]);
+        let decision = s.decide(&principal, op, &asks, asks.keys());
+        drop(asks);
         let mut events = vec![decision_event(&branch, node, op, &decision)];
         if !create || !decision.is_approved() {
             s.record_all(now, events)?;
@@ -1375,7 +1362,7 @@ impl<K: KvStore + 'static> SecurityManager for FederatedSecurityManager<K> {
                 for (org, list) in source.asks(&iris) {
                     asks.entry(org).or_default().extend(list);
                 }
-                s.decide(&principal, op, &asks)
+                s.decide(&principal, op, &asks, [])
             }
             (t, _) => {
                 let missing = if t.is_none() { &merge.target } else { &merge.source };
@@ -1431,7 +1418,7 @@ impl<K: KvStore> CommitPolicy for GovernanceCommitPolicy<K> {
             let preds = predicates(c.changes());
             let iris: Vec<&str> = preds.iter().map(String::as_str).collect();
             let sec = s.context(&self.branch).map_err(|e| CommitRefusal::Other(e.to_string()))?;
-            let d = s.decide(&principal, Operation::Commit, &sec.asks(&iris));
+            let d = s.decide(&principal, Operation::Commit, &sec.asks(&iris), []);
             if d.is_approved() {
                 Ok(())
             } else {

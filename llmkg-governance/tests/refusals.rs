@@ -60,7 +60,6 @@ fn forged_certificate_is_refused() {
         "{err:?}"
     );
     // Nothing changed: the forged node is still unknown.
-    let b = branch("b");
     let req = FederatedBranchRequest {
         requester: globex.writer_id(),
         ..request(&acme, "b", &[&acme], SecurityLevel::Internal)
@@ -69,7 +68,6 @@ fn forged_certificate_is_refused() {
         m.validate_branch_request(&req, t(3)),
         Err(SecurityError::UnknownRequester(_))
     ));
-    let _ = b;
 }
 
 #[test]

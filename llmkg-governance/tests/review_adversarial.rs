@@ -11,8 +11,8 @@ use std::sync::atomic::Ordering;
 
 use common::*;
 use llmkg_federation_core::security::{
-    CrossFederationMerge, FederatedBranchRequest, NamespaceClaim, Operation, SecurityLevel,
-    SecurityManager,
+    CrossFederationMerge, FederatedBranchRequest, NamespaceClaim, Operation, SecurityError,
+    SecurityLevel, SecurityManager,
 };
 use llmkg_federation_core::{ChangeSet, MemoryKv, Role};
 use llmkg_governance::GovernanceError;
@@ -443,17 +443,21 @@ fn catch_all_namespace_claim_does_not_take_other_members_data() {
     req.namespaces = vec![NamespaceClaim { prefix: String::new(), owner: acme.id.clone() }];
     // The members approve creating the branch (their policies see an Administer request,
     // not the claims), so the claim is kept as declared unless the manager refuses it.
-    let created = m.create_security_context(&req, t(2));
-    if let Ok(ctx) = created {
-        m.publish_policy(&globex.own_only(2), t(3)).unwrap();
-        let r = m.authorize(
-            &acme.writer_id(),
-            Operation::Commit,
-            &ctx.branch,
-            &["https://globex.example/price"],
-            t(4),
-        );
-        assert!(r.is_err(), "acme alone decided on data globex holds jointly: {r:?}");
+    // Either the claim is refused when the branch is requested, or it takes no one's data.
+    match m.create_security_context(&req, t(2)) {
+        Err(SecurityError::InvalidRequest(_)) => {}
+        Err(e) => panic!("{e:?}"),
+        Ok(ctx) => {
+            m.publish_policy(&globex.own_only(2), t(3)).unwrap();
+            let r = m.authorize(
+                &acme.writer_id(),
+                Operation::Commit,
+                &ctx.branch,
+                &["https://globex.example/price"],
+                t(4),
+            );
+            assert!(r.is_err(), "acme alone decided on data globex holds jointly: {r:?}");
+        }
     }
 }
 
@@ -467,17 +471,21 @@ fn same_prefix_claimed_by_two_owners_needs_both() {
         NamespaceClaim { prefix: "https://ex.org/shared/".into(), owner: acme.id.clone() },
         NamespaceClaim { prefix: "https://ex.org/shared/".into(), owner: globex.id.clone() },
     ];
-    let created = m.create_security_context(&req, t(2));
-    if let Ok(ctx) = created {
-        m.publish_policy(&acme.own_only(2), t(3)).unwrap();
-        let r = m.authorize(
-            &globex.writer_id(),
-            Operation::Commit,
-            &ctx.branch,
-            &["https://ex.org/shared/x"],
-            t(4),
-        );
-        assert!(r.is_err(), "acme's claim was ignored: {r:?}");
+    // Either the duplicate claim is refused, or both owners are asked.
+    match m.create_security_context(&req, t(2)) {
+        Err(SecurityError::InvalidRequest(_)) => {}
+        Err(e) => panic!("{e:?}"),
+        Ok(ctx) => {
+            m.publish_policy(&acme.own_only(2), t(3)).unwrap();
+            let r = m.authorize(
+                &globex.writer_id(),
+                Operation::Commit,
+                &ctx.branch,
+                &["https://ex.org/shared/x"],
+                t(4),
+            );
+            assert!(r.is_err(), "acme's claim was ignored: {r:?}");
+        }
     }
 }
 
