@@ -720,7 +720,8 @@ fn owner_verdict(
             ask.iris.iter().map(|iri| Resource::namespace(ask.branch, iri)).collect();
         let targets: &[Resource<'_>] = if ask.iris.is_empty() { &whole } else { &scoped };
         for target in targets {
-            let what = match target.namespace {
+            // Only a refusal needs the words.
+            let what = || match target.namespace {
                 Some(iri) => format!("{op} on {}", short(iri)),
                 None => format!("{op} on branch {:?}", target.branch.as_str()),
             };
@@ -730,13 +731,17 @@ fn owner_verdict(
                 }
                 AccessDecision::Forbid { rule } => {
                     return Verdict::Refused {
-                        reason: format!("{what} by {} forbidden by rule {rule}", principal.node()),
+                        reason: format!(
+                            "{} by {} forbidden by rule {rule}",
+                            what(),
+                            principal.node()
+                        ),
                         rule: Some(rule.to_string()),
                     };
                 }
                 AccessDecision::DefaultDeny => {
                     return Verdict::Refused {
-                        reason: format!("{what} by {}: no rule permits it", principal.node()),
+                        reason: format!("{} by {}: no rule permits it", what(), principal.node()),
                         rule: None,
                     };
                 }

@@ -21,7 +21,8 @@
 //!
 //! The paved path is [`manager::FederatedSecurityManager`]; its documentation has a complete
 //! example. Its [`commit_policy`](llmkg_federation_core::security::SecurityManager::commit_policy)
-//! plugs into a replica, so an unauthorized commit is refused on receipt by every node.
+//! plugs into a replica, so an unauthorized commit is refused on receipt by every node that
+//! holds the same pins, trust levels and published policies.
 //!
 //! ## What this crate does not do (yet)
 //!

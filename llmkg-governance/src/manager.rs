@@ -169,53 +169,44 @@ pub struct GovernanceOptions {
     pub seed: [u8; 32],
 }
 
-#[derive(Debug, Clone)]
-struct BranchSecurity {
-    context: SecurityContext,
-}
-
-impl BranchSecurity {
-    /// Who must consent to touching `iris` of this branch, and about which of them: the owner
-    /// of the longest declared namespace matching an IRI is asked about it; an IRI outside
-    /// every namespace is all members' data. An empty `iris` is the whole branch: every
-    /// member and namespace owner is asked about all of it.
-    fn asks<'a>(&'a self, iris: &[&'a str]) -> BTreeMap<OrgId, Vec<Ask<'a>>> {
-        let branch = &self.context.branch.branch;
-        let mut asks: BTreeMap<OrgId, Vec<Ask<'a>>> = BTreeMap::new();
-        let mut ask = |org: &OrgId, iri: Option<&'a str>| {
-            let list =
-                asks.entry(org.clone()).or_insert_with(|| vec![Ask { branch, iris: vec![] }]);
-            if let (Some(iri), Some(a)) = (iri, list.first_mut()) {
-                a.iris.push(iri);
-            }
-        };
-        if iris.is_empty() {
-            for org in &self.context.members {
-                ask(org, None);
-            }
-            for c in &self.context.namespaces {
-                ask(&c.owner, None);
-            }
-            return asks;
+/// Who must consent to touching `iris` of a branch, and about which of them: the owner of
+/// the longest declared namespace matching an IRI is asked about it; an IRI outside every
+/// namespace is all members' data. An empty `iris` is the whole branch: every member and
+/// namespace owner is asked about all of it.
+fn asks<'a>(context: &'a SecurityContext, iris: &[&'a str]) -> BTreeMap<OrgId, Vec<Ask<'a>>> {
+    let branch = &context.branch.branch;
+    let mut asks: BTreeMap<OrgId, Vec<Ask<'a>>> = BTreeMap::new();
+    let mut ask = |org: &OrgId, iri: Option<&'a str>| {
+        let list = asks.entry(org.clone()).or_insert_with(|| vec![Ask { branch, iris: vec![] }]);
+        if let (Some(iri), Some(a)) = (iri, list.first_mut()) {
+            a.iris.push(iri);
         }
-        for iri in iris {
-            let claim = self
-                .context
-                .namespaces
-                .iter()
-                .filter(|c| iri.starts_with(c.prefix.as_str()))
-                .max_by_key(|c| c.prefix.len());
-            match claim {
-                Some(c) => ask(&c.owner, Some(iri)),
-                None => {
-                    for org in &self.context.members {
-                        ask(org, Some(iri));
-                    }
+    };
+    if iris.is_empty() {
+        for org in &context.members {
+            ask(org, None);
+        }
+        for c in &context.namespaces {
+            ask(&c.owner, None);
+        }
+        return asks;
+    }
+    for iri in iris {
+        let claim = context
+            .namespaces
+            .iter()
+            .filter(|c| iri.starts_with(c.prefix.as_str()))
+            .max_by_key(|c| c.prefix.len());
+        match claim {
+            Some(c) => ask(&c.owner, Some(iri)),
+            None => {
+                for org in &context.members {
+                    ask(org, Some(iri));
                 }
             }
         }
-        asks
     }
+    asks
 }
 
 /// Checks a branch request's shape: namespace claims are IRI prefixes (with a scheme, not
@@ -263,7 +254,7 @@ struct State<K: KvStore> {
     encryption_secret: zeroize::Zeroizing<[u8; 32]>,
     trust: TrustStore,
     access: AccessControl,
-    contexts: BTreeMap<BranchRef, BranchSecurity>,
+    contexts: BTreeMap<BranchRef, SecurityContext>,
     encryption_keys: BTreeMap<OrgId, EncryptionKeyCertificate>,
     keyrings: BTreeMap<FederationId, FederationKeyring>,
     epochs: BTreeMap<FederationId, Vec<Signed<KeyEpoch>>>,
@@ -550,7 +541,7 @@ impl<K: KvStore> State<K> {
         if let Some(r) = rotation {
             self.commit_rotation(r);
         }
-        self.contexts.insert(context.branch.clone(), BranchSecurity { context });
+        self.contexts.insert(context.branch.clone(), context);
         Ok(())
     }
 
@@ -623,11 +614,11 @@ impl<K: KvStore> State<K> {
     fn sealed_members(&self, federation: FederationId) -> Option<&[OrgId]> {
         self.contexts
             .values()
-            .find(|b| b.context.branch.federation == federation && b.context.level.seals())
-            .map(|b| b.context.members.as_slice())
+            .find(|c| c.branch.federation == federation && c.level.seals())
+            .map(|c| c.members.as_slice())
     }
 
-    fn context(&self, branch: &BranchRef) -> Result<&BranchSecurity, GovernanceError> {
+    fn context(&self, branch: &BranchRef) -> Result<&SecurityContext, GovernanceError> {
         self.contexts
             .get(branch)
             .ok_or_else(|| GovernanceError::UnknownBranch(branch.branch.clone()))
@@ -857,7 +848,7 @@ impl<K: KvStore> FederatedSecurityManager<K> {
         let mut s = self.state();
         let principal = s.requester(node, branch, op, now)?;
         let decision = match s.contexts.get(branch) {
-            Some(sec) => s.decide(&principal, op, &sec.asks(iris), []),
+            Some(context) => s.decide(&principal, op, &asks(context, iris), []),
             None => {
                 let e = GovernanceError::UnknownBranch(branch.branch.clone());
                 return s.refuse_request(now, branch, node, op, e);
@@ -913,7 +904,7 @@ impl<K: KvStore> FederatedSecurityManager<K> {
         let mut s = self.state();
         let op = Operation::Administer;
         let principal = s.requester(requester, branch, op, now)?;
-        let Some(current) = s.contexts.get(branch).map(|b| b.context.clone()) else {
+        let Some(current) = s.contexts.get(branch).cloned() else {
             let e = GovernanceError::UnknownBranch(branch.branch.clone());
             return s.refuse_request(now, branch, requester, op, e);
         };
@@ -942,8 +933,7 @@ impl<K: KvStore> FederatedSecurityManager<K> {
         // Everyone whose data the branch holds, and the newcomer, must allow it; an
         // organization's consent is not needed to remove it (a member could otherwise never
         // be expelled).
-        let current_sec = BranchSecurity { context: current.clone() };
-        let mut before = current_sec.asks(&[]);
+        let mut before = asks(&current, &[]);
         if let Some(org) = &add {
             before
                 .entry(org.clone())
@@ -964,10 +954,8 @@ impl<K: KvStore> FederatedSecurityManager<K> {
         }
         let mut rotation = None;
         if context.level.seals() {
-            let others_sealed = s.contexts.values().any(|b| {
-                b.context.branch != *branch
-                    && b.context.branch.federation == branch.federation
-                    && b.context.level.seals()
+            let others_sealed = s.contexts.values().any(|c| {
+                c.branch != *branch && c.branch.federation == branch.federation && c.level.seals()
             });
             if others_sealed {
                 let e = GovernanceError::SealedMembershipConflict(branch.federation);
@@ -1112,9 +1100,9 @@ impl<K: KvStore> FederatedSecurityManager<K> {
         let current = keyring.current_epoch();
         s.keyrings.insert(federation, keyring);
         s.epochs.entry(federation).or_default().extend(fresh);
-        for (b, sec) in s.contexts.iter_mut() {
-            if b.federation == federation && sec.context.level.seals() {
-                sec.context.key_epoch = current;
+        for (b, context) in s.contexts.iter_mut() {
+            if b.federation == federation && context.level.seals() {
+                context.key_epoch = current;
             }
         }
         Ok(accepted)
@@ -1129,7 +1117,7 @@ impl<K: KvStore> FederatedSecurityManager<K> {
         changes: &ChangeSet,
     ) -> Result<SealedChangeSet, GovernanceError> {
         let mut s = self.state();
-        let context = s.context(branch)?.context.clone();
+        let context = s.context(branch)?.clone();
         let current = s.keyrings.get(&branch.federation).and_then(FederationKeyring::current_epoch);
         if !context.level.seals() || context.key_epoch.is_none() || context.key_epoch != current {
             return Err(GovernanceError::KeyEpochPending(branch.branch.clone()));
@@ -1220,7 +1208,7 @@ impl<K: KvStore> FederatedSecurityManager<K> {
 
     /// The security context of `branch`, if known here.
     pub fn context(&self, branch: &BranchRef) -> Option<SecurityContext> {
-        self.state().contexts.get(branch).map(|b| b.context.clone())
+        self.state().contexts.get(branch).cloned()
     }
 
     /// Decides a branch request and, if `create`, creates its context: all under one lock,
@@ -1290,10 +1278,9 @@ impl<K: KvStore> FederatedSecurityManager<K> {
                 None => {}
             }
         }
-        let candidate = BranchSecurity { context: context.clone() };
-        let asks = candidate.asks(&[]);
-        let decision = s.decide(&principal, op, &asks, asks.keys());
-        drop(asks);
+        let owners = asks(&context, &[]);
+        let decision = s.decide(&principal, op, &owners, owners.keys());
+        drop(owners);
         let mut events = vec![decision_event(&branch, node, op, &decision)];
         if !create || !decision.is_approved() {
             s.record_all(now, events)?;
@@ -1358,11 +1345,11 @@ impl<K: KvStore + 'static> SecurityManager for FederatedSecurityManager<K> {
         let decision = match (s.contexts.get(&merge.target), s.contexts.get(&merge.source)) {
             (Some(target), Some(source)) => {
                 // The target's owners consent on the target branch, the source's on theirs.
-                let mut asks = target.asks(&iris);
-                for (org, list) in source.asks(&iris) {
-                    asks.entry(org).or_default().extend(list);
+                let mut all = asks(target, &iris);
+                for (org, list) in asks(source, &iris) {
+                    all.entry(org).or_default().extend(list);
                 }
-                s.decide(&principal, op, &asks, [])
+                s.decide(&principal, op, &all, [])
             }
             (t, _) => {
                 let missing = if t.is_none() { &merge.target } else { &merge.source };
@@ -1417,8 +1404,9 @@ impl<K: KvStore> CommitPolicy for GovernanceCommitPolicy<K> {
             }
             let preds = predicates(c.changes());
             let iris: Vec<&str> = preds.iter().map(String::as_str).collect();
-            let sec = s.context(&self.branch).map_err(|e| CommitRefusal::Other(e.to_string()))?;
-            let d = s.decide(&principal, Operation::Commit, &sec.asks(&iris), []);
+            let context =
+                s.context(&self.branch).map_err(|e| CommitRefusal::Other(e.to_string()))?;
+            let d = s.decide(&principal, Operation::Commit, &asks(context, &iris), []);
             if d.is_approved() {
                 Ok(())
             } else {
