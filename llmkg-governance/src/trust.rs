@@ -39,6 +39,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use llmkg_federation_core::encoding::{self, EncodeError};
 use llmkg_federation_core::security::Operation;
 use llmkg_federation_core::{
     CertificateError, NodeCertificate, NodeId, OrgId, OrgKeypair, OrgRootKey, Revocation, Role,
@@ -219,9 +220,9 @@ struct RootRotationBody {
 }
 
 impl RootRotationBody {
-    fn message(&self) -> Vec<u8> {
-        // Fixed-shape fields only: postcard of this struct cannot fail.
-        postcard::to_stdvec(self).unwrap_or_default()
+    /// The bytes the new root and the endorsers sign.
+    fn message(&self) -> Result<Vec<u8>, EncodeError> {
+        encoding::try_encode(self)
     }
 }
 
@@ -284,7 +285,7 @@ impl RootRotation {
     ) -> Result<Self, SignError> {
         let body =
             RootRotationBody { org, old_root, new_root: new_root.root_key(), sequence, issued_at };
-        let signature = new_root.sign_statement(ROOT_ROTATION_CONTEXT, &body.message())?;
+        let signature = new_root.sign_statement(ROOT_ROTATION_CONTEXT, &body.message()?)?;
         Ok(Self { body, signature })
     }
 
@@ -315,7 +316,7 @@ impl RootRotation {
         endorser_root: &OrgKeypair,
     ) -> Result<RootEndorsement, SignError> {
         let signature =
-            endorser_root.sign_statement(ROOT_ENDORSEMENT_CONTEXT, &self.body.message())?;
+            endorser_root.sign_statement(ROOT_ENDORSEMENT_CONTEXT, &self.body.message()?)?;
         Ok(RootEndorsement { endorser, signature })
     }
 }
@@ -490,7 +491,9 @@ impl TrustStore {
                 detail: "sequence is not the next one",
             });
         }
-        let message = rotation.body.message();
+        let Ok(message) = rotation.body.message() else {
+            return Err(TrustError::RotationNotSigned(org.clone()));
+        };
         if !rotation.new_root().verify_statement(
             ROOT_ROTATION_CONTEXT,
             &message,

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use ed25519_dalek::Signer as _;
 use llmkg_examples::bench::{Case, Cli, Report, quantile, round};
-use llmkg_federation_core::security::{BranchRef, Operation};
+use llmkg_federation_core::security::Operation;
 use llmkg_federation_core::{
     BranchName, ChangeSet, FederationId, KvBatch, KvStore, NodeCertificate, NodeKeypair, OrgId,
     OrgKeypair, RedbKv, Role, Term, Timestamp, Triple, TrustAnchors,
@@ -376,7 +376,6 @@ fn seal_open(a: &Args, report: &mut Report) {
         plain_rounds += 1;
     }
     let plain_per_s = plain_rounds as f64 * mb / start.elapsed().as_secs_f64();
-    let _ = BranchRef { federation, branch: branch.clone() };
     report.push(
         Case::new("seal-open")
             .param("change_set_bytes", plain.len())
