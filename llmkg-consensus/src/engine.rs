@@ -74,19 +74,7 @@ use crate::raft::{
     StateMachine,
 };
 
-/// The host's deterministic decision rules: what the group makes of each proposal, applied
-/// in log order on every member.
-pub trait DecisionMachine: Send + 'static {
-    /// The outcome of `proposal`, decided at `index`. Must depend only on the proposals
-    /// applied before (no clocks, no local policy).
-    fn decide(&mut self, index: u64, proposal: &Signed<ConsensusProposal>) -> Outcome;
-
-    /// The machine's whole state.
-    fn snapshot(&self) -> Vec<u8>;
-
-    /// Replaces the state by a snapshot's.
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String>;
-}
+pub use llmkg_federation_core::consensus::DecisionMachine;
 
 /// Approves every well-formed proposal (a stand-in for a registry in tests and benchmarks).
 #[derive(Debug, Clone, Copy, Default)]
@@ -830,6 +818,25 @@ impl<K: KvStore + 'static, M: DecisionMachine> ConsensusEngine for RaftEngine<K,
                     }
                 }
                 listener.await;
+            }
+        })
+    }
+
+    fn change_membership(
+        &self,
+        membership: Membership,
+    ) -> BoxFuture<'_, Result<(), ConsensusError>> {
+        Box::pin(async move {
+            match RaftEngine::change_membership(self, &membership) {
+                Ok(_) => Ok(()),
+                Err(ProposeError::NotLeader { leader }) => Err(ConsensusError::Unavailable {
+                    reason: "only the leader changes the membership".into(),
+                    leader,
+                }),
+                Err(e @ (ProposeError::Transferring | ProposeError::ChangeInFlight)) => {
+                    Err(ConsensusError::Unavailable { reason: e.to_string(), leader: None })
+                }
+                Err(e) => Err(ConsensusError::Other(Box::new(e))),
             }
         })
     }

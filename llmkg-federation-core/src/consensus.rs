@@ -57,10 +57,12 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::encoding::{self, content_id};
+use crate::federated::{Consent, Directory, FederatedBranchRequest, FederatedMergePolicy};
 use crate::identity::{CrateSignable, sealed};
 use crate::sync::FederatedSyncStrategy;
 use crate::{
-    BoxFuture, BranchName, CommitId, FederationId, NodeId, OrgId, Signable, Signed, Timestamp,
+    BoxFuture, BranchName, ChangeSet, CommitId, FederationId, NodeId, OrgId, OrgRootKey, Signable,
+    Signed, StateRoot, Timestamp,
 };
 
 content_id!(
@@ -224,32 +226,61 @@ pub enum ConsensusStrategy {
     },
 }
 
-/// Create a federated branch and its group.
+/// Create a federated branch and its group: the group's first entry. The group's id is
+/// [`BranchCreation::group_id`], so the entry cannot be replayed into another group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BranchCreation {
-    /// The branch's name.
-    pub branch: BranchName,
-    /// The commit it starts from, if any.
-    pub base: Option<CommitId>,
-    /// The initial voters of its group.
-    pub participants: Vec<Member>,
-    /// The protocol its group decides with.
-    pub consensus: ConsensusStrategy,
-    /// How its replicas are kept consistent.
-    pub sync: FederatedSyncStrategy,
+    /// What was asked.
+    pub request: FederatedBranchRequest,
+    /// The participating nodes: the group's first voters.
+    pub members: Vec<Member>,
+    /// The participants' organization roots, which their consents are checked against.
+    pub directory: Directory,
+    /// The transport channels of the branch's consensus group and of its replicas.
+    pub channels: GroupChannels,
+    /// Distinguishes otherwise equal creations.
+    pub nonce: u64,
 }
 
-/// Merge the head of a branch of another group into this group's branch.
+/// The transport channels one federated branch uses on every node that holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct GroupChannels {
+    /// The consensus group's channel.
+    pub consensus: u8,
+    /// The replicas' channel.
+    pub sync: u8,
+}
+
+impl BranchCreation {
+    const GROUP_DOMAIN: &'static [u8] = b"llmkg/consensus/group-of-creation/v1";
+
+    /// The group the creation founds: the hash of its encoding.
+    pub fn group_id(&self) -> Result<GroupId, encoding::EncodeError> {
+        Ok(GroupId(encoding::hash_bytes(Self::GROUP_DOMAIN, &encoding::try_encode(self)?)))
+    }
+}
+
+/// Merge the state of a branch of another group into this group's branch. The change set is
+/// computed by the proposer from both states and carried in the proposal, so every
+/// organization approves exactly what will be applied, and every replica applies the same.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FederatedMerge {
     /// The group of the branch merged from.
     pub source_group: GroupId,
     /// The branch merged from.
     pub source_branch: BranchName,
-    /// Its head, as the proposer saw it.
-    pub source_head: CommitId,
-    /// This branch's head the merge applies to.
-    pub target_head: CommitId,
+    /// Its heads, as the proposer saw them.
+    pub source_heads: Vec<CommitId>,
+    /// This branch's heads the merge applies to.
+    pub target_heads: Vec<CommitId>,
+    /// The source's organizations, with their roots (their consents are needed too).
+    pub source_orgs: Directory,
+    /// How the two states were combined.
+    pub policy: FederatedMergePolicy,
+    /// What the merge changes in the target's state at `target_heads`.
+    pub changes: ChangeSet,
+    /// The target's state root after the merge, at `target_heads`.
+    pub result_root: StateRoot,
 }
 
 /// Adopt a way of keeping the branch's replicas consistent.
@@ -272,13 +303,14 @@ pub struct PolicyUpdate {
     pub document: Vec<u8>,
 }
 
-/// Let a node into the group.
+/// Let a node into the group. It catches up as a learner, then votes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeJoin {
     /// The node and its organization.
     pub member: Member,
-    /// Whether it joins as a learner (it catches up first, then a later change makes it vote).
-    pub learner: bool,
+    /// Its organization's root, when the organization is new to the branch (its consent is
+    /// needed too, and checked against this root).
+    pub root: Option<OrgRootKey>,
 }
 
 /// Take a node out of the group.
@@ -304,6 +336,8 @@ pub enum ProposalKind {
     NodeJoin(NodeJoin),
     /// See [`NodeLeave`].
     NodeLeave(NodeLeave),
+    /// An organization's answer to a pending proposal; see [`Consent`].
+    Consent(Consent),
 }
 
 /// A decision asked of a group. Signed by its proposer ([`Signed<ConsensusProposal>`]) and so
@@ -348,6 +382,12 @@ pub enum Outcome {
     Rejected {
         /// Why, in words.
         reason: String,
+    },
+    /// Accepted into the log, waiting for the approvals its rules demand: a later entry
+    /// decides it (approved when they are in, rejected on a refusal or at its deadline).
+    Pending {
+        /// The organizations whose approval would count.
+        awaiting: Vec<OrgId>,
     },
 }
 
@@ -677,6 +717,45 @@ pub trait ConsensusEngine: Send + Sync {
 
     /// The next decided entry, in log order, from the first one this handle has not seen.
     fn next_decided(&self) -> BoxFuture<'_, Result<DecidedEntry, ConsensusError>>;
+
+    /// Moves the group to `membership`, a change the host's [`DecisionMachine`] already
+    /// decided (a node joining or leaving). Only a node that can order the change starts it
+    /// (for Raft, the leader; elsewhere [`ConsensusError::Unavailable`] names the leader);
+    /// it returns once the change is under way. A node that is to become a voter must have
+    /// caught up as a learner first: add it as a learner, then make it a voter.
+    fn change_membership(
+        &self,
+        membership: Membership,
+    ) -> BoxFuture<'_, Result<(), ConsensusError>>;
+}
+
+/// The host's deterministic decision rules behind a group's log: what the group makes of
+/// each proposal, applied in log order on every member. A backend runs one per group
+/// (the federation's [`Registry`](crate::registry::Registry) is one).
+pub trait DecisionMachine: Send + 'static {
+    /// The outcome of `proposal`, decided at `index`. Must depend only on the proposals
+    /// applied before (no clocks, no local policy), so every member decides alike.
+    fn decide(&mut self, index: u64, proposal: &Signed<ConsensusProposal>) -> Outcome;
+
+    /// The machine's whole state.
+    fn snapshot(&self) -> Vec<u8>;
+
+    /// Replaces the state by a snapshot's. On error the state is unchanged.
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String>;
+}
+
+impl<M: DecisionMachine + ?Sized> DecisionMachine for Box<M> {
+    fn decide(&mut self, index: u64, proposal: &Signed<ConsensusProposal>) -> Outcome {
+        (**self).decide(index, proposal)
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        (**self).snapshot()
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        (**self).restore(snapshot)
+    }
 }
 
 #[cfg(test)]

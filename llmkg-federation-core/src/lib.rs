@@ -56,6 +56,7 @@ mod certificate;
 mod commit;
 pub mod consensus;
 pub mod encoding;
+pub mod federated;
 mod federation;
 mod graph;
 mod identity;
@@ -64,6 +65,7 @@ pub mod merkle;
 pub mod protocol;
 #[cfg(feature = "rdf")]
 pub mod rdf;
+pub mod registry;
 mod repo;
 pub mod security;
 pub mod snapshot;

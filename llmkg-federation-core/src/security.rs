@@ -43,6 +43,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub use crate::federated::FederatedBranchRequest;
+
 use crate::certificate::{CertificateError, CommitPolicy};
 use crate::federation::FederationId;
 use crate::identity::{NodeId, OrgId};
@@ -106,26 +108,6 @@ impl fmt::Display for Operation {
             Self::Administer => "administer",
         })
     }
-}
-
-/// A request to create a federated branch held by several organizations.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FederatedBranchRequest {
-    /// The federation the branch belongs to.
-    pub federation: FederationId,
-    /// The branch's name.
-    pub branch: BranchName,
-    /// The node asking. Its organization and roles come from its certificate, never from the
-    /// request.
-    pub requester: NodeId,
-    /// The organizations whose nodes will hold the branch (the requester's is added if
-    /// missing).
-    pub participants: Vec<OrgId>,
-    /// How sensitive the branch is.
-    pub security_level: SecurityLevel,
-    /// The predicate namespaces the branch will carry that are one organization's data.
-    /// Data outside every declared namespace belongs to all participants jointly.
-    pub namespaces: Vec<NamespaceClaim>,
 }
 
 /// A predicate namespace (an IRI prefix) whose data belongs to one organization: operations

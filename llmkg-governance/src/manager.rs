@@ -294,14 +294,13 @@ struct State<K: KvStore> {
 /// ])?;
 /// manager.publish_policy(&SignedPolicy::sign(&policy, &root)?, t(1))?;
 ///
-/// let request = FederatedBranchRequest {
-///     federation: FederationId::from_name("research"),
-///     branch: BranchName::new("shared")?,
-///     requester: node_id,
-///     participants: vec![acme.clone()],
-///     security_level: SecurityLevel::Internal,
-///     namespaces: vec![],
-/// };
+/// let request = FederatedBranchRequest::new(
+///     FederationId::from_name("research"),
+///     BranchName::new("shared")?,
+///     node_id,
+///     [acme.clone()],
+/// )
+/// .with_level(SecurityLevel::Internal);
 /// let decision = manager.validate_branch_request(&request, t(2))?;
 /// assert!(decision.is_approved(), "{decision}");
 /// let context = manager.create_security_context(&request, t(2))?;
@@ -1245,7 +1244,7 @@ impl<K: KvStore> FederatedSecurityManager<K> {
         let mut context = SecurityContext {
             branch: branch.clone(),
             members,
-            level: request.security_level,
+            level: request.security_level(),
             namespaces,
             key_epoch: None,
             created_at: now,

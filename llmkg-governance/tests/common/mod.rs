@@ -163,14 +163,13 @@ pub fn request(
     members: &[&Org],
     level: SecurityLevel,
 ) -> FederatedBranchRequest {
-    FederatedBranchRequest {
-        federation: federation(),
-        branch: BranchName::new(name).unwrap(),
-        requester: by.admin_id(),
-        participants: members.iter().map(|o| o.id.clone()).collect(),
-        security_level: level,
-        namespaces: vec![],
-    }
+    FederatedBranchRequest::new(
+        federation(),
+        BranchName::new(name).unwrap(),
+        by.admin_id(),
+        members.iter().map(|o| o.id.clone()),
+    )
+    .with_level(level)
 }
 
 pub fn last_event<K: KvStore>(m: &FederatedSecurityManager<K>) -> serde_json::Value {
