@@ -71,6 +71,7 @@ pub mod security;
 pub mod snapshot;
 mod store;
 pub mod sync;
+pub mod system;
 mod term;
 #[cfg(feature = "testing")]
 pub mod testing;

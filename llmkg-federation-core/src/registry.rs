@@ -104,6 +104,10 @@ pub struct ExecutedOperation {
     pub proposed_at_index: u64,
     /// The entry that executed it.
     pub index: u64,
+    /// The registry's time when it was executed.
+    pub executed_at: Timestamp,
+    /// Who proposed it.
+    pub proposer: NodeId,
     /// What it did.
     pub kind: ProposalKind,
     /// The organizations whose approvals decided it.
@@ -135,7 +139,7 @@ pub enum RegistryEvent {
     },
     /// An operation was executed: the registry now reflects it, and hosts carry out its
     /// effects (replicas, memberships, keys).
-    Executed(ExecutedOperation),
+    Executed(Box<ExecutedOperation>),
     /// A pending operation was rejected (a refusal, its deadline, the branch ending).
     Rejected {
         /// The proposal.
@@ -663,11 +667,13 @@ impl Registry {
             proposal: op.proposal,
             proposed_at_index: op.index,
             index,
+            executed_at: state.time,
+            proposer: op.proposer,
             kind: op.kind,
             approved_by: op.approved.into_iter().collect(),
         };
         state.history.push(executed.clone());
-        self.events.push_back(RegistryEvent::Executed(executed));
+        self.events.push_back(RegistryEvent::Executed(Box::new(executed)));
     }
 
     fn snapshot_bytes(&self) -> Vec<u8> {

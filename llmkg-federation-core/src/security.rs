@@ -143,6 +143,32 @@ pub struct CrossFederationMerge {
     pub predicates: Vec<String>,
 }
 
+/// An organization entering or leaving a federated branch, as a node asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipChange {
+    /// The node asking.
+    pub requester: NodeId,
+    /// The branch.
+    pub branch: BranchRef,
+    /// The organization.
+    pub org: OrgId,
+    /// Whether it enters (`true`) or leaves.
+    pub joins: bool,
+}
+
+/// A decision of a branch's consensus group, as the audit trail records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecisionRecord {
+    /// The group.
+    pub group: [u8; 32],
+    /// The log index that decided.
+    pub index: u64,
+    /// The proposal decided.
+    pub proposal: [u8; 32],
+    /// What was decided, in words ("executed merge", "rejected join: ...").
+    pub outcome: String,
+}
+
 /// The security context of one federated branch: who holds it and how it is protected.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecurityContext {
@@ -353,6 +379,32 @@ pub trait SecurityManager: Send + Sync {
         merge: &CrossFederationMerge,
         now: Timestamp,
     ) -> Result<SecurityDecision, SecurityError>;
+
+    /// Who must consent to the membership change `change` asks for, and what each answers.
+    /// Decides only (audited); nothing else changes.
+    fn validate_membership_change(
+        &self,
+        change: &MembershipChange,
+        now: Timestamp,
+    ) -> Result<SecurityDecision, SecurityError>;
+
+    /// Applies a membership change the branch's group decided: the context's members, and
+    /// for a sealed level a new data-key epoch the departed cannot open. Audited; on error
+    /// nothing changed.
+    fn apply_membership_change(
+        &self,
+        change: &MembershipChange,
+        now: Timestamp,
+    ) -> Result<SecurityContext, SecurityError>;
+
+    /// Records a decision of `branch`'s group (an operation executed or rejected, with why)
+    /// in the audit trail.
+    fn record_decision(
+        &self,
+        branch: &BranchRef,
+        record: &DecisionRecord,
+        now: Timestamp,
+    ) -> Result<(), SecurityError>;
 
     /// The policy every commit of `branch` must pass wherever it is received: the author is
     /// certified by a trusted root and every organization whose data the commit touches

@@ -34,7 +34,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::{BoxFuture, ChangeSet, CommitId, NodeId, StateRoot};
+use crate::{BoxFuture, ChangeSet, CommitId, GraphState, NodeId, StateRoot};
 
 /// How the replicas of a federated branch are kept consistent.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -263,4 +263,7 @@ pub trait SyncStrategy: Send + Sync {
 
     /// What the replica holds now.
     fn status(&self) -> BoxFuture<'_, Result<ReplicaStatus, SyncError>>;
+
+    /// The replica's heads and the state they determine (a copy, taken atomically).
+    fn state(&self) -> BoxFuture<'_, Result<(Vec<CommitId>, GraphState), SyncError>>;
 }

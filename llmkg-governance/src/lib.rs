@@ -38,6 +38,7 @@ pub mod audit;
 pub mod event;
 pub mod keys;
 pub mod manager;
+pub mod paved;
 pub mod trust;
 
 pub use event::{AuditEvent, AuditKind};

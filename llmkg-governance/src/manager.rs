@@ -14,8 +14,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use llmkg_federation_core::encoding::hex;
 use llmkg_federation_core::kv::KvStore;
 use llmkg_federation_core::security::{
-    BranchRef, CrossFederationMerge, FederatedBranchRequest, Operation, OrgVerdict,
-    SecurityContext, SecurityDecision, SecurityError, SecurityManager, Verdict,
+    BranchRef, CrossFederationMerge, DecisionRecord, FederatedBranchRequest, MembershipChange,
+    Operation, OrgVerdict, SecurityContext, SecurityDecision, SecurityError, SecurityManager,
+    Verdict,
 };
 use llmkg_federation_core::{
     BranchName, ChangeSet, CommitPolicy, CommitRefusal, FederationId, NodeCertificate, NodeId,
@@ -875,7 +876,7 @@ impl<K: KvStore> FederatedSecurityManager<K> {
         org: OrgId,
         now: Timestamp,
     ) -> Result<SecurityContext, GovernanceError> {
-        self.change_members(requester, branch, now, Some(org), None)
+        self.change_members(requester, branch, now, Some(org), None, false).map(|(_, c)| c)
     }
 
     /// Takes `org` out of a branch, as `requester` asked (see [`add_member`](Self::add_member)
@@ -889,7 +890,7 @@ impl<K: KvStore> FederatedSecurityManager<K> {
         org: &OrgId,
         now: Timestamp,
     ) -> Result<SecurityContext, GovernanceError> {
-        self.change_members(requester, branch, now, None, Some(org))
+        self.change_members(requester, branch, now, None, Some(org), false).map(|(_, c)| c)
     }
 
     fn change_members(
@@ -899,7 +900,8 @@ impl<K: KvStore> FederatedSecurityManager<K> {
         now: Timestamp,
         add: Option<OrgId>,
         remove: Option<&OrgId>,
-    ) -> Result<SecurityContext, GovernanceError> {
+        dry_run: bool,
+    ) -> Result<(SecurityDecision, SecurityContext), GovernanceError> {
         let mut s = self.state();
         let op = Operation::Administer;
         let principal = s.requester(requester, branch, op, now)?;
@@ -943,6 +945,10 @@ impl<K: KvStore> FederatedSecurityManager<K> {
         }
         let decision = s.decide(&principal, op, &before, add.as_ref());
         drop(before);
+        if dry_run {
+            s.record_decision(now, branch, requester, op, &decision)?;
+            return Ok((decision, current));
+        }
         if !decision.is_approved() {
             s.record_decision(now, branch, requester, op, &decision)?;
             return Err(GovernanceError::NotApproved(decision));
@@ -984,7 +990,7 @@ impl<K: KvStore> FederatedSecurityManager<K> {
             },
         ];
         s.apply_context(now, events, rotation, context.clone())?;
-        Ok(context)
+        Ok((decision, context))
     }
 
     /// The key epochs this node issued or accepted for `federation`, oldest first, to ship to
@@ -1341,26 +1347,69 @@ impl<K: KvStore + 'static> SecurityManager for FederatedSecurityManager<K> {
         let principal =
             s.requester(node, &merge.target, op, now).map_err(|e| security_error(e, *node))?;
         let iris: Vec<&str> = merge.predicates.iter().map(String::as_str).collect();
+        // The target's owners consent on the target branch, the source's on theirs. A node
+        // that holds only one of the two contexts answers for that side: the other side's
+        // organizations consent through the target's log, each on its own node.
         let decision = match (s.contexts.get(&merge.target), s.contexts.get(&merge.source)) {
-            (Some(target), Some(source)) => {
-                // The target's owners consent on the target branch, the source's on theirs.
-                let mut all = asks(target, &iris);
-                for (org, list) in asks(source, &iris) {
-                    all.entry(org).or_default().extend(list);
-                }
-                s.decide(&principal, op, &all, [])
-            }
-            (t, _) => {
-                let missing = if t.is_none() { &merge.target } else { &merge.source };
-                let e = GovernanceError::UnknownBranch(missing.branch.clone());
+            (None, None) => {
+                let e = GovernanceError::UnknownBranch(merge.target.branch.clone());
                 return s
                     .refuse_request(now, &merge.target, node, op, e)
                     .map_err(|e| security_error(e, *node));
+            }
+            (target, source) => {
+                let mut all = BTreeMap::new();
+                for context in [target, source].into_iter().flatten() {
+                    for (org, list) in asks(context, &iris) {
+                        all.entry(org).or_insert_with(Vec::new).extend(list);
+                    }
+                }
+                s.decide(&principal, op, &all, [])
             }
         };
         s.record_decision(now, &merge.target, node, op, &decision)
             .map_err(|e| SecurityError::Internal(e.to_string()))?;
         Ok(decision)
+    }
+
+    fn validate_membership_change(
+        &self,
+        change: &MembershipChange,
+        now: Timestamp,
+    ) -> Result<SecurityDecision, SecurityError> {
+        let (add, remove) = membership_sides(change);
+        self.change_members(&change.requester, &change.branch, now, add, remove, true)
+            .map(|(d, _)| d)
+            .map_err(|e| security_error(e, change.requester))
+    }
+
+    fn apply_membership_change(
+        &self,
+        change: &MembershipChange,
+        now: Timestamp,
+    ) -> Result<SecurityContext, SecurityError> {
+        let (add, remove) = membership_sides(change);
+        self.change_members(&change.requester, &change.branch, now, add, remove, false)
+            .map(|(_, c)| c)
+            .map_err(|e| security_error(e, change.requester))
+    }
+
+    fn record_decision(
+        &self,
+        branch: &BranchRef,
+        record: &DecisionRecord,
+        now: Timestamp,
+    ) -> Result<(), SecurityError> {
+        let _ = branch;
+        self.record_consensus_decision(
+            &record.group,
+            record.index,
+            &record.proposal,
+            &record.outcome,
+            now,
+        )
+        .map(|_| ())
+        .map_err(|e| SecurityError::Internal(e.to_string()))
     }
 
     fn commit_policy(&self, branch: &BranchRef) -> Result<Arc<dyn CommitPolicy>, SecurityError> {
@@ -1370,6 +1419,10 @@ impl<K: KvStore + 'static> SecurityManager for FederatedSecurityManager<K> {
             branch: branch.clone(),
         }))
     }
+}
+
+fn membership_sides(change: &MembershipChange) -> (Option<OrgId>, Option<&OrgId>) {
+    if change.joins { (Some(change.org.clone()), None) } else { (None, Some(&change.org)) }
 }
 
 /// The commit policy of one branch under a [`FederatedSecurityManager`]: the author holds a

@@ -44,8 +44,8 @@ use llmkg_federation_core::sync::{
     NodeSyncResult, ReplicaStatus, SyncError, SyncStrategy,
 };
 use llmkg_federation_core::{
-    BoxFuture, ChangeSet, ChannelId, Clock, CommitId, CommitPolicy, KvStore, NodeId, NodeKeypair,
-    OrgId, SystemClock, Time, Timer, Timestamp, Transport, Triple,
+    BoxFuture, ChangeSet, ChannelId, Clock, CommitId, CommitPolicy, GraphState, KvStore, NodeId,
+    NodeKeypair, OrgId, SystemClock, Time, Timer, Timestamp, Transport, Triple,
 };
 use llmkg_transport::{Driver, DriverConfig, DriverHandle};
 
@@ -304,14 +304,16 @@ impl<K: KvStore + 'static> EventualSync<K> {
                 c.replica().metrics().triples_applied,
             )
         });
-        let deadline = inner.timer.now() + options.timeout;
+        let since = inner.timer.now();
+        let deadline = since + options.timeout;
         loop {
             let listener = inner.changed.listen();
             let now = inner.timer.now();
             // Ask the peers that have not converged yet, in the same call that finds them.
+            // A peer counts as converged only on a report that is not older than this call.
             let done = inner.handle.call(|core, now| {
                 let waiting: Vec<NodeId> =
-                    peers.iter().filter(|p| !core.converged_with(p)).copied().collect();
+                    peers.iter().filter(|p| !core.converged_since(p, since)).copied().collect();
                 if !waiting.is_empty() && now < deadline {
                     core.sync_now(now, &waiting);
                 }
@@ -337,7 +339,7 @@ impl<K: KvStore + 'static> EventualSync<K> {
                 .map(|(p, (sent0, recv0))| {
                     let (sent, recv) = c.peer_counts(p);
                     let mut r = NodeSyncResult::new(*p);
-                    r.converged = c.converged_with(p);
+                    r.converged = c.converged_since(p, since);
                     r.state_root = c.peer_root(p);
                     r.commits_sent = sent - sent0;
                     r.commits_received = recv - recv0;
@@ -432,6 +434,12 @@ impl<K: KvStore + 'static> SyncStrategy for EventualSync<K> {
                     r.state().len() as u64,
                 )
             }))
+        })
+    }
+
+    fn state(&self) -> BoxFuture<'_, Result<(Vec<CommitId>, GraphState), SyncError>> {
+        Box::pin(async move {
+            Ok(self.with_core(|c| (c.replica().heads(), c.replica().state().clone())))
         })
     }
 }

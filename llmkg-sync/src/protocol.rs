@@ -274,6 +274,8 @@ struct Peer {
     up: bool,
     /// Its heads and root as it last reported them.
     heads: Option<(Vec<CommitId>, bool, StateRoot)>,
+    /// When that report arrived.
+    heard_at: Time,
     /// The stream of commits to it, if one is running.
     out: Option<Stream>,
     next_stream: u64,
@@ -438,6 +440,12 @@ impl<K: KvStore> SyncCore<K> {
             .is_some_and(|(h, truncated, _)| !truncated && *h == ours)
     }
 
+    /// True if `peer` reported exactly this replica's heads in a summary that arrived at or
+    /// after `since` (so the report is not older than the question).
+    pub fn converged_since(&self, peer: &NodeId, since: Time) -> bool {
+        self.converged_with(peer) && self.peers.get(peer).is_some_and(|p| p.heard_at >= since)
+    }
+
     /// The state root `peer` last reported.
     pub fn peer_root(&self, peer: &NodeId) -> Option<StateRoot> {
         self.peers.get(peer).and_then(|p| p.heads.as_ref()).map(|h| h.2)
@@ -575,8 +583,10 @@ impl<K: KvStore> SyncCore<K> {
         }
         let ours = self.replica.heads();
         let same = !truncated && heads == ours;
+        let now = self.now;
         if let Some(p) = self.peers.get_mut(&from) {
             p.heads = Some((heads.clone(), truncated, root));
+            p.heard_at = now;
         }
         if reply {
             self.send_summary(from, false);

@@ -1,0 +1,1710 @@
+//! [`FederatedBranchingSystem`]: one node's federation — the three planes composed.
+//!
+//! The system holds the federated branches this node hosts. For each one it runs, through
+//! the host's [`BranchBackend`], a [`ConsensusEngine`] whose log the branch's
+//! [`Registry`] applies (the control plane) and a [`SyncStrategy`] replica (the data plane),
+//! and it consults its [`SecurityManager`] before proposing, when consenting, on every
+//! commit received, and records every decision of the log in the audit trail (the security
+//! plane). Each operation is one call:
+//!
+//! | call | what happens |
+//! |------|--------------|
+//! | [`create_federated_branch`](FederatedBranchingSystem::create_federated_branch) | local security check; the participating nodes are resolved from known certificates; the group is formed (its id is the hash of the creation); the creation is proposed, every participant's node is asked for its organization's signed consent (approving nodes start hosting); once all consented the source snapshot is written and every replica reaches it |
+//! | [`synchronize_federated_branch`](FederatedBranchingSystem::synchronize_federated_branch) | the branch's sync strategy runs with every member; what moved is reported |
+//! | [`merge_federated_branches`](FederatedBranchingSystem::merge_federated_branches) | the merge's change set is computed from both states, proposed in the target's group, and the consents its rules demand are collected from the organizations of both branches; every target replica applies the same change set |
+//! | [`join`](FederatedBranchingSystem::join) / [`leave`](FederatedBranchingSystem::leave) | a membership change of the group, consented like the rest; a joining node catches up as a learner, then votes |
+//!
+//! Consents are collected by the proposer: it asks a node of each organization whose
+//! approval counts (a request on the control channel); that node evaluates the operation with
+//! its own security manager and answers with a [`Consent`] signed by itself, which the
+//! proposer submits to the log. The registry counts it only if it is bound to that proposal
+//! and its heads and carries a valid certificate of the organization, so the proposer cannot
+//! forge, reuse or stale-date anyone's approval.
+//!
+//! Nothing is spawned by this module: the backend's [`BranchBackend::spawn`] runs the
+//! system's tasks (the control-channel server, one log pump and one membership reconciler
+//! per hosted branch) on the host's executor.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use event_listener::Event;
+use futures_util::future::select;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::certificate::{CommitPolicy, CommitRefusal, NodeCertificate, OrgRootKey};
+use crate::consensus::{
+    BranchCreation, ConsensusEngine, ConsensusError, ConsensusProposal, ConsensusStrategy,
+    FederatedMerge, GroupChannels, GroupId, Member, Membership, NodeJoin, NodeLeave, Outcome,
+    ProposalId, ProposalKind,
+};
+use crate::encoding;
+use crate::federated::{
+    Consent, ConsentVerdict, Directory, FederatedBranch, FederatedBranchRequest,
+    FederatedMergePolicy, FederatedMergeResult, MAX_REASON_LEN, MergeConflict, MergeSide,
+    merge_heads,
+};
+use crate::federation::FederationId;
+use crate::graph::{GraphState, Pattern};
+use crate::identity::{NodeId, NodeKeypair, OrgId, Signed};
+use crate::registry::{ExecutedOperation, Registry, RegistryEvent, SharedRegistry};
+use crate::security::{
+    BranchRef, CrossFederationMerge, DecisionRecord, MembershipChange, SecurityDecision,
+    SecurityError, SecurityManager, Verdict,
+};
+use crate::store::BranchName;
+use crate::sync::{
+    FederatedSyncOptions, FederatedSyncResult, FederatedSyncStrategy, SyncError, SyncStrategy,
+};
+use crate::term::{ChangeSet, Triple};
+use crate::time::{Clock, Timestamp};
+use crate::transport::{BoxFuture, ChannelId, Incoming, Timer, Transport, TransportError};
+use crate::{CommitId, StateRoot};
+
+/// The largest control message accepted.
+pub const MAX_CONTROL_LEN: usize = 8 << 20;
+
+/// Triples per commit when a source snapshot is written into a new branch.
+pub const SEED_CHUNK: usize = 20_000;
+
+/// What one federated branch runs on a node, as the system asks a [`BranchBackend`] for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSpec {
+    /// The federation.
+    pub federation: FederationId,
+    /// The branch.
+    pub branch: BranchName,
+    /// Its group.
+    pub group: GroupId,
+    /// Its transport channels.
+    pub channels: GroupChannels,
+    /// The group's first membership, for a founding member; `None` for a node that joins a
+    /// running group (it learns the membership from the group).
+    pub bootstrap: Option<Membership>,
+    /// The nodes its replica exchanges commits with, to start with.
+    pub peers: Vec<NodeId>,
+    /// The consensus protocol.
+    pub consensus: ConsensusStrategy,
+    /// The sync strategy.
+    pub sync: FederatedSyncStrategy,
+}
+
+/// A backend could not start what was asked; nothing is left running.
+#[derive(Debug, Error)]
+#[error("backend: {0}")]
+pub struct BackendError(pub String);
+
+/// Starts the per-branch machinery of a node and runs its tasks: the host's consensus
+/// backend, sync strategy, storage and executor behind one trait. The paved path of
+/// `llmkg-governance` (Raft, eventual sync, redb, any transport) implements it.
+pub trait BranchBackend: Send + Sync {
+    /// Starts (or, after a restart, reopens from storage) the consensus engine of `spec`'s
+    /// group, applying its log to `machine`.
+    fn start_consensus(
+        &self,
+        spec: &GroupSpec,
+        machine: SharedRegistry,
+    ) -> Result<Arc<dyn ConsensusEngine>, BackendError>;
+
+    /// Starts (or reopens) `spec`'s replica, checking every commit received with `policy`.
+    fn start_sync(
+        &self,
+        spec: &GroupSpec,
+        policy: Arc<dyn CommitPolicy>,
+    ) -> Result<Arc<dyn SyncStrategy>, BackendError>;
+
+    /// Stops what runs for `group` (this node left it).
+    fn stop(&self, group: &GroupId);
+
+    /// Runs `task` to completion on the host's executor.
+    fn spawn(&self, task: BoxFuture<'static, ()>);
+}
+
+/// How a [`FederatedBranchingSystem`] behaves.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SystemConfig {
+    /// The channel of the system's control requests (consent requests). Default 0.
+    pub control: ChannelId,
+    /// Channels a branch may use; each branch takes two. Default 1 to 15.
+    pub branch_channels: Vec<u8>,
+    /// How long a proposal may wait for its approvals. Default 60 s.
+    pub decision_timeout: Duration,
+    /// How long a consent request waits for its answer. Default 10 s.
+    pub request_timeout: Duration,
+    /// How long the creation and a merge wait for every replica to be ready. Default 120 s.
+    pub ready_timeout: Duration,
+    /// How often each branch's membership is reconciled with its registry. Default 200 ms.
+    pub reconcile_every: Duration,
+}
+
+impl Default for SystemConfig {
+    fn default() -> Self {
+        Self {
+            control: ChannelId::DEFAULT,
+            branch_channels: (1..16).collect(),
+            decision_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(10),
+            ready_timeout: Duration::from_secs(120),
+            reconcile_every: Duration::from_millis(200),
+        }
+    }
+}
+
+/// A federation operation failed. Each variant says what changed: unless stated otherwise,
+/// nothing did.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum FederationError {
+    /// This node's security manager refused the operation (audited there).
+    #[error("not authorized: {0}")]
+    NotAuthorized(SecurityDecision),
+    /// The security manager could not decide or act.
+    #[error(transparent)]
+    Security(#[from] SecurityError),
+    /// The group's registry rejected the operation (a refusal, missing approvals at the
+    /// deadline, a proposer outside the group, ...): the same on every member, and audited.
+    #[error("rejected by the federation: {0}")]
+    Rejected(String),
+    /// No branch of that name is hosted here.
+    #[error("branch {0:?} is not hosted on this node")]
+    UnknownBranch(BranchName),
+    /// A branch of that name is already hosted here.
+    #[error("branch {0:?} already exists on this node")]
+    AlreadyExists(BranchName),
+    /// No node of this organization is known, so it cannot take part.
+    #[error("no node of {0} is known")]
+    NoNodes(OrgId),
+    /// Every channel pair for branches is taken on this node.
+    #[error("no free transport channels for another branch")]
+    NoFreeChannel,
+    /// The request is malformed.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// This node may not do this (it is not a member, or the policy does not let its
+    /// organization).
+    #[error("not permitted: {0}")]
+    NotPermitted(String),
+    /// The operation was proposed but not decided in time; it may still be decided.
+    #[error("not decided within {0:?}; it may still be decided")]
+    Timeout(Duration),
+    /// Consensus failed.
+    #[error(transparent)]
+    Consensus(#[from] ConsensusError),
+    /// The replica failed.
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+    /// The backend failed.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// The transport failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+/// One node's identity in a federation.
+pub struct NodeIdentity {
+    /// Its key.
+    pub keypair: NodeKeypair,
+    /// Its certificate, issued by its organization's root.
+    pub certificate: NodeCertificate,
+}
+
+impl std::fmt::Debug for NodeIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeIdentity")
+            .field("node", &self.keypair.node_id())
+            .field("org", self.certificate.org())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Control {
+    /// Asks for the receiver's organization's consent to a proposal of `group`; `creation` is
+    /// the group's creation entry, for a receiver that does not host the group yet.
+    Consent { proposal: Vec<u8>, creation: Vec<u8> },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum ControlReply {
+    /// The receiver's signed consent (approving or refusing).
+    Consent(Vec<u8>),
+    /// The receiver could not evaluate the request.
+    Error(String),
+}
+
+/// A branch this node hosts.
+struct Hosted {
+    spec: GroupSpec,
+    creation: Signed<ConsensusProposal>,
+    registry: SharedRegistry,
+    engine: Arc<dyn ConsensusEngine>,
+    sync: Arc<dyn SyncStrategy>,
+    changed: Event,
+    state: Mutex<HostedState>,
+}
+
+#[derive(Default)]
+struct HostedState {
+    /// Rejection reasons of pending operations, by proposal (bounded).
+    rejected: BTreeMap<ProposalId, String>,
+    /// The source snapshot to write once the creation is executed (the creator's).
+    seed: Option<Vec<Triple>>,
+    /// Merges executed on this replica.
+    merged: BTreeSet<ProposalId>,
+    /// Stopped (left the group).
+    stopped: bool,
+}
+
+impl Hosted {
+    fn state(&self) -> MutexGuard<'_, HostedState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn branch(&self) -> Option<FederatedBranch> {
+        self.registry.lock().branch().cloned()
+    }
+}
+
+struct Inner {
+    identity: NodeIdentity,
+    federation: FederationId,
+    transport: Arc<dyn Transport>,
+    security: Arc<dyn SecurityManager>,
+    backend: Arc<dyn BranchBackend>,
+    clock: Arc<dyn Clock>,
+    timer: Arc<dyn Timer>,
+    config: SystemConfig,
+    known: Mutex<BTreeMap<NodeId, NodeCertificate>>,
+    branches: Mutex<BTreeMap<BranchName, Arc<Hosted>>>,
+    nonce: Mutex<u64>,
+}
+
+/// One node's federation; see the [module documentation](self).
+#[derive(Clone)]
+pub struct FederatedBranchingSystem {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for FederatedBranchingSystem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FederatedBranchingSystem")
+            .field("node", &self.inner.identity.keypair.node_id())
+            .field("federation", &self.inner.federation)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl FederatedBranchingSystem {
+    /// A node's federation over these planes. It starts serving consent requests on the
+    /// control channel (through `backend.spawn`). `known` are the certificates of the other
+    /// nodes it may federate with (more with [`add_node`](Self::add_node)).
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        identity: NodeIdentity,
+        federation: FederationId,
+        transport: Arc<dyn Transport>,
+        security: Arc<dyn SecurityManager>,
+        backend: Arc<dyn BranchBackend>,
+        clock: Arc<dyn Clock>,
+        timer: Arc<dyn Timer>,
+        config: SystemConfig,
+    ) -> Self {
+        let me = identity.keypair.node_id();
+        let mut known = BTreeMap::new();
+        known.insert(me, identity.certificate.clone());
+        let system = Self {
+            inner: Arc::new(Inner {
+                identity,
+                federation,
+                transport,
+                security,
+                backend: Arc::clone(&backend),
+                clock,
+                timer,
+                config,
+                known: Mutex::new(known),
+                branches: Mutex::new(BTreeMap::new()),
+                nonce: Mutex::new(0),
+            }),
+        };
+        let server = system.clone();
+        backend.spawn(Box::pin(async move { server.serve().await }));
+        system
+    }
+
+    /// This node.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.identity.keypair.node_id()
+    }
+
+    /// This node's organization.
+    pub fn org(&self) -> &OrgId {
+        self.inner.identity.certificate.org()
+    }
+
+    /// Lets this node federate with the holder of `certificate` (its organization's root is
+    /// taken from it; the security manager decides separately whether it is trusted).
+    pub fn add_node(&self, certificate: NodeCertificate) {
+        lock(&self.inner.known).insert(certificate.node(), certificate);
+    }
+
+    /// The branches this node hosts, as their registries hold them.
+    pub fn branches(&self) -> Vec<FederatedBranch> {
+        let hosted: Vec<Arc<Hosted>> = lock(&self.inner.branches).values().cloned().collect();
+        hosted.iter().filter_map(|h| h.branch()).collect()
+    }
+
+    /// A copy of `branch`'s registry.
+    pub fn registry(&self, branch: &BranchName) -> Result<Registry, FederationError> {
+        Ok(self.hosted(branch)?.registry.lock().clone())
+    }
+
+    /// `branch`'s replica.
+    pub fn replica(&self, branch: &BranchName) -> Result<Arc<dyn SyncStrategy>, FederationError> {
+        Ok(Arc::clone(&self.hosted(branch)?.sync))
+    }
+
+    /// `branch`'s consensus engine.
+    pub fn engine(&self, branch: &BranchName) -> Result<Arc<dyn ConsensusEngine>, FederationError> {
+        Ok(Arc::clone(&self.hosted(branch)?.engine))
+    }
+
+    fn hosted(&self, branch: &BranchName) -> Result<Arc<Hosted>, FederationError> {
+        lock(&self.inner.branches)
+            .get(branch)
+            .cloned()
+            .ok_or_else(|| FederationError::UnknownBranch(branch.clone()))
+    }
+
+    fn now(&self) -> Timestamp {
+        self.inner.clock.now()
+    }
+
+    fn next_nonce(&self) -> u64 {
+        let mut n = lock(&self.inner.nonce);
+        *n += 1;
+        // Distinct across restarts too: the clock's microseconds lead.
+        (self.now().as_micros() as u64).wrapping_shl(16) ^ *n
+    }
+
+    fn sign(
+        &self,
+        group: GroupId,
+        kind: ProposalKind,
+        wait: Duration,
+    ) -> Result<Signed<ConsensusProposal>, FederationError> {
+        let now = self.now();
+        let deadline = add(now, wait);
+        let proposal =
+            ConsensusProposal { group, kind, proposed_at: now, deadline, nonce: self.next_nonce() };
+        Signed::sign_crate_kind(&self.inner.identity.keypair, &self.inner.federation, proposal)
+            .map_err(|e| FederationError::Invalid(format!("cannot sign the proposal: {e}")))
+    }
+
+    // ---------------------------------------------------------------------------------
+    // Creation
+    // ---------------------------------------------------------------------------------
+
+    /// Creates the federated branch `request` describes, starting from `source` (the
+    /// triples whose state `request.source` names; empty for an empty source), and returns
+    /// it once every participant consented and every participant's replica holds the
+    /// source state.
+    ///
+    /// Refused before anything is proposed when this node's security manager refuses
+    /// ([`FederationError::NotAuthorized`]), when a participant has no known node
+    /// ([`FederationError::NoNodes`]) or when `source` does not match `request.source`.
+    /// Once proposed, a participant's refusal or a missing consent at the deadline rejects
+    /// it on every member ([`FederationError::Rejected`]).
+    pub async fn create_federated_branch(
+        &self,
+        mut request: FederatedBranchRequest,
+        source: Vec<Triple>,
+    ) -> Result<FederatedBranch, FederationError> {
+        let me = self.node_id();
+        if request.requester != me {
+            return Err(FederationError::Invalid("the requester must be this node".into()));
+        }
+        if request.federation != self.inner.federation {
+            return Err(FederationError::Invalid("the request is for another federation".into()));
+        }
+        if !request.participants.contains(self.org()) {
+            request.participants.push(self.org().clone());
+        }
+        request.participants.sort();
+        request.participants.dedup();
+        request.check_bounds().map_err(FederationError::Invalid)?;
+        if lock(&self.inner.branches).contains_key(&request.branch) {
+            return Err(FederationError::AlreadyExists(request.branch.clone()));
+        }
+        let mut state = GraphState::new();
+        for t in &source {
+            state.insert(t).map_err(|e| FederationError::Invalid(format!("source triple: {e}")))?;
+        }
+        if state.state_root() != request.source.root() {
+            return Err(FederationError::Invalid(
+                "the source triples do not have the state root the request names".into(),
+            ));
+        }
+        let decision = self.inner.security.validate_branch_request(&request, self.now())?;
+        if decision.is_refused() {
+            return Err(FederationError::NotAuthorized(decision));
+        }
+        // Resolve the participating nodes and their organizations' roots.
+        let known: Vec<NodeCertificate> = lock(&self.inner.known).values().cloned().collect();
+        let mut members = Vec::new();
+        let mut directory: Directory = Vec::new();
+        for org in &request.participants {
+            let certs: Vec<&NodeCertificate> = known.iter().filter(|c| c.org() == org).collect();
+            let Some(first) = certs.first() else {
+                return Err(FederationError::NoNodes(org.clone()));
+            };
+            if certs.iter().any(|c| c.root() != first.root()) {
+                return Err(FederationError::Invalid(format!(
+                    "{org}'s nodes name different roots"
+                )));
+            }
+            directory.push((org.clone(), first.root()));
+            members.extend(certs.iter().map(|c| Member { node: c.node(), org: org.clone() }));
+        }
+        members.sort();
+        let channels = self.free_channels()?;
+        let creation = BranchCreation {
+            request: request.clone(),
+            members: members.clone(),
+            directory,
+            channels,
+            nonce: self.next_nonce(),
+        };
+        let group = creation
+            .group_id()
+            .map_err(|e| FederationError::Invalid(format!("cannot encode the creation: {e}")))?;
+        let timeout = self.inner.config.decision_timeout;
+        let signed = self.sign(group, ProposalKind::BranchCreation(creation.clone()), timeout)?;
+        let hosted = self.host(&signed, true)?;
+        hosted.state().seed = Some(source);
+        let id = proposal_id(&signed)?;
+        // Every participating node is asked first: each that approves starts hosting, so the
+        // group can decide. A refusal or a silent organization ends the creation before
+        // anything is proposed (the approving nodes drop the branch at its deadline).
+        let asked: Vec<Member> = members.iter().filter(|m| m.node != me).cloned().collect();
+        let needed: BTreeSet<OrgId> = request.participants.iter().cloned().collect();
+        let gathered = self.gather(&hosted, &signed, &signed, &asked, &needed).await;
+        let (answers, why) = match gathered {
+            Ok(a) => a,
+            Err(e) => {
+                self.unhost(&request.branch);
+                return Err(e);
+            }
+        };
+        let refusal = answers.iter().find_map(|(org, c)| match c.open(&self.inner.federation) {
+            Ok(ConsensusProposal {
+                kind:
+                    ProposalKind::Consent(Consent {
+                        verdict: ConsentVerdict::Refuse { reason }, ..
+                    }),
+                ..
+            }) => Some(format!("{org} declined: {reason}")),
+            _ => None,
+        });
+        let missing: Vec<String> =
+            needed.iter().filter(|o| !answers.contains_key(*o)).map(ToString::to_string).collect();
+        if refusal.is_some() || !missing.is_empty() {
+            self.unhost(&request.branch);
+            let reason = refusal.unwrap_or_else(|| {
+                format!(
+                    "no consent from {} ({})",
+                    missing.join(", "),
+                    why.unwrap_or_else(|| "no node answered".into())
+                )
+            });
+            return Err(FederationError::Rejected(reason));
+        }
+        let proposed = async {
+            self.propose(&hosted, signed.clone()).await?;
+            for consent in answers.values() {
+                self.submit_consent(&hosted, consent.clone()).await?;
+            }
+            self.await_executed(&hosted, &id).await
+        };
+        if let Err(e) = proposed.await {
+            self.unhost(&request.branch);
+            return Err(e);
+        }
+        // The creator's pump writes the source snapshot; wait until every replica holds it.
+        self.await_seeded(&hosted).await?;
+        self.await_ready(&hosted, Some(request.source.root())).await?;
+        hosted.branch().ok_or_else(|| FederationError::Rejected("the branch vanished".into()))
+    }
+
+    fn free_channels(&self) -> Result<GroupChannels, FederationError> {
+        let used: BTreeSet<u8> = lock(&self.inner.branches)
+            .values()
+            .flat_map(|h| [h.spec.channels.consensus, h.spec.channels.sync])
+            .collect();
+        let control = self.inner.config.control.index() as u8;
+        let free: Vec<u8> = self
+            .inner
+            .config
+            .branch_channels
+            .iter()
+            .copied()
+            .filter(|c| *c != control && !used.contains(c) && ChannelId::new(*c).is_some())
+            .collect();
+        match free.as_slice() {
+            [a, b, ..] => Ok(GroupChannels { consensus: *a, sync: *b }),
+            _ => Err(FederationError::NoFreeChannel),
+        }
+    }
+
+    /// Starts hosting the branch `creation` founds: its engine, replica, pump and
+    /// reconciler. `founding`: this node is one of the creation's members (else it joins).
+    fn host(
+        &self,
+        creation: &Signed<ConsensusProposal>,
+        founding: bool,
+    ) -> Result<Arc<Hosted>, FederationError> {
+        let value = creation
+            .open(&self.inner.federation)
+            .map_err(|_| FederationError::Invalid("a creation of another federation".into()))?;
+        let ProposalKind::BranchCreation(c) = &value.kind else {
+            return Err(FederationError::Invalid("not a creation entry".into()));
+        };
+        if c.group_id().ok() != Some(value.group) {
+            return Err(FederationError::Invalid("the group is not the creation's hash".into()));
+        }
+        let branch = c.request.branch.clone();
+        if let Some(h) = lock(&self.inner.branches).get(&branch) {
+            if h.spec.group == value.group {
+                return Ok(Arc::clone(h));
+            }
+            return Err(FederationError::AlreadyExists(branch));
+        }
+        let used: BTreeSet<u8> = lock(&self.inner.branches)
+            .values()
+            .flat_map(|h| [h.spec.channels.consensus, h.spec.channels.sync])
+            .collect();
+        if used.contains(&c.channels.consensus) || used.contains(&c.channels.sync) {
+            return Err(FederationError::NoFreeChannel);
+        }
+        let bootstrap = if founding {
+            Some(
+                Membership::new(value.group, c.members.clone(), Vec::new())
+                    .map_err(|e| FederationError::Invalid(e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        let me = self.node_id();
+        let spec = GroupSpec {
+            federation: self.inner.federation,
+            branch: branch.clone(),
+            group: value.group,
+            channels: c.channels,
+            bootstrap,
+            peers: c.members.iter().map(|m| m.node).filter(|n| *n != me).collect(),
+            consensus: c.request.consensus.clone(),
+            sync: c.request.sync.clone(),
+        };
+        // The security context comes with the creation's execution; until then, commits are
+        // checked against the creation's participants by the registry-aware policy.
+        let registry = SharedRegistry::new(Registry::new(self.inner.federation, value.group));
+        let policy: Arc<dyn CommitPolicy> = Arc::new(MemberPolicy {
+            registry: registry.clone(),
+            security: Arc::clone(&self.inner.security),
+            branch: BranchRef { federation: self.inner.federation, branch: branch.clone() },
+        });
+        let engine = self.inner.backend.start_consensus(&spec, registry.clone())?;
+        let sync = match self.inner.backend.start_sync(&spec, policy) {
+            Ok(s) => s,
+            Err(e) => {
+                self.inner.backend.stop(&spec.group);
+                return Err(e.into());
+            }
+        };
+        let hosted = Arc::new(Hosted {
+            spec,
+            creation: creation.clone(),
+            registry,
+            engine,
+            sync,
+            changed: Event::new(),
+            state: Mutex::new(HostedState::default()),
+        });
+        lock(&self.inner.branches).insert(branch, Arc::clone(&hosted));
+        let (pump, h) = (self.clone(), Arc::clone(&hosted));
+        self.inner.backend.spawn(Box::pin(async move { pump.pump(h).await }));
+        let (rec, h) = (self.clone(), Arc::clone(&hosted));
+        self.inner.backend.spawn(Box::pin(async move { rec.reconcile(h).await }));
+        Ok(hosted)
+    }
+
+    fn unhost(&self, branch: &BranchName) {
+        if let Some(h) = lock(&self.inner.branches).remove(branch) {
+            h.state().stopped = true;
+            self.inner.backend.stop(&h.spec.group);
+            h.changed.notify(usize::MAX);
+        }
+    }
+
+    // ---------------------------------------------------------------------------------
+    // Proposals and consents
+    // ---------------------------------------------------------------------------------
+
+    async fn propose(
+        &self,
+        hosted: &Hosted,
+        signed: Signed<ConsensusProposal>,
+    ) -> Result<Outcome, FederationError> {
+        let result = hosted.engine.propose(signed, self.inner.config.decision_timeout).await?;
+        match result.outcome {
+            Outcome::Rejected { reason } => Err(FederationError::Rejected(reason)),
+            other => Ok(other),
+        }
+    }
+
+    /// Asks each of `asked` for its organization's consent to `proposal` (this node's own
+    /// organization answers here), keeping the first answer of each organization in
+    /// `needed`. Returns the answers, and why the organizations that did not answer did not.
+    async fn gather(
+        &self,
+        hosted: &Hosted,
+        proposal: &Signed<ConsensusProposal>,
+        creation: &Signed<ConsensusProposal>,
+        asked: &[Member],
+        needed: &BTreeSet<OrgId>,
+    ) -> Result<(BTreeMap<OrgId, Signed<ConsensusProposal>>, Option<String>), FederationError> {
+        let mut answers = BTreeMap::new();
+        if needed.contains(self.org()) {
+            answers.insert(self.org().clone(), self.evaluate(proposal, Some(hosted))?);
+        }
+        let bytes = proposal.encode().map_err(|e| FederationError::Invalid(e.to_string()))?;
+        let creation_bytes =
+            creation.encode().map_err(|e| FederationError::Invalid(e.to_string()))?;
+        let message =
+            encoding::try_encode(&Control::Consent { proposal: bytes, creation: creation_bytes })
+                .map_err(|e| FederationError::Invalid(e.to_string()))?;
+        let mut last_error = None;
+        for m in asked {
+            let reply = self
+                .inner
+                .transport
+                .request_on(
+                    self.inner.config.control,
+                    m.node,
+                    message.clone(),
+                    self.inner.config.request_timeout,
+                )
+                .await;
+            let decoded =
+                reply.map(|r| encoding::decode_with_limit::<ControlReply>(&r, MAX_CONTROL_LEN));
+            let consent = match decoded {
+                Ok(Ok(ControlReply::Consent(c))) => {
+                    match Signed::<ConsensusProposal>::decode(&c, &self.inner.federation) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            last_error = Some(format!("{}: a bad consent: {e}", m.node));
+                            continue;
+                        }
+                    }
+                }
+                Ok(Ok(ControlReply::Error(e))) => {
+                    last_error = Some(format!("{}: {e}", m.node));
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    last_error = Some(format!("{}: a malformed reply: {e}", m.node));
+                    continue;
+                }
+                Err(e) => {
+                    last_error = Some(format!("{}: {e}", m.node));
+                    continue;
+                }
+            };
+            let org = match consent.open(&self.inner.federation) {
+                Ok(ConsensusProposal { kind: ProposalKind::Consent(c), .. })
+                    if consent.signer() == m.node =>
+                {
+                    c.org.clone()
+                }
+                _ => {
+                    last_error = Some(format!("{}: an answer that is not its consent", m.node));
+                    continue;
+                }
+            };
+            if needed.contains(&org) {
+                answers.entry(org).or_insert(consent);
+            }
+        }
+        Ok((answers, last_error))
+    }
+
+    /// Proposes `proposal` to `hosted`'s group, gathers the consents it needs from `asked`,
+    /// submits them, and waits for the registry to execute it.
+    async fn decide(
+        &self,
+        hosted: &Hosted,
+        proposal: Signed<ConsensusProposal>,
+        asked: &[Member],
+    ) -> Result<ExecutedOperation, FederationError> {
+        let id = proposal_id(&proposal)?;
+        self.propose(hosted, proposal.clone()).await?;
+        let needed = hosted.registry.lock().pending_operation(&id).map(|p| p.involved.clone());
+        if let Some(needed) = needed {
+            let (answers, why) =
+                self.gather(hosted, &proposal, &hosted.creation, asked, &needed).await?;
+            // Refusals too: they reject the operation on every member, and are audited.
+            for consent in answers.values() {
+                self.submit_consent(hosted, consent.clone()).await?;
+            }
+            let missing: Vec<String> = needed
+                .iter()
+                .filter(|o| !answers.contains_key(*o))
+                .map(ToString::to_string)
+                .collect();
+            let still_pending = hosted.registry.lock().pending_operation(&id).is_some();
+            if !missing.is_empty() && still_pending {
+                return Err(FederationError::Rejected(format!(
+                    "no consent from {} ({}); the proposal stays pending until its deadline",
+                    missing.join(", "),
+                    why.unwrap_or_else(|| "no node answered".into())
+                )));
+            }
+        }
+        self.await_executed(hosted, &id).await
+    }
+
+    /// Submits a signed proposal (a consent an organization's node made, say) to `branch`'s
+    /// log as it is, and returns the registry's outcome for it: how a host relays consents
+    /// it collected itself, and how tests show that forged, stale or replayed ones count for
+    /// nothing.
+    pub async fn submit(
+        &self,
+        branch: &BranchName,
+        consent: Signed<ConsensusProposal>,
+    ) -> Result<Outcome, FederationError> {
+        let hosted = self.hosted(branch)?;
+        let result = hosted.engine.propose(consent, self.inner.config.decision_timeout).await?;
+        Ok(result.outcome)
+    }
+
+    async fn submit_consent(
+        &self,
+        hosted: &Hosted,
+        consent: Signed<ConsensusProposal>,
+    ) -> Result<(), FederationError> {
+        hosted.engine.propose(consent, self.inner.config.decision_timeout).await?;
+        Ok(())
+    }
+
+    /// This node's organization's answer to `proposal`, signed (evaluated with the local
+    /// security manager and, for a merge, against the replicas held here).
+    fn evaluate(
+        &self,
+        proposal: &Signed<ConsensusProposal>,
+        hosted: Option<&Hosted>,
+    ) -> Result<Signed<ConsensusProposal>, FederationError> {
+        let value = proposal
+            .open(&self.inner.federation)
+            .map_err(|_| FederationError::Invalid("a proposal of another federation".into()))?;
+        let id = proposal_id(proposal)?;
+        let now = self.now();
+        let requester = proposal.signer();
+        let mut heads = Vec::new();
+        let verdict = match &value.kind {
+            ProposalKind::BranchCreation(c) => {
+                let d = self.inner.security.validate_branch_request(&c.request, now)?;
+                self.own_verdict(&d)
+            }
+            ProposalKind::FederatedMerge(m) => {
+                heads = merge_heads(&m.source_heads, &m.target_heads);
+                let target = hosted.and_then(Hosted::branch);
+                match target {
+                    Some(t) => {
+                        let merge = CrossFederationMerge {
+                            requester,
+                            source: BranchRef {
+                                federation: self.inner.federation,
+                                branch: m.source_branch.clone(),
+                            },
+                            target: BranchRef {
+                                federation: self.inner.federation,
+                                branch: t.branch,
+                            },
+                            predicates: predicates_of(&m.changes),
+                        };
+                        let d = self.inner.security.validate_cross_federation_merge(&merge, now)?;
+                        self.own_verdict(&d)
+                    }
+                    None => ConsentVerdict::Refuse {
+                        reason: "the target branch is not known here".into(),
+                    },
+                }
+            }
+            ProposalKind::NodeJoin(j) => {
+                let branch = hosted.and_then(Hosted::branch);
+                match branch {
+                    Some(b) if b.organizations.contains(&j.member.org) => ConsentVerdict::Approve,
+                    Some(b) if j.member.node != self.node_id() => {
+                        let change = MembershipChange {
+                            requester,
+                            branch: BranchRef { federation: b.federation, branch: b.branch },
+                            org: j.member.org.clone(),
+                            joins: true,
+                        };
+                        let d = self.inner.security.validate_membership_change(&change, now)?;
+                        self.own_verdict(&d)
+                    }
+                    // The joining node itself agrees to hold the branch.
+                    _ if j.member.node == self.node_id() => ConsentVerdict::Approve,
+                    _ => ConsentVerdict::Refuse { reason: "the branch is not known here".into() },
+                }
+            }
+            ProposalKind::NodeLeave(l) => {
+                let branch = hosted.and_then(Hosted::branch);
+                match branch {
+                    Some(b) => {
+                        let org =
+                            b.members.iter().find(|m| m.node == l.node).map(|m| m.org.clone());
+                        let org_leaves = org
+                            .as_ref()
+                            .is_some_and(|o| b.members.iter().filter(|m| &m.org == o).count() == 1);
+                        match org {
+                            Some(org) if org_leaves => {
+                                let change = MembershipChange {
+                                    requester,
+                                    branch: BranchRef {
+                                        federation: b.federation,
+                                        branch: b.branch,
+                                    },
+                                    org,
+                                    joins: false,
+                                };
+                                let d =
+                                    self.inner.security.validate_membership_change(&change, now)?;
+                                self.own_verdict(&d)
+                            }
+                            Some(_) => ConsentVerdict::Approve,
+                            None => ConsentVerdict::Refuse { reason: "not a member".into() },
+                        }
+                    }
+                    None => {
+                        ConsentVerdict::Refuse { reason: "the branch is not known here".into() }
+                    }
+                }
+            }
+            _ => ConsentVerdict::Refuse {
+                reason: "this node does not evaluate such proposals".into(),
+            },
+        };
+        let consent = Consent {
+            proposal: id,
+            heads,
+            org: self.org().clone(),
+            verdict,
+            certificate: self.inner.identity.certificate.clone(),
+        };
+        self.sign(value.group, ProposalKind::Consent(consent), self.inner.config.decision_timeout)
+    }
+
+    fn own_verdict(&self, decision: &SecurityDecision) -> ConsentVerdict {
+        let mine = decision.verdicts().iter().find(|v| &v.org == self.org());
+        match mine.map(|v| &v.verdict) {
+            Some(Verdict::Approved { .. }) => ConsentVerdict::Approve,
+            Some(Verdict::Refused { reason, .. }) => {
+                ConsentVerdict::Refuse { reason: bounded(reason.clone()) }
+            }
+            Some(Verdict::Pending { reason }) => {
+                ConsentVerdict::Refuse { reason: bounded(format!("not approved here: {reason}")) }
+            }
+            None if decision.is_refused() => {
+                ConsentVerdict::Refuse { reason: bounded(decision.to_string()) }
+            }
+            None => ConsentVerdict::Approve,
+        }
+    }
+
+    async fn await_executed(
+        &self,
+        hosted: &Hosted,
+        id: &ProposalId,
+    ) -> Result<ExecutedOperation, FederationError> {
+        let timeout = self.inner.config.decision_timeout;
+        let deadline = self.inner.timer.now() + timeout;
+        loop {
+            let listener = hosted.changed.listen();
+            if let Some(e) = hosted.registry.lock().executed(id).cloned() {
+                return Ok(e);
+            }
+            if let Some(reason) = hosted.state().rejected.get(id).cloned() {
+                return Err(FederationError::Rejected(reason));
+            }
+            if hosted.state().stopped {
+                return Err(FederationError::Rejected("this node left the branch".into()));
+            }
+            if self.inner.timer.now() >= deadline {
+                return Err(FederationError::Timeout(timeout));
+            }
+            let sleep = self.inner.timer.sleep_until(deadline);
+            let _ = select(listener, sleep).await;
+        }
+    }
+
+    async fn await_seeded(&self, hosted: &Hosted) -> Result<(), FederationError> {
+        let deadline = self.inner.timer.now() + self.inner.config.ready_timeout;
+        loop {
+            let listener = hosted.changed.listen();
+            if hosted.state().seed.is_none() {
+                return Ok(());
+            }
+            if self.inner.timer.now() >= deadline {
+                return Err(FederationError::Timeout(self.inner.config.ready_timeout));
+            }
+            let sleep = self.inner.timer.sleep_until(deadline);
+            let _ = select(listener, sleep).await;
+        }
+    }
+
+    /// Synchronizes with every member until all report the same state root (`root`, if
+    /// given).
+    async fn await_ready(
+        &self,
+        hosted: &Hosted,
+        root: Option<StateRoot>,
+    ) -> Result<FederatedSyncResult, FederationError> {
+        let timeout = self.inner.config.ready_timeout;
+        let deadline = self.inner.timer.now() + timeout;
+        loop {
+            let result = self.sync_once(hosted, Duration::from_secs(5)).await?;
+            let agreed = result.failures.is_empty()
+                && result.nodes.iter().all(|n| n.state_root == Some(result.state_root))
+                && root.is_none_or(|r| r == result.state_root);
+            if agreed {
+                return Ok(result);
+            }
+            if self.inner.timer.now() >= deadline {
+                return Err(FederationError::Timeout(timeout));
+            }
+            let pause = self.inner.timer.now() + Duration::from_millis(50);
+            self.inner.timer.sleep_until(pause).await;
+        }
+    }
+
+    async fn sync_once(
+        &self,
+        hosted: &Hosted,
+        timeout: Duration,
+    ) -> Result<FederatedSyncResult, FederationError> {
+        let me = self.node_id();
+        let peers: Vec<NodeId> =
+            hosted.registry.lock().members().iter().map(|m| m.node).filter(|n| *n != me).collect();
+        let options = FederatedSyncOptions::default().with_peers(peers).with_timeout(timeout);
+        Ok(hosted.sync.synchronize(options).await?)
+    }
+
+    // ---------------------------------------------------------------------------------
+    // Writes, sync, merges, membership
+    // ---------------------------------------------------------------------------------
+
+    /// Writes `changes` to `branch` on this node (durable when it returns); it reaches the
+    /// other replicas through the branch's sync strategy. Refused unless this node is a
+    /// member and the branch's policy lets its organization write.
+    pub async fn write(
+        &self,
+        branch: &BranchName,
+        changes: ChangeSet,
+        message: impl Into<String>,
+    ) -> Result<CommitId, FederationError> {
+        let hosted = self.hosted(branch)?;
+        let b = hosted
+            .branch()
+            .filter(|_| hosted.registry.lock().is_active())
+            .ok_or_else(|| FederationError::NotPermitted("the branch is not active".into()))?;
+        let me = self.node_id();
+        if !b.members.iter().any(|m| m.node == me) {
+            return Err(FederationError::NotPermitted("this node is not a member".into()));
+        }
+        if !b.policy.write.allows(self.org(), &b.organizations) {
+            return Err(FederationError::NotPermitted(format!("{} may not write", self.org())));
+        }
+        Ok(hosted.sync.write(changes, message.into()).await?)
+    }
+
+    /// Runs `branch`'s sync strategy with every other member, for up to `timeout`, and
+    /// reports what moved.
+    pub async fn synchronize_federated_branch(
+        &self,
+        branch: &BranchName,
+        timeout: Duration,
+    ) -> Result<FederatedSyncResult, FederationError> {
+        let hosted = self.hosted(branch)?;
+        self.sync_once(&hosted, timeout).await
+    }
+
+    /// Synchronizes `branch` until every member reports the same state root (or the ready
+    /// timeout passes).
+    pub async fn converge(
+        &self,
+        branch: &BranchName,
+    ) -> Result<FederatedSyncResult, FederationError> {
+        let hosted = self.hosted(branch)?;
+        self.await_ready(&hosted, None).await
+    }
+
+    /// Merges `source` into `target` (both hosted here): the change set is computed from the
+    /// two states under `policy`, proposed in `target`'s group, and executed once the
+    /// organizations of both branches consented as the target's rules demand. Returns when
+    /// this node's replica holds the merge.
+    pub async fn merge_federated_branches(
+        &self,
+        source: &BranchName,
+        target: &BranchName,
+        policy: FederatedMergePolicy,
+    ) -> Result<FederatedMergeResult, FederationError> {
+        let (s, t) = (self.hosted(source)?, self.hosted(target)?);
+        let (sb, tb) = match (s.branch(), t.branch()) {
+            (Some(sb), Some(tb)) => (sb, tb),
+            _ => return Err(FederationError::NotPermitted("both branches must be active".into())),
+        };
+        let me = self.node_id();
+        if !tb.members.iter().any(|m| m.node == me) {
+            return Err(FederationError::NotPermitted(
+                "this node is not a member of the target".into(),
+            ));
+        }
+        let (source_heads, source_state) = s.sync.state().await?;
+        let (target_heads, target_state) = t.sync.state().await?;
+        let (changes, conflicts) = plan_merge(&source_state, &target_state, &policy);
+        let mut result_state = target_state;
+        result_state
+            .apply(&changes)
+            .map_err(|e| FederationError::Invalid(format!("the merge does not apply: {e}")))?;
+        let result_root = result_state.state_root();
+        let request = CrossFederationMerge {
+            requester: me,
+            source: BranchRef { federation: self.inner.federation, branch: source.clone() },
+            target: BranchRef { federation: self.inner.federation, branch: target.clone() },
+            predicates: predicates_of(&changes),
+        };
+        let decision = self.inner.security.validate_cross_federation_merge(&request, self.now())?;
+        if decision.is_refused() {
+            return Err(FederationError::NotAuthorized(decision));
+        }
+        let source_orgs: Directory = {
+            let reg = s.registry.lock();
+            sb.organizations
+                .iter()
+                .filter_map(|o| reg.directory().get(o).map(|r| (o.clone(), *r)))
+                .collect()
+        };
+        let (added, removed) = (changes.added().len() as u64, changes.removed().len() as u64);
+        let merge = FederatedMerge {
+            source_group: sb.group,
+            source_branch: source.clone(),
+            source_heads,
+            target_heads,
+            source_orgs,
+            policy,
+            changes,
+            result_root,
+        };
+        let signed = self.sign(
+            tb.group,
+            ProposalKind::FederatedMerge(merge),
+            self.inner.config.decision_timeout,
+        )?;
+        let id = proposal_id(&signed)?;
+        // Ask one node per involved organization: members of either branch.
+        let mut asked: Vec<Member> = Vec::new();
+        let mut seen = BTreeSet::new();
+        seen.insert(self.org().clone());
+        for m in tb.members.iter().chain(&sb.members) {
+            if m.node != me && seen.insert(m.org.clone()) {
+                asked.push(m.clone());
+            }
+        }
+        let executed = self.decide(&t, signed, &asked).await?;
+        self.await_merged(&t, &id).await?;
+        Ok(FederatedMergeResult {
+            proposal: id,
+            index: executed.index,
+            approved_by: executed.approved_by,
+            added,
+            removed,
+            conflicts,
+            state_root: result_root,
+        })
+    }
+
+    async fn await_merged(&self, hosted: &Hosted, id: &ProposalId) -> Result<(), FederationError> {
+        let deadline = self.inner.timer.now() + self.inner.config.ready_timeout;
+        loop {
+            let listener = hosted.changed.listen();
+            if hosted.state().merged.contains(id) {
+                return Ok(());
+            }
+            if self.inner.timer.now() >= deadline {
+                return Err(FederationError::Timeout(self.inner.config.ready_timeout));
+            }
+            let sleep = self.inner.timer.sleep_until(deadline);
+            let _ = select(listener, sleep).await;
+        }
+    }
+
+    /// Proposes that `node` (whose certificate this node knows) joins `branch`; returns once
+    /// the registry executed it. The node starts hosting when it consents, catches up as a
+    /// learner, and votes once caught up.
+    pub async fn join(
+        &self,
+        branch: &BranchName,
+        node: NodeId,
+    ) -> Result<ExecutedOperation, FederationError> {
+        let hosted = self.hosted(branch)?;
+        let b = hosted.branch().ok_or_else(|| FederationError::UnknownBranch(branch.clone()))?;
+        let cert = lock(&self.inner.known)
+            .get(&node)
+            .cloned()
+            .ok_or_else(|| FederationError::Invalid(format!("no certificate known for {node}")))?;
+        let org = cert.org().clone();
+        let root: Option<OrgRootKey> = (!b.organizations.contains(&org)).then(|| cert.root());
+        let join = NodeJoin { member: Member { node, org: org.clone() }, root };
+        let signed =
+            self.sign(b.group, ProposalKind::NodeJoin(join), self.inner.config.decision_timeout)?;
+        let mut asked = vec![Member { node, org: org.clone() }];
+        let mut seen: BTreeSet<OrgId> = [self.org().clone(), org].into_iter().collect();
+        for m in &b.members {
+            if m.node != self.node_id() && seen.insert(m.org.clone()) {
+                asked.push(m.clone());
+            }
+        }
+        self.decide(&hosted, signed, &asked).await
+    }
+
+    /// Proposes that `node` leaves `branch` (this node itself: at once, no approvals
+    /// needed); returns once the registry executed it.
+    pub async fn leave(
+        &self,
+        branch: &BranchName,
+        node: NodeId,
+    ) -> Result<ExecutedOperation, FederationError> {
+        let hosted = self.hosted(branch)?;
+        let b = hosted.branch().ok_or_else(|| FederationError::UnknownBranch(branch.clone()))?;
+        let signed = self.sign(
+            b.group,
+            ProposalKind::NodeLeave(NodeLeave { node }),
+            self.inner.config.decision_timeout,
+        )?;
+        let mut asked = Vec::new();
+        if node != self.node_id() {
+            let leaving_org = b.members.iter().find(|m| m.node == node).map(|m| m.org.clone());
+            let mut seen: BTreeSet<OrgId> = [self.org().clone()].into_iter().collect();
+            for m in &b.members {
+                if m.node != self.node_id()
+                    && m.node != node
+                    && Some(&m.org) != leaving_org.as_ref()
+                    && seen.insert(m.org.clone())
+                {
+                    asked.push(m.clone());
+                }
+            }
+            // Another node of the leaving node's organization answers for it, if any.
+            if let Some(o) = &leaving_org
+                && let Some(m) = b
+                    .members
+                    .iter()
+                    .find(|m| &m.org == o && m.node != node && m.node != self.node_id())
+                && seen.insert(o.clone())
+            {
+                asked.push(m.clone());
+            }
+        }
+        self.decide(&hosted, signed, &asked).await
+    }
+
+    // ---------------------------------------------------------------------------------
+    // Background tasks
+    // ---------------------------------------------------------------------------------
+
+    async fn serve(&self) {
+        loop {
+            let incoming = match self.inner.transport.recv_on(self.inner.config.control).await {
+                Ok(i) => i,
+                Err(TransportError::Closed) => return,
+                Err(_) => continue,
+            };
+            let Incoming::Request { from, id, payload } = incoming else {
+                continue;
+            };
+            let reply = match self.answer(from, &payload) {
+                Ok(consent) => ControlReply::Consent(consent),
+                Err(e) => ControlReply::Error(bounded(e.to_string())),
+            };
+            if let Ok(bytes) = encoding::try_encode(&reply) {
+                let _ = self.inner.transport.respond(from, id, bytes).await;
+            }
+        }
+    }
+
+    /// Answers a consent request from `from`: evaluates it and, for a creation or a join of
+    /// this node that it approves, starts hosting the branch.
+    fn answer(&self, from: NodeId, payload: &[u8]) -> Result<Vec<u8>, FederationError> {
+        let Control::Consent { proposal, creation } =
+            encoding::decode_with_limit::<Control>(payload, MAX_CONTROL_LEN)
+                .map_err(|e| FederationError::Invalid(format!("malformed request: {e}")))?;
+        let fed = &self.inner.federation;
+        let proposal = Signed::<ConsensusProposal>::decode(&proposal, fed)
+            .map_err(|e| FederationError::Invalid(format!("bad proposal: {e}")))?;
+        let creation = Signed::<ConsensusProposal>::decode(&creation, fed)
+            .map_err(|e| FederationError::Invalid(format!("bad creation: {e}")))?;
+        if proposal.signer() != from {
+            return Err(FederationError::Invalid("the proposal is not the requester's".into()));
+        }
+        let value =
+            proposal.open(fed).map_err(|_| FederationError::Invalid("federation".into()))?;
+        let me = self.node_id();
+        let hosted =
+            lock(&self.inner.branches).values().find(|h| h.spec.group == value.group).cloned();
+        match &value.kind {
+            ProposalKind::BranchCreation(c) => {
+                if proposal != creation {
+                    return Err(FederationError::Invalid("the creation differs".into()));
+                }
+                if !c.members.iter().any(|m| m.node == me) {
+                    return Err(FederationError::Invalid("this node is not a member".into()));
+                }
+                let consent = self.evaluate(&proposal, hosted.as_deref())?;
+                if approves(&consent, fed) {
+                    self.host(&creation, true)?;
+                }
+                Ok(consent.encode().map_err(|e| FederationError::Invalid(e.to_string()))?)
+            }
+            ProposalKind::NodeJoin(j) if j.member.node == me && hosted.is_none() => {
+                let consent = self.evaluate(&proposal, None)?;
+                self.host(&creation, false)?;
+                Ok(consent.encode().map_err(|e| FederationError::Invalid(e.to_string()))?)
+            }
+            _ => {
+                // A merge may concern a target this node does not host (it answers for the
+                // source's organization): evaluate against the target's creation.
+                let target = match &hosted {
+                    Some(h) => Some(Arc::clone(h)),
+                    None => None,
+                };
+                let consent = match target {
+                    Some(h) => self.evaluate(&proposal, Some(&h))?,
+                    None => self.evaluate_unhosted(&proposal, &creation)?,
+                };
+                Ok(consent.encode().map_err(|e| FederationError::Invalid(e.to_string()))?)
+            }
+        }
+    }
+
+    /// A consent to a merge into a branch this node does not host, given that branch's
+    /// creation entry: the security manager decides with the source branch's context.
+    fn evaluate_unhosted(
+        &self,
+        proposal: &Signed<ConsensusProposal>,
+        creation: &Signed<ConsensusProposal>,
+    ) -> Result<Signed<ConsensusProposal>, FederationError> {
+        let fed = &self.inner.federation;
+        let value =
+            proposal.open(fed).map_err(|_| FederationError::Invalid("federation".into()))?;
+        let c = creation.open(fed).map_err(|_| FederationError::Invalid("federation".into()))?;
+        let (ProposalKind::FederatedMerge(m), ProposalKind::BranchCreation(bc)) =
+            (&value.kind, &c.kind)
+        else {
+            return Err(FederationError::Invalid(
+                "only merges are answered for unhosted branches".into(),
+            ));
+        };
+        if bc.group_id().ok() != Some(value.group) || c.group != value.group {
+            return Err(FederationError::Invalid("the creation is not the target's".into()));
+        }
+        let merge = CrossFederationMerge {
+            requester: proposal.signer(),
+            source: BranchRef { federation: *fed, branch: m.source_branch.clone() },
+            target: BranchRef { federation: *fed, branch: bc.request.branch.clone() },
+            predicates: predicates_of(&m.changes),
+        };
+        let d = self.inner.security.validate_cross_federation_merge(&merge, self.now())?;
+        let consent = Consent {
+            proposal: proposal_id(proposal)?,
+            heads: merge_heads(&m.source_heads, &m.target_heads),
+            org: self.org().clone(),
+            verdict: self.own_verdict(&d),
+            certificate: self.inner.identity.certificate.clone(),
+        };
+        self.sign(value.group, ProposalKind::Consent(consent), self.inner.config.decision_timeout)
+    }
+
+    /// Follows `hosted`'s decided log: records every decision in the audit trail and carries
+    /// out executed operations' effects on this node.
+    async fn pump(&self, hosted: Arc<Hosted>) {
+        loop {
+            let entry = match hosted.engine.next_decided().await {
+                Ok(e) => e,
+                Err(ConsensusError::Lagged { .. }) => continue,
+                Err(_) => return,
+            };
+            let now = self.now();
+            let branch_ref =
+                BranchRef { federation: self.inner.federation, branch: hosted.spec.branch.clone() };
+            if let Ok(id) = ProposalId::of(&entry.proposal) {
+                let outcome = match &entry.outcome {
+                    Outcome::Approved => "approved".to_string(),
+                    Outcome::Pending { awaiting } => format!(
+                        "pending, awaiting {}",
+                        awaiting.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                    ),
+                    Outcome::Rejected { reason } => format!("rejected: {reason}"),
+                };
+                let record = DecisionRecord {
+                    group: *hosted.spec.group.as_bytes(),
+                    index: entry.index,
+                    proposal: *id.as_bytes(),
+                    outcome: format!(
+                        "{}: {outcome}",
+                        kind_name(&entry.proposal, &self.inner.federation)
+                    ),
+                };
+                let _ = self.inner.security.record_decision(&branch_ref, &record, now);
+            }
+            let events = hosted.registry.lock().take_events();
+            for event in events {
+                self.on_event(&hosted, &branch_ref, event).await;
+            }
+            hosted.changed.notify(usize::MAX);
+            if hosted.state().stopped {
+                return;
+            }
+        }
+    }
+
+    async fn on_event(&self, hosted: &Arc<Hosted>, branch_ref: &BranchRef, event: RegistryEvent) {
+        let now = self.now();
+        match event {
+            RegistryEvent::Rejected { proposal, index, reason } => {
+                let record = DecisionRecord {
+                    group: *hosted.spec.group.as_bytes(),
+                    index,
+                    proposal: *proposal.as_bytes(),
+                    outcome: format!("rejected: {reason}"),
+                };
+                let _ = self.inner.security.record_decision(branch_ref, &record, now);
+                let mut st = hosted.state();
+                if st.rejected.len() >= 4096
+                    && let Some(first) = st.rejected.keys().next().copied()
+                {
+                    st.rejected.remove(&first);
+                }
+                st.rejected.insert(proposal, reason);
+            }
+            RegistryEvent::Executed(op) => {
+                let record = DecisionRecord {
+                    group: *hosted.spec.group.as_bytes(),
+                    index: op.index,
+                    proposal: *op.proposal.as_bytes(),
+                    outcome: format!(
+                        "executed, approved by {}",
+                        op.approved_by
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                };
+                let _ = self.inner.security.record_decision(branch_ref, &record, now);
+                self.execute(hosted, branch_ref, &op).await;
+            }
+            _ => {}
+        }
+    }
+
+    async fn execute(&self, hosted: &Arc<Hosted>, branch_ref: &BranchRef, op: &ExecutedOperation) {
+        let now = self.now();
+        let me = self.node_id();
+        match &op.kind {
+            ProposalKind::BranchCreation(c) => {
+                // Every node hosting it holds its security context (an existing one is kept).
+                let _ = self.inner.security.create_security_context(&c.request, now);
+                let seed = hosted.state().seed.take();
+                if let Some(seed) = seed {
+                    for chunk in seed.chunks(SEED_CHUNK) {
+                        let changes = ChangeSet::adding(chunk.iter().cloned());
+                        match hosted.sync.write(changes, "source snapshot".into()).await {
+                            Ok(_) | Err(SyncError::NothingToCommit) => {}
+                            Err(_) => break,
+                        }
+                    }
+                    hosted.changed.notify(usize::MAX);
+                }
+            }
+            ProposalKind::FederatedMerge(m) => {
+                match hosted
+                    .sync
+                    .write(m.changes.clone(), format!("merge of {}", m.source_branch))
+                    .await
+                {
+                    Ok(_) | Err(SyncError::NothingToCommit) => {
+                        hosted.state().merged.insert(op.proposal);
+                    }
+                    Err(_) => {}
+                }
+            }
+            ProposalKind::NodeJoin(j) => {
+                let branch = hosted.branch();
+                let org_is_new = branch.as_ref().is_some_and(|b| {
+                    b.members.iter().filter(|m| m.org == j.member.org).count() == 1
+                });
+                if org_is_new && j.member.node != me {
+                    let change = MembershipChange {
+                        requester: op.proposer,
+                        branch: branch_ref.clone(),
+                        org: j.member.org.clone(),
+                        joins: true,
+                    };
+                    let _ = self.inner.security.apply_membership_change(&change, now);
+                }
+            }
+            ProposalKind::NodeLeave(l) => {
+                if l.node == me {
+                    self.unhost(&hosted.spec.branch);
+                    return;
+                }
+                let org = hosted.org_of_member(&l.node);
+                let still = hosted
+                    .branch()
+                    .is_some_and(|b| org.as_ref().is_some_and(|o| b.organizations.contains(o)));
+                if let Some(org) = org.filter(|_| !still) {
+                    let change = MembershipChange {
+                        requester: op.proposer,
+                        branch: branch_ref.clone(),
+                        org,
+                        joins: false,
+                    };
+                    let _ = self.inner.security.apply_membership_change(&change, now);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Keeps the group's consensus membership equal to the registry's members: the leader
+    /// adds new members as learners, makes caught-up learners voters, and removes departed
+    /// members.
+    async fn reconcile(&self, hosted: Arc<Hosted>) {
+        loop {
+            if hosted.state().stopped {
+                return;
+            }
+            let pause = self.inner.timer.now() + self.inner.config.reconcile_every;
+            let listener = hosted.changed.listen();
+            let _ = select(listener, self.inner.timer.sleep_until(pause)).await;
+            // A branch whose creation was not approved by its deadline is dropped.
+            let deadline = hosted.creation.open(&self.inner.federation).map(|p| p.deadline).ok();
+            if !hosted.registry.lock().is_active()
+                && deadline.is_some_and(|d| self.now() > add(d, Duration::from_secs(1)))
+            {
+                self.unhost(&hosted.spec.branch);
+                return;
+            }
+            if hosted.engine.health().leader != Some(self.node_id()) {
+                continue;
+            }
+            let desired: Vec<Member> = hosted.registry.lock().members().to_vec();
+            if desired.is_empty() {
+                continue;
+            }
+            let current = hosted.engine.membership();
+            let want: BTreeSet<NodeId> = desired.iter().map(|m| m.node).collect();
+            let voters: BTreeSet<NodeId> = current.voters().iter().map(|m| m.node).collect();
+            let learners: BTreeSet<NodeId> = current.learners().iter().map(|m| m.node).collect();
+            if want == voters && learners.is_empty() {
+                continue;
+            }
+            // First step: departed out, newcomers in as learners. Then: learners vote.
+            let step_voters: Vec<Member> =
+                desired.iter().filter(|m| voters.contains(&m.node)).cloned().collect();
+            let step_learners: Vec<Member> =
+                desired.iter().filter(|m| !voters.contains(&m.node)).cloned().collect();
+            let needs_first = voters.iter().any(|v| !want.contains(v))
+                || step_learners.iter().any(|m| !learners.contains(&m.node))
+                || learners.iter().any(|l| !want.contains(l));
+            let target = if needs_first && !step_voters.is_empty() {
+                Membership::new(hosted.spec.group, step_voters, step_learners)
+            } else {
+                Membership::new(hosted.spec.group, desired.clone(), Vec::new())
+            };
+            if let Ok(target) = target {
+                let _ = hosted.engine.change_membership(target).await;
+            }
+        }
+    }
+}
+
+impl Hosted {
+    /// The organization `node` was a member for (from the creation or its join): still known
+    /// after it left.
+    fn org_of_member(&self, node: &NodeId) -> Option<OrgId> {
+        let reg = self.registry.lock();
+        if let Some(m) = reg.members().iter().find(|m| m.node == *node) {
+            return Some(m.org.clone());
+        }
+        reg.history().iter().rev().find_map(|e| match &e.kind {
+            ProposalKind::NodeJoin(j) if j.member.node == *node => Some(j.member.org.clone()),
+            ProposalKind::BranchCreation(c) => {
+                c.members.iter().find(|m| m.node == *node).map(|m| m.org.clone())
+            }
+            _ => None,
+        })
+    }
+}
+
+/// Checks commits received for a hosted branch: the author is, or was until after the
+/// commit's time, a member of the branch's group, and the security manager's commit policy
+/// for the branch admits it.
+struct MemberPolicy {
+    registry: SharedRegistry,
+    security: Arc<dyn SecurityManager>,
+    branch: BranchRef,
+}
+
+impl CommitPolicy for MemberPolicy {
+    fn check(&self, commit: &crate::SignedCommit) -> Result<(), CommitRefusal> {
+        let author = commit.commit().author();
+        let refuse = |reason: &str| CommitRefusal::AccessDenied { author, reason: reason.into() };
+        {
+            let reg = self.registry.lock();
+            let is_member = reg.members().iter().any(|m| m.node == author);
+            if !is_member {
+                let left_at = reg.history().iter().rev().find_map(|e| match &e.kind {
+                    ProposalKind::NodeLeave(l) if l.node == author => Some(e.executed_at),
+                    _ => None,
+                });
+                match left_at {
+                    Some(at) if commit.commit().timestamp() < at => {}
+                    Some(_) => return Err(refuse("written after its author left the branch")),
+                    None => return Err(refuse("its author is not a member of the branch")),
+                }
+            }
+        }
+        let policy = self
+            .security
+            .commit_policy(&self.branch)
+            .map_err(|e| refuse(&format!("no security context yet: {e}")))?;
+        policy.check(commit)
+    }
+}
+
+fn proposal_id(signed: &Signed<ConsensusProposal>) -> Result<ProposalId, FederationError> {
+    ProposalId::of(signed).map_err(|e| FederationError::Invalid(format!("cannot encode: {e}")))
+}
+
+fn add(t: Timestamp, d: Duration) -> Timestamp {
+    let us = i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+    Timestamp::from_micros(t.as_micros().saturating_add(us))
+}
+
+fn bounded(mut s: String) -> String {
+    if s.len() > MAX_REASON_LEN {
+        let mut end = MAX_REASON_LEN;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+fn approves(consent: &Signed<ConsensusProposal>, federation: &FederationId) -> bool {
+    matches!(
+        consent.open(federation),
+        Ok(ConsensusProposal {
+            kind: ProposalKind::Consent(Consent { verdict: ConsentVerdict::Approve, .. }),
+            ..
+        })
+    )
+}
+
+fn kind_name(signed: &Signed<ConsensusProposal>, federation: &FederationId) -> &'static str {
+    match signed.open(federation).map(|p| &p.kind) {
+        Ok(ProposalKind::BranchCreation(_)) => "branch creation",
+        Ok(ProposalKind::FederatedMerge(_)) => "federated merge",
+        Ok(ProposalKind::NodeJoin(_)) => "node join",
+        Ok(ProposalKind::NodeLeave(_)) => "node leave",
+        Ok(ProposalKind::Consent(c)) => match c.verdict {
+            ConsentVerdict::Approve => "consent (approve)",
+            ConsentVerdict::Refuse { .. } => "consent (refuse)",
+        },
+        Ok(ProposalKind::PolicyUpdate(_)) => "policy update",
+        Ok(ProposalKind::SynchronizationPlan(_)) => "synchronization plan",
+        Err(_) => "unreadable proposal",
+    }
+}
+
+/// The distinct predicate IRIs a change set touches.
+fn predicates_of(changes: &ChangeSet) -> Vec<String> {
+    let set: BTreeSet<String> = changes
+        .added()
+        .iter()
+        .chain(changes.removed())
+        .filter_map(|t| t.predicate().as_iri().map(|i| i.as_str().to_string()))
+        .collect();
+    set.into_iter().collect()
+}
+
+/// The change set merging `source` into `target` under `policy`, and its conflicts: every
+/// source triple the target lacks is added, except that for a single-valued predicate whose
+/// subject has other objects in the target, `policy.prefer` decides (the target's objects stay
+/// and the source's are not added, or the source's replace them).
+pub fn plan_merge(
+    source: &GraphState,
+    target: &GraphState,
+    policy: &FederatedMergePolicy,
+) -> (ChangeSet, Vec<MergeConflict>) {
+    let single: BTreeSet<&str> = policy.single_valued.iter().map(String::as_str).collect();
+    let mut add = Vec::new();
+    let mut remove = Vec::new();
+    let mut conflicts = Vec::new();
+    let mut decided: BTreeSet<(crate::Term, crate::Term)> = BTreeSet::new();
+    for t in source.iter() {
+        let t = t.to_triple();
+        if target.contains(&t) {
+            continue;
+        }
+        let p = t.predicate();
+        let is_single = p.as_iri().is_some_and(|i| single.contains(i.as_str()));
+        if is_single {
+            let pattern =
+                Pattern::any().with_subject(t.subject().clone()).with_predicate(p.clone());
+            let theirs: Vec<Triple> = target.matching(&pattern).map(|r| r.to_triple()).collect();
+            if !theirs.is_empty() {
+                let key = (t.subject().clone(), p.clone());
+                if decided.insert(key) {
+                    conflicts.push(MergeConflict {
+                        subject: t.subject().clone(),
+                        predicate: p.clone(),
+                        kept: policy.prefer,
+                    });
+                    if policy.prefer == MergeSide::Source {
+                        remove.extend(theirs);
+                    }
+                }
+                if policy.prefer == MergeSide::Target {
+                    continue;
+                }
+            }
+        }
+        add.push(t);
+    }
+    // Sorted and disjoint: additions are absent from the target, removals present in it.
+    let changes = ChangeSet::new(add, remove).unwrap_or_default();
+    (changes, conflicts)
+}
