@@ -57,6 +57,9 @@ use crate::time::Timestamp;
 /// The most operations pending at once; more are rejected until some are decided.
 pub const MAX_PENDING: usize = 1024;
 
+/// The most proposals remembered (to refuse replays) until their deadlines pass.
+pub const MAX_SEEN: usize = 4 * MAX_PENDING;
+
 /// The most members a group holds.
 pub const MAX_MEMBERS: usize = 1024;
 
@@ -162,6 +165,9 @@ struct State {
     applied: u64,
     /// Membership changes executed so far (the federation key epoch follows it).
     membership_version: u64,
+    /// Proposals entered, with their deadlines, until their deadline passes: a proposal
+    /// entered again (the same signed bytes) is refused while it could still matter.
+    seen: BTreeMap<ProposalId, Timestamp>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -277,9 +283,30 @@ impl Registry {
         let Ok(id) = ProposalId::of(signed) else {
             return reject("the proposal cannot be encoded");
         };
-        self.state.time = self.state.time.max(proposal.proposed_at);
-        self.expire(index);
         let signer = signed.signer();
+        // Only the group's members move the registry's time (and, before there is a group,
+        // the creation's requester): an entry from anyone else cannot expire anything.
+        let moves_time = match (&self.state.branch, &proposal.kind) {
+            (Some(b), _) => b.members.iter().any(|m| m.node == signer),
+            (None, ProposalKind::BranchCreation(c)) => c.request.requester == signer,
+            (None, _) => false,
+        };
+        if moves_time {
+            self.state.time = self.state.time.max(proposal.proposed_at);
+        }
+        self.expire(index);
+        let is_consent = matches!(proposal.kind, ProposalKind::Consent(_));
+        if !is_consent {
+            if self.state.seen.contains_key(&id) {
+                return reject("the proposal was entered before (a replay)");
+            }
+            if proposal.deadline < self.state.time {
+                return reject("the proposal's deadline has already passed");
+            }
+            if self.state.seen.len() >= MAX_SEEN {
+                return reject("too many proposals are still within their deadlines");
+            }
+        }
         let result = match &proposal.kind {
             ProposalKind::BranchCreation(creation) => {
                 self.propose_creation(index, id, signer, proposal, creation)
@@ -288,13 +315,19 @@ impl Registry {
             _ => self.propose(index, id, signer, proposal),
         };
         match result {
-            Ok(outcome) => outcome,
+            Ok(outcome) => {
+                if !is_consent {
+                    self.state.seen.insert(id, proposal.deadline);
+                }
+                outcome
+            }
             Err(reason) => reject(reason),
         }
     }
 
     fn expire(&mut self, index: u64) {
         let now = self.state.time;
+        self.state.seen.retain(|_, deadline| *deadline >= now);
         let ended =
             self.state.branch.as_ref().and_then(|b| b.expires_at).is_some_and(|end| now > end);
         let expired: Vec<ProposalId> = self
@@ -451,6 +484,10 @@ impl Registry {
                 }
                 if merge.source_orgs.is_empty() || merge.source_orgs.len() > MAX_ORGS {
                     return Err(format!("a merge names 1 to {MAX_ORGS} source organizations"));
+                }
+                let named: BTreeSet<&OrgId> = merge.source_orgs.iter().map(|(o, _)| o).collect();
+                if named.len() != merge.source_orgs.len() {
+                    return Err("the merge names a source organization twice".into());
                 }
                 for (org, root) in &merge.source_orgs {
                     match self.state.directory.get(org) {
@@ -622,10 +659,43 @@ impl Registry {
                     index,
                 });
                 if met && let Some(op) = self.state.pending.remove(&proposal) {
-                    self.execute(index, op);
+                    // What was checked when it was proposed may no longer hold: an operation
+                    // executed meanwhile may conflict with it.
+                    match self.still_valid(&op) {
+                        Ok(()) => self.execute(index, op),
+                        Err(reason) => {
+                            let reason = format!("no longer applicable: {reason}");
+                            self.events.push_back(RegistryEvent::Rejected { proposal, index, reason });
+                        }
+                    }
                 }
                 Ok(Outcome::Approved)
             }
+        }
+    }
+
+    /// Whether `op`, checked when proposed, still applies to the registry as it is now.
+    fn still_valid(&self, op: &PendingOperation) -> Result<(), String> {
+        let members = self.members();
+        for (org, root) in &op.roots {
+            if self.state.directory.get(org).is_some_and(|known| known != root) {
+                return Err(format!("{org}'s root was pinned otherwise meanwhile"));
+            }
+        }
+        match &op.kind {
+            ProposalKind::NodeJoin(j) if members.iter().any(|m| m.node == j.member.node) => {
+                Err(format!("{} is already a member", j.member.node))
+            }
+            ProposalKind::NodeJoin(_) if members.len() >= MAX_MEMBERS => {
+                Err(format!("the group has {MAX_MEMBERS} members already"))
+            }
+            ProposalKind::NodeLeave(l) if !members.iter().any(|m| m.node == l.node) => {
+                Err(format!("{} is no longer a member", l.node))
+            }
+            ProposalKind::NodeLeave(_) if members.len() <= 1 => {
+                Err("the last member cannot leave".into())
+            }
+            _ => Ok(()),
         }
     }
 

@@ -118,6 +118,16 @@ pub trait BranchBackend: Send + Sync {
     /// Stops what runs for `group` (this node left it).
     fn stop(&self, group: &GroupId);
 
+    /// Durably records (before returning) that this node hosts the branch whose signed
+    /// creation entry is `creation`, so that a restarted system hosts it again.
+    fn remember(&self, group: &GroupId, creation: &[u8]) -> Result<(), BackendError>;
+
+    /// Forgets a branch this node no longer hosts.
+    fn forget(&self, group: &GroupId) -> Result<(), BackendError>;
+
+    /// The creation entries of the branches this node hosts, as remembered.
+    fn remembered(&self) -> Result<Vec<Vec<u8>>, BackendError>;
+
     /// Runs `task` to completion on the host's executor.
     fn spawn(&self, task: BoxFuture<'static, ()>);
 }
@@ -257,6 +267,8 @@ struct HostedState {
     merged: BTreeSet<ProposalId>,
     /// Stopped (left the group).
     stopped: bool,
+    /// The security context was ensured after the creation executed.
+    context_ready: bool,
 }
 
 impl Hosted {
@@ -338,6 +350,24 @@ impl FederatedBranchingSystem {
         let server = system.clone();
         backend.spawn(Box::pin(async move { server.serve().await }));
         system
+    }
+
+    /// Hosts again the branches the backend remembers (after a restart): each engine and
+    /// replica reopens from its storage. Returns the branches, or the first failure.
+    pub fn restore(&self) -> Result<Vec<BranchName>, FederationError> {
+        let me = self.node_id();
+        let mut restored = Vec::new();
+        for bytes in self.inner.backend.remembered()? {
+            let creation = Signed::<ConsensusProposal>::decode(&bytes, &self.inner.federation)
+                .map_err(|e| FederationError::Invalid(format!("a remembered creation: {e}")))?;
+            let founding = match creation.open(&self.inner.federation).map(|p| &p.kind) {
+                Ok(ProposalKind::BranchCreation(c)) => c.members.iter().any(|m| m.node == me),
+                _ => return Err(FederationError::Invalid("a remembered non-creation".into())),
+            };
+            let hosted = self.host(&creation, founding)?;
+            restored.push(hosted.spec.branch.clone());
+        }
+        Ok(restored)
     }
 
     /// This node.
@@ -621,6 +651,8 @@ impl FederatedBranchingSystem {
             security: Arc::clone(&self.inner.security),
             branch: BranchRef { federation: self.inner.federation, branch: branch.clone() },
         });
+        let bytes = creation.encode().map_err(|e| FederationError::Invalid(e.to_string()))?;
+        self.inner.backend.remember(&spec.group, &bytes)?;
         let engine = self.inner.backend.start_consensus(&spec, registry.clone())?;
         let sync = match self.inner.backend.start_sync(&spec, policy) {
             Ok(s) => s,
@@ -650,6 +682,7 @@ impl FederatedBranchingSystem {
         if let Some(h) = lock(&self.inner.branches).remove(branch) {
             h.state().stopped = true;
             self.inner.backend.stop(&h.spec.group);
+            let _ = self.inner.backend.forget(&h.spec.group);
             h.changed.notify(usize::MAX);
         }
     }
@@ -1514,6 +1547,18 @@ impl FederatedBranchingSystem {
             {
                 self.unhost(&hosted.spec.branch);
                 return;
+            }
+            let request = match &hosted.creation.open(&self.inner.federation).map(|p| &p.kind) {
+                Ok(ProposalKind::BranchCreation(c)) => Some(c.request.clone()),
+                _ => None,
+            };
+            if hosted.registry.lock().is_active() && !hosted.state().context_ready {
+                // After a restart from a snapshot no event recreates it: do it here (an
+                // existing context is kept).
+                if let Some(request) = request {
+                    let _ = self.inner.security.create_security_context(&request, self.now());
+                }
+                hosted.state().context_ready = true;
             }
             if hosted.engine.health().leader != Some(self.node_id()) {
                 continue;

@@ -531,7 +531,7 @@ fn a_creation_is_pending_until_every_participant_consents() {
     assert_eq!(run.reg.membership_version(), 0);
 
     // Once decided, the creation is neither entered again nor answered again.
-    assert!(run.quietly_rejected(&entry).contains("already created"));
+    assert!(run.quietly_rejected(&entry).contains("replay"));
     let late = run.genuine(INITECH, 0, &entry, ConsentVerdict::Approve);
     assert!(run.quietly_rejected(&late).contains("no pending proposal"));
 }
@@ -1404,8 +1404,6 @@ fn hostile_snapshots_are_refused_and_change_nothing() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-#[ignore = "bug: a proposal entered again (same signed bytes, same id) after it was executed is \
-            pending again and is executed a second time by replaying its old consents"]
 fn bug_a_replayed_proposal_is_decided_again() {
     let mut run = Run::trio(GovernanceRules::default());
     let (m, _) = run.submit(fx().node(ACME, 0), merge(&[GLOBEX], 150));
@@ -1428,8 +1426,6 @@ fn bug_a_replayed_proposal_is_decided_again() {
 }
 
 #[test]
-#[ignore = "bug: entering a pending proposal again (same signed bytes) replaces its pending \
-            operation, discarding the approvals already counted"]
 fn bug_replaying_a_pending_proposal_discards_its_approvals() {
     let mut run = Run::trio(GovernanceRules::default());
     let (m, _) = run.submit(fx().node(ACME, 0), merge(&[GLOBEX], 160));
@@ -1443,9 +1439,6 @@ fn bug_replaying_a_pending_proposal_discards_its_approvals() {
 }
 
 #[test]
-#[ignore = "bug: a join naming a root for an organization new to the branch executes after \
-            another join pinned a different root for it, and silently replaces the pinned root \
-            (the conflict is only checked when the join is proposed)"]
 fn bug_a_pending_join_can_replace_a_root_another_join_pinned() {
     let mut run = Run::trio(GovernanceRules::default());
     let newco = &fx().orgs[NEWCO];
@@ -1483,8 +1476,6 @@ fn bug_a_pending_join_can_replace_a_root_another_join_pinned() {
 }
 
 #[test]
-#[ignore = "bug: two pending joins of the same node both execute, so the node is a member twice \
-            (membership is only checked when a join is proposed)"]
 fn bug_two_pending_joins_make_a_node_a_member_twice() {
     let mut run = Run::trio(GovernanceRules::default());
     let (a, _) = run.submit(fx().node(ACME, 0), join(ACME, 3, None));
@@ -1500,9 +1491,6 @@ fn bug_two_pending_joins_make_a_node_a_member_twice() {
 }
 
 #[test]
-#[ignore = "bug: pending leaves, each proposed while others remained, can all execute and leave \
-            the group without any member (the last-member rule is only checked when a leave \
-            is proposed)"]
 fn bug_pending_leaves_can_remove_every_member() {
     let pair: &[(usize, &[usize])] = &[(ACME, &[0]), (GLOBEX, &[0])];
     let (mut run, _) = Run::active(pair, GovernanceRules::default(), FederationPolicy::default());
@@ -1519,10 +1507,6 @@ fn bug_pending_leaves_can_remove_every_member() {
 }
 
 #[test]
-#[ignore = "bug (design): a rejected entry still sets the registry's time, even one signed by a \
-            node outside the group with no certificate: by dating it far ahead, anyone who gets \
-            an entry into the log rejects every pending operation and makes every certificate \
-            expired for good"]
 fn bug_an_entry_from_outside_the_group_moves_the_registry_time() {
     let mut run = Run::trio(GovernanceRules::default());
     let (m, _) = run.submit(fx().node(ACME, 0), merge(&[GLOBEX], 170));
@@ -1733,6 +1717,8 @@ struct Model {
     membership_changes: u64,
     /// Every proposal that was pending once: its quorum and involved organizations.
     asked: BTreeMap<ProposalId, (Quorum, BTreeSet<OrgId>)>,
+    /// Proposals entered, until their deadline passes (a replay is refused).
+    seen: BTreeMap<ProposalId, Timestamp>,
 }
 
 impl Model {
@@ -1749,6 +1735,7 @@ impl Model {
             executed: Vec::new(),
             membership_changes: 0,
             asked: BTreeMap::new(),
+            seen: BTreeMap::new(),
         }
     }
 
@@ -1765,7 +1752,18 @@ impl Model {
         if let Desc::Foreign = entry.desc {
             return (Expect::Rejected, evs);
         }
-        self.time = self.time.max(entry.proposed_at);
+        // Only members (before the creation: its requester) move the registry's time.
+        let signer = entry.signed.signer();
+        let moves = if self.created {
+            self.members.contains_key(&signer)
+        } else {
+            matches!(entry.desc, Desc::Creation { .. })
+        };
+        if moves {
+            self.time = self.time.max(entry.proposed_at);
+        }
+        let now = self.time;
+        self.seen.retain(|_, d| *d >= now);
         let ended = self.ended();
         let late: Vec<ProposalId> = self
             .pending
@@ -1777,6 +1775,10 @@ impl Model {
             self.pending.remove(&id);
             evs.push(Ev::Rejected(id));
         }
+        let proposes = !matches!(entry.desc, Desc::Consent(_));
+        if proposes && (self.seen.contains_key(&entry.id) || entry.deadline < self.time) {
+            return (Expect::Rejected, evs);
+        }
         let expect = match &entry.desc {
             Desc::Foreign => unreachable!(),
             Desc::Creation { members, directory } => {
@@ -1785,6 +1787,9 @@ impl Model {
             Desc::Propose { proposer, what } => self.propose(entry, *proposer, what, &mut evs),
             Desc::Consent(consent) => self.consent(consent, &mut evs),
         };
+        if proposes && expect != Expect::Rejected {
+            self.seen.insert(entry.id, entry.deadline);
+        }
         (expect, evs)
     }
 
@@ -1929,6 +1934,23 @@ impl Model {
         evs.push(Ev::Approved(c.proposal, c.org.clone()));
         if model_met(&op.quorum, &op.approved, &op.involved) {
             let op = self.pending.remove(&c.proposal).unwrap();
+            // Re-checked at execution: what executed meanwhile may conflict.
+            let conflicting_root = op
+                .roots
+                .iter()
+                .any(|(org, root)| self.directory.get(org).is_some_and(|known| known != root));
+            let stale = conflicting_root
+                || match &op.kind {
+                    OpKind::Join(member) => self.members.contains_key(&member.node),
+                    OpKind::Leave(node) => {
+                        !self.members.contains_key(node) || self.members.len() <= 1
+                    }
+                    OpKind::Creation | OpKind::Other => false,
+                };
+            if stale {
+                evs.push(Ev::Rejected(c.proposal));
+                return Expect::Approved;
+            }
             match op.kind {
                 OpKind::Creation => self.active = true,
                 OpKind::Other => {}

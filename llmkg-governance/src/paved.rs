@@ -41,7 +41,7 @@ use llmkg_federation_core::system::{
     BackendError, BranchBackend, FederatedBranchingSystem, GroupSpec, NodeIdentity, SystemConfig,
 };
 use llmkg_federation_core::{
-    BoxFuture, ChannelId, Clock, CommitPolicy, FederationId, KvStore, NodeKeypair, OrgId,
+    BoxFuture, ChannelId, Clock, CommitPolicy, FederationId, KvBatch, KvStore, NodeKeypair, OrgId,
     SystemClock, Timer, Transport,
 };
 use llmkg_sync::engine::{EventualSync, SyncOptions};
@@ -181,9 +181,35 @@ impl<K: KvStore + Clone + 'static> BranchBackend for PavedBackend<K> {
         }
     }
 
+    fn remember(&self, group: &GroupId, creation: &[u8]) -> Result<(), BackendError> {
+        let batch = KvBatch::new().put(hosted_key(group), creation.to_vec());
+        self.store.write(batch).map_err(|e| BackendError(format!("storage: {e}")))
+    }
+
+    fn forget(&self, group: &GroupId) -> Result<(), BackendError> {
+        let batch = KvBatch::new().delete(hosted_key(group));
+        self.store.write(batch).map_err(|e| BackendError(format!("storage: {e}")))
+    }
+
+    fn remembered(&self) -> Result<Vec<Vec<u8>>, BackendError> {
+        let pairs = self
+            .store
+            .scan_prefix(HOSTED_PREFIX, 4096)
+            .map_err(|e| BackendError(format!("storage: {e}")))?;
+        Ok(pairs.into_iter().map(|(_, v)| v).collect())
+    }
+
     fn spawn(&self, task: BoxFuture<'static, ()>) {
         (self.spawn)(task);
     }
+}
+
+const HOSTED_PREFIX: &[u8] = b"fed-hosted/";
+
+fn hosted_key(group: &GroupId) -> Vec<u8> {
+    let mut key = HOSTED_PREFIX.to_vec();
+    key.extend_from_slice(group.as_bytes());
+    key
 }
 
 /// A [`FederatedBranchingSystem`] on the paved path: `backend`'s Raft and eventual sync,
