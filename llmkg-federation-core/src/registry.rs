@@ -665,7 +665,11 @@ impl Registry {
                         Ok(()) => self.execute(index, op),
                         Err(reason) => {
                             let reason = format!("no longer applicable: {reason}");
-                            self.events.push_back(RegistryEvent::Rejected { proposal, index, reason });
+                            self.events.push_back(RegistryEvent::Rejected {
+                                proposal,
+                                index,
+                                reason,
+                            });
                         }
                     }
                 }

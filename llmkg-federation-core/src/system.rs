@@ -361,7 +361,13 @@ impl FederatedBranchingSystem {
             let creation = Signed::<ConsensusProposal>::decode(&bytes, &self.inner.federation)
                 .map_err(|e| FederationError::Invalid(format!("a remembered creation: {e}")))?;
             let founding = match creation.open(&self.inner.federation).map(|p| &p.kind) {
-                Ok(ProposalKind::BranchCreation(c)) => c.members.iter().any(|m| m.node == me),
+                Ok(ProposalKind::BranchCreation(c)) => {
+                    // The security context is the manager's memory: recreate it before the
+                    // replica replays its commits through the branch's commit policy (an
+                    // existing one is kept).
+                    let _ = self.inner.security.create_security_context(&c.request, self.now());
+                    c.members.iter().any(|m| m.node == me)
+                }
                 _ => return Err(FederationError::Invalid("a remembered non-creation".into())),
             };
             let hosted = self.host(&creation, founding)?;
@@ -1612,9 +1618,8 @@ impl Hosted {
     }
 }
 
-/// Checks commits received for a hosted branch: the author is, or was until after the
-/// commit's time, a member of the branch's group, and the security manager's commit policy
-/// for the branch admits it.
+/// Checks commits received for a hosted branch: the author has not left the branch before
+/// the commit's time, and the security manager's commit policy for the branch admits it.
 struct MemberPolicy {
     registry: SharedRegistry,
     security: Arc<dyn SecurityManager>,
@@ -1626,18 +1631,18 @@ impl CommitPolicy for MemberPolicy {
         let author = commit.commit().author();
         let refuse = |reason: &str| CommitRefusal::AccessDenied { author, reason: reason.into() };
         {
+            // The registry knows who left, and when: what a departed node signs afterwards
+            // is refused. Anyone else is judged by the security manager (certified by a
+            // participant's root, permitted by the organizations whose data it touches) — also
+            // while the registry is still being restored after a restart.
             let reg = self.registry.lock();
             let is_member = reg.members().iter().any(|m| m.node == author);
-            if !is_member {
-                let left_at = reg.history().iter().rev().find_map(|e| match &e.kind {
-                    ProposalKind::NodeLeave(l) if l.node == author => Some(e.executed_at),
-                    _ => None,
-                });
-                match left_at {
-                    Some(at) if commit.commit().timestamp() < at => {}
-                    Some(_) => return Err(refuse("written after its author left the branch")),
-                    None => return Err(refuse("its author is not a member of the branch")),
-                }
+            let left_at = reg.history().iter().rev().find_map(|e| match &e.kind {
+                ProposalKind::NodeLeave(l) if l.node == author => Some(e.executed_at),
+                _ => None,
+            });
+            if !is_member && left_at.is_some_and(|at| commit.commit().timestamp() >= at) {
+                return Err(refuse("written after its author left the branch"));
             }
         }
         let policy = self
