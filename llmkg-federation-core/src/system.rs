@@ -381,6 +381,11 @@ impl FederatedBranchingSystem {
         self.inner.identity.keypair.node_id()
     }
 
+    /// This node's certificate.
+    pub fn certificate(&self) -> &NodeCertificate {
+        &self.inner.identity.certificate
+    }
+
     /// This node's organization.
     pub fn org(&self) -> &OrgId {
         self.inner.identity.certificate.org()
@@ -565,9 +570,7 @@ impl FederatedBranchingSystem {
         }
         let proposed = async {
             self.propose(&hosted, signed.clone()).await?;
-            for consent in answers.values() {
-                self.submit_consent(&hosted, consent.clone()).await?;
-            }
+            self.submit_all(&hosted, answers.values()).await?;
             self.await_executed(&hosted, &id).await
         };
         if let Err(e) = proposed.await {
@@ -730,18 +733,47 @@ impl FederatedBranchingSystem {
         let message =
             encoding::try_encode(&Control::Consent { proposal: bytes, creation: creation_bytes })
                 .map_err(|e| FederationError::Invalid(e.to_string()))?;
+        // Every node is asked at once; the answers are taken in the order of `asked`.
+        let requests = asked.iter().map(|m| {
+            self.inner.transport.request_on(
+                self.inner.config.control,
+                m.node,
+                message.clone(),
+                self.inner.config.request_timeout,
+            )
+        });
+        let mut replies = futures_util::future::join_all(requests).await;
+        // A link that went down (a peer restarting, a connection being replaced) is tried
+        // again, twice, before the node counts as silent.
+        for _ in 0..2 {
+            let failed: Vec<usize> = (0..replies.len())
+                .filter(|i| {
+                    matches!(
+                        replies[*i],
+                        Err(TransportError::Disconnected(_) | TransportError::UnknownPeer(_))
+                    )
+                })
+                .collect();
+            if failed.is_empty() {
+                break;
+            }
+            let pause = self.inner.timer.now() + Duration::from_millis(200);
+            self.inner.timer.sleep_until(pause).await;
+            for i in failed {
+                replies[i] = self
+                    .inner
+                    .transport
+                    .request_on(
+                        self.inner.config.control,
+                        asked[i].node,
+                        message.clone(),
+                        self.inner.config.request_timeout,
+                    )
+                    .await;
+            }
+        }
         let mut last_error = None;
-        for m in asked {
-            let reply = self
-                .inner
-                .transport
-                .request_on(
-                    self.inner.config.control,
-                    m.node,
-                    message.clone(),
-                    self.inner.config.request_timeout,
-                )
-                .await;
+        for (m, reply) in asked.iter().zip(replies) {
             let decoded =
                 reply.map(|r| encoding::decode_with_limit::<ControlReply>(&r, MAX_CONTROL_LEN));
             let consent = match decoded {
@@ -799,10 +831,9 @@ impl FederatedBranchingSystem {
         if let Some(needed) = needed {
             let (answers, why) =
                 self.gather(hosted, &proposal, &hosted.creation, asked, &needed).await?;
-            // Refusals too: they reject the operation on every member, and are audited.
-            for consent in answers.values() {
-                self.submit_consent(hosted, consent.clone()).await?;
-            }
+            // Refusals too: they reject the operation on every member, and are audited. All
+            // at once: the group appends them together.
+            self.submit_all(hosted, answers.values()).await?;
             let missing: Vec<String> = needed
                 .iter()
                 .filter(|o| !answers.contains_key(*o))
@@ -834,12 +865,16 @@ impl FederatedBranchingSystem {
         Ok(result.outcome)
     }
 
-    async fn submit_consent(
+    async fn submit_all(
         &self,
         hosted: &Hosted,
-        consent: Signed<ConsensusProposal>,
+        consents: impl Iterator<Item = &Signed<ConsensusProposal>>,
     ) -> Result<(), FederationError> {
-        hosted.engine.propose(consent, self.inner.config.decision_timeout).await?;
+        let timeout = self.inner.config.decision_timeout;
+        let proposals = consents.map(|c| hosted.engine.propose(c.clone(), timeout));
+        for result in futures_util::future::join_all(proposals).await {
+            result?;
+        }
         Ok(())
     }
 
@@ -1031,7 +1066,7 @@ impl FederatedBranchingSystem {
             if self.inner.timer.now() >= deadline {
                 return Err(FederationError::Timeout(timeout));
             }
-            let pause = self.inner.timer.now() + Duration::from_millis(50);
+            let pause = self.inner.timer.now() + Duration::from_millis(10);
             self.inner.timer.sleep_until(pause).await;
         }
     }

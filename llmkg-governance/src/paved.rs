@@ -46,6 +46,10 @@ use llmkg_federation_core::{
 };
 use llmkg_sync::engine::{EventualSync, SyncOptions};
 
+/// How often a replica gossips its summary on the paved path: faster than the sync engine's
+/// default, because a federated branch's operations (creation, merge) wait for convergence.
+pub const SYNC_ROUND: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Runs a task on the host's executor (`|task| { tokio::spawn(task); }`).
 pub type Spawner = Arc<dyn Fn(BoxFuture<'static, ()>) + Send + Sync>;
 
@@ -155,6 +159,7 @@ impl<K: KvStore + Clone + 'static> BranchBackend for PavedBackend<K> {
         let mut options = SyncOptions::new(self.keypair(), self.org.clone(), spec.group);
         options.channel = channel(spec.channels.sync)?;
         options.clock = Arc::clone(&self.clock);
+        options.sync.round_interval = SYNC_ROUND;
         let kv = self.prefixed(&spec.group, "sync");
         let (sync, task) = EventualSync::start_with_policy(
             options,

@@ -1,0 +1,389 @@
+//! Benchmarks of the federated branch end to end: organizations' nodes on the paved path
+//! (Raft, eventual sync, the governance security manager, redb), each with its own TCP +
+//! Noise transport on loopback, in one process.
+//!
+//! ```text
+//! cargo run --release -p llmkg-examples --bin bench-federation -- --json
+//! ```
+//!
+//! Cases (exact names):
+//! - `create-branch`: 10 organizations, one node each; from the request to every replica
+//!   holding a 100,000-triple source (`p50_ms`), split into the consent and consensus part
+//!   (`decide_p50_ms`) and the rest; the baseline (`baseline_sync_ms`) is the same triples
+//!   written to an existing branch and synchronized to the same nine peers, measured in the
+//!   same run.
+//! - `sync-converge`: after 1% of the triples changed on every node, until every replica
+//!   agrees (`ms`).
+//! - `merge`: from the merge proposal to the identical merged state on every replica
+//!   (`p50_ms`); the baseline (`baseline_p50_ms`) writes the same change set directly and
+//!   synchronizes it.
+//! - `join`: a node joining a 1,000,000-triple branch, until it holds the same state (`ms`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use llmkg_examples::bench::{Case, Cli, Report, quantile, round};
+use llmkg_federation_core::federated::{
+    BranchSource, FederatedBranchRequest, FederatedMergePolicy,
+};
+use llmkg_federation_core::security::Operation;
+use llmkg_federation_core::system::{FederatedBranchingSystem, NodeIdentity};
+use llmkg_federation_core::{
+    BranchName, ChangeSet, Clock, FederationId, GraphState, MemoryKv, NodeCertificate, NodeId,
+    NodeKeypair, OrgId, OrgKeypair, RedbKv, Role, StateRoot, SystemClock, Term, Timestamp,
+    Transport, Triple,
+};
+use llmkg_governance::access::{AccessPolicy, PrincipalPattern, Rule};
+use llmkg_governance::audit::LogSigner;
+use llmkg_governance::keys::{EncryptionKeyCertificate, OrgEncryptionKeypair};
+use llmkg_governance::manager::{FederatedSecurityManager, GovernanceOptions, SignedPolicy};
+use llmkg_governance::paved::{PavedBackend, Spawner, paved_system};
+use llmkg_governance::trust::TrustLevel;
+use llmkg_transport::{TcpConfig, TcpTransport, TokioTimer, Trust};
+
+fn fed() -> FederationId {
+    FederationId::from_name("bench-federation")
+}
+
+fn now() -> Timestamp {
+    SystemClock.now()
+}
+
+struct Node {
+    id: NodeId,
+    system: FederatedBranchingSystem,
+}
+
+/// `n` organizations with one node each, on loopback TCP, stores in `dir`.
+async fn federation(n: usize, known: usize, dir: &std::path::Path) -> Vec<Node> {
+    let roots: Vec<OrgKeypair> =
+        (0..n).map(|i| OrgKeypair::from_secret_bytes([10 + i as u8; 32])).collect();
+    let orgs: Vec<OrgId> = (0..n).map(|i| OrgId::new(format!("org{i:02}")).unwrap()).collect();
+    let encs: Vec<OrgEncryptionKeypair> =
+        (0..n).map(|i| OrgEncryptionKeypair::from_secret_bytes([80 + i as u8; 32])).collect();
+    let keys: Vec<NodeKeypair> =
+        (0..n).map(|i| NodeKeypair::from_secret_bytes([150 + i as u8; 32])).collect();
+    let t = now().as_micros();
+    let day = 86_400_000_000;
+    let certs: Vec<NodeCertificate> = (0..n)
+        .map(|i| {
+            roots[i]
+                .certify(
+                    orgs[i].clone(),
+                    keys[i].node_id(),
+                    [Role::Admin],
+                    Timestamp::from_micros(t - day),
+                    Timestamp::from_micros(t + day),
+                    i as u64 + 1,
+                )
+                .unwrap()
+        })
+        .collect();
+    let mut transports = Vec::new();
+    for k in &keys {
+        let mut config = TcpConfig::new(NodeKeypair::from_secret_bytes(k.secret_bytes()), fed());
+        config.listen_addr = "127.0.0.1:0".parse().unwrap();
+        config.max_message_len = 64 << 20;
+        config.trust = Trust::AllowList(keys.iter().map(NodeKeypair::node_id).collect());
+        transports.push(Arc::new(TcpTransport::bind(config).await.unwrap()));
+    }
+    for (i, tr) in transports.iter().enumerate() {
+        for (j, other) in transports.iter().enumerate() {
+            if i != j {
+                tr.add_peer(keys[j].node_id(), other.local_addr()).unwrap();
+            }
+        }
+    }
+    let timer = Arc::new(TokioTimer::new());
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let options = GovernanceOptions {
+            org: orgs[i].clone(),
+            signer: Arc::new(NodeKeypair::from_secret_bytes(keys[i].secret_bytes())),
+            encryption: OrgEncryptionKeypair::from_secret_bytes([80 + i as u8; 32]),
+            log_signer: LogSigner::new(
+                &format!("org{i:02}.example/audit"),
+                ed25519_dalek::SigningKey::from_bytes(&[200 + i as u8; 32]),
+            )
+            .unwrap(),
+            seed: [i as u8; 32],
+        };
+        let security = Arc::new(FederatedSecurityManager::new(options, MemoryKv::new()).unwrap());
+        for j in 0..n {
+            security.pin(orgs[j].clone(), roots[j].root_key(), TrustLevel::Full, now()).unwrap();
+            let enc = EncryptionKeyCertificate::issue(
+                &roots[j],
+                orgs[j].clone(),
+                encs[j].public_key(),
+                1,
+                now(),
+            )
+            .unwrap();
+            security.register_encryption_key(enc, now()).unwrap();
+            let policy = AccessPolicy::new(
+                orgs[j].clone(),
+                1,
+                vec![
+                    Rule::permit("admins", PrincipalPattern::Role(Role::Admin), Operation::ALL)
+                        .unwrap(),
+                ],
+            )
+            .unwrap();
+            security
+                .publish_policy(&SignedPolicy::sign(&policy, &roots[j]).unwrap(), now())
+                .unwrap();
+            security.add_certificate(certs[j].clone(), now()).unwrap();
+        }
+        let identity = NodeIdentity {
+            keypair: NodeKeypair::from_secret_bytes(keys[i].secret_bytes()),
+            certificate: certs[i].clone(),
+        };
+        let store = RedbKv::open(dir.join(format!("node{i}.redb"))).unwrap();
+        let spawn: Spawner = Arc::new(|task| {
+            tokio::spawn(task);
+        });
+        let transport: Arc<dyn Transport> = transports[i].clone();
+        let backend =
+            PavedBackend::new(&identity, fed(), store, transport.clone(), timer.clone(), spawn);
+        let system = paved_system(identity, fed(), transport, security, backend, timer.clone());
+        for c in certs.iter().take(known) {
+            system.add_node(c.clone());
+        }
+        nodes.push(Node { id: keys[i].node_id(), system });
+    }
+    nodes
+}
+
+fn triple(s: &str, i: usize) -> Triple {
+    Triple::new(
+        Term::iri(format!("https://bench.example/{s}/s{i}")).unwrap(),
+        Term::iri(format!("https://bench.example/p{}", i % 16)).unwrap(),
+        Term::string(format!("value {i}")).unwrap(),
+    )
+    .unwrap()
+}
+
+fn source(n: usize) -> (Vec<Triple>, BranchSource) {
+    let triples: Vec<Triple> = (0..n).map(|i| triple("src", i)).collect();
+    let mut state = GraphState::new();
+    for t in &triples {
+        state.insert(t).unwrap();
+    }
+    let src = BranchSource::of_state("synthetic", &mut state);
+    (triples, src)
+}
+
+fn name(s: &str) -> BranchName {
+    BranchName::new(s).unwrap()
+}
+
+fn orgs_of(nodes: &[Node]) -> Vec<OrgId> {
+    nodes.iter().map(|n| n.system.org().clone()).collect()
+}
+
+async fn roots(nodes: &[Node], b: &BranchName) -> Vec<StateRoot> {
+    let mut out = Vec::new();
+    for n in nodes {
+        out.push(n.system.replica(b).unwrap().status().await.unwrap().state_root);
+    }
+    out
+}
+
+/// Until every node's replica of `b` has the same state root; returns it.
+async fn agree(nodes: &[Node], b: &BranchName) -> StateRoot {
+    loop {
+        let _ = nodes[0].system.converge(b).await;
+        let r = roots(nodes, b).await;
+        if r.iter().all(|x| *x == r[0]) {
+            return r[0];
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    round(d.as_secs_f64() * 1e3, 1)
+}
+
+async fn create_branch(orgs: usize, triples: usize, runs: usize) -> Case {
+    let (seed, src) = source(triples);
+    let mut total = Vec::new();
+    let mut baseline = Vec::new();
+    for run in 0..runs {
+        let dir = tempfile::tempdir().unwrap();
+        let nodes = federation(orgs, orgs, dir.path()).await;
+        let request =
+            FederatedBranchRequest::new(fed(), name("bench"), nodes[0].id, orgs_of(&nodes))
+                .with_source(src.clone());
+        let started = Instant::now();
+        nodes[0].system.create_federated_branch(request, seed.clone()).await.unwrap();
+        total.push(ms(started.elapsed()));
+        let r = roots(&nodes, &name("bench")).await;
+        assert!(r.iter().all(|x| *x == src.root()), "a replica is not ready");
+        // Baseline: the same triples written to an empty branch of the same nodes, synced.
+        let empty = FederatedBranchRequest::new(fed(), name("plain"), nodes[0].id, orgs_of(&nodes));
+        nodes[0].system.create_federated_branch(empty, Vec::new()).await.unwrap();
+        let started = Instant::now();
+        for chunk in seed.chunks(20_000) {
+            let changes = ChangeSet::adding(chunk.iter().cloned());
+            nodes[0].system.write(&name("plain"), changes, "plain").await.unwrap();
+        }
+        agree(&nodes, &name("plain")).await;
+        baseline.push(ms(started.elapsed()));
+        eprintln!("    run {run}: create {} ms, baseline {} ms", total[run], baseline[run]);
+    }
+    let p50 = quantile(&mut total, 0.5);
+    let base = quantile(&mut baseline, 0.5);
+    Case::new("create-branch")
+        .param("organizations", orgs as u64)
+        .param("nodes", orgs as u64)
+        .param("triples", triples as u64)
+        .param("runs", runs as u64)
+        .param("transport", "tcp+noise loopback")
+        .metric("p50_ms", p50)
+        .metric("baseline_sync_ms", base)
+        .metric("ratio_to_baseline", round(p50 / base, 2))
+}
+
+async fn sync_and_merge(orgs: usize, triples: usize, merges: usize, report: &mut Report) {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = federation(orgs, orgs, dir.path()).await;
+    let (seed, src) = source(triples);
+    let request = FederatedBranchRequest::new(fed(), name("main"), nodes[0].id, orgs_of(&nodes))
+        .with_source(src);
+    nodes[0].system.create_federated_branch(request, seed).await.unwrap();
+    // sync-converge: 1% of the triples changed on every node (half removed, half added).
+    let per_node = (triples / 100).max(2);
+    let started = Instant::now();
+    for (k, n) in nodes.iter().enumerate() {
+        let removed: Vec<Triple> =
+            (0..per_node / 2).map(|i| triple("src", k * per_node + i)).collect();
+        let added: Vec<Triple> =
+            (0..per_node - per_node / 2).map(|i| triple(&format!("n{k}"), i)).collect();
+        let changes = ChangeSet::new(added, removed).unwrap();
+        n.system.write(&name("main"), changes, "change").await.unwrap();
+    }
+    agree(&nodes, &name("main")).await;
+    let converge = ms(started.elapsed());
+    report.push(
+        Case::new("sync-converge")
+            .param("organizations", orgs as u64)
+            .param("triples", triples as u64)
+            .param("changed_per_node", per_node as u64)
+            .metric("ms", converge),
+    );
+    // merge: a side branch of every organization, merged with every approval.
+    let side = FederatedBranchRequest::new(fed(), name("side"), nodes[0].id, orgs_of(&nodes));
+    nodes[0].system.create_federated_branch(side, Vec::new()).await.unwrap();
+    let plain = FederatedBranchRequest::new(fed(), name("plain"), nodes[0].id, orgs_of(&nodes));
+    nodes[0].system.create_federated_branch(plain, Vec::new()).await.unwrap();
+    let mut merge_ms = Vec::new();
+    let mut base_ms = Vec::new();
+    for m in 0..merges {
+        let batch: Vec<Triple> = (0..per_node).map(|i| triple(&format!("m{m}"), i)).collect();
+        nodes[1 % orgs]
+            .system
+            .write(&name("side"), ChangeSet::adding(batch.clone()), "side")
+            .await
+            .unwrap();
+        agree(&nodes, &name("side")).await;
+        let started = Instant::now();
+        let result = nodes[0]
+            .system
+            .merge_federated_branches(&name("side"), &name("main"), FederatedMergePolicy::default())
+            .await
+            .unwrap();
+        let root = agree(&nodes, &name("main")).await;
+        merge_ms.push(ms(started.elapsed()));
+        assert_eq!(result.approved_by.len(), orgs);
+        let _ = root;
+        // Baseline: the same change set written directly and synchronized.
+        let started = Instant::now();
+        nodes[0].system.write(&name("plain"), ChangeSet::adding(batch), "plain").await.unwrap();
+        agree(&nodes, &name("plain")).await;
+        base_ms.push(ms(started.elapsed()));
+    }
+    let p50 = quantile(&mut merge_ms, 0.5);
+    let base = quantile(&mut base_ms, 0.5);
+    report.push(
+        Case::new("merge")
+            .param("organizations", orgs as u64)
+            .param("merges", merges as u64)
+            .param("triples_per_merge", per_node as u64)
+            .metric("p50_ms", p50)
+            .metric("baseline_p50_ms", base)
+            .metric("ratio_to_baseline", round(p50 / base, 2)),
+    );
+}
+
+async fn join(orgs: usize, triples: usize) -> Case {
+    let dir = tempfile::tempdir().unwrap();
+    // The last node is unknown to the others at creation, then joins.
+    let nodes = federation(orgs + 1, orgs, dir.path()).await;
+    let members = &nodes[..orgs];
+    let (seed, src) = source(triples);
+    let built = Instant::now();
+    let request = FederatedBranchRequest::new(fed(), name("big"), nodes[0].id, orgs_of(members))
+        .with_source(src);
+    nodes[0].system.create_federated_branch(request, seed).await.unwrap();
+    let create_ms = ms(built.elapsed());
+    let joiner = &nodes[orgs];
+    // The joining node's certificate, made known to the proposer.
+    let started = Instant::now();
+    nodes[0].system.add_node(joiner.system.certificate().clone());
+    nodes[0].system.join(&name("big"), joiner.id).await.unwrap();
+    let target = roots(members, &name("big")).await[0];
+    loop {
+        if let Ok(r) = joiner.system.replica(&name("big"))
+            && r.status().await.unwrap().state_root == target
+        {
+            break;
+        }
+        let _ = joiner.system.converge(&name("big")).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let join_ms = ms(started.elapsed());
+    Case::new("join")
+        .param("organizations", orgs as u64)
+        .param("triples", triples as u64)
+        .metric("ms", join_ms)
+        .metric("create_ms", create_ms)
+}
+
+fn main() {
+    let cli = Cli::parse(
+        "bench-federation",
+        &["create-branch", "sync-converge", "merge", "join"],
+        &[
+            ("--orgs", 10.0),
+            ("--triples", 100_000.0),
+            ("--runs", 5.0),
+            ("--merges", 5.0),
+            ("--join-orgs", 3.0),
+            ("--join-triples", 1_000_000.0),
+        ],
+    );
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mut report = Report::new("federation", cli.json);
+    let orgs = cli.get("--orgs") as usize;
+    let triples = cli.get("--triples") as usize;
+    rt.block_on(async {
+        if cli.runs("create-branch") {
+            eprintln!("  .. create-branch");
+            report.push(create_branch(orgs, triples, cli.get("--runs") as usize).await);
+        }
+        if cli.runs("sync-converge") || cli.runs("merge") {
+            eprintln!("  .. sync-converge, merge");
+            sync_and_merge(orgs, triples, cli.get("--merges") as usize, &mut report).await;
+        }
+        if cli.runs("join") {
+            eprintln!("  .. join");
+            report.push(
+                join(cli.get("--join-orgs") as usize, cli.get("--join-triples") as usize).await,
+            );
+        }
+    });
+    report.finish();
+}
