@@ -5,6 +5,7 @@
 //! given `--json`.
 
 pub mod bench;
+pub mod local;
 pub mod reconcile;
 pub mod sync_cases;
 pub mod synthetic;

@@ -20,139 +20,27 @@
 //! - `join`: a node joining a 1,000,000-triple branch, until it holds the same state (`ms`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use llmkg_examples::bench::{Case, Cli, Report, quantile, round};
+use llmkg_examples::local::{LocalNode, local_federation};
 use llmkg_federation_core::federated::{
     BranchSource, FederatedBranchRequest, FederatedMergePolicy,
 };
-use llmkg_federation_core::security::Operation;
-use llmkg_federation_core::system::{FederatedBranchingSystem, NodeIdentity};
 use llmkg_federation_core::{
-    BranchName, ChangeSet, Clock, FederationId, GraphState, MemoryKv, NodeCertificate, NodeId,
-    NodeKeypair, OrgId, OrgKeypair, RedbKv, Role, StateRoot, SystemClock, Term, Timestamp,
-    Transport, Triple,
+    BranchName, ChangeSet, FederationId, GraphState, OrgId, StateRoot, Term, Triple,
 };
-use llmkg_governance::access::{AccessPolicy, PrincipalPattern, Rule};
-use llmkg_governance::audit::LogSigner;
-use llmkg_governance::keys::{EncryptionKeyCertificate, OrgEncryptionKeypair};
-use llmkg_governance::manager::{FederatedSecurityManager, GovernanceOptions, SignedPolicy};
-use llmkg_governance::paved::{PavedBackend, Spawner, paved_system};
-use llmkg_governance::trust::TrustLevel;
-use llmkg_transport::{TcpConfig, TcpTransport, TokioTimer, Trust};
 
 fn fed() -> FederationId {
     FederationId::from_name("bench-federation")
 }
 
-fn now() -> Timestamp {
-    SystemClock.now()
-}
+type Node = LocalNode;
 
-struct Node {
-    id: NodeId,
-    system: FederatedBranchingSystem,
-}
-
-/// `n` organizations with one node each, on loopback TCP, stores in `dir`.
 async fn federation(n: usize, known: usize, dir: &std::path::Path) -> Vec<Node> {
-    let roots: Vec<OrgKeypair> =
-        (0..n).map(|i| OrgKeypair::from_secret_bytes([10 + i as u8; 32])).collect();
     let orgs: Vec<OrgId> = (0..n).map(|i| OrgId::new(format!("org{i:02}")).unwrap()).collect();
-    let encs: Vec<OrgEncryptionKeypair> =
-        (0..n).map(|i| OrgEncryptionKeypair::from_secret_bytes([80 + i as u8; 32])).collect();
-    let keys: Vec<NodeKeypair> =
-        (0..n).map(|i| NodeKeypair::from_secret_bytes([150 + i as u8; 32])).collect();
-    let t = now().as_micros();
-    let day = 86_400_000_000;
-    let certs: Vec<NodeCertificate> = (0..n)
-        .map(|i| {
-            roots[i]
-                .certify(
-                    orgs[i].clone(),
-                    keys[i].node_id(),
-                    [Role::Admin],
-                    Timestamp::from_micros(t - day),
-                    Timestamp::from_micros(t + day),
-                    i as u64 + 1,
-                )
-                .unwrap()
-        })
-        .collect();
-    let mut transports = Vec::new();
-    for k in &keys {
-        let mut config = TcpConfig::new(NodeKeypair::from_secret_bytes(k.secret_bytes()), fed());
-        config.listen_addr = "127.0.0.1:0".parse().unwrap();
-        config.max_message_len = 64 << 20;
-        config.trust = Trust::AllowList(keys.iter().map(NodeKeypair::node_id).collect());
-        transports.push(Arc::new(TcpTransport::bind(config).await.unwrap()));
-    }
-    for (i, tr) in transports.iter().enumerate() {
-        for (j, other) in transports.iter().enumerate() {
-            if i != j {
-                tr.add_peer(keys[j].node_id(), other.local_addr()).unwrap();
-            }
-        }
-    }
-    let timer = Arc::new(TokioTimer::new());
-    let mut nodes = Vec::new();
-    for i in 0..n {
-        let options = GovernanceOptions {
-            org: orgs[i].clone(),
-            signer: Arc::new(NodeKeypair::from_secret_bytes(keys[i].secret_bytes())),
-            encryption: OrgEncryptionKeypair::from_secret_bytes([80 + i as u8; 32]),
-            log_signer: LogSigner::new(
-                &format!("org{i:02}.example/audit"),
-                ed25519_dalek::SigningKey::from_bytes(&[200 + i as u8; 32]),
-            )
-            .unwrap(),
-            seed: [i as u8; 32],
-        };
-        let security = Arc::new(FederatedSecurityManager::new(options, MemoryKv::new()).unwrap());
-        for j in 0..n {
-            security.pin(orgs[j].clone(), roots[j].root_key(), TrustLevel::Full, now()).unwrap();
-            let enc = EncryptionKeyCertificate::issue(
-                &roots[j],
-                orgs[j].clone(),
-                encs[j].public_key(),
-                1,
-                now(),
-            )
-            .unwrap();
-            security.register_encryption_key(enc, now()).unwrap();
-            let policy = AccessPolicy::new(
-                orgs[j].clone(),
-                1,
-                vec![
-                    Rule::permit("admins", PrincipalPattern::Role(Role::Admin), Operation::ALL)
-                        .unwrap(),
-                ],
-            )
-            .unwrap();
-            security
-                .publish_policy(&SignedPolicy::sign(&policy, &roots[j]).unwrap(), now())
-                .unwrap();
-            security.add_certificate(certs[j].clone(), now()).unwrap();
-        }
-        let identity = NodeIdentity {
-            keypair: NodeKeypair::from_secret_bytes(keys[i].secret_bytes()),
-            certificate: certs[i].clone(),
-        };
-        let store = RedbKv::open(dir.join(format!("node{i}.redb"))).unwrap();
-        let spawn: Spawner = Arc::new(|task| {
-            tokio::spawn(task);
-        });
-        let transport: Arc<dyn Transport> = transports[i].clone();
-        let backend =
-            PavedBackend::new(&identity, fed(), store, transport.clone(), timer.clone(), spawn);
-        let system = paved_system(identity, fed(), transport, security, backend, timer.clone());
-        for c in certs.iter().take(known) {
-            system.add_node(c.clone());
-        }
-        nodes.push(Node { id: keys[i].node_id(), system });
-    }
-    nodes
+    let placement: Vec<usize> = (0..n).collect();
+    local_federation(fed(), &orgs, &placement, known, dir).await.unwrap()
 }
 
 fn triple(s: &str, i: usize) -> Triple {

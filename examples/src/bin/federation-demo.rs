@@ -1,13 +1,19 @@
-//! The LLMKG Federation demo: four organizations version published vocabularies together.
+//! The LLMKG Federation demo: four organizations hold one knowledge graph together.
 //!
-//! Each organization runs its own node — its own ed25519 identity and its own durable store
-//! (an embedded redb file in a temporary directory) — and contributes one publisher's
-//! vocabulary, imported from the publisher's named graph in real published N-Quads (fetched
-//! by `scripts/fetch-data.sh`). A consortium node receives their signed commits over the TCP
-//! transport (loopback, Noise-encrypted, every peer authenticated by its node key), verifies
-//! every one (id, signature, state root) and merges them into `federation/main`. Then QUDT
-//! publishes a new release of its unit vocabulary: the re-import records exactly what
-//! changed, the diff shows it, and a three-way merge brings it into the federation branch.
+//! Each organization runs its own node — its own key, certificate, security manager and audit
+//! log, and its own redb store in a temporary directory — and the nodes talk over TCP with
+//! Noise on loopback. On real published vocabularies (fetched by `scripts/fetch-data.sh`):
+//!
+//! 1. W3C proposes a federated branch of all four, starting from PROV-O; every organization
+//!    consents (a signed approval through the branch's Raft log) before it exists;
+//! 2. three organizations import their vocabularies at once and the replicas converge;
+//! 3. QUDT and DBpedia hold a second branch with QUDT units; it is merged into the first
+//!    with the consent of all four organizations; a replayed approval counts for nothing;
+//! 4. ICA's node leaves, and what is written afterwards no longer reaches it;
+//! 5. a second QUDT node joins and catches up;
+//! 6. every organization's audit log is exported with a checkpoint cosigned by the other
+//!    organizations and checked by an independent verifier (`scripts/verify-audit.py`,
+//!    SHA-256 and ed25519 only).
 //!
 //! ```text
 //! ./scripts/demo.sh     # fetches the data if needed, then runs this binary
@@ -16,69 +22,33 @@
 
 use std::error::Error;
 use std::fs::File;
-use std::io::{BufReader, IsTerminal, Write};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use llmkg_examples::local::{LocalNode, local_federation};
+use llmkg_federation_core::consensus::{ConsensusProposal, Outcome, ProposalKind};
+use llmkg_federation_core::federated::{
+    BranchSource, Consent, ConsentVerdict, FederatedBranchRequest, FederatedMergePolicy,
+};
 use llmkg_federation_core::rdf::{
-    BlankNodeScope, ExportOptions, Format, GraphName, GraphSelection, ImportMode, ImportOptions,
-    ImportReport, Progress,
+    BlankNodeScope, Format, GraphName, GraphSelection, ImportOptions, read,
 };
 use llmkg_federation_core::{
-    BranchName, CommitId, Incoming, MergeOutcome, NodeId, NodeKeypair, OrgId, Pattern, RedbStore,
-    Repository, Store, SystemClock, Term, Transport, Triple,
+    BranchName, ChangeSet, Clock, FederationId, GraphState, NodeKeypair, OrgId, Signed,
+    SystemClock, Triple,
 };
-use llmkg_transport::{FederationId, TcpConfig, TcpTransport, Trust};
+use llmkg_governance::audit::export::build_export;
+use llmkg_governance::audit::witness::{Witness, WitnessKey};
 
-type Repo = Repository<RedbStore>;
+type Res<T> = Result<T, Box<dyn Error>>;
 
-const RDFS_LABEL: &str = "http://www.w3.org/2000/01/rdf-schema#label";
-const RDF_TYPE: &str = "http://www.w3.org/1999/02/22-rdf-syntax-ns#type";
-const QUDT_UNIT: &str = "http://qudt.org/schema/qudt/Unit";
-
-/// One organization and the publisher graph it contributes.
-struct Member {
-    org: &'static str,
-    file: &'static str,
-    graph: &'static str,
-    what: &'static str,
-}
-
-const MEMBERS: [Member; 4] = [
-    Member {
-        org: "w3c",
-        file: "prov.nq",
-        graph: "http://www.w3.org/ns/prov#",
-        what: "PROV-O provenance ontology",
-    },
-    Member {
-        org: "ica",
-        file: "rico.nq",
-        graph: "https://www.ica.org/standards/RiC/ontology#",
-        what: "Records in Contexts ontology",
-    },
-    Member {
-        org: "dbpedia",
-        file: "dbo.nq",
-        graph: "http://dbpedia.org/ontology/",
-        what: "DBpedia ontology",
-    },
-    Member {
-        org: "qudt",
-        file: "unit.nq",
-        graph: "http://qudt.org/vocab/unit/",
-        what: "QUDT units of measure",
-    },
-];
-
-fn data_dir() -> Result<PathBuf, Box<dyn Error>> {
+fn data_dir() -> Res<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data");
     let ontologies = root.join("rdf-vocabularies/package/ontologies");
-    let unit = root.join("vocabulary-unit/package/unit.nq");
-    if !ontologies.is_dir() || !unit.is_file() {
+    if !ontologies.is_dir() || !root.join("vocabulary-unit/package/unit.nq").is_file() {
         return Err(format!(
-            "the demo needs the published vocabularies in {}: run ./scripts/fetch-data.sh \
-             (./scripts/demo.sh does that for you)",
+            "the demo needs the published vocabularies in {}: run ./scripts/fetch-data.sh",
             root.display()
         )
         .into());
@@ -86,137 +56,17 @@ fn data_dir() -> Result<PathBuf, Box<dyn Error>> {
     Ok(root)
 }
 
-fn node(dir: &Path, org: &str, seed: u8) -> Result<Repo, Box<dyn Error>> {
-    let store = RedbStore::open(dir.join(format!("{org}.redb")))?;
-    Ok(Repository::new(
-        store,
-        NodeKeypair::from_secret_bytes([seed; 32]),
-        OrgId::new(org)?,
-        SystemClock,
-    ))
+/// The triples of one publisher's graph in an N-Quads file.
+fn vocabulary(file: &Path, graph: &str) -> Res<Vec<Triple>> {
+    let options = ImportOptions::new()
+        .graphs(GraphSelection::Only(GraphName::named(graph)?))
+        .blank_nodes(BlankNodeScope::Graph);
+    let reader = BufReader::with_capacity(1 << 16, File::open(file)?);
+    Ok(read(reader, Format::NQuads, options)?.into_triples())
 }
 
-/// The demo's network: every node has a real TCP endpoint on loopback — Noise-encrypted,
-/// each side authenticated by its node key — on one tokio runtime.
-struct Net {
-    rt: tokio::runtime::Runtime,
-    federation: FederationId,
-}
-
-impl Net {
-    fn new() -> Result<Self, Box<dyn Error>> {
-        let rt =
-            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-        Ok(Self { rt, federation: FederationId::from_name("llmkg-federation demo consortium") })
-    }
-
-    /// An endpoint for the node with secret `seed` (as in [`node`]) that accepts `trusted`.
-    fn endpoint(&self, seed: u8, trusted: &[NodeId]) -> Result<TcpTransport, Box<dyn Error>> {
-        let mut config =
-            TcpConfig::new(NodeKeypair::from_secret_bytes([seed; 32]), self.federation);
-        config.trust = Trust::AllowList(trusted.iter().copied().collect());
-        config.max_message_len = 64 << 20;
-        Ok(self.rt.block_on(TcpTransport::bind(config))?)
-    }
-}
-
-const OFFER: u8 = 0;
-const COMMIT: u8 = 1;
-const DONE: u8 = 2;
-
-/// Sends `to` the commits of `head`'s history it lacks, over the network: the sender offers
-/// the ids (oldest first), the receiver answers with those it lacks, then each missing commit
-/// goes over as a request that the receiver answers only after verifying it (id, signature,
-/// state root) and storing it. Returns how many commits were sent.
-fn replicate(
-    net: &Net,
-    (from, from_net): (&mut Repo, &TcpTransport),
-    (to, to_net): (&mut Repo, &TcpTransport),
-    head: CommitId,
-) -> Result<usize, Box<dyn Error>> {
-    let mut history = from.log(head, usize::MAX)?;
-    history.reverse();
-    let to_id = to_net.local_id();
-    let timeout = Duration::from_secs(60);
-    net.rt.block_on(async {
-        let sender = async {
-            let mut offer = vec![OFFER];
-            history.iter().for_each(|c| offer.extend_from_slice(c.id().as_bytes()));
-            let wanted = from_net.request(to_id, offer, timeout).await?;
-            let mut sent = 0;
-            for c in history.iter().filter(|c| wanted.chunks(32).any(|w| w == c.id().as_bytes())) {
-                let mut payload = vec![COMMIT];
-                payload.extend_from_slice(c.as_bytes());
-                let answer = from_net.request(to_id, payload, timeout).await?;
-                if answer != b"ok" {
-                    return Err(String::from_utf8_lossy(&answer).into_owned().into());
-                }
-                sent += 1;
-            }
-            from_net.send(to_id, vec![DONE]).await?;
-            Ok::<usize, Box<dyn Error>>(sent)
-        };
-        let receiver = async {
-            loop {
-                let (peer, id, payload) = match to_net.recv().await? {
-                    Incoming::Request { from, id, payload } => (from, id, payload),
-                    Incoming::Message { payload, .. } if payload == [DONE] => {
-                        return Ok::<(), Box<dyn Error>>(());
-                    }
-                    _ => continue,
-                };
-                let answer = match payload.split_first() {
-                    Some((&OFFER, ids)) => {
-                        let mut lacking = Vec::new();
-                        for chunk in ids.chunks_exact(32) {
-                            let bytes: [u8; 32] = chunk.try_into()?;
-                            if !to.store().contains_object(&CommitId::from_bytes(bytes).into())? {
-                                lacking.extend_from_slice(chunk);
-                            }
-                        }
-                        lacking
-                    }
-                    Some((&COMMIT, bytes)) => match to.receive(bytes) {
-                        Ok(_) => b"ok".to_vec(),
-                        Err(e) => format!("refused: {e}").into_bytes(),
-                    },
-                    _ => b"refused: unknown request".to_vec(),
-                };
-                to_net.respond(peer, id, answer).await?;
-            }
-        };
-        let (sent, received) = tokio::join!(sender, receiver);
-        received?;
-        sent
-    })
-}
-
-fn progress_bar(label: String, total: u64) -> impl FnMut(Progress) {
-    let live = std::io::stdout().is_terminal();
-    move |p: Progress| {
-        let done = p.bytes_read >= total;
-        if !live && !done {
-            return;
-        }
-        let fraction = if total == 0 { 1.0 } else { p.bytes_read as f64 / total as f64 };
-        let filled = ((fraction.min(1.0)) * 24.0).round() as usize;
-        let bar = format!("{}{}", "#".repeat(filled), ".".repeat(24 - filled));
-        let mut out = std::io::stdout().lock();
-        let _ = write!(
-            out,
-            "\r   {label} [{bar}] {:>3}%  {:>7} statements",
-            (fraction * 100.0).round() as u64,
-            thousands(p.statements)
-        );
-        if done {
-            let _ = writeln!(out);
-        }
-        let _ = out.flush();
-    }
-}
-
-fn thousands(n: impl Into<u64>) -> String {
-    let s = n.into().to_string();
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
         if i > 0 && (s.len() - i) % 3 == 0 {
@@ -227,226 +77,306 @@ fn thousands(n: impl Into<u64>) -> String {
     out
 }
 
-/// Imports one publisher graph of an N-Quads file into `branch`, with a progress bar.
-fn import_graph(
-    repo: &mut Repo,
+fn step(title: &str) {
+    println!("\n== {title}");
+}
+
+fn name(s: &str) -> BranchName {
+    BranchName::new(s).unwrap()
+}
+
+async fn show_replicas(nodes: &[&LocalNode], branch: &BranchName) -> Res<()> {
+    for n in nodes {
+        let s = n.system.replica(branch)?.status().await?;
+        println!(
+            "   {:<8} node {}  {:>7} triples  {:>3} commits  state root {:.16}",
+            n.org,
+            n.id.short(),
+            thousands(s.triples),
+            s.commits,
+            s.state_root.to_string()
+        );
+    }
+    Ok(())
+}
+
+async fn write_chunks(
+    node: &LocalNode,
     branch: &BranchName,
-    file: &Path,
-    graph: &str,
-    mode: ImportMode,
-    bar: Option<String>,
-) -> Result<ImportReport, Box<dyn Error>> {
-    let total = std::fs::metadata(file)?.len();
-    let mut options = ImportOptions::new()
-        .graphs(GraphSelection::Only(GraphName::named(graph)?))
-        .blank_nodes(BlankNodeScope::Graph)
-        .mode(mode)
-        .message(format!("import {graph} from {}", file.file_name().unwrap().to_string_lossy()));
-    if let Some(label) = bar {
-        options = options.on_progress(progress_bar(label, total));
+    triples: Vec<Triple>,
+    what: &str,
+) -> Res<u64> {
+    let mut commits = 0;
+    for chunk in triples.chunks(20_000) {
+        node.system
+            .write(branch, ChangeSet::adding(chunk.iter().cloned()), what.to_string())
+            .await?;
+        commits += 1;
     }
-    let reader = BufReader::with_capacity(1 << 16, File::open(file)?);
-    Ok(repo.import(branch, reader, Format::NQuads, options)?)
+    Ok(commits)
 }
 
-fn units(repo: &mut Repo, branch: &BranchName) -> Result<usize, Box<dyn Error>> {
-    let pattern =
-        Pattern::any().with_predicate(Term::iri(RDF_TYPE)?).with_object(Term::iri(QUDT_UNIT)?);
-    Ok(repo.state(branch)?.matching(&pattern).count())
-}
-
-fn label_changes(ts: &[Triple], sign: char, max: usize) {
-    for t in ts
-        .iter()
-        .filter(|t| t.predicate().as_iri().is_some_and(|p| p.as_str() == RDFS_LABEL))
-        .filter(|t| t.subject().to_string().contains("/vocab/unit/"))
-        .take(max)
-    {
-        println!("     {sign} {t}");
-    }
-}
-
-fn main() -> Result<(), Box<dyn Error>> {
+fn main() -> Res<()> {
     let data = data_dir()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(demo(data))
+}
+
+async fn demo(data: PathBuf) -> Res<()> {
+    let started = Instant::now();
     let ontologies = data.join("rdf-vocabularies/package/ontologies");
+    let federation = FederationId::from_name("llmkg-federation demo");
+    let orgs: Vec<OrgId> =
+        ["w3c", "ica", "dbpedia", "qudt"].into_iter().map(OrgId::new).collect::<Result<_, _>>()?;
+    step("Four organizations, five nodes (TCP + Noise on loopback, redb stores)");
     let dir = tempfile::tempdir()?;
-    println!("LLMKG Federation demo: four organizations version published vocabularies together\n");
-    println!(
-        "data: @zazuko/rdf-vocabularies 2023.1.19 (N-Quads, one named graph per publisher) and"
-    );
-    println!("      @vocabulary/unit 2.0.0 (the current release of QUDT's units), in data/\n");
+    // Nodes 0..4: one per organization; node 4, a second QUDT node, is made known later.
+    let nodes = local_federation(federation, &orgs, &[0, 1, 2, 3, 3], 4, dir.path()).await?;
+    for n in &nodes {
+        println!("   {:<8} node {}", n.org, n.id.short());
+    }
+    let [w3c, ica, dbpedia, qudt, qudt2] = &nodes[..] else { unreachable!() };
 
-    // 1. Every organization imports its publisher's graph on its own node and branch.
-    println!("1. each organization imports its publisher's named graph into its own branch");
-    let mut nodes = Vec::new();
-    for (i, m) in MEMBERS.iter().enumerate() {
-        let mut repo = node(dir.path(), m.org, 10 + i as u8)?;
-        let branch = BranchName::new(format!("{}/vocabulary", m.org))?;
-        let label = format!("{:<8} {:<8}", m.org, m.file);
-        let report = import_graph(
-            &mut repo,
-            &branch,
-            &ontologies.join(m.file),
-            m.graph,
-            ImportMode::Add,
-            Some(label),
-        )?;
-        let head = report.commit.ok_or("the import made no commit")?;
-        println!(
-            "   {:<8} {:<19} +{} triples, commit {head:.8} by node {} ({})",
-            "",
-            branch.to_string(),
-            thousands(report.added as u64),
-            repo.node_id().short(),
-            m.what
-        );
-        nodes.push((m, repo, branch, head));
+    step("W3C proposes a federated branch of all four, starting from PROV-O");
+    let prov = vocabulary(&ontologies.join("prov.nq"), "http://www.w3.org/ns/prov#")?;
+    let mut state = GraphState::new();
+    for t in &prov {
+        state.insert(t)?;
+    }
+    let vocab = name("vocabularies");
+    let request = FederatedBranchRequest::new(federation, vocab.clone(), w3c.id, orgs.clone())
+        .with_source(BranchSource::of_state("PROV-O", &mut state));
+    let t = Instant::now();
+    let branch = w3c.system.create_federated_branch(request, prov.clone()).await?;
+    let registry = w3c.system.registry(&vocab)?;
+    let creation = &registry.history()[0];
+    println!(
+        "   consented by {} (log entries 1..{}), group {:.16}, {} members, in {:?}",
+        creation.approved_by.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+        creation.index,
+        branch.group.to_string(),
+        branch.members.len(),
+        t.elapsed()
+    );
+    println!("   every replica holds the {} triples of PROV-O:", thousands(prov.len() as u64));
+    show_replicas(&[w3c, ica, dbpedia, qudt], &vocab).await?;
+
+    step("ICA, DBpedia and W3C write at the same time; the replicas converge");
+    let rico =
+        vocabulary(&ontologies.join("rico.nq"), "https://www.ica.org/standards/RiC/ontology#")?;
+    let dbo = vocabulary(&ontologies.join("dbo.nq"), "http://dbpedia.org/ontology/")?;
+    let dcat = vocabulary(&ontologies.join("dcat.nq"), "http://www.w3.org/ns/dcat#")?;
+    println!(
+        "   ICA imports RiC-O ({} triples), DBpedia its ontology ({}), W3C DCAT ({}) ...",
+        thousands(rico.len() as u64),
+        thousands(dbo.len() as u64),
+        thousands(dcat.len() as u64)
+    );
+    let t = Instant::now();
+    let (a, b, c) = tokio::join!(
+        write_chunks(ica, &vocab, rico, "RiC-O"),
+        write_chunks(dbpedia, &vocab, dbo, "DBpedia ontology"),
+        write_chunks(w3c, &vocab, dcat, "DCAT"),
+    );
+    println!(
+        "   written: {} + {} + {} commits in {:?}; synchronizing ...",
+        a?,
+        b?,
+        c?,
+        t.elapsed()
+    );
+    let t = Instant::now();
+    let result = dbpedia.system.converge(&vocab).await?;
+    println!(
+        "   converged in {:?}: every replica has state root {:.16}",
+        t.elapsed(),
+        result.state_root.to_string()
+    );
+    show_replicas(&[w3c, ica, dbpedia, qudt], &vocab).await?;
+
+    step("QUDT and DBpedia hold the QUDT units; the branch is merged into the first");
+    // The first units of the vocabulary (whole units, about 6,000 triples): a merge's change
+    // set travels in one consensus entry, at most 1 MiB.
+    let mut all_units =
+        vocabulary(&data.join("vocabulary-unit/package/unit.nq"), "http://qudt.org/vocab/unit/")?;
+    all_units.sort();
+    let mut units = Vec::new();
+    for t in all_units {
+        if units.len() >= 6_000 && units.last().is_some_and(|l: &Triple| l.subject() != t.subject())
+        {
+            break;
+        }
+        units.push(t);
+    }
+    let mut state = GraphState::new();
+    for t in &units {
+        state.insert(t)?;
+    }
+    let unit_branch = name("units");
+    let request = FederatedBranchRequest::new(
+        federation,
+        unit_branch.clone(),
+        qudt.id,
+        [orgs[2].clone(), orgs[3].clone()],
+    )
+    .with_source(BranchSource::of_state("QUDT units", &mut state));
+    qudt.system.create_federated_branch(request, units.clone()).await?;
+    println!(
+        "   `units` created by QUDT with DBpedia's consent: {} triples of QUDT units",
+        thousands(units.len() as u64)
+    );
+    let t = Instant::now();
+    let merged = dbpedia
+        .system
+        .merge_federated_branches(&unit_branch, &vocab, FederatedMergePolicy::default())
+        .await?;
+    println!(
+        "   merge proposed by DBpedia, approved by {} at log entry {}: {} triples added, in {:?}",
+        merged.approved_by.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+        merged.index,
+        thousands(merged.added),
+        t.elapsed()
+    );
+    let after = w3c.system.converge(&vocab).await?;
+    println!(
+        "   every replica reaches the merged state root {:.16}:",
+        after.state_root.to_string()
+    );
+    show_replicas(&[w3c, ica, dbpedia, qudt], &vocab).await?;
+
+    step("A replayed approval counts for nothing");
+    let key = NodeKeypair::from_secret_bytes([150 + 1; 32]);
+    let replay = Consent {
+        proposal: merged.proposal,
+        heads: Vec::new(),
+        org: ica.org.clone(),
+        verdict: ConsentVerdict::Approve,
+        certificate: ica.system.certificate().clone(),
+    };
+    let now = SystemClock.now();
+    let proposal = ConsensusProposal {
+        group: branch.group,
+        kind: ProposalKind::Consent(replay),
+        proposed_at: now,
+        deadline: now,
+        nonce: 1,
+    };
+    let signed = Signed::sign_crate_kind(&key, &federation, proposal)?;
+    match w3c.system.submit(&vocab, signed).await? {
+        Outcome::Rejected { reason } => {
+            println!("   ICA's approval of the merge, submitted again: rejected ({reason})")
+        }
+        other => return Err(format!("a replayed approval was not rejected: {other:?}").into()),
     }
 
-    // 2. The consortium receives and verifies every contribution and merges them.
-    let mut consortium = node(dir.path(), "consortium", 99)?;
-    let net = Net::new()?;
-    let member_ids: Vec<NodeId> = nodes.iter().map(|(_, repo, ..)| repo.node_id()).collect();
-    let consortium_net = net.endpoint(99, &member_ids)?;
-    let mut member_nets = Vec::new();
-    for (i, _) in MEMBERS.iter().enumerate() {
-        let endpoint = net.endpoint(10 + i as u8, &[])?;
-        endpoint.add_peer(consortium.node_id(), consortium_net.local_addr())?;
-        member_nets.push(endpoint);
-    }
-    let federation = BranchName::new("federation/main")?;
-    println!("\n2. the consortium node verifies each contribution and merges it into {federation}");
-    println!(
-        "   (commits travel over TCP on loopback: Noise XX, every peer authenticated by its node key)"
-    );
-    for ((m, repo, branch, head), endpoint) in nodes.iter_mut().zip(&member_nets) {
-        let sent = replicate(&net, (repo, endpoint), (&mut consortium, &consortium_net), *head)?;
-        consortium.create_branch(branch, *head)?;
-        let outcome = if consortium.head(&federation)?.is_none() {
-            consortium.create_branch(&federation, *head)?;
-            "starts the branch".to_owned()
-        } else {
-            match consortium.merge(&federation, *head, &format!("merge {}", m.org))? {
-                MergeOutcome::Merged(id) => format!("merge commit {id:.8}"),
-                other => format!("{other:?}"),
-            }
-        };
-        println!(
-            "   {:<8} {sent} commit received and verified (id, signature, state root); {outcome}",
-            m.org
-        );
-    }
-    let merged = consortium.state(&federation)?;
-    let c14n0: std::collections::BTreeSet<&str> = merged
-        .iter()
-        .flat_map(|t| [t.subject, t.object])
-        .filter_map(|t| match t {
-            Term::Blank(b) if b.label().ends_with("_c14n0") => Some(b.label()),
-            _ => None,
+    step("ICA's node leaves the branch at W3C's request");
+    let before = ica.system.replica(&vocab)?.status().await?;
+    w3c.system.leave(&vocab, ica.id).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let notes: Vec<Triple> = (0..100)
+        .map(|i| {
+            Triple::new(
+                llmkg_federation_core::Term::iri(format!("https://w3c.example/notes/{i}")).unwrap(),
+                llmkg_federation_core::Term::iri("http://www.w3.org/2000/01/rdf-schema#comment")
+                    .unwrap(),
+                llmkg_federation_core::Term::string(format!("written after ICA left ({i})"))
+                    .unwrap(),
+            )
+            .unwrap()
         })
         .collect();
+    write_chunks(w3c, &vocab, notes, "after the leave").await?;
+    let after = w3c.system.converge(&vocab).await?;
     println!(
-        "   {federation}: {} triples from {} publishers",
-        thousands(merged.len() as u64),
-        MEMBERS.len()
+        "   members now: {}; W3C writes 100 triples; the others converge on {:.16}",
+        w3c.system
+            .registry(&vocab)?
+            .branch()
+            .map(|b| b.organizations.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))
+            .unwrap_or_default(),
+        after.state_root.to_string()
     );
     println!(
-        "   blank nodes are scoped per publisher graph: _:c14n0 of w3c and of ica are {} nodes",
-        c14n0.len()
+        "   ICA's node hosts the branch: {}; it kept what it had ({} triples) and received nothing after",
+        ica.system.replica(&vocab).is_ok(),
+        thousands(before.triples)
     );
 
-    // 3. QUDT publishes a new release; re-importing it replaces the old one in one commit.
-    let qudt_index = MEMBERS.iter().position(|m| m.org == "qudt").ok_or("qudt member")?;
-    let (_, qudt, qudt_branch, old_head) = &mut nodes[qudt_index];
-    let old_units = units(qudt, qudt_branch)?;
-    println!("\n3. QUDT publishes a new release of its unit vocabulary; qudt re-imports it");
-    let new_release = data.join("vocabulary-unit/package/unit.nq");
-    let unit_graph = "http://qudt.org/vocab/unit/";
-    let label = Some(format!("{:<8} {:<8}", "qudt", "unit.nq"));
-    let report =
-        import_graph(qudt, qudt_branch, &new_release, unit_graph, ImportMode::Replace, label)?;
-    let new_head = report.commit.ok_or("the new release changed nothing")?;
-    println!(
-        "   commit {new_head:.8}: +{} -{} triples; units of measure {} -> {}",
-        thousands(report.added as u64),
-        thousands(report.removed as u64),
-        thousands(old_units as u64),
-        thousands(units(qudt, qudt_branch)? as u64)
-    );
-    let again =
-        import_graph(qudt, qudt_branch, &new_release, unit_graph, ImportMode::Replace, None)?;
-    println!(
-        "   importing the same file again: {}",
-        match again.commit {
-            None => "no change, no commit".to_owned(),
-            Some(c) => format!("unexpected commit {c:.8}"),
+    step("A second QUDT node joins and catches up");
+    w3c.system.add_node(qudt2.system.certificate().clone());
+    let t = Instant::now();
+    let joined = w3c.system.join(&vocab, qudt2.id).await?;
+    let target = w3c.system.replica(&vocab)?.status().await?.state_root;
+    loop {
+        if let Ok(r) = qudt2.system.replica(&vocab)
+            && r.status().await?.state_root == target
+        {
+            break;
         }
-    );
-    let diff = qudt.diff(*old_head, new_head)?;
-    println!(
-        "   diff {old_head:.8}..{new_head:.8}: +{} -{} triples, for example:",
-        thousands(diff.added().len() as u64),
-        thousands(diff.removed().len() as u64)
-    );
-    label_changes(diff.removed(), '-', 2);
-    label_changes(diff.added(), '+', 3);
-
-    // 4. Three-way merge of the new release into the federation branch.
-    let sent = replicate(
-        &net,
-        (qudt, &member_nets[qudt_index]),
-        (&mut consortium, &consortium_net),
-        new_head,
-    )?;
-    consortium.merge(qudt_branch, new_head, "fast-forward")?;
-    let bases = consortium.merge_bases(consortium.head(&federation)?.ok_or("head")?, new_head)?;
-    let outcome = consortium.merge(&federation, new_head, "merge the new QUDT release")?;
-    let MergeOutcome::Merged(m) = outcome else {
-        return Err(format!("expected a merge commit, got {outcome:?}").into());
-    };
-    let merge = consortium.load_commit(m)?;
-    println!(
-        "\n4. the consortium receives {sent} commit and merges it (three-way, merge base {:.8})",
-        bases.first().map(|b| b.to_string()).unwrap_or_default()
-    );
-    println!(
-        "   merge commit {m:.8}: +{} -{} triples, {federation} now {} triples, state root {:.8}",
-        thousands(merge.commit().changes().added().len() as u64),
-        thousands(merge.commit().changes().removed().len() as u64),
-        thousands(consortium.state(&federation)?.len() as u64),
-        merge.commit().state_root()
-    );
-
-    // 5. Export and re-import (labels kept as stored): the same state root.
-    let mut exported = Vec::new();
-    let graph = GraphName::named("https://consortium.example/federation/main")?;
-    consortium.export(m, &mut exported, Format::NQuads, &ExportOptions::new().graph(graph))?;
-    let check = BranchName::new("check/reimport")?;
-    consortium.import(&check, exported.as_slice(), Format::NQuads, ImportOptions::new())?;
-    let head = consortium.head(&check)?.ok_or("re-import made no commit")?;
-    let root = consortium.load_commit(head)?.commit().state_root();
-    println!(
-        "\n5. export {federation} as N-Quads ({:.1} MB) and re-import it: state root {root:.8} {}",
-        exported.len() as f64 / 1e6,
-        if root == merge.commit().state_root() { "(identical)" } else { "(DIFFERENT)" }
-    );
-
-    println!("\nbranches at the consortium node:");
-    for (name, head) in consortium.branches()? {
-        println!("   {name:<20} -> {head:.8}");
+        if t.elapsed() > Duration::from_secs(300) {
+            return Err("the joining node did not catch up".into());
+        }
+        let _ = w3c.system.converge(&vocab).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let stats = consortium_net.stats();
     println!(
-        "\nconsortium network: {} connections accepted, {} encrypted frames in ({:.1} MB), {} out",
-        stats.connections_accepted,
-        stats.frames_in,
-        stats.bytes_in as f64 / 1e6,
-        stats.frames_out
+        "   join decided at log entry {}; the new node caught up in {:?}:",
+        joined.index,
+        t.elapsed()
     );
-    net.rt.block_on(async {
-        for endpoint in member_nets.iter().chain([&consortium_net]) {
-            endpoint.close().await;
+    show_replicas(&[w3c, dbpedia, qudt, qudt2], &vocab).await?;
+
+    step("Every organization's audit log, cosigned by the others, checked independently");
+    let witnesses: Vec<WitnessKey> = (0..orgs.len())
+        .map(|i| {
+            WitnessKey::new(
+                &format!("{}.example/witness", orgs[i]),
+                ed25519_dalek::SigningKey::from_bytes(&[60 + i as u8; 32]),
+            )
+            .unwrap()
+        })
+        .collect();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/verify-audit.py");
+    for n in [w3c, ica, dbpedia, qudt] {
+        let mut note = n.security.checkpoint()?;
+        let origin = note.body().lines().next().unwrap_or_default().to_string();
+        let mut cosigners = Vec::new();
+        for (i, key) in witnesses.iter().enumerate() {
+            if orgs[i] == n.org {
+                continue;
+            }
+            let mut witness = Witness::new(WitnessKey::new(
+                key.name(),
+                ed25519_dalek::SigningKey::from_bytes(&[60 + i as u8; 32]),
+            )?);
+            witness.add_log(&origin, n.security.log_verifier());
+            let ts = SystemClock.now().as_micros() as u64 / 1_000_000;
+            note.add_signature(witness.cosign(&note, &[], ts)?);
+            cosigners.push(witness.verifier());
         }
-    });
+        let size = n.security.audit_size();
+        let inclusion: Vec<u64> = vec![0, size / 2, size - 1];
+        let verifier = n.security.log_verifier();
+        let export = n
+            .security
+            .with_audit(|log| build_export(log, &verifier, &note, &cosigners, &[], &inclusion))?;
+        let file = dir.path().join(format!("audit-{}.json", n.org));
+        std::fs::write(&file, export.to_json())?;
+        let out = std::process::Command::new("python3").arg(&script).arg(&file).output()?;
+        println!(
+            "   {:<8} {:>4} entries, cosigned by 3 organizations: {}",
+            n.org,
+            size,
+            if out.status.success() {
+                "verified by verify-audit.py".to_string()
+            } else {
+                format!("REFUSED: {}", String::from_utf8_lossy(&out.stderr).trim())
+            }
+        );
+        if !out.status.success() {
+            return Err("an audit export did not verify".into());
+        }
+    }
+    println!("\ndone in {:?}", started.elapsed());
     Ok(())
 }
