@@ -1005,45 +1005,50 @@ impl FederatedBranchingSystem {
         }
     }
 
+    /// Waits until `check` answers (it is asked whenever the branch's registry or replica
+    /// changes), or `timeout` passes.
+    async fn until<T>(
+        &self,
+        hosted: &Hosted,
+        timeout: Duration,
+        check: impl Fn(&Hosted) -> Option<Result<T, FederationError>>,
+    ) -> Result<T, FederationError> {
+        let deadline = self.inner.timer.now() + timeout;
+        loop {
+            let listener = hosted.changed.listen();
+            if let Some(answer) = check(hosted) {
+                return answer;
+            }
+            if self.inner.timer.now() >= deadline {
+                return Err(FederationError::Timeout(timeout));
+            }
+            let _ = select(listener, self.inner.timer.sleep_until(deadline)).await;
+        }
+    }
+
     async fn await_executed(
         &self,
         hosted: &Hosted,
         id: &ProposalId,
     ) -> Result<ExecutedOperation, FederationError> {
-        let timeout = self.inner.config.decision_timeout;
-        let deadline = self.inner.timer.now() + timeout;
-        loop {
-            let listener = hosted.changed.listen();
-            if let Some(e) = hosted.registry.lock().executed(id).cloned() {
-                return Ok(e);
+        self.until(hosted, self.inner.config.decision_timeout, |h| {
+            if let Some(e) = h.registry.lock().executed(id).cloned() {
+                return Some(Ok(e));
             }
-            if let Some(reason) = hosted.state().rejected.get(id).cloned() {
-                return Err(FederationError::Rejected(reason));
+            let st = h.state();
+            if let Some(reason) = st.rejected.get(id) {
+                return Some(Err(FederationError::Rejected(reason.clone())));
             }
-            if hosted.state().stopped {
-                return Err(FederationError::Rejected("this node left the branch".into()));
-            }
-            if self.inner.timer.now() >= deadline {
-                return Err(FederationError::Timeout(timeout));
-            }
-            let sleep = self.inner.timer.sleep_until(deadline);
-            let _ = select(listener, sleep).await;
-        }
+            st.stopped.then(|| Err(FederationError::Rejected("this node left the branch".into())))
+        })
+        .await
     }
 
     async fn await_seeded(&self, hosted: &Hosted) -> Result<(), FederationError> {
-        let deadline = self.inner.timer.now() + self.inner.config.ready_timeout;
-        loop {
-            let listener = hosted.changed.listen();
-            if hosted.state().seed.is_none() {
-                return Ok(());
-            }
-            if self.inner.timer.now() >= deadline {
-                return Err(FederationError::Timeout(self.inner.config.ready_timeout));
-            }
-            let sleep = self.inner.timer.sleep_until(deadline);
-            let _ = select(listener, sleep).await;
-        }
+        self.until(hosted, self.inner.config.ready_timeout, |h| {
+            h.state().seed.is_none().then_some(Ok(()))
+        })
+        .await
     }
 
     /// Synchronizes with every member until all report the same state root (`root`, if
@@ -1218,18 +1223,10 @@ impl FederatedBranchingSystem {
     }
 
     async fn await_merged(&self, hosted: &Hosted, id: &ProposalId) -> Result<(), FederationError> {
-        let deadline = self.inner.timer.now() + self.inner.config.ready_timeout;
-        loop {
-            let listener = hosted.changed.listen();
-            if hosted.state().merged.contains(id) {
-                return Ok(());
-            }
-            if self.inner.timer.now() >= deadline {
-                return Err(FederationError::Timeout(self.inner.config.ready_timeout));
-            }
-            let sleep = self.inner.timer.sleep_until(deadline);
-            let _ = select(listener, sleep).await;
-        }
+        self.until(hosted, self.inner.config.ready_timeout, |h| {
+            h.state().merged.contains(id).then_some(Ok(()))
+        })
+        .await
     }
 
     /// Proposes that `node` (whose certificate this node knows) joins `branch`; returns once
