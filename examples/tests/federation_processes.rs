@@ -145,7 +145,8 @@ fn vocabulary(file: &str, graph: Option<&str>) -> Acked {
         let reader = BufReader::new(fs::File::open(ontology(file)).unwrap());
         read(reader, Format::NQuads, options).unwrap().into_triples()
     };
-    Acked { what: file.to_string(), triples: parse(None), scoped: parse(Some(file)) }
+    // The node scopes a document's blank nodes by its file name; so does the model.
+    Acked { what: file.to_string(), triples: parse(Some(file)), scoped: parse(Some(file)) }
 }
 
 /// The triples `llmkg-node write --prefix P --count N` writes.

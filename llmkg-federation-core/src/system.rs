@@ -128,6 +128,13 @@ pub trait BranchBackend: Send + Sync {
     /// The creation entries of the branches this node hosts, as remembered.
     fn remembered(&self) -> Result<Vec<Vec<u8>>, BackendError>;
 
+    /// The last log index of `group` whose decision this node recorded in its audit trail
+    /// (0 if none), durably kept so that a replayed log is not recorded twice.
+    fn recorded(&self, group: &GroupId) -> Result<u64, BackendError>;
+
+    /// Durably sets what [`recorded`](Self::recorded) answers for `group`.
+    fn set_recorded(&self, group: &GroupId, index: u64) -> Result<(), BackendError>;
+
     /// Runs `task` to completion on the host's executor.
     fn spawn(&self, task: BoxFuture<'static, ()>);
 }
@@ -269,6 +276,10 @@ struct HostedState {
     stopped: bool,
     /// The security context was ensured after the creation executed.
     context_ready: bool,
+    /// The join of this node it consented to, while this node replays the log up to it.
+    joining: Option<ProposalId>,
+    /// Hosted because this node was invited to the creation (not restored, not joined).
+    invited: bool,
 }
 
 impl Hosted {
@@ -1351,14 +1362,15 @@ impl FederatedBranchingSystem {
                     return Err(FederationError::Invalid("this node is not a member".into()));
                 }
                 let consent = self.evaluate(&proposal, hosted.as_deref())?;
-                if approves(&consent, fed) {
-                    self.host(&creation, true)?;
+                if approves(&consent, fed) && hosted.is_none() {
+                    self.host(&creation, true)?.state().invited = true;
                 }
                 Ok(consent.encode().map_err(|e| FederationError::Invalid(e.to_string()))?)
             }
             ProposalKind::NodeJoin(j) if j.member.node == me && hosted.is_none() => {
                 let consent = self.evaluate(&proposal, None)?;
-                self.host(&creation, false)?;
+                let joined = self.host(&creation, false)?;
+                joined.state().joining = Some(proposal_id(&proposal)?);
                 Ok(consent.encode().map_err(|e| FederationError::Invalid(e.to_string()))?)
             }
             _ => {
@@ -1427,7 +1439,11 @@ impl FederatedBranchingSystem {
             let now = self.now();
             let branch_ref =
                 BranchRef { federation: self.inner.federation, branch: hosted.spec.branch.clone() };
-            if let Ok(id) = ProposalId::of(&entry.proposal) {
+            // A log replayed after a restart or a re-join is not decided again: record each
+            // entry once (at most the last one again, after a crash between the two writes).
+            let recorded = self.inner.backend.recorded(&hosted.spec.group).unwrap_or(0);
+            let fresh = entry.index > recorded;
+            if fresh && let Ok(id) = ProposalId::of(&entry.proposal) {
                 let outcome = match &entry.outcome {
                     Outcome::Approved => "approved".to_string(),
                     Outcome::Pending { awaiting } => format!(
@@ -1449,7 +1465,10 @@ impl FederatedBranchingSystem {
             }
             let events = hosted.registry.lock().take_events();
             for event in events {
-                self.on_event(&hosted, &branch_ref, event).await;
+                self.on_event(&hosted, &branch_ref, event, recorded).await;
+            }
+            if fresh {
+                let _ = self.inner.backend.set_recorded(&hosted.spec.group, entry.index);
             }
             hosted.changed.notify(usize::MAX);
             if hosted.state().stopped {
@@ -1458,7 +1477,15 @@ impl FederatedBranchingSystem {
         }
     }
 
-    async fn on_event(&self, hosted: &Arc<Hosted>, branch_ref: &BranchRef, event: RegistryEvent) {
+    /// Handles one registry event; decisions at indexes up to `recorded` were recorded
+    /// before (a replayed log) and are not recorded again.
+    async fn on_event(
+        &self,
+        hosted: &Arc<Hosted>,
+        branch_ref: &BranchRef,
+        event: RegistryEvent,
+        recorded: u64,
+    ) {
         let now = self.now();
         match event {
             RegistryEvent::Rejected { proposal, index, reason } => {
@@ -1468,7 +1495,9 @@ impl FederatedBranchingSystem {
                     proposal: *proposal.as_bytes(),
                     outcome: format!("rejected: {reason}"),
                 };
-                let _ = self.inner.security.record_decision(branch_ref, &record, now);
+                if index > recorded {
+                    let _ = self.inner.security.record_decision(branch_ref, &record, now);
+                }
                 let mut st = hosted.state();
                 if st.rejected.len() >= 4096
                     && let Some(first) = st.rejected.keys().next().copied()
@@ -1491,7 +1520,9 @@ impl FederatedBranchingSystem {
                             .join(", ")
                     ),
                 };
-                let _ = self.inner.security.record_decision(branch_ref, &record, now);
+                if op.index > recorded {
+                    let _ = self.inner.security.record_decision(branch_ref, &record, now);
+                }
                 self.execute(hosted, branch_ref, &op).await;
             }
             _ => {}
@@ -1546,7 +1577,9 @@ impl FederatedBranchingSystem {
             }
             ProposalKind::NodeLeave(l) => {
                 if l.node == me {
-                    self.unhost(&hosted.spec.branch);
+                    // The reconciler drops the branch once the registry, caught up, no longer
+                    // lists this node (a replayed leave followed by a re-join must not).
+                    hosted.changed.notify(usize::MAX);
                     return;
                 }
                 let org = hosted.org_of_member(&l.node);
@@ -1578,11 +1611,20 @@ impl FederatedBranchingSystem {
             let pause = self.inner.timer.now() + self.inner.config.reconcile_every;
             let listener = hosted.changed.listen();
             let _ = select(listener, self.inner.timer.sleep_until(pause)).await;
-            // A branch whose creation was not approved by its deadline is dropped.
+            // A branch whose creation was rejected is dropped, and so is one this node was
+            // invited to whose creation never reached it by the deadline (a restored or a
+            // joining node waits for its log however long it takes).
             let deadline = hosted.creation.open(&self.inner.federation).map(|p| p.deadline).ok();
-            if !hosted.registry.lock().is_active()
-                && deadline.is_some_and(|d| self.now() > add(d, Duration::from_secs(1)))
-            {
+            let creation_id = ProposalId::of(&hosted.creation).ok();
+            let abandoned = {
+                let st = hosted.state();
+                let rejected = creation_id.is_some_and(|id| st.rejected.contains_key(&id));
+                let unheard = st.invited
+                    && hosted.registry.lock().applied() == 0
+                    && deadline.is_some_and(|d| self.now() > add(d, Duration::from_secs(1)));
+                rejected || unheard
+            };
+            if abandoned {
                 self.unhost(&hosted.spec.branch);
                 return;
             }
@@ -1597,6 +1639,10 @@ impl FederatedBranchingSystem {
                     let _ = self.inner.security.create_security_context(&request, self.now());
                 }
                 hosted.state().context_ready = true;
+            }
+            if self.departed(&hosted) {
+                self.unhost(&hosted.spec.branch);
+                return;
             }
             if hosted.engine.health().leader != Some(self.node_id()) {
                 continue;
@@ -1628,6 +1674,23 @@ impl FederatedBranchingSystem {
             if let Ok(target) = target {
                 let _ = hosted.engine.change_membership(target).await;
             }
+        }
+    }
+}
+
+impl FederatedBranchingSystem {
+    /// Whether this node is out of `hosted`'s group for good: the branch is active, this
+    /// node is not a member, and no join of it is still to be decided.
+    fn departed(&self, hosted: &Hosted) -> bool {
+        let me = self.node_id();
+        let reg = hosted.registry.lock();
+        if !reg.is_active() || reg.members().iter().any(|m| m.node == me) {
+            return false;
+        }
+        let joining = hosted.state().joining;
+        match joining {
+            None => true,
+            Some(j) => reg.executed(&j).is_some() || hosted.state().rejected.contains_key(&j),
         }
     }
 }

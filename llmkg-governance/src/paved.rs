@@ -204,9 +204,28 @@ impl<K: KvStore + Clone + 'static> BranchBackend for PavedBackend<K> {
         Ok(pairs.into_iter().map(|(_, v)| v).collect())
     }
 
+    fn recorded(&self, group: &GroupId) -> Result<u64, BackendError> {
+        let value = self
+            .store
+            .get(&recorded_key(group))
+            .map_err(|e| BackendError(format!("storage: {e}")))?;
+        Ok(value.and_then(|v| v.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0))
+    }
+
+    fn set_recorded(&self, group: &GroupId, index: u64) -> Result<(), BackendError> {
+        let batch = KvBatch::new().put(recorded_key(group), index.to_be_bytes().to_vec());
+        self.store.write(batch).map_err(|e| BackendError(format!("storage: {e}")))
+    }
+
     fn spawn(&self, task: BoxFuture<'static, ()>) {
         (self.spawn)(task);
     }
+}
+
+fn recorded_key(group: &GroupId) -> Vec<u8> {
+    let mut key = b"fed-recorded/".to_vec();
+    key.extend_from_slice(group.as_bytes());
+    key
 }
 
 const HOSTED_PREFIX: &[u8] = b"fed-hosted/";

@@ -40,7 +40,9 @@ use llmkg_federation_core::encoding::hex;
 use llmkg_federation_core::federated::{
     BranchSource, FederatedBranchRequest, FederatedMergePolicy,
 };
-use llmkg_federation_core::rdf::{Format, GraphName, GraphSelection, ImportOptions, read};
+use llmkg_federation_core::rdf::{
+    BlankNodeScope, Format, GraphName, GraphSelection, ImportOptions, read,
+};
 use llmkg_federation_core::security::SecurityLevel;
 use llmkg_federation_core::system::{FederatedBranchingSystem, NodeIdentity};
 use llmkg_federation_core::{
@@ -578,12 +580,14 @@ async fn admin(node: &Node, request: &Value) -> Res<Value> {
 // Admin client
 // -----------------------------------------------------------------------------------------
 
-/// Reads triples from an RDF file (N-Quads, N-Triples, Turtle, TriG by extension), the
-/// named graph `graph` only if given, as N-Triples lines.
+/// Reads triples from an RDF file (N-Quads, N-Triples, Turtle, by extension), the named
+/// graph `graph` only if given, as N-Triples lines; blank nodes are scoped by the file's name.
 fn rdf_lines(file: &str, graph: Option<&str>) -> Res<Vec<String>> {
     let ext = Path::new(file).extension().and_then(|e| e.to_str()).unwrap_or("");
     let format = Format::from_extension(ext).ok_or_else(|| format!("unknown RDF format .{ext}"))?;
-    let mut options = ImportOptions::new();
+    // Blank nodes are the document's own: two files' `_:b0` are two nodes.
+    let document = Path::new(file).file_name().and_then(|n| n.to_str()).unwrap_or(file);
+    let mut options = ImportOptions::new().blank_nodes(BlankNodeScope::Named(document.to_string()));
     if let Some(g) = graph {
         options = options.graphs(GraphSelection::Only(GraphName::named(g)?));
     }
