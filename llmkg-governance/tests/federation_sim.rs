@@ -42,12 +42,11 @@
 //! are off unless `LLMKG_FED_SNAPSHOT_EVERY=24` (say) turns them on, because of the Raft bug
 //! `raft_finishes_a_joint_change_even_when_a_snapshot_covers_it` shows. With
 //! `LLMKG_FED_REPLAY_PROPOSALS=1` the harness also replays the executed merge's proposal and
-//! consents, which the registry bug
-//! `a_replayed_merge_proposal_and_its_replayed_consents_count_for_nothing` shows lets through:
-//! every such seed fails. Long runs also meet the Raft bug
-//! `raft_catches_up_a_learner_whose_probe_answer_was_lost` (seed 263: the joining node stays
-//! a learner; the failure names the bug). The three `#[ignore]`d tests at the end are those
-//! bugs, minimal.
+//! consents, which the registry refuses
+//! (`a_replayed_merge_proposal_and_its_replayed_consents_count_for_nothing`). Long runs also
+//! meet the Raft bug `raft_catches_up_a_learner_whose_probe_answer_was_lost` (seed 263: the
+//! joining node stays a learner; the failure names the bug). The two `#[ignore]`d tests at the
+//! end are those Raft bugs, minimal, open.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
@@ -2382,7 +2381,6 @@ fn raft_finishes_a_joint_change_even_when_a_snapshot_covers_it() {
 /// so far. The documented rule is that replays count for nothing.
 /// (The simulation shows it on every seed with `LLMKG_FED_REPLAY_PROPOSALS=1`.)
 #[test]
-#[ignore = "bug: a replayed operation proposal is pending again, so its replayed consents execute it twice (llmkg-federation-core registry propose)"]
 fn a_replayed_merge_proposal_and_its_replayed_consents_count_for_nothing() {
     let ids = Identities::new(0);
     let (a, b) = (0, PER_ORG); // a node of org 0 and a node of org 1
