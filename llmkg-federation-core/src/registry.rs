@@ -16,6 +16,7 @@
 //! only make deadlines pass early, that is, reject; it can never approve anything.)
 //!
 //! A consent counts only when:
+//! - it is dated (its `proposed_at`) no later than the proposal's deadline;
 //! - it names a pending proposal (not a decided, expired or unknown one: replays count for
 //!   nothing), and carries the heads that proposal was made against (stale ones do not);
 //! - its organization is involved in the proposal and has not answered it yet;
@@ -311,7 +312,9 @@ impl Registry {
             ProposalKind::BranchCreation(creation) => {
                 self.propose_creation(index, id, signer, proposal, creation)
             }
-            ProposalKind::Consent(consent) => self.consent(index, signer, consent),
+            ProposalKind::Consent(consent) => {
+                self.consent(index, signer, proposal.proposed_at, consent)
+            }
             _ => self.propose(index, id, signer, proposal),
         };
         match result {
@@ -599,6 +602,7 @@ impl Registry {
         &mut self,
         index: u64,
         signer: NodeId,
+        dated: Timestamp,
         consent: &Consent,
     ) -> Result<Outcome, Rejection> {
         let Some(op) = self.state.pending.get(&consent.proposal) else {
@@ -607,6 +611,9 @@ impl Registry {
                 consent.proposal.short()
             ));
         };
+        if dated > op.deadline {
+            return Err("the consent is dated after the proposal's deadline (late)".into());
+        }
         if consent.heads != op.heads {
             return Err("the consent was made against other heads (stale)".into());
         }

@@ -1785,7 +1785,7 @@ impl Model {
                 self.create(entry, members, directory, &mut evs)
             }
             Desc::Propose { proposer, what } => self.propose(entry, *proposer, what, &mut evs),
-            Desc::Consent(consent) => self.consent(consent, &mut evs),
+            Desc::Consent(consent) => self.consent(consent, entry.proposed_at, &mut evs),
         };
         if proposes && expect != Expect::Rejected {
             self.seen.insert(entry.id, entry.deadline);
@@ -1908,11 +1908,14 @@ impl Model {
         self.enqueue(entry.id, op, evs)
     }
 
-    fn consent(&mut self, c: &ConsentDesc, evs: &mut Vec<Ev>) -> Expect {
+    fn consent(&mut self, c: &ConsentDesc, dated: Timestamp, evs: &mut Vec<Ev>) -> Expect {
         let time = self.time;
         let Some(op) = self.pending.get_mut(&c.proposal) else {
             return Expect::Rejected;
         };
+        if dated > op.deadline {
+            return Expect::Rejected;
+        }
         let root = self.directory.get(&c.org).or_else(|| op.roots.get(&c.org));
         let counts = c.heads == op.heads
             && op.involved.contains(&c.org)
