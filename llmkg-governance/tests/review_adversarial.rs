@@ -279,8 +279,15 @@ fn unknown_branch_refusals_are_audited() {
         target: known,
         predicates: vec![],
     };
+    // Only the target is known here: this node answers for the target's side (the source's
+    // organizations consent on their own nodes), and the decision is recorded.
     let before = m.audit_size();
-    assert!(m.validate_cross_federation_merge(&merge, t(3)).is_err());
+    assert!(m.validate_cross_federation_merge(&merge, t(3)).is_ok());
+    assert_eq!(m.audit_size(), before + 1, "merge decision not recorded");
+    // Neither branch known: refused, and recorded.
+    let unknown = CrossFederationMerge { target: branch("nowhere-either"), ..merge };
+    let before = m.audit_size();
+    assert!(m.validate_cross_federation_merge(&unknown, t(3)).is_err());
     assert_eq!(m.audit_size(), before + 1, "merge refusal not recorded");
 }
 
