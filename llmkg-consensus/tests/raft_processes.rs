@@ -7,6 +7,10 @@
 //! `LLMKG_RAFT_NODE` is set) runs one node and a client that proposes in a loop, printing
 //! `ACK <index> <nonce>` for each decision it received (with evidence that verified). The
 //! kill schedule comes from a fixed seed (`LLMKG_RAFT_KILL_SEED` to change it; it is printed).
+//!
+//! Nodes snapshot every [`SNAPSHOT_EVERY`] entries, so kills also land around compactions and
+//! restarted nodes catch up from snapshots. The state machine remembers the nonce decided at
+//! each index, so a decision compacted out of a log is still checked, in its snapshot.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
@@ -16,11 +20,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use llmkg_consensus::engine::{AcceptAll, EngineOptions, RaftEngine};
+use llmkg_consensus::engine::{EngineOptions, RaftEngine};
 use llmkg_consensus::log::DurableLog;
-use llmkg_consensus::raft::{Configuration, EntryKind};
+use llmkg_consensus::raft::{Configuration, EntryKind, decode_snapshot};
 use llmkg_federation_core::consensus::{
-    ConsensusEngine, ConsensusProposal, GroupId, Member, PolicyUpdate, ProposalKind,
+    ConsensusEngine, ConsensusProposal, DecisionMachine, GroupId, Member, Outcome, PolicyUpdate,
+    ProposalKind,
 };
 use llmkg_federation_core::{
     FederationId, NodeKeypair, OrgId, RedbKv, Signed, Timestamp, encoding,
@@ -31,6 +36,30 @@ const CHILD_ENV: &str = "LLMKG_RAFT_NODE";
 const SEED_ENV: &str = "LLMKG_RAFT_KILL_SEED";
 const DEFAULT_SEED: u64 = 0x7af7_c0de;
 const KILLS: usize = 24;
+const SNAPSHOT_EVERY: u64 = 1500;
+
+/// Approves everything and remembers which proposal nonce was decided at which index.
+#[derive(Default)]
+struct NonceMachine(BTreeMap<u64, u64>);
+
+impl DecisionMachine for NonceMachine {
+    fn decide(&mut self, index: u64, proposal: &Signed<ConsensusProposal>) -> Outcome {
+        if let Ok(p) = proposal.open(&federation()) {
+            self.0.insert(index, p.nonce);
+        }
+        Outcome::Approved
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        encoding::try_encode(&self.0).unwrap()
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        self.0 =
+            encoding::decode_with_limit(snapshot, snapshot.len()).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}
 
 fn federation() -> FederationId {
     FederationId::from_name("raft-processes")
@@ -87,8 +116,10 @@ fn raft_node_child() {
             Some(Configuration::new(voters(), Vec::new())),
         );
         options.seed = incarnation * 7 + index as u64;
+        options.raft.snapshot_threshold = SNAPSHOT_EVERY;
         let timer = Arc::new(TokioTimer::new());
-        let (engine, task) = RaftEngine::start(options, kv, AcceptAll, transport, timer).unwrap();
+        let (engine, task) =
+            RaftEngine::start(options, kv, NonceMachine::default(), transport, timer).unwrap();
         tokio::spawn(task);
         println!("READY");
         let membership = engine.membership();
@@ -187,11 +218,24 @@ fn free_ports() -> Vec<u16> {
     listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
 }
 
-/// The proposal nonce of each entry of a node's log.
+/// The proposal nonce decided at each index a node holds: those its snapshot covers (from
+/// the snapshot's state) and those of its log.
 fn log_nonces(dir: &Path, i: usize) -> (DurableLog<RedbKv>, BTreeMap<u64, u64>) {
     let kv = RedbKv::open(store(dir, i)).unwrap();
     let log = DurableLog::open(kv, group()).unwrap();
-    let mut nonces = BTreeMap::new();
+    let data = log.snapshot_data().unwrap();
+    let mut nonces = if data.is_empty() {
+        BTreeMap::new()
+    } else {
+        let (_, state) = decode_snapshot(&data).unwrap();
+        let mut machine = NonceMachine::default();
+        machine.restore(&state).unwrap();
+        assert!(
+            machine.0.keys().all(|&k| k <= log.snapshot_point().index),
+            "node {i}'s snapshot holds decisions past its point"
+        );
+        machine.0
+    };
     let mut from = log.first_index();
     while from <= log.last_index() {
         let page = log.entries(from, 512, usize::MAX).unwrap();
@@ -273,6 +317,16 @@ fn acknowledged_decisions_survive_sigkill_of_a_node_process() {
             }
         }
     }
+    // Where two nodes know what was decided at an index (in a log or a snapshot), they agree.
+    for i in 0..3 {
+        for j in (i + 1)..3 {
+            for (index, nonce) in &logs[i].1 {
+                if let Some(other) = logs[j].1.get(index) {
+                    assert_eq!(nonce, other, "nodes {i} and {j} decided differently at {index}");
+                }
+            }
+        }
+    }
     // No acknowledged decision is missing: each is in a majority of the logs, at its index;
     // and those acknowledged before the last moments are in all three.
     let mut distinct = BTreeSet::new();
@@ -285,8 +339,9 @@ fn acknowledged_decisions_survive_sigkill_of_a_node_process() {
         }
     }
     println!(
-        "{KILLS} kills ({kills_with_progress} with decisions in between), {} decisions acknowledged and all present; logs end at {:?}",
+        "{KILLS} kills ({kills_with_progress} with decisions in between), {} decisions acknowledged and all present; logs end at {:?}, snapshots at {:?}",
         seen.acks.len(),
-        logs.iter().map(|(l, _)| l.last_index()).collect::<Vec<_>>()
+        logs.iter().map(|(l, _)| l.last_index()).collect::<Vec<_>>(),
+        logs.iter().map(|(l, _)| l.snapshot_point().index).collect::<Vec<_>>()
     );
 }

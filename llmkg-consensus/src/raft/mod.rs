@@ -64,6 +64,15 @@ pub use message::{
 
 use crate::log::{DurableLog, LogEntry, LogError, SnapshotPoint};
 
+/// Reads a snapshot as Raft stores it ([`DurableLog::snapshot_data`]): the configuration in
+/// force at its point and the state machine's snapshot. For inspection tools and tests; a
+/// node restores its own snapshot when it opens.
+pub fn decode_snapshot(data: &[u8]) -> Result<(Configuration, Vec<u8>), RaftError> {
+    let blob: SnapshotBlob = encoding::decode_with_limit(data, data.len())
+        .map_err(|e| RaftError::Snapshot(e.to_string()))?;
+    Ok((blob.config, blob.state))
+}
+
 /// The host's deterministic state machine: applies committed commands in log order.
 ///
 /// Every member applies the same commands in the same order, so a state machine that is a
@@ -414,10 +423,9 @@ impl<K: KvStore, S: StateMachine> Raft<K, S> {
         let base_config = if data.is_empty() {
             bootstrap.unwrap_or_else(|| Configuration::new(Vec::new(), Vec::new()))
         } else {
-            let blob: SnapshotBlob = encoding::decode_with_limit(&data, data.len())
-                .map_err(|e| RaftError::Snapshot(e.to_string()))?;
-            sm.restore(&blob.state).map_err(RaftError::Snapshot)?;
-            blob.config
+            let (config, state) = decode_snapshot(&data)?;
+            sm.restore(&state).map_err(RaftError::Snapshot)?;
+            config
         };
         let mut configs = Vec::new();
         let mut next = log.first_index();
