@@ -214,9 +214,13 @@ impl Quorum {
             Self::All => involved.is_subset(approved),
             Self::AtLeast(n) => counted >= (*n as usize).clamp(1, involved.len().max(1)),
             Self::Named(orgs) => {
-                let needed: BTreeSet<&OrgId> = orgs.intersection(involved).collect();
-                !needed.is_empty() && needed.iter().all(|o| approved.contains(*o))
-                    || needed.is_empty() && involved.is_subset(approved)
+                // Named organizations none of which is involved: every involved one.
+                let mut needed = orgs.intersection(involved).peekable();
+                if needed.peek().is_none() {
+                    involved.is_subset(approved)
+                } else {
+                    needed.all(|o| approved.contains(o))
+                }
             }
         }
     }
@@ -571,6 +575,18 @@ pub struct Consent {
     pub verdict: ConsentVerdict,
     /// The signing node's certificate.
     pub certificate: NodeCertificate,
+}
+
+/// `reason` cut to at most [`MAX_REASON_LEN`] bytes, at a character boundary.
+pub(crate) fn bounded_reason(mut reason: String) -> String {
+    if reason.len() > MAX_REASON_LEN {
+        let mut end = MAX_REASON_LEN;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
+    reason
 }
 
 /// A merge's heads as a consent names them: the source's, then the target's.

@@ -49,7 +49,7 @@ use crate::consensus::{
 use crate::encoding;
 use crate::federated::{
     Consent, ConsentVerdict, FederatedBranch, GovernanceRules, GovernedOperation, MAX_HEADS,
-    MAX_ORGS, MAX_REASON_LEN, Quorum, merge_heads,
+    MAX_ORGS, Quorum, bounded_reason, merge_heads,
 };
 use crate::federation::FederationId;
 use crate::identity::{NodeId, OrgId, Signed};
@@ -406,7 +406,7 @@ impl Registry {
         }
         let mut members = creation.members.clone();
         members.sort();
-        let expires_at = request.policy.duration.map(|d| add(proposal.proposed_at, d));
+        let expires_at = request.policy.duration.map(|d| proposal.proposed_at.saturating_add(d));
         self.state.branch = Some(FederatedBranch {
             federation: request.federation,
             branch: request.branch.clone(),
@@ -423,8 +423,9 @@ impl Registry {
             expires_at,
         });
         self.state.directory = directory;
-        let deadline =
-            proposal.deadline.min(add(proposal.proposed_at, GovernanceRules::DEFAULT_DEADLINE));
+        let deadline = proposal
+            .deadline
+            .min(proposal.proposed_at.saturating_add(GovernanceRules::DEFAULT_DEADLINE));
         let op = PendingOperation {
             proposal: id,
             index,
@@ -582,7 +583,7 @@ impl Registry {
             _ => return Err("this kind of proposal is not decided by a federation registry".into()),
         };
         let rule = branch.rules.rule(operation);
-        let deadline = proposal.deadline.min(add(proposal.proposed_at, rule.deadline));
+        let deadline = proposal.deadline.min(proposal.proposed_at.saturating_add(rule.deadline));
         let op = PendingOperation {
             proposal: id,
             index,
@@ -647,8 +648,7 @@ impl Registry {
         let proposal = consent.proposal;
         match &consent.verdict {
             ConsentVerdict::Refuse { reason } => {
-                let mut reason = reason.clone();
-                truncate(&mut reason, MAX_REASON_LEN);
+                let reason = bounded_reason(reason.clone());
                 self.state.pending.remove(&proposal);
                 let reason = format!("{} refused: {reason}", consent.org);
                 self.events.push_back(RegistryEvent::Rejected { proposal, index, reason });
@@ -827,24 +827,9 @@ fn reject(reason: impl Into<String>) -> Outcome {
     Outcome::Rejected { reason: reason.into() }
 }
 
-fn add(t: Timestamp, d: std::time::Duration) -> Timestamp {
-    let us = i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
-    Timestamp::from_micros(t.as_micros().saturating_add(us))
-}
-
 fn names(orgs: &[OrgId]) -> String {
     if orgs.is_empty() {
         return "nobody".into();
     }
     orgs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
-}
-
-fn truncate(s: &mut String, max: usize) {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
 }

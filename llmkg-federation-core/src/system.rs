@@ -43,7 +43,7 @@ use crate::consensus::{
 use crate::encoding;
 use crate::federated::{
     Consent, ConsentVerdict, Directory, FederatedBranch, FederatedBranchRequest,
-    FederatedMergePolicy, FederatedMergeResult, MAX_REASON_LEN, MergeConflict, MergeSide,
+    FederatedMergePolicy, FederatedMergeResult, MergeConflict, MergeSide, bounded_reason,
     merge_heads,
 };
 use crate::federation::FederationId;
@@ -280,6 +280,9 @@ struct HostedState {
     joining: Option<ProposalId>,
     /// Hosted because this node was invited to the creation (not restored, not joined).
     invited: bool,
+    /// The last log index whose decision is in the audit trail (the backend keeps it
+    /// durably; read once when hosting starts).
+    recorded: u64,
 }
 
 impl Hosted {
@@ -454,7 +457,7 @@ impl FederatedBranchingSystem {
         wait: Duration,
     ) -> Result<Signed<ConsensusProposal>, FederationError> {
         let now = self.now();
-        let deadline = add(now, wait);
+        let deadline = now.saturating_add(wait);
         let proposal =
             ConsensusProposal { group, kind, proposed_at: now, deadline, nonce: self.next_nonce() };
         Signed::sign_crate_kind(&self.inner.identity.keypair, &self.inner.federation, proposal)
@@ -594,11 +597,16 @@ impl FederatedBranchingSystem {
         hosted.branch().ok_or_else(|| FederationError::Rejected("the branch vanished".into()))
     }
 
-    fn free_channels(&self) -> Result<GroupChannels, FederationError> {
-        let used: BTreeSet<u8> = lock(&self.inner.branches)
+    /// The transport channels the hosted branches use.
+    fn used_channels(&self) -> BTreeSet<u8> {
+        lock(&self.inner.branches)
             .values()
             .flat_map(|h| [h.spec.channels.consensus, h.spec.channels.sync])
-            .collect();
+            .collect()
+    }
+
+    fn free_channels(&self) -> Result<GroupChannels, FederationError> {
+        let used = self.used_channels();
         let control = self.inner.config.control.index() as u8;
         let free: Vec<u8> = self
             .inner
@@ -637,10 +645,7 @@ impl FederatedBranchingSystem {
             }
             return Err(FederationError::AlreadyExists(branch));
         }
-        let used: BTreeSet<u8> = lock(&self.inner.branches)
-            .values()
-            .flat_map(|h| [h.spec.channels.consensus, h.spec.channels.sync])
-            .collect();
+        let used = self.used_channels();
         if used.contains(&c.channels.consensus) || used.contains(&c.channels.sync) {
             return Err(FederationError::NoFreeChannel);
         }
@@ -663,21 +668,24 @@ impl FederatedBranchingSystem {
             consensus: c.request.consensus.clone(),
             sync: c.request.sync.clone(),
         };
-        // The security context comes with the creation's execution; until then, commits are
-        // checked against the creation's participants by the registry-aware policy.
         let registry = SharedRegistry::new(Registry::new(self.inner.federation, value.group));
         let policy: Arc<dyn CommitPolicy> = Arc::new(MemberPolicy {
             registry: registry.clone(),
             security: Arc::clone(&self.inner.security),
             branch: BranchRef { federation: self.inner.federation, branch: branch.clone() },
         });
-        let bytes = creation.encode().map_err(|e| FederationError::Invalid(e.to_string()))?;
-        self.inner.backend.remember(&spec.group, &bytes)?;
-        let engine = self.inner.backend.start_consensus(&spec, registry.clone())?;
-        let sync = match self.inner.backend.start_sync(&spec, policy) {
-            Ok(s) => s,
+        self.inner.backend.remember(&spec.group, &encoded(creation)?)?;
+        let recorded = self.inner.backend.recorded(&spec.group)?;
+        let started =
+            self.inner.backend.start_consensus(&spec, registry.clone()).and_then(|engine| {
+                self.inner.backend.start_sync(&spec, policy).map(|sync| (engine, sync))
+            });
+        let (engine, sync) = match started {
+            Ok(both) => both,
             Err(e) => {
+                // Nothing is left running or remembered.
                 self.inner.backend.stop(&spec.group);
+                let _ = self.inner.backend.forget(&spec.group);
                 return Err(e.into());
             }
         };
@@ -688,7 +696,7 @@ impl FederatedBranchingSystem {
             engine,
             sync,
             changed: Event::new(),
-            state: Mutex::new(HostedState::default()),
+            state: Mutex::new(HostedState { recorded, ..HostedState::default() }),
         });
         lock(&self.inner.branches).insert(branch, Arc::clone(&hosted));
         let (pump, h) = (self.clone(), Arc::clone(&hosted));
@@ -736,14 +744,13 @@ impl FederatedBranchingSystem {
     ) -> Result<(BTreeMap<OrgId, Signed<ConsensusProposal>>, Option<String>), FederationError> {
         let mut answers = BTreeMap::new();
         if needed.contains(self.org()) {
-            answers.insert(self.org().clone(), self.evaluate(proposal, Some(hosted))?);
+            answers.insert(self.org().clone(), self.evaluate(proposal, Some(hosted), creation)?);
         }
-        let bytes = proposal.encode().map_err(|e| FederationError::Invalid(e.to_string()))?;
-        let creation_bytes =
-            creation.encode().map_err(|e| FederationError::Invalid(e.to_string()))?;
-        let message =
-            encoding::try_encode(&Control::Consent { proposal: bytes, creation: creation_bytes })
-                .map_err(|e| FederationError::Invalid(e.to_string()))?;
+        let message = encoding::try_encode(&Control::Consent {
+            proposal: encoded(proposal)?,
+            creation: encoded(creation)?,
+        })
+        .map_err(|e| FederationError::Invalid(e.to_string()))?;
         // Every node is asked at once; the answers are taken in the order of `asked`.
         let requests = asked.iter().map(|m| {
             self.inner.transport.request_on(
@@ -889,12 +896,15 @@ impl FederatedBranchingSystem {
         Ok(())
     }
 
-    /// This node's organization's answer to `proposal`, signed (evaluated with the local
-    /// security manager and, for a merge, against the replicas held here).
+    /// This node's organization's answer to `proposal`, signed: evaluated with the local
+    /// security manager, given the branch if this node hosts it, and the creation entry of
+    /// the proposal's group (how a node answers for a merge into a branch it does not host).
+    /// A merge's change set is in the proposal: the answer covers exactly it.
     fn evaluate(
         &self,
         proposal: &Signed<ConsensusProposal>,
         hosted: Option<&Hosted>,
+        creation: &Signed<ConsensusProposal>,
     ) -> Result<Signed<ConsensusProposal>, FederationError> {
         let value = proposal
             .open(&self.inner.federation)
@@ -910,28 +920,28 @@ impl FederatedBranchingSystem {
             }
             ProposalKind::FederatedMerge(m) => {
                 heads = merge_heads(&m.source_heads, &m.target_heads);
-                let target = hosted.and_then(Hosted::branch);
-                match target {
-                    Some(t) => {
-                        let merge = CrossFederationMerge {
-                            requester,
-                            source: BranchRef {
-                                federation: self.inner.federation,
-                                branch: m.source_branch.clone(),
-                            },
-                            target: BranchRef {
-                                federation: self.inner.federation,
-                                branch: t.branch,
-                            },
-                            predicates: predicates_of(&m.changes),
-                        };
-                        let d = self.inner.security.validate_cross_federation_merge(&merge, now)?;
-                        self.own_verdict(&d)
+                let target = match creation.open(&self.inner.federation).map(|c| (c.group, &c.kind))
+                {
+                    Ok((group, ProposalKind::BranchCreation(c))) if group == value.group => {
+                        c.request.branch.clone()
                     }
-                    None => ConsentVerdict::Refuse {
-                        reason: "the target branch is not known here".into(),
+                    _ => {
+                        return Err(FederationError::Invalid(
+                            "the creation is not the target's".into(),
+                        ));
+                    }
+                };
+                let merge = CrossFederationMerge {
+                    requester,
+                    source: BranchRef {
+                        federation: self.inner.federation,
+                        branch: m.source_branch.clone(),
                     },
-                }
+                    target: BranchRef { federation: self.inner.federation, branch: target },
+                    predicates: predicates_of(&m.changes),
+                };
+                let d = self.inner.security.validate_cross_federation_merge(&merge, now)?;
+                self.own_verdict(&d)
             }
             ProposalKind::NodeJoin(j) => {
                 let branch = hosted.and_then(Hosted::branch);
@@ -1004,13 +1014,13 @@ impl FederatedBranchingSystem {
         match mine.map(|v| &v.verdict) {
             Some(Verdict::Approved { .. }) => ConsentVerdict::Approve,
             Some(Verdict::Refused { reason, .. }) => {
-                ConsentVerdict::Refuse { reason: bounded(reason.clone()) }
+                ConsentVerdict::Refuse { reason: bounded_reason(reason.clone()) }
             }
-            Some(Verdict::Pending { reason }) => {
-                ConsentVerdict::Refuse { reason: bounded(format!("not approved here: {reason}")) }
-            }
+            Some(Verdict::Pending { reason }) => ConsentVerdict::Refuse {
+                reason: bounded_reason(format!("not approved here: {reason}")),
+            },
             None if decision.is_refused() => {
-                ConsentVerdict::Refuse { reason: bounded(decision.to_string()) }
+                ConsentVerdict::Refuse { reason: bounded_reason(decision.to_string()) }
             }
             None => ConsentVerdict::Approve,
         }
@@ -1326,7 +1336,7 @@ impl FederatedBranchingSystem {
             };
             let reply = match self.answer(from, &payload) {
                 Ok(consent) => ControlReply::Consent(consent),
-                Err(e) => ControlReply::Error(bounded(e.to_string())),
+                Err(e) => ControlReply::Error(bounded_reason(e.to_string())),
             };
             if let Ok(bytes) = encoding::try_encode(&reply) {
                 let _ = self.inner.transport.respond(from, id, bytes).await;
@@ -1361,70 +1371,25 @@ impl FederatedBranchingSystem {
                 if !c.members.iter().any(|m| m.node == me) {
                     return Err(FederationError::Invalid("this node is not a member".into()));
                 }
-                let consent = self.evaluate(&proposal, hosted.as_deref())?;
+                let consent = self.evaluate(&proposal, hosted.as_deref(), &creation)?;
                 if approves(&consent, fed) && hosted.is_none() {
                     self.host(&creation, true)?.state().invited = true;
                 }
-                Ok(consent.encode().map_err(|e| FederationError::Invalid(e.to_string()))?)
+                encoded(&consent)
             }
             ProposalKind::NodeJoin(j) if j.member.node == me && hosted.is_none() => {
-                let consent = self.evaluate(&proposal, None)?;
+                let consent = self.evaluate(&proposal, None, &creation)?;
                 let joined = self.host(&creation, false)?;
                 joined.state().joining = Some(proposal_id(&proposal)?);
-                Ok(consent.encode().map_err(|e| FederationError::Invalid(e.to_string()))?)
+                encoded(&consent)
             }
-            _ => {
-                // A merge may concern a target this node does not host (it answers for the
-                // source's organization): evaluate against the target's creation.
-                let target = match &hosted {
-                    Some(h) => Some(Arc::clone(h)),
-                    None => None,
-                };
-                let consent = match target {
-                    Some(h) => self.evaluate(&proposal, Some(&h))?,
-                    None => self.evaluate_unhosted(&proposal, &creation)?,
-                };
-                Ok(consent.encode().map_err(|e| FederationError::Invalid(e.to_string()))?)
-            }
+            // A merge may concern a target this node does not host (it answers for the
+            // source's organization): it is evaluated against the creation sent along.
+            _ => match &hosted {
+                Some(h) => encoded(&self.evaluate(&proposal, Some(h), &h.creation)?),
+                None => encoded(&self.evaluate(&proposal, None, &creation)?),
+            },
         }
-    }
-
-    /// A consent to a merge into a branch this node does not host, given that branch's
-    /// creation entry: the security manager decides with the source branch's context.
-    fn evaluate_unhosted(
-        &self,
-        proposal: &Signed<ConsensusProposal>,
-        creation: &Signed<ConsensusProposal>,
-    ) -> Result<Signed<ConsensusProposal>, FederationError> {
-        let fed = &self.inner.federation;
-        let value =
-            proposal.open(fed).map_err(|_| FederationError::Invalid("federation".into()))?;
-        let c = creation.open(fed).map_err(|_| FederationError::Invalid("federation".into()))?;
-        let (ProposalKind::FederatedMerge(m), ProposalKind::BranchCreation(bc)) =
-            (&value.kind, &c.kind)
-        else {
-            return Err(FederationError::Invalid(
-                "only merges are answered for unhosted branches".into(),
-            ));
-        };
-        if bc.group_id().ok() != Some(value.group) || c.group != value.group {
-            return Err(FederationError::Invalid("the creation is not the target's".into()));
-        }
-        let merge = CrossFederationMerge {
-            requester: proposal.signer(),
-            source: BranchRef { federation: *fed, branch: m.source_branch.clone() },
-            target: BranchRef { federation: *fed, branch: bc.request.branch.clone() },
-            predicates: predicates_of(&m.changes),
-        };
-        let d = self.inner.security.validate_cross_federation_merge(&merge, self.now())?;
-        let consent = Consent {
-            proposal: proposal_id(proposal)?,
-            heads: merge_heads(&m.source_heads, &m.target_heads),
-            org: self.org().clone(),
-            verdict: self.own_verdict(&d),
-            certificate: self.inner.identity.certificate.clone(),
-        };
-        self.sign(value.group, ProposalKind::Consent(consent), self.inner.config.decision_timeout)
     }
 
     /// Follows `hosted`'s decided log: records every decision in the audit trail and carries
@@ -1441,7 +1406,7 @@ impl FederatedBranchingSystem {
                 BranchRef { federation: self.inner.federation, branch: hosted.spec.branch.clone() };
             // A log replayed after a restart or a re-join is not decided again: record each
             // entry once (at most the last one again, after a crash between the two writes).
-            let recorded = self.inner.backend.recorded(&hosted.spec.group).unwrap_or(0);
+            let recorded = hosted.state().recorded;
             let fresh = entry.index > recorded;
             if fresh && let Ok(id) = ProposalId::of(&entry.proposal) {
                 let outcome = match &entry.outcome {
@@ -1468,6 +1433,7 @@ impl FederatedBranchingSystem {
                 self.on_event(&hosted, &branch_ref, event, recorded).await;
             }
             if fresh {
+                hosted.state().recorded = entry.index;
                 let _ = self.inner.backend.set_recorded(&hosted.spec.group, entry.index);
             }
             hosted.changed.notify(usize::MAX);
@@ -1621,7 +1587,8 @@ impl FederatedBranchingSystem {
                 let rejected = creation_id.is_some_and(|id| st.rejected.contains_key(&id));
                 let unheard = st.invited
                     && hosted.registry.lock().applied() == 0
-                    && deadline.is_some_and(|d| self.now() > add(d, Duration::from_secs(1)));
+                    && deadline
+                        .is_some_and(|d| self.now() > d.saturating_add(Duration::from_secs(1)));
                 rejected || unheard
             };
             if abandoned {
@@ -1752,20 +1719,8 @@ fn proposal_id(signed: &Signed<ConsensusProposal>) -> Result<ProposalId, Federat
     ProposalId::of(signed).map_err(|e| FederationError::Invalid(format!("cannot encode: {e}")))
 }
 
-fn add(t: Timestamp, d: Duration) -> Timestamp {
-    let us = i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
-    Timestamp::from_micros(t.as_micros().saturating_add(us))
-}
-
-fn bounded(mut s: String) -> String {
-    if s.len() > MAX_REASON_LEN {
-        let mut end = MAX_REASON_LEN;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
-    s
+fn encoded(signed: &Signed<ConsensusProposal>) -> Result<Vec<u8>, FederationError> {
+    signed.encode().map_err(|e| FederationError::Invalid(format!("cannot encode: {e}")))
 }
 
 fn approves(consent: &Signed<ConsensusProposal>, federation: &FederationId) -> bool {

@@ -24,6 +24,11 @@ impl Timestamp {
     pub const fn as_micros(self) -> i64 {
         self.0
     }
+
+    /// `d` later, saturating at the largest timestamp.
+    pub fn saturating_add(self, d: std::time::Duration) -> Self {
+        Self(self.0.saturating_add(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)))
+    }
 }
 
 impl fmt::Display for Timestamp {

@@ -1396,11 +1396,10 @@ impl<K: KvStore + 'static> SecurityManager for FederatedSecurityManager<K> {
 
     fn record_decision(
         &self,
-        branch: &BranchRef,
+        _branch: &BranchRef,
         record: &DecisionRecord,
         now: Timestamp,
     ) -> Result<(), SecurityError> {
-        let _ = branch;
         self.record_consensus_decision(
             &record.group,
             record.index,

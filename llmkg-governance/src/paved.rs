@@ -58,7 +58,7 @@ type Running<K> =
 
 /// Raft and eventual sync for every branch, kept in one store under per-group prefixes.
 pub struct PavedBackend<K: KvStore + Clone + 'static> {
-    secret: [u8; 32],
+    secret: zeroize::Zeroizing<[u8; 32]>,
     org: OrgId,
     federation: FederationId,
     store: K,
@@ -81,7 +81,7 @@ impl<K: KvStore + Clone + 'static> PavedBackend<K> {
         spawn: Spawner,
     ) -> Arc<Self> {
         Arc::new(Self {
-            secret: identity.keypair.secret_bytes(),
+            secret: zeroize::Zeroizing::new(identity.keypair.secret_bytes()),
             org: identity.certificate.org().clone(),
             federation,
             store,
@@ -95,7 +95,7 @@ impl<K: KvStore + Clone + 'static> PavedBackend<K> {
     }
 
     fn keypair(&self) -> NodeKeypair {
-        NodeKeypair::from_secret_bytes(self.secret)
+        NodeKeypair::from_secret_bytes(*self.secret)
     }
 
     fn prefixed(&self, group: &GroupId, role: &str) -> Prefixed<K> {

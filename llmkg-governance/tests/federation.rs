@@ -81,7 +81,6 @@ impl Org {
 }
 
 struct Node {
-    org: usize,
     key: NodeKeypair,
     cert: NodeCertificate,
     system: FederatedBranchingSystem,
@@ -159,7 +158,6 @@ fn federation(orgs: &[Org], placement: &[usize], known: usize) -> Vec<Node> {
             system.add_node(c.clone());
         }
         nodes.push(Node {
-            org: placement[i],
             key: NodeKeypair::from_secret_bytes(key.secret_bytes()),
             cert: certs[i].clone(),
             system,
@@ -335,7 +333,8 @@ async fn create_write_merge_refuse_leave_join() {
     let reg = nodes[4].system.registry(&name("shared")).unwrap();
     assert_eq!(reg.digest(), nodes[0].system.registry(&name("shared")).unwrap().digest());
     assert_eq!(reg.members().len(), 4);
-    let _ = (end, nodes[4].org, &nodes[4].security);
+    let joined_root = nodes[4].system.replica(&name("shared")).unwrap().status().await.unwrap();
+    assert_eq!(joined_root.state_root, end.state_root);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -185,7 +185,7 @@ async fn sync_and_merge(orgs: usize, triples: usize, merges: usize, report: &mut
         let root = agree(&nodes, &name("main")).await;
         merge_ms.push(ms(started.elapsed()));
         assert_eq!(result.approved_by.len(), orgs);
-        let _ = root;
+        assert_eq!(root, result.state_root, "every replica holds exactly the merged state");
         // Baseline: the same change set written directly and synchronized.
         let started = Instant::now();
         nodes[0].system.write(&name("plain"), ChangeSet::adding(batch), "plain").await.unwrap();

@@ -312,13 +312,11 @@ struct Node {
     system: FederatedBranchingSystem,
     security: Arc<FederatedSecurityManager<RedbKv>>,
     federation: FederationId,
-    keypair: NodeKeypair,
 }
 
 async fn serve(dir: PathBuf, config: Config) -> Res<()> {
     let federation = FederationId::from_name(&config.federation);
     let secret = unhex32(&fs::read_to_string(dir.join("node.key"))?)?;
-    let keypair = NodeKeypair::from_secret_bytes(secret);
     let token = fs::read_to_string(dir.join("admin.token"))?.trim().to_string();
     let my_cert = certificate(&config.me)?;
     let org = my_cert.org().clone();
@@ -387,7 +385,7 @@ async fn serve(dir: PathBuf, config: Config) -> Res<()> {
         system.add_node(certificate(p)?);
     }
     let restored = system.restore()?;
-    let node = Arc::new(Node { system, security, federation, keypair });
+    let node = Arc::new(Node { system, security, federation });
     let listener = tokio::net::TcpListener::bind(config.admin).await?;
     println!("ready {} restored {}", config.me.node, restored.len());
     std::io::stdout().flush()?;
@@ -569,10 +567,7 @@ async fn admin(node: &Node, request: &Value) -> Res<Value> {
                 Outcome::Rejected { reason } => json!({"outcome": "rejected", "reason": reason}),
             })
         }
-        other => {
-            let _ = &node.keypair;
-            Err(format!("unknown command {other:?}").into())
-        }
+        other => Err(format!("unknown command {other:?}").into()),
     }
 }
 
