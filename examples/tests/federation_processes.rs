@@ -31,6 +31,13 @@
 //!    the processes are stopped, each node's audit log on disk proves every checkpoint seen
 //!    during the run (also the one taken just before the SIGKILL) to be a prefix of it.
 //!
+//! Throughout (after 3, 6 and 9), every node's checkpoint is cosigned by the nodes of the
+//! other organizations (`prove` on the log's node, `cosign` on the witness's, which checks the
+//! consistency proof from the last checkpoint it cosigned, kept across initech-1's SIGKILL);
+//! a forked checkpoint and a rolled-back one, signed here with globex-1's key, are refused;
+//! at the end every cosigned checkpoint carries a valid cosignature of its witness's node key
+//! and is a prefix of its log on disk.
+//!
 //! Defects the scenario can run through are collected where they are checked (each marked
 //! `BUG:`) and fail the test at the end, after everything else was exercised.
 
@@ -55,9 +62,11 @@ use llmkg_federation_core::{
     Clock, CommitId, FederationId, GraphState, NodeCertificate, NodeKeypair, OrgId, RedbKv, Signed,
     SystemClock, Term, Timestamp, Triple,
 };
-use llmkg_governance::audit::checkpoint::{Checkpoint, LogVerifier, SignedNote};
+use llmkg_governance::audit::LogSigner;
+use llmkg_governance::audit::checkpoint::{Checkpoint, LogVerifier, NoteSignature, SignedNote};
 use llmkg_governance::audit::log::AuditLog;
 use llmkg_governance::audit::merkle::verify_consistency;
+use llmkg_governance::audit::witness::CosignatureVerifier;
 use serde_json::Value;
 
 const EXE: &str = env!("CARGO_BIN_EXE_llmkg-node");
@@ -475,6 +484,64 @@ impl Cluster {
         );
         checkpoint
     }
+
+    /// Every node's current checkpoint is witnessed by every node of the other organizations:
+    /// the log's node proves it consistent with the last one that witness cosigned, the
+    /// witness cosigns. Each cosignature is verified with the witness's node key and kept.
+    fn cosign_round(&self, cosigned: &mut Vec<Cosigned>) {
+        for i in 0..self.nodes.len() {
+            let status = self.status(i);
+            let size = self.checkpoint(i, &status).size();
+            let text = status["checkpoint"].as_str().unwrap();
+            for j in (0..self.nodes.len()).filter(|&j| self.nodes[j].org != self.nodes[i].org) {
+                let last = cosigned.iter().rfind(|w| w.log == i && w.witness == j);
+                let proof = match last {
+                    Some(w) => {
+                        let (from, to) = (w.size.to_string(), size.to_string());
+                        let reply = self.ok(i, &["prove", "--from", &from, "--to", &to]);
+                        let hashes: Vec<&str> = reply["proof"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|h| h.as_str().unwrap())
+                            .collect();
+                        hashes.join(",")
+                    }
+                    None => String::new(),
+                };
+                let reply = self.ok(j, &["cosign", "--note", text, "--proof", &proof]);
+                let line = NoteSignature::parse_line(reply["cosignature"].as_str().unwrap())
+                    .unwrap_or_else(|e| panic!("{}: a cosignature line: {e}", self.nodes[j].label));
+                let verifier = self.witness_verifier(j);
+                let mut note = SignedNote::parse(text.as_bytes()).unwrap();
+                assert!(
+                    verifier.verify_line(note.body(), &line).is_some(),
+                    "{}'s cosignature of {}'s checkpoint does not verify with its node key",
+                    self.nodes[j].label,
+                    self.nodes[i].label
+                );
+                note.add_signature(line);
+                cosigned.push(Cosigned { log: i, witness: j, size, note });
+            }
+        }
+    }
+
+    /// Node `j`'s witness verifier, from its node key and the witness name `llmkg-node` gives.
+    fn witness_verifier(&self, j: usize) -> CosignatureVerifier {
+        let node = &self.nodes[j];
+        let name = format!("{}.llmkg.example/witness/{}", node.org, &node.id[..16]);
+        let key = ed25519_dalek::SigningKey::from_bytes(&self.secret(j)).verifying_key();
+        CosignatureVerifier::new(&name, key).unwrap()
+    }
+}
+
+/// A checkpoint of node `log`'s audit log, cosigned by node `witness` (of another
+/// organization).
+struct Cosigned {
+    log: usize,
+    witness: usize,
+    size: u64,
+    note: SignedNote,
 }
 
 fn parse_reply(out: &Output) -> Result<Value, String> {
@@ -538,6 +605,8 @@ fn four_organizations_five_node_processes_sigkill_merge_consents_leave_join() {
     let mut model = Model::default();
     // Checkpoints seen over the run, per node, to check growth and (at the end) consistency.
     let mut checkpoints: Vec<Vec<Checkpoint>> = vec![Vec::new(); NODES.len()];
+    // Checkpoints cosigned by the other organizations' nodes, checked against the logs at the end.
+    let mut cosigned: Vec<Cosigned> = Vec::new();
 
     // 1. Organizations, nodes, trust, run.
     let ports = free_ports(2 * NODES.len());
@@ -646,8 +715,13 @@ fn four_organizations_five_node_processes_sigkill_merge_consents_leave_join() {
     for (i, seen) in checkpoints.iter_mut().enumerate() {
         seen.push(c.checkpoint(i, &c.status(i)));
     }
+    c.cosign_round(&mut cosigned);
     let (_, size) = model.expected(VOCAB);
-    c.step(&format!("3. converged: all five hold the {size} acknowledged triples"));
+    c.step(&format!(
+        "3. converged: all five hold the {size} acknowledged triples; {} checkpoints cosigned \
+         across organizations",
+        cosigned.len()
+    ));
     // BUG: `llmkg-node create --source` and `import` read with the default blank-node scope
     // (the branch), so the generic labels of the vocabularies (`_:c14n0`, ...) of two
     // documents become one node: prov.nq's and time.nq's `_:c14n18` are two different OWL
@@ -929,6 +1003,26 @@ fn four_organizations_five_node_processes_sigkill_merge_consents_leave_join() {
     for (i, seen) in checkpoints.iter_mut().enumerate() {
         seen.push(c.checkpoint(i, &c.status(i)));
     }
+    // The witnesses (initech's restarted from its disk) follow the logs across the run; a
+    // log that shows a witness another history, or an older checkpoint, is refused.
+    c.cosign_round(&mut cosigned);
+    {
+        let last = cosigned.iter().rfind(|w| w.log == GLOBEX && w.witness == INITECH).unwrap();
+        let origin = last.note.body().lines().next().unwrap().to_string();
+        let signer =
+            LogSigner::new(&origin, ed25519_dalek::SigningKey::from_bytes(&c.secret(GLOBEX)))
+                .unwrap();
+        let forked = signer.sign(&Checkpoint::new(&origin, last.size, [0x66; 32]).unwrap());
+        let reply = c.admin(INITECH, &["cosign", "--note", &forked.to_text()]);
+        let refused = reply.expect_err("a forked checkpoint of globex's log is cosigned");
+        assert!(refused.contains("equivocated"), "the fork is refused as such: {refused}");
+        let first = cosigned.iter().find(|w| w.log == GLOBEX && w.witness == INITECH).unwrap();
+        let text = first.note.body().to_string();
+        let older = signer.sign(&Checkpoint::parse_body(&text).unwrap());
+        let reply = c.admin(INITECH, &["cosign", "--note", &older.to_text()]);
+        let refused = reply.expect_err("an older checkpoint of globex's log is cosigned");
+        assert!(refused.contains("older than the last seen"), "a rollback: {refused}");
+    }
     c.step(&format!(
         "6. forged, stale and replayed consents refused; registry {} on all five",
         &registry[..16]
@@ -1054,9 +1148,11 @@ fn four_organizations_five_node_processes_sigkill_merge_consents_leave_join() {
             format!("{} {}", c.nodes[i].label, sizes.join("->"))
         })
         .collect();
+    c.cosign_round(&mut cosigned);
     c.step(&format!(
-        "9a. every replica holds the acknowledged writes; audit sizes {}",
-        sizes.join(", ")
+        "9a. every replica holds the acknowledged writes; audit sizes {}; {} cosigned checkpoints",
+        sizes.join(", "),
+        cosigned.len()
     ));
     for i in 0..NODES.len() {
         c.kill(i);
@@ -1065,7 +1161,17 @@ fn four_organizations_five_node_processes_sigkill_merge_consents_leave_join() {
     for (i, seen) in checkpoints.iter().enumerate() {
         let label = c.nodes[i].label;
         let log = AuditLog::open(RedbKv::open(c.dir(i).join("data/audit.redb")).unwrap()).unwrap();
-        for cp in seen {
+        // Its own checkpoints, and those the other organizations cosigned.
+        let witnessed = cosigned.iter().filter(|w| w.log == i).map(|w| {
+            let verifier = c.witness_verifier(w.witness);
+            assert!(
+                verifier.verify(&w.note).unwrap().is_some(),
+                "{}'s cosignature is on the note",
+                c.nodes[w.witness].label
+            );
+            Checkpoint::parse_body(w.note.body()).unwrap()
+        });
+        for cp in seen.iter().cloned().chain(witnessed) {
             assert!(log.size() >= cp.size(), "{label}: the log lost entries");
             let proof = log.consistency_proof(cp.size(), log.size()).unwrap();
             verify_consistency(cp.size(), log.size(), cp.root(), &log.root(), &proof)
@@ -1102,7 +1208,10 @@ fn four_organizations_five_node_processes_sigkill_merge_consents_leave_join() {
             ));
         }
     }
-    c.step("9b. every checkpoint seen is a prefix of its node's audit log on disk");
+    c.step(
+        "9b. every checkpoint seen, and every one the other organizations cosigned, is a \
+         prefix of its node's audit log on disk",
+    );
     // BUG: a node that restarts (or joins a branch again) replays its groups' logs from the
     // start, and the pump records every decision in the audit trail again, with the time of
     // the replay: the trail says the creation, the merge, ... were decided again.

@@ -16,6 +16,8 @@
 //! llmkg-node leave  --dir NODE --branch B --node NODE_ID
 //! llmkg-node submit --dir NODE --branch B --proposal HEX      relay a signed proposal as it is
 //! llmkg-node status --dir NODE
+//! llmkg-node prove  --dir NODE --from OLD_SIZE --to NEW_SIZE   consistency proof of the audit log
+//! llmkg-node cosign --dir NODE --note CHECKPOINT [--proof H1,H2,...]   witness another node's checkpoint
 //! ```
 //!
 //! A node directory holds its key (`node.key`), its certificate and configuration
@@ -24,6 +26,13 @@
 //! one for its organization's audit log). The admin interface listens on loopback only and
 //! answers only requests carrying the token: whoever can read the node directory administers
 //! the node.
+//!
+//! Every node is also a witness of the other nodes' audit logs: `cosign` checks a checkpoint
+//! signed by a trusted node and, after the first, a consistency proof from the last one it
+//! cosigned for that log (`prove` on the log's node gives it), then returns its cosignature
+//! (c2sp.org/tlog-cosignature, made with the node's key). It remembers the last checkpoint
+//! per log in `data/witness.json` before answering, so a restarted witness still refuses a
+//! log that rewrote its history.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -35,6 +44,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use llmkg_federation_core::consensus::{ConsensusProposal, Outcome};
 use llmkg_federation_core::encoding::hex;
 use llmkg_federation_core::federated::{
@@ -51,6 +61,8 @@ use llmkg_federation_core::{
 };
 use llmkg_governance::access::{AccessPolicy, PrincipalPattern, Rule};
 use llmkg_governance::audit::LogSigner;
+use llmkg_governance::audit::checkpoint::{LogVerifier, SignedNote};
+use llmkg_governance::audit::witness::{Witness, WitnessError, WitnessKey};
 use llmkg_governance::keys::{EncryptionKeyCertificate, OrgEncryptionKeypair};
 use llmkg_governance::manager::{FederatedSecurityManager, GovernanceOptions, SignedPolicy};
 use llmkg_governance::paved::{PavedBackend, Spawner, paved_system};
@@ -312,6 +324,63 @@ struct Node {
     system: FederatedBranchingSystem,
     security: Arc<FederatedSecurityManager<RedbKv>>,
     federation: FederationId,
+    /// This node's witness of the other nodes' audit logs, and where it keeps what it saw.
+    witness: std::sync::Mutex<Witness>,
+    witness_origins: Vec<String>,
+    witness_file: PathBuf,
+}
+
+/// The most bytes of one admin request (an import's triples travel in it).
+const MAX_ADMIN_REQUEST: u64 = 256 << 20;
+
+/// The origin of a node's audit log: its organization and the start of its id.
+fn log_origin(org: &OrgId, node: &NodeId) -> String {
+    format!("{org}.llmkg.example/audit/{}", &hex(node.as_bytes())[..16])
+}
+
+/// The witness of the logs of `peers`, restored from `file` (the last checkpoint cosigned
+/// per log) if it exists.
+fn open_witness(
+    secret: &[u8; 32],
+    me: &NodeCertificate,
+    peers: &[NodeCertificate],
+    file: &Path,
+) -> Res<Witness> {
+    let name = format!("{}.llmkg.example/witness/{}", me.org(), &hex(me.node().as_bytes())[..16]);
+    let mut witness = Witness::new(WitnessKey::new(&name, SigningKey::from_bytes(secret))?);
+    for peer in peers {
+        let origin = log_origin(peer.org(), &peer.node());
+        let key = VerifyingKey::from_bytes(peer.node().as_bytes())?;
+        witness.add_log(&origin, LogVerifier::new(&origin, key)?);
+    }
+    if file.exists() {
+        let seen: BTreeMap<String, String> = serde_json::from_str(&fs::read_to_string(file)?)?;
+        for (origin, note) in seen {
+            // A log no longer among the peers is forgotten with them.
+            if let Err(e) = witness.restore(&origin, &SignedNote::parse(note.as_bytes())?)
+                && !matches!(e, WitnessError::UnknownOrigin(_))
+            {
+                return Err(format!("{}: {origin}: {e}", file.display()).into());
+            }
+        }
+    }
+    Ok(witness)
+}
+
+/// Writes the witness's last checkpoint per log to `file`, durably (a new file renamed over
+/// the old one).
+fn save_witness(witness: &Witness, origins: &[String], file: &Path) -> Res<()> {
+    let seen: BTreeMap<&String, String> =
+        origins.iter().filter_map(|o| witness.latest(o).map(|note| (o, note.to_text()))).collect();
+    let tmp = file.with_extension("json.tmp");
+    let mut f = fs::File::create(&tmp)?;
+    f.write_all(serde_json::to_string_pretty(&seen)?.as_bytes())?;
+    f.sync_all()?;
+    fs::rename(&tmp, file)?;
+    if let Some(dir) = file.parent() {
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 async fn serve(dir: PathBuf, config: Config) -> Res<()> {
@@ -372,8 +441,10 @@ async fn serve(dir: PathBuf, config: Config) -> Res<()> {
     // The planes composed on the paved path, stored in one redb file.
     let store = RedbKv::open(dir.join("data/node.redb"))?;
     let timer = Arc::new(TokioTimer::new());
-    let identity =
-        NodeIdentity { keypair: NodeKeypair::from_secret_bytes(secret), certificate: my_cert };
+    let identity = NodeIdentity {
+        keypair: NodeKeypair::from_secret_bytes(secret),
+        certificate: my_cert.clone(),
+    };
     let spawn: Spawner = Arc::new(|task| {
         tokio::spawn(task);
     });
@@ -385,7 +456,18 @@ async fn serve(dir: PathBuf, config: Config) -> Res<()> {
         system.add_node(certificate(p)?);
     }
     let restored = system.restore()?;
-    let node = Arc::new(Node { system, security, federation });
+    let peer_certs: Vec<NodeCertificate> =
+        config.peers.iter().map(certificate).collect::<Res<_>>()?;
+    let witness_file = dir.join("data/witness.json");
+    let witness = open_witness(&secret, &my_cert, &peer_certs, &witness_file)?;
+    let node = Arc::new(Node {
+        system,
+        security,
+        federation,
+        witness: std::sync::Mutex::new(witness),
+        witness_origins: peer_certs.iter().map(|c| log_origin(c.org(), &c.node())).collect(),
+        witness_file,
+    });
     let listener = tokio::net::TcpListener::bind(config.admin).await?;
     println!("ready {} restored {}", config.me.node, restored.len());
     std::io::stdout().flush()?;
@@ -406,10 +488,12 @@ async fn admin_connection(
     node: Arc<Node>,
     token: String,
 ) -> Res<()> {
+    use tokio::io::AsyncReadExt;
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     let (read, mut write) = stream.into_split();
-    let mut lines = tokio::io::BufReader::new(read).lines();
-    // One request per connection, at most 256 MiB (an import's triples travel in it).
+    // One request per connection, at most MAX_ADMIN_REQUEST bytes (read before the token is
+    // checked, so bounded for anyone who can connect).
+    let mut lines = tokio::io::BufReader::new(read.take(MAX_ADMIN_REQUEST)).lines();
     let Some(line) = lines.next_line().await? else { return Ok(()) };
     let request: Value = serde_json::from_str(&line)?;
     let reply = if request.get("token").and_then(Value::as_str) != Some(token.as_str()) {
@@ -566,6 +650,37 @@ async fn admin(node: &Node, request: &Value) -> Res<Value> {
                 Outcome::Pending { .. } => json!({"outcome": "pending"}),
                 Outcome::Rejected { reason } => json!({"outcome": "rejected", "reason": reason}),
             })
+        }
+        "prove" => {
+            let size = |key: &str| {
+                request
+                    .get(key)
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| format!("{key} is required"))?
+                    .parse::<u64>()
+                    .map_err(|e| format!("{key}: {e}"))
+            };
+            let (from, to) = (size("from")?, size("to")?);
+            let proof = node.security.with_audit(|log| log.consistency_proof(from, to))?;
+            Ok(
+                json!({"from": from, "to": to, "proof": proof.iter().map(|h| hex(h)).collect::<Vec<_>>()}),
+            )
+        }
+        "cosign" => {
+            let text = request.get("note").and_then(Value::as_str).ok_or("note is required")?;
+            let note = SignedNote::parse(text.as_bytes())?;
+            let proof: Vec<[u8; 32]> = match request.get("proof").and_then(Value::as_str) {
+                None | Some("") => Vec::new(),
+                Some(list) => list.split(',').map(unhex32).collect::<Res<_>>()?,
+            };
+            let mut witness = node.witness.lock().map_err(|_| "the witness is poisoned")?;
+            let micros = now().as_micros().max(0);
+            let line = witness.cosign(&note, &proof, micros as u64 / 1_000_000)?;
+            // Remembered on disk before anyone sees the cosignature.
+            save_witness(&witness, &node.witness_origins, &node.witness_file)?;
+            Ok(
+                json!({"cosignature": line.to_line().trim_end(), "witness": witness.verifier().to_vkey()}),
+            )
         }
         other => Err(format!("unknown command {other:?}").into()),
     }
