@@ -307,6 +307,8 @@ struct Inner {
     known: Mutex<BTreeMap<NodeId, NodeCertificate>>,
     branches: Mutex<BTreeMap<BranchName, Arc<Hosted>>>,
     nonce: Mutex<u64>,
+    /// Set by [`FederatedBranchingSystem::shutdown`]: nothing is hosted or answered after.
+    shut: std::sync::atomic::AtomicBool,
 }
 
 /// One node's federation; see the [module documentation](self).
@@ -359,6 +361,7 @@ impl FederatedBranchingSystem {
                 known: Mutex::new(known),
                 branches: Mutex::new(BTreeMap::new()),
                 nonce: Mutex::new(0),
+                shut: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         let server = system.clone();
@@ -698,12 +701,42 @@ impl FederatedBranchingSystem {
             changed: Event::new(),
             state: Mutex::new(HostedState { recorded, ..HostedState::default() }),
         });
-        lock(&self.inner.branches).insert(branch, Arc::clone(&hosted));
+        {
+            let mut branches = lock(&self.inner.branches);
+            if self.is_shut() {
+                drop(branches);
+                self.inner.backend.stop(&hosted.spec.group);
+                return Err(FederationError::Rejected("this node is shut down".into()));
+            }
+            branches.insert(branch, Arc::clone(&hosted));
+        }
         let (pump, h) = (self.clone(), Arc::clone(&hosted));
         self.inner.backend.spawn(Box::pin(async move { pump.pump(h).await }));
         let (rec, h) = (self.clone(), Arc::clone(&hosted));
         self.inner.backend.spawn(Box::pin(async move { rec.reconcile(h).await }));
         Ok(hosted)
+    }
+
+    /// Stops this node: every hosted branch's consensus and sync tasks end, and the system
+    /// hosts nothing afterwards (calls naming a branch fail with
+    /// [`FederationError::UnknownBranch`]). The branches stay remembered, so a system built
+    /// again on the same storage [`restore`](Self::restore)s them, as after a crash. For a host
+    /// that stops a node, or runs several systems one after another in one process.
+    pub fn shutdown(&self) {
+        let hosted = {
+            let mut branches = lock(&self.inner.branches);
+            self.inner.shut.store(true, std::sync::atomic::Ordering::SeqCst);
+            std::mem::take(&mut *branches)
+        };
+        for h in hosted.into_values() {
+            h.state().stopped = true;
+            self.inner.backend.stop(&h.spec.group);
+            h.changed.notify(usize::MAX);
+        }
+    }
+
+    fn is_shut(&self) -> bool {
+        self.inner.shut.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn unhost(&self, branch: &BranchName) {
@@ -1347,6 +1380,9 @@ impl FederatedBranchingSystem {
     /// Answers a consent request from `from`: evaluates it and, for a creation or a join of
     /// this node that it approves, starts hosting the branch.
     fn answer(&self, from: NodeId, payload: &[u8]) -> Result<Vec<u8>, FederationError> {
+        if self.is_shut() {
+            return Err(FederationError::Rejected("this node is shut down".into()));
+        }
         let Control::Consent { proposal, creation } =
             encoding::decode_with_limit::<Control>(payload, MAX_CONTROL_LEN)
                 .map_err(|e| FederationError::Invalid(format!("malformed request: {e}")))?;

@@ -335,6 +335,20 @@ async fn create_write_merge_refuse_leave_join() {
     assert_eq!(reg.members().len(), 4);
     let joined_root = nodes[4].system.replica(&name("shared")).unwrap().status().await.unwrap();
     assert_eq!(joined_root.state_root, end.state_root);
+
+    // A node shut down hosts nothing; the others (three of four voters) go on.
+    nodes[4].system.shutdown();
+    assert!(nodes[4].system.branches().is_empty());
+    let refused = nodes[4]
+        .system
+        .write(&name("shared"), ChangeSet::adding([triple("x", "p", "y")]), "x")
+        .await;
+    assert!(matches!(refused, Err(FederationError::UnknownBranch(_))), "{refused:?}");
+    nodes[0]
+        .system
+        .write(&name("shared"), ChangeSet::adding([triple("after", "p", "shutdown")]), "after")
+        .await
+        .expect("a write acknowledged without the stopped node");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

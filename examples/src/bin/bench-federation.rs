@@ -8,15 +8,17 @@
 //!
 //! Cases (exact names):
 //! - `create-branch`: 10 organizations, one node each; from the request to every replica
-//!   holding a 100,000-triple source (`p50_ms`), split into the consent and consensus part
-//!   (`decide_p50_ms`) and the rest; the baseline (`baseline_sync_ms`) is the same triples
-//!   written to an existing branch and synchronized to the same nine peers, measured in the
-//!   same run.
+//!   holding a 100,000-triple source (`p50_ms`); the baseline (`baseline_sync_ms`) is the
+//!   same triples written to an existing branch and synchronized to the same nine peers, and
+//!   `empty_create_p50_ms` the creation of a branch without data (consents, consensus and
+//!   hosting alone), both measured in the same run.
 //! - `sync-converge`: after 1% of the triples changed on every node, until every replica
 //!   agrees (`ms`).
 //! - `merge`: from the merge proposal to the identical merged state on every replica
 //!   (`p50_ms`); the baseline (`baseline_p50_ms`) writes the same change set directly and
-//!   synchronizes it.
+//!   synchronizes it; `plan_p50_ms` is what one node spends computing the merge from its
+//!   replicas (both states and the change set), the work the proposer and every consenting
+//!   node each do (all in this one process here).
 //! - `join`: a node joining a 1,000,000-triple branch, until it holds the same state (`ms`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -27,6 +29,7 @@ use llmkg_examples::local::{LocalNode, local_federation};
 use llmkg_federation_core::federated::{
     BranchSource, FederatedBranchRequest, FederatedMergePolicy,
 };
+use llmkg_federation_core::system::plan_merge;
 use llmkg_federation_core::{
     BranchName, ChangeSet, FederationId, GraphState, OrgId, StateRoot, Term, Triple,
 };
@@ -98,6 +101,7 @@ async fn create_branch(orgs: usize, triples: usize, runs: usize) -> Case {
     let (seed, src) = source(triples);
     let mut total = Vec::new();
     let mut baseline = Vec::new();
+    let mut empty = Vec::new();
     for run in 0..runs {
         let dir = tempfile::tempdir().unwrap();
         let nodes = federation(orgs, orgs, dir.path()).await;
@@ -110,8 +114,10 @@ async fn create_branch(orgs: usize, triples: usize, runs: usize) -> Case {
         let r = roots(&nodes, &name("bench")).await;
         assert!(r.iter().all(|x| *x == src.root()), "a replica is not ready");
         // Baseline: the same triples written to an empty branch of the same nodes, synced.
-        let empty = FederatedBranchRequest::new(fed(), name("plain"), nodes[0].id, orgs_of(&nodes));
-        nodes[0].system.create_federated_branch(empty, Vec::new()).await.unwrap();
+        let plain = FederatedBranchRequest::new(fed(), name("plain"), nodes[0].id, orgs_of(&nodes));
+        let started = Instant::now();
+        nodes[0].system.create_federated_branch(plain, Vec::new()).await.unwrap();
+        empty.push(ms(started.elapsed()));
         let started = Instant::now();
         for chunk in seed.chunks(20_000) {
             let changes = ChangeSet::adding(chunk.iter().cloned());
@@ -119,10 +125,18 @@ async fn create_branch(orgs: usize, triples: usize, runs: usize) -> Case {
         }
         agree(&nodes, &name("plain")).await;
         baseline.push(ms(started.elapsed()));
-        eprintln!("    run {run}: create {} ms, baseline {} ms", total[run], baseline[run]);
+        eprintln!(
+            "    run {run}: create {} ms, baseline {} ms, empty creation {} ms",
+            total[run], baseline[run], empty[run]
+        );
+        // This run's nodes stop before the next run's start.
+        for n in &nodes {
+            n.system.shutdown();
+        }
     }
     let p50 = quantile(&mut total, 0.5);
     let base = quantile(&mut baseline, 0.5);
+    let empty = quantile(&mut empty, 0.5);
     Case::new("create-branch")
         .param("organizations", orgs as u64)
         .param("nodes", orgs as u64)
@@ -132,6 +146,7 @@ async fn create_branch(orgs: usize, triples: usize, runs: usize) -> Case {
         .metric("p50_ms", p50)
         .metric("baseline_sync_ms", base)
         .metric("ratio_to_baseline", round(p50 / base, 2))
+        .metric("empty_create_p50_ms", empty)
 }
 
 async fn sync_and_merge(orgs: usize, triples: usize, merges: usize, report: &mut Report) {
@@ -168,6 +183,7 @@ async fn sync_and_merge(orgs: usize, triples: usize, merges: usize, report: &mut
     nodes[0].system.create_federated_branch(plain, Vec::new()).await.unwrap();
     let mut merge_ms = Vec::new();
     let mut base_ms = Vec::new();
+    let mut plan_ms = Vec::new();
     for m in 0..merges {
         let batch: Vec<Triple> = (0..per_node).map(|i| triple(&format!("m{m}"), i)).collect();
         nodes[1 % orgs]
@@ -176,6 +192,16 @@ async fn sync_and_merge(orgs: usize, triples: usize, merges: usize, report: &mut
             .await
             .unwrap();
         agree(&nodes, &name("side")).await;
+        // One node's share of the work: both states and the change set.
+        let started = Instant::now();
+        let (_, source_state) =
+            nodes[0].system.replica(&name("side")).unwrap().state().await.unwrap();
+        let (_, target_state) =
+            nodes[0].system.replica(&name("main")).unwrap().state().await.unwrap();
+        let (planned, _) =
+            plan_merge(&source_state, &target_state, &FederatedMergePolicy::default());
+        plan_ms.push(ms(started.elapsed()));
+        assert_eq!(planned.added().len(), per_node);
         let started = Instant::now();
         let result = nodes[0]
             .system
@@ -191,9 +217,14 @@ async fn sync_and_merge(orgs: usize, triples: usize, merges: usize, report: &mut
         nodes[0].system.write(&name("plain"), ChangeSet::adding(batch), "plain").await.unwrap();
         agree(&nodes, &name("plain")).await;
         base_ms.push(ms(started.elapsed()));
+        eprintln!(
+            "    merge {m}: {} ms, baseline {} ms, one node's plan {} ms",
+            merge_ms[m], base_ms[m], plan_ms[m]
+        );
     }
     let p50 = quantile(&mut merge_ms, 0.5);
     let base = quantile(&mut base_ms, 0.5);
+    let plan = quantile(&mut plan_ms, 0.5);
     report.push(
         Case::new("merge")
             .param("organizations", orgs as u64)
@@ -201,7 +232,8 @@ async fn sync_and_merge(orgs: usize, triples: usize, merges: usize, report: &mut
             .param("triples_per_merge", per_node as u64)
             .metric("p50_ms", p50)
             .metric("baseline_p50_ms", base)
-            .metric("ratio_to_baseline", round(p50 / base, 2)),
+            .metric("ratio_to_baseline", round(p50 / base, 2))
+            .metric("plan_p50_ms", plan),
     );
 }
 
