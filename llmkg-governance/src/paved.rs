@@ -1,7 +1,8 @@
 //! The paved path: a federation node assembled from the defaults — Raft for every branch's
-//! group, eventual consistency for its replicas, the [`FederatedSecurityManager`] for its
-//! security plane, one key-value store (redb on disk, or memory) for everything, over any
-//! [`Transport`] (TCP + Noise in production, in-process in tests).
+//! group, eventual consistency for its replicas, the
+//! [`FederatedSecurityManager`](crate::FederatedSecurityManager) for its security plane, one
+//! key-value store (redb on disk, or memory) for everything, over any [`Transport`] (TCP +
+//! Noise in production, in-process in tests).
 //!
 //! ```no_run
 //! # async fn example(
