@@ -579,13 +579,8 @@ pub struct Consent {
 
 /// `reason` cut to at most [`MAX_REASON_LEN`] bytes, at a character boundary.
 pub(crate) fn bounded_reason(mut reason: String) -> String {
-    if reason.len() > MAX_REASON_LEN {
-        let mut end = MAX_REASON_LEN;
-        while !reason.is_char_boundary(end) {
-            end -= 1;
-        }
-        reason.truncate(end);
-    }
+    let end = crate::term::prefix_within(&reason, MAX_REASON_LEN).len();
+    reason.truncate(end);
     reason
 }
 

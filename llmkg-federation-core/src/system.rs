@@ -955,7 +955,10 @@ impl FederatedBranchingSystem {
                 heads = merge_heads(&m.source_heads, &m.target_heads);
                 let target = match creation.open(&self.inner.federation).map(|c| (c.group, &c.kind))
                 {
-                    Ok((group, ProposalKind::BranchCreation(c))) if group == value.group => {
+                    // The creation names the group, and the group is its hash.
+                    Ok((group, ProposalKind::BranchCreation(c)))
+                        if group == value.group && c.group_id().ok() == Some(value.group) =>
+                    {
                         c.request.branch.clone()
                     }
                     _ => {

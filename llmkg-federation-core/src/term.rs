@@ -75,11 +75,16 @@ pub enum TermError {
 }
 
 fn truncated(s: &str) -> String {
-    let mut end = s.len().min(200);
+    prefix_within(s, 200).to_owned()
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends at a character boundary.
+pub(crate) fn prefix_within(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    s.get(..end).unwrap_or_default().to_owned()
+    s.get(..end).unwrap_or_default()
 }
 
 fn check_len(s: &str) -> Result<(), TermError> {
