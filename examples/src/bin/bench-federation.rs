@@ -222,6 +222,10 @@ async fn sync_and_merge(orgs: usize, triples: usize, merges: usize, report: &mut
             merge_ms[m], base_ms[m], plan_ms[m]
         );
     }
+    // The next case starts on a quiet process.
+    for n in &nodes {
+        n.system.shutdown();
+    }
     let p50 = quantile(&mut merge_ms, 0.5);
     let base = quantile(&mut base_ms, 0.5);
     let plan = quantile(&mut plan_ms, 0.5);
@@ -264,6 +268,9 @@ async fn join(orgs: usize, triples: usize) -> Case {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let join_ms = ms(started.elapsed());
+    for n in &nodes {
+        n.system.shutdown();
+    }
     Case::new("join")
         .param("organizations", orgs as u64)
         .param("triples", triples as u64)
