@@ -38,22 +38,20 @@
 //! LLMKG_FED_SEEDS=10000 cargo test --release -p llmkg-governance --test federation_sim -- --nocapture
 //! ```
 //!
-//! One seed: `LLMKG_FED_SEED=1234` (a failing seed is printed with this line). Raft snapshots
-//! are off unless `LLMKG_FED_SNAPSHOT_EVERY=24` (say) turns them on, because of the Raft bug
-//! `raft_finishes_a_joint_change_even_when_a_snapshot_covers_it` shows. With
+//! One seed: `LLMKG_FED_SEED=1234` (a failing seed is printed with this line). Raft takes a
+//! snapshot every 24 entries (`LLMKG_FED_SNAPSHOT_EVERY` changes it). With
 //! `LLMKG_FED_REPLAY_PROPOSALS=1` the harness also replays the executed merge's proposal and
 //! consents, which the registry refuses
-//! (`a_replayed_merge_proposal_and_its_replayed_consents_count_for_nothing`). Long runs also
-//! meet the Raft bug `raft_catches_up_a_learner_whose_probe_answer_was_lost` (seed 263: the
-//! joining node stays a learner; the failure names the bug). The two `#[ignore]`d tests at the
-//! end are those Raft bugs, minimal, open.
+//! (`a_replayed_merge_proposal_and_its_replayed_consents_count_for_nothing`). The minimal
+//! tests at the end are bugs this simulation found in Raft and the registry, kept as
+//! regression tests now that they are fixed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use llmkg_consensus::engine::{Decision, Decisions};
 use llmkg_consensus::raft::{
-    Applied, Configuration, EntryKind, Raft, RaftConfig, RaftEvent, RaftMessage, RaftSetup, Role,
+    Applied, Configuration, Raft, RaftConfig, RaftEvent, RaftMessage, RaftSetup, Role,
 };
 use llmkg_federation_core::consensus::{
     BranchCreation, ChainHash, ConsensusProposal, FederatedMerge, GroupChannels, GroupId, Member,
@@ -134,13 +132,11 @@ fn triple(s: &str, p: &str, o: &str) -> Triple {
     Triple::new(iri(s), iri(p), Term::string(o).unwrap()).unwrap()
 }
 
-/// Raft's snapshot threshold: `LLMKG_FED_SNAPSHOT_EVERY` entries (snapshots taken, shipped
-/// to the joining node and to laggards, restored on restart), or never by default. With
-/// snapshots, some seeds hit the Raft bug of
-/// `raft_finishes_a_joint_change_even_when_a_snapshot_covers_it` (the seed then fails, naming
-/// it); the default run stays clear of it.
+/// Raft's snapshot threshold: every `LLMKG_FED_SNAPSHOT_EVERY` entries, 24 by default, so
+/// every run takes snapshots, ships them to the joining node and to laggards, and restores
+/// them on restart.
 fn snapshot_every() -> u64 {
-    std::env::var("LLMKG_FED_SNAPSHOT_EVERY").ok().and_then(|s| s.parse().ok()).unwrap_or(1 << 40)
+    std::env::var("LLMKG_FED_SNAPSHOT_EVERY").ok().and_then(|s| s.parse().ok()).unwrap_or(24)
 }
 
 fn raft_config(snapshot_every: u64) -> RaftConfig {
@@ -607,21 +603,6 @@ fn proposal_id(p: &Signed<ConsensusProposal>) -> ProposalId {
     ProposalId::of(p).unwrap()
 }
 
-/// The latest configuration entry of a node's log after its snapshot point, if any.
-fn last_config_in_log(n: &FedNode) -> Option<Configuration> {
-    let log = n.raft.log();
-    let entries = log.entries(log.first_index(), usize::MAX, usize::MAX).ok()?;
-    entries.iter().rev().find_map(|e| {
-        match llmkg_federation_core::encoding::decode_with_limit::<EntryKind>(
-            &e.payload,
-            e.payload.len(),
-        ) {
-            Ok(EntryKind::Config(c)) => Some(c),
-            _ => None,
-        }
-    })
-}
-
 impl Run {
     fn new(seed: u64) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xfed5_1a00);
@@ -1054,7 +1035,6 @@ impl Run {
     /// does: departed members out and newcomers in as learners, then caught-up learners vote.
     fn reconcile(&mut self) -> Result<(), String> {
         let Some(l) = self.leader() else { return Ok(()) };
-        self.joint_stuck(l)?;
         let group = self.group;
         let r = self.sim.with_node(l, |n, now| {
             let desired: Vec<Member> = n.registry().members().to_vec();
@@ -1088,22 +1068,6 @@ impl Run {
         });
         if let Ok(Some(r)) = r {
             self.last_change = Some(r.map(|_| ()));
-        }
-        Ok(())
-    }
-
-    /// Fails the seed at once, with the cause, when the leader holds a joint configuration only
-    /// in its snapshot: the Raft bug of
-    /// `raft_finishes_a_joint_change_even_when_a_snapshot_covers_it` (the change is never
-    /// finished). Only runs with snapshots (`LLMKG_FED_SNAPSHOT_EVERY`) can get there.
-    fn joint_stuck(&self, leader: NodeId) -> Result<(), String> {
-        let Some(l) = self.sim.node(leader) else { return Ok(()) };
-        if l.raft.configuration().is_joint() && last_config_in_log(l).is_none() {
-            return Err(format!(
-                "known Raft bug: the leader's joint configuration is in its snapshot only (snapshot at {}, commit {}), so the change is never finished",
-                l.raft.log().snapshot_point().index,
-                l.raft.commit_index()
-            ));
         }
         Ok(())
     }
@@ -1616,8 +1580,8 @@ impl Run {
         })
     }
 
-    /// Names the known Raft bug of `raft_catches_up_a_learner_whose_probe_answer_was_lost` when
-    /// a learner's log stays behind an idle leader's.
+    /// Names the learners whose logs are behind the leader's (what
+    /// `raft_catches_up_a_learner_whose_probe_answer_was_lost` once caused).
     fn diagnose(&self) -> String {
         let Some(l) = self.leader().and_then(|l| self.sim.node(l)) else { return String::new() };
         let last = l.raft.log().last_index();
@@ -1633,10 +1597,7 @@ impl Run {
         if behind.is_empty() {
             return String::new();
         }
-        format!(
-            "; known Raft bug: learners behind the idle leader (at {last}) are never probed again: {}",
-            behind.join(", ")
-        )
+        format!("; learners behind the leader (at {last}): {}", behind.join(", "))
     }
 
     /// The live members of the final group (per the leader's registry).
@@ -2289,7 +2250,7 @@ fn federation_part_3() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Library bugs found while building this simulation, as minimal tests
+// Library bugs this simulation found, as minimal regression tests
 // ---------------------------------------------------------------------------------------------
 
 /// A state machine that counts the commands it applied.
@@ -2320,7 +2281,6 @@ impl llmkg_consensus::raft::StateMachine for Counter {
 /// joint for good and refuses every later membership change (`ChangeInFlight`). (Found with
 /// `LLMKG_FED_SNAPSHOT_EVERY=24 LLMKG_FED_SEED=137`.)
 #[test]
-#[ignore = "bug: a joint configuration compacted into a snapshot before the final one is appended is never finished (llmkg-consensus raft finish_joint_change)"]
 fn raft_finishes_a_joint_change_even_when_a_snapshot_covers_it() {
     type Node = Raft<Disk, Counter>;
     let group = GroupId::from_bytes([5; 32]);
@@ -2475,7 +2435,6 @@ fn a_replayed_merge_proposal_and_its_replayed_consents_count_for_nothing() {
 /// as long as nothing is proposed, so it can never be made a voter. (Found with
 /// `LLMKG_FED_SEED=263`: the joining node stays a learner.)
 #[test]
-#[ignore = "bug: an idle leader never probes again a follower whose probe answer was lost (llmkg-consensus raft on_heartbeat_response / send_append)"]
 fn raft_catches_up_a_learner_whose_probe_answer_was_lost() {
     use llmkg_consensus::raft::{AppendResult, RaftBody};
     type Node = Raft<Disk, Counter>;

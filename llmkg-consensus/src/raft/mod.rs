@@ -28,8 +28,12 @@
 //!   index (never further). A follower behind the leader's snapshot receives it in chunks of
 //!   at most [`RaftConfig::snapshot_chunk_len`] bytes, one in flight at a time.
 //! - **Membership changes by joint consensus**, one in flight: the leader appends the joint
-//!   configuration, and once it commits, the final one. New voters must be learners that
-//!   have caught up. A leader that is not a voter of the final configuration steps down.
+//!   configuration, and once it commits, the final one (also when a snapshot taken as it
+//!   committed holds it). New voters must be learners that have caught up. A leader that is
+//!   not a voter of the final configuration steps down.
+//! - **Replication flow** per follower: probing (one append in flight, sent again after each
+//!   heartbeat answer even when it carries nothing new, until one is accepted), then
+//!   pipelined replication (up to [`RaftConfig::max_inflight`] appends), or a snapshot.
 //! - **Verifiable commits**: the log is hash-chained ([`ChainHash`]); a follower accepting an
 //!   append signs a [`RaftAck`] of (group, term, index, chain hash) of its last matching
 //!   entry. The leader checks every acknowledgement against its own log before counting it,
@@ -973,13 +977,15 @@ impl<K: KvStore, S: StateMachine> Raft<K, S> {
     }
 
     /// Sends `peer` what it is missing, as far as the flow allows, or an append without
-    /// entries if only the commit index is new to it. Returns whether anything was sent.
+    /// entries if only the commit index is new to it or it is being probed. Returns whether
+    /// anything was sent.
     fn send_append(&mut self, peer: NodeId) -> bool {
         let mut sent = false;
         loop {
             let Some(pr) = self.leader_state.as_ref().and_then(|ls| ls.progress.get(&peer)) else {
                 return sent;
             };
+            let probing = matches!(pr.flow, Flow::Probe { .. });
             let (next, flow_ok, commit_sent) = (
                 pr.next,
                 match &pr.flow {
@@ -1009,7 +1015,9 @@ impl<K: KvStore, S: StateMachine> Raft<K, S> {
                 Vec::new()
             };
             let tell_commit = self.commit > commit_sent;
-            if entries.is_empty() && !tell_commit {
+            // A probe is sent even with nothing new in it: its answer is how the leader learns
+            // where the follower's log matches, and the one before it may have been lost.
+            if entries.is_empty() && !tell_commit && !probing {
                 return sent;
             }
             let prev_index = next - 1;
@@ -1155,9 +1163,14 @@ impl<K: KvStore, S: StateMachine> Raft<K, S> {
     }
 
     /// Once a joint configuration is committed, the leader appends the final one; once the
-    /// final one is committed, a leader that is not one of its voters steps down.
+    /// final one is committed, a leader that is not one of its voters steps down. The
+    /// configuration in force may be the snapshot's (a snapshot taken right as the joint entry
+    /// committed compacts it out of `configs`): it is committed, so it is finished too.
     fn finish_joint_change(&mut self) {
-        let Some((index, config)) = self.configs.last().cloned() else { return };
+        let (index, config) = match self.configs.last() {
+            Some((index, config)) => (*index, config.clone()),
+            None => (self.log.snapshot_point().index, self.base_config.clone()),
+        };
         if index > self.commit {
             return;
         }
