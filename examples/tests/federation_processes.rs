@@ -8,7 +8,8 @@
 //!    every node writes at once (four vocabularies imported, synthetic triples written).
 //! 3. `sync`: every replica reports the same state root, the one computed here from the
 //!    acknowledged writes alone.
-//! 4. The second branch `curated` (globex, initech) is created from SOSA and written to.
+//! 4. The second branch `curated` (globex, initech), confidential (its commits travel sealed
+//!    under the federation's data key), is created from SOSA and written to.
 //!    Both branches are left to age past their creations' decision deadline (60 s by
 //!    default), as branches are when nodes restart or join. Then initech-1 is killed with
 //!    SIGKILL while globex-1's import of RiC-O spreads, and a `sync` started then runs across
@@ -23,8 +24,11 @@
 //!    same afterwards.
 //! 7. acme-2 is taken out of `vocab` by acme-1; it stops hosting it, a later write does not
 //!    reach it, and it cannot write there.
-//! 8. umbrella-1 joins `curated` (a new organization for that branch), catches up, and its
-//!    write reaches the others; acme-2 joins `vocab` again.
+//! 8. umbrella-1 joins `curated` (a new organization for that branch: the key rotates to
+//!    include it), catches up, and its write reaches the others. Then it leaves (the key
+//!    rotates without umbrella): a commit globex-1 writes after is shipped sealed, initech-1
+//!    opens it, umbrella-1 cannot ("no data key here for epoch …"). acme-2 joins `vocab`
+//!    again.
 //! 9. Every replica of each branch holds exactly the acknowledged writes (state roots and
 //!    triple counts computed here with `GraphState` from the same files); every node's audit
 //!    checkpoint is a signed note verified with the node's key, growing over the run; after
@@ -767,6 +771,8 @@ fn four_organizations_five_node_processes_sigkill_merge_consents_leave_join() {
             "globex,initech",
             "--source",
             &ontology("sosa.nq"),
+            "--level",
+            "confidential",
         ],
     );
     let curated_created = Instant::now();
@@ -1078,6 +1084,44 @@ fn four_organizations_five_node_processes_sigkill_merge_consents_leave_join() {
     c.sync(GLOBEX, CURATED, &model);
     c.assert_holds(&model, CURATED, &curated_members, Duration::from_secs(30));
     c.step("8a. umbrella-1 joined curated, caught up, and its write reached the others");
+
+    //    curated is confidential: its commits travel sealed under the federation's data key.
+    //    umbrella-1 (all of umbrella there) leaves it; the key rotates without umbrella, and
+    //    it cannot open a commit written after, while a member can.
+    let left = c.ok(INITECH, &["leave", "--branch", CURATED, "--node", &c.nodes[UMBRELLA].id]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.branch_status(UMBRELLA, CURATED).is_some() {
+        assert!(Instant::now() < deadline, "umbrella-1 still hosts {CURATED} ({left})");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let curated_members = [GLOBEX, INITECH];
+    let reply = c.ok(
+        GLOBEX,
+        &["write", "--branch", CURATED, "--prefix", "urn:x:globex/sealed", "--count", "20"],
+    );
+    let sealed_commit = reply["ids"][0].as_str().unwrap().to_string();
+    model.ack(CURATED, synthetic("urn:x:globex/sealed", 20));
+    c.sync(GLOBEX, CURATED, &model);
+    c.assert_holds(&model, CURATED, &curated_members, Duration::from_secs(30));
+    let shipped = c.ok(GLOBEX, &["shipped", "--branch", CURATED, "--commit", &sealed_commit]);
+    assert_eq!(shipped["sealed"], Value::Bool(true), "{shipped}");
+    let bytes = shipped["bytes"].as_str().unwrap().to_string();
+    assert!(
+        !bytes.contains(&hex_of("urn:x:globex/sealed")),
+        "the shipped commit carries its triples in the clear"
+    );
+    let opened = c.ok(INITECH, &["open", "--branch", CURATED, "--bytes", &bytes]);
+    assert_eq!(opened["commit"].as_str(), Some(sealed_commit.as_str()), "{opened}");
+    assert_eq!(opened["added"], 20, "{opened}");
+    let refused = c
+        .admin(UMBRELLA, &["open", "--branch", CURATED, "--bytes", &bytes])
+        .expect_err("umbrella opened a commit written after it left curated");
+    assert!(refused.contains("no data key here for epoch"), "{refused}");
+    c.step(&format!(
+        "8b. umbrella-1 left confidential curated: initech-1 opens what globex-1 wrote after, \
+         umbrella-1 cannot ({})",
+        refused.trim()
+    ));
     let rejoined = c.ok(ACME1, &["join", "--branch", VOCAB, "--node", &c.nodes[ACME2].id]);
     assert!(rejoined["index"].as_u64().is_some(), "{rejoined}");
     // It hosts the branch when it consents; a moment later it must still host it.
@@ -1089,7 +1133,7 @@ fn four_organizations_five_node_processes_sigkill_merge_consents_leave_join() {
     let vocab_members: Vec<usize> = if c.branch_status(ACME2, VOCAB).is_some() {
         c.sync(ACME2, VOCAB, &model);
         c.assert_holds(&model, VOCAB, &all, Duration::from_secs(30));
-        c.step("8b. acme-2 joined vocab again and caught up, the write it missed included");
+        c.step("8c. acme-2 joined vocab again and caught up, the write it missed included");
         all.clone()
     } else {
         // BUG: a node that joins a branch it left does not host it. Its consent makes it host
@@ -1108,7 +1152,7 @@ fn four_organizations_five_node_processes_sigkill_merge_consents_leave_join() {
         ));
         c.ok(ACME1, &["leave", "--branch", VOCAB, "--node", &c.nodes[ACME2].id]);
         assert_eq!(c.members(ACME1, VOCAB), remaining, "acme-2 taken out again");
-        c.step("8b. BUG: acme-2 joined vocab again but does not host it; taken out again");
+        c.step("8c. BUG: acme-2 joined vocab again but does not host it; taken out again");
         remaining.clone()
     };
 
@@ -1224,4 +1268,9 @@ fn four_organizations_five_node_processes_sigkill_merge_consents_leave_join() {
     }
     eprintln!("total {:.1}s", started.elapsed().as_secs_f64());
     assert!(bugs.is_empty(), "the scenario ran through, but found:\n- {}", bugs.join("\n- "));
+}
+
+/// The hex of a string's bytes (how it would show in a hex dump of what travels).
+fn hex_of(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
 }

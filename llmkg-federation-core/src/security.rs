@@ -13,6 +13,8 @@
 //!                         ──create_security_context──► SecurityContext  (members, level, key epoch)
 //!  CrossFederationMerge   ──validate_cross_federation_merge──► SecurityDecision
 //!  (federation, branch)   ──commit_policy──► CommitPolicy: every received commit checked
+//!                         ──envelope_seal──► EnvelopeSeal: a sealed level's commits shipped sealed
+//!                         ──key_epochs / accept_key_epochs──► the data-key epochs members exchange
 //! ```
 //!
 //! The trait is object safe; `llmkg-governance` implements it. Decisions are local and
@@ -154,6 +156,14 @@ pub struct MembershipChange {
     pub org: OrgId,
     /// Whether it enters (`true`) or leaves.
     pub joins: bool,
+    /// For a sealed branch, the node that issues the data-key epoch of the new membership
+    /// (the others fetch it from the members): a member's node after the change, never one of
+    /// the organization that leaves, which must not see the key it is to be kept from.
+    /// [`FederatedBranchingSystem`](crate::system::FederatedBranchingSystem) picks the
+    /// proposer of the change when it remains a member, else the remaining member with the
+    /// lowest node id; `None` when the change is replayed from the log (after a restart):
+    /// nobody issues then, the epoch already exists.
+    pub issuer: Option<NodeId>,
 }
 
 /// A decision of a branch's consensus group, as the audit trail records it.
@@ -410,4 +420,71 @@ pub trait SecurityManager: Send + Sync {
     /// certified by a trusted root and every organization whose data the commit touches
     /// permits it. Plug it into the branch's replica.
     fn commit_policy(&self, branch: &BranchRef) -> Result<Arc<dyn CommitPolicy>, SecurityError>;
+
+    /// How `branch`'s replicas seal the commits they ship to each other: for a level that
+    /// [seals](SecurityLevel::seals), an [`EnvelopeSeal`] under the federation's current
+    /// data-key epoch; `None` for a level whose commits travel in the clear (inside the
+    /// transport's encryption). Plug it into the branch's replica set.
+    fn envelope_seal(
+        &self,
+        branch: &BranchRef,
+    ) -> Result<Option<Arc<dyn EnvelopeSeal>>, SecurityError>;
+
+    /// The data-key epochs of `branch`'s federation this node issued or accepted, encoded,
+    /// oldest first, for a member whose epoch has not arrived; empty for a level that does not
+    /// seal.
+    fn key_epochs(&self, branch: &BranchRef) -> Vec<Vec<u8>>;
+
+    /// Accepts data-key epochs another member sent (encoded, oldest first; those already held
+    /// are skipped) and returns how many were new. Each must be issued by an administrator of
+    /// a member and the newest must wrap the key for exactly the branch's members as this
+    /// node knows them. Audited; on error nothing changed.
+    fn accept_key_epochs(
+        &self,
+        branch: &BranchRef,
+        epochs: &[Vec<u8>],
+        now: Timestamp,
+    ) -> Result<usize, SecurityError>;
+
+    /// Whether `branch` is of a sealed level and the data-key epoch of its latest membership
+    /// change has not arrived here: its replicas can open what they already hold keys for,
+    /// but seal nothing until it does.
+    fn awaits_key_epoch(&self, branch: &BranchRef) -> bool;
+}
+
+/// Seals and opens one branch's commit envelopes (the bytes its replicas ship to each other)
+/// under the federation's data key, for a branch of a level that
+/// [seals](SecurityLevel::seals). Whoever is not a member of the epoch a commit was sealed
+/// under cannot read it: an organization that left reads nothing written after.
+pub trait EnvelopeSeal: Send + Sync {
+    /// Seals one envelope under the current epoch. Fails with [`SealError::EpochPending`]
+    /// while the epoch of the branch's latest membership change has not arrived.
+    fn seal(&self, envelope: &[u8]) -> Result<Vec<u8>, SealError>;
+
+    /// Opens a sealed envelope a peer shipped. A refusal is audited.
+    fn open(&self, sealed: &[u8], now: Timestamp) -> Result<Vec<u8>, SealError>;
+}
+
+/// Why an envelope could not be sealed or opened. Nothing was decrypted or changed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum SealError {
+    /// The data-key epoch of the branch's latest membership change has not arrived here:
+    /// nothing can be sealed until it does.
+    #[error("the branch's current data-key epoch has not arrived here")]
+    EpochPending,
+    /// This node holds no key for the epoch the envelope was sealed under: its organization
+    /// was not a member of that epoch (it left before it, say), or the epoch is unknown here.
+    #[error("no data key here for epoch {epoch}")]
+    NoKey {
+        /// The epoch the envelope names.
+        epoch: u64,
+    },
+    /// The envelope does not decode or does not authenticate (tampered, or sealed for
+    /// another branch).
+    #[error("unreadable sealed envelope: {0}")]
+    Unreadable(String),
+    /// The security manager's own machinery failed (its audit log, say).
+    #[error("sealing failed: {0}")]
+    Internal(String),
 }

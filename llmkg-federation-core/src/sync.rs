@@ -266,4 +266,9 @@ pub trait SyncStrategy: Send + Sync {
 
     /// The replica's heads and the state they determine (a copy, taken atomically).
     fn state(&self) -> BoxFuture<'_, Result<(Vec<CommitId>, GraphState), SyncError>>;
+
+    /// Commit `id` exactly as this replica ships it to its peers (sealed, for a branch whose
+    /// commits travel sealed), or `None` if the replica does not hold it: what an auditor
+    /// inspects to see what a peer, or anyone on the path, could read.
+    fn shipped(&self, id: CommitId) -> BoxFuture<'_, Result<Option<Vec<u8>>, SyncError>>;
 }

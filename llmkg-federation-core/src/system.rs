@@ -51,8 +51,8 @@ use crate::graph::{GraphState, Pattern};
 use crate::identity::{NodeId, NodeKeypair, OrgId, Signed};
 use crate::registry::{ExecutedOperation, Registry, RegistryEvent, SharedRegistry};
 use crate::security::{
-    BranchRef, CrossFederationMerge, DecisionRecord, MembershipChange, SecurityDecision,
-    SecurityError, SecurityManager, Verdict,
+    BranchRef, CrossFederationMerge, DecisionRecord, EnvelopeSeal, MembershipChange, SealError,
+    SecurityDecision, SecurityError, SecurityManager, Verdict,
 };
 use crate::store::BranchName;
 use crate::sync::{
@@ -109,10 +109,14 @@ pub trait BranchBackend: Send + Sync {
     ) -> Result<Arc<dyn ConsensusEngine>, BackendError>;
 
     /// Starts (or reopens) `spec`'s replica, checking every commit received with `policy`.
+    /// For a branch of a level that seals, `seal` seals every commit the replica ships and
+    /// opens every commit it receives: the replica must not send or accept commits in the
+    /// clear then.
     fn start_sync(
         &self,
         spec: &GroupSpec,
         policy: Arc<dyn CommitPolicy>,
+        seal: Option<Arc<dyn EnvelopeSeal>>,
     ) -> Result<Arc<dyn SyncStrategy>, BackendError>;
 
     /// Stops what runs for `group` (this node left it).
@@ -243,6 +247,8 @@ enum Control {
     /// Asks for the receiver's organization's consent to a proposal of `group`; `creation` is
     /// the group's creation entry, for a receiver that does not host the group yet.
     Consent { proposal: Vec<u8>, creation: Vec<u8> },
+    /// Asks a member of a sealed branch's group for the data-key epochs it holds.
+    KeyEpochs { group: GroupId },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -251,6 +257,45 @@ enum ControlReply {
     Consent(Vec<u8>),
     /// The receiver could not evaluate the request.
     Error(String),
+    /// The data-key epochs the receiver holds, encoded, oldest first.
+    KeyEpochs(Vec<Vec<u8>>),
+}
+
+/// Most key epochs one answer carries.
+const MAX_KEY_EPOCHS: usize = 4096;
+
+/// The envelope seal of a sealed branch, resolved from the security manager once the branch's
+/// security context exists (it does not when the node starts hosting a branch whose creation
+/// is still being decided): until then nothing is sealed or opened.
+struct BranchSeal {
+    security: Arc<dyn SecurityManager>,
+    branch: BranchRef,
+    resolved: std::sync::OnceLock<Arc<dyn EnvelopeSeal>>,
+}
+
+impl BranchSeal {
+    fn get(&self) -> Option<&Arc<dyn EnvelopeSeal>> {
+        if let Some(seal) = self.resolved.get() {
+            return Some(seal);
+        }
+        let seal = self.security.envelope_seal(&self.branch).ok().flatten()?;
+        Some(self.resolved.get_or_init(|| seal))
+    }
+}
+
+impl EnvelopeSeal for BranchSeal {
+    fn seal(&self, envelope: &[u8]) -> Result<Vec<u8>, SealError> {
+        self.get().ok_or(SealError::EpochPending)?.seal(envelope)
+    }
+
+    fn open(&self, sealed: &[u8], now: Timestamp) -> Result<Vec<u8>, SealError> {
+        match self.get() {
+            Some(seal) => seal.open(sealed, now),
+            None => Err(SealError::Unreadable(
+                "the branch's security context is not set up here yet".into(),
+            )),
+        }
+    }
 }
 
 /// A branch this node hosts.
@@ -679,9 +724,17 @@ impl FederatedBranchingSystem {
         });
         self.inner.backend.remember(&spec.group, &encoded(creation)?)?;
         let recorded = self.inner.backend.recorded(&spec.group)?;
+        let seal: Option<Arc<dyn EnvelopeSeal>> =
+            c.request.policy.security_level.seals().then(|| {
+                Arc::new(BranchSeal {
+                    security: Arc::clone(&self.inner.security),
+                    branch: BranchRef { federation: self.inner.federation, branch: branch.clone() },
+                    resolved: std::sync::OnceLock::new(),
+                }) as Arc<dyn EnvelopeSeal>
+            });
         let started =
             self.inner.backend.start_consensus(&spec, registry.clone()).and_then(|engine| {
-                self.inner.backend.start_sync(&spec, policy).map(|sync| (engine, sync))
+                self.inner.backend.start_sync(&spec, policy, seal).map(|sync| (engine, sync))
             });
         let (engine, sync) = match started {
             Ok(both) => both,
@@ -841,6 +894,10 @@ impl FederatedBranchingSystem {
                     last_error = Some(format!("{}: {e}", m.node));
                     continue;
                 }
+                Ok(Ok(ControlReply::KeyEpochs(_))) => {
+                    last_error = Some(format!("{}: an answer that is not a consent", m.node));
+                    continue;
+                }
                 Ok(Err(e)) => {
                     last_error = Some(format!("{}: a malformed reply: {e}", m.node));
                     continue;
@@ -989,6 +1046,7 @@ impl FederatedBranchingSystem {
                             branch: BranchRef { federation: b.federation, branch: b.branch },
                             org: j.member.org.clone(),
                             joins: true,
+                            issuer: None,
                         };
                         let d = self.inner.security.validate_membership_change(&change, now)?;
                         self.own_verdict(&d)
@@ -1017,6 +1075,7 @@ impl FederatedBranchingSystem {
                                     },
                                     org,
                                     joins: false,
+                                    issuer: None,
                                 };
                                 let d =
                                     self.inner.security.validate_membership_change(&change, now)?;
@@ -1371,7 +1430,7 @@ impl FederatedBranchingSystem {
                 continue;
             };
             let reply = match self.answer(from, &payload) {
-                Ok(consent) => ControlReply::Consent(consent),
+                Ok(reply) => reply,
                 Err(e) => ControlReply::Error(bounded_reason(e.to_string())),
             };
             if let Ok(bytes) = encoding::try_encode(&reply) {
@@ -1380,15 +1439,90 @@ impl FederatedBranchingSystem {
         }
     }
 
-    /// Answers a consent request from `from`: evaluates it and, for a creation or a join of
-    /// this node that it approves, starts hosting the branch.
-    fn answer(&self, from: NodeId, payload: &[u8]) -> Result<Vec<u8>, FederationError> {
+    /// Answers a control request from `from`.
+    fn answer(&self, from: NodeId, payload: &[u8]) -> Result<ControlReply, FederationError> {
         if self.is_shut() {
             return Err(FederationError::Rejected("this node is shut down".into()));
         }
-        let Control::Consent { proposal, creation } =
-            encoding::decode_with_limit::<Control>(payload, MAX_CONTROL_LEN)
-                .map_err(|e| FederationError::Invalid(format!("malformed request: {e}")))?;
+        match encoding::decode_with_limit::<Control>(payload, MAX_CONTROL_LEN)
+            .map_err(|e| FederationError::Invalid(format!("malformed request: {e}")))?
+        {
+            Control::Consent { proposal, creation } => {
+                self.answer_consent(from, proposal, creation).map(ControlReply::Consent)
+            }
+            Control::KeyEpochs { group } => self.answer_key_epochs(from, group),
+        }
+    }
+
+    /// Hands the data-key epochs of a sealed branch to a member of its group (they are
+    /// signed and wrapped for each member: only members can use them, but only members are
+    /// told).
+    fn answer_key_epochs(
+        &self,
+        from: NodeId,
+        group: GroupId,
+    ) -> Result<ControlReply, FederationError> {
+        let hosted = lock(&self.inner.branches).values().find(|h| h.spec.group == group).cloned();
+        let Some(hosted) = hosted else {
+            return Err(FederationError::Invalid("this node does not host that group".into()));
+        };
+        if !hosted.registry.lock().members().iter().any(|m| m.node == from) {
+            return Err(FederationError::NotPermitted("not a member of the group".into()));
+        }
+        let branch =
+            BranchRef { federation: self.inner.federation, branch: hosted.spec.branch.clone() };
+        let mut epochs = self.inner.security.key_epochs(&branch);
+        let skip = epochs.len().saturating_sub(MAX_KEY_EPOCHS);
+        epochs.drain(..skip);
+        Ok(ControlReply::KeyEpochs(epochs))
+    }
+
+    /// Asks the other members of a sealed branch, one after another, for the data-key epoch
+    /// this node waits for, until one answer brings it.
+    async fn fetch_key_epochs(&self, hosted: &Hosted) {
+        let branch =
+            BranchRef { federation: self.inner.federation, branch: hosted.spec.branch.clone() };
+        let me = self.node_id();
+        let members: Vec<NodeId> =
+            hosted.registry.lock().members().iter().map(|m| m.node).filter(|n| *n != me).collect();
+        let Ok(message) = encoding::try_encode(&Control::KeyEpochs { group: hosted.spec.group })
+        else {
+            return;
+        };
+        for node in members {
+            if !self.inner.security.awaits_key_epoch(&branch) {
+                return;
+            }
+            let reply = self
+                .inner
+                .transport
+                .request_on(
+                    self.inner.config.control,
+                    node,
+                    message.clone(),
+                    self.inner.config.request_timeout,
+                )
+                .await;
+            let Ok(bytes) = reply else { continue };
+            if let Ok(ControlReply::KeyEpochs(epochs)) =
+                encoding::decode_with_limit::<ControlReply>(&bytes, MAX_CONTROL_LEN)
+                && epochs.len() <= MAX_KEY_EPOCHS
+            {
+                // A refusal (an epoch for other members than this node knows yet) is audited
+                // by the manager; another member, or the next round, is asked.
+                let _ = self.inner.security.accept_key_epochs(&branch, &epochs, self.now());
+            }
+        }
+    }
+
+    /// Answers a consent request from `from`: evaluates it and, for a creation or a join of
+    /// this node that it approves, starts hosting the branch.
+    fn answer_consent(
+        &self,
+        from: NodeId,
+        proposal: Vec<u8>,
+        creation: Vec<u8>,
+    ) -> Result<Vec<u8>, FederationError> {
         let fed = &self.inner.federation;
         let proposal = Signed::<ConsensusProposal>::decode(&proposal, fed)
             .map_err(|e| FederationError::Invalid(format!("bad proposal: {e}")))?;
@@ -1528,13 +1662,21 @@ impl FederatedBranchingSystem {
                 if op.index > recorded {
                     let _ = self.inner.security.record_decision(branch_ref, &record, now);
                 }
-                self.execute(hosted, branch_ref, &op).await;
+                self.execute(hosted, branch_ref, &op, op.index > recorded).await;
             }
             _ => {}
         }
     }
 
-    async fn execute(&self, hosted: &Arc<Hosted>, branch_ref: &BranchRef, op: &ExecutedOperation) {
+    /// Carries out an executed operation on this node; `fresh` is false for an operation
+    /// replayed from the log (after a restart), whose effects elsewhere already happened.
+    async fn execute(
+        &self,
+        hosted: &Arc<Hosted>,
+        branch_ref: &BranchRef,
+        op: &ExecutedOperation,
+        fresh: bool,
+    ) {
         let now = self.now();
         let me = self.node_id();
         match &op.kind {
@@ -1570,12 +1712,16 @@ impl FederatedBranchingSystem {
                 let org_is_new = branch.as_ref().is_some_and(|b| {
                     b.members.iter().filter(|m| m.org == j.member.org).count() == 1
                 });
-                if org_is_new && j.member.node != me {
+                // On the joining node too: its context, made from the creation entry, must
+                // list its own organization (a sealed branch's key epoch for the new members
+                // is accepted only if it does).
+                if org_is_new {
                     let change = MembershipChange {
                         requester: op.proposer,
                         branch: branch_ref.clone(),
                         org: j.member.org.clone(),
                         joins: true,
+                        issuer: fresh.then(|| epoch_issuer(op.proposer, branch.as_ref())),
                     };
                     let _ = self.inner.security.apply_membership_change(&change, now);
                 }
@@ -1588,8 +1734,9 @@ impl FederatedBranchingSystem {
                     return;
                 }
                 let org = hosted.org_of_member(&l.node);
-                let still = hosted
-                    .branch()
+                let branch = hosted.branch();
+                let still = branch
+                    .as_ref()
                     .is_some_and(|b| org.as_ref().is_some_and(|o| b.organizations.contains(o)));
                 if let Some(org) = org.filter(|_| !still) {
                     let change = MembershipChange {
@@ -1597,6 +1744,7 @@ impl FederatedBranchingSystem {
                         branch: branch_ref.clone(),
                         org,
                         joins: false,
+                        issuer: fresh.then(|| epoch_issuer(op.proposer, branch.as_ref())),
                     };
                     let _ = self.inner.security.apply_membership_change(&change, now);
                 }
@@ -1649,6 +1797,11 @@ impl FederatedBranchingSystem {
             if self.departed(&hosted) {
                 self.unhost(&hosted.spec.branch);
                 return;
+            }
+            let branch =
+                BranchRef { federation: self.inner.federation, branch: hosted.spec.branch.clone() };
+            if hosted.registry.lock().is_active() && self.inner.security.awaits_key_epoch(&branch) {
+                self.fetch_key_epochs(&hosted).await;
             }
             if hosted.engine.health().leader != Some(self.node_id()) {
                 continue;
@@ -1752,6 +1905,17 @@ impl CommitPolicy for MemberPolicy {
             .map_err(|e| refuse(&format!("no security context yet: {e}")))?;
         policy.check(commit)
     }
+}
+
+/// Who issues the data-key epoch of a membership change of a sealed branch: its proposer if
+/// it is a member afterwards, else the member with the lowest node id (every member computes
+/// the same from the same log).
+fn epoch_issuer(proposer: NodeId, after: Option<&FederatedBranch>) -> NodeId {
+    let Some(branch) = after else { return proposer };
+    if branch.members.iter().any(|m| m.node == proposer) {
+        return proposer;
+    }
+    branch.members.iter().map(|m| m.node).min().unwrap_or(proposer)
 }
 
 fn proposal_id(signed: &Signed<ConsensusProposal>) -> Result<ProposalId, FederationError> {

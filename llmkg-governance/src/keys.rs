@@ -117,6 +117,9 @@ const NONCE_LEN: usize = 24;
 const WRAP_INFO_DOMAIN: &str = "llmkg-governance/key-wrap/v1";
 /// Domain of the associated data of a sealed change set.
 const SEAL_AAD_DOMAIN: &str = "llmkg-governance/sealed-change-set/v1";
+/// Domain of the associated data of a sealed commit envelope (a replica's commit as it is
+/// shipped to the branch's other replicas): a sealed change set cannot pass for one.
+const ENVELOPE_AAD_DOMAIN: &str = "llmkg-governance/sealed-commit-envelope/v1";
 /// Domain of an epoch digest.
 const EPOCH_DIGEST_DOMAIN: &str = "llmkg-governance/key-epoch-digest/v1";
 
@@ -735,9 +738,9 @@ fn wrap_info(federation: &FederationId, epoch: u64, org: &OrgId) -> Vec<u8> {
 }
 
 /// The associated data of a change set sealed in `epoch` for `branch`.
-fn seal_aad(federation: &FederationId, branch: &BranchName, epoch: u64) -> Vec<u8> {
+fn seal_aad(domain: &str, federation: &FederationId, branch: &BranchName, epoch: u64) -> Vec<u8> {
     let mut aad = Vec::with_capacity(128 + branch.as_str().len());
-    push_str(&mut aad, SEAL_AAD_DOMAIN);
+    push_str(&mut aad, domain);
     aad.extend_from_slice(federation.as_bytes());
     aad.extend_from_slice(&epoch.to_le_bytes());
     push_str(&mut aad, branch.as_str());
@@ -1004,33 +1007,9 @@ impl FederationKeyring {
         branch: &BranchName,
         changes: &ChangeSet,
     ) -> Result<SealedChangeSet, KeyError> {
-        let Some((&epoch, record)) = self.epochs.iter().next_back() else {
-            return Err(KeyError::NoCurrentEpoch);
-        };
-        let Some(key) = &record.key else {
-            return Err(KeyError::NoKeyForEpoch { epoch });
-        };
         let mut buffer = Vec::new();
         encoding::encode_into(changes, &mut buffer);
-        if buffer.len() > MAX_PLAINTEXT_LEN {
-            return Err(KeyError::TooLarge {
-                what: "change set",
-                len: buffer.len(),
-                limit: MAX_PLAINTEXT_LEN,
-            });
-        }
-        buffer.reserve_exact(TAG_LEN);
-        let mut nonce = [0u8; NONCE_LEN];
-        rng.fill_bytes(&mut nonce);
-        let aad = seal_aad(&self.federation, branch, epoch);
-        key.0.encrypt_in_place(XNonce::cast_from_core(&nonce), &aad, &mut buffer).map_err(
-            |_| KeyError::TooLarge {
-                what: "change set",
-                len: buffer.len(),
-                limit: MAX_PLAINTEXT_LEN,
-            },
-        )?;
-        Ok(SealedChangeSet { epoch, nonce, ciphertext: buffer })
+        self.seal_in_place(rng, SEAL_AAD_DOMAIN, branch, buffer)
     }
 
     /// Opens a change set sealed for `branch` in this federation. Fails with
@@ -1043,6 +1022,81 @@ impl FederationKeyring {
         branch: &BranchName,
         sealed: &SealedChangeSet,
     ) -> Result<ChangeSet, KeyError> {
+        let mut buffer = self.open_to_vec(SEAL_AAD_DOMAIN, branch, sealed)?;
+        let changes = encoding::decode_with_limit(&buffer, MAX_PLAINTEXT_LEN);
+        wipe(&mut buffer);
+        Ok(changes?)
+    }
+
+    /// Seals a commit envelope of `branch` (the bytes a replica ships to the branch's other
+    /// replicas) like [`seal`](Self::seal) seals a change set, under associated data of its
+    /// own domain, so neither can be opened as the other.
+    pub fn seal_envelope(
+        &self,
+        rng: &mut impl CryptoRng,
+        branch: &BranchName,
+        envelope: &[u8],
+    ) -> Result<SealedChangeSet, KeyError> {
+        if envelope.len() > MAX_PLAINTEXT_LEN {
+            return Err(KeyError::TooLarge {
+                what: "commit envelope",
+                len: envelope.len(),
+                limit: MAX_PLAINTEXT_LEN,
+            });
+        }
+        let mut buffer = Vec::with_capacity(envelope.len() + TAG_LEN);
+        buffer.extend_from_slice(envelope);
+        self.seal_in_place(rng, ENVELOPE_AAD_DOMAIN, branch, buffer)
+    }
+
+    /// Opens a commit envelope sealed by [`seal_envelope`](Self::seal_envelope); fails as
+    /// [`open`](Self::open) does (the envelope itself is the caller's to check).
+    pub fn open_envelope(
+        &self,
+        branch: &BranchName,
+        sealed: &SealedChangeSet,
+    ) -> Result<Vec<u8>, KeyError> {
+        self.open_to_vec(ENVELOPE_AAD_DOMAIN, branch, sealed)
+    }
+
+    fn seal_in_place(
+        &self,
+        rng: &mut impl CryptoRng,
+        domain: &str,
+        branch: &BranchName,
+        mut buffer: Vec<u8>,
+    ) -> Result<SealedChangeSet, KeyError> {
+        let Some((&epoch, record)) = self.epochs.iter().next_back() else {
+            return Err(KeyError::NoCurrentEpoch);
+        };
+        let Some(key) = &record.key else {
+            return Err(KeyError::NoKeyForEpoch { epoch });
+        };
+        if buffer.len() > MAX_PLAINTEXT_LEN {
+            let len = buffer.len();
+            wipe(&mut buffer);
+            return Err(KeyError::TooLarge { what: "change set", len, limit: MAX_PLAINTEXT_LEN });
+        }
+        buffer.reserve_exact(TAG_LEN);
+        let mut nonce = [0u8; NONCE_LEN];
+        rng.fill_bytes(&mut nonce);
+        let aad = seal_aad(domain, &self.federation, branch, epoch);
+        key.0.encrypt_in_place(XNonce::cast_from_core(&nonce), &aad, &mut buffer).map_err(
+            |_| KeyError::TooLarge {
+                what: "change set",
+                len: buffer.len(),
+                limit: MAX_PLAINTEXT_LEN,
+            },
+        )?;
+        Ok(SealedChangeSet { epoch, nonce, ciphertext: buffer })
+    }
+
+    fn open_to_vec(
+        &self,
+        domain: &str,
+        branch: &BranchName,
+        sealed: &SealedChangeSet,
+    ) -> Result<Vec<u8>, KeyError> {
         let epoch = sealed.epoch;
         let Some(record) = self.epochs.get(&epoch) else {
             return Err(KeyError::UnknownEpoch { epoch });
@@ -1050,14 +1104,12 @@ impl FederationKeyring {
         let Some(key) = &record.key else {
             return Err(KeyError::NoKeyForEpoch { epoch });
         };
-        let aad = seal_aad(&self.federation, branch, epoch);
+        let aad = seal_aad(domain, &self.federation, branch, epoch);
         let mut buffer = sealed.ciphertext.clone();
         key.0
             .decrypt_in_place(XNonce::cast_from_core(&sealed.nonce), &aad, &mut buffer)
             .map_err(|_| KeyError::Tampered)?;
-        let changes = encoding::decode_with_limit(&buffer, MAX_PLAINTEXT_LEN);
-        wipe(&mut buffer);
-        Ok(changes?)
+        Ok(buffer)
     }
 }
 

@@ -11,12 +11,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use llmkg_federation_core::encoding::hex;
+use llmkg_federation_core::encoding::{self, hex};
 use llmkg_federation_core::kv::KvStore;
 use llmkg_federation_core::security::{
-    BranchRef, CrossFederationMerge, DecisionRecord, FederatedBranchRequest, MembershipChange,
-    Operation, OrgVerdict, SecurityContext, SecurityDecision, SecurityError, SecurityManager,
-    Verdict,
+    BranchRef, CrossFederationMerge, DecisionRecord, EnvelopeSeal, FederatedBranchRequest,
+    MembershipChange, Operation, OrgVerdict, SealError, SecurityContext, SecurityDecision,
+    SecurityError, SecurityManager, Verdict,
 };
 use llmkg_federation_core::{
     BranchName, ChangeSet, CommitPolicy, CommitRefusal, FederationId, NodeCertificate, NodeId,
@@ -29,7 +29,8 @@ use thiserror::Error;
 
 use crate::access::{AccessControl, AccessPolicy, Ask, MAX_NAMESPACE_LEN, PolicyError};
 use crate::audit::{
-    AuditError, AuditLog, Checkpoint, CheckpointError, LogSigner, LogVerifier, SignedNote,
+    AuditError, AuditLog, Checkpoint, CheckpointError, LogSigner, LogVerifier, SIDE_PREFIX,
+    SignedNote,
 };
 use crate::event::{AuditEvent, AuditKind, VerdictRecord};
 use crate::keys::{
@@ -396,12 +397,23 @@ impl<K: KvStore> State<K> {
 
     /// Records several events in one atomic append.
     fn record_all(&mut self, now: Timestamp, kinds: Vec<AuditKind>) -> Result<(), AuditError> {
+        self.record_all_with(now, kinds, Vec::new())
+    }
+
+    /// Records several events and writes `side` records (the key epochs they accept or
+    /// issue) in one atomic write.
+    fn record_all_with(
+        &mut self,
+        now: Timestamp,
+        kinds: Vec<AuditKind>,
+        side: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<(), AuditError> {
         let by = self.org.to_string();
         let entries: Vec<Vec<u8>> = kinds
             .into_iter()
             .map(|kind| AuditEvent { at: now.as_micros(), by: by.clone(), kind }.to_bytes())
             .collect();
-        self.audit.append_batch(&entries).map(|_| ())
+        self.audit.append_batch_with(&entries, side).map(|_| ())
     }
 
     /// Records the refusal of a request that never reached a decision (unknown branch,
@@ -537,7 +549,8 @@ impl<K: KvStore> State<K> {
         if let Some(event) = rotation.as_mut().and_then(|r| r.event.take()) {
             events.push(event);
         }
-        self.record_all(now, events)?;
+        let side = rotation.iter().filter_map(|r| epoch_record(&r.epoch)).collect();
+        self.record_all_with(now, events, side)?;
         if let Some(r) = rotation {
             self.commit_rotation(r);
         }
@@ -602,6 +615,36 @@ impl<K: KvStore> State<K> {
         Ok(Rotation { federation, keyring, rng, epoch, number, event: Some(event) })
     }
 
+    /// Takes back the key epochs this node issued or accepted before it stopped (kept beside
+    /// the audit events that recorded them): they were checked when they were accepted, and
+    /// are checked again as a chain, so the data keys of the epochs this organization is a
+    /// member of are usable again without asking anyone.
+    fn restore_epochs(&mut self) -> Result<(), GovernanceError> {
+        let records = self.audit.side_records(&[SIDE_PREFIX, EPOCH_RECORD])?;
+        for (key, bytes) in records {
+            let federation = key
+                .get(2..34)
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .map(FederationId::from_bytes)
+                .ok_or_else(|| {
+                    GovernanceError::Audit(AuditError::Corrupt("a key epoch record's key".into()))
+                })?;
+            let epoch = KeyEpoch::decode_signed(&bytes, &federation)?;
+            self.keyring(federation).accept(&epoch)?;
+            self.epochs.entry(federation).or_default().push(epoch);
+        }
+        Ok(())
+    }
+
+    /// The current epoch of `federation` if it is for exactly `members`.
+    fn adoptable_epoch(&self, federation: FederationId, members: &[OrgId]) -> Option<u64> {
+        let last = self.epochs.get(&federation)?.last()?;
+        let value = last.open(&federation).ok()?;
+        let of: Vec<&OrgId> = value.members().collect();
+        (of.len() == members.len() && members.iter().all(|m| of.contains(&m)))
+            .then_some(value.epoch())
+    }
+
     /// Puts a recorded rotation in force.
     fn commit_rotation(&mut self, r: Rotation) {
         self.keyrings.insert(r.federation, r.keyring);
@@ -622,6 +665,58 @@ impl<K: KvStore> State<K> {
         self.contexts
             .get(branch)
             .ok_or_else(|| GovernanceError::UnknownBranch(branch.branch.clone()))
+    }
+
+    /// Whether `branch` is sealed and its current epoch is in force here: what sealing needs.
+    fn sealing_ready(&self, branch: &BranchRef) -> Result<(), GovernanceError> {
+        let context = self.context(branch)?;
+        let current =
+            self.keyrings.get(&branch.federation).and_then(FederationKeyring::current_epoch);
+        if !context.level.seals() || context.key_epoch.is_none() || context.key_epoch != current {
+            return Err(GovernanceError::KeyEpochPending(branch.branch.clone()));
+        }
+        Ok(())
+    }
+
+    fn seal_envelope(
+        &mut self,
+        branch: &BranchRef,
+        envelope: &[u8],
+    ) -> Result<Vec<u8>, GovernanceError> {
+        self.sealing_ready(branch)?;
+        let mut rng = self.rng.clone();
+        let sealed =
+            self.keyring(branch.federation).seal_envelope(&mut rng, &branch.branch, envelope)?;
+        self.rng = rng;
+        Ok(sealed.encode()?)
+    }
+
+    /// Opens a sealed envelope of `branch`; a refusal is audited.
+    fn open_envelope(
+        &mut self,
+        branch: &BranchRef,
+        bytes: &[u8],
+        now: Timestamp,
+    ) -> Result<Vec<u8>, GovernanceError> {
+        let sealed = SealedChangeSet::decode(bytes);
+        let epoch = sealed.as_ref().map(SealedChangeSet::epoch).unwrap_or_default();
+        let result = match sealed {
+            Ok(sealed) if self.contexts.contains_key(branch) => {
+                self.keyring(branch.federation).open_envelope(&branch.branch, &sealed)
+            }
+            Ok(_) => return Err(GovernanceError::UnknownBranch(branch.branch.clone())),
+            Err(e) => Err(e),
+        };
+        result.or_else(|e| {
+            let (federation, b) = branch_label(branch);
+            let kind = AuditKind::SealedReadRefused {
+                federation,
+                branch: b,
+                epoch,
+                reason: e.to_string(),
+            };
+            self.refuse(now, kind, e.into())
+        })
     }
 }
 
@@ -644,6 +739,8 @@ impl<K: KvStore> FederatedSecurityManager<K> {
             log_signer: options.log_signer,
             rng: ChaCha20Rng::from_seed(options.seed),
         };
+        let mut state = state;
+        state.restore_epochs()?;
         Ok(Self { state: Arc::new(Mutex::new(state)) })
     }
 
@@ -876,7 +973,8 @@ impl<K: KvStore> FederatedSecurityManager<K> {
         org: OrgId,
         now: Timestamp,
     ) -> Result<SecurityContext, GovernanceError> {
-        self.change_members(requester, branch, now, Some(org), None, false).map(|(_, c)| c)
+        self.change_members(requester, Some(requester), branch, now, Some(org), None, false)
+            .map(|(_, c)| c)
     }
 
     /// Takes `org` out of a branch, as `requester` asked (see [`add_member`](Self::add_member)
@@ -890,12 +988,17 @@ impl<K: KvStore> FederatedSecurityManager<K> {
         org: &OrgId,
         now: Timestamp,
     ) -> Result<SecurityContext, GovernanceError> {
-        self.change_members(requester, branch, now, None, Some(org), false).map(|(_, c)| c)
+        self.change_members(requester, Some(requester), branch, now, None, Some(org), false)
+            .map(|(_, c)| c)
     }
 
+    /// `issuer` is the node that issues the new data-key epoch of a sealed branch (see
+    /// [`MembershipChange::issuer`]).
+    #[allow(clippy::too_many_arguments)]
     fn change_members(
         &self,
         requester: &NodeId,
+        issuer: Option<&NodeId>,
         branch: &BranchRef,
         now: Timestamp,
         add: Option<OrgId>,
@@ -966,7 +1069,10 @@ impl<K: KvStore> FederatedSecurityManager<K> {
                 let e = GovernanceError::SealedMembershipConflict(branch.federation);
                 return s.refuse_request(now, branch, requester, op, e);
             }
-            if *requester == s.signer.node_id() {
+            if let Some(epoch) = s.adoptable_epoch(branch.federation, &context.members) {
+                // The epoch for exactly these members exists (a replayed change): no rotation.
+                context.key_epoch = Some(epoch);
+            } else if issuer.is_some_and(|i| *i == s.signer.node_id()) {
                 match s.prepare_rotation(branch.federation, &context.members) {
                     Ok(r) => {
                         context.key_epoch = Some(r.number);
@@ -975,7 +1081,7 @@ impl<K: KvStore> FederatedSecurityManager<K> {
                     Err(e) => return s.refuse_request(now, branch, requester, op, e),
                 }
             } else {
-                // The requester's node issues the epoch; until it arrives, nothing is sealed.
+                // The issuer's node issues the epoch; until it arrives, nothing is sealed.
                 context.key_epoch = None;
             }
         }
@@ -1101,7 +1207,8 @@ impl<K: KvStore> FederatedSecurityManager<K> {
         if events.is_empty() {
             return Ok(accepted);
         }
-        s.record_all(now, events)?;
+        let side = fresh.iter().filter_map(epoch_record).collect();
+        s.record_all_with(now, events, side)?;
         let current = keyring.current_epoch();
         s.keyrings.insert(federation, keyring);
         s.epochs.entry(federation).or_default().extend(fresh);
@@ -1122,11 +1229,7 @@ impl<K: KvStore> FederatedSecurityManager<K> {
         changes: &ChangeSet,
     ) -> Result<SealedChangeSet, GovernanceError> {
         let mut s = self.state();
-        let context = s.context(branch)?.clone();
-        let current = s.keyrings.get(&branch.federation).and_then(FederationKeyring::current_epoch);
-        if !context.level.seals() || context.key_epoch.is_none() || context.key_epoch != current {
-            return Err(GovernanceError::KeyEpochPending(branch.branch.clone()));
-        }
+        s.sealing_ready(branch)?;
         let mut rng = s.rng.clone();
         let sealed = s.keyring(branch.federation).seal(&mut rng, &branch.branch, changes)?;
         s.rng = rng;
@@ -1269,6 +1372,12 @@ impl<K: KvStore> FederatedSecurityManager<K> {
                         .get(&branch.federation)
                         .and_then(FederationKeyring::current_epoch);
                 }
+                // Epochs kept from before a restart: the current one is the branch's if it
+                // is for exactly its members; else the branch waits for the epoch of its
+                // latest membership change (replayed, or fetched from another member).
+                None if s.epochs.get(&branch.federation).is_some_and(|e| !e.is_empty()) => {
+                    context.key_epoch = s.adoptable_epoch(branch.federation, &context.members);
+                }
                 // The requester's node issues the first epoch; the others accept it
                 // (`accept_key_epoch`) when it reaches them.
                 None if *node == s.signer.node_id() => {
@@ -1377,10 +1486,7 @@ impl<K: KvStore + 'static> SecurityManager for FederatedSecurityManager<K> {
         change: &MembershipChange,
         now: Timestamp,
     ) -> Result<SecurityDecision, SecurityError> {
-        let (add, remove) = membership_sides(change);
-        self.change_members(&change.requester, &change.branch, now, add, remove, true)
-            .map(|(d, _)| d)
-            .map_err(|e| security_error(e, change.requester))
+        self.membership_change(change, now, true).map(|(d, _)| d)
     }
 
     fn apply_membership_change(
@@ -1388,10 +1494,7 @@ impl<K: KvStore + 'static> SecurityManager for FederatedSecurityManager<K> {
         change: &MembershipChange,
         now: Timestamp,
     ) -> Result<SecurityContext, SecurityError> {
-        let (add, remove) = membership_sides(change);
-        self.change_members(&change.requester, &change.branch, now, add, remove, false)
-            .map(|(_, c)| c)
-            .map_err(|e| security_error(e, change.requester))
+        self.membership_change(change, now, false).map(|(_, c)| c)
     }
 
     fn record_decision(
@@ -1417,6 +1520,115 @@ impl<K: KvStore + 'static> SecurityManager for FederatedSecurityManager<K> {
             state: Arc::clone(&self.state),
             branch: branch.clone(),
         }))
+    }
+
+    fn envelope_seal(
+        &self,
+        branch: &BranchRef,
+    ) -> Result<Option<Arc<dyn EnvelopeSeal>>, SecurityError> {
+        let level = self.state().context(branch).map_err(SecurityError::from)?.level;
+        if !level.seals() {
+            return Ok(None);
+        }
+        Ok(Some(Arc::new(GovernanceEnvelopeSeal {
+            state: Arc::clone(&self.state),
+            branch: branch.clone(),
+        })))
+    }
+
+    fn key_epochs(&self, branch: &BranchRef) -> Vec<Vec<u8>> {
+        let s = self.state();
+        if !s.contexts.get(branch).is_some_and(|c| c.level.seals()) {
+            return Vec::new();
+        }
+        let epochs = s.epochs.get(&branch.federation).map(Vec::as_slice).unwrap_or_default();
+        epochs.iter().filter_map(|e| encoding::try_encode(e).ok()).collect()
+    }
+
+    fn accept_key_epochs(
+        &self,
+        branch: &BranchRef,
+        epochs: &[Vec<u8>],
+        now: Timestamp,
+    ) -> Result<usize, SecurityError> {
+        let mut chain = Vec::with_capacity(epochs.len());
+        for bytes in epochs {
+            let epoch = KeyEpoch::decode_signed(bytes, &branch.federation)
+                .map_err(|e| SecurityError::InvalidRequest(format!("a key epoch: {e}")))?;
+            chain.push(epoch);
+        }
+        let before = self.state().epochs.get(&branch.federation).map_or(0, Vec::len);
+        self.accept_key_epochs(&chain, now).map_err(SecurityError::from)?;
+        let after = self.state().epochs.get(&branch.federation).map_or(0, Vec::len);
+        Ok(after.saturating_sub(before))
+    }
+
+    fn awaits_key_epoch(&self, branch: &BranchRef) -> bool {
+        let s = self.state();
+        s.contexts.get(branch).is_some_and(|c| c.level.seals()) && s.sealing_ready(branch).is_err()
+    }
+}
+
+/// The envelope seal of one sealed branch under a [`FederatedSecurityManager`]: its
+/// replicas' commits are shipped sealed under the federation's current data key, and a
+/// sealed envelope this organization holds no key for is refused (audited as
+/// `sealed-read-refused`).
+pub struct GovernanceEnvelopeSeal<K: KvStore> {
+    state: Arc<Mutex<State<K>>>,
+    branch: BranchRef,
+}
+
+impl<K: KvStore> EnvelopeSeal for GovernanceEnvelopeSeal<K> {
+    fn seal(&self, envelope: &[u8]) -> Result<Vec<u8>, SealError> {
+        lock(&self.state).seal_envelope(&self.branch, envelope).map_err(seal_error)
+    }
+
+    fn open(&self, sealed: &[u8], now: Timestamp) -> Result<Vec<u8>, SealError> {
+        lock(&self.state).open_envelope(&self.branch, sealed, now).map_err(seal_error)
+    }
+}
+
+fn seal_error(e: GovernanceError) -> SealError {
+    match e {
+        GovernanceError::KeyEpochPending(_) => SealError::EpochPending,
+        GovernanceError::Key(
+            KeyError::NoKeyForEpoch { epoch } | KeyError::UnknownEpoch { epoch },
+        ) => SealError::NoKey { epoch },
+        GovernanceError::Key(e) => SealError::Unreadable(e.to_string()),
+        GovernanceError::UnknownBranch(b) => {
+            SealError::Unreadable(format!("no security context for branch {b}"))
+        }
+        other => SealError::Internal(other.to_string()),
+    }
+}
+
+/// The second key byte of a stored key epoch: `[SIDE_PREFIX, EPOCH_RECORD, federation (32),
+/// epoch (8, big-endian)]`, so that a scan returns each federation's chain in order.
+const EPOCH_RECORD: u8 = b'k';
+
+/// The side record that keeps `epoch` beside the audit event that accepts or issues it.
+fn epoch_record(epoch: &Signed<KeyEpoch>) -> Option<(Vec<u8>, Vec<u8>)> {
+    let federation = epoch.federation();
+    let number = epoch.open(&federation).ok()?.epoch();
+    let mut key = Vec::with_capacity(42);
+    key.extend_from_slice(&[SIDE_PREFIX, EPOCH_RECORD]);
+    key.extend_from_slice(federation.as_bytes());
+    key.extend_from_slice(&number.to_be_bytes());
+    Some((key, encoding::try_encode(epoch).ok()?))
+}
+
+impl<K: KvStore + 'static> FederatedSecurityManager<K> {
+    /// Decides (`dry_run`) or applies a membership change the branch's group decided.
+    fn membership_change(
+        &self,
+        change: &MembershipChange,
+        now: Timestamp,
+        dry_run: bool,
+    ) -> Result<(SecurityDecision, SecurityContext), SecurityError> {
+        let (add, remove) = membership_sides(change);
+        let issuer = change.issuer.as_ref();
+        self.change_members(&change.requester, issuer, &change.branch, now, add, remove, dry_run)
+            .map_err(|e| security_error(e, change.requester))
     }
 }
 

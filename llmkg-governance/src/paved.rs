@@ -36,7 +36,7 @@ use llmkg_consensus::raft::{Configuration, RaftConfig};
 use llmkg_federation_core::consensus::{ConsensusEngine, GroupId};
 use llmkg_federation_core::kv::Prefixed;
 use llmkg_federation_core::registry::SharedRegistry;
-use llmkg_federation_core::security::SecurityManager;
+use llmkg_federation_core::security::{EnvelopeSeal, SecurityManager};
 use llmkg_federation_core::sync::SyncStrategy;
 use llmkg_federation_core::system::{
     BackendError, BranchBackend, FederatedBranchingSystem, GroupSpec, NodeIdentity, SystemConfig,
@@ -153,6 +153,7 @@ impl<K: KvStore + Clone + 'static> BranchBackend for PavedBackend<K> {
         &self,
         spec: &GroupSpec,
         policy: Arc<dyn CommitPolicy>,
+        seal: Option<Arc<dyn EnvelopeSeal>>,
     ) -> Result<Arc<dyn SyncStrategy>, BackendError> {
         if let Some((_, Some(sync))) = self.running().get(&spec.group) {
             return Ok(sync.clone());
@@ -161,6 +162,7 @@ impl<K: KvStore + Clone + 'static> BranchBackend for PavedBackend<K> {
         options.channel = channel(spec.channels.sync)?;
         options.clock = Arc::clone(&self.clock);
         options.sync.round_interval = SYNC_ROUND;
+        options.seal = seal;
         let kv = self.prefixed(&spec.group, "sync");
         let (sync, task) = EventualSync::start_with_policy(
             options,

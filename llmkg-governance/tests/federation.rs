@@ -9,7 +9,9 @@ use llmkg_federation_core::consensus::{ConsensusProposal, Outcome, ProposalId, P
 use llmkg_federation_core::federated::{
     BranchSource, Consent, ConsentVerdict, FederatedBranchRequest, FederatedMergePolicy,
 };
-use llmkg_federation_core::security::{Operation, SecurityLevel};
+use llmkg_federation_core::security::{
+    BranchRef, Operation, SealError, SecurityLevel, SecurityManager,
+};
 use llmkg_federation_core::system::{FederatedBranchingSystem, FederationError, NodeIdentity};
 use llmkg_federation_core::{
     BranchName, ChangeSet, Clock, FederationId, GraphState, MemoryKv, NodeCertificate, NodeKeypair,
@@ -85,6 +87,23 @@ struct Node {
     cert: NodeCertificate,
     system: FederatedBranchingSystem,
     security: Arc<FederatedSecurityManager<MemoryKv>>,
+    /// The security manager's store (its audit log and the key epochs kept beside it).
+    audit: MemoryKv,
+}
+
+/// The security manager's options of node `i`, of `org`.
+fn options(org: &Org, key: &NodeKeypair, i: usize) -> GovernanceOptions {
+    GovernanceOptions {
+        org: org.id.clone(),
+        signer: Arc::new(NodeKeypair::from_secret_bytes(key.secret_bytes())),
+        encryption: org.enc(),
+        log_signer: LogSigner::new(
+            &format!("{}.example/audit", org.id),
+            ed25519_dalek::SigningKey::from_bytes(&[org.seed + 2; 32]),
+        )
+        .unwrap(),
+        seed: [i as u8; 32],
+    }
 }
 
 fn now() -> Timestamp {
@@ -107,18 +126,9 @@ fn federation(orgs: &[Org], placement: &[usize], known: usize) -> Vec<Node> {
     let mut nodes = Vec::new();
     for (i, key) in keys.iter().enumerate() {
         let org = &orgs[placement[i]];
-        let options = GovernanceOptions {
-            org: org.id.clone(),
-            signer: Arc::new(NodeKeypair::from_secret_bytes(key.secret_bytes())),
-            encryption: org.enc(),
-            log_signer: LogSigner::new(
-                &format!("{}.example/audit", org.id),
-                ed25519_dalek::SigningKey::from_bytes(&[org.seed + 2; 32]),
-            )
-            .unwrap(),
-            seed: [i as u8; 32],
-        };
-        let security = Arc::new(FederatedSecurityManager::new(options, MemoryKv::new()).unwrap());
+        let options = options(org, key, i);
+        let audit = MemoryKv::new();
+        let security = Arc::new(FederatedSecurityManager::new(options, audit.clone()).unwrap());
         for o in orgs {
             security.pin(o.id.clone(), o.root.root_key(), TrustLevel::Full, now()).unwrap();
             let enc = EncryptionKeyCertificate::issue(
@@ -162,6 +172,7 @@ fn federation(orgs: &[Org], placement: &[usize], known: usize) -> Vec<Node> {
             cert: certs[i].clone(),
             system,
             security,
+            audit,
         });
     }
     nodes
@@ -375,4 +386,105 @@ async fn refusals_are_typed_and_change_nothing() {
         .await
         .unwrap_err();
     assert!(matches!(err, FederationError::UnknownBranch(_)), "{err:?}");
+}
+
+/// A confidential branch ships its commits sealed under the federation's data key: the members
+/// read them, an organization that left reads nothing written after, and the key epochs
+/// survive a restart of the security manager.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_branch_ships_sealed_and_a_departed_organization_reads_nothing_after() {
+    let orgs = [Org::new("acme", 10), Org::new("globex", 20), Org::new("initech", 30)];
+    let nodes = federation(&orgs, &[0, 1, 2, 1], 4);
+    let all: Vec<OrgId> = orgs.iter().map(|o| o.id.clone()).collect();
+    let secret = name("secret");
+    let branch_ref = BranchRef { federation: fed(), branch: secret.clone() };
+    let (seed, src) = source(50);
+    let request =
+        FederatedBranchRequest::new(fed(), secret.clone(), nodes[0].key.node_id(), all.clone())
+            .with_source(src)
+            .with_level(SecurityLevel::Confidential);
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        nodes[0].system.create_federated_branch(request, seed),
+    )
+    .await
+    .expect("creation timed out")
+    .expect("creation");
+    let everyone: Vec<&Node> = nodes.iter().collect();
+    let converged = |members: Vec<&'static str>, among: Vec<usize>| {
+        let nodes = &nodes;
+        let secret = secret.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(60), async {
+                loop {
+                    let list: Vec<&Node> = among.iter().map(|i| &nodes[*i]).collect();
+                    let rs = roots(&list, &secret).await;
+                    if rs.windows(2).all(|w| w[0] == w[1]) {
+                        let (_, state) =
+                            nodes[among[0]].system.replica(&secret).unwrap().state().await.unwrap();
+                        let held = members.iter().all(|m| {
+                            state.iter().any(|t| t.to_triple().object().to_string().contains(m))
+                        });
+                        if held {
+                            return;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("{members:?} did not reach {among:?}"));
+        }
+    };
+
+    // Written by initech's node, it reaches every member: sealed on the way, opened by each.
+    let written = nodes[2]
+        .system
+        .write(&secret, ChangeSet::adding([triple("i", "p", "initech-before")]), "w")
+        .await
+        .unwrap();
+    converged(vec!["initech-before"], vec![0, 1, 2, 3]).await;
+    let shipped_before =
+        nodes[0].system.replica(&secret).unwrap().shipped(written).await.unwrap().unwrap();
+    let shipped = shipped_before.clone();
+    assert!(
+        !shipped.windows(14).any(|w| w == b"initech-before"),
+        "the commit travels in the clear"
+    );
+    let opened =
+        nodes[3].security.envelope_seal(&branch_ref).unwrap().unwrap().open(&shipped, now());
+    assert!(opened.is_ok(), "a member cannot open it: {opened:?}");
+    assert!(roots(&everyone, &secret).await.windows(2).all(|w| w[0] == w[1]));
+
+    // Initech's only node leaves: its organization leaves, the data key rotates without it.
+    let epochs_before = nodes[0].security.key_epochs(&fed()).len();
+    nodes[0].system.leave(&secret, nodes[2].key.node_id()).await.expect("leave");
+    let after = nodes[1]
+        .system
+        .write(&secret, ChangeSet::adding([triple("g", "p", "globex-after")]), "w")
+        .await
+        .unwrap();
+    converged(vec!["globex-after"], vec![0, 1, 3]).await;
+    assert_eq!(nodes[0].security.key_epochs(&fed()).len(), epochs_before + 1, "one new epoch");
+    let shipped = nodes[1].system.replica(&secret).unwrap().shipped(after).await.unwrap().unwrap();
+    let departed = nodes[2].security.envelope_seal(&branch_ref).unwrap().unwrap();
+    let refused = departed.open(&shipped, now());
+    assert!(
+        matches!(refused, Err(SealError::NoKey { .. })),
+        "the departed organization opens a commit written after it left: {refused:?}"
+    );
+    let member = nodes[0].security.envelope_seal(&branch_ref).unwrap().unwrap();
+    assert!(member.open(&shipped, now()).is_ok());
+    // What was shipped to it before it left it can still read; the same commit shipped now
+    // is sealed under the new epoch.
+    assert!(departed.open(&shipped_before, now()).is_ok());
+    let again = nodes[0].system.replica(&secret).unwrap().shipped(written).await.unwrap().unwrap();
+    assert!(matches!(departed.open(&again, now()), Err(SealError::NoKey { .. })));
+
+    // The key epochs are kept beside the audit log: a manager opened again on the same store
+    // holds the same chain, without asking anyone.
+    let reopened =
+        FederatedSecurityManager::new(options(&orgs[1], &nodes[1].key, 1), nodes[1].audit.clone())
+            .expect("reopen");
+    assert_eq!(reopened.key_epochs(&fed()), nodes[1].security.key_epochs(&fed()));
 }

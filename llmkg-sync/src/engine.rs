@@ -39,6 +39,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use llmkg_federation_core::consensus::GroupId;
+use llmkg_federation_core::security::EnvelopeSeal;
 use llmkg_federation_core::sync::{
     ConsistencyLevel, FederatedSyncOptions, FederatedSyncResult, FederatedSyncStrategy,
     NodeSyncResult, ReplicaStatus, SyncError, SyncStrategy,
@@ -49,7 +50,7 @@ use llmkg_federation_core::{
 };
 use llmkg_transport::{Driver, DriverConfig, DriverHandle};
 
-use crate::protocol::{SyncConfig, SyncCore, SyncEvent};
+use crate::protocol::{ShipError, SyncConfig, SyncCore, SyncEvent};
 use crate::replica::{OpenError, Replica, ReplicaConfig, WriteError};
 
 /// Whether `strategy` is one this crate can run: eventual consistency only, for now.
@@ -82,6 +83,10 @@ pub struct SyncOptions {
     pub seed: u64,
     /// The wall clock commit timestamps come from. Default: the system clock.
     pub clock: Arc<dyn Clock>,
+    /// For a sealed branch, how commits are sealed for shipping and opened on arrival (see
+    /// [`SyncCore::with_seal`]). Default `None`: commits travel in the clear inside the
+    /// transport's encryption.
+    pub seal: Option<Arc<dyn EnvelopeSeal>>,
 }
 
 impl SyncOptions {
@@ -99,6 +104,7 @@ impl SyncOptions {
             replica: ReplicaConfig::default(),
             seed,
             clock: Arc::new(SystemClock),
+            seal: None,
         }
     }
 }
@@ -111,6 +117,7 @@ impl std::fmt::Debug for SyncOptions {
             .field("group", &self.group)
             .field("channel", &self.channel)
             .field("sync", &self.sync)
+            .field("sealed", &self.seal.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -198,8 +205,9 @@ impl<K: KvStore + 'static> EventualSync<K> {
         timer: Arc<dyn Timer>,
     ) -> Result<(Arc<Self>, SyncTask), StartError> {
         require_available(&options.strategy)?;
-        let SyncOptions { keypair, org, group, channel, mut sync, replica, seed, clock, .. } =
-            options;
+        let SyncOptions {
+            keypair, org, group, channel, mut sync, replica, seed, clock, seal, ..
+        } = options;
         // The replica's wall clock is the host's clock read once, advanced by the monotonic
         // timer: it never goes backwards while the engine runs.
         let elapsed = i64::try_from(timer.now().as_micros()).unwrap_or(i64::MAX);
@@ -207,7 +215,10 @@ impl<K: KvStore + 'static> EventualSync<K> {
         sync.group = group;
         let round = sync.round_interval;
         let replica = Replica::open_with_policy(kv, keypair, org, replica, policy)?;
-        let core = SyncCore::new(replica, sync, peers, seed);
+        let mut core = SyncCore::new(replica, sync, peers, seed);
+        if let Some(seal) = seal {
+            core = core.with_seal(seal);
+        }
         let config = DriverConfig { channel, ..DriverConfig::default() };
         let (driver, handle) = Driver::with_config(core, transport, Arc::clone(&timer), config);
         let inner = Arc::new(Inner {
@@ -440,6 +451,15 @@ impl<K: KvStore + 'static> SyncStrategy for EventualSync<K> {
     fn state(&self) -> BoxFuture<'_, Result<(Vec<CommitId>, GraphState), SyncError>> {
         Box::pin(async move {
             Ok(self.with_core(|c| (c.replica().heads(), c.replica().state().clone())))
+        })
+    }
+
+    fn shipped(&self, id: CommitId) -> BoxFuture<'_, Result<Option<Vec<u8>>, SyncError>> {
+        Box::pin(async move {
+            self.with_core(|c| c.shipped(&id)).map_err(|e| match e {
+                ShipError::Storage(e) => SyncError::Storage(e.to_string()),
+                other => SyncError::Refused(other.to_string()),
+            })
         })
     }
 }

@@ -25,12 +25,22 @@
 //! again what the peer lacks. Every message names the replica set ([`GroupId`]); a message
 //! for another is dropped. Everything a peer controls is bounded: heads and wanted ids per
 //! message, commits per batch (and each commit by the replica's own limits).
+//!
+//! A replica set of a sealed branch ([`SyncCore::with_seal`]) ships every commit sealed under
+//! the federation's current data key and opens what arrives with the keys its organization
+//! holds: a commit sealed under an epoch this organization is not a member of is refused
+//! ([`ReceiveError::Sealed`]), so an organization that left reads nothing written after. While
+//! the current epoch has not arrived here, nothing is sent (the stream waits, and the next
+//! round tries again). Such a set does not compare states triple by triple
+//! ([`SyncCore::compare_with`]): that exchange would carry triples in the clear.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use llmkg_federation_core::consensus::GroupId;
 use llmkg_federation_core::kv::KvStore;
+use llmkg_federation_core::security::{EnvelopeSeal, SealError};
 use llmkg_federation_core::{
     ChangeSet, CommitId, HostInfo, LinkState, NodeId, Protocol, StateRoot, Time, Timestamp,
     Transmit, Triple, TripleId,
@@ -193,6 +203,18 @@ pub enum ReconcileTarget {
     Triples,
 }
 
+/// A commit could not be produced as shipped ([`SyncCore::shipped`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ShipError {
+    /// The replica's store failed.
+    #[error("replica storage: {0}")]
+    Storage(#[from] llmkg_federation_core::kv::KvError),
+    /// It could not be sealed (the current data-key epoch has not arrived here).
+    #[error(transparent)]
+    Seal(#[from] SealError),
+}
+
 /// What the core reports to its host.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -266,6 +288,10 @@ pub struct SyncMetrics {
     pub streams_dropped: u64,
     /// Messages dropped for breaking the bounds or naming another replica set.
     pub messages_dropped: u64,
+    /// Commits sealed for sending (a sealed branch's replica set).
+    pub commits_sealed: u64,
+    /// Times a stream waited because the current data-key epoch had not arrived.
+    pub seal_waits: u64,
 }
 
 /// What is known of a peer.
@@ -347,6 +373,7 @@ pub struct SyncCore<K: KvStore> {
     max_batch_bytes: usize,
     now: Time,
     metrics: SyncMetrics,
+    seal: Option<Arc<dyn EnvelopeSeal>>,
 }
 
 impl<K: KvStore> std::fmt::Debug for SyncCore<K> {
@@ -378,6 +405,30 @@ impl<K: KvStore> SyncCore<K> {
             max_batch_bytes,
             now: Time::ZERO,
             metrics: SyncMetrics::default(),
+            seal: None,
+        }
+    }
+
+    /// Makes this the replica set of a sealed branch: commits are shipped sealed by `seal`
+    /// and opened by it on arrival (see the [module documentation](self)).
+    #[must_use]
+    pub fn with_seal(mut self, seal: Arc<dyn EnvelopeSeal>) -> Self {
+        self.seal = Some(seal);
+        self
+    }
+
+    /// Whether commits travel sealed.
+    pub fn is_sealed(&self) -> bool {
+        self.seal.is_some()
+    }
+
+    /// Commit `id` exactly as this core ships it (sealed on a sealed replica set), or `None`
+    /// if the replica does not hold it.
+    pub fn shipped(&self, id: &CommitId) -> Result<Option<Vec<u8>>, ShipError> {
+        let Some(envelope) = self.replica.commit_bytes(id)? else { return Ok(None) };
+        match &self.seal {
+            None => Ok(Some(envelope)),
+            Some(seal) => Ok(Some(seal.seal(&envelope)?)),
         }
     }
 
@@ -538,20 +589,43 @@ impl<K: KvStore> SyncCore<K> {
             }
             let mut ids = Vec::new();
             let mut bytes = 0usize;
+            let mut key_pending = false;
             while let Some(id) = stream.queue.front().copied() {
                 if ids.len() >= MAX_BATCH_COMMITS {
                     break;
                 }
-                let Ok(Some(env)) = self.replica.commit_bytes(&id) else {
+                let Ok(Some(mut env)) = self.replica.commit_bytes(&id) else {
                     stream.queue.pop_front();
                     continue;
                 };
+                if let Some(seal) = &self.seal {
+                    match seal.seal(&env) {
+                        Ok(sealed) => env = sealed,
+                        Err(SealError::EpochPending) => {
+                            key_pending = true;
+                            break;
+                        }
+                        Err(_) => {
+                            stream.queue.pop_front();
+                            continue;
+                        }
+                    }
+                }
                 if !ids.is_empty() && bytes + env.len() > limit {
                     break;
                 }
                 bytes += env.len();
                 ids.push(env);
                 stream.queue.pop_front();
+            }
+            if self.seal.is_some() {
+                self.metrics.commits_sealed += ids.len() as u64;
+            }
+            if key_pending && ids.is_empty() {
+                // Nothing leaves until the current epoch's key is here: the stream stalls,
+                // times out, and a later round works out again what the peer lacks.
+                self.metrics.seal_waits += 1;
+                return;
             }
             if ids.is_empty() {
                 continue;
@@ -610,7 +684,22 @@ impl<K: KvStore> SyncCore<K> {
         }
         let wall = self.wall(self.now);
         let mut applied = Vec::new();
-        for bytes in &commits {
+        for sealed in &commits {
+            let opened;
+            let bytes = match &self.seal {
+                None => sealed,
+                Some(seal) => match seal.open(sealed, wall) {
+                    Ok(plain) => {
+                        opened = plain;
+                        &opened
+                    }
+                    Err(e) => {
+                        self.metrics.commits_refused += 1;
+                        self.events.push_back(SyncEvent::Refused { from, error: e.into() });
+                        continue;
+                    }
+                },
+            };
             match self.replica.receive(wall, bytes) {
                 Ok(Received::Applied(ids)) => applied.extend(ids),
                 Ok(Received::Known(_)) => self.metrics.duplicates_received += 1,
@@ -657,9 +746,13 @@ impl<K: KvStore> SyncCore<K> {
     /// reconciliation over triple ids — however the two states were built (two
     /// organizations that imported the same vocabulary separately, say). The answer is a
     /// [`SyncEvent::StateDiff`]; nothing is applied. A comparison already running with the
-    /// peer is replaced.
+    /// peer is replaced. A sealed replica set does not compare (the exchange would carry
+    /// triples in the clear): nothing happens.
     pub fn compare_with(&mut self, now: Time, peer: NodeId) {
         self.now = now;
+        if self.seal.is_some() {
+            return;
+        }
         self.open_session(peer, ReconcileTarget::Triples);
     }
 
@@ -724,6 +817,10 @@ impl<K: KvStore> SyncCore<K> {
         target: ReconcileTarget,
         step: riblt::Message,
     ) {
+        if self.seal.is_some() && target == ReconcileTarget::Triples {
+            self.malformed(from, "a sealed replica set does not compare triples");
+            return;
+        }
         match step {
             riblt::Message::Open { .. } => {
                 let ids = self.local_ids(target);
@@ -873,6 +970,10 @@ impl<K: KvStore> SyncCore<K> {
     }
 
     fn on_fetch_triples(&mut self, from: NodeId, session: u64, ids: Vec<TripleId>) {
+        if self.seal.is_some() {
+            self.malformed(from, "a sealed replica set sends no triples in the clear");
+            return;
+        }
         if ids.len() > MAX_FETCH {
             self.malformed(from, "fetch names too many triples");
             return;

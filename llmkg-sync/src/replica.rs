@@ -57,6 +57,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use llmkg_federation_core::kv::{KvBatch, KvError, KvStore};
+use llmkg_federation_core::security::SealError;
 use llmkg_federation_core::{
     AcceptAll, ApplyError, ChangeSet, Commit, CommitId, CommitPolicy, CommitRefusal,
     CommitShapeError, CommitVerifyError, GraphState, MAX_PARENTS, NodeId, OrgId, SignedCommit,
@@ -201,6 +202,11 @@ pub enum ReceiveError {
     /// The store failed; nothing was written.
     #[error("replica storage: {0}")]
     Storage(#[from] KvError),
+    /// The commit arrived sealed and could not be opened here: no key for the epoch it was
+    /// sealed under (this organization left the branch before it was written), or it does
+    /// not authenticate.
+    #[error("sealed commit: {0}")]
+    Sealed(#[from] SealError),
 }
 
 /// A local write failed. **Nothing was written** for any variant.

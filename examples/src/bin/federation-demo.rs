@@ -9,7 +9,9 @@
 //! 2. three organizations import their vocabularies at once and the replicas converge;
 //! 3. QUDT and DBpedia hold a second branch with QUDT units; it is merged into the first
 //!    with the consent of all four organizations; a replayed approval counts for nothing;
-//! 4. ICA's node leaves, and what is written afterwards no longer reaches it;
+//! 4. ICA's node leaves; the branch is confidential, so its commits travel sealed under the
+//!    federation's data key, which rotates without ICA: what is written afterwards neither
+//!    reaches ICA nor could be read by it;
 //! 5. a second QUDT node joins and catches up;
 //! 6. every organization's audit log is exported with a checkpoint cosigned by the other
 //!    organizations and checked by an independent verifier (`scripts/verify-audit.py`,
@@ -34,6 +36,7 @@ use llmkg_federation_core::federated::{
 use llmkg_federation_core::rdf::{
     BlankNodeScope, Format, GraphName, GraphSelection, ImportOptions, read,
 };
+use llmkg_federation_core::security::{BranchRef, SealError, SecurityLevel, SecurityManager};
 use llmkg_federation_core::{
     BranchName, ChangeSet, Clock, FederationId, GraphState, NodeKeypair, OrgId, Signed,
     SystemClock, Triple,
@@ -144,8 +147,10 @@ async fn demo(data: PathBuf) -> Res<()> {
         state.insert(t)?;
     }
     let vocab = name("vocabularies");
+    // Confidential: its commits travel sealed under the federation's data key.
     let request = FederatedBranchRequest::new(federation, vocab.clone(), w3c.id, orgs.clone())
-        .with_source(BranchSource::of_state("PROV-O", &mut state));
+        .with_source(BranchSource::of_state("PROV-O", &mut state))
+        .with_level(SecurityLevel::Confidential);
     let t = Instant::now();
     let branch = w3c.system.create_federated_branch(request, prov.clone()).await?;
     let registry = w3c.system.registry(&vocab)?;
@@ -285,7 +290,7 @@ async fn demo(data: PathBuf) -> Res<()> {
             .unwrap()
         })
         .collect();
-    write_chunks(w3c, &vocab, notes, "after the leave").await?;
+    let written = w3c.system.write(&vocab, ChangeSet::adding(notes), "after the leave").await?;
     let after = w3c.system.converge(&vocab).await?;
     println!(
         "   members now: {}; W3C writes 100 triples; the others converge on {:.16}",
@@ -300,6 +305,23 @@ async fn demo(data: PathBuf) -> Res<()> {
         "   ICA's node hosts the branch: {}; it kept what it had ({} triples) and received nothing after",
         ica.system.replica(&vocab).is_ok(),
         thousands(before.triples)
+    );
+    // What travels between the replicas is sealed: the data key rotated when ICA left.
+    let shipped = w3c.system.replica(&vocab)?.shipped(written).await?.ok_or("not held")?;
+    let vocab_ref = BranchRef { federation, branch: vocab.clone() };
+    let now = SystemClock.now();
+    let opened = |node: &LocalNode| -> Res<Result<Vec<u8>, SealError>> {
+        let seal = node.security.envelope_seal(&vocab_ref)?.ok_or("the branch is not sealed")?;
+        Ok(seal.open(&shipped, now))
+    };
+    let (by_dbpedia, by_ica) = (opened(dbpedia)?, opened(ica)?);
+    if by_dbpedia.is_err() || by_ica.is_ok() {
+        return Err(format!("sealing: DBpedia {by_dbpedia:?}, ICA {by_ica:?}").into());
+    }
+    println!(
+        "   W3C's commit as it travels ({} bytes, sealed): DBpedia opens it; ICA cannot: {}",
+        thousands(shipped.len() as u64),
+        by_ica.err().map(|e| e.to_string()).unwrap_or_default()
     );
 
     step("A second QUDT node joins and catches up");

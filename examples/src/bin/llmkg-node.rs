@@ -18,7 +18,14 @@
 //! llmkg-node status --dir NODE
 //! llmkg-node prove  --dir NODE --from OLD_SIZE --to NEW_SIZE   consistency proof of the audit log
 //! llmkg-node cosign --dir NODE --note CHECKPOINT [--proof H1,H2,...]   witness another node's checkpoint
+//! llmkg-node shipped --dir NODE --branch B --commit ID         the commit as the replica ships it (hex)
+//! llmkg-node open   --dir NODE --branch B --bytes HEX         open a shipped commit of a sealed branch
 //! ```
+//!
+//! A branch created `--level confidential` (or `secret`) ships its commits sealed under the
+//! federation's data key: `shipped` shows what travels, and `open` on a node of an
+//! organization that left the branch before the commit was written fails ("no data key here
+//! for epoch N").
 //!
 //! A node directory holds its key (`node.key`), its certificate and configuration
 //! (`config.json`), what other nodes need to federate with it (`public.json`), the admin
@@ -53,11 +60,12 @@ use llmkg_federation_core::federated::{
 use llmkg_federation_core::rdf::{
     BlankNodeScope, Format, GraphName, GraphSelection, ImportOptions, read,
 };
-use llmkg_federation_core::security::SecurityLevel;
+use llmkg_federation_core::security::{BranchRef, SecurityLevel, SecurityManager};
 use llmkg_federation_core::system::{FederatedBranchingSystem, NodeIdentity};
 use llmkg_federation_core::{
-    BranchName, ChangeSet, Clock, FederationId, GraphState, NodeCertificate, NodeId, NodeKeypair,
-    OrgId, OrgKeypair, RedbKv, Role, Signed, SystemClock, Term, Timestamp, Transport, Triple,
+    BranchName, ChangeSet, Clock, CommitId, FederationId, GraphState, NodeCertificate, NodeId,
+    NodeKeypair, OrgId, OrgKeypair, RedbKv, Role, Signed, SignedCommit, SystemClock, Term,
+    Timestamp, Transport, Triple,
 };
 use llmkg_governance::access::{AccessPolicy, PrincipalPattern, Rule};
 use llmkg_governance::audit::LogSigner;
@@ -593,12 +601,14 @@ async fn admin(node: &Node, request: &Value) -> Res<Value> {
         "write" => {
             let branch = branch_arg(request, "branch")?;
             let triples = triples_arg(request)?;
-            let mut commits = 0;
+            let mut ids = Vec::new();
             for chunk in triples.chunks(20_000) {
-                system.write(&branch, ChangeSet::adding(chunk.iter().cloned()), "write").await?;
-                commits += 1;
+                let id = system
+                    .write(&branch, ChangeSet::adding(chunk.iter().cloned()), "write")
+                    .await?;
+                ids.push(id.to_string());
             }
-            Ok(json!({"written": triples.len(), "commits": commits}))
+            Ok(json!({"written": triples.len(), "commits": ids.len(), "ids": ids}))
         }
         "sync" => {
             let branch = branch_arg(request, "branch")?;
@@ -681,6 +691,40 @@ async fn admin(node: &Node, request: &Value) -> Res<Value> {
             Ok(
                 json!({"cosignature": line.to_line().trim_end(), "witness": witness.verifier().to_vkey()}),
             )
+        }
+        "shipped" => {
+            let branch = branch_arg(request, "branch")?;
+            let id: CommitId = request
+                .get("commit")
+                .and_then(Value::as_str)
+                .ok_or("commit is required")?
+                .parse()?;
+            let bytes = system
+                .replica(&branch)?
+                .shipped(id)
+                .await?
+                .ok_or_else(|| format!("this replica does not hold commit {id}"))?;
+            let sealed = node
+                .security
+                .envelope_seal(&BranchRef { federation: node.federation, branch })?
+                .is_some();
+            Ok(json!({"commit": id.to_string(), "sealed": sealed, "bytes": hex(&bytes)}))
+        }
+        "open" => {
+            let branch = branch_arg(request, "branch")?;
+            let bytes =
+                unhex(request.get("bytes").and_then(Value::as_str).ok_or("bytes is required")?)?;
+            let seal = node
+                .security
+                .envelope_seal(&BranchRef { federation: node.federation, branch: branch.clone() })?
+                .ok_or_else(|| format!("branch {branch} is not sealed"))?;
+            let envelope = seal.open(&bytes, now())?;
+            let commit = SignedCommit::decode(&envelope, None)?;
+            Ok(json!({
+                "commit": commit.id().to_string(),
+                "author": hex(commit.commit().author().as_bytes()),
+                "added": commit.commit().changes().added().len(),
+            }))
         }
         other => Err(format!("unknown command {other:?}").into()),
     }

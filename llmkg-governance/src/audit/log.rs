@@ -17,7 +17,7 @@
 
 use std::ops::{Bound, Range};
 
-use llmkg_federation_core::kv::{KvBatch, KvError, KvStore, RangeIter};
+use llmkg_federation_core::kv::{KvBatch, KvError, KvPair, KvStore, RangeIter};
 use thiserror::Error;
 
 use super::merkle::{
@@ -29,6 +29,9 @@ pub const MAX_ENTRY_LEN: usize = 64 * 1024;
 
 /// The most entries one [`AuditLog::append_batch`] call accepts.
 pub const MAX_BATCH_ENTRIES: usize = 65_536;
+
+/// The first byte of every key [`AuditLog::append_batch_with`] writes beside the entries.
+pub const SIDE_PREFIX: u8 = b'x';
 
 const SIZE_KEY: &[u8] = b"s";
 const ENTRY_PREFIX: u8 = b'e';
@@ -92,6 +95,10 @@ pub enum AuditError {
     /// The stored log is damaged or inconsistent. **Nothing was written.**
     #[error("audit log store is corrupt: {0}")]
     Corrupt(String),
+    /// A side record's key does not start with [`SIDE_PREFIX`] or is longer than the store
+    /// accepts. **Nothing was written.**
+    #[error("a side record's key must start with {SIDE_PREFIX:#04x} and fit the store")]
+    InvalidSideKey,
     /// The store failed; see [`KvError`] for whether anything was written (a failed write of
     /// a batch writes all of it or nothing).
     #[error("audit log store failed: {0}")]
@@ -224,6 +231,15 @@ impl<K: KvStore> AuditLog<K> {
         self.size
     }
 
+    /// The side records whose keys start with `prefix` (which must start with
+    /// [`SIDE_PREFIX`]), in key order.
+    pub fn side_records(&self, prefix: &[u8]) -> Result<Vec<KvPair>, AuditError> {
+        if prefix.first() != Some(&SIDE_PREFIX) {
+            return Err(AuditError::InvalidSideKey);
+        }
+        Ok(self.store.scan_prefix(prefix, usize::MAX)?)
+    }
+
     /// The root of the current tree (the empty tree's root if there is no entry).
     pub fn root(&self) -> Hash {
         self.root
@@ -240,6 +256,22 @@ impl<K: KvStore> AuditLog<K> {
     /// Every entry is checked before anything is written: one entry over [`MAX_ENTRY_LEN`]
     /// refuses the whole batch.
     pub fn append_batch(&mut self, entries: &[impl AsRef<[u8]>]) -> Result<Range<u64>, AuditError> {
+        self.append_batch_with(entries, Vec::new())
+    }
+
+    /// Appends `entries` like [`append_batch`](Self::append_batch) and writes `side` records
+    /// (keys starting with [`SIDE_PREFIX`]) in the same atomic write: state the log's owner
+    /// keeps beside the events that record its changes, so that the two never disagree. With
+    /// no entry, nothing is written.
+    pub fn append_batch_with(
+        &mut self,
+        entries: &[impl AsRef<[u8]>],
+        side: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<Range<u64>, AuditError> {
+        let max_key = self.store.max_key_len();
+        if side.iter().any(|(k, _)| k.first() != Some(&SIDE_PREFIX) || k.len() > max_key) {
+            return Err(AuditError::InvalidSideKey);
+        }
         if self.poisoned {
             return Err(AuditError::Poisoned);
         }
@@ -283,6 +315,9 @@ impl<K: KvStore> AuditLog<K> {
             frontier.push((level, h));
         }
         batch = batch.put(SIZE_KEY, end.to_be_bytes().to_vec());
+        for (k, v) in side {
+            batch = batch.put(k, v);
+        }
         match self.store.write(batch) {
             Ok(()) => {}
             Err(e @ KvError::CommitUncertain(_)) => {

@@ -37,6 +37,6 @@ pub mod witness;
 
 pub use checkpoint::{Checkpoint, CheckpointError, LogSigner, LogVerifier, SignedNote};
 pub use export::{AuditExport, ExportError, build_export, verify_export};
-pub use log::{AuditError, AuditLog};
+pub use log::{AuditError, AuditLog, SIDE_PREFIX};
 pub use merkle::{Hash, ProofError, verify_consistency, verify_inclusion};
 pub use witness::{CosignatureVerifier, Equivocation, Witness, WitnessError, WitnessKey};
