@@ -10,8 +10,8 @@
 //!    acknowledged writes alone.
 //! 4. The second branch `curated` (globex, initech), confidential (its commits travel sealed
 //!    under the federation's data key), is created from SOSA and written to.
-//!    Both branches are left to age past their creations' decision deadline (60 s by
-//!    default), as branches are when nodes restart or join. Then initech-1 is killed with
+//!    Both branches are left to age past their creations' decision deadline (the nodes are
+//!    initialized with `--decision-timeout 15`), as branches are when nodes restart or join. Then initech-1 is killed with
 //!    SIGKILL while globex-1's import of RiC-O spreads, and a `sync` started then runs across
 //!    the outage; writes go on on both branches; initech-1 restarts on its data (`restored 2`), the sync that ran across the
 //!    kill converges, and both branches catch up.
@@ -80,8 +80,12 @@ const FEDERATION: &str = "llmkg-process-test";
 const VOCAB: &str = "vocab";
 const CURATED: &str = "curated";
 /// How old the branches are when a node restarts or joins: past the creation's decision
-/// deadline (60 s by default), plus a margin.
-const BRANCH_AGE: Duration = Duration::from_secs(63);
+/// deadline, plus a margin.
+const BRANCH_AGE: Duration = Duration::from_secs(DECISION_TIMEOUT_SECS + 3);
+
+/// The nodes' decision deadline (`init --decision-timeout`): shorter than the default 60 s so
+/// that the branches age past it sooner.
+const DECISION_TIMEOUT_SECS: u64 = 15;
 
 /// (label, organization) of the five nodes; acme runs two.
 const NODES: [(&str, &str); 5] = [
@@ -632,6 +636,8 @@ fn four_organizations_five_node_processes_sigkill_merge_consents_leave_join() {
             &format!("127.0.0.1:{}", ports[2 * i + 1]),
             "--federation",
             FEDERATION,
+            "--decision-timeout",
+            &DECISION_TIMEOUT_SECS.to_string(),
         ]);
         let public: Value =
             serde_json::from_str(&fs::read_to_string(node_dir.join("public.json")).unwrap())
@@ -756,8 +762,8 @@ fn four_organizations_five_node_processes_sigkill_merge_consents_leave_join() {
     }
 
     // 4. The second branch (globex, initech) is created now and written to (merged in step 5),
-    //    so that both branches are older than their creations' decision deadline (the default
-    //    60 s) when a node restarts and when a node joins: a node drops a branch whose
+    //    so that both branches are older than their creations' decision deadline (15 s here)
+    //    when a node restarts and when a node joins: a node drops a branch whose
     //    creation it finds unapproved past that deadline, so a restored or joining node must
     //    have its registry caught up by then.
     let sosa = vocabulary("sosa.nq", None);

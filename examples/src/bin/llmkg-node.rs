@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! llmkg-node org   --dir ORG --name acme                      an organization: root and encryption keys
-//! llmkg-node init  --dir NODE --org ORG --listen 127.0.0.1:7001 [--federation NAME] [--admin 127.0.0.1:8001]
+//! llmkg-node init  --dir NODE --org ORG --listen 127.0.0.1:7001 [--federation NAME] [--admin 127.0.0.1:8001] [--decision-timeout 60]
 //! llmkg-node trust --dir NODE OTHER_NODE/public.json ...     federate with other nodes (and their organizations)
 //! llmkg-node run   --dir NODE                                 serve (prints "ready <node id>" when up)
 //!
@@ -61,7 +61,7 @@ use llmkg_federation_core::rdf::{
     BlankNodeScope, Format, GraphName, GraphSelection, ImportOptions, read,
 };
 use llmkg_federation_core::security::{BranchRef, SecurityLevel, SecurityManager};
-use llmkg_federation_core::system::{FederatedBranchingSystem, NodeIdentity};
+use llmkg_federation_core::system::{FederatedBranchingSystem, NodeIdentity, SystemConfig};
 use llmkg_federation_core::{
     BranchName, ChangeSet, Clock, CommitId, FederationId, GraphState, NodeCertificate, NodeId,
     NodeKeypair, OrgId, OrgKeypair, RedbKv, Role, Signed, SignedCommit, SystemClock, Term,
@@ -73,7 +73,7 @@ use llmkg_governance::audit::checkpoint::{LogVerifier, SignedNote};
 use llmkg_governance::audit::witness::{Witness, WitnessError, WitnessKey};
 use llmkg_governance::keys::{EncryptionKeyCertificate, OrgEncryptionKeypair};
 use llmkg_governance::manager::{FederatedSecurityManager, GovernanceOptions, SignedPolicy};
-use llmkg_governance::paved::{PavedBackend, Spawner, paved_system};
+use llmkg_governance::paved::{PavedBackend, Spawner};
 use llmkg_governance::trust::TrustLevel;
 use llmkg_transport::{TcpConfig, TcpTransport, TokioTimer, Trust};
 use rand::RngExt;
@@ -108,6 +108,14 @@ struct Config {
     admin: SocketAddr,
     me: PublicInfo,
     peers: Vec<PublicInfo>,
+    /// How long a proposal of this node waits for its approvals, and how long an invited
+    /// node waits for a creation to be decided before it drops the branch (seconds).
+    #[serde(default = "default_decision_timeout")]
+    decision_timeout_secs: u64,
+}
+
+fn default_decision_timeout() -> u64 {
+    60
 }
 
 fn unhex(s: &str) -> Res<Vec<u8>> {
@@ -286,7 +294,21 @@ fn init(args: &Args) -> Res<()> {
         certificate: hex(&cert.encode()),
         org: info,
     };
-    let config = Config { federation, listen, admin, me: me.clone(), peers: Vec::new() };
+    let decision_timeout_secs = match args.opt("decision-timeout") {
+        Some(t) => t.parse().map_err(|e| format!("--decision-timeout: {e}"))?,
+        None => default_decision_timeout(),
+    };
+    if decision_timeout_secs == 0 {
+        return Err("--decision-timeout must be at least 1 second".into());
+    }
+    let config = Config {
+        federation,
+        listen,
+        admin,
+        me: me.clone(),
+        peers: Vec::new(),
+        decision_timeout_secs,
+    };
     fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
     fs::write(dir.join("public.json"), serde_json::to_string_pretty(&me)?)?;
     println!("node {} of {name}: listens on {listen}, admin on {admin}", me.node);
@@ -459,7 +481,18 @@ async fn serve(dir: PathBuf, config: Config) -> Res<()> {
     let transport: Arc<dyn Transport> = transport;
     let backend =
         PavedBackend::new(&identity, federation, store, transport.clone(), timer.clone(), spawn);
-    let system = paved_system(identity, federation, transport, security.clone(), backend, timer);
+    let mut system_config = SystemConfig::default();
+    system_config.decision_timeout = Duration::from_secs(config.decision_timeout_secs);
+    let system = FederatedBranchingSystem::start(
+        identity,
+        federation,
+        transport,
+        security.clone(),
+        backend,
+        Arc::new(SystemClock),
+        timer,
+        system_config,
+    );
     for p in &config.peers {
         system.add_node(certificate(p)?);
     }
