@@ -1721,7 +1721,7 @@ impl FederatedBranchingSystem {
                         branch: branch_ref.clone(),
                         org: j.member.org.clone(),
                         joins: true,
-                        issuer: fresh.then(|| epoch_issuer(op.proposer, branch.as_ref())),
+                        issuer: fresh.then(|| epoch_issuer(&hosted.registry.lock(), op)),
                     };
                     let _ = self.inner.security.apply_membership_change(&change, now);
                 }
@@ -1734,9 +1734,8 @@ impl FederatedBranchingSystem {
                     return;
                 }
                 let org = hosted.org_of_member(&l.node);
-                let branch = hosted.branch();
-                let still = branch
-                    .as_ref()
+                let still = hosted
+                    .branch()
                     .is_some_and(|b| org.as_ref().is_some_and(|o| b.organizations.contains(o)));
                 if let Some(org) = org.filter(|_| !still) {
                     let change = MembershipChange {
@@ -1744,7 +1743,7 @@ impl FederatedBranchingSystem {
                         branch: branch_ref.clone(),
                         org,
                         joins: false,
-                        issuer: fresh.then(|| epoch_issuer(op.proposer, branch.as_ref())),
+                        issuer: fresh.then(|| epoch_issuer(&hosted.registry.lock(), op)),
                     };
                     let _ = self.inner.security.apply_membership_change(&change, now);
                 }
@@ -1907,15 +1906,27 @@ impl CommitPolicy for MemberPolicy {
     }
 }
 
-/// Who issues the data-key epoch of a membership change of a sealed branch: its proposer if
-/// it is a member afterwards, else the member with the lowest node id (every member computes
-/// the same from the same log).
-fn epoch_issuer(proposer: NodeId, after: Option<&FederatedBranch>) -> NodeId {
-    let Some(branch) = after else { return proposer };
-    if branch.members.iter().any(|m| m.node == proposer) {
-        return proposer;
+/// Who issues the data-key epoch of the membership change `op` of a sealed branch: its
+/// proposer if it is a member afterwards, else the member with the lowest node id. The members
+/// are those right after `op` in the registry's history — not the registry's current ones,
+/// which may already be further on — so every member, and a node catching up, computes the
+/// same from the same log.
+fn epoch_issuer(registry: &Registry, op: &ExecutedOperation) -> NodeId {
+    let mut members: Vec<NodeId> = Vec::new();
+    for e in registry.history().iter().take_while(|e| e.index <= op.index) {
+        match &e.kind {
+            ProposalKind::BranchCreation(c) => members = c.members.iter().map(|m| m.node).collect(),
+            ProposalKind::NodeJoin(j) if !members.contains(&j.member.node) => {
+                members.push(j.member.node)
+            }
+            ProposalKind::NodeLeave(l) => members.retain(|n| *n != l.node),
+            _ => {}
+        }
     }
-    branch.members.iter().map(|m| m.node).min().unwrap_or(proposer)
+    if members.contains(&op.proposer) {
+        return op.proposer;
+    }
+    members.into_iter().min().unwrap_or(op.proposer)
 }
 
 fn proposal_id(signed: &Signed<ConsensusProposal>) -> Result<ProposalId, FederationError> {
