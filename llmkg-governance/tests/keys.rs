@@ -598,3 +598,27 @@ fn measure_seal_open_throughput() {
          {seal_mbs:.1} MB/s, encode+decode without crypto {codec_mbs:.1} MB/s"
     );
 }
+
+#[test]
+fn sealed_envelopes_round_trip_and_cannot_pass_for_change_sets() {
+    let mut r = rng(9);
+    let t = three(&mut r);
+    let envelope = b"a commit envelope, whatever its bytes".to_vec();
+    let sealed = t.a.seal_envelope(&mut r, &main_branch(), &envelope).unwrap();
+    assert_eq!(sealed.epoch(), 1);
+    for k in [&t.a, &t.b, &t.c] {
+        assert_eq!(k.open_envelope(&main_branch(), &sealed).unwrap(), envelope);
+    }
+    // Another branch, or the other domain, does not authenticate.
+    let other = BranchName::new("other").unwrap();
+    assert_eq!(t.b.open_envelope(&other, &sealed), Err(KeyError::Tampered));
+    assert_eq!(t.b.open(&main_branch(), &sealed), Err(KeyError::Tampered));
+    let change_set = t.a.seal(&mut r, &main_branch(), &changes(3)).unwrap();
+    assert_eq!(t.b.open_envelope(&main_branch(), &change_set), Err(KeyError::Tampered));
+    // A keyring that never accepted the epoch holds no key for it.
+    let outsider = keyring("d", 4);
+    assert_eq!(
+        outsider.open_envelope(&main_branch(), &sealed),
+        Err(KeyError::UnknownEpoch { epoch: 1 })
+    );
+}
