@@ -1009,7 +1009,7 @@ impl FederationKeyring {
     ) -> Result<SealedChangeSet, KeyError> {
         let mut buffer = Vec::new();
         encoding::encode_into(changes, &mut buffer);
-        self.seal_in_place(rng, SEAL_AAD_DOMAIN, branch, buffer)
+        self.seal_in_place(rng, (SEAL_AAD_DOMAIN, "change set"), branch, buffer)
     }
 
     /// Opens a change set sealed for `branch` in this federation. Fails with
@@ -1037,16 +1037,9 @@ impl FederationKeyring {
         branch: &BranchName,
         envelope: &[u8],
     ) -> Result<SealedChangeSet, KeyError> {
-        if envelope.len() > MAX_PLAINTEXT_LEN {
-            return Err(KeyError::TooLarge {
-                what: "commit envelope",
-                len: envelope.len(),
-                limit: MAX_PLAINTEXT_LEN,
-            });
-        }
         let mut buffer = Vec::with_capacity(envelope.len() + TAG_LEN);
         buffer.extend_from_slice(envelope);
-        self.seal_in_place(rng, ENVELOPE_AAD_DOMAIN, branch, buffer)
+        self.seal_in_place(rng, (ENVELOPE_AAD_DOMAIN, "commit envelope"), branch, buffer)
     }
 
     /// Opens a commit envelope sealed by [`seal_envelope`](Self::seal_envelope); fails as
@@ -1062,7 +1055,7 @@ impl FederationKeyring {
     fn seal_in_place(
         &self,
         rng: &mut impl CryptoRng,
-        domain: &str,
+        (domain, what): (&str, &'static str),
         branch: &BranchName,
         mut buffer: Vec<u8>,
     ) -> Result<SealedChangeSet, KeyError> {
@@ -1075,18 +1068,14 @@ impl FederationKeyring {
         if buffer.len() > MAX_PLAINTEXT_LEN {
             let len = buffer.len();
             wipe(&mut buffer);
-            return Err(KeyError::TooLarge { what: "change set", len, limit: MAX_PLAINTEXT_LEN });
+            return Err(KeyError::TooLarge { what, len, limit: MAX_PLAINTEXT_LEN });
         }
         buffer.reserve_exact(TAG_LEN);
         let mut nonce = [0u8; NONCE_LEN];
         rng.fill_bytes(&mut nonce);
         let aad = seal_aad(domain, &self.federation, branch, epoch);
         key.0.encrypt_in_place(XNonce::cast_from_core(&nonce), &aad, &mut buffer).map_err(
-            |_| KeyError::TooLarge {
-                what: "change set",
-                len: buffer.len(),
-                limit: MAX_PLAINTEXT_LEN,
-            },
+            |_| KeyError::TooLarge { what, len: buffer.len(), limit: MAX_PLAINTEXT_LEN },
         )?;
         Ok(SealedChangeSet { epoch, nonce, ciphertext: buffer })
     }
