@@ -12,7 +12,7 @@
 //! - **Durability** of what clients were told: an entry reported to a client as decided
 //!   ([`Agreement::acknowledged`]) is the one [`Agreement::final_check`] finds decided.
 //!
-//! The Raft tests check more (terms, votes, logs; see `tests/raft_sim.rs`); these are the
+//! The Raft tests check more (terms, votes, logs; see `tests/suite/raft_sim.rs`); these are the
 //! checks a new backend can adopt on day one.
 //!
 //! ```

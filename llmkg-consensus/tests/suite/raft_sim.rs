@@ -6,12 +6,12 @@
 //! `cargo test` runs a few hundred seeds. The long run (the count and violations are printed):
 //!
 //! ```text
-//! LLMKG_RAFT_SEEDS=10000 cargo test --release -p llmkg-consensus --test raft_sim -- --nocapture
+//! LLMKG_RAFT_SEEDS=10000 cargo test --release -p llmkg-consensus --test suite -- --nocapture raft_sim::
 //! ```
 //!
 //! A failing seed is printed; `LLMKG_RAFT_SEED=<seed>` replays exactly that one.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

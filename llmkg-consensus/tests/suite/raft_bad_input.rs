@@ -4,7 +4,7 @@
 //! groups, malformed appends and snapshots, and arbitrary bytes off the network. Evidence a
 //! node produces for a committed entry verifies, and a flipped byte breaks it.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

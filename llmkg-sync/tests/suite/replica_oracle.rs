@@ -8,7 +8,7 @@
 //! `i.merge(j)`. Our writes drop ineffective changes, so the Orswot only adds absent members
 //! and removes present ones.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 

@@ -9,7 +9,7 @@
 //! Rules that need several nodes run them over [`Net`], a tiny deterministic network in this
 //! file that delivers every message at once, in the order sent, unless its link is cut.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! Every refusal of the security plane, through the manager: each is a typed error, changes
 //! nothing, and is itself recorded as one audit entry.
 
-mod common;
+use crate::common;
 
 use common::*;
 

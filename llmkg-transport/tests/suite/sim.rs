@@ -677,7 +677,7 @@ fn timers_fire_at_their_deadline_and_a_stuck_timer_cannot_stall_time() {
 
 /// Not a correctness test: measures simulator throughput on 1,000 nodes, with 200 rumors
 /// started 20 ms apart and then all at once (about 1.6 million events each). Run with
-/// `cargo test --release -p llmkg-transport --test sim -- --ignored --nocapture`.
+/// `cargo test --release -p llmkg-transport --test suite -- --ignored --nocapture sim::`.
 #[test]
 #[ignore]
 fn throughput_1000_nodes() {

@@ -137,7 +137,7 @@ fn proofs_stay_logarithmic() {
 }
 
 /// Throughput and proof sizes on redb, release mode only:
-/// `cargo test --release -p llmkg-governance --test audit_log -- --ignored --nocapture`.
+/// `cargo test --release -p llmkg-governance --test suite -- --ignored --nocapture audit_log::`.
 #[test]
 #[ignore = "a measurement; run in release mode"]
 fn measure_redb_append_throughput() {

@@ -4,7 +4,7 @@
 //! and the waiting room stays within its bounds. A replica reopened from its store is the
 //! same replica.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 

@@ -30,12 +30,12 @@
 //!    documented rule of consent on its own and must agree with the registry on the outcome of
 //!    every entry and on the history of executed operations.
 //!
-//! `cargo test -p llmkg-governance --test federation_sim` runs 100 seeds (split over four
+//! `cargo test -p llmkg-governance --test suite federation_sim::` runs 100 seeds (split over four
 //! tests) and prints, per part, the seeds run, operations executed, consents rejected and
 //! messages sent. The long run:
 //!
 //! ```text
-//! LLMKG_FED_SEEDS=10000 cargo test --release -p llmkg-governance --test federation_sim -- --nocapture
+//! LLMKG_FED_SEEDS=10000 cargo test --release -p llmkg-governance --test suite -- --nocapture federation_sim::
 //! ```
 //!
 //! One seed: `LLMKG_FED_SEED=1234` (a failing seed is printed with this line). Raft takes a

@@ -3,7 +3,7 @@
 //! of the commit set, merging is a join (commutative, associative, idempotent), additions
 //! win over concurrent removals, timestamps follow causality, and partitions heal.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

@@ -5,7 +5,7 @@
 //! [`CONVERGENCE_ROUNDS`] anti-entropy rounds, and every write a node acknowledged must be
 //! held by every replica.
 //!
-//! `cargo test -p llmkg-sync --test sync_sim` runs 250 seeds (in several tests, so the
+//! `cargo test -p llmkg-sync --test suite sync_sim::` runs 250 seeds (in several tests, so the
 //! harness spreads them over the cores); odd seeds find differences by set reconciliation
 //! over commit ids, even seeds by version vectors. More: `LLMKG_SYNC_SEEDS=10000` (split the same way);
 //! one seed: `LLMKG_SYNC_SEED=1234` (with `LLMKG_SYNC_DEBUG=1` to print every replica's metrics).

@@ -5,7 +5,7 @@
 //! were written, each for a defect since fixed; the others document behaviour that was
 //! checked and held.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::Ordering;
 

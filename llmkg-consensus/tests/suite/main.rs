@@ -1,0 +1,10 @@
+//! The crate's integration tests, one module per area, built as one test binary.
+//! (Tests that spawn themselves as child processes or count allocations with a global
+//! allocator stay in binaries of their own beside this directory.)
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod common;
+mod engine;
+mod raft_bad_input;
+mod raft_paper;
+mod raft_sim;
