@@ -185,6 +185,9 @@ pub enum CommitVerifyError {
     /// The [`Signer`] failed; nothing was signed.
     #[error(transparent)]
     Signer(#[from] SignerError),
+    /// The commit's fields break a bound (parents, message).
+    #[error(transparent)]
+    Shape(#[from] CommitShapeError),
     /// The signer is not the commit's author.
     #[error("commit by {author} is signed by {signer}")]
     SignerNotAuthor {
@@ -234,6 +237,21 @@ impl SignedCommit {
         let signature = signer.sign(&input)?;
         encoding::encode_into(&EnvelopeTail { signer: node, signature }, &mut bytes);
         Ok(Self { id, commit, signer: node, signature, bytes })
+    }
+
+    /// Assembles the envelope of `commit` from a signature made elsewhere (by its author,
+    /// over the commit's id), verifying it: how every replica rebuilds the one commit a
+    /// federated merge carries in its proposal.
+    pub fn assemble(commit: Commit, signature: [u8; 64]) -> Result<Self, CommitVerifyError> {
+        let signer = commit.author;
+        let mut bytes = encoding::encode(&commit);
+        if bytes.len() > MAX_ENCODED_LEN {
+            return Err(DecodeError::TooLarge { len: bytes.len(), limit: MAX_ENCODED_LEN }.into());
+        }
+        let id = CommitId::from_encoding(&bytes);
+        signer.verify(Commit::SIGNATURE_CONTEXT, id.as_bytes(), &signature)?;
+        encoding::encode_into(&EnvelopeTail { signer, signature }, &mut bytes);
+        Ok(Self { id, commit, signer, signature, bytes })
     }
 
     /// Decodes `bytes` and verifies signature and authorship, and, when given, that the

@@ -56,13 +56,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::commit::{CommitShapeError, CommitVerifyError};
 use crate::encoding::{self, content_id};
 use crate::federated::{Consent, Directory, FederatedBranchRequest, FederatedMergePolicy};
 use crate::identity::{CrateSignable, sealed};
 use crate::sync::FederatedSyncStrategy;
 use crate::{
-    BoxFuture, BranchName, ChangeSet, CommitId, FederationId, NodeId, OrgId, OrgRootKey, Signable,
-    Signed, StateRoot, Timestamp,
+    BoxFuture, BranchName, ChangeSet, Commit, CommitId, FederationId, NodeId, NodeKeypair, OrgId,
+    OrgRootKey, Signable, Signed, SignedCommit, StateRoot, Timestamp,
 };
 
 content_id!(
@@ -281,6 +282,73 @@ pub struct FederatedMerge {
     pub changes: ChangeSet,
     /// The target's state root after the merge, at `target_heads`.
     pub result_root: StateRoot,
+    /// The one commit that carries the merge into the target: every replica applies exactly
+    /// it (see [`MergeCommit`]).
+    pub commit: MergeCommit,
+}
+
+/// What a [`FederatedMerge`] needs besides its change set to make its commit: the commit
+/// whose parents are the merge's `target_heads`, whose changes are its `changes` and whose
+/// state root is its `result_root`, with the message [`FederatedMerge::commit_message`].
+///
+/// Its author is a key made for this merge alone, not the proposer's node key: the proposer
+/// signs it when it proposes, and its node may go on writing to the target while the merge
+/// is decided without the two commits ever counting as one author's two concurrent commits.
+/// A replica admits a commit by such an author only when its registry executed the merge
+/// that names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergeCommit {
+    /// The merge's own key.
+    pub author: NodeId,
+    /// The proposer's organization.
+    pub org: OrgId,
+    /// When the proposer made it.
+    pub timestamp: Timestamp,
+    /// The author's signature over the commit's id.
+    #[serde(with = "crate::identity::sig_bytes")]
+    pub signature: [u8; 64],
+}
+
+impl FederatedMerge {
+    /// The message of the merge's commit.
+    pub fn commit_message(&self) -> String {
+        format!("merge of {}", self.source_branch)
+    }
+
+    /// The merge's commit, before it is signed.
+    pub fn unsigned_commit(
+        &self,
+        author: NodeId,
+        org: OrgId,
+        timestamp: Timestamp,
+    ) -> Result<Commit, CommitShapeError> {
+        Commit::new(
+            self.target_heads.clone(),
+            self.changes.clone(),
+            author,
+            org,
+            timestamp,
+            self.commit_message(),
+            self.result_root,
+        )
+    }
+
+    /// Signs the merge's commit with `key`, a key made for this merge alone, as of
+    /// `commit.org` and `commit.timestamp`: sets `commit.author` and `commit.signature`.
+    pub fn sign_commit(&mut self, key: &NodeKeypair) -> Result<(), CommitVerifyError> {
+        let (org, timestamp) = (self.commit.org.clone(), self.commit.timestamp);
+        let signed = SignedCommit::sign(key, self.unsigned_commit(key.node_id(), org, timestamp)?)?;
+        self.commit.author = key.node_id();
+        self.commit.signature = *signed.signature();
+        Ok(())
+    }
+
+    /// The merge's commit, rebuilt from the proposal and verified against its signature.
+    pub fn signed_commit(&self) -> Result<SignedCommit, CommitVerifyError> {
+        let c = &self.commit;
+        let commit = self.unsigned_commit(c.author, c.org.clone(), c.timestamp)?;
+        SignedCommit::assemble(commit, c.signature)
+    }
 }
 
 /// Adopt a way of keeping the branch's replicas consistent.

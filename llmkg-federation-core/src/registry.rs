@@ -506,6 +506,25 @@ impl Registry {
                     involved.insert(org.clone());
                 }
                 heads = merge_heads(&merge.source_heads, &merge.target_heads);
+                // The one commit every replica will apply: made and signed as the merge says,
+                // under a key of its own that no member holds and no other merge used.
+                if merge.commit.org != me.org {
+                    return Err("the merge's commit names another organization".into());
+                }
+                merge.signed_commit().map_err(|e| format!("the merge's commit: {e}"))?;
+                let key = merge.commit.author;
+                if branch.members.iter().any(|m| m.node == key) {
+                    return Err("the merge's commit is signed by a member's key".into());
+                }
+                let merge_key = |kind: &ProposalKind| match kind {
+                    ProposalKind::FederatedMerge(m) => Some(m.commit.author),
+                    _ => None,
+                };
+                if self.state.history.iter().any(|e| merge_key(&e.kind) == Some(key))
+                    || self.state.pending.values().any(|p| merge_key(&p.kind) == Some(key))
+                {
+                    return Err("the merge's commit key was used before".into());
+                }
                 GovernedOperation::Merge
             }
             ProposalKind::NodeJoin(join) => {

@@ -34,7 +34,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::{BoxFuture, ChangeSet, CommitId, GraphState, NodeId, StateRoot};
+use crate::{BoxFuture, ChangeSet, CommitId, GraphState, NodeId, StateRoot, Timestamp};
 
 /// How the replicas of a federated branch are kept consistent.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -253,6 +253,16 @@ pub trait SyncStrategy: Send + Sync {
         changes: ChangeSet,
         message: String,
     ) -> BoxFuture<'_, Result<CommitId, SyncError>>;
+
+    /// Takes `commit`, a complete signed commit envelope made elsewhere (a federated
+    /// merge's commit, from the consensus log), into this node's replica, checked exactly
+    /// like a commit received from a peer. Taking a commit the replica holds is a no-op; one
+    /// whose parents have not arrived yet waits for them like a received one.
+    fn adopt(&self, commit: Vec<u8>) -> BoxFuture<'_, Result<(), SyncError>>;
+
+    /// A timestamp later than that of every commit this replica holds, by its clock: what a
+    /// commit made elsewhere on this replica's heads may carry.
+    fn next_timestamp(&self) -> BoxFuture<'_, Result<Timestamp, SyncError>>;
 
     /// Exchanges commits with the peers in `options` until they hold the same commits as
     /// this node or the timeout passes, and reports what moved.

@@ -37,8 +37,8 @@ use thiserror::Error;
 use crate::certificate::{CommitPolicy, CommitRefusal, NodeCertificate, OrgRootKey};
 use crate::consensus::{
     BranchCreation, ConsensusEngine, ConsensusError, ConsensusProposal, ConsensusStrategy,
-    FederatedMerge, GroupChannels, GroupId, Member, Membership, NodeJoin, NodeLeave, Outcome,
-    ProposalId, ProposalKind,
+    FederatedMerge, GroupChannels, GroupId, Member, Membership, MergeCommit, NodeJoin, NodeLeave,
+    Outcome, ProposalId, ProposalKind,
 };
 use crate::encoding;
 use crate::federated::{
@@ -65,6 +65,9 @@ use crate::{CommitId, StateRoot};
 
 /// The largest control message accepted.
 pub const MAX_CONTROL_LEN: usize = 8 << 20;
+
+/// Domain of the derivation of a merge commit's key.
+const MERGE_KEY_DOMAIN: &[u8] = b"llmkg/federation/merge-commit-key/v1";
 
 /// Triples per commit when a source snapshot is written into a new branch.
 pub const SEED_CHUNK: usize = 20_000;
@@ -1300,7 +1303,8 @@ impl FederatedBranchingSystem {
                 .collect()
         };
         let (added, removed) = (changes.added().len() as u64, changes.removed().len() as u64);
-        let merge = FederatedMerge {
+        let timestamp = t.sync.next_timestamp().await?;
+        let mut merge = FederatedMerge {
             source_group: sb.group,
             source_branch: source.clone(),
             source_heads,
@@ -1309,7 +1313,25 @@ impl FederatedBranchingSystem {
             policy,
             changes,
             result_root,
+            commit: MergeCommit {
+                author: me,
+                org: self.org().clone(),
+                timestamp,
+                signature: [0; 64],
+            },
         };
+        // The merge's commit, under a key of its own derived from this node's secret and
+        // everything the commit says (distinct for every merge, reproducible).
+        let merge_key = {
+            let draft = encoding::try_encode(&merge)
+                .map_err(|e| FederationError::Invalid(format!("the merge: {e}")))?;
+            let mut material = self.inner.identity.keypair.secret_bytes().to_vec();
+            material.extend_from_slice(&draft);
+            NodeKeypair::from_secret_bytes(encoding::hash_bytes(MERGE_KEY_DOMAIN, &material))
+        };
+        merge
+            .sign_commit(&merge_key)
+            .map_err(|e| FederationError::Invalid(format!("the merge's commit: {e}")))?;
         let signed = self.sign(
             tb.group,
             ProposalKind::FederatedMerge(merge),
@@ -1696,15 +1718,15 @@ impl FederatedBranchingSystem {
                 }
             }
             ProposalKind::FederatedMerge(m) => {
-                match hosted
-                    .sync
-                    .write(m.changes.clone(), format!("merge of {}", m.source_branch))
-                    .await
-                {
-                    Ok(_) | Err(SyncError::NothingToCommit) => {
-                        hosted.state().merged.insert(op.proposal);
-                    }
-                    Err(_) => {}
+                // Every replica takes the same commit, the one the merge carries (verified when
+                // the registry admitted the proposal); a replica that lacks its parents still
+                // keeps it until they arrive.
+                let taken = match m.signed_commit() {
+                    Ok(commit) => hosted.sync.adopt(commit.encode()).await.is_ok(),
+                    Err(_) => false,
+                };
+                if taken {
+                    hosted.state().merged.insert(op.proposal);
                 }
             }
             ProposalKind::NodeJoin(j) => {
@@ -1896,6 +1918,28 @@ impl CommitPolicy for MemberPolicy {
             });
             if !is_member && left_at.is_some_and(|at| commit.commit().timestamp() >= at) {
                 return Err(refuse("written after its author left the branch"));
+            }
+            // A merge's own commit: admitted exactly as the executed merge names it, and not
+            // before this node's registry executed it.
+            if !is_member {
+                let merge = reg.history().iter().find_map(|e| match &e.kind {
+                    ProposalKind::FederatedMerge(m) if m.commit.author == author => Some(m),
+                    _ => None,
+                });
+                if let Some(m) = merge {
+                    let c = &m.commit;
+                    let expected = m.unsigned_commit(c.author, c.org.clone(), c.timestamp);
+                    return match expected {
+                        Ok(e) if e.id() == commit.id() => Ok(()),
+                        _ => Err(refuse("signed with a merge's key but not that merge's commit")),
+                    };
+                }
+                let pending = reg.pending().any(|p| {
+                    matches!(&p.kind, ProposalKind::FederatedMerge(m) if m.commit.author == author)
+                });
+                if pending {
+                    return Err(refuse("the commit of a merge not executed here yet"));
+                }
             }
         }
         let policy = self

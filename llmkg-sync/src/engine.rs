@@ -51,7 +51,7 @@ use llmkg_federation_core::{
 use llmkg_transport::{Driver, DriverConfig, DriverHandle};
 
 use crate::protocol::{ShipError, SyncConfig, SyncCore, SyncEvent};
-use crate::replica::{OpenError, Replica, ReplicaConfig, WriteError};
+use crate::replica::{OpenError, ReceiveError, Replica, ReplicaConfig, WriteError};
 
 /// Whether `strategy` is one this crate can run: eventual consistency only, for now.
 pub fn require_available(strategy: &FederatedSyncStrategy) -> Result<(), SyncError> {
@@ -424,6 +424,29 @@ impl<K: KvStore + 'static> SyncStrategy for EventualSync<K> {
             let r = self.inner.handle.call(|core, now| core.write(now, changes, &message));
             self.inner.changed.notify(usize::MAX);
             r.map_err(write_error)
+        })
+    }
+
+    fn adopt(&self, commit: Vec<u8>) -> BoxFuture<'_, Result<(), SyncError>> {
+        Box::pin(async move {
+            let r = self.inner.handle.call(|core, now| core.adopt(now, &commit));
+            self.inner.changed.notify(usize::MAX);
+            match r {
+                Ok(_) => Ok(()),
+                Err(ReceiveError::Storage(e)) => {
+                    Err(SyncError::Storage(format!("{e} (nothing was taken)")))
+                }
+                Err(e) => Err(SyncError::Refused(e.to_string())),
+            }
+        })
+    }
+
+    fn next_timestamp(&self) -> BoxFuture<'_, Result<Timestamp, SyncError>> {
+        Box::pin(async move {
+            Ok(self.inner.handle.call(|core, now| {
+                let wall = core.wall(now);
+                core.replica().next_timestamp(wall)
+            }))
         })
     }
 

@@ -469,6 +469,19 @@ impl<K: KvStore> SyncCore<K> {
         Ok(commit.id())
     }
 
+    /// Takes a complete commit made elsewhere (a federated merge's commit) into the replica,
+    /// checked like one received from a peer; peers hear of it as of a local write.
+    pub fn adopt(&mut self, now: Time, bytes: &[u8]) -> Result<Received, ReceiveError> {
+        self.now = now;
+        let received = self.replica.receive(self.wall(now), bytes)?;
+        if matches!(received, Received::Applied(_)) {
+            for p in self.pick_peers(self.config.fanout) {
+                self.send_summary(p, true);
+            }
+        }
+        Ok(received)
+    }
+
     /// Asks `peers` (every known peer if empty) for their summaries now; they answer, and
     /// the exchange that follows brings both sides up to date.
     pub fn sync_now(&mut self, now: Time, peers: &[NodeId]) {

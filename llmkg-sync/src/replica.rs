@@ -558,6 +558,12 @@ impl<K: KvStore> Replica<K> {
         self.authors.len()
     }
 
+    /// A timestamp later than every commit held and every stamp issued, at wall-clock time
+    /// `wall` (the clock does not move).
+    pub fn next_timestamp(&self, wall: Timestamp) -> Timestamp {
+        wall.max(Timestamp::from_micros(self.clock.last().as_micros().saturating_add(1)))
+    }
+
     /// Per author, how many of its commits are held.
     pub fn version_vector(&self) -> VersionVector {
         let mut v = VersionVector::new();

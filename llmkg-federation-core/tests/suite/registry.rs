@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use llmkg_federation_core::consensus::{
     BranchCreation, ConsensusProposal, DecisionMachine, FederatedMerge, GroupChannels, GroupId,
-    Member, NodeJoin, NodeLeave, Outcome, PolicyUpdate, ProposalId, ProposalKind,
+    Member, MergeCommit, NodeJoin, NodeLeave, Outcome, PolicyUpdate, ProposalId, ProposalKind,
     SynchronizationPlan,
 };
 use llmkg_federation_core::federated::{
@@ -203,8 +203,43 @@ fn sign(
     deadline: Timestamp,
     nonce: u64,
 ) -> Signed<ConsensusProposal> {
+    let kind = match kind {
+        ProposalKind::FederatedMerge(m) => ProposalKind::FederatedMerge(with_commit(signer, m)),
+        other => other,
+    };
     let proposal = ConsensusProposal { group, kind, proposed_at, deadline, nonce };
     Signed::sign_crate_kind(signer, federation, proposal).unwrap()
+}
+
+/// `merge` with its commit made as its proposer `signer` makes it: of the signer's
+/// organization, under a key of the merge's own (derived from everything else it says). A
+/// merge whose commit a test set already (its author is not the placeholder) is left as is.
+fn with_commit(signer: &NodeKeypair, mut merge: FederatedMerge) -> FederatedMerge {
+    if merge.commit.author != PLACEHOLDER.node_id() {
+        return merge;
+    }
+    let org = fx()
+        .orgs
+        .iter()
+        .find(|o| o.nodes.iter().any(|n| n.node_id() == signer.node_id()))
+        .map_or_else(|| fx().org_id(0), |o| o.id.clone());
+    merge.commit.org = org;
+    let seed = blake3::hash(&postcard::to_stdvec(&merge).unwrap());
+    merge.sign_commit(&NodeKeypair::from_secret_bytes(*seed.as_bytes())).unwrap();
+    merge
+}
+
+/// The author of a merge commit not made yet.
+static PLACEHOLDER: LazyLock<NodeKeypair> =
+    LazyLock::new(|| NodeKeypair::from_secret_bytes([0xA5; 32]));
+
+fn unsigned_commit() -> MergeCommit {
+    MergeCommit {
+        author: PLACEHOLDER.node_id(),
+        org: fx().org_id(0),
+        timestamp: at(0),
+        signature: [0; 64],
+    }
 }
 
 fn id(entry: &Signed<ConsensusProposal>) -> ProposalId {
@@ -245,6 +280,7 @@ fn merge_from(source_group: GroupId, source_orgs: Directory, n: u64) -> Proposal
         policy: FederatedMergePolicy::default(),
         changes: ChangeSet::default(),
         result_root: StateRoot::from_bytes([0; 32]),
+        commit: unsigned_commit(),
     })
 }
 
@@ -857,6 +893,44 @@ fn malformed_merges_are_rejected() {
     big.target_heads = (100..105).map(commit).collect();
     let e = run.entry(acme, ProposalKind::FederatedMerge(big));
     assert!(run.quietly_rejected(&e).contains("heads"));
+    // The merge's commit: a signature that does not verify.
+    let merge_of = |n| match merge(&[UMBRELLA], n) {
+        ProposalKind::FederatedMerge(m) => m,
+        _ => unreachable!(),
+    };
+    let mut forged = with_commit(acme, merge_of(2));
+    forged.commit.signature[0] ^= 1;
+    let e = run.entry(acme, ProposalKind::FederatedMerge(forged));
+    assert!(run.quietly_rejected(&e).contains("the merge's commit"));
+    // A commit made for another result than the merge's.
+    let mut swapped = with_commit(acme, merge_of(2));
+    swapped.result_root = StateRoot::from_bytes([1; 32]);
+    let e = run.entry(acme, ProposalKind::FederatedMerge(swapped));
+    assert!(run.quietly_rejected(&e).contains("the merge's commit"));
+    // Made in another organization's name.
+    let key = NodeKeypair::from_secret_bytes([7; 32]);
+    let mut other_org = merge_of(3);
+    other_org.commit.org = fx().org_id(GLOBEX);
+    other_org.sign_commit(&key).unwrap();
+    let e = run.entry(acme, ProposalKind::FederatedMerge(other_org));
+    assert!(run.quietly_rejected(&e).contains("another organization"));
+    // Signed with a member's node key: its node's own commits would equivocate with it.
+    let mut members_key = merge_of(4);
+    members_key.commit.org = fx().org_id(ACME);
+    members_key.sign_commit(acme).unwrap();
+    let e = run.entry(acme, ProposalKind::FederatedMerge(members_key));
+    assert!(run.quietly_rejected(&e).contains("a member's key"));
+    // A key that another merge (pending here) used already.
+    let mut first = merge_of(5);
+    first.commit.org = fx().org_id(ACME);
+    first.sign_commit(&key).unwrap();
+    let (_, outcome) = run.submit(acme, ProposalKind::FederatedMerge(first));
+    assert!(matches!(outcome, Outcome::Pending { .. }), "{outcome:?}");
+    let mut again = merge_of(6);
+    again.commit.org = fx().org_id(ACME);
+    again.sign_commit(&key).unwrap();
+    let e = run.entry(acme, ProposalKind::FederatedMerge(again));
+    assert!(run.quietly_rejected(&e).contains("used before"));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ use llmkg_consensus::raft::{
 };
 use llmkg_federation_core::consensus::{
     BranchCreation, ChainHash, ConsensusProposal, FederatedMerge, GroupChannels, GroupId, Member,
-    Membership, NodeJoin, NodeLeave, Outcome, ProposalId, ProposalKind,
+    Membership, MergeCommit, NodeJoin, NodeLeave, Outcome, ProposalId, ProposalKind,
 };
 use llmkg_federation_core::federated::{
     ApprovalRule, Consent, ConsentVerdict, FederatedBranchRequest, FederatedMergePolicy,
@@ -70,7 +70,7 @@ use llmkg_federation_core::{
     Role as CertRole, Signed, Term, Time, Timestamp, Transmit, Triple, TrustAnchors,
 };
 use llmkg_sync::protocol::{SyncConfig, SyncCore, SyncEvent, SyncMessage};
-use llmkg_sync::replica::{Replica, ReplicaConfig};
+use llmkg_sync::replica::{Received, Replica, ReplicaConfig};
 use llmkg_transport::sim::{Disk, Fault, Latency, LinkConfig, NodeContext, Sim, SimBuilder};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -417,7 +417,15 @@ impl FedNode {
                     if self.disk.contains_key(&key) {
                         continue;
                     }
-                    let commit = self.sync.write(now, m.changes.clone(), "federated merge").ok();
+                    // Every member takes the one commit the merge carries.
+                    let taken = m
+                        .signed_commit()
+                        .ok()
+                        .map(|c| (c.id(), self.sync.adopt(now, c.as_bytes())));
+                    let commit = match taken {
+                        Some((id, Ok(Received::Applied(_) | Received::Known(_)))) => Some(id),
+                        _ => None,
+                    };
                     self.disk.put(&key, b"");
                     self.events.push_back(FedEvent::Merged { commit });
                 }
@@ -1300,10 +1308,14 @@ impl Run {
     ) -> Result<(FederatedMerge, bool), String> {
         let outsider = self.rng.random_bool(0.5);
         let id = self.ids.id(proposer);
-        let (target_heads, target) = self
+        let now = self.sim.now();
+        let (target_heads, target, timestamp) = self
             .sim
             .node(id)
-            .map(|n| (n.sync.replica().heads(), n.sync.replica().state().clone()))
+            .map(|n| {
+                let r = n.sync.replica();
+                (r.heads(), r.state().clone(), r.next_timestamp(n.sync.wall(now)))
+            })
             .ok_or("the proposer is down")?;
         let mut source = GraphState::new();
         for k in 0..self.rng.random_range(1..=6) {
@@ -1327,7 +1339,7 @@ impl Run {
             source_orgs
                 .push((self.ids.orgs[self.ids.outsider].clone(), self.ids.root(self.ids.outsider)));
         }
-        let merge = FederatedMerge {
+        let mut merge = FederatedMerge {
             source_group: GroupId::from_bytes(self.rng.random()),
             source_branch: BranchName::new(label).unwrap(),
             source_heads: vec![CommitId::from_bytes(self.rng.random())],
@@ -1336,7 +1348,16 @@ impl Run {
             policy,
             changes,
             result_root: result.state_root(),
+            commit: MergeCommit {
+                author: id,
+                org: self.ids.org(proposer).clone(),
+                timestamp,
+                signature: [0; 64],
+            },
         };
+        // Its commit under a key of its own, as the system makes it.
+        let key = NodeKeypair::from_secret_bytes(self.rng.random());
+        merge.sign_commit(&key).map_err(|e| format!("the merge's commit: {e}"))?;
         Ok((merge, outsider))
     }
 
@@ -2404,7 +2425,15 @@ fn a_replayed_merge_proposal_and_its_replayed_consents_count_for_nothing() {
         policy: FederatedMergePolicy::default(),
         changes: ChangeSet::adding([triple("s", "p", "o")]),
         result_root: GraphState::new().state_root(),
+        commit: MergeCommit {
+            author: ids.id(a),
+            org: ids.org(a).clone(),
+            timestamp: Timestamp::from_micros(1),
+            signature: [0; 64],
+        },
     };
+    let mut merge = merge;
+    merge.sign_commit(&NodeKeypair::from_secret_bytes([0x5A; 32])).unwrap();
     let heads = merge_heads(&merge.source_heads, &merge.target_heads);
     let proposed = sign(a, ProposalKind::FederatedMerge(merge));
     let merge_id = proposal_id(&proposed);
