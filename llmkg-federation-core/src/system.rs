@@ -11,7 +11,7 @@
 //! |------|--------------|
 //! | [`create_federated_branch`](FederatedBranchingSystem::create_federated_branch) | local security check; the participating nodes are resolved from known certificates; the group is formed (its id is the hash of the creation); the creation is proposed, every participant's node is asked for its organization's signed consent (approving nodes start hosting); once all consented the source snapshot is written and every replica reaches it |
 //! | [`synchronize_federated_branch`](FederatedBranchingSystem::synchronize_federated_branch) | the branch's sync strategy runs with every member; what moved is reported |
-//! | [`merge_federated_branches`](FederatedBranchingSystem::merge_federated_branches) | the merge's change set is computed from both states, proposed in the target's group, and the consents its rules demand are collected from the organizations of both branches; every target replica applies the same change set |
+//! | [`merge_federated_branches`](FederatedBranchingSystem::merge_federated_branches) | the merge's change set is computed from both states, proposed in the target's group, and the consents its rules demand are collected from the organizations of both branches; the proposal carries the merge's one commit, signed under a key of the merge's own, and every target replica adopts exactly that commit |
 //! | [`join`](FederatedBranchingSystem::join) / [`leave`](FederatedBranchingSystem::leave) | a membership change of the group, consented like the rest; a joining node catches up as a learner, then votes |
 //!
 //! Consents are collected by the proposer: it asks a node of each organization whose
