@@ -195,7 +195,8 @@ impl<K: KvStore + 'static> EventualSync<K> {
         )
     }
 
-    /// [`start`](Self::start) with the policy every commit, stored or received, must pass.
+    /// [`start`](Self::start) with the policy every commit received must pass (stored ones
+    /// passed it when they were admitted).
     pub fn start_with_policy(
         options: SyncOptions,
         kv: K,

@@ -417,7 +417,9 @@ impl<K: KvStore> Replica<K> {
         Self::open_with_policy(kv, signer, org, config, AcceptAll)
     }
 
-    /// [`open`](Self::open) with the policy every commit, stored or received, must pass.
+    /// [`open`](Self::open) with the policy every commit received must pass (stored commits
+    /// passed it when they were admitted, and are not judged again when the replica opens;
+    /// their signatures and the replica's rules are checked again).
     pub fn open_with_policy(
         kv: K,
         signer: impl Signer + 'static,
@@ -681,9 +683,13 @@ impl<K: KvStore> Replica<K> {
     ) -> Result<Admitted, ReceiveError> {
         let id = commit.id();
         let rule = |violation: RuleViolation| ReceiveError::Rule { id, violation };
-        self.policy
-            .check(&commit)
-            .map_err(|reason| ReceiveError::Refused { id, reason: Box::new(reason) })?;
+        // A stored commit passed the policy when it was admitted; reopening does not judge it
+        // again (what it was judged against, a registry, say, is itself still being restored).
+        if wall.is_some() {
+            self.policy
+                .check(&commit)
+                .map_err(|reason| ReceiveError::Refused { id, reason: Box::new(reason) })?;
+        }
         let c = commit.commit();
         let parents: Vec<u32> =
             c.parents().iter().filter_map(|p| self.index.get(p).copied()).collect();
