@@ -462,11 +462,15 @@ impl<K: KvStore> SyncCore<K> {
     ) -> Result<CommitId, WriteError> {
         self.now = now;
         let commit = self.replica.write(self.wall(now), changes, message)?;
-        let targets = self.pick_peers(self.config.fanout);
-        for p in targets {
+        self.announce();
+        Ok(commit.id())
+    }
+
+    /// Tells a few peers of a commit made here (a write, an adopted commit): a summary each.
+    fn announce(&mut self) {
+        for p in self.pick_peers(self.config.fanout) {
             self.send_summary(p, true);
         }
-        Ok(commit.id())
     }
 
     /// Takes a complete commit made elsewhere (a federated merge's commit) into the replica,
@@ -475,9 +479,7 @@ impl<K: KvStore> SyncCore<K> {
         self.now = now;
         let received = self.replica.receive(self.wall(now), bytes)?;
         if matches!(received, Received::Applied(_)) {
-            for p in self.pick_peers(self.config.fanout) {
-                self.send_summary(p, true);
-            }
+            self.announce();
         }
         Ok(received)
     }

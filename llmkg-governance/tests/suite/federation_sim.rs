@@ -2416,7 +2416,7 @@ fn a_replayed_merge_proposal_and_its_replayed_consents_count_for_nothing() {
         apply(&mut registry, &sign(node, consent(node, id, vec![])));
     }
     assert!(registry.is_active());
-    let merge = FederatedMerge {
+    let mut merge = FederatedMerge {
         source_group: GroupId::from_bytes([9; 32]),
         source_branch: BranchName::new("source").unwrap(),
         source_heads: vec![CommitId::from_bytes([1; 32])],
@@ -2432,7 +2432,6 @@ fn a_replayed_merge_proposal_and_its_replayed_consents_count_for_nothing() {
             signature: [0; 64],
         },
     };
-    let mut merge = merge;
     merge.sign_commit(&NodeKeypair::from_secret_bytes([0x5A; 32])).unwrap();
     let heads = merge_heads(&merge.source_heads, &merge.target_heads);
     let proposed = sign(a, ProposalKind::FederatedMerge(merge));
