@@ -103,6 +103,12 @@ impl Commit {
         message: String,
         state_root: StateRoot,
     ) -> Result<Self, CommitShapeError> {
+        Self::check_shape(&parents, &message)?;
+        Ok(Commit { parents, changes, author, org, timestamp, message, state_root })
+    }
+
+    /// What [`Commit::new`] checks, without building the commit.
+    pub(crate) fn check_shape(parents: &[CommitId], message: &str) -> Result<(), CommitShapeError> {
         if parents.len() > MAX_PARENTS {
             return Err(CommitShapeError::TooManyParents(parents.len()));
         }
@@ -114,7 +120,7 @@ impl Commit {
         if message.len() > MAX_MESSAGE_LEN {
             return Err(CommitShapeError::MessageTooLong(message.len()));
         }
-        Ok(Commit { parents, changes, author, org, timestamp, message, state_root })
+        Ok(())
     }
 
     /// The parents; the first is the one `changes` applies to. Empty for a root commit.
@@ -227,14 +233,28 @@ impl SignedCommit {
     /// Signs `commit` with any [`Signer`] (a key outside the process, say). The author must
     /// be the signer's node. Fails with [`CommitVerifyError::Signer`] if the signer does.
     pub fn sign_with(signer: &dyn Signer, commit: Commit) -> Result<Self, CommitVerifyError> {
+        Self::try_sign_with(signer, commit).map_err(|failed| failed.0)
+    }
+
+    /// [`SignedCommit::sign_with`], handing the commit back on failure (the repository
+    /// undoes its changes with it).
+    pub(crate) fn try_sign_with(
+        signer: &dyn Signer,
+        commit: Commit,
+    ) -> Result<Self, Box<(CommitVerifyError, Commit)>> {
         let node = signer.node_id();
         if commit.author != node {
-            return Err(CommitVerifyError::SignerNotAuthor { author: commit.author, signer: node });
+            let author = commit.author;
+            let e = CommitVerifyError::SignerNotAuthor { author, signer: node };
+            return Err(Box::new((e, commit)));
         }
         let mut bytes = encoding::encode(&commit);
         let id = CommitId::from_encoding(&bytes);
         let input = SigningInput::reserved(Commit::SIGNATURE_CONTEXT, id.as_bytes());
-        let signature = signer.sign(&input)?;
+        let signature = match signer.sign(&input) {
+            Ok(s) => s,
+            Err(e) => return Err(Box::new((e.into(), commit))),
+        };
         encoding::encode_into(&EnvelopeTail { signer: node, signature }, &mut bytes);
         Ok(Self { id, commit, signer: node, signature, bytes })
     }

@@ -8,17 +8,14 @@
 //! Terms are not removed from the dictionary when their last triple goes; a state rebuilt from
 //! scratch (see [`Repository::materialize`](crate::Repository::materialize)) has none left over.
 
-use std::collections::BTreeSet;
-use std::collections::btree_set;
-
 use indexmap::IndexSet;
 use thiserror::Error;
 
 use crate::encoding::TripleId;
-use crate::merkle::{MerkleTree, StateRoot};
+use crate::merkle::{MerkleTree, PARALLEL_REHASH_MIN_CHANGES, PARALLEL_REHASH_MIN_LEN, StateRoot};
 use crate::term::{ChangeSet, Term, Triple};
 
-type Key = [u32; 3];
+use crate::key_index::{Key, KeyIndex};
 
 /// The dictionary's hasher: fast, and seeded per process so that peers cannot choose
 /// colliding terms in advance.
@@ -122,14 +119,14 @@ impl Order {
 /// The triples matching a [`Pattern`], in index order.
 pub struct Matches<'a> {
     dict: &'a Dictionary,
-    range: Option<btree_set::Range<'a, Key>>,
+    range: Option<crate::key_index::Range<'a>>,
     order: Order,
 }
 
 impl<'a> Iterator for Matches<'a> {
     type Item = TripleRef<'a>;
     fn next(&mut self) -> Option<Self::Item> {
-        let key = self.order.to_spo(*self.range.as_mut()?.next()?);
+        let key = self.order.to_spo(self.range.as_mut()?.next()?);
         resolve(self.dict, key)
     }
 }
@@ -143,13 +140,45 @@ fn resolve(dict: &Dictionary, k: Key) -> Option<TripleRef<'_>> {
     })
 }
 
+/// Removes `removed` (present) from the three indexes and inserts `added` (absent), each in
+/// its index's key order.
+fn update_indexes(
+    spo: &mut KeyIndex,
+    pos: &mut KeyIndex,
+    osp: &mut KeyIndex,
+    removed: Vec<Key>,
+    added: Vec<Key>,
+) {
+    let rotate = |keys: &[Key], f: fn(&Key) -> Key| {
+        let mut out: Vec<Key> = keys.iter().map(f).collect();
+        out.sort_unstable();
+        out
+    };
+    let by_p = |k: &Key| [k[1], k[2], k[0]];
+    let by_o = |k: &Key| [k[2], k[0], k[1]];
+    for (keys, insert) in [(removed, false), (added, true)] {
+        let sorted = rotate(&keys, |k| *k);
+        for (index, keys) in [
+            (&mut *spo, sorted),
+            (&mut *pos, rotate(&keys, by_p)),
+            (&mut *osp, rotate(&keys, by_o)),
+        ] {
+            if insert {
+                index.insert_absent(keys);
+            } else {
+                index.remove_present(keys);
+            }
+        }
+    }
+}
+
 /// The indexed state of a graph: term dictionary, SPO/POS/OSP indexes and Merkle tree.
 #[derive(Clone, Debug, Default)]
 pub struct GraphState {
     dict: Dictionary,
-    spo: BTreeSet<Key>,
-    pos: BTreeSet<Key>,
-    osp: BTreeSet<Key>,
+    spo: KeyIndex,
+    pos: KeyIndex,
+    osp: KeyIndex,
     merkle: MerkleTree<Key>,
 }
 
@@ -255,10 +284,7 @@ impl GraphState {
         }
         self.merkle =
             MerkleTree::from_entries(triples.iter().map(|t| t.id()).zip(keys.iter().copied()));
-        let sorted = |mut v: Vec<Key>| {
-            v.sort_unstable();
-            v.into_iter().collect::<BTreeSet<Key>>()
-        };
+        let sorted = KeyIndex::from_unsorted;
         self.pos = sorted(keys.iter().map(|k| [k[1], k[2], k[0]]).collect());
         self.osp = sorted(keys.iter().map(|k| [k[2], k[0], k[1]]).collect());
         self.spo = sorted(keys);
@@ -276,7 +302,7 @@ impl GraphState {
         let mut removals = Vec::with_capacity(changes.removed().len());
         for t in changes.removed() {
             match self.key_of(t) {
-                Some(k) if self.spo.contains(&k) => removals.push(k),
+                Some(k) if self.spo.contains(&k) => removals.push((t.id(), k)),
                 _ => return Err(ApplyError::NotPresent(Box::new(t.clone()))),
             }
         }
@@ -287,15 +313,42 @@ impl GraphState {
             if self.spo.contains(&k) {
                 return Err(ApplyError::AlreadyPresent(Box::new(t.clone())));
             }
-            additions.push(k);
+            additions.push((t.id(), k));
         }
-        for (k, t) in removals.into_iter().zip(changes.removed()) {
-            self.remove_key(k, &t.id());
-        }
-        for (k, t) in additions.into_iter().zip(changes.added()) {
-            self.insert_key(k, t.id());
-        }
+        self.apply_keys(removals, additions);
         Ok(())
+    }
+
+    /// Removes `removals` (present) and then inserts `additions` (absent, distinct), each a
+    /// triple id with its key: the indexes one key at a time in key order, the Merkle tree in
+    /// one batch each (see [`MerkleTree::insert_many`]).
+    ///
+    /// A large batch on a large state (see [`MerkleTree::root`]) updates the Merkle tree and
+    /// brings its hashes up to date on a second thread while this one updates the indexes:
+    /// the two share nothing, and the result is the same.
+    fn apply_keys(&mut self, removals: Vec<(TripleId, Key)>, additions: Vec<(TripleId, Key)>) {
+        let removed_keys: Vec<Key> = removals.iter().map(|e| e.1).collect();
+        let added_keys: Vec<Key> = additions.iter().map(|e| e.1).collect();
+        let update_merkle = |merkle: &mut MerkleTree<Key>, rehash_on: Option<usize>| {
+            merkle.remove_many(removals.into_iter().map(|e| e.0).collect());
+            merkle.insert_many(additions);
+            if let Some(threads) = rehash_on {
+                merkle.root_on(threads);
+            }
+        };
+        let threads = crate::merkle::available_threads();
+        let large = removed_keys.len() + added_keys.len() >= PARALLEL_REHASH_MIN_CHANGES
+            && self.merkle.len() >= PARALLEL_REHASH_MIN_LEN;
+        if threads < 2 || !large {
+            update_merkle(&mut self.merkle, None);
+            update_indexes(&mut self.spo, &mut self.pos, &mut self.osp, removed_keys, added_keys);
+            return;
+        }
+        let Self { spo, pos, osp, merkle, .. } = self;
+        std::thread::scope(|scope| {
+            scope.spawn(|| update_merkle(merkle, Some(threads - 1)));
+            update_indexes(spo, pos, osp, removed_keys, added_keys);
+        });
     }
 
     /// Applies the part of `changes` that changes this state — additions not yet present and
@@ -308,19 +361,39 @@ impl GraphState {
             return Ok(ChangeSet::from_sorted(add, Vec::new()));
         }
         let (mut add, mut remove) = changes.into_parts();
-        remove.retain(|t| self.remove(t));
+        let mut removals = Vec::with_capacity(remove.len());
+        remove.retain(|t| match self.key_of(t) {
+            Some(k) if self.spo.contains(&k) => {
+                removals.push((t.id(), k));
+                true
+            }
+            _ => false,
+        });
+        let mut additions = Vec::with_capacity(add.len());
         let mut failure = None;
-        add.retain(|t| match self.insert(t) {
-            Ok(inserted) => inserted,
-            Err(e) => {
-                failure = Some(e);
-                false
+        add.retain(|t| {
+            if failure.is_some() {
+                return false;
+            }
+            let k = [t.subject(), t.predicate(), t.object()].map(|term| self.intern(term));
+            match k {
+                [Ok(s), Ok(p), Ok(o)] if !self.spo.contains(&[s, p, o]) => {
+                    additions.push((t.id(), [s, p, o]));
+                    true
+                }
+                [Ok(_), Ok(_), Ok(_)] => false,
+                _ => {
+                    failure = Some(ApplyError::DictionaryFull);
+                    false
+                }
             }
         });
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(ChangeSet::from_sorted(add, remove)),
+        if let Some(e) = failure {
+            // Nothing was applied: only the dictionary may have grown.
+            return Err(e);
         }
+        self.apply_keys(removals, additions);
+        Ok(ChangeSet::from_sorted(add, remove))
     }
 
     /// The Merkle root of the current set of triples.
@@ -357,10 +430,7 @@ impl GraphState {
                 [state.intern_owned(s)?, state.intern_owned(p)?, state.intern_owned(o)?],
             ));
         }
-        let sorted = |mut v: Vec<Key>| {
-            v.sort_unstable();
-            v.into_iter().collect::<BTreeSet<Key>>()
-        };
+        let sorted = KeyIndex::from_unsorted;
         state.pos = sorted(entries.iter().map(|(_, k)| [k[1], k[2], k[0]]).collect());
         state.osp = sorted(entries.iter().map(|(_, k)| [k[2], k[0], k[1]]).collect());
         state.spo = sorted(entries.iter().map(|(_, k)| *k).collect());
@@ -379,7 +449,7 @@ impl GraphState {
     }
 
     /// The SPO keys, in order (with [`GraphState::terms`], what a checkpoint stores).
-    pub(crate) fn spo_keys(&self) -> impl ExactSizeIterator<Item = &[u32; 3]> {
+    pub(crate) fn spo_keys(&self) -> impl ExactSizeIterator<Item = [u32; 3]> + '_ {
         self.spo.iter()
     }
 
@@ -405,10 +475,7 @@ impl GraphState {
             }
             entries.push((TripleId::of_parts(t.subject, t.predicate, t.object), *k));
         }
-        let sorted = |mut v: Vec<Key>| {
-            v.sort_unstable();
-            v.into_iter().collect::<BTreeSet<Key>>()
-        };
+        let sorted = KeyIndex::from_unsorted;
         state.pos = sorted(keys.iter().map(|k| [k[1], k[2], k[0]]).collect());
         state.osp = sorted(keys.iter().map(|k| [k[2], k[0], k[1]]).collect());
         state.spo = sorted(keys);
@@ -470,7 +537,7 @@ impl GraphState {
             // A bound term the dictionary has never seen matches nothing.
             return Matches { dict: &self.dict, range: None, order: Order::Spo };
         };
-        let (order, index, prefix): (Order, &BTreeSet<Key>, [Option<u32>; 3]) = match (s, p, o) {
+        let (order, index, prefix): (Order, &KeyIndex, [Option<u32>; 3]) = match (s, p, o) {
             (Some(_), _, None) | (Some(_), Some(_), Some(_)) | (None, None, None) => {
                 (Order::Spo, &self.spo, [s, p, o])
             }
@@ -489,7 +556,7 @@ impl GraphState {
                 None => break,
             }
         }
-        Matches { dict: &self.dict, range: Some(index.range(lo..=hi)), order }
+        Matches { dict: &self.dict, range: Some(index.range(lo, hi)), order }
     }
 
     /// Every triple, in SPO index order.
@@ -556,7 +623,7 @@ mod tests {
             state.remove(&t(i % 41, i % 7, i.wrapping_mul(13) % 101));
         }
         let terms: Vec<Term> = state.terms().cloned().collect();
-        let keys: Vec<Key> = state.spo_keys().copied().collect();
+        let keys: Vec<Key> = state.spo_keys().collect();
         let mut rebuilt = GraphState::from_dictionary(terms.clone(), keys.clone()).unwrap();
         assert_eq!(rebuilt.state_root(), state.state_root());
         assert_eq!(rebuilt.triples(), state.triples());
@@ -640,9 +707,9 @@ mod tests {
     fn parts(state: &mut GraphState) -> Parts {
         (
             state.dict.iter().cloned().collect(),
-            state.spo.iter().copied().collect(),
-            state.pos.iter().copied().collect(),
-            state.osp.iter().copied().collect(),
+            state.spo.iter().collect(),
+            state.pos.iter().collect(),
+            state.osp.iter().collect(),
             state.merkle.entries(),
             state.state_root(),
         )

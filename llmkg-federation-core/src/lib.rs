@@ -60,6 +60,7 @@ pub mod federated;
 mod federation;
 mod graph;
 mod identity;
+mod key_index;
 pub mod kv;
 pub mod merkle;
 pub mod protocol;

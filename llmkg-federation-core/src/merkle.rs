@@ -22,6 +22,10 @@
 //! Inserting or removing one id touches one root-to-leaf path: O(log₁₆ n) nodes plus a leaf of
 //! at most [`LEAF_CAPACITY`] entries. Hashes are recomputed lazily, once per batch, by
 //! [`MerkleTree::root`], so applying a change set of `k` ids costs O(k · log n) hashing.
+//! [`MerkleTree::insert_many`] and [`MerkleTree::remove_many`] apply a batch in one descent
+//! (each node on the paths visited once, each leaf merged once), and after a large batch in a
+//! large tree [`MerkleTree::root`] rehashes the root's subtrees on several threads. Neither
+//! changes the tree or its root: only how fast they are reached.
 //!
 //! ## Comparing
 //!
@@ -57,6 +61,14 @@ pub type DiffSide<V> = Vec<(TripleId, V)>;
 
 /// The most ids a leaf holds before it splits into a branch.
 pub const LEAF_CAPACITY: usize = 32;
+
+/// [`MerkleTree::root`] spreads the rehash over threads only when at least this many ids
+/// changed since the last root: below it, the hashing is shorter than starting a thread.
+pub const PARALLEL_REHASH_MIN_CHANGES: usize = 256;
+
+/// ...and only in a tree of at least this many ids (a smaller tree rehashes in well under a
+/// millisecond).
+pub const PARALLEL_REHASH_MIN_LEN: usize = 1 << 16;
 
 content_id!(
     /// The root hash of the Merkle state tree: identifies a set of triples.
@@ -268,6 +280,27 @@ fn nibble(id: &TripleId, depth: usize) -> usize {
     if depth.is_multiple_of(2) { (byte >> 4) as usize } else { (byte & 0x0f) as usize }
 }
 
+/// The threads CPU-bound work may use here (at most 16, the root's fan-out).
+pub(crate) fn available_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(16))
+}
+
+/// `old` and `new` (each sorted by id, distinct) merged in id order; an id in both keeps the
+/// entry of `old`.
+fn merge_sorted<V: Copy>(old: Vec<(TripleId, V)>, new: &[(TripleId, V)]) -> Vec<(TripleId, V)> {
+    let mut out = Vec::with_capacity(old.len() + new.len());
+    let mut new = new.iter().peekable();
+    for e in old {
+        while let Some(n) = new.next_if(|n| n.0 < e.0) {
+            out.push(*n);
+        }
+        new.next_if(|n| n.0 == e.0);
+        out.push(e);
+    }
+    out.extend(new.copied());
+    out
+}
+
 impl<V: Copy> Node<V> {
     fn empty_leaf() -> Self {
         Node { hash: ZERO, dirty: true, count: 0, kind: Kind::Leaf(Vec::new()) }
@@ -352,6 +385,100 @@ impl<V: Copy> Node<V> {
         removed
     }
 
+    /// Inserts `entries` (sorted by id, distinct) in one descent: each node on their paths is
+    /// visited once, and a leaf takes its new entries in one merge. Ids already present keep
+    /// their payload. Returns how many were inserted. The node stays canonical.
+    fn insert_sorted(&mut self, entries: &[(TripleId, V)], depth: usize) -> usize {
+        if entries.is_empty() {
+            return 0;
+        }
+        let inserted = match &mut self.kind {
+            Kind::Leaf(old) => {
+                let before = old.len();
+                let merged = merge_sorted(std::mem::take(old), entries);
+                let inserted = merged.len() - before;
+                if merged.len() > LEAF_CAPACITY && depth < MAX_DEPTH {
+                    *self = Node::build(merged, depth);
+                    return inserted;
+                }
+                *old = merged;
+                inserted
+            }
+            Kind::Branch(children) => {
+                let mut inserted = 0;
+                let mut rest = entries;
+                for (n, slot) in children.iter_mut().enumerate() {
+                    let split = rest.partition_point(|e| nibble(&e.0, depth) <= n);
+                    let (here, after) = rest.split_at(split);
+                    rest = after;
+                    if here.is_empty() {
+                        continue;
+                    }
+                    match slot {
+                        Some(child) => inserted += child.insert_sorted(here, depth + 1),
+                        None => {
+                            inserted += here.len();
+                            *slot = Some(Box::new(Node::build(here.to_vec(), depth + 1)));
+                        }
+                    }
+                }
+                inserted
+            }
+        };
+        if inserted > 0 {
+            self.count += inserted;
+            self.dirty = true;
+        }
+        inserted
+    }
+
+    /// Removes `ids` (sorted, distinct) in one descent, like [`Node::insert_sorted`]. Ids
+    /// not present are skipped. Returns how many were removed. The node stays canonical.
+    fn remove_sorted(&mut self, ids: &[TripleId], depth: usize) -> usize {
+        if ids.is_empty() {
+            return 0;
+        }
+        let removed = match &mut self.kind {
+            Kind::Leaf(entries) => {
+                let before = entries.len();
+                let mut gone = ids.iter().peekable();
+                entries.retain(|e| {
+                    while gone.next_if(|id| **id < e.0).is_some() {}
+                    gone.next_if(|id| **id == e.0).is_none()
+                });
+                before - entries.len()
+            }
+            Kind::Branch(children) => {
+                let mut removed = 0;
+                let mut rest = ids;
+                for (n, slot) in children.iter_mut().enumerate() {
+                    let split = rest.partition_point(|id| nibble(id, depth) <= n);
+                    let (here, after) = rest.split_at(split);
+                    rest = after;
+                    if let Some(child) = slot.as_mut()
+                        && !here.is_empty()
+                    {
+                        removed += child.remove_sorted(here, depth + 1);
+                        if child.count == 0 {
+                            *slot = None;
+                        }
+                    }
+                }
+                removed
+            }
+        };
+        if removed > 0 {
+            self.count -= removed;
+            self.dirty = true;
+            if matches!(self.kind, Kind::Branch(_)) && self.count <= LEAF_CAPACITY {
+                let mut entries = Vec::with_capacity(self.count);
+                self.collect(&mut entries);
+                self.kind = Kind::Leaf(entries);
+            }
+        }
+        removed
+    }
+
     fn get(&self, id: &TripleId, depth: usize) -> Option<V> {
         match &self.kind {
             Kind::Leaf(entries) => entries
@@ -391,6 +518,45 @@ impl<V: Copy> Node<V> {
                 branch_hash(&hashes)
             }
         };
+        self.dirty = false;
+        self.hash
+    }
+
+    /// [`Node::rehash`], with the children of this node split among `threads` scoped threads
+    /// (the calling one included). The result is the same hash: each subtree's hash depends
+    /// on that subtree alone.
+    fn rehash_parallel(&mut self, threads: usize) -> [u8; 32]
+    where
+        V: Send,
+    {
+        if !self.dirty || threads < 2 {
+            return self.rehash();
+        }
+        let Kind::Branch(children) = &mut self.kind else {
+            return self.rehash();
+        };
+        let mut hashes = [ZERO; 16];
+        let mut work: Vec<(&mut Box<Node<V>>, &mut [u8; 32])> = children
+            .iter_mut()
+            .zip(hashes.iter_mut())
+            .filter_map(|(child, h)| child.as_mut().map(|c| (c, h)))
+            .collect();
+        let per_thread = work.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let mut groups = work.chunks_mut(per_thread.max(1));
+            let mine = groups.next();
+            for group in groups {
+                scope.spawn(move || {
+                    for (child, h) in group.iter_mut() {
+                        **h = child.rehash();
+                    }
+                });
+            }
+            for (child, h) in mine.into_iter().flatten() {
+                **h = child.rehash();
+            }
+        });
+        self.hash = branch_hash(&hashes);
         self.dirty = false;
         self.hash
     }
@@ -800,6 +966,9 @@ pub(crate) struct FrontierNode<V> {
 #[derive(Clone, Debug)]
 pub struct MerkleTree<V: Copy = ()> {
     root: Node<V>,
+    /// Ids inserted or removed since the hashes were last brought up to date: what decides
+    /// whether [`MerkleTree::root`] spreads the rehash over threads.
+    pending: usize,
 }
 
 impl<V: Copy> Default for MerkleTree<V> {
@@ -811,7 +980,7 @@ impl<V: Copy> Default for MerkleTree<V> {
 impl<V: Copy> MerkleTree<V> {
     /// An empty tree.
     pub fn new() -> Self {
-        MerkleTree { root: Node::empty_leaf() }
+        MerkleTree { root: Node::empty_leaf(), pending: 0 }
     }
 
     /// Builds a tree from entries in any order (duplicates keep the first payload).
@@ -819,7 +988,8 @@ impl<V: Copy> MerkleTree<V> {
         let mut entries: Vec<(TripleId, V)> = entries.into_iter().collect();
         entries.sort_by_key(|e| e.0);
         entries.dedup_by(|a, b| a.0 == b.0);
-        MerkleTree { root: Node::build(entries, 0) }
+        let pending = entries.len();
+        MerkleTree { root: Node::build(entries, 0), pending }
     }
 
     /// Number of ids in the tree.
@@ -834,12 +1004,37 @@ impl<V: Copy> MerkleTree<V> {
 
     /// Inserts `id`; returns false (and keeps the old payload) if it was present.
     pub fn insert(&mut self, id: TripleId, value: V) -> bool {
-        self.root.insert(id, value, 0)
+        let inserted = self.root.insert(id, value, 0);
+        self.pending += usize::from(inserted);
+        inserted
     }
 
     /// Removes `id`, returning its payload if it was present.
     pub fn remove(&mut self, id: &TripleId) -> Option<V> {
-        self.root.remove(id, 0)
+        let removed = self.root.remove(id, 0);
+        self.pending += usize::from(removed.is_some());
+        removed
+    }
+
+    /// Inserts many entries at once: the same tree as inserting them one by one (ids already
+    /// present keep their payload), but each node on their paths is visited once and each leaf
+    /// merged once. `entries` need not be sorted. Returns how many were inserted.
+    pub fn insert_many(&mut self, mut entries: Vec<(TripleId, V)>) -> usize {
+        entries.sort_unstable_by_key(|e| e.0);
+        entries.dedup_by(|a, b| a.0 == b.0);
+        let inserted = self.root.insert_sorted(&entries, 0);
+        self.pending += inserted;
+        inserted
+    }
+
+    /// Removes many ids at once, like [`MerkleTree::insert_many`]: the same tree as removing
+    /// them one by one. Ids not present are skipped. Returns how many were removed.
+    pub fn remove_many(&mut self, mut ids: Vec<TripleId>) -> usize {
+        ids.sort_unstable();
+        ids.dedup();
+        let removed = self.root.remove_sorted(&ids, 0);
+        self.pending += removed;
+        removed
     }
 
     /// The payload of `id`, if present.
@@ -860,8 +1055,30 @@ impl<V: Copy> MerkleTree<V> {
     }
 
     /// The root hash, recomputing the hashes of the nodes changed since the last call.
-    pub fn root(&mut self) -> StateRoot {
-        StateRoot::from_bytes(self.root.rehash())
+    ///
+    /// When many ids changed in a large tree ([`PARALLEL_REHASH_MIN_CHANGES`] and
+    /// [`PARALLEL_REHASH_MIN_LEN`]), the 16 subtrees of the root are rehashed on up to
+    /// [`std::thread::available_parallelism`] scoped threads; the root is the same either way.
+    pub fn root(&mut self) -> StateRoot
+    where
+        V: Send,
+    {
+        let threads = if self.is_large_change() { available_threads() } else { 1 };
+        self.root_on(threads)
+    }
+
+    /// True if enough changed in a large enough tree for the rehash to pay for threads.
+    pub(crate) fn is_large_change(&self) -> bool {
+        self.pending >= PARALLEL_REHASH_MIN_CHANGES && self.len() >= PARALLEL_REHASH_MIN_LEN
+    }
+
+    /// [`MerkleTree::root`] on at most `threads` threads.
+    pub(crate) fn root_on(&mut self, threads: usize) -> StateRoot
+    where
+        V: Send,
+    {
+        self.pending = 0;
+        StateRoot::from_bytes(self.root.rehash_parallel(threads))
     }
 
     /// The root hash without updating the cached hashes: cheap when up to date, else the
@@ -893,7 +1110,8 @@ impl<V: Copy> MerkleTree<V> {
     /// Builds a tree from entries already sorted by id and distinct (the caller checked).
     pub(crate) fn from_sorted_entries(entries: Vec<(TripleId, V)>) -> Self {
         debug_assert!(entries.windows(2).all(|w| w[0].0 < w[1].0));
-        MerkleTree { root: Node::build(entries, 0) }
+        let pending = entries.len();
+        MerkleTree { root: Node::build(entries, 0), pending }
     }
 
     /// The node at `prefix` if the tree has one there, else the leaf or empty slot the

@@ -464,35 +464,39 @@ impl<S: Store> Repository<S> {
         message: &str,
     ) -> Result<CommitId, RepoError> {
         let first_parent = parents.first().copied();
-        let signed = Commit::new(
+        if let Err(e) = Commit::check_shape(&parents, message) {
+            self.restore(first_parent, state, &changes);
+            return Err(RepoError::Shape(e));
+        }
+        // The change set moves into the commit (no copy); a failure below undoes it on the
+        // state from the commit's own copy. (`new` checks only the shape, checked above.)
+        let commit = Commit::new(
             parents,
-            changes.clone(),
+            changes,
             self.signer.node_id(),
             self.org.clone(),
             self.clock.now(),
             message.to_owned(),
             state.state_root(),
         )
-        .map_err(RepoError::Shape)
-        .and_then(|commit| {
-            SignedCommit::sign_with(self.signer.as_ref(), commit).map_err(RepoError::Unverifiable)
-        });
-        let signed = match signed {
+        .map_err(RepoError::Shape)?;
+        let signed = match SignedCommit::try_sign_with(self.signer.as_ref(), commit) {
             Ok(s) => s,
-            Err(e) => {
-                self.restore(first_parent, state, &changes);
-                return Err(e);
+            Err(failed) => {
+                let (e, commit) = *failed;
+                self.restore(first_parent, state, commit.changes());
+                return Err(RepoError::Unverifiable(e));
             }
         };
         if let Err(e) = self.check_policy(&signed) {
-            self.restore(first_parent, state, &changes);
+            self.restore(first_parent, state, signed.commit().changes());
             return Err(e);
         }
         let id = signed.id();
         let record = match self.generation_record(id, signed.commit().parents()) {
             Ok(r) => r,
             Err(e) => {
-                self.restore(first_parent, state, &changes);
+                self.restore(first_parent, state, signed.commit().changes());
                 return Err(e);
             }
         };
@@ -501,7 +505,7 @@ impl<S: Store> Repository<S> {
             .put_object(record.0, record.1)
             .update_ref(branch.clone(), head, Some(id));
         if let Err(e) = self.store.write(batch) {
-            self.restore(first_parent, state, &changes);
+            self.restore(first_parent, state, signed.commit().changes());
             return Err(e.into());
         }
         self.remember(&signed);
