@@ -172,17 +172,22 @@ pub fn decode_with_limit<T: Serialize + DeserializeOwned>(
     bytes: &[u8],
     limit: usize,
 ) -> Result<T, DecodeError> {
-    let what = short_type_name::<T>();
     if bytes.len() > limit {
         return Err(DecodeError::TooLarge { len: bytes.len(), limit });
     }
+    // The type's name is looked up only on failure: finding it scans a string, which would
+    // cost as much as decoding a small message.
     match postcard::take_from_bytes::<T>(bytes) {
         Ok((value, [])) => {
             ensure_canonical(&value, bytes)?;
             Ok(value)
         }
-        Ok((_, rest)) => Err(DecodeError::TrailingBytes { what, extra: rest.len() }),
-        Err(e) => Err(DecodeError::Malformed { what, reason: e.to_string() }),
+        Ok((_, rest)) => {
+            Err(DecodeError::TrailingBytes { what: short_type_name::<T>(), extra: rest.len() })
+        }
+        Err(e) => {
+            Err(DecodeError::Malformed { what: short_type_name::<T>(), reason: e.to_string() })
+        }
     }
 }
 
