@@ -958,13 +958,8 @@ impl<P: Protocol> Sim<P> {
     /// may remain), [`RunOutcome::Deadline`] otherwise.
     pub fn run_until(&mut self, deadline: Time) -> RunOutcome {
         let mut last = self.world.now;
-        while let Some(at) = self.world.queue.peek_time() {
-            if at > deadline {
-                break;
-            }
-            if let Some((at, kind)) = self.world.queue.pop()
-                && self.process(at, kind)
-            {
+        while let Some((at, kind)) = self.world.queue.pop_until(deadline) {
+            if self.process(at, kind) {
                 last = self.world.now;
             }
         }
