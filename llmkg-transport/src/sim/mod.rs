@@ -494,6 +494,7 @@ impl SimBuilder {
             },
             overrides: HashMap::default(),
             links: Vec::new(),
+            rare: IdMap::default(),
             totals: MessageStats::default(),
             events: 0,
             arrivals: 0,
@@ -1019,12 +1020,14 @@ impl<P: Protocol> Sim<P> {
                 removed: m.removed,
             })
             .collect();
+        let in_flight = w.in_flight_by_link();
         let mut links = BTreeMap::new();
-        for l in &w.links {
-            nodes[l.from as usize].outbound.add(&l.stats);
-            nodes[l.to as usize].inbound.add(&l.stats);
-            if l.stats.sent + l.stats.duplicated > 0 {
-                links.insert((w.ids[l.from as usize], w.ids[l.to as usize]), l.stats);
+        for (i, l) in w.links.iter().enumerate() {
+            let stats = w.link_stats(i as u32, in_flight.get(&(i as u32)).copied());
+            nodes[l.from as usize].outbound.add(&stats);
+            nodes[l.to as usize].inbound.add(&stats);
+            if stats.sent + stats.duplicated > 0 {
+                links.insert((w.ids[l.from as usize], w.ids[l.to as usize]), stats);
             }
         }
         SimStats {
@@ -1067,8 +1070,8 @@ impl<P: Protocol> Sim<P> {
             w.now = at;
         }
         match kind {
-            Kind::Deliver { link, incarnation, epoch, bytes } => {
-                self.arrive(link, incarnation, epoch, bytes);
+            Kind::Deliver { link, from, to, incarnation, epoch, bytes } => {
+                self.arrive(link, from, to, incarnation, epoch, bytes);
                 true
             }
             Kind::Timer { node, generation } => self.fire(node, generation),
@@ -1147,13 +1150,20 @@ impl<P: Protocol> Sim<P> {
         self.start(node, &peers);
     }
 
-    fn arrive(&mut self, link: u32, incarnation: u32, epoch: u64, bytes: Vec<u8>) {
+    fn arrive(
+        &mut self,
+        link: u32,
+        from: u32,
+        to: u32,
+        incarnation: u32,
+        epoch: u64,
+        bytes: Vec<u8>,
+    ) {
         let w = &mut self.world;
         w.in_flight -= 1;
         w.events += 1;
         w.arrivals += 1;
         w.last_event_at = w.now;
-        let (from, to) = (w.links[link as usize].from, w.links[link as usize].to);
         // Always called, so the copy is released from the partition history.
         let cut = w.partitions.arrived(epoch, from, to);
         let dest = &w.meta[to as usize];
@@ -1172,7 +1182,7 @@ impl<P: Protocol> Sim<P> {
                 return;
             }
         };
-        w.delivered(link, &bytes);
+        w.delivered(from, to, &bytes);
         let now = w.now;
         let sender = w.ids[from as usize];
         if let Some(core) = self.cores[to as usize].as_mut() {
@@ -1282,6 +1292,9 @@ struct World {
     /// Per-link configurations overriding the default.
     overrides: IdMap<u64, CompiledLink>,
     links: Vec<WireState>,
+    /// Duplication and drop counters of the links that had any, by link index (kept apart
+    /// so the state touched by every message stays small).
+    rare: IdMap<u32, RareStats>,
     totals: MessageStats,
     events: u64,
     arrivals: u64,
@@ -1360,31 +1373,43 @@ enum LinkIndex {
     Sparse(IdMap<u64, u32>),
 }
 
+/// The state of one directed link that every message on it touches, kept small (48 bytes):
+/// a large run uses most of its `n²` links, so this is read from memory rather than cache.
+///
+/// Only what a send needs is here. A link's delivered counters are not kept: every copy ends
+/// delivered, dropped or still in flight, so [`World::link_stats`] derives them from the
+/// others and the copies in flight (and an arrival touches no link state at all). Duplication
+/// and drop counters, which few copies touch, are in [`World::rare`].
 struct WireState {
     from: u32,
     to: u32,
-    /// No FIFO copy on this link is scheduled before this instant (microseconds).
-    fifo_floor: u64,
     /// The receiver incarnation the copies behind `fifo_floor` were sent to. Copies to an
     /// earlier incarnation are never delivered, so a new incarnation starts a fresh floor (a
     /// restarted node gets new connections, not the tail of the old ones).
     floor_incarnation: u32,
-    stats: MessageStats,
+    /// No FIFO copy on this link is scheduled before this instant (microseconds).
+    fifo_floor: u64,
+    /// Messages handed to the link ([`MessageStats::sent`]).
+    sent: u64,
+    /// Their encoded bytes ([`MessageStats::sent_bytes`]).
+    sent_bytes: u64,
     /// The transmitter, once the link has had a bandwidth model (see [`Bandwidth`]).
     tx: Option<Box<Transmitter>>,
 }
 
 impl WireState {
     fn new(from: u32, to: u32) -> Self {
-        Self {
-            from,
-            to,
-            fifo_floor: 0,
-            floor_incarnation: 0,
-            stats: MessageStats::default(),
-            tx: None,
-        }
+        Self { from, to, floor_incarnation: 0, fifo_floor: 0, sent: 0, sent_bytes: 0, tx: None }
     }
+}
+
+/// The counters of a link that only duplicated and dropped copies touch.
+#[derive(Default, Clone, Copy)]
+struct RareStats {
+    /// `duplicated` and the drop counters; the others stay zero.
+    stats: MessageStats,
+    /// Bytes of the extra copies made by duplication (so delivered bytes can be derived).
+    duplicated_bytes: u64,
 }
 
 /// A link's transmitter: busy with one message at a time, the others waiting per channel,
@@ -1457,8 +1482,11 @@ enum Action {
 
 enum Kind {
     /// A message copy; `incarnation` of the receiver and partition `epoch` when it was sent.
+    /// The link's ends travel with the copy, so an arrival does not read the link's state.
     Deliver {
         link: u32,
+        from: u32,
+        to: u32,
         incarnation: u32,
         epoch: u64,
         bytes: Vec<u8>,
@@ -1696,8 +1724,8 @@ impl World {
         let link = self.link(from, dest);
         let len = bytes.len() as u64;
         let state = &mut self.links[link as usize];
-        state.stats.sent += 1;
-        state.stats.sent_bytes += len;
+        state.sent += 1;
+        state.sent_bytes += len;
         self.totals.sent += 1;
         self.totals.sent_bytes += len;
         let config = self.config_of(from, dest);
@@ -1719,7 +1747,8 @@ impl World {
             }
             let at = self.now.as_micros().max(state.fifo_floor);
             state.fifo_floor = at;
-            self.push(Time::from_micros(at), Kind::Deliver { link, incarnation, epoch, bytes });
+            let deliver = Kind::Deliver { link, from, to: dest, incarnation, epoch, bytes };
+            self.push(Time::from_micros(at), deliver);
             return;
         }
         if sender.group != receiver.group {
@@ -1731,7 +1760,9 @@ impl World {
             return;
         }
         if chance(&mut self.rng, config.duplicate) {
-            self.links[link as usize].stats.duplicated += 1;
+            let rare = self.rare.entry(link).or_default();
+            rare.stats.duplicated += 1;
+            rare.duplicated_bytes += len;
             self.totals.duplicated += 1;
             let copy = bytes.clone();
             self.transmit(link, &config, channel, incarnation, bytes);
@@ -1837,6 +1868,7 @@ impl World {
         let sampled = base.saturating_add(config.sample_latency(&mut self.rng));
         let held_back = config.sample_reorder(&mut self.rng);
         let state = &mut self.links[link as usize];
+        let (from, to) = (state.from, state.to);
         if state.floor_incarnation != incarnation {
             state.fifo_floor = 0;
             state.floor_incarnation = incarnation;
@@ -1851,7 +1883,10 @@ impl World {
                 fifo_at
             }
         };
-        self.push(Time::from_micros(at), Kind::Deliver { link, incarnation, epoch, bytes });
+        self.push(
+            Time::from_micros(at),
+            Kind::Deliver { link, from, to, incarnation, epoch, bytes },
+        );
     }
 
     /// The state of link `from → to`, if it was ever used.
@@ -1916,9 +1951,47 @@ impl World {
         }
     }
 
+    /// The copies in flight on each link that has any: (copies, bytes). They are in the event
+    /// queue, or waiting in a transmitter.
+    fn in_flight_by_link(&self) -> IdMap<u32, (u64, u64)> {
+        let mut by_link: IdMap<u32, (u64, u64)> = IdMap::default();
+        let mut add = |link: u32, len: usize| {
+            let entry = by_link.entry(link).or_default();
+            entry.0 += 1;
+            entry.1 += len as u64;
+        };
+        for kind in self.queue.iter() {
+            if let Kind::Deliver { link, bytes, .. } = kind {
+                add(*link, bytes.len());
+            }
+        }
+        for (link, state) in self.links.iter().enumerate() {
+            for q in state.tx.iter().flat_map(|tx| tx.queues.iter().flatten()) {
+                add(link as u32, q.bytes.len());
+            }
+        }
+        by_link
+    }
+
+    /// The counters of link `link`, given its copies in flight (copies, bytes). Every copy
+    /// sent or made by duplication is delivered, dropped or in flight, so what is neither
+    /// dropped nor in flight was delivered.
+    fn link_stats(&self, link: u32, in_flight: Option<(u64, u64)>) -> MessageStats {
+        let state = &self.links[link as usize];
+        let rare = self.rare.get(&link).copied().unwrap_or_default();
+        let (copies, bytes) = in_flight.unwrap_or((0, 0));
+        let mut stats = rare.stats;
+        stats.sent = state.sent;
+        stats.sent_bytes = state.sent_bytes;
+        stats.delivered = (state.sent + stats.duplicated).saturating_sub(stats.dropped() + copies);
+        stats.delivered_bytes =
+            (state.sent_bytes + rare.duplicated_bytes).saturating_sub(stats.dropped_bytes + bytes);
+        stats
+    }
+
     fn drop_copy(&mut self, link: u32, len: usize, reason: DropReason) {
-        let state = &mut self.links[link as usize];
-        for stats in [&mut state.stats, &mut self.totals] {
+        let rare = self.rare.entry(link).or_default();
+        for stats in [&mut rare.stats, &mut self.totals] {
             match reason {
                 DropReason::Loss => stats.dropped_loss += 1,
                 DropReason::Partition => stats.dropped_partition += 1,
@@ -1928,6 +2001,7 @@ impl World {
             }
             stats.dropped_bytes += len as u64;
         }
+        let state = &self.links[link as usize];
         let (from, to) = (state.from, state.to);
         self.tracer.head(TAG_DROPPED, self.now, from);
         self.tracer.u32(to);
@@ -1939,14 +2013,12 @@ impl World {
         }
     }
 
-    fn delivered(&mut self, link: u32, bytes: &[u8]) {
-        let state = &mut self.links[link as usize];
+    /// Counts (and traces) a copy from `from` to `to` handed to its receiver. The link's own
+    /// delivered counters are derived when asked for (see [`WireState`]).
+    fn delivered(&mut self, from: u32, to: u32, bytes: &[u8]) {
         let len = bytes.len() as u64;
-        state.stats.delivered += 1;
-        state.stats.delivered_bytes += len;
         self.totals.delivered += 1;
         self.totals.delivered_bytes += len;
-        let (from, to) = (state.from, state.to);
         self.tracer.head(TAG_DELIVERED, self.now, from);
         self.tracer.u32(to);
         self.tracer.bytes(bytes);

@@ -120,6 +120,12 @@ impl<T> Queue<T> {
         self.in_wheel + self.overflow.len()
     }
 
+    /// Every entry, in no particular order.
+    pub(super) fn iter(&self) -> impl Iterator<Item = &T> {
+        let wheel = self.nodes.iter().filter_map(|node| node.item.as_ref());
+        wheel.chain(self.overflow.buckets.values().flatten())
+    }
+
     /// Moves the window's start to `t` (not before the current one, and with no wheel entry
     /// before `t`), pulling in the overflow entries that now fall inside it, in order.
     fn advance(&mut self, t: u64) {
