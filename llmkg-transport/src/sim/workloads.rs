@@ -124,6 +124,8 @@ pub struct Flood {
     deadlines: VecDeque<(Time, u64, NodeId)>,
     out: VecDeque<Transmit<FloodMessage>>,
     events: VecDeque<Learned>,
+    /// Scratch space for the peers a new rumor goes to (kept to avoid an allocation each time).
+    targets: Vec<usize>,
     retransmissions: u64,
     gave_up: u64,
 }
@@ -141,6 +143,7 @@ impl Flood {
             deadlines: VecDeque::new(),
             out: VecDeque::new(),
             events: VecDeque::new(),
+            targets: Vec::new(),
             retransmissions: 0,
             gave_up: 0,
         }
@@ -188,7 +191,8 @@ impl Flood {
         self.known.insert(rumor, hops);
         self.events.push_back(Learned { rumor, hops });
         let n = self.nodes.len();
-        let mut targets: Vec<usize> = Vec::with_capacity(n.min(self.config.fanout) + 1);
+        let mut targets = std::mem::take(&mut self.targets);
+        targets.clear();
         if n <= self.config.fanout.saturating_add(1) {
             targets.extend((0..n).filter(|i| *i != self.index));
         } else {
@@ -204,13 +208,14 @@ impl Flood {
             }
         }
         let due = now + self.interval();
-        for t in targets {
+        for &t in &targets {
             let Some(&peer) = self.nodes.get(t) else { continue };
             // `hops` may come from a peer: saturate rather than overflow.
             self.send_rumor(peer, rumor, hops.saturating_add(1));
             self.pending.insert((rumor, peer), (due, 0));
             self.deadlines.push_back((due, rumor, peer));
         }
+        self.targets = targets;
         true
     }
 
