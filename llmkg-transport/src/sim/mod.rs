@@ -26,7 +26,7 @@
 //!   cannot stall virtual time). A deadline of [`Time::MAX`] means "never" and is not armed.
 //! - Entries (message arrivals, timers, scheduled faults) are processed in order of virtual
 //!   time, and entries due at the same instant in the order they were scheduled (the ordering
-//!   of a heap keyed by `(time, sequence number)`, implemented with per-instant FIFO buckets).
+//!   of a heap keyed by `(time, sequence number)`, implemented with a timing wheel).
 //!
 //! # Network model
 //!
