@@ -248,7 +248,8 @@ impl SignedCommit {
             let e = CommitVerifyError::SignerNotAuthor { author, signer: node };
             return Err(Box::new((e, commit)));
         }
-        let mut bytes = encoding::encode(&commit);
+        // Room for the envelope's tail: the signer's id and the signature.
+        let mut bytes = encoding::encode_sized(&commit, 32 + 64);
         let id = CommitId::from_encoding(&bytes);
         let input = SigningInput::reserved(Commit::SIGNATURE_CONTEXT, id.as_bytes());
         let signature = match signer.sign(&input) {
@@ -311,6 +312,11 @@ impl SignedCommit {
     /// The encoded envelope, as stored and sent.
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes
+    }
+
+    /// The commit and its encoded envelope, taken apart without copying the encoding.
+    pub(crate) fn into_commit_and_bytes(self) -> (Commit, Vec<u8>) {
+        (self.commit, self.bytes)
     }
 
     /// The encoded envelope, as stored and sent.

@@ -123,6 +123,16 @@ pub fn encode<T: Canonical + ?Sized>(value: &T) -> Vec<u8> {
     out
 }
 
+/// [`encode`] into a buffer sized exactly, plus `room` spare bytes for what the caller
+/// appends: one more pass over the value, but a large value (a commit of many triples) is
+/// never held twice while its buffer grows.
+pub(crate) fn encode_sized<T: Canonical + ?Sized>(value: &T, room: usize) -> Vec<u8> {
+    let size = postcard::experimental::serialized_size(value).unwrap_or(0);
+    let mut out = Vec::with_capacity(size.saturating_add(room));
+    encode_into(value, &mut out);
+    out
+}
+
 /// Why a value could not be encoded (see [`try_encode`]).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("{what} cannot be encoded canonically: {reason}")]

@@ -282,6 +282,8 @@ impl GraphState {
                 self.intern(t.object())?,
             ]);
         }
+        // The dictionary grew by doubling; a bulk load is the large allocation of a state.
+        self.dict.shrink_to_fit();
         self.merkle =
             MerkleTree::from_entries(triples.iter().map(|t| t.id()).zip(keys.iter().copied()));
         let sorted = KeyIndex::from_unsorted;

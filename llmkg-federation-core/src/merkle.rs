@@ -311,6 +311,9 @@ impl<V: Copy> Node<V> {
         let count = entries.len();
         // Ids are 64 nibbles long: at depth 64 all remaining entries are equal, so a leaf.
         if count <= LEAF_CAPACITY || depth >= 64 {
+            // Buckets grow by doubling: a built leaf holds what it needs and no more.
+            let mut entries = entries;
+            entries.shrink_to_fit();
             return Node { hash: ZERO, dirty: true, count, kind: Kind::Leaf(entries) };
         }
         let mut buckets: [Vec<(TripleId, V)>; 16] = Default::default();

@@ -341,14 +341,18 @@ impl<S: Store> Repository<S> {
     }
 
     fn remember(&mut self, c: &SignedCommit) {
-        if self.meta.contains_key(&c.id()) {
+        self.remember_commit(c.id(), c.commit());
+    }
+
+    fn remember_commit(&mut self, id: CommitId, c: &Commit) {
+        if self.meta.contains_key(&id) {
             return;
         }
         // The boundary of a shallow replica has no parents here: walks of the history stop
         // at it, as at a root.
-        let grafted = !c.commit().parents().is_empty() && self.is_shallow(c.id()).unwrap_or(false);
-        let parents = if grafted { Vec::new() } else { c.commit().parents().to_vec() };
-        self.meta.insert(c.id(), Meta { parents, timestamp: c.commit().timestamp() });
+        let grafted = !c.parents().is_empty() && self.is_shallow(id).unwrap_or(false);
+        let parents = if grafted { Vec::new() } else { c.parents().to_vec() };
+        self.meta.insert(id, Meta { parents, timestamp: c.timestamp() });
     }
 
     fn meta(&mut self, id: CommitId) -> Result<Meta, RepoError> {
@@ -500,16 +504,18 @@ impl<S: Store> Repository<S> {
                 return Err(e);
             }
         };
+        // The encoding moves into the store's batch: a large commit is not held twice.
+        let (commit, bytes) = signed.into_commit_and_bytes();
         let batch = WriteBatch::new()
-            .put_object(id, signed.as_bytes().to_vec())
+            .put_object(id, bytes)
             .put_object(record.0, record.1)
             .update_ref(branch.clone(), head, Some(id));
         if let Err(e) = self.store.write(batch) {
-            self.restore(first_parent, state, signed.commit().changes());
+            self.restore(first_parent, state, commit.changes());
             return Err(e.into());
         }
-        self.remember(&signed);
-        let since = self.replay_since(first_parent, signed.commit().changes().len());
+        self.remember_commit(id, &commit);
+        let since = self.replay_since(first_parent, commit.changes().len());
         self.after_new_state(id, &state, since);
         self.states.put(id, state, self.options.cached_states);
         Ok(id)

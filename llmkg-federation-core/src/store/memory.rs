@@ -6,7 +6,7 @@ use crate::commit::CommitId;
 
 #[derive(Default)]
 struct Inner {
-    objects: HashMap<ObjectId, Arc<[u8]>>,
+    objects: HashMap<ObjectId, Vec<u8>>,
     refs: BTreeMap<BranchName, CommitId>,
 }
 
@@ -88,7 +88,7 @@ impl Store for MemoryStore {
             view.insert(&u.name, u.new);
         }
         for (id, bytes) in batch.objects {
-            inner.objects.entry(id).or_insert_with(|| bytes.into());
+            inner.objects.entry(id).or_insert(bytes);
         }
         for u in batch.refs {
             match u.new {
