@@ -322,8 +322,9 @@ impl GraphState {
     }
 
     /// Removes `removals` (present) and then inserts `additions` (absent, distinct), each a
-    /// triple id with its key: the indexes one key at a time in key order, the Merkle tree in
-    /// one batch each (see [`MerkleTree::insert_many`]).
+    /// triple id with its key: each index in its key order without searching for the keys
+    /// (their presence is known), the Merkle tree in one batch each (see
+    /// [`MerkleTree::insert_many`]).
     ///
     /// A large batch on a large state (see [`MerkleTree::root`]) updates the Merkle tree and
     /// brings its hashes up to date on a second thread while this one updates the indexes:
