@@ -12,7 +12,7 @@ use indexmap::IndexSet;
 use thiserror::Error;
 
 use crate::encoding::TripleId;
-use crate::merkle::{MerkleTree, PARALLEL_REHASH_MIN_CHANGES, PARALLEL_REHASH_MIN_LEN, StateRoot};
+use crate::merkle::{MerkleTree, StateRoot};
 use crate::term::{ChangeSet, Term, Triple};
 
 use crate::key_index::{Key, KeyIndex};
@@ -340,9 +340,7 @@ impl GraphState {
             }
         };
         let threads = crate::merkle::available_threads();
-        let large = removed_keys.len() + added_keys.len() >= PARALLEL_REHASH_MIN_CHANGES
-            && self.merkle.len() >= PARALLEL_REHASH_MIN_LEN;
-        if threads < 2 || !large {
+        if threads < 2 || !self.merkle.threads_pay_for(removed_keys.len() + added_keys.len()) {
             update_merkle(&mut self.merkle, None);
             update_indexes(&mut self.spo, &mut self.pos, &mut self.osp, removed_keys, added_keys);
             return;

@@ -377,15 +377,21 @@ impl<V: Copy> Node<V> {
             }
         };
         if removed.is_some() {
-            self.count -= 1;
-            self.dirty = true;
-            if matches!(self.kind, Kind::Branch(_)) && self.count <= LEAF_CAPACITY {
-                let mut entries = Vec::with_capacity(self.count);
-                self.collect(&mut entries);
-                self.kind = Kind::Leaf(entries);
-            }
+            self.lost(1);
         }
         removed
+    }
+
+    /// Accounts for `removed` (> 0) ids gone from this subtree, and keeps the node canonical:
+    /// a branch left with a leaf's worth of ids becomes that leaf.
+    fn lost(&mut self, removed: usize) {
+        self.count -= removed;
+        self.dirty = true;
+        if matches!(self.kind, Kind::Branch(_)) && self.count <= LEAF_CAPACITY {
+            let mut entries = Vec::with_capacity(self.count);
+            self.collect(&mut entries);
+            self.kind = Kind::Leaf(entries);
+        }
     }
 
     /// Inserts `entries` (sorted by id, distinct) in one descent: each node on their paths is
@@ -471,13 +477,7 @@ impl<V: Copy> Node<V> {
             }
         };
         if removed > 0 {
-            self.count -= removed;
-            self.dirty = true;
-            if matches!(self.kind, Kind::Branch(_)) && self.count <= LEAF_CAPACITY {
-                let mut entries = Vec::with_capacity(self.count);
-                self.collect(&mut entries);
-                self.kind = Kind::Leaf(entries);
-            }
+            self.lost(removed);
         }
         removed
     }
@@ -1066,13 +1066,15 @@ impl<V: Copy> MerkleTree<V> {
     where
         V: Send,
     {
-        let threads = if self.is_large_change() { available_threads() } else { 1 };
+        let threads = if self.threads_pay_for(self.pending) { available_threads() } else { 1 };
         self.root_on(threads)
     }
 
-    /// True if enough changed in a large enough tree for the rehash to pay for threads.
-    pub(crate) fn is_large_change(&self) -> bool {
-        self.pending >= PARALLEL_REHASH_MIN_CHANGES && self.len() >= PARALLEL_REHASH_MIN_LEN
+    /// True if rehashing after `changes` inserted or removed ids pays for threads here: enough
+    /// changes ([`PARALLEL_REHASH_MIN_CHANGES`]) in a large enough tree
+    /// ([`PARALLEL_REHASH_MIN_LEN`]).
+    pub(crate) fn threads_pay_for(&self, changes: usize) -> bool {
+        changes >= PARALLEL_REHASH_MIN_CHANGES && self.len() >= PARALLEL_REHASH_MIN_LEN
     }
 
     /// [`MerkleTree::root`] on at most `threads` threads.
