@@ -339,8 +339,9 @@ impl GraphState {
                 merkle.root_on(threads);
             }
         };
-        let threads = crate::merkle::available_threads();
-        if threads < 2 || !self.merkle.threads_pay_for(removed_keys.len() + added_keys.len()) {
+        let pays = self.merkle.threads_pay_for(removed_keys.len() + added_keys.len());
+        let threads = if pays { crate::merkle::available_threads() } else { 1 };
+        if threads < 2 {
             update_merkle(&mut self.merkle, None);
             update_indexes(&mut self.spo, &mut self.pos, &mut self.osp, removed_keys, added_keys);
             return;

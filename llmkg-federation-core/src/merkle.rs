@@ -281,8 +281,12 @@ fn nibble(id: &TripleId, depth: usize) -> usize {
 }
 
 /// The threads CPU-bound work may use here (at most 16, the root's fan-out).
+///
+/// Asked of the OS once per process: [`std::thread::available_parallelism`] reads cgroup files
+/// on Linux, which cost more than a small commit's whole apply.
 pub(crate) fn available_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().min(16))
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(16)))
 }
 
 /// `old` and `new` (each sorted by id, distinct) merged in id order; an id in both keeps the
