@@ -25,10 +25,10 @@
 //! 7. acme-2 is taken out of `vocab` by acme-1; it stops hosting it, a later write does not
 //!    reach it, and it cannot write there.
 //! 8. umbrella-1 joins `curated` (a new organization for that branch: the key rotates to
-//!    include it), catches up, and its write reaches the others. Then it leaves (the key
-//!    rotates without umbrella): a commit globex-1 writes after is shipped sealed, initech-1
-//!    opens it, umbrella-1 cannot ("no data key here for epoch …"). acme-2 joins `vocab`
-//!    again.
+//!    include it), catches up from a member's snapshot (the history before it known by id
+//!    only), and its write reaches the others. Then it leaves (the key rotates without
+//!    umbrella): a commit globex-1 writes after is shipped sealed, initech-1 opens it,
+//!    umbrella-1 cannot ("no data key here for epoch …"). acme-2 joins `vocab` again.
 //! 9. Every replica of each branch holds exactly the acknowledged writes (state roots and
 //!    triple counts computed here with `GraphState` from the same files); every node's audit
 //!    checkpoint is a signed note verified with the node's key, growing over the run; after
@@ -1081,6 +1081,13 @@ fn four_organizations_five_node_processes_sigkill_merge_consents_leave_join() {
     c.sync(UMBRELLA, CURATED, &model);
     let curated_members = [GLOBEX, INITECH, UMBRELLA];
     c.assert_holds(&model, CURATED, &curated_members, Duration::from_secs(30));
+    // It caught up from a member's snapshot: the history before it is known by id only.
+    let joined_status = c.branch_status(UMBRELLA, CURATED).unwrap();
+    assert_eq!(joined_status["shallow"], Value::Bool(true), "{joined_status}");
+    let base_commits = joined_status["base_commits"].as_u64().unwrap();
+    let held = joined_status["commits"].as_u64().unwrap();
+    let provider_commits = c.branch_status(GLOBEX, CURATED).unwrap()["commits"].as_u64().unwrap();
+    assert!(base_commits > 0 && held < provider_commits, "{joined_status}");
     let reply = c.ok(
         UMBRELLA,
         &["write", "--branch", CURATED, "--prefix", "urn:x:umbrella/curated", "--count", "50"],
@@ -1089,7 +1096,10 @@ fn four_organizations_five_node_processes_sigkill_merge_consents_leave_join() {
     model.ack(CURATED, synthetic("urn:x:umbrella/curated", 50));
     c.sync(GLOBEX, CURATED, &model);
     c.assert_holds(&model, CURATED, &curated_members, Duration::from_secs(30));
-    c.step("8a. umbrella-1 joined curated, caught up, and its write reached the others");
+    c.step(&format!(
+        "8a. umbrella-1 joined curated from a snapshot ({base_commits} commits known by id, \
+         {held} held), caught up, and its write reached the others"
+    ));
 
     //    curated is confidential: its commits travel sealed under the federation's data key.
     //    umbrella-1 (all of umbrella there) leaves it; the key rotates without umbrella, and

@@ -195,12 +195,26 @@ pub struct ReplicaStatus {
     pub commits: u64,
     /// How many triples its state holds.
     pub triples: u64,
+    /// True if the replica started from a snapshot and knows the commits before it only by
+    /// id (it has not fetched that history since).
+    pub shallow: bool,
+    /// How many commits the replica knows only by id (0 unless `shallow`).
+    pub base_commits: u64,
 }
 
 impl ReplicaStatus {
-    /// A status with these values.
+    /// A status with these values, of a replica that holds its whole history.
     pub fn new(heads: Vec<CommitId>, state_root: StateRoot, commits: u64, triples: u64) -> Self {
-        Self { heads, state_root, commits, triples }
+        Self { heads, state_root, commits, triples, shallow: false, base_commits: 0 }
+    }
+
+    /// The same status, of a replica that started from a snapshot and knows `base_commits`
+    /// commits only by id.
+    #[must_use]
+    pub fn shallow(mut self, base_commits: u64) -> Self {
+        self.shallow = true;
+        self.base_commits = base_commits;
+        self
     }
 }
 

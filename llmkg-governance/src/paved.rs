@@ -163,6 +163,8 @@ impl<K: KvStore + Clone + 'static> BranchBackend for PavedBackend<K> {
         options.clock = Arc::clone(&self.clock);
         options.sync.round_interval = SYNC_ROUND;
         options.seal = seal;
+        // A node joining a running group starts from a member's snapshot.
+        options.join_from_snapshot = spec.bootstrap.is_none();
         let kv = self.prefixed(&spec.group, "sync");
         let (sync, task) = EventualSync::start_with_policy(
             options,

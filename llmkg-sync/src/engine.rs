@@ -87,6 +87,9 @@ pub struct SyncOptions {
     /// [`SyncCore::with_seal`]). Default `None`: commits travel in the clear inside the
     /// transport's encryption.
     pub seal: Option<Arc<dyn EnvelopeSeal>>,
+    /// Whether an empty replica catches up from a peer's snapshot rather than the whole
+    /// history (see [`SyncCore::joining`]). Default false.
+    pub join_from_snapshot: bool,
 }
 
 impl SyncOptions {
@@ -105,6 +108,7 @@ impl SyncOptions {
             seed,
             clock: Arc::new(SystemClock),
             seal: None,
+            join_from_snapshot: false,
         }
     }
 }
@@ -207,7 +211,17 @@ impl<K: KvStore + 'static> EventualSync<K> {
     ) -> Result<(Arc<Self>, SyncTask), StartError> {
         require_available(&options.strategy)?;
         let SyncOptions {
-            keypair, org, group, channel, mut sync, replica, seed, clock, seal, ..
+            keypair,
+            org,
+            group,
+            channel,
+            mut sync,
+            replica,
+            seed,
+            clock,
+            seal,
+            join_from_snapshot,
+            ..
         } = options;
         // The replica's wall clock is the host's clock read once, advanced by the monotonic
         // timer: it never goes backwards while the engine runs.
@@ -219,6 +233,9 @@ impl<K: KvStore + 'static> EventualSync<K> {
         let mut core = SyncCore::new(replica, sync, peers, seed);
         if let Some(seal) = seal {
             core = core.with_seal(seal);
+        }
+        if join_from_snapshot {
+            core = core.joining();
         }
         let config = DriverConfig { channel, ..DriverConfig::default() };
         let (driver, handle) = Driver::with_config(core, transport, Arc::clone(&timer), config);
@@ -462,12 +479,13 @@ impl<K: KvStore + 'static> SyncStrategy for EventualSync<K> {
         Box::pin(async move {
             Ok(self.with_core(|c| {
                 let r = c.replica_mut();
-                ReplicaStatus::new(
+                let status = ReplicaStatus::new(
                     r.heads(),
                     r.state_root(),
                     r.len() as u64,
                     r.state().len() as u64,
-                )
+                );
+                if r.is_shallow() { status.shallow(r.base_ids().len() as u64) } else { status }
             }))
         })
     }

@@ -50,9 +50,13 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::replica::{ReceiveError, Received, Replica, WriteError};
+use crate::replica::{DeepenError, ReceiveError, Received, Replica, SnapshotError, WriteError};
 use crate::riblt;
 use crate::vv::VersionVector;
+
+mod catchup;
+
+pub use catchup::{MAX_SERVING, SnapshotHeader};
 
 /// Most heads a summary carries; a replica with more sends its version vector instead.
 pub const MAX_SUMMARY_HEADS: usize = 64;
@@ -94,6 +98,11 @@ pub struct SyncConfig {
     /// Most differences a reconciliation session decodes before it gives up. Default
     /// 250,000.
     pub max_differences: usize,
+    /// Most triples a snapshot to catch up from may declare ([`SyncCore::joining`]).
+    /// Default 64 million.
+    pub max_snapshot_triples: u64,
+    /// Most commit ids a snapshot to catch up from may declare. Default 16 million.
+    pub max_snapshot_commits: u64,
 }
 
 impl SyncConfig {
@@ -110,6 +119,8 @@ impl SyncConfig {
             wall_origin,
             vv_limit: 256,
             max_differences: 250_000,
+            max_snapshot_triples: 64_000_000,
+            max_snapshot_commits: 16_000_000,
         }
     }
 }
@@ -190,6 +201,29 @@ pub enum SyncBody {
         /// The triples the sender holds among those asked for.
         triples: Vec<Triple>,
     },
+    /// Send me a snapshot to start from: its header (`part: None`), or one of its parts.
+    SnapshotFetch {
+        /// The catch-up session, chosen by the asker.
+        session: u64,
+        /// The part, or `None` for the header (which prepares the snapshot).
+        part: Option<u32>,
+    },
+    /// A snapshot's header, or `None` if the sender has none to give.
+    SnapshotHead {
+        /// The session.
+        session: u64,
+        /// The header.
+        header: Option<Box<SnapshotHeader>>,
+    },
+    /// One part of a snapshot (its ids and triples, encoded, sealed in a sealed set).
+    SnapshotPart {
+        /// The session.
+        session: u64,
+        /// The part's number.
+        part: u32,
+        /// Its bytes.
+        data: Vec<u8>,
+    },
 }
 
 /// Which ids a reconciliation session compares.
@@ -251,6 +285,33 @@ pub enum SyncEvent {
         /// Why.
         error: riblt::SessionError,
     },
+    /// The replica started from a snapshot `from` sent (the commits after its head follow
+    /// by anti-entropy).
+    SnapshotInstalled {
+        /// The provider.
+        from: NodeId,
+        /// The triples of its state.
+        triples: u64,
+    },
+    /// A snapshot from `from` was refused; the replica did not change, another peer is asked.
+    SnapshotRefused {
+        /// The provider.
+        from: NodeId,
+        /// Why.
+        error: SnapshotError,
+    },
+    /// No peer had a snapshot to give: the replica catches up from the whole history.
+    SnapshotUnavailable,
+    /// The replica fetched the history before its base and holds it all now.
+    Deepened {
+        /// The base's commits fetched.
+        commits: u64,
+    },
+    /// The history fetched to deepen the replica was refused; the replica did not change.
+    DeepenFailed {
+        /// Why.
+        error: DeepenError,
+    },
     /// A message from `from` broke the protocol's bounds and was dropped.
     Malformed {
         /// Who sent it.
@@ -292,6 +353,20 @@ pub struct SyncMetrics {
     pub commits_sealed: u64,
     /// Times a stream waited because the current data-key epoch had not arrived.
     pub seal_waits: u64,
+    /// Snapshots prepared for peers.
+    pub snapshots_served: u64,
+    /// Snapshot parts sent.
+    pub snapshot_parts_sent: u64,
+    /// Snapshot parts received.
+    pub snapshot_parts_received: u64,
+    /// Snapshots installed (at most one: a replica starts from one).
+    pub snapshots_installed: u64,
+    /// Commits received that do not descend from the replica's base.
+    pub before_base: u64,
+    /// Times the replica fetched the history before its base.
+    pub deepened: u64,
+    /// Checkpoint commits written so that a snapshot could be taken.
+    pub checkpoints: u64,
 }
 
 /// What is known of a peer.
@@ -374,6 +449,12 @@ pub struct SyncCore<K: KvStore> {
     now: Time,
     metrics: SyncMetrics,
     seal: Option<Arc<dyn EnvelopeSeal>>,
+    /// While catching up from a snapshot.
+    joining: Option<catchup::Joining>,
+    /// Snapshots kept ready for peers.
+    serving: BTreeMap<NodeId, catchup::Serving>,
+    /// While gathering the history before the replica's base.
+    deepening: Option<catchup::Deepening>,
 }
 
 impl<K: KvStore> std::fmt::Debug for SyncCore<K> {
@@ -406,6 +487,9 @@ impl<K: KvStore> SyncCore<K> {
             now: Time::ZERO,
             metrics: SyncMetrics::default(),
             seal: None,
+            joining: None,
+            serving: BTreeMap::new(),
+            deepening: None,
         }
     }
 
@@ -461,6 +545,8 @@ impl<K: KvStore> SyncCore<K> {
         message: &str,
     ) -> Result<CommitId, WriteError> {
         self.now = now;
+        // A replica holding commits takes no snapshot: this one catches up from history.
+        self.joining = None;
         let commit = self.replica.write(self.wall(now), changes, message)?;
         self.announce();
         Ok(commit.id())
@@ -477,6 +563,7 @@ impl<K: KvStore> SyncCore<K> {
     /// checked like one received from a peer; peers hear of it as of a local write.
     pub fn adopt(&mut self, now: Time, bytes: &[u8]) -> Result<Received, ReceiveError> {
         self.now = now;
+        self.joining = None;
         let received = self.replica.receive(self.wall(now), bytes)?;
         if matches!(received, Received::Applied(_)) {
             self.announce();
@@ -677,6 +764,10 @@ impl<K: KvStore> SyncCore<K> {
             p.heads = Some((heads.clone(), truncated, root));
             p.heard_at = now;
         }
+        if self.joining.is_some() {
+            // Nothing is exchanged before the snapshot is installed.
+            return;
+        }
         if reply {
             self.send_summary(from, false);
         }
@@ -697,6 +788,12 @@ impl<K: KvStore> SyncCore<K> {
             self.malformed(from, "batch holds too many commits");
             return;
         }
+        if self.joining.is_some() {
+            // Nothing is applied before the snapshot is installed; the sender's next round
+            // works out again what this replica lacks.
+            self.send(from, SyncBody::Ack { stream, seq });
+            return;
+        }
         let wall = self.wall(self.now);
         let mut applied = Vec::new();
         for sealed in &commits {
@@ -715,10 +812,14 @@ impl<K: KvStore> SyncCore<K> {
                     }
                 },
             };
+            if self.gather(bytes) {
+                continue;
+            }
             match self.replica.receive(wall, bytes) {
                 Ok(Received::Applied(ids)) => applied.extend(ids),
                 Ok(Received::Known(_)) => self.metrics.duplicates_received += 1,
                 Ok(Received::Pending { .. }) => {}
+                Err(ReceiveError::BeforeBase { .. }) => self.start_deepening(from),
                 Err(error) => {
                     self.metrics.commits_refused += 1;
                     self.events.push_back(SyncEvent::Refused { from, error });
@@ -1025,6 +1126,12 @@ impl<K: KvStore> SyncCore<K> {
 
     fn round(&mut self, now: Time) {
         self.metrics.rounds += 1;
+        self.catchup_round(now);
+        let jitter = self.rng.random_range(0..=self.config.round_interval.as_micros() as u64 / 4);
+        self.next_round = Some(now + self.config.round_interval + Duration::from_micros(jitter));
+        if self.joining.is_some() {
+            return;
+        }
         let targets = self.pick_peers(self.config.fanout);
         for p in targets {
             self.send_summary(p, true);
@@ -1055,8 +1162,6 @@ impl<K: KvStore> SyncCore<K> {
                 p.answering = None;
             }
         }
-        let jitter = self.rng.random_range(0..=self.config.round_interval.as_micros() as u64 / 4);
-        self.next_round = Some(now + self.config.round_interval + Duration::from_micros(jitter));
     }
 }
 
@@ -1122,6 +1227,15 @@ impl<K: KvStore> Protocol for SyncCore<K> {
             }
             SyncBody::FetchTriples { session, ids } => self.on_fetch_triples(from, session, ids),
             SyncBody::Triples { session, triples } => self.on_triples(from, session, triples),
+            SyncBody::SnapshotFetch { session, part } => {
+                self.on_snapshot_fetch(from, session, part)
+            }
+            SyncBody::SnapshotHead { session, header } => {
+                self.on_snapshot_head(from, session, header)
+            }
+            SyncBody::SnapshotPart { session, part, data } => {
+                self.on_snapshot_part(from, session, part, data)
+            }
         }
     }
 

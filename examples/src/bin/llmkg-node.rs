@@ -579,6 +579,8 @@ async fn admin(node: &Node, request: &Value) -> Res<Value> {
                     "state_root": status.state_root.to_string(),
                     "commits": status.commits,
                     "triples": status.triples,
+                    "shallow": status.shallow,
+                    "base_commits": status.base_commits,
                     "registry": hex(&registry.digest()),
                     "applied": registry.applied(),
                 }));

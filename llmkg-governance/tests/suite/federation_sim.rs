@@ -350,6 +350,8 @@ impl FedNode {
         config.round_interval = Duration::from_millis(250);
         config.stream_timeout = Duration::from_secs(1);
         let sync = SyncCore::new(replica, config, ctx.peers(), ctx.derive_seed("sync"));
+        // The node that joins later catches up from a snapshot.
+        let sync = if ctx.index >= NODES { sync.joining() } else { sync };
         let mut node = Self {
             id: ctx.id,
             disk: ctx.disk.clone(),
@@ -569,6 +571,9 @@ struct Summary {
     messages: u64,
     writes: usize,
     virtual_ms: u64,
+    /// Joins that caught up from a snapshot, and joiners that then fetched the history.
+    snapshot_joins: usize,
+    deepened: usize,
 }
 
 struct Run {
@@ -1712,7 +1717,7 @@ impl Run {
                     let missing = self
                         .acknowledged
                         .iter()
-                        .filter(|(c, author)| **author != departed && !n.sync.replica().contains(c))
+                        .filter(|(c, author)| **author != departed && !n.sync.replica().knows(c))
                         .count();
                     (n.sync.replica_mut().state_root(), n.sync.replica().state().triples(), missing)
                 })
@@ -1743,7 +1748,14 @@ impl Run {
         if self.refused > 0 {
             return Err(format!("replicas refused {} commits of members", self.refused));
         }
+        let joiner = self.ids.id(NODES);
+        let (snapshot_joins, deepened) = self.sim.node(joiner).map_or((0, 0), |n| {
+            let m = n.sync.metrics();
+            (m.snapshots_installed as usize, m.deepened as usize)
+        });
         Ok(Summary {
+            snapshot_joins,
+            deepened,
             messages: self.sim.message_totals().sent,
             writes: self.acknowledged.len(),
             virtual_ms: self.sim.now().as_micros() / 1_000,
@@ -2220,6 +2232,8 @@ fn run_part(part: u64) {
                 total.messages += s.messages;
                 total.writes += s.writes;
                 total.virtual_ms += s.virtual_ms;
+                total.snapshot_joins += s.snapshot_joins;
+                total.deepened += s.deepened;
             }
             Err(e) => {
                 let mut replay = String::new();
@@ -2235,7 +2249,7 @@ fn run_part(part: u64) {
         }
     }
     eprintln!(
-        "part {part}: {} seeds, {} failures, {} operations executed, {} consents ({} rejected, {} of them forged, stale, replayed or late), {} acknowledged commits, {} messages, {} s virtual, {:.1} s",
+        "part {part}: {} seeds, {} failures, {} operations executed, {} consents ({} rejected, {} of them forged, stale, replayed or late), {} acknowledged commits, {} joins from a snapshot ({} deepened), {} messages, {} s virtual, {:.1} s",
         list.len(),
         failures.len(),
         total.executed,
@@ -2243,6 +2257,8 @@ fn run_part(part: u64) {
         total.consents_rejected,
         total.bad_consents,
         total.writes,
+        total.snapshot_joins,
+        total.deepened,
         total.messages,
         total.virtual_ms / 1_000,
         started.elapsed().as_secs_f64()

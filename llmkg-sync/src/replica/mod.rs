@@ -67,6 +67,10 @@ use llmkg_federation_core::{
 use crate::hlc::{ClockError, HybridClock};
 use crate::vv::VersionVector;
 
+mod base;
+
+pub use base::{BaseSnapshot, DeepenError, SnapshotError};
+
 /// Key prefix of stored commits (followed by the arrival number, big-endian).
 const COMMIT_PREFIX: &[u8] = b"sync/commit/";
 /// The first key after every stored commit's.
@@ -199,6 +203,14 @@ pub enum ReceiveError {
         /// The commit.
         id: CommitId,
     },
+    /// The commit does not descend from the head of the snapshot this replica started from
+    /// (a parent of it is in the base, or it has no parent): it cannot be checked without the
+    /// base's history. Deepen the replica ([`Replica::deepen`]) and receive it again.
+    #[error("commit {id} does not descend from this replica's base; deepen the replica first")]
+    BeforeBase {
+        /// The commit.
+        id: CommitId,
+    },
     /// The store failed; nothing was written.
     #[error("replica storage: {0}")]
     Storage(#[from] KvError),
@@ -248,6 +260,9 @@ pub enum OpenError {
         /// The parent.
         parent: CommitId,
     },
+    /// The stored snapshot the replica started from is damaged.
+    #[error("stored base: {0}")]
+    Base(String),
     /// A stored commit was refused on replay (a damaged store, or a stricter policy).
     #[error("stored commit number {arrival} refused on replay: {error}")]
     Replay {
@@ -362,8 +377,14 @@ pub struct Replica<K: KvStore> {
     index: HashMap<CommitId, u32>,
     authors: Vec<NodeId>,
     author_index: HashMap<NodeId, u32>,
-    /// Per author index: its commits by position in its chain.
+    /// Per author index: its held commits by position in its chain, after the
+    /// `chain_base` of its commits that are in the base and not held.
     chains: Vec<Vec<u32>>,
+    /// Per author index: how many of its commits the base holds without this replica holding
+    /// them (all zero for a replica that did not start from a snapshot).
+    chain_base: Vec<u64>,
+    /// The snapshot this replica started from, if it did (see [`BaseSnapshot`]).
+    base: Option<base::Base>,
     heads: BTreeSet<CommitId>,
     history: HashMap<TripleId, History>,
     state: GraphState,
@@ -439,6 +460,8 @@ impl<K: KvStore> Replica<K> {
             authors: Vec::new(),
             author_index: HashMap::new(),
             chains: Vec::new(),
+            chain_base: Vec::new(),
+            base: None,
             heads: BTreeSet::new(),
             history: HashMap::new(),
             state: GraphState::new(),
@@ -454,6 +477,7 @@ impl<K: KvStore> Replica<K> {
     }
 
     fn replay(&mut self) -> Result<(), OpenError> {
+        self.load_base()?;
         let end = COMMIT_END.to_vec();
         let mut from = COMMIT_PREFIX.to_vec();
         loop {
@@ -532,6 +556,12 @@ impl<K: KvStore> Replica<K> {
         self.index.contains_key(id)
     }
 
+    /// True if commit `id` is in this replica's past: held, or in the base of the snapshot
+    /// it started from ([`BaseSnapshot`]).
+    pub fn knows(&self, id: &CommitId) -> bool {
+        self.index.contains_key(id) || self.in_base(id)
+    }
+
     /// Every held commit id, in the order applied (parents before children).
     pub fn ids(&self) -> impl Iterator<Item = CommitId> + '_ {
         self.metas.iter().map(|m| m.id)
@@ -569,9 +599,21 @@ impl<K: KvStore> Replica<K> {
     /// Per author, how many of its commits are held.
     pub fn version_vector(&self) -> VersionVector {
         let mut v = VersionVector::new();
-        for (a, chain) in self.chains.iter().enumerate() {
-            if let Some(node) = self.authors.get(a) {
-                v.observe(*node, chain.len() as u64);
+        for (a, node) in self.authors.iter().enumerate() {
+            v.observe(*node, self.chain_len(a as u32));
+        }
+        v
+    }
+
+    /// Per author, how many of its commits are in the causal past of `heads` (those held;
+    /// the others are ignored).
+    pub fn version_vector_of(&self, heads: &[CommitId]) -> VersionVector {
+        let idx: Vec<u32> = heads.iter().filter_map(|h| self.index.get(h).copied()).collect();
+        let vv = self.join_vv(&idx, None);
+        let mut v = VersionVector::new();
+        for (node, n) in self.authors.iter().zip(vv) {
+            if n > 0 {
+                v.observe(*node, n);
             }
         }
         v
@@ -580,6 +622,9 @@ impl<K: KvStore> Replica<K> {
     /// The stored envelope of a held commit.
     pub fn commit_bytes(&self, id: &CommitId) -> Result<Option<Vec<u8>>, KvError> {
         let Some(&i) = self.index.get(id) else { return Ok(None) };
+        if let Some(head) = self.base_head(i) {
+            return Ok(Some(head.as_bytes().to_vec()));
+        }
         let Some(m) = self.metas.get(i as usize) else { return Ok(None) };
         self.kv.get(&commit_key(m.arrival))
     }
@@ -610,12 +655,31 @@ impl<K: KvStore> Replica<K> {
     /// Commits beyond `covered(author)` in each author's chain, parents first.
     fn beyond(&self, covered: impl Fn(u32) -> u64) -> Vec<CommitId> {
         let mut out: Vec<u32> = Vec::new();
-        for (a, chain) in self.chains.iter().enumerate() {
-            let from = usize::try_from(covered(a as u32)).unwrap_or(usize::MAX);
-            out.extend(chain.iter().skip(from));
+        for a in 0..self.chains.len() as u32 {
+            out.extend(self.held_beyond(a, covered(a)));
         }
         out.sort_by_key(|i| (self.meta(*i).generation, *i));
         out.into_iter().map(|i| self.meta(i).id).collect()
+    }
+
+    /// How many commits of author `a` this replica's past holds (the base's included).
+    fn chain_len(&self, a: u32) -> u64 {
+        let held = self.chains.get(a as usize).map_or(0, |c| c.len() as u64);
+        held + self.chain_base.get(a as usize).copied().unwrap_or(0)
+    }
+
+    /// The held commits of author `a` after its first `covered`.
+    fn held_beyond(&self, a: u32, covered: u64) -> impl Iterator<Item = u32> + '_ {
+        let base = self.chain_base.get(a as usize).copied().unwrap_or(0);
+        let skip = usize::try_from(covered.saturating_sub(base)).unwrap_or(usize::MAX);
+        self.chains.get(a as usize).into_iter().flatten().skip(skip).copied()
+    }
+
+    /// The held commit at position `seq` (from 1) of author `a`'s chain.
+    fn at_seq(&self, a: u32, seq: u64) -> Option<u32> {
+        let base = self.chain_base.get(a as usize).copied().unwrap_or(0);
+        let pos = usize::try_from(seq.checked_sub(base + 1)?).ok()?;
+        self.chains.get(a as usize)?.get(pos).copied()
     }
 
     fn meta(&self, i: u32) -> &Meta {
@@ -663,6 +727,9 @@ impl<K: KvStore> Replica<K> {
             && let Some((_, changes)) = self.recent.get(offset as usize)
         {
             return Ok(changes.clone());
+        }
+        if let Some(head) = self.base_head(i) {
+            return Ok(Arc::new(head.commit().changes().clone()));
         }
         let key = commit_key(self.meta(i).arrival);
         let bytes = self.kv.get(&key)?.ok_or_else(|| {
@@ -722,9 +789,7 @@ impl<K: KvStore> Replica<K> {
         };
         let mut vv = self.join_vv(&parents, Some(author));
         let seq = vv_get(&vv, author).saturating_add(1);
-        if let Some(&held) =
-            self.chains.get(author as usize).and_then(|ch| ch.get((seq - 1) as usize))
-        {
+        if let Some(held) = self.at_seq(author, seq) {
             return Err(rule(RuleViolation::Equivocation {
                 author: c.author(),
                 seq,
@@ -778,11 +843,7 @@ impl<K: KvStore> Replica<K> {
     /// The held commits outside the past described by `vv` (concurrent with a commit whose
     /// vector it is).
     fn outside(&self, vv: &[u64]) -> Vec<u32> {
-        self.chains
-            .iter()
-            .enumerate()
-            .flat_map(|(a, chain)| chain.iter().skip(vv_get(vv, a as u32) as usize).copied())
-            .collect()
+        (0..self.chains.len() as u32).flat_map(|a| self.held_beyond(a, vv_get(vv, a))).collect()
     }
 
     /// The changes that turn the current state into the state of the past described by
@@ -820,6 +881,7 @@ impl<K: KvStore> Replica<K> {
             self.authors.push(c.author());
             self.author_index.insert(c.author(), a.author);
             self.chains.push(Vec::new());
+            self.chain_base.push(0);
         }
         if let Some(chain) = self.chains.get_mut(a.author as usize) {
             chain.push(i);
@@ -889,7 +951,7 @@ impl<K: KvStore> Replica<K> {
         // repeated commits cost a hash, not a verification.
         if let Ok((commit, _)) = postcard::take_from_bytes::<Commit>(bytes) {
             let id = commit.id();
-            if self.index.contains_key(&id) {
+            if self.index.contains_key(&id) || self.in_base(&id) {
                 self.metrics.duplicates += 1;
                 return Ok(Received::Known(id));
             }
@@ -905,6 +967,26 @@ impl<K: KvStore> Replica<K> {
             return Ok(Received::Known(id));
         }
         let missing = self.missing_parents(&commit);
+        if let Some(parent) = missing.iter().find(|p| self.in_base(p)) {
+            // A parent held here descends from the base's head, so from that parent: a full
+            // replica refuses the commit for it. Otherwise only the history can tell.
+            if let Some(held) =
+                commit.commit().parents().iter().find(|p| self.index.contains_key(p))
+            {
+                return Err(ReceiveError::Rule {
+                    id,
+                    violation: RuleViolation::ParentsNotConcurrent {
+                        ancestor: *parent,
+                        descendant: *held,
+                    },
+                });
+            }
+            return Err(ReceiveError::BeforeBase { id });
+        }
+        if self.base.is_some() && commit.commit().parents().is_empty() {
+            // Every held commit descends from the base's head; a root is concurrent with it.
+            return Err(ReceiveError::BeforeBase { id });
+        }
         if !missing.is_empty() {
             if !self.waiting.contains_key(&id) {
                 self.policy
@@ -1020,6 +1102,27 @@ impl<K: KvStore> Replica<K> {
         changes: ChangeSet,
         message: &str,
     ) -> Result<SignedCommit, WriteError> {
+        self.write_commit(wall, changes, message, false)
+    }
+
+    /// Commits no change, with every head as a parent: a commit every held commit is an
+    /// ancestor of, which a [`BaseSnapshot`] can then be taken at. Refused with
+    /// [`WriteError::NothingToCommit`] when the replica holds nothing, or more heads than a
+    /// commit takes parents ([`MAX_PARENTS`]).
+    pub fn checkpoint(&mut self, wall: Timestamp) -> Result<SignedCommit, WriteError> {
+        if self.heads.is_empty() || self.heads.len() > MAX_PARENTS {
+            return Err(WriteError::NothingToCommit);
+        }
+        self.write_commit(wall, ChangeSet::default(), "checkpoint", true)
+    }
+
+    fn write_commit(
+        &mut self,
+        wall: Timestamp,
+        changes: ChangeSet,
+        message: &str,
+        allow_empty: bool,
+    ) -> Result<SignedCommit, WriteError> {
         let parents = self.write_parents();
         let idx: Vec<u32> = parents.iter().filter_map(|p| self.index.get(p).copied()).collect();
         let me = self.signer.node_id();
@@ -1040,7 +1143,7 @@ impl<K: KvStore> Replica<K> {
                 return Err(WriteError::Apply(e));
             }
         };
-        if effective.is_empty() {
+        if effective.is_empty() && !allow_empty {
             undo(&mut self.state, &effective);
             return Err(WriteError::NothingToCommit);
         }
@@ -1081,7 +1184,7 @@ impl<K: KvStore> Replica<K> {
             return self.heads.iter().copied().collect();
         }
         let me = self.author_index.get(&self.signer.node_id()).copied();
-        let mine = me.and_then(|a| self.chains.get(a as usize)).map_or(0, |c| c.len() as u64);
+        let mine = me.map_or(0, |a| self.chain_len(a));
         let mut heads: Vec<u32> =
             self.heads.iter().filter_map(|h| self.index.get(h).copied()).collect();
         // The head covering our latest commit first, then by generation (oldest first).
