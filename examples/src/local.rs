@@ -29,6 +29,8 @@ pub struct LocalNode {
     pub system: FederatedBranchingSystem,
     /// Its organization's security manager on this node (with its audit log).
     pub security: Arc<FederatedSecurityManager<MemoryKv>>,
+    /// The backend its system runs branches on.
+    pub backend: Arc<PavedBackend<RedbKv>>,
 }
 
 /// The keys of organization `i` of a local federation (fixed, for reproducible runs).
@@ -140,12 +142,24 @@ pub async fn local_federation(
             timer.clone(),
             spawn,
         );
-        let system =
-            paved_system(identity, federation, transport, security.clone(), backend, timer.clone());
+        let system = paved_system(
+            identity,
+            federation,
+            transport,
+            security.clone(),
+            backend.clone(),
+            timer.clone(),
+        );
         for c in certs.iter().take(known) {
             system.add_node(c.clone());
         }
-        nodes.push(LocalNode { id: key.node_id(), org: orgs[o].clone(), system, security });
+        nodes.push(LocalNode {
+            id: key.node_id(),
+            org: orgs[o].clone(),
+            system,
+            security,
+            backend,
+        });
     }
     Ok(nodes)
 }

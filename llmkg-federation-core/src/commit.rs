@@ -22,6 +22,9 @@ use crate::time::Timestamp;
 
 /// Most parents a commit may have (a merge has two; octopus merges are not produced).
 pub const MAX_PARENTS: usize = 16;
+/// Bytes of an envelope's tail: the signer's id (32) and the signature (64, length-prefixed).
+const ENVELOPE_TAIL_LEN: usize = 32 + 1 + 64;
+
 /// Longest commit message, in bytes.
 pub const MAX_MESSAGE_LEN: usize = 64 * 1024;
 
@@ -273,6 +276,15 @@ impl SignedCommit {
         signer.verify(Commit::SIGNATURE_CONTEXT, id.as_bytes(), &signature)?;
         encoding::encode_into(&EnvelopeTail { signer, signature }, &mut bytes);
         Ok(Self { id, commit, signer, signature, bytes })
+    }
+
+    /// The id of the commit in envelope `bytes` *if* the envelope is well formed: the hash of
+    /// everything but its fixed-length tail (signer and signature), computed without decoding.
+    /// Only a match with an id already verified means anything: then the envelope holds that
+    /// very commit (whatever its tail). A malformed envelope's claim matches nothing.
+    pub fn claimed_id(bytes: &[u8]) -> Option<CommitId> {
+        let len = bytes.len().checked_sub(ENVELOPE_TAIL_LEN)?;
+        Some(CommitId::from_encoding(bytes.get(..len)?))
     }
 
     /// Decodes `bytes` and verifies signature and authorship, and, when given, that the

@@ -69,6 +69,8 @@ pub struct PavedBackend<K: KvStore + Clone + 'static> {
     spawn: Spawner,
     raft: RaftConfig,
     running: Mutex<HashMap<GroupId, Running<K>>>,
+    /// Whether a node joining a running group starts from a member's snapshot.
+    snapshot_joins: std::sync::atomic::AtomicBool,
 }
 
 impl<K: KvStore + Clone + 'static> PavedBackend<K> {
@@ -92,7 +94,14 @@ impl<K: KvStore + Clone + 'static> PavedBackend<K> {
             spawn,
             raft: RaftConfig::default(),
             running: Mutex::new(HashMap::new()),
+            snapshot_joins: std::sync::atomic::AtomicBool::new(true),
         })
+    }
+
+    /// Whether a node that joins a running group catches up from a member's snapshot (the
+    /// default) or from the branch's whole history; applies to groups started after.
+    pub fn set_snapshot_joins(&self, on: bool) {
+        self.snapshot_joins.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn keypair(&self) -> NodeKeypair {
@@ -164,7 +173,8 @@ impl<K: KvStore + Clone + 'static> BranchBackend for PavedBackend<K> {
         options.sync.round_interval = SYNC_ROUND;
         options.seal = seal;
         // A node joining a running group starts from a member's snapshot.
-        options.join_from_snapshot = spec.bootstrap.is_none();
+        options.join_from_snapshot = spec.bootstrap.is_none()
+            && self.snapshot_joins.load(std::sync::atomic::Ordering::Relaxed);
         let kv = self.prefixed(&spec.group, "sync");
         let (sync, task) = EventualSync::start_with_policy(
             options,

@@ -19,7 +19,10 @@
 //!   synchronizes it; `plan_p50_ms` is what one node spends computing the merge from its
 //!   replicas (both states and the change set), the work the proposer and every consenting
 //!   node each do (all in this one process here).
-//! - `join`: a node joining a 1,000,000-triple branch, until it holds the same state (`ms`).
+//! - `join`: a node joining a 1,000,000-triple branch, until it holds the same state (`ms`),
+//!   catching up from a member's snapshot; the baseline (`history_ms`) is a second node
+//!   joining the same branch right after from the whole history, and `vs_history_ratio` is
+//!   `history_ms / ms`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
@@ -243,8 +246,9 @@ async fn sync_and_merge(orgs: usize, triples: usize, merges: usize, report: &mut
 
 async fn join(orgs: usize, triples: usize) -> Case {
     let dir = tempfile::tempdir().unwrap();
-    // The last node is unknown to the others at creation, then joins.
-    let nodes = federation(orgs + 1, orgs, dir.path()).await;
+    // The last two nodes are unknown to the others at creation, then join: the first from a
+    // member's snapshot (the default), the second, the baseline, from the whole history.
+    let nodes = federation(orgs + 2, orgs, dir.path()).await;
     let members = &nodes[..orgs];
     let (seed, src) = source(triples);
     let built = Instant::now();
@@ -252,29 +256,46 @@ async fn join(orgs: usize, triples: usize) -> Case {
         .with_source(src);
     nodes[0].system.create_federated_branch(request, seed).await.unwrap();
     let create_ms = ms(built.elapsed());
-    let joiner = &nodes[orgs];
-    // The joining node's certificate, made known to the proposer.
-    let started = Instant::now();
-    nodes[0].system.add_node(joiner.system.certificate().clone());
-    nodes[0].system.join(&name("big"), joiner.id).await.unwrap();
     let target = roots(members, &name("big")).await[0];
-    loop {
-        if let Ok(r) = joiner.system.replica(&name("big"))
-            && r.status().await.unwrap().state_root == target
-        {
-            break;
-        }
-        let _ = joiner.system.converge(&name("big")).await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    nodes[orgs + 1].backend.set_snapshot_joins(false);
+    let mut took = Vec::new();
+    let mut decided = Vec::new();
+    let mut shallow = Vec::new();
+    for joiner in &nodes[orgs..] {
+        // The joining node's certificate, made known to the proposer.
+        let started = Instant::now();
+        nodes[0].system.add_node(joiner.system.certificate().clone());
+        nodes[0].system.join(&name("big"), joiner.id).await.unwrap();
+        decided.push(ms(started.elapsed()));
+        let status = loop {
+            if let Ok(r) = joiner.system.replica(&name("big"))
+                && let Ok(status) = r.status().await
+                && status.state_root == target
+            {
+                break status;
+            }
+            // Catching up runs on its own; polling must not slow it down.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        took.push(ms(started.elapsed()));
+        shallow.push((status.shallow, status.base_commits, status.commits));
     }
-    let join_ms = ms(started.elapsed());
     for n in &nodes {
         n.system.shutdown();
     }
+    assert!(shallow[0].0, "the first joiner did not start from a snapshot: {shallow:?}");
+    assert!(!shallow[1].0, "the baseline joiner started from a snapshot: {shallow:?}");
     Case::new("join")
         .param("organizations", orgs as u64)
         .param("triples", triples as u64)
-        .metric("ms", join_ms)
+        .metric("ms", took[0])
+        .metric("history_ms", took[1])
+        .metric("decision_ms", decided[0])
+        .metric("history_decision_ms", decided[1])
+        .metric("vs_history_ratio", round(took[1] / took[0].max(f64::MIN_POSITIVE), 3))
+        .metric("base_commits", shallow[0].1 as f64)
+        .metric("commits_held", shallow[0].2 as f64)
+        .metric("history_commits_held", shallow[1].2 as f64)
         .metric("create_ms", create_ms)
 }
 

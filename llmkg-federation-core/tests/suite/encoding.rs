@@ -352,6 +352,9 @@ proptest! {
         prop_assert_eq!(&back.encode(), &bytes);
         prop_assert_eq!(back.signature(), sc.signature());
         prop_assert_eq!(back.commit().author(), sc.commit().author());
+        // The id an envelope claims, without decoding, is its commit's.
+        prop_assert_eq!(SignedCommit::claimed_id(&bytes), Some(sc.id()));
+        prop_assert_eq!(SignedCommit::claimed_id(&bytes[..96]), None);
     }
 
     #[test]

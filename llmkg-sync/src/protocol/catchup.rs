@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use llmkg_federation_core::kv::KvStore;
 use llmkg_federation_core::snapshot::{Snapshot, SnapshotManifest, SnapshotReceiver};
-use llmkg_federation_core::{Commit, CommitId, NodeId, SignedCommit, Time};
+use llmkg_federation_core::{CommitId, NodeId, SignedCommit, Time};
 use rand::RngExt;
 use rand::seq::IndexedRandom;
 use serde::{Deserialize, Serialize};
@@ -472,6 +472,10 @@ impl<K: KvStore> SyncCore<K> {
         let timeout = self.config.stream_timeout;
         self.serving.retain(|_, s| now.saturating_since(s.last_used) < timeout * 4);
         let up: Vec<NodeId> = self.peers.iter().filter(|(_, p)| p.up).map(|(id, _)| *id).collect();
+        // A joining node sends nothing else, so its links may not be up yet: asking a peer
+        // that is not known to be up is what brings the link up.
+        let pool: Vec<NodeId> =
+            if up.is_empty() { self.peers.keys().copied().collect() } else { up.clone() };
         if let Some(j) = self.joining.as_mut() {
             if let Some((peer, _, at)) = j.asked
                 && now.saturating_since(at) >= timeout
@@ -481,13 +485,13 @@ impl<K: KvStore> SyncCore<K> {
             }
             if j.asked.is_none() {
                 let fresh: Vec<NodeId> =
-                    up.iter().filter(|p| !j.tried.contains(p)).copied().collect();
+                    pool.iter().filter(|p| !j.tried.contains(p)).copied().collect();
                 if let Some(&peer) = fresh.choose(&mut self.rng) {
                     let session = self.rng.random::<u64>();
                     j.asked = Some((peer, session, now));
                     self.send(peer, SyncBody::SnapshotFetch { session, part: None });
-                } else if !up.is_empty() {
-                    // Every peer up was asked. While writers are busy no commit may qualify as
+                } else if !pool.is_empty() {
+                    // Every peer was asked. While writers are busy no commit may qualify as
                     // a head; ask them all again a few rounds later, then give up.
                     j.passes += 1;
                     j.tried.clear();
@@ -500,7 +504,7 @@ impl<K: KvStore> SyncCore<K> {
         }
         if let Some(d) = &self.deepening
             && now.saturating_since(d.asked_at) >= timeout
-            && let Some(&peer) = up.choose(&mut self.rng)
+            && let Some(&peer) = pool.choose(&mut self.rng)
         {
             self.ask_base(peer);
         }
@@ -533,8 +537,8 @@ impl<K: KvStore> SyncCore<K> {
     /// replica once all are here.
     pub(super) fn gather(&mut self, bytes: &[u8]) -> bool {
         let Some(d) = self.deepening.as_mut() else { return false };
-        let Ok((commit, _)) = postcard::take_from_bytes::<Commit>(bytes) else { return false };
-        let id = commit.id();
+        // The claim is checked when the replica deepens (each commit decoded and verified).
+        let Some(id) = SignedCommit::claimed_id(bytes) else { return false };
         if !d.missing.remove(&id) {
             return false;
         }
