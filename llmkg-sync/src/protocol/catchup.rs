@@ -518,7 +518,10 @@ impl<K: KvStore> SyncCore<K> {
         }
         let missing: HashSet<CommitId> = self.replica.base_ids().into_iter().collect();
         self.deepening = Some(Deepening { missing, got: HashMap::new(), asked_at: self.now });
-        self.ask_base(from);
+        // A base whose head is a root has no commits to fetch.
+        if !self.finish_deepening() {
+            self.ask_base(from);
+        }
     }
 
     /// Asks `peer` for the base's commits still missing.
@@ -544,18 +547,24 @@ impl<K: KvStore> SyncCore<K> {
         }
         d.got.insert(id, bytes.to_vec());
         d.asked_at = self.now;
-        if d.missing.is_empty()
-            && let Some(d) = self.deepening.take()
-        {
-            let commits = d.got.len() as u64;
-            match self.replica.deepen(d.got.into_values().collect()) {
-                Ok(()) => {
-                    self.metrics.deepened += 1;
-                    self.events.push_back(SyncEvent::Deepened { commits });
-                }
-                // The next commit concurrent with the base starts over.
-                Err(error) => self.events.push_back(SyncEvent::DeepenFailed { error }),
+        self.finish_deepening();
+        true
+    }
+
+    /// Deepens the replica if every commit of the base is here; true if it tried.
+    fn finish_deepening(&mut self) -> bool {
+        if !self.deepening.as_ref().is_some_and(|d| d.missing.is_empty()) {
+            return false;
+        }
+        let Some(d) = self.deepening.take() else { return false };
+        let commits = d.got.len() as u64;
+        match self.replica.deepen(d.got.into_values().collect()) {
+            Ok(()) => {
+                self.metrics.deepened += 1;
+                self.events.push_back(SyncEvent::Deepened { commits });
             }
+            // The next commit concurrent with the base starts over.
+            Err(error) => self.events.push_back(SyncEvent::DeepenFailed { error }),
         }
         true
     }

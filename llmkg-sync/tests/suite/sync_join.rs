@@ -4,7 +4,7 @@
 //! when a commit concurrent with the base arrives. Every replica must converge to the same
 //! heads and root, and hold every acknowledged write.
 //!
-//! `cargo test -p llmkg-sync --test suite sync_join::` runs 60 seeds; more with
+//! `cargo test -p llmkg-sync --test suite sync_join::` runs 60 seeds and two that once failed; more with
 //! `LLMKG_JOIN_SEEDS=1000`, one with `LLMKG_JOIN_SEED=7`.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -144,7 +144,31 @@ fn run_seed(seed: u64) -> Result<Outcome, String> {
             break;
         }
         if sim.now() >= deadline {
-            return Err(format!("not converged: {} groups of heads", heads.len()));
+            let nodes: Vec<String> = ids
+                .iter()
+                .enumerate()
+                .filter_map(|(n, id)| {
+                    let c = sim.node(*id)?;
+                    let (r, m) = (c.replica(), c.metrics());
+                    Some(format!(
+                        "node {n}: {} commits, {} heads, {} pending, shallow {}, joining {}, \
+                         before base {}, deepened {}, refused {}",
+                        r.len(),
+                        r.heads().len(),
+                        r.pending(),
+                        r.is_shallow(),
+                        c.is_joining(),
+                        m.before_base,
+                        m.deepened,
+                        m.commits_refused
+                    ))
+                })
+                .collect();
+            return Err(format!(
+                "not converged: {} groups of heads\n{}",
+                heads.len(),
+                nodes.join("\n")
+            ));
         }
         sim.run_for(ROUND / 2);
     }
@@ -183,7 +207,10 @@ fn seeds() -> Vec<u64> {
         return vec![s.parse().expect("LLMKG_JOIN_SEED is a number")];
     }
     let n = std::env::var("LLMKG_JOIN_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
-    (0..n).collect()
+    // Seeds that once failed: a base whose head is a root commit has no commits to fetch,
+    // and deepening it must not wait for any.
+    let regressions = [335, 1605];
+    (0..n).chain(regressions.into_iter().filter(|s| *s >= n)).collect()
 }
 
 #[test]
