@@ -54,7 +54,7 @@ use crate::replica::{DeepenError, ReceiveError, Received, Replica, SnapshotError
 use crate::riblt;
 use crate::vv::VersionVector;
 
-mod catchup;
+pub mod catchup;
 
 pub use catchup::{MAX_SERVING, SnapshotHeader};
 

@@ -67,7 +67,7 @@ use llmkg_federation_core::{
 use crate::hlc::{ClockError, HybridClock};
 use crate::vv::VersionVector;
 
-mod base;
+pub mod base;
 
 pub use base::{BaseSnapshot, DeepenError, SnapshotError};
 
