@@ -466,8 +466,9 @@ impl<K: KvStore> SyncCore<K> {
     }
 
     /// The catch-up part of a round: snapshots kept for peers that stopped asking go; a
-    /// joining node asks a peer that has not failed it yet (or, when every peer up has,
-    /// gives up and syncs the whole history); a deepening that stalled asks another peer.
+    /// joining node asks a peer that has not failed it yet (after [`JOIN_PASSES`] passes in
+    /// which every peer failed it, it syncs the whole history instead); a deepening that
+    /// stalled asks another peer.
     pub(super) fn catchup_round(&mut self, now: Time) {
         let timeout = self.config.stream_timeout;
         self.serving.retain(|_, s| now.saturating_since(s.last_used) < timeout * 4);
