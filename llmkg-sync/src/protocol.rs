@@ -10,6 +10,7 @@
 //!
 //!  Batch { stream, seq, commits }  ──►   ◄── Ack { stream, seq }   (at most `window` unacked)
 //!  Want { ids }: ask for named commits (the missing parents of commits that arrived early)
+//!  SnapshotFetch ⇄ SnapshotHead, SnapshotPart: a joining node's catch-up (see [`catchup`])
 //! ```
 //!
 //! The heads of a replica summarize everything it holds (a replica holds the causal past of
@@ -215,7 +216,8 @@ pub enum SyncBody {
         /// The header.
         header: Option<Box<SnapshotHeader>>,
     },
-    /// One part of a snapshot (its ids and triples, encoded, sealed in a sealed set).
+    /// One part of a snapshot: some of the base's commit ids, or one chunk of its state
+    /// (encoded; sealed in a sealed replica set).
     SnapshotPart {
         /// The session.
         session: u64,
