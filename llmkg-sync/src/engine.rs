@@ -485,7 +485,7 @@ impl<K: KvStore + 'static> SyncStrategy for EventualSync<K> {
                     r.len() as u64,
                     r.state().len() as u64,
                 );
-                if r.is_shallow() { status.shallow(r.base_ids().len() as u64) } else { status }
+                if r.is_shallow() { status.shallow(r.base_len() as u64) } else { status }
             }))
         })
     }

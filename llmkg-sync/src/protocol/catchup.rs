@@ -274,9 +274,10 @@ impl<K: KvStore> SyncCore<K> {
             if header.ids > max_ids || manifest.count() > max_triples {
                 return Err("snapshot header beyond the limits");
             }
-            let per_part = (self.max_batch_bytes / 33).max(1) as u64;
-            if u64::from(header.id_parts) != header.ids.div_ceil(per_part) {
-                return Err("snapshot header's id parts do not fit its ids");
+            // Each id part holds at least one id. (How many is the provider's frame size,
+            // which need not be this node's.)
+            if u64::from(header.id_parts) > header.ids {
+                return Err("snapshot header declares more id parts than ids");
             }
             let parts = u32::try_from(manifest.cut().len())
                 .ok()
@@ -317,9 +318,6 @@ impl<K: KvStore> SyncCore<K> {
             while f.next < f.parts && f.next < received + window {
                 asks.push((peer, session, f.next));
                 f.next += 1;
-            }
-            if f.parts == 0 {
-                asks.clear();
             }
         }
         for (peer, session, part) in asks {

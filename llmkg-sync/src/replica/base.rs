@@ -196,6 +196,11 @@ impl<K: KvStore> Replica<K> {
         self.base.is_some()
     }
 
+    /// How many commits the base holds besides its head (0 without a base).
+    pub fn base_len(&self) -> usize {
+        self.base.as_ref().map_or(0, |b| b.ids.len())
+    }
+
     /// The ids of the base's commits (the head's past, the head excluded), sorted: what to
     /// ask peers for to [`deepen`](Self::deepen). Empty without a base.
     pub fn base_ids(&self) -> Vec<CommitId> {
@@ -211,7 +216,7 @@ impl<K: KvStore> Replica<K> {
     pub fn past_of(&self, head: &CommitId) -> Option<Vec<CommitId>> {
         let &h = self.index.get(head)?;
         let vv = &self.meta(h).vv;
-        if self.base.as_ref().is_some_and(|b| !b.ids.is_empty()) {
+        if self.base_len() > 0 {
             return None;
         }
         let mut past: Vec<u32> =
@@ -273,7 +278,7 @@ impl<K: KvStore> Replica<K> {
     /// every vector of `stable`.
     fn choose_head(&self, stable: &[VersionVector]) -> Option<u32> {
         let n = self.metas.len() as u32;
-        let interior = self.base.as_ref().map_or(0, |b| b.ids.len() as u64);
+        let interior = self.base_len() as u64;
         let mut work = 0usize;
         for i in (0..n).rev() {
             let m = self.meta(i);

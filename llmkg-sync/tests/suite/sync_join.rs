@@ -11,10 +11,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use llmkg_federation_core::consensus::GroupId;
-use llmkg_federation_core::{ChangeSet, CommitId, NodeId, OrgId, Term, Time, Timestamp, Triple};
+use llmkg_federation_core::{CommitId, NodeId, OrgId, Time, Timestamp, Triple};
 use llmkg_sync::protocol::{SyncConfig, SyncCore};
 use llmkg_sync::replica::{Replica, ReplicaConfig};
-use llmkg_transport::sim::{Disk, Latency, LinkConfig, NodeContext, Sim, SimBuilder};
+use llmkg_transport::sim::{Disk, NodeContext, Sim, SimBuilder};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -27,21 +27,11 @@ const ROUND: Duration = Duration::from_millis(100);
 const CONVERGENCE_ROUNDS: u32 = 60;
 
 fn triple(i: u32) -> Triple {
-    Triple::new(
-        Term::iri(format!("https://example.org/s{}", i % 11)).unwrap(),
-        Term::iri(format!("https://example.org/p{}", i % 3)).unwrap(),
-        Term::string(format!("v{i}")).unwrap(),
-    )
-    .unwrap()
+    crate::common::sim::triple(i, 11)
 }
 
 fn build(seed: u64) -> Sim<Node> {
-    let link = LinkConfig::with_latency(Latency::Uniform {
-        min: Duration::from_millis(1),
-        max: Duration::from_millis(20),
-    })
-    .loss(0.05)
-    .reorder(0.1, Duration::from_millis(30));
+    let link = crate::common::sim::lossy_link(0.0);
     SimBuilder::new(seed)
         .nodes(NODES)
         .default_link(link)
@@ -116,12 +106,11 @@ fn run_seed(seed: u64) -> Result<Outcome, String> {
                 let pick = rng.random_range(0..1_000usize);
                 let r = sim
                     .with_node(ids[i], |core, now| {
-                        let held = core.replica().state().triples();
-                        let changes = match (remove, held.is_empty()) {
-                            (true, false) => ChangeSet::removing([held[pick % held.len()].clone()]),
-                            _ => ChangeSet::adding([fresh]),
-                        };
-                        core.write(now, changes, "w")
+                        core.write(
+                            now,
+                            crate::common::sim::one_change(core, fresh, remove, pick),
+                            "w",
+                        )
                     })
                     .unwrap();
                 if let Ok(c) = r {

@@ -16,11 +16,11 @@ use std::time::Duration;
 
 use llmkg_federation_core::consensus::GroupId;
 use llmkg_federation_core::{
-    ChangeSet, CommitId, NodeId, OrgId, Protocol, Term, Time, Timestamp, Triple,
+    ChangeSet, CommitId, NodeId, OrgId, Protocol, Time, Timestamp, Triple,
 };
 use llmkg_sync::protocol::{SyncConfig, SyncCore};
 use llmkg_sync::replica::{Replica, ReplicaConfig};
-use llmkg_transport::sim::{Disk, Latency, LinkConfig, NodeContext, Sim, SimBuilder};
+use llmkg_transport::sim::{Disk, NodeContext, Sim, SimBuilder};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -36,22 +36,11 @@ const ROUND: Duration = Duration::from_millis(100);
 const CONVERGENCE_ROUNDS: u64 = 40;
 
 fn triple(i: u32) -> Triple {
-    Triple::new(
-        Term::iri(format!("https://example.org/s{}", i % 7)).unwrap(),
-        Term::iri(format!("https://example.org/p{}", i % 3)).unwrap(),
-        Term::string(format!("v{i}")).unwrap(),
-    )
-    .unwrap()
+    crate::common::sim::triple(i, 7)
 }
 
 fn build(seed: u64) -> Sim<Node> {
-    let link = LinkConfig::with_latency(Latency::Uniform {
-        min: Duration::from_millis(1),
-        max: Duration::from_millis(20),
-    })
-    .loss(0.05)
-    .duplicate(0.02)
-    .reorder(0.1, Duration::from_millis(30));
+    let link = crate::common::sim::lossy_link(0.02);
     let reconcile = seed % 2 == 1;
     SimBuilder::new(seed)
         .nodes(NODES)
@@ -133,13 +122,7 @@ fn run_seed(seed: u64) -> Result<Outcome, String> {
                 let pick = rng.random_range(0..1_000usize);
                 let r = sim
                     .with_node(id, |core, now| {
-                        // Remove a triple the replica holds (a removal that observes the
-                        // additions it has seen), or add a new one.
-                        let held = core.replica().state().triples();
-                        let changes = match (remove, held.is_empty()) {
-                            (true, false) => ChangeSet::removing([held[pick % held.len()].clone()]),
-                            _ => ChangeSet::adding([fresh]),
-                        };
+                        let changes = crate::common::sim::one_change(core, fresh, remove, pick);
                         core.write(now, changes, &format!("w{counter}"))
                     })
                     .unwrap();

@@ -2,6 +2,8 @@
 //! step against a brute-force oracle written from the definition of the replica's semantics.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod sim;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 use std::time::Duration;
