@@ -122,6 +122,26 @@ impl Cli {
     }
 
     /// [`parse`](Self::parse) over given arguments, returning instead of exiting.
+    ///
+    /// ```
+    /// use llmkg_examples::bench::{Cli, CliExit};
+    ///
+    /// let parse = |args: &[&str]| {
+    ///     let options = [("--n", 10.0), ("--seconds", 1.5)];
+    ///     Cli::parse_from("bench-x", &["a", "b"], &options, args.iter().map(|s| s.to_string()))
+    /// };
+    /// let cli = parse(&["--json", "--n", "1_000", "--case", "b"]).unwrap();
+    /// assert!(cli.json && cli.runs("b") && !cli.runs("a"));
+    /// assert_eq!((cli.get("--n"), cli.get("--seconds")), (1000.0, 1.5));
+    /// assert!(parse(&[]).unwrap().runs("a"));
+    /// assert_eq!(parse(&["--case", "c"]).err(), Some(CliExit::Error("unknown case c".into())));
+    /// assert_eq!(parse(&["--n"]).err(), Some(CliExit::Error("--n needs a number".into())));
+    /// assert_eq!(parse(&["--x"]).err(), Some(CliExit::Error("unknown argument --x".into())));
+    /// assert_eq!(
+    ///     parse(&["-h"]).err(),
+    ///     Some(CliExit::Help("bench-x [--json] [--case a|b] [--n N (10)] [--seconds N (1.5)]".into()))
+    /// );
+    /// ```
     pub fn parse_from(
         bench: &str,
         cases: &[&str],
@@ -179,36 +199,4 @@ pub enum CliExit {
     Help(String),
     /// A bad argument, with the message.
     Error(String),
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    fn parse(args: &[&str]) -> Result<Cli, CliExit> {
-        Cli::parse_from(
-            "bench-x",
-            &["a", "b"],
-            &[("--n", 10.0), ("--seconds", 1.5)],
-            args.iter().map(|s| s.to_string()),
-        )
-    }
-
-    #[test]
-    fn options_cases_and_errors() {
-        let cli = parse(&["--json", "--n", "1_000", "--case", "b"]).unwrap();
-        assert!(cli.json && cli.runs("b") && !cli.runs("a"));
-        assert_eq!((cli.get("--n"), cli.get("--seconds")), (1000.0, 1.5));
-        assert!(parse(&[]).unwrap().runs("a"));
-        assert_eq!(parse(&["--case", "c"]).err(), Some(CliExit::Error("unknown case c".into())));
-        assert_eq!(parse(&["--n"]).err(), Some(CliExit::Error("--n needs a number".into())));
-        assert_eq!(parse(&["--x"]).err(), Some(CliExit::Error("unknown argument --x".into())));
-        assert_eq!(
-            parse(&["-h"]).err(),
-            Some(CliExit::Help(
-                "bench-x [--json] [--case a|b] [--n N (10)] [--seconds N (1.5)]".into()
-            ))
-        );
-    }
 }

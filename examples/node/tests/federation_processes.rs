@@ -75,7 +75,7 @@ use serde_json::Value;
 
 const EXE: &str = env!("CARGO_BIN_EXE_llmkg-node");
 const ONTOLOGIES: &str =
-    concat!(env!("CARGO_MANIFEST_DIR"), "/../data/rdf-vocabularies/package/ontologies");
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/rdf-vocabularies/package/ontologies");
 const FEDERATION: &str = "llmkg-process-test";
 const VOCAB: &str = "vocab";
 const CURATED: &str = "curated";
