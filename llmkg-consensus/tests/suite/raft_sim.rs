@@ -530,7 +530,7 @@ fn linearizability_run(seed: u64) -> Result<usize, String> {
 
 #[test]
 fn a_replicated_store_is_linearizable_over_many_seeds() {
-    let seeds = seeds(500);
+    let seeds = seeds(200);
     let mut failures = Vec::new();
     let mut total = 0;
     for &seed in &seeds {

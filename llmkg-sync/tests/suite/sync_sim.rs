@@ -5,7 +5,7 @@
 //! [`CONVERGENCE_ROUNDS`] anti-entropy rounds, and every write a node acknowledged must be
 //! held by every replica.
 //!
-//! `cargo test -p llmkg-sync --test suite sync_sim::` runs 250 seeds (in several tests, so the
+//! `cargo test -p llmkg-sync --test suite sync_sim::` runs 120 seeds (in several tests, so the
 //! harness spreads them over the cores); odd seeds find differences by set reconciliation
 //! over commit ids, even seeds by version vectors. More: `LLMKG_SYNC_SEEDS=10000` (split the same way);
 //! one seed: `LLMKG_SYNC_SEED=1234` (with `LLMKG_SYNC_DEBUG=1` to print every replica's metrics).
@@ -233,7 +233,7 @@ fn seeds(part: u64, parts: u64) -> Vec<u64> {
         };
     }
     let total: u64 =
-        std::env::var("LLMKG_SYNC_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(250);
+        std::env::var("LLMKG_SYNC_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(120);
     // Pairs of seeds (one of each configuration) go to the parts in turn, so that the parts
     // take about as long as each other.
     (0..total).filter(|s| (s / 2) % parts == part).collect()
