@@ -196,11 +196,9 @@ mod rfc9162 {
             }
             if f & 1 == 1 || f == s {
                 r = node(p, &r);
-                if f & 1 == 0 {
-                    while f & 1 == 0 && f != 0 {
-                        f >>= 1;
-                        s >>= 1;
-                    }
+                while f & 1 == 0 && f != 0 {
+                    f >>= 1;
+                    s >>= 1;
                 }
             } else {
                 r = node(&r, p);
@@ -244,11 +242,9 @@ mod rfc9162 {
             if f & 1 == 1 || f == s {
                 fr = node(c, &fr);
                 sr = node(c, &sr);
-                if f & 1 == 0 {
-                    while f & 1 == 0 && f != 0 {
-                        f >>= 1;
-                        s >>= 1;
-                    }
+                while f & 1 == 0 && f != 0 {
+                    f >>= 1;
+                    s >>= 1;
                 }
             } else {
                 sr = node(&sr, c);

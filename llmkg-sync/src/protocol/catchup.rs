@@ -13,12 +13,16 @@
 //!
 //! Until its snapshot is installed, a joining node neither asks for nor applies commits:
 //! a replica is a snapshot or a history, never half of each. When a commit concurrent with
-//! the base arrives ([`ReceiveError::BeforeBase`](crate::replica::ReceiveError::BeforeBase)), the node asks peers for the base's
+//! the base arrives ([`ReceiveError::BeforeBase`]), the node asks peers for the base's
 //! commits ([`SyncBody::Want`], at most [`MAX_WANT`] per message) and deepens the replica
 //! once it has them all. In a sealed replica set the head and every part travel sealed, like
 //! commits. Everything a peer controls is bounded: the declared sizes by
-//! [`SyncConfig::max_snapshot_triples`](super::SyncConfig::max_snapshot_triples) and [`SyncConfig::max_snapshot_commits`](super::SyncConfig::max_snapshot_commits), each part
+//! [`SyncConfig::max_snapshot_triples`] and [`SyncConfig::max_snapshot_commits`], each part
 //! by the frame, the number of snapshots a node serves at once by [`MAX_SERVING`].
+//!
+//! [`ReceiveError::BeforeBase`]: crate::replica::ReceiveError::BeforeBase
+//! [`SyncConfig::max_snapshot_triples`]: super::SyncConfig::max_snapshot_triples
+//! [`SyncConfig::max_snapshot_commits`]: super::SyncConfig::max_snapshot_commits
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -34,10 +34,10 @@
 //! member's last words, a merge commit planned before the head, a writer with more heads than
 //! a commit takes parents). It has a parent inside the base, or none, and this replica cannot
 //! check it, so [`Replica::receive`] refuses it with
-//! [`ReceiveError::BeforeBase`](super::ReceiveError::BeforeBase) — nothing changes. The host then fetches the base's commits
-//! from a peer ([`Replica::base_ids`]) and [`Replica::deepen`]s: the whole history is
-//! verified as if received in order, stored in place of the snapshot, and the replica goes
-//! on as one that never had a base. The refused commit is offered again by the next round of
+//! [`ReceiveError::BeforeBase`](super::ReceiveError::BeforeBase) — nothing changes. The host
+//! then fetches the base's commits from a peer ([`Replica::base_ids`]) and
+//! [`Replica::deepen`]s: the whole history is verified as if received in order, stored in
+//! place of the snapshot, and the replica goes on as one that never had a base. The refused commit is offered again by the next round of
 //! anti-entropy.
 
 use std::borrow::Cow;
