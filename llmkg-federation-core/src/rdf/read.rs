@@ -702,6 +702,9 @@ struct Scanner {
     word: Option<([u8; 7], usize)>,
     /// Bytes since the keyword of a prefix declaration whose IRI has not ended yet.
     directive: Option<u64>,
+    /// Whether runs of bytes inside IRIs and strings are passed on in one step
+    /// ([`quiet_run`](Self::quiet_run)); off only in the test that compares both paths.
+    bulk: bool,
 }
 
 impl Scanner {
@@ -723,6 +726,7 @@ impl Scanner {
             folded: 0,
             word: Some(([0; 7], 0)),
             directive: None,
+            bulk: true,
         }
     }
 
@@ -736,8 +740,21 @@ impl Scanner {
         mut text: Option<&mut TextScan>,
     ) -> (usize, Option<LimitHit>) {
         let mut kept = 0;
-        for i in 0..buf.len() {
+        let mut i = 0;
+        while i < buf.len() {
+            if self.bulk {
+                match self.quiet_run(buf, i, kept, input, text.as_deref_mut()) {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        i += n;
+                        kept += n;
+                        continue;
+                    }
+                    Err((n, hit)) => return (kept + n, Some(hit)),
+                }
+            }
             let Some(&b) = buf.get(i) else { break };
+            i += 1;
             match self.step(b, input) {
                 Step::Hit(limit, max) => {
                     let at = match limit {
@@ -764,6 +781,70 @@ impl Scanner {
             self.advance(b);
         }
         (kept, None)
+    }
+
+    /// Passes on, in one step, the run of bytes from `buf[i]` on that cannot change the
+    /// lexical state: the inside of an IRI up to its `>`, or of a string up to its quote or a
+    /// backslash, stopping at line ends and before the byte that would cross the token-length
+    /// limit (those take the byte-at-a-time path of [`step`](Self::step), which this must
+    /// agree with byte for byte). The run is moved to `buf[kept..]`. Returns its length, or
+    /// the bytes of it kept and the limit crossed by the next (for Turtle, the memory charged
+    /// for a blank-node label).
+    fn quiet_run(
+        &mut self,
+        buf: &mut [u8],
+        i: usize,
+        kept: usize,
+        input: &InputState,
+        text: Option<&mut TextScan>,
+    ) -> Result<usize, (usize, LimitHit)> {
+        let rest = buf.get(i..).unwrap_or_default();
+        let mut n = match self.lex {
+            Lex::Iri => memchr::memchr3(b'>', b'\n', b'\r', rest).unwrap_or(rest.len()),
+            Lex::Short(q) | Lex::Long(q, 0) => {
+                let end = memchr::memchr3(q, b'\\', b'\n', rest).unwrap_or(rest.len());
+                memchr::memchr(b'\r', rest.get(..end).unwrap_or_default()).unwrap_or(end)
+            }
+            _ => 0,
+        };
+        // Byte-at-a-time, a byte at offset `o` of a token that started at `s` crosses the
+        // limit when `o - s >= max_token`.
+        let start = self.token_start.map_or(self.at.offset, |s| s.offset);
+        let allowed = start.saturating_add(self.max_token).saturating_sub(self.at.offset);
+        n = n.min(usize::try_from(allowed).unwrap_or(usize::MAX));
+        if n == 0 {
+            return Ok(0);
+        }
+        self.token_start.get_or_insert(self.at);
+        if let Some(bytes) = self.directive.as_mut() {
+            *bytes += n as u64;
+        }
+        if kept != i {
+            buf.copy_within(i..i + n, kept);
+        }
+        let run = buf.get(kept..kept + n).unwrap_or_default();
+        match text {
+            // Turtle: the label scan charges memory at the byte that completes a label.
+            Some(text) => {
+                for (done, &b) in run.iter().enumerate() {
+                    if let Some(label) = text.byte(b)
+                        && let Err(hit) = input.charge(label + ENTRY_OVERHEAD, self.at)
+                    {
+                        self.out += done as u64;
+                        return Err((done, hit));
+                    }
+                    self.advance(b);
+                }
+            }
+            None => {
+                // No line end in the run: only the offset and the column (in characters) move.
+                self.at.offset += n as u64;
+                self.at.column += run.iter().filter(|&&b| (b as i8) >= -64).count() as u64;
+                self.after_cr = false;
+            }
+        }
+        self.out += n as u64;
+        Ok(n)
     }
 
     /// Records byte `b` of a comment as dropped.
@@ -1552,5 +1633,104 @@ impl<S: Store> Repository<S> {
             commit,
             ..ImportReport::default()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use proptest::prelude::*;
+
+    fn input(max_memory: u64) -> InputState {
+        InputState {
+            bytes: Cell::new(0),
+            reader_failed: Cell::new(false),
+            bom: 0,
+            limit: Cell::new(None),
+            memory: Cell::new(0),
+            max_memory,
+        }
+    }
+
+    /// Everything of a scanner that the parser or an error message can observe.
+    fn observable(s: &Scanner, text: Option<&TextScan>, input: &InputState) -> String {
+        let labels = text.map(|t| t.labels.len());
+        format!(
+            "{:?} {} {:?} {:?} {} {:?} {} {:?} {} {:?} {}",
+            s.at,
+            s.after_cr,
+            s.token_start,
+            s.directive,
+            s.out,
+            s.elisions,
+            s.folded,
+            labels,
+            s.depth,
+            input.limit.get().map(|h| format!("{h:?}")),
+            s.lex == Lex::Code,
+        )
+    }
+
+    /// Bytes that steer the scanner (brackets, quotes, escapes, line ends, comments, labels),
+    /// letters, and a two- and a three-byte character, so columns count characters.
+    fn document() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            3 => prop::sample::select(
+                [
+                    "<", ">", "\"", "'", "\\", "\n", "\r", "#", "_:", "(", ")", "[", "]", " ",
+                    "@prefix", "PREFIX", ".", ";", ",", "\"\"\"", "'''",
+                ]
+                .as_slice()
+            )
+            .prop_map(|s| s.as_bytes().to_vec()),
+            4 => "[a-z:/]{1,12}".prop_map(String::into_bytes),
+            1 => prop::sample::select(["é", "€", "x"].as_slice())
+                .prop_map(|s| s.as_bytes().to_vec()),
+        ];
+        prop::collection::vec(piece, 0..80).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(600))]
+
+        /// Passing runs inside IRIs and strings on in one step is invisible: the same bytes
+        /// reach the parser, with the same positions, limits and lexical state after every
+        /// read, as scanning every byte on its own.
+        #[test]
+        fn quiet_runs_scan_like_single_bytes(
+            doc in document(),
+            cuts in prop::collection::vec(1usize..40, 1..20),
+            turtle in any::<bool>(),
+            max_token in 1u64..48,
+            max_memory in 0u64..400,
+        ) {
+            let limits = ImportLimits::new().max_token_len(max_token).max_nesting_depth(3);
+            let (bulk_in, single_in) = (input(max_memory), input(max_memory));
+            let mut bulk = Scanner::new(turtle, 0, &limits);
+            let mut single = Scanner::new(turtle, 0, &limits);
+            single.bulk = false;
+            let (mut bulk_text, mut single_text) = (TextScan::new(), TextScan::new());
+            let mut rest = doc.as_slice();
+            let mut cut = cuts.iter().cycle();
+            while !rest.is_empty() {
+                let n = (*cut.next().unwrap()).min(rest.len());
+                let (chunk, tail) = rest.split_at(n);
+                rest = tail;
+                let (mut a, mut b) = (chunk.to_vec(), chunk.to_vec());
+                let (ka, ha) = bulk.feed(&mut a, &bulk_in, turtle.then_some(&mut bulk_text));
+                let (kb, hb) = single.feed(&mut b, &single_in, turtle.then_some(&mut single_text));
+                prop_assert_eq!(&a[..ka], &b[..kb]);
+                prop_assert_eq!(format!("{ha:?}"), format!("{hb:?}"));
+                prop_assert_eq!(
+                    observable(&bulk, turtle.then_some(&bulk_text), &bulk_in),
+                    observable(&single, turtle.then_some(&single_text), &single_in)
+                );
+                if ha.is_some() {
+                    break;
+                }
+            }
+        }
     }
 }
