@@ -251,8 +251,10 @@ impl SignedCommit {
             let e = CommitVerifyError::SignerNotAuthor { author, signer: node };
             return Err(Box::new((e, commit)));
         }
-        // Room for the envelope's tail: the signer's id and the signature.
-        let mut bytes = encoding::encode_sized(&commit, 32 + 64);
+        // Room for the envelope's tail (the signer's id and the signature), so that appending
+        // it does not reallocate: a vector one byte short would double, and a large commit's
+        // encoding be held twice over.
+        let mut bytes = encoding::encode_sized(&commit, ENVELOPE_TAIL_LEN);
         let id = CommitId::from_encoding(&bytes);
         let input = SigningInput::reserved(Commit::SIGNATURE_CONTEXT, id.as_bytes());
         let signature = match signer.sign(&input) {
@@ -268,7 +270,7 @@ impl SignedCommit {
     /// federated merge carries in its proposal.
     pub fn assemble(commit: Commit, signature: [u8; 64]) -> Result<Self, CommitVerifyError> {
         let signer = commit.author;
-        let mut bytes = encoding::encode(&commit);
+        let mut bytes = encoding::encode_sized(&commit, ENVELOPE_TAIL_LEN);
         if bytes.len() > MAX_ENCODED_LEN {
             return Err(DecodeError::TooLarge { len: bytes.len(), limit: MAX_ENCODED_LEN }.into());
         }
@@ -368,4 +370,41 @@ pub(crate) fn peek_parents(bytes: &[u8]) -> Result<Vec<CommitId>, DecodeError> {
         });
     }
     Ok(parents)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::term::{Iri, Term, Triple};
+
+    /// The envelope is encoded at its exact size: the tail was reserved, so appending it did
+    /// not reallocate (which would double a large commit's buffer).
+    #[test]
+    fn envelope_is_built_at_its_exact_size() {
+        let key = NodeKeypair::from_secret_bytes([7; 32]);
+        let triples = (0..200).map(|i| {
+            let s = Term::Iri(Iri::new(format!("https://example.org/s{i}")).unwrap());
+            let p = Term::Iri(Iri::new("https://example.org/p").unwrap());
+            Triple::new(s, p, Term::Iri(Iri::new("https://example.org/o").unwrap())).unwrap()
+        });
+        let commit = Commit::new(
+            Vec::new(),
+            ChangeSet::adding(triples),
+            key.node_id(),
+            OrgId::new("acme").unwrap(),
+            Timestamp::from_micros(1),
+            "import".to_owned(),
+            StateRoot::from_bytes([0; 32]),
+        )
+        .unwrap();
+        let body = encoding::encode(&commit).len();
+        let signed = SignedCommit::sign(&key, commit.clone()).unwrap();
+        assert_eq!(signed.bytes.len(), body + ENVELOPE_TAIL_LEN);
+        assert_eq!(signed.bytes.capacity(), signed.bytes.len());
+        let assembled = SignedCommit::assemble(commit, signed.signature).unwrap();
+        assert_eq!(assembled.bytes, signed.bytes);
+        assert_eq!(assembled.bytes.capacity(), assembled.bytes.len());
+    }
 }

@@ -839,7 +839,11 @@ impl Scanner {
             None => {
                 // No line end in the run: only the offset and the column (in characters) move.
                 self.at.offset += n as u64;
-                self.at.column += run.iter().filter(|&&b| (b as i8) >= -64).count() as u64;
+                self.at.column += if run.is_ascii() {
+                    n as u64
+                } else {
+                    run.iter().filter(|&&b| (b as i8) >= -64).count() as u64
+                };
                 self.after_cr = false;
             }
         }
