@@ -136,6 +136,11 @@ impl Commit {
         &self.changes
     }
 
+    /// The changes, consuming the commit (no copy of a large change set).
+    pub fn into_changes(self) -> ChangeSet {
+        self.changes
+    }
+
     /// The node that made and signed the commit.
     pub fn author(&self) -> NodeId {
         self.author
@@ -346,6 +351,11 @@ impl SignedCommit {
     /// The commit.
     pub fn commit(&self) -> &Commit {
         &self.commit
+    }
+
+    /// The commit, consuming the envelope (its encoding is dropped).
+    pub fn into_commit(self) -> Commit {
+        self.commit
     }
 
     /// The signature.

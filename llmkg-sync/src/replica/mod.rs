@@ -902,11 +902,13 @@ impl<K: KvStore> Replica<K> {
             arrival,
         });
         self.metrics.triples_applied += c.changes().len() as u64;
-        self.recent.push_back((i, Arc::new(c.changes().clone())));
+        // The commit is done with: its change set moves to the recent ones (no copy).
+        let changes = Arc::new(a.commit.into_commit().into_changes());
+        self.recent.push_back((i, changes.clone()));
         if self.recent.len() > RECENT_CHANGES {
             self.recent.pop_front();
         }
-        for t in c.changes().added() {
+        for t in changes.added() {
             match self.history.get_mut(&t.id()) {
                 Some(h) => h.push(i, true),
                 None => {
@@ -918,7 +920,7 @@ impl<K: KvStore> Replica<K> {
                 let _ = self.state.insert(t);
             }
         }
-        for t in c.changes().removed() {
+        for t in changes.removed() {
             let Some(h) = self.history.get_mut(&t.id()) else { continue };
             h.push(i, false);
             if !a.applied_in_place {
