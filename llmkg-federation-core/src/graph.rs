@@ -273,6 +273,15 @@ impl GraphState {
     /// inserting them one by one (same triples, same root). On error (dictionary full) the
     /// state still holds no triple.
     fn load_into_empty(&mut self, triples: &[Triple]) -> Result<(), ApplyError> {
+        self.load_into_empty_with_ids(triples, triples.iter().map(Triple::id))
+    }
+
+    /// [`load_into_empty`](Self::load_into_empty) with the triples' ids, in the same order.
+    fn load_into_empty_with_ids(
+        &mut self,
+        triples: &[Triple],
+        ids: impl Iterator<Item = TripleId>,
+    ) -> Result<(), ApplyError> {
         debug_assert!(self.spo.is_empty() && self.merkle.is_empty());
         let mut keys: Vec<Key> = Vec::with_capacity(triples.len());
         for t in triples {
@@ -284,8 +293,7 @@ impl GraphState {
         }
         // The dictionary grew by doubling; a bulk load is the large allocation of a state.
         self.dict.shrink_to_fit();
-        self.merkle =
-            MerkleTree::from_entries(triples.iter().map(|t| t.id()).zip(keys.iter().copied()));
+        self.merkle = MerkleTree::from_entries(ids.zip(keys.iter().copied()));
         let sorted = KeyIndex::from_unsorted;
         self.pos = sorted(keys.iter().map(|k| [k[1], k[2], k[0]]).collect());
         self.osp = sorted(keys.iter().map(|k| [k[2], k[0], k[1]]).collect());
@@ -297,9 +305,31 @@ impl GraphState {
     /// absent. On error the set of triples (and so the root) is unchanged; the dictionary may
     /// have gained terms, which is not observable through queries.
     pub fn apply(&mut self, changes: &ChangeSet) -> Result<(), ApplyError> {
+        self.apply_collecting(changes, None)
+    }
+
+    /// [`apply`](Self::apply), also returning the ids of the added and of the removed triples,
+    /// in the change set's order: applying computes them, so a caller that needs them (to
+    /// index the triples' histories, say) need not hash every triple again.
+    pub fn apply_with_ids(
+        &mut self,
+        changes: &ChangeSet,
+    ) -> Result<(Vec<TripleId>, Vec<TripleId>), ApplyError> {
+        let mut ids = (Vec::new(), Vec::new());
+        self.apply_collecting(changes, Some(&mut ids))?;
+        Ok(ids)
+    }
+
+    fn apply_collecting(
+        &mut self,
+        changes: &ChangeSet,
+        ids: Option<&mut (Vec<TripleId>, Vec<TripleId>)>,
+    ) -> Result<(), ApplyError> {
         if self.is_empty() && changes.removed().is_empty() {
             // Every addition is absent and the additions are distinct: load them in bulk.
-            return self.load_into_empty(changes.added());
+            let Some(ids) = ids else { return self.load_into_empty(changes.added()) };
+            ids.0 = changes.added().iter().map(Triple::id).collect();
+            return self.load_into_empty_with_ids(changes.added(), ids.0.iter().copied());
         }
         let mut removals = Vec::with_capacity(changes.removed().len());
         for t in changes.removed() {
@@ -316,6 +346,10 @@ impl GraphState {
                 return Err(ApplyError::AlreadyPresent(Box::new(t.clone())));
             }
             additions.push((t.id(), k));
+        }
+        if let Some(ids) = ids {
+            ids.0 = additions.iter().map(|e| e.0).collect();
+            ids.1 = removals.iter().map(|e| e.0).collect();
         }
         self.apply_keys(removals, additions);
         Ok(())

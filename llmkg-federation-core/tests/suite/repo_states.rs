@@ -346,3 +346,26 @@ fn the_parent_of_a_cached_head_is_one_step_away() {
     let touched = store.lookups() - before;
     assert!(touched <= 12, "diff(head~1, head) touched {touched} objects");
 }
+
+/// `apply_with_ids` is `apply` plus the ids of the added and removed triples in the change
+/// set's order, on the bulk path (into an empty state) and the incremental one; a change
+/// that does not apply returns no ids and leaves the state as it was.
+#[test]
+fn apply_with_ids_returns_each_triples_id_in_order() {
+    let ids = |ts: &[Triple]| ts.iter().map(Triple::id).collect::<Vec<_>>();
+    let first = ChangeSet::adding((0..400).map(t));
+    let (mut with_ids, mut plain) = (GraphState::new(), GraphState::new());
+    let (added, removed) = with_ids.apply_with_ids(&first).unwrap();
+    plain.apply(&first).unwrap();
+    assert_eq!(added, ids(first.added()));
+    assert!(removed.is_empty());
+    let second = ChangeSet::new((400..700).map(t), (0..400).step_by(3).map(t)).unwrap();
+    let (added, removed) = with_ids.apply_with_ids(&second).unwrap();
+    plain.apply(&second).unwrap();
+    assert_eq!(added, ids(second.added()));
+    assert_eq!(removed, ids(second.removed()));
+    assert_eq!(with_ids.state_root(), plain.state_root());
+    let before = with_ids.state_root();
+    assert!(with_ids.apply_with_ids(&second).is_err());
+    assert_eq!(with_ids.state_root(), before);
+}

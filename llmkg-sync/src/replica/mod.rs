@@ -422,6 +422,8 @@ struct Admitted {
     vv: Box<[u64]>,
     /// True when the state already holds the commit's effect (its past was the whole set).
     applied_in_place: bool,
+    /// The ids of the commit's added and removed triples, in order (applying computed them).
+    ids: (Vec<TripleId>, Vec<TripleId>),
 }
 
 impl<K: KvStore> Replica<K> {
@@ -806,12 +808,12 @@ impl<K: KvStore> Replica<K> {
                 "inconsistent replica state: {e}"
             )))));
         }
-        let outcome = match self.state.apply(c.changes()) {
+        let outcome = match self.state.apply_with_ids(c.changes()) {
             Err(e) => Err(rule(RuleViolation::ChangesDoNotApply(e))),
-            Ok(()) => {
+            Ok(ids) => {
                 let actual = self.state.state_root();
                 if actual == c.state_root() {
-                    Ok(())
+                    Ok(ids)
                 } else {
                     let _ = self.state.apply(&c.changes().inverse());
                     Err(rule(RuleViolation::StateRootMismatch { claimed: c.state_root(), actual }))
@@ -825,7 +827,7 @@ impl<K: KvStore> Replica<K> {
             }
             let _ = self.state.apply(&delta.inverse());
         }
-        outcome?;
+        let ids = outcome?;
         if let Some(slot) = vv.get_mut(author as usize) {
             *slot = seq;
         }
@@ -837,6 +839,7 @@ impl<K: KvStore> Replica<K> {
             generation,
             vv: vv.into_boxed_slice(),
             applied_in_place: in_place,
+            ids,
         })
     }
 
@@ -908,11 +911,12 @@ impl<K: KvStore> Replica<K> {
         if self.recent.len() > RECENT_CHANGES {
             self.recent.pop_front();
         }
-        for t in changes.added() {
-            match self.history.get_mut(&t.id()) {
+        debug_assert_eq!(a.ids.0.len(), changes.added().len());
+        for (t, id) in changes.added().iter().zip(&a.ids.0) {
+            match self.history.get_mut(id) {
                 Some(h) => h.push(i, true),
                 None => {
-                    self.history.insert(t.id(), History::Added(i));
+                    self.history.insert(*id, History::Added(i));
                 }
             }
             if !a.applied_in_place {
@@ -920,8 +924,9 @@ impl<K: KvStore> Replica<K> {
                 let _ = self.state.insert(t);
             }
         }
-        for t in changes.removed() {
-            let Some(h) = self.history.get_mut(&t.id()) else { continue };
+        debug_assert_eq!(a.ids.1.len(), changes.removed().len());
+        for (t, id) in changes.removed().iter().zip(&a.ids.1) {
+            let Some(h) = self.history.get_mut(id) else { continue };
             h.push(i, false);
             if !a.applied_in_place {
                 let events = h.events();
