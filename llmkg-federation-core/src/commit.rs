@@ -387,17 +387,17 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
-    use crate::term::{Iri, Term, Triple};
+    use crate::term::{Term, Triple};
 
     /// The envelope is encoded at its exact size: the tail was reserved, so appending it did
     /// not reallocate (which would double a large commit's buffer).
     #[test]
     fn envelope_is_built_at_its_exact_size() {
         let key = NodeKeypair::from_secret_bytes([7; 32]);
+        let iri = |s: &str| Term::iri(s).unwrap();
         let triples = (0..200).map(|i| {
-            let s = Term::Iri(Iri::new(format!("https://example.org/s{i}")).unwrap());
-            let p = Term::Iri(Iri::new("https://example.org/p").unwrap());
-            Triple::new(s, p, Term::Iri(Iri::new("https://example.org/o").unwrap())).unwrap()
+            let (p, o) = (iri("https://example.org/p"), iri("https://example.org/o"));
+            Triple::new(iri(&format!("https://example.org/s{i}")), p, o).unwrap()
         });
         let commit = Commit::new(
             Vec::new(),

@@ -601,6 +601,11 @@ const COMMENT_KEPT: u64 = 4096;
 /// Elisions further back than this are folded into one count.
 const PARSER_LAG: u64 = 32 << 20;
 
+/// Whether `b` starts a UTF-8 character (is not a continuation byte): columns count these.
+fn starts_char(b: u8) -> bool {
+    b & 0xC0 != 0x80
+}
+
 /// Where a limit was crossed.
 #[derive(Clone, Copy, Debug)]
 struct LimitHit {
@@ -842,7 +847,7 @@ impl Scanner {
                 self.at.column += if run.is_ascii() {
                     n as u64
                 } else {
-                    run.iter().filter(|&&b| (b as i8) >= -64).count() as u64
+                    run.iter().filter(|&&b| starts_char(b)).count() as u64
                 };
                 self.after_cr = false;
             }
@@ -870,7 +875,7 @@ impl Scanner {
         }
         if let Some(e) = self.elisions.back_mut() {
             e.bytes += 1;
-            if b & 0xC0 != 0x80 {
+            if starts_char(b) {
                 e.chars += 1;
             }
         }
@@ -907,7 +912,7 @@ impl Scanner {
                 }
                 self.at.column = 0;
             }
-            _ if b & 0xC0 != 0x80 => self.at.column += 1,
+            _ if starts_char(b) => self.at.column += 1,
             _ => {}
         }
         self.after_cr = false;
@@ -931,7 +936,7 @@ impl Scanner {
             Lex::Comment => {
                 self.comment_len += 1;
                 // The tail is dropped from a character boundary on.
-                if self.dropping || (self.comment_len > COMMENT_KEPT && b & 0xC0 != 0x80) {
+                if self.dropping || (self.comment_len > COMMENT_KEPT && starts_char(b)) {
                     return Step::Drop;
                 }
                 return Step::Keep;
