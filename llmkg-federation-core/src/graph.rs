@@ -22,6 +22,10 @@ use crate::key_index::{Key, KeyIndex};
 type Hasher = foldhash::quality::RandomState;
 type Dictionary = IndexSet<Term, Hasher>;
 
+/// The ids of a change set's added triples and of its removed ones, each in the change set's
+/// order (see [`GraphState::apply_with_ids`]).
+pub type ChangeIds = (Vec<TripleId>, Vec<TripleId>);
+
 /// A change set does not apply to a state. The state is unchanged.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
@@ -311,10 +315,7 @@ impl GraphState {
     /// [`apply`](Self::apply), also returning the ids of the added and of the removed triples,
     /// in the change set's order: applying computes them, so a caller that needs them (to
     /// index the triples' histories, say) need not hash every triple again.
-    pub fn apply_with_ids(
-        &mut self,
-        changes: &ChangeSet,
-    ) -> Result<(Vec<TripleId>, Vec<TripleId>), ApplyError> {
+    pub fn apply_with_ids(&mut self, changes: &ChangeSet) -> Result<ChangeIds, ApplyError> {
         let mut ids = (Vec::new(), Vec::new());
         self.apply_collecting(changes, Some(&mut ids))?;
         Ok(ids)
@@ -323,7 +324,7 @@ impl GraphState {
     fn apply_collecting(
         &mut self,
         changes: &ChangeSet,
-        ids: Option<&mut (Vec<TripleId>, Vec<TripleId>)>,
+        ids: Option<&mut ChangeIds>,
     ) -> Result<(), ApplyError> {
         if self.is_empty() && changes.removed().is_empty() {
             // Every addition is absent and the additions are distinct: load them in bulk.
@@ -390,10 +391,36 @@ impl GraphState {
     /// Applies the part of `changes` that changes this state — additions not yet present and
     /// removals that are present — and returns that part.
     pub fn apply_effective(&mut self, changes: ChangeSet) -> Result<ChangeSet, ApplyError> {
+        self.apply_effective_collecting(changes, None)
+    }
+
+    /// [`apply_effective`](Self::apply_effective), also returning the ids of the effective
+    /// additions and removals, in the order of the returned change set's sides (see
+    /// [`apply_with_ids`](Self::apply_with_ids)).
+    pub fn apply_effective_with_ids(
+        &mut self,
+        changes: ChangeSet,
+    ) -> Result<(ChangeSet, ChangeIds), ApplyError> {
+        let mut ids = (Vec::new(), Vec::new());
+        let effective = self.apply_effective_collecting(changes, Some(&mut ids))?;
+        Ok((effective, ids))
+    }
+
+    fn apply_effective_collecting(
+        &mut self,
+        changes: ChangeSet,
+        ids: Option<&mut ChangeIds>,
+    ) -> Result<ChangeSet, ApplyError> {
         if self.is_empty() {
             // Nothing can be removed and every (distinct) addition is effective.
             let (add, _) = changes.into_parts();
-            self.load_into_empty(&add)?;
+            match ids {
+                None => self.load_into_empty(&add)?,
+                Some(ids) => {
+                    ids.0 = add.iter().map(Triple::id).collect();
+                    self.load_into_empty_with_ids(&add, ids.0.iter().copied())?;
+                }
+            }
             return Ok(ChangeSet::from_sorted(add, Vec::new()));
         }
         let (mut add, mut remove) = changes.into_parts();
@@ -427,6 +454,10 @@ impl GraphState {
         if let Some(e) = failure {
             // Nothing was applied: only the dictionary may have grown.
             return Err(e);
+        }
+        if let Some(ids) = ids {
+            ids.0 = additions.iter().map(|e| e.0).collect();
+            ids.1 = removals.iter().map(|e| e.0).collect();
         }
         self.apply_keys(removals, additions);
         Ok(ChangeSet::from_sorted(add, remove))

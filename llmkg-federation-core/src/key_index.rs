@@ -47,6 +47,42 @@ fn lower_bound(run: &[Key], k: u128) -> usize {
     run.partition_point(|x| pack(x) < k)
 }
 
+/// Takes `removed` (packed keys of `run`, ascending) out of `run`, in one forward pass: each
+/// stretch between two removed keys moves once.
+fn fold_out(run: &mut Vec<Key>, removed: impl Iterator<Item = u128>) {
+    // `write` trails `read` by the number of keys removed so far.
+    let (mut read, mut write) = (0, 0);
+    for r in removed {
+        let at = read + lower_bound(run.get(read..).unwrap_or_default(), r);
+        debug_assert!(run.get(at).is_some_and(|x| pack(x) == r), "removed keys are in the run");
+        run.copy_within(read..at, write);
+        write += at - read;
+        // `r` is a key of the run, at `at`: skip it.
+        read = at + 1;
+    }
+    let len = run.len();
+    run.copy_within(read.min(len)..len, write);
+    run.truncate(write + len.saturating_sub(read));
+}
+
+/// Puts `added` (`count` packed keys absent from `run`, descending) into `run`, in one
+/// backward pass: each stretch between two added keys moves once.
+fn fold_in(run: &mut Vec<Key>, added: impl Iterator<Item = u128>, count: usize) {
+    // From the largest: the keys below `end` are not moved yet.
+    let mut end = run.len();
+    let mut shift = count;
+    run.resize(end + shift, [0; 3]);
+    for a in added {
+        let at = lower_bound(run.get(..end).unwrap_or_default(), a);
+        run.copy_within(at..end, at + shift);
+        shift -= 1;
+        if let Some(slot) = run.get_mut(at + shift) {
+            *slot = unpack(a);
+        }
+        end = at;
+    }
+}
+
 impl KeyIndex {
     /// The set of `keys`, which must be sorted and distinct.
     pub(crate) fn from_sorted(keys: Vec<Key>) -> Self {
@@ -100,8 +136,16 @@ impl KeyIndex {
         removed
     }
 
-    /// Adds keys the caller knows are absent (the batch path: no search of the run).
-    pub(crate) fn insert_absent(&mut self, keys: impl IntoIterator<Item = Key>) {
+    /// Adds keys the caller knows are absent, sorted and distinct (the batch path: no search
+    /// of the run). A batch that would bring on a merge anyway is merged into the run
+    /// directly, without passing through the set of added keys.
+    pub(crate) fn insert_absent(&mut self, keys: Vec<Key>) {
+        debug_assert!(keys.windows(2).all(|w| pack(&w[0]) < pack(&w[1])));
+        if self.pending() + keys.len() > self.change_limit() {
+            self.merge();
+            fold_in(&mut self.run, keys.iter().rev().map(pack), keys.len());
+            return;
+        }
         for k in keys {
             let k = pack(&k);
             if !self.removed.remove(&k) {
@@ -111,8 +155,16 @@ impl KeyIndex {
         self.merge_if_due();
     }
 
-    /// Removes keys the caller knows are present (the batch path: no search of the run).
-    pub(crate) fn remove_present(&mut self, keys: impl IntoIterator<Item = Key>) {
+    /// Removes keys the caller knows are present, sorted and distinct (the batch path: no
+    /// search of the run). A batch that would bring on a merge anyway is taken out of the run
+    /// directly.
+    pub(crate) fn remove_present(&mut self, keys: Vec<Key>) {
+        debug_assert!(keys.windows(2).all(|w| pack(&w[0]) < pack(&w[1])));
+        if self.pending() + keys.len() > self.change_limit() {
+            self.merge();
+            fold_out(&mut self.run, keys.iter().map(pack));
+            return;
+        }
         for k in keys {
             let k = pack(&k);
             if !self.added.remove(&k) {
@@ -122,13 +174,18 @@ impl KeyIndex {
         self.merge_if_due();
     }
 
+    /// How many changes wait to be merged.
+    fn pending(&self) -> usize {
+        self.added.len() + self.removed.len()
+    }
+
     /// How many changes are held before they are merged into the run.
     fn change_limit(&self) -> usize {
         MIN_CHANGES.max(self.run.len().isqrt() * 32)
     }
 
     fn merge_if_due(&mut self) {
-        if self.added.len() + self.removed.len() > self.change_limit() {
+        if self.pending() > self.change_limit() {
             self.merge();
         }
     }
@@ -137,36 +194,8 @@ impl KeyIndex {
     /// removed keys, one backward pass opens room for the added ones (each stretch of the
     /// run between two changes moves once, by `copy_within`).
     fn merge(&mut self) {
-        let run = &mut self.run;
-        // Removals: `write` trails `read` by the number of keys removed so far.
-        let (mut read, mut write) = (0, 0);
-        for r in &self.removed {
-            let at = read + lower_bound(run.get(read..).unwrap_or_default(), *r);
-            debug_assert!(
-                run.get(at).is_some_and(|x| pack(x) == *r),
-                "removed keys are in the run"
-            );
-            run.copy_within(read..at, write);
-            write += at - read;
-            // `r` is a key of the run, at `at`: skip it.
-            read = at + 1;
-        }
-        let len = run.len();
-        run.copy_within(read.min(len)..len, write);
-        run.truncate(write + len.saturating_sub(read));
-        // Additions, from the largest: the keys below `end` are not moved yet.
-        let mut end = run.len();
-        let mut shift = self.added.len();
-        run.resize(end + shift, [0; 3]);
-        for a in self.added.iter().rev() {
-            let at = lower_bound(run.get(..end).unwrap_or_default(), *a);
-            run.copy_within(at..end, at + shift);
-            shift -= 1;
-            if let Some(slot) = run.get_mut(at + shift) {
-                *slot = unpack(*a);
-            }
-            end = at;
-        }
+        fold_out(&mut self.run, self.removed.iter().copied());
+        fold_in(&mut self.run, self.added.iter().rev().copied(), self.added.len());
         self.added.clear();
         self.removed.clear();
     }
@@ -264,6 +293,11 @@ mod tests {
         (0u32..6, 0u32..6, 0u32..6).prop_map(|(a, b, c)| [a, b, c])
     }
 
+    /// Keys from a space of 13,824, which batches of a few thousand fill and empty again.
+    fn wide_key() -> impl Strategy<Value = Key> {
+        (0u32..24, 0u32..24, 0u32..24).prop_map(|(a, b, c)| [a, b, c])
+    }
+
     proptest! {
         /// Against a `BTreeSet` model, over inserts, removes and merges forced at random
         /// points: the same answers to
@@ -299,9 +333,40 @@ mod tests {
         }
     }
 
+    /// Runs `batches` of changes (each toggles its keys: removes those present, adds the
+    /// others) through the batch paths against a `BTreeSet` model, merging after a batch when
+    /// its flag says so.
+    fn check_batches(
+        start: BTreeSet<Key>,
+        batches: Vec<(BTreeSet<Key>, bool)>,
+    ) -> Result<(), TestCaseError> {
+        let mut index = KeyIndex::from_sorted(start.iter().copied().collect());
+        let mut model = start;
+        for (keys, merge) in batches {
+            let present: Vec<Key> = keys.iter().filter(|k| model.contains(*k)).copied().collect();
+            let absent: Vec<Key> = keys.iter().filter(|k| !model.contains(*k)).copied().collect();
+            index.remove_present(present.clone());
+            index.insert_absent(absent.clone());
+            for k in &present {
+                model.remove(k);
+            }
+            model.extend(absent);
+            if merge {
+                index.merge();
+            }
+            prop_assert_eq!(index.len(), model.len());
+            prop_assert_eq!(
+                index.iter().collect::<Vec<_>>(),
+                model.iter().copied().collect::<Vec<_>>()
+            );
+            prop_assert!(index.pending() <= index.change_limit());
+        }
+        Ok(())
+    }
+
     proptest! {
         /// The batch paths (`insert_absent`, `remove_present`) agree with the model too, with
-        /// merges forced between batches.
+        /// merges forced between batches: small batches, which wait in the sets of changes.
         #[test]
         fn batches_behave_like_an_ordered_set(
             start in proptest::collection::btree_set(key(), 0..100),
@@ -310,26 +375,43 @@ mod tests {
                 0..20,
             ),
         ) {
-            let mut index = KeyIndex::from_sorted(start.iter().copied().collect());
-            let mut model = start;
-            for (keys, merge) in batches {
-                let present: Vec<Key> = keys.iter().filter(|k| model.contains(*k)).copied().collect();
-                let absent: Vec<Key> = keys.iter().filter(|k| !model.contains(*k)).copied().collect();
-                index.remove_present(present.iter().copied());
-                index.insert_absent(absent.iter().copied());
-                for k in &present {
-                    model.remove(k);
-                }
-                model.extend(absent);
-                if merge {
-                    index.merge();
-                }
-                prop_assert_eq!(index.len(), model.len());
-                prop_assert_eq!(
-                    index.iter().collect::<Vec<_>>(),
-                    model.iter().copied().collect::<Vec<_>>()
-                );
+            check_batches(start, batches)?;
+        }
+    }
+
+    /// The keys of a 24³ space that a seeded hash picks with probability `percent`/100: sets
+    /// of a few thousand keys, made without a strategy per key (which is slow to generate).
+    fn dense_keys(seed: u64, percent: u64) -> BTreeSet<Key> {
+        let mut picked = BTreeSet::new();
+        for x in 0..24u32.pow(3) {
+            let h = (u64::from(x) ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29);
+            if h % 100 < percent {
+                picked.insert([x / 576, x / 24 % 24, x % 24]);
             }
+        }
+        picked
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// Batches larger than the change limit, which go into the run directly, mixed with
+        /// small ones that wait, over a key space they fill and empty again.
+        #[test]
+        fn large_batches_behave_like_an_ordered_set(
+            start in (any::<u64>(), 0u64..60),
+            batches in proptest::collection::vec(
+                (
+                    prop_oneof![
+                        proptest::collection::btree_set(wide_key(), 0..50),
+                        (any::<u64>(), 30u64..90).prop_map(|(seed, p)| dense_keys(seed, p)),
+                    ],
+                    any::<bool>(),
+                ),
+                0..8,
+            ),
+        ) {
+            check_batches(dense_keys(start.0, start.1), batches)?;
         }
     }
 

@@ -90,7 +90,7 @@ pub use commit::{
 };
 pub use encoding::{DecodeError, TripleId};
 pub use federation::FederationId;
-pub use graph::{ApplyError, GraphState, Matches, Pattern, TripleRef};
+pub use graph::{ApplyError, ChangeIds, GraphState, Matches, Pattern, TripleRef};
 pub use identity::{
     BatchError, CrateSignable, ENVELOPE_DOMAIN, InvalidOrgId, NodeId, NodeKeypair, OrgId,
     RESERVED_CONTEXT_PREFIX, SignError, Signable, SignatureError, Signed, Signer, SignerError,

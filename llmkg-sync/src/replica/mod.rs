@@ -59,7 +59,7 @@ use std::time::Duration;
 use llmkg_federation_core::kv::{KvBatch, KvError, KvStore};
 use llmkg_federation_core::security::SealError;
 use llmkg_federation_core::{
-    AcceptAll, ApplyError, ChangeSet, Commit, CommitId, CommitPolicy, CommitRefusal,
+    AcceptAll, ApplyError, ChangeIds, ChangeSet, Commit, CommitId, CommitPolicy, CommitRefusal,
     CommitShapeError, CommitVerifyError, GraphState, MAX_PARENTS, NodeId, OrgId, SignedCommit,
     Signer, StateRoot, Timestamp, Triple, TripleId,
 };
@@ -423,7 +423,7 @@ struct Admitted {
     /// True when the state already holds the commit's effect (its past was the whole set).
     applied_in_place: bool,
     /// The ids of the commit's added and removed triples, in order (applying computed them).
-    ids: (Vec<TripleId>, Vec<TripleId>),
+    ids: ChangeIds,
 }
 
 impl<K: KvStore> Replica<K> {
@@ -507,7 +507,7 @@ impl<K: KvStore> Replica<K> {
                 if let Some(parent) = self.missing_parents(&commit).first() {
                     return Err(OpenError::MissingParent { arrival, parent: *parent });
                 }
-                let admitted = self.admit(None, commit).map_err(fail)?;
+                let admitted = self.admit(None, commit, None).map_err(fail)?;
                 self.install(admitted, arrival);
                 self.next_arrival = self.next_arrival.max(arrival.saturating_add(1));
             }
@@ -745,10 +745,15 @@ impl<K: KvStore> Replica<K> {
     /// Verifies `commit` (parents all held) against the policy and rules. On success the
     /// state may already hold the commit's effect (`applied_in_place`); on error it is as
     /// it was.
+    ///
+    /// `applied` is for a local write the state already holds, with the ids applying it
+    /// computed: its parents are every head, so its past is the whole replica and it is not
+    /// applied again (its root was computed from this very state).
     fn admit(
         &mut self,
         wall: Option<Timestamp>,
         commit: SignedCommit,
+        applied: Option<ChangeIds>,
     ) -> Result<Admitted, ReceiveError> {
         let id = commit.id();
         let rule = |violation: RuleViolation| ReceiveError::Rule { id, violation };
@@ -802,7 +807,43 @@ impl<K: KvStore> Replica<K> {
             parents.iter().map(|p| self.meta(*p).generation).max().unwrap_or(0).saturating_add(1);
         // The state the author saw, its changes and root.
         let concurrent = self.outside(&vv);
-        let delta = self.delta_to_past(&concurrent, &vv).map_err(ReceiveError::Storage)?;
+        let in_place = concurrent.is_empty();
+        let ids = match applied {
+            Some(ids) if in_place => ids,
+            Some(_) => {
+                return Err(ReceiveError::Storage(KvError::Io(std::io::Error::other(
+                    "a local write applied in place has concurrent commits",
+                ))));
+            }
+            None => self.apply_in_past(id, c, &concurrent, &vv)?,
+        };
+        if let Some(slot) = vv.get_mut(author as usize) {
+            *slot = seq;
+        }
+        Ok(Admitted {
+            commit,
+            author,
+            new_author,
+            seq,
+            generation,
+            vv: vv.into_boxed_slice(),
+            applied_in_place: in_place,
+            ids,
+        })
+    }
+
+    /// Applies `c` to the state of its past (described by `vv`, with the held commits
+    /// `concurrent` outside it) and checks the root it claims. When nothing is concurrent the
+    /// state keeps the commit's effect; otherwise, or on error, it is as it was.
+    fn apply_in_past(
+        &mut self,
+        id: CommitId,
+        c: &Commit,
+        concurrent: &[u32],
+        vv: &[u64],
+    ) -> Result<ChangeIds, ReceiveError> {
+        let rule = |violation: RuleViolation| ReceiveError::Rule { id, violation };
+        let delta = self.delta_to_past(concurrent, vv).map_err(ReceiveError::Storage)?;
         if let Err(e) = self.state.apply(&delta) {
             return Err(ReceiveError::Storage(KvError::Io(std::io::Error::other(format!(
                 "inconsistent replica state: {e}"
@@ -820,27 +861,13 @@ impl<K: KvStore> Replica<K> {
                 }
             }
         };
-        let in_place = concurrent.is_empty();
-        if outcome.is_err() || !in_place {
+        if outcome.is_err() || !concurrent.is_empty() {
             if outcome.is_ok() {
                 let _ = self.state.apply(&c.changes().inverse());
             }
             let _ = self.state.apply(&delta.inverse());
         }
-        let ids = outcome?;
-        if let Some(slot) = vv.get_mut(author as usize) {
-            *slot = seq;
-        }
-        Ok(Admitted {
-            commit,
-            author,
-            new_author,
-            seq,
-            generation,
-            vv: vv.into_boxed_slice(),
-            applied_in_place: in_place,
-            ids,
-        })
+        outcome
     }
 
     /// The held commits outside the past described by `vv` (concurrent with a commit whose
@@ -1017,7 +1044,7 @@ impl<K: KvStore> Replica<K> {
             }
             return Ok(Received::Pending { id, missing });
         }
-        self.apply_new(Some(wall), commit)?;
+        self.apply_new(Some(wall), commit, None)?;
         let mut applied = vec![id];
         self.release_waiting(wall, id, &mut applied);
         Ok(Received::Applied(applied))
@@ -1052,17 +1079,21 @@ impl<K: KvStore> Replica<K> {
     /// received commit's stamp may not run too far ahead of; `None` for a local write, whose
     /// stamp the hybrid logical clock set (it may lawfully run further ahead of the wall: it
     /// follows the parents' and the replica's own latest stamp).
+    ///
+    /// `applied`: see [`admit`](Self::admit); on error the caller undoes the write.
     fn apply_new(
         &mut self,
         wall: Option<Timestamp>,
         commit: SignedCommit,
+        applied: Option<ChangeIds>,
     ) -> Result<(), ReceiveError> {
-        let admitted = self.admit(wall, commit)?;
+        let local = applied.is_some();
+        let admitted = self.admit(wall, commit, applied)?;
         let arrival = self.next_arrival;
         if let Err(e) =
             self.kv.write(KvBatch::new().put(commit_key(arrival), admitted.commit.as_bytes()))
         {
-            if admitted.applied_in_place {
+            if admitted.applied_in_place && !local {
                 let _ = self.state.apply(&admitted.commit.commit().changes().inverse());
             }
             return Err(e.into());
@@ -1086,7 +1117,7 @@ impl<K: KvStore> Replica<K> {
                 }
                 let Some(w) = self.waiting.remove(&child) else { continue };
                 self.waiting_bytes = self.waiting_bytes.saturating_sub(w.commit.as_bytes().len());
-                if self.apply_new(Some(wall), w.commit).is_ok() {
+                if self.apply_new(Some(wall), w.commit, None).is_ok() {
                     applied.push(child);
                     ready.push(child);
                 } else {
@@ -1141,7 +1172,7 @@ impl<K: KvStore> Replica<K> {
             let _ = state.apply(&effective.inverse());
             let _ = state.apply(&delta.inverse());
         };
-        let effective = match self.state.apply_effective(changes) {
+        let (effective, ids) = match self.state.apply_effective_with_ids(changes) {
             Ok(e) => e,
             Err(e) => {
                 // Partly applied: rebuilding is the host's concern; report.
@@ -1154,10 +1185,21 @@ impl<K: KvStore> Replica<K> {
             return Err(WriteError::NothingToCommit);
         }
         let root = self.state.state_root();
-        undo(&mut self.state, &effective);
+        // With nothing held concurrent (the parents are every head, the usual case) the state
+        // now is the commit's result, and the commit is admitted as it stands. Otherwise the
+        // state goes back, and admitting the commit merges it in like a peer's.
+        let in_place = concurrent.is_empty();
+        // What undoes the write in place if it is refused from here on (the change set goes
+        // into the commit): the ids of its additions and a copy of its removals, usually few.
+        let rollback = if in_place {
+            Some((ids.0.clone(), effective.removed().to_vec()))
+        } else {
+            undo(&mut self.state, &effective);
+            None
+        };
         let parent_times: Vec<Timestamp> = idx.iter().map(|p| self.meta(*p).timestamp).collect();
         let timestamp = self.clock.stamp(wall, parent_times);
-        let commit = Commit::new(
+        let signed = Commit::new(
             parents,
             effective,
             me,
@@ -1165,21 +1207,44 @@ impl<K: KvStore> Replica<K> {
             timestamp,
             message.to_owned(),
             root,
-        )?;
-        let signed = SignedCommit::sign_with(self.signer.as_ref(), commit)?;
-        self.policy.check(&signed).map_err(|r| WriteError::Refused(Box::new(r)))?;
+        )
+        .map_err(WriteError::from)
+        .and_then(|commit| Ok(SignedCommit::sign_with(self.signer.as_ref(), commit)?))
+        .and_then(|signed| match self.policy.check(&signed) {
+            Ok(()) => Ok(signed),
+            Err(r) => Err(WriteError::Refused(Box::new(r))),
+        });
         // Our own commit follows the rules by construction; admitting it checks that too,
         // except the tolerance for stamps ahead of the wall clock, which is for peers' stamps.
-        match self.apply_new(None, signed.clone()) {
-            Ok(()) => {
+        let outcome = match signed {
+            Ok(signed) => match self.apply_new(None, signed.clone(), in_place.then_some(ids)) {
+                Ok(()) => Ok(signed),
+                Err(ReceiveError::Storage(e)) => Err(WriteError::Storage(e)),
+                Err(e) => Err(WriteError::Storage(KvError::Io(std::io::Error::other(format!(
+                    "own commit refused: {e}"
+                ))))),
+            },
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(signed) => {
                 self.metrics.applied -= 1;
                 self.metrics.written += 1;
                 Ok(signed)
             }
-            Err(ReceiveError::Storage(e)) => Err(WriteError::Storage(e)),
-            Err(e) => Err(WriteError::Storage(KvError::Io(std::io::Error::other(format!(
-                "own commit refused: {e}"
-            ))))),
+            Err(e) => {
+                // A refused write leaves the state as it was.
+                if let Some((added, removed)) = rollback {
+                    let added: Vec<Triple> = added
+                        .iter()
+                        .filter_map(|id| self.state.get_by_id(id).map(|t| t.to_triple()))
+                        .collect();
+                    if let Ok(inverse) = ChangeSet::new(removed, added) {
+                        let _ = self.state.apply(&inverse);
+                    }
+                }
+                Err(e)
+            }
         }
     }
 

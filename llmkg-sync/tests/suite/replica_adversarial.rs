@@ -696,3 +696,91 @@ fn policy_refusals_change_nothing_even_for_waiting_commits() {
         assert_eq!(observe(&mut v, &kv), before);
     }
 }
+
+/// A store whose writes fail while `fail` is set.
+#[derive(Clone)]
+struct Failing {
+    inner: MemoryKv,
+    fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl llmkg_federation_core::KvStore for Failing {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, llmkg_federation_core::KvError> {
+        self.inner.get(key)
+    }
+    fn scan(
+        &self,
+        start: std::ops::Bound<&[u8]>,
+        end: std::ops::Bound<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<llmkg_federation_core::kv::KvPair>, llmkg_federation_core::KvError> {
+        self.inner.scan(start, end, limit)
+    }
+    fn write(
+        &self,
+        batch: llmkg_federation_core::KvBatch,
+    ) -> Result<(), llmkg_federation_core::KvError> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(llmkg_federation_core::KvError::backend("injected: store unavailable"));
+        }
+        self.inner.write(batch)
+    }
+}
+
+/// A local write applies to the state in place when nothing held is concurrent with it; one
+/// that is refused afterwards (by the policy, or because it cannot be stored) must leave the
+/// state, the heads and the store as they were, on an empty replica (the bulk path) and on one
+/// that holds triples, whatever the write adds and removes. The replica writes again after.
+#[test]
+fn refused_local_writes_leave_the_replica_as_it_was() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut a = open(MemoryKv::new(), 1, ReplicaConfig::default());
+    let c1 = a.write(ts(BASE), ChangeSet::adding((0..6).map(triple)), "").unwrap();
+    let writes = [
+        ChangeSet::adding((10..40).map(triple)),
+        ChangeSet::new((10..20).map(triple).collect::<Vec<_>>(), vec![triple(1), triple(4)])
+            .unwrap(),
+    ];
+    for held in [false, true] {
+        for changes in &writes {
+            if !held && !changes.removed().is_empty() {
+                continue;
+            }
+            // Refused by the policy.
+            let kv = MemoryKv::new();
+            let mut v = Replica::open_with_policy(
+                kv.clone(),
+                keypair(10),
+                org(),
+                ReplicaConfig::default(),
+                Ban(keypair(10).node_id()),
+            )
+            .unwrap();
+            if held {
+                v.receive(ts(WALL), c1.as_bytes()).unwrap();
+            }
+            let before = observe(&mut v, &kv);
+            let refused = v.write(ts(WALL), changes.clone(), "refused");
+            assert!(matches!(refused, Err(llmkg_sync::replica::WriteError::Refused(_))));
+            assert_eq!(observe(&mut v, &kv), before);
+            // Not stored.
+            let fail = std::sync::Arc::new(AtomicBool::new(false));
+            let kv = Failing { inner: MemoryKv::new(), fail: fail.clone() };
+            let mut v =
+                Replica::open(kv.clone(), keypair(10), org(), ReplicaConfig::default()).unwrap();
+            if held {
+                v.receive(ts(WALL), c1.as_bytes()).unwrap();
+            }
+            let (root, heads, triples) = (v.state_root(), v.heads(), v.state().triples());
+            fail.store(true, Ordering::SeqCst);
+            let failed = v.write(ts(WALL), changes.clone(), "unstored");
+            assert!(matches!(failed, Err(llmkg_sync::replica::WriteError::Storage(_))));
+            assert_eq!((v.state_root(), v.heads(), v.state().triples()), (root, heads, triples));
+            assert_eq!(scan_all(&kv.inner).len(), usize::from(held));
+            fail.store(false, Ordering::SeqCst);
+            let written = v.write(ts(WALL), changes.clone(), "stored").unwrap();
+            assert_eq!(v.state_root(), written.commit().state_root());
+            assert_eq!(v.heads(), vec![written.id()]);
+        }
+    }
+}
