@@ -82,6 +82,7 @@ pub struct LogEntry {
 struct StoredEntry {
     term: u64,
     chain: ChainHash,
+    #[serde(with = "llmkg_federation_core::encoding::bytes")]
     payload: Vec<u8>,
 }
 

@@ -368,6 +368,7 @@ pub struct PolicyUpdate {
     /// Its new version; must exceed the current one.
     pub version: u64,
     /// The policy document, opaque to consensus (governance reads it).
+    #[serde(with = "crate::encoding::bytes")]
     pub document: Vec<u8>,
 }
 
@@ -505,6 +506,7 @@ pub struct ChainPath {
     /// The chain hash before it (at `index - 1`).
     pub prev: ChainHash,
     /// The entry's encoding, as the log holds it.
+    #[serde(with = "crate::encoding::bytes")]
     pub entry: Vec<u8>,
     /// The entries after it, in order, as far as the furthest acknowledgement.
     pub later: Vec<ChainLink>,

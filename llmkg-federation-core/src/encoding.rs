@@ -397,3 +397,192 @@ impl TripleId {
         Self(hash_of(Self::DOMAIN, &(s, p, o)))
     }
 }
+
+/// Serde for byte strings: `#[serde(with = "llmkg_federation_core::encoding::bytes")]` on a
+/// `Vec<u8>` field (and [`bytes::list`] on a `Vec<Vec<u8>>`).
+///
+/// Serde's derive writes a `Vec<u8>` as a sequence, one call per byte on each side. Postcard
+/// writes a byte string exactly as it writes a sequence of `u8` (a varint length, then the
+/// bytes), so marking a field changes no encoding, hash or signature: only the speed, one copy
+/// instead of a call per byte (commit envelopes in sync batches are megabytes).
+///
+/// Decoding accepts a byte string or a sequence of bytes (what self-describing formats such
+/// as JSON write for either), and keeps postcard's bound: a byte string is copied from the
+/// input, so it is never longer than the input.
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize, PartialEq, Debug)]
+/// struct Envelope {
+///     #[serde(with = "llmkg_federation_core::encoding::bytes")]
+///     data: Vec<u8>,
+/// }
+///
+/// #[derive(Serialize)]
+/// struct Plain {
+///     data: Vec<u8>,
+/// }
+///
+/// let e = Envelope { data: b"payload".to_vec() };
+/// let fast = postcard::to_allocvec(&e)?;
+/// assert_eq!(fast, postcard::to_allocvec(&Plain { data: b"payload".to_vec() })?);
+/// assert_eq!(postcard::from_bytes::<Envelope>(&fast)?, e);
+/// # Ok::<(), postcard::Error>(())
+/// ```
+pub mod bytes {
+    use std::fmt;
+
+    use serde::de::{SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    /// Writes `value` as a byte string.
+    pub fn serialize<S: Serializer>(value: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(value)
+    }
+
+    /// Reads a byte string (or a sequence of bytes).
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        deserializer.deserialize_byte_buf(BytesVisitor)
+    }
+
+    struct BytesVisitor;
+
+    impl<'de> Visitor<'de> for BytesVisitor {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a byte string")
+        }
+
+        fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+
+        fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            // Serde's own cautious bound on what a length prefix may pre-allocate.
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+            while let Some(b) = seq.next_element::<u8>()? {
+                out.push(b);
+            }
+            Ok(out)
+        }
+    }
+
+    /// A borrowed byte string that serializes as one.
+    struct AsBytes<'a>(&'a [u8]);
+
+    impl serde::Serialize for AsBytes<'_> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            serializer.serialize_bytes(self.0)
+        }
+    }
+
+    /// An owned byte string that deserializes from one.
+    struct ByteBuf(Vec<u8>);
+
+    impl<'de> serde::Deserialize<'de> for ByteBuf {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            deserialize(deserializer).map(ByteBuf)
+        }
+    }
+
+    /// [`bytes`](self) for a `Vec<Vec<u8>>`: a sequence of byte strings.
+    pub mod list {
+        use super::*;
+
+        /// Writes `value` as a sequence of byte strings.
+        pub fn serialize<S: Serializer>(
+            value: &[Vec<u8>],
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            serializer.collect_seq(value.iter().map(|v| AsBytes(v)))
+        }
+
+        /// Reads a sequence of byte strings.
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Vec<Vec<u8>>, D::Error> {
+            deserializer.deserialize_seq(ListVisitor)
+        }
+
+        struct ListVisitor;
+
+        impl<'de> Visitor<'de> for ListVisitor {
+            type Value = Vec<Vec<u8>>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a sequence of byte strings")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Vec<u8>>, A::Error> {
+                // Each element takes at least its length byte: at most 4,096 pre-allocated.
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+                while let Some(ByteBuf(b)) = seq.next_element()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use proptest::prelude::*;
+        use serde::{Deserialize, Serialize};
+
+        #[derive(Serialize, Deserialize, Debug, PartialEq, Clone)]
+        struct Marked {
+            #[serde(with = "super")]
+            one: Vec<u8>,
+            #[serde(with = "super::list")]
+            many: Vec<Vec<u8>>,
+        }
+
+        #[derive(Serialize, Deserialize, Debug, PartialEq)]
+        struct Plain {
+            one: Vec<u8>,
+            many: Vec<Vec<u8>>,
+        }
+
+        proptest! {
+            /// Marking the fields changes no byte of the encoding, and each side reads what
+            /// the other wrote.
+            #[test]
+            fn marked_fields_encode_like_sequences(
+                one in proptest::collection::vec(any::<u8>(), 0..300),
+                many in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..200), 0..20),
+            ) {
+                let marked = Marked { one: one.clone(), many: many.clone() };
+                let plain = Plain { one, many };
+                let a = postcard::to_allocvec(&marked).unwrap();
+                let b = postcard::to_allocvec(&plain).unwrap();
+                prop_assert_eq!(&a, &b);
+                prop_assert_eq!(postcard::from_bytes::<Marked>(&b).unwrap(), marked.clone());
+                prop_assert_eq!(postcard::from_bytes::<Plain>(&a).unwrap(), plain);
+                // Every proper prefix is refused, never read past.
+                for cut in 0..a.len() {
+                    prop_assert!(postcard::from_bytes::<Marked>(&a[..cut]).is_err());
+                }
+            }
+        }
+
+        #[test]
+        fn a_length_beyond_the_input_is_refused_without_allocating_it() {
+            // A one-element list claiming a 2^62-byte string, then three bytes.
+            let mut bytes = vec![1u8];
+            bytes.extend([0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x40]);
+            bytes.extend([1, 2, 3]);
+            #[derive(Deserialize, Debug)]
+            struct List(#[serde(with = "super::list")] Vec<Vec<u8>>);
+            assert!(postcard::from_bytes::<List>(&bytes).is_err());
+            // The same list with its true length reads.
+            let good = postcard::from_bytes::<List>(&[1, 3, 1, 2, 3]).unwrap();
+            assert_eq!(good.0, vec![vec![1, 2, 3]]);
+        }
+    }
+}

@@ -8,7 +8,10 @@
 //! Terms are not removed from the dictionary when their last triple goes; a state rebuilt from
 //! scratch (see [`Repository::materialize`](crate::Repository::materialize)) has none left over.
 
-use indexmap::IndexSet;
+use std::hash::BuildHasher;
+
+use indexmap::IndexMap;
+use indexmap::map::raw_entry_v1::{RawEntryApiV1, RawEntryMut};
 use thiserror::Error;
 
 use crate::encoding::TripleId;
@@ -20,7 +23,60 @@ use crate::key_index::{Key, KeyIndex};
 /// The dictionary's hasher: fast, and seeded per process so that peers cannot choose
 /// colliding terms in advance.
 type Hasher = foldhash::quality::RandomState;
-type Dictionary = IndexSet<Term, Hasher>;
+
+/// The term dictionary: each distinct term once, its key its position.
+#[derive(Clone, Debug, Default)]
+struct Dictionary(IndexMap<Term, (), Hasher>);
+
+impl Dictionary {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn get_index_of(&self, term: &Term) -> Option<usize> {
+        self.0.get_index_of(term)
+    }
+
+    fn get_index(&self, i: usize) -> Option<&Term> {
+        self.0.get_index(i).map(|(t, ())| t)
+    }
+
+    /// Adds `term`; false if it was there.
+    fn insert(&mut self, term: Term) -> bool {
+        self.0.insert(term, ()).is_none()
+    }
+
+    fn insert_full(&mut self, term: Term) -> usize {
+        self.0.insert_full(term, ()).0
+    }
+
+    /// The key of `term`, added (cloned) if it is new: one hash and one probe of the table
+    /// either way, where a lookup and then an insert take two of each for a new term.
+    fn intern(&mut self, term: &Term) -> Result<usize, ApplyError> {
+        let hash = self.0.hasher().hash_one(term);
+        let len = self.0.len();
+        match self.0.raw_entry_mut_v1().from_key_hashed_nocheck(hash, term) {
+            RawEntryMut::Occupied(e) => Ok(e.index()),
+            RawEntryMut::Vacant(_) if len >= u32::MAX as usize => Err(ApplyError::DictionaryFull),
+            RawEntryMut::Vacant(e) => {
+                e.insert_hashed_nocheck(hash, term.clone(), ());
+                Ok(len)
+            }
+        }
+    }
+
+    fn reserve(&mut self, additional: usize) {
+        self.0.reserve(additional);
+    }
+
+    fn shrink_to_fit(&mut self) {
+        self.0.shrink_to_fit();
+    }
+
+    fn iter(&self) -> impl ExactSizeIterator<Item = &Term> {
+        self.0.keys()
+    }
+}
 
 /// The ids of a change set's added triples and of its removed ones, each in the change set's
 /// order (see [`GraphState::apply_with_ids`]).
@@ -216,15 +272,7 @@ impl GraphState {
     }
 
     fn intern(&mut self, term: &Term) -> Result<u32, ApplyError> {
-        if let Some(i) = self.dict.get_index_of(term) {
-            return Ok(i as u32);
-        }
-        let i = self.dict.len();
-        if i >= u32::MAX as usize {
-            return Err(ApplyError::DictionaryFull);
-        }
-        self.dict.insert(term.clone());
-        Ok(i as u32)
+        Ok(self.dict.intern(term)? as u32)
     }
 
     /// True if the state holds `triple`.
@@ -512,7 +560,7 @@ impl GraphState {
                 None => Err(ApplyError::DictionaryFull),
             };
         }
-        Ok(self.dict.insert_full(term).0 as u32)
+        Ok(self.dict.insert_full(term) as u32)
     }
 
     /// The SPO keys, in order (with [`GraphState::terms`], what a checkpoint stores).

@@ -249,7 +249,12 @@ impl std::fmt::Debug for NodeIdentity {
 enum Control {
     /// Asks for the receiver's organization's consent to a proposal of `group`; `creation` is
     /// the group's creation entry, for a receiver that does not host the group yet.
-    Consent { proposal: Vec<u8>, creation: Vec<u8> },
+    Consent {
+        #[serde(with = "crate::encoding::bytes")]
+        proposal: Vec<u8>,
+        #[serde(with = "crate::encoding::bytes")]
+        creation: Vec<u8>,
+    },
     /// Asks a member of a sealed branch's group for the data-key epochs it holds.
     KeyEpochs { group: GroupId },
 }
@@ -257,11 +262,11 @@ enum Control {
 #[derive(Debug, Serialize, Deserialize)]
 enum ControlReply {
     /// The receiver's signed consent (approving or refusing).
-    Consent(Vec<u8>),
+    Consent(#[serde(with = "crate::encoding::bytes")] Vec<u8>),
     /// The receiver could not evaluate the request.
     Error(String),
     /// The data-key epochs the receiver holds, encoded, oldest first.
-    KeyEpochs(Vec<Vec<u8>>),
+    KeyEpochs(#[serde(with = "crate::encoding::bytes::list")] Vec<Vec<u8>>),
 }
 
 /// Most key epochs one answer carries.

@@ -169,6 +169,7 @@ pub enum SyncBody {
         /// The batch's number in the stream.
         seq: u64,
         /// Commit envelopes (at most [`MAX_BATCH_COMMITS`]).
+        #[serde(with = "llmkg_federation_core::encoding::bytes::list")]
         commits: Vec<Vec<u8>>,
     },
     /// Batch `seq` of `stream` arrived.
@@ -224,6 +225,7 @@ pub enum SyncBody {
         /// The part's number.
         part: u32,
         /// Its bytes.
+        #[serde(with = "llmkg_federation_core::encoding::bytes")]
         data: Vec<u8>,
     },
 }

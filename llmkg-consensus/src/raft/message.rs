@@ -96,6 +96,7 @@ pub struct WireEntry {
     /// The term it was appended in.
     pub term: u64,
     /// Its encoding.
+    #[serde(with = "llmkg_federation_core::encoding::bytes")]
     pub payload: Vec<u8>,
 }
 
@@ -132,6 +133,7 @@ pub struct SnapshotChunk {
     /// Where this chunk starts.
     pub offset: u64,
     /// The chunk.
+    #[serde(with = "llmkg_federation_core::encoding::bytes")]
     pub data: Vec<u8>,
 }
 
@@ -141,7 +143,7 @@ pub enum EntryKind {
     /// A new leader's first entry.
     Noop,
     /// A command for the state machine.
-    Command(Vec<u8>),
+    Command(#[serde(with = "llmkg_federation_core::encoding::bytes")] Vec<u8>),
     /// A new configuration.
     Config(Configuration),
 }
@@ -163,6 +165,7 @@ pub struct Configuration {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct SnapshotBlob {
     pub(crate) config: Configuration,
+    #[serde(with = "llmkg_federation_core::encoding::bytes")]
     pub(crate) state: Vec<u8>,
 }
 

@@ -46,11 +46,13 @@ use std::collections::{HashMap, HashSet};
 use llmkg_federation_core::kv::{KvBatch, KvError, KvStore, MemoryKv};
 use llmkg_federation_core::{
     AcceptAll, ChangeSet, CommitId, CommitRefusal, CommitVerifyError, GraphState, NodeId,
-    SignedCommit, Signer, SignerError, SigningInput, StateRoot, Timestamp, Triple, TripleId,
+    SignedCommit, Signer, SignerError, SigningInput, StateRoot, Timestamp, Triple,
 };
 use serde::{Deserialize, Serialize};
 
-use super::{COMMIT_END, COMMIT_PREFIX, History, Meta, OPEN_PAGE, OpenError, Replica, commit_key};
+use super::{
+    COMMIT_END, COMMIT_PREFIX, Histories, History, Meta, OPEN_PAGE, OpenError, Replica, commit_key,
+};
 use crate::hlc::ClockError;
 use crate::vv::VersionVector;
 
@@ -348,7 +350,7 @@ impl<K: KvStore> Replica<K> {
         ids: Vec<CommitId>,
         chunks: u32,
         state: GraphState,
-        history: HashMap<TripleId, History>,
+        history: Histories,
     ) {
         let author_node = head.commit().author();
         let mut full = vec![0u64; vv.len()];
@@ -582,7 +584,7 @@ fn check_shape(
 }
 
 /// Every triple of a base's state, as added by the head (index 0).
-fn base_history(state: &GraphState) -> HashMap<TripleId, History> {
+fn base_history(state: &GraphState) -> Histories {
     state.merkle().entries().into_iter().map(|(id, _)| (id, History::Added(0))).collect()
 }
 
