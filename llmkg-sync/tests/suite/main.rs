@@ -13,5 +13,6 @@ mod replica_snapshot;
 mod riblt;
 mod sealed;
 mod sync_adversarial;
+mod sync_feeder;
 mod sync_join;
 mod sync_sim;

@@ -230,6 +230,7 @@ fn oversized_or_malformed_messages_are_dropped_with_a_reason() {
             root: GraphState::new().state_root(),
             commits: 0,
             reply: true,
+            fed_by: None,
         },
     };
     c.handle_message(Time::ZERO, from, summary(heads));
