@@ -9,8 +9,9 @@
 //!    A ◄── Summary { B's heads, reply: false }: A runs the same three cases the other way
 //!
 //!  fed_by (in each Summary): the peer streaming new commits to the sender, if any. Another
-//!  peer does not push to it meanwhile, and a node being fed asks no one else (Need); the
-//!  next round looks again once that stream has stopped.
+//!  peer does not push it meanwhile what that feeder is known to hold, and a node being fed
+//!  does not ask (Need) a peer whose heads the feeder showed; the next round looks again
+//!  once that stream has stopped.
 //!
 //!  Batch { stream, seq, commits }  ──►   ◄── Ack { stream, seq }   (at most `window` unacked)
 //!  Want { ids }: ask for named commits (the missing parents of commits that arrived early)
@@ -156,8 +157,8 @@ pub enum SyncBody {
         /// True if the receiver should answer with its own summary.
         reply: bool,
         /// The peer streaming new commits to the sender right now, if one is (see
-        /// [`SyncCore::feeder`]): a receiver that is not that peer does not push what the
-        /// sender lacks meanwhile, which would mostly be the same commits again.
+        /// [`SyncCore::feeder`]): a receiver that is not that peer does not push meanwhile
+        /// what that peer is known to hold (it would be the same commits again).
         fed_by: Option<NodeId>,
     },
     /// Send me the commits this version vector does not cover.
@@ -659,8 +660,9 @@ impl<K: KvStore> SyncCore<K> {
     /// The peer that is streaming new commits to this node: the one whose batch most
     /// recently brought a commit new here (or whose summary last showed commits this node
     /// lacks, when no other was feeding it), if that was less than half of
-    /// [`SyncConfig::stream_timeout`] ago. While one is, this node asks no other peer for
-    /// commits, and its summaries tell other peers not to push them: in a federation where
+    /// [`SyncConfig::stream_timeout`] ago. While one is, this node does not ask other peers
+    /// for what the feeder showed, and its summaries tell other peers not to push what the
+    /// feeder holds: in a federation where
     /// one node writes a large source, every peer otherwise also relays it to every other
     /// (measured in `bench-federation`'s create-branch: 117 commits received twice or more
     /// for the 45 needed).
@@ -672,6 +674,26 @@ impl<K: KvStore> SyncCore<K> {
             .filter(|(t, _)| self.now.saturating_since(*t) < window)
             .max()
             .map(|(_, id)| id)
+    }
+
+    /// True if `feeder`'s last summary shows it holds every commit of `commits` (held here):
+    /// none is outside the past of its reported heads.
+    fn feeder_holds_all(&self, feeder: &NodeId, commits: &[CommitId]) -> bool {
+        let Some((heads, false, _)) = self.peers.get(feeder).and_then(|p| p.heads.as_ref()) else {
+            return false;
+        };
+        let Some(beyond) = self.replica.missing_for_heads(heads) else { return false };
+        let beyond: HashSet<&CommitId> = beyond.iter().collect();
+        commits.iter().all(|c| !beyond.contains(c))
+    }
+
+    /// True if every one of `heads` is among the heads `feeder` last reported (so its
+    /// stream is bringing them).
+    fn feeder_shows(&self, feeder: &NodeId, heads: &[CommitId]) -> bool {
+        self.peers
+            .get(feeder)
+            .and_then(|p| p.heads.as_ref())
+            .is_some_and(|(theirs, _, _)| heads.iter().all(|h| theirs.binary_search(h).is_ok()))
     }
 
     fn send_need(&mut self, to: NodeId) {
@@ -822,16 +844,22 @@ impl<K: KvStore> SyncCore<K> {
             return;
         }
         let me = self.replica.node_id();
-        // Another node is streaming to the peer, or to this node: leave it to that stream.
-        // (The next round looks again once it has stopped.)
-        let peer_fed = fed_by.is_some_and(|f| f != me);
-        let here_fed = self.feeder().is_some_and(|f| f != from);
+        // Another node is streaming to the peer, or to this node, and is known to hold what
+        // would be sent: leave it to that stream. (The next round looks again once it has
+        // stopped.) Anything the feeder is not known to hold goes as before.
+        let peer_feeder = fed_by.filter(|f| *f != me);
+        let here_feeder = self.feeder().filter(|f| *f != from);
         match (truncated, self.replica.missing_for_heads(&heads)) {
-            (false, Some(missing)) if peer_fed && !missing.is_empty() => {
+            (false, Some(missing))
+                if !missing.is_empty()
+                    && peer_feeder.is_some_and(|f| self.feeder_holds_all(&f, &missing)) =>
+            {
                 self.metrics.deferred_to_feeder += 1;
             }
             (false, Some(missing)) => self.stream_to(from, missing),
-            _ if here_fed => self.metrics.deferred_to_feeder += 1,
+            _ if !truncated && here_feeder.is_some_and(|f| self.feeder_shows(&f, &heads)) => {
+                self.metrics.deferred_to_feeder += 1;
+            }
             _ if self.replica.authors() > self.config.vv_limit => {
                 self.open_session(from, ReconcileTarget::Commits)
             }

@@ -89,7 +89,11 @@ fn a_fed_node_is_left_to_its_feeder() {
     let mut fed = node(3, &[]);
     let t = Time::ZERO + Duration::from_millis(10);
 
-    // Node 1 streams c1 to node 3: node 1 is now its feeder.
+    // Node 1's heads are known to nodes 2 and 3 (its summary reached both).
+    fed.handle_message(t, id(1), summary_of(&feeder, false));
+    other.handle_message(t, id(1), summary_of(&feeder, false));
+    let _ = (sent(&mut fed), sent(&mut other));
+    // Node 1 streams c1 to node 3: node 1 is its feeder.
     let batch = SyncMessage {
         group: config().group,
         body: SyncBody::Batch { stream: 1, seq: 0, commits: vec![c1.clone()] },
@@ -109,11 +113,23 @@ fn a_fed_node_is_left_to_its_feeder() {
         .expect("node 3 answers node 2's summary");
     assert!(matches!(&reply, SyncBody::Summary { fed_by: Some(f), .. } if *f == id(1)));
 
-    // Node 2, which could push c2, leaves it to node 1.
+    // Node 2, which could push c2, leaves it to node 1, which holds it.
     let reply = SyncMessage { group: config().group, body: reply };
     other.handle_message(t, id(3), reply.clone());
     assert!(sent(&mut other).iter().all(|(_, b)| !matches!(b, SyncBody::Batch { .. })));
     assert_eq!(other.metrics().deferred_to_feeder, 1);
+
+    // A commit the feeder is not known to hold is pushed all the same.
+    let mut writer2 = node(2, &[c1.clone(), c2.clone()]);
+    writer2.handle_message(t, id(1), summary_of(&feeder, false));
+    writer2.write(t, ChangeSet::adding([triple(3)]), "c3").unwrap();
+    let _ = sent(&mut writer2);
+    writer2.handle_message(t, id(3), reply.clone());
+    assert!(
+        sent(&mut writer2)
+            .iter()
+            .any(|(to, b)| *to == id(3) && matches!(b, SyncBody::Batch { .. }))
+    );
 
     // The feeder itself is not held back by its own name.
     feeder.handle_message(t, id(3), reply);
@@ -158,4 +174,11 @@ fn a_node_lacking_commits_claims_the_first_peer_that_shows_them() {
     assert!(out.iter().all(|(_, b)| !matches!(b, SyncBody::Need { .. })));
     assert!(out.iter().any(|(to, b)| *to == id(2)
         && matches!(b, SyncBody::Summary { fed_by: Some(f), .. } if *f == id(1))));
+    // A peer showing a head the feeder did not is asked all the same.
+    let mut peer3 = node(1, std::slice::from_ref(&c1));
+    peer3.write(t, ChangeSet::adding([triple(5)]), "c5").unwrap();
+    lacking.handle_message(t, id(2), summary_of(&peer3, true));
+    assert!(
+        sent(&mut lacking).iter().any(|(to, b)| *to == id(2) && matches!(b, SyncBody::Need { .. }))
+    );
 }
