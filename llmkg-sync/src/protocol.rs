@@ -398,7 +398,9 @@ struct Peer {
     next_stream: u64,
     commits_sent: u64,
     commits_received: u64,
-    /// When a batch from it last brought a commit new here.
+    /// When a batch from it last brought a commit new here, or when its summary last showed
+    /// commits this node lacked while no other peer was feeding it (see
+    /// [`SyncCore::feeder`]).
     fed_at: Option<Time>,
     /// The reconciliation session this node opened with the peer, if any.
     asking: Option<Asking>,
@@ -662,10 +664,9 @@ impl<K: KvStore> SyncCore<K> {
     /// lacks, when no other was feeding it), if that was less than half of
     /// [`SyncConfig::stream_timeout`] ago. While one is, this node does not ask other peers
     /// for what the feeder showed, and its summaries tell other peers not to push what the
-    /// feeder holds: in a federation where
-    /// one node writes a large source, every peer otherwise also relays it to every other
-    /// (measured in `bench-federation`'s create-branch: 117 commits received twice or more
-    /// for the 45 needed).
+    /// feeder holds: in a federation where one node writes a large source, every peer
+    /// otherwise also relays it to every other (measured in `bench-federation`'s
+    /// create-branch: 117 duplicate deliveries besides the 45 commits needed).
     pub fn feeder(&self) -> Option<NodeId> {
         let window = self.config.stream_timeout / 2;
         self.peers

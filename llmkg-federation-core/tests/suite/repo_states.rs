@@ -368,4 +368,15 @@ fn apply_with_ids_returns_each_triples_id_in_order() {
     let before = with_ids.state_root();
     assert!(with_ids.apply_with_ids(&second).is_err());
     assert_eq!(with_ids.state_root(), before);
+    // The effective part's ids, in the order of the effective change set: on an empty state
+    // (the bulk path) and on one where some additions are present and some removals absent.
+    let mut fresh = GraphState::new();
+    let (effective, (added, removed)) = fresh.apply_effective_with_ids(first.clone()).unwrap();
+    assert_eq!((added, removed), (ids(effective.added()), Vec::new()));
+    let mixed = ChangeSet::new((650..800).map(t), (0..10).map(t)).unwrap();
+    let (effective, (added, removed)) = with_ids.apply_effective_with_ids(mixed).unwrap();
+    assert_eq!(effective.added().len(), 100);
+    assert_eq!(added, ids(effective.added()));
+    assert_eq!(removed, ids(effective.removed()));
+    assert_eq!(effective.removed().len(), 6);
 }

@@ -676,20 +676,25 @@ proptest! {
     }
 }
 
+/// Node 10's replica in `kv`, whose policy refuses every commit by node `banned`.
+fn banning(kv: MemoryKv, banned: u8) -> Replica<MemoryKv> {
+    Replica::open_with_policy(
+        kv,
+        keypair(10),
+        org(),
+        ReplicaConfig::default(),
+        Ban(keypair(banned).node_id()),
+    )
+    .unwrap()
+}
+
 #[test]
 fn policy_refusals_change_nothing_even_for_waiting_commits() {
     let mut a = open(MemoryKv::new(), 1, ReplicaConfig::default());
     let c1 = a.write(ts(BASE), ChangeSet::adding([triple(0)]), "").unwrap();
     let c2 = a.write(ts(BASE), ChangeSet::adding([triple(1)]), "").unwrap();
     let kv = MemoryKv::new();
-    let mut v = Replica::open_with_policy(
-        kv.clone(),
-        keypair(10),
-        org(),
-        ReplicaConfig::default(),
-        Ban(keypair(1).node_id()),
-    )
-    .unwrap();
+    let mut v = banning(kv.clone(), 1);
     let before = observe(&mut v, &kv);
     for c in [&c2, &c1] {
         assert!(matches!(v.receive(ts(WALL), c.as_bytes()), Err(ReceiveError::Refused { .. })));
@@ -748,14 +753,7 @@ fn refused_local_writes_leave_the_replica_as_it_was() {
             }
             // Refused by the policy.
             let kv = MemoryKv::new();
-            let mut v = Replica::open_with_policy(
-                kv.clone(),
-                keypair(10),
-                org(),
-                ReplicaConfig::default(),
-                Ban(keypair(10).node_id()),
-            )
-            .unwrap();
+            let mut v = banning(kv.clone(), 10);
             if held {
                 v.receive(ts(WALL), c1.as_bytes()).unwrap();
             }

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
+use crate::common::triple;
 use llmkg_federation_core::consensus::GroupId;
 use llmkg_federation_core::{
-    ChangeSet, HostInfo, MemoryKv, NodeId, NodeKeypair, OrgId, Protocol, Term, Time, Timestamp,
-    Triple,
+    ChangeSet, HostInfo, MemoryKv, NodeId, NodeKeypair, OrgId, Protocol, Time, Timestamp,
 };
 use llmkg_sync::protocol::{SyncBody, SyncConfig, SyncCore, SyncMessage};
 use llmkg_sync::replica::{Replica, ReplicaConfig};
@@ -19,15 +19,6 @@ fn key(seed: u8) -> NodeKeypair {
 
 fn id(seed: u8) -> NodeId {
     key(seed).node_id()
-}
-
-fn triple(i: u32) -> Triple {
-    Triple::new(
-        Term::iri(format!("https://example.org/s{i}")).unwrap(),
-        Term::iri("https://example.org/p").unwrap(),
-        Term::string(format!("{i}")).unwrap(),
-    )
-    .unwrap()
 }
 
 fn config() -> SyncConfig {
