@@ -7,7 +7,8 @@
 //! - **Proposals from any member.** A proposal made at a follower is forwarded to the leader
 //!   as a transport request on the group's channel; the leader appends it and answers with
 //!   its index and term, and the follower waits for its own replica to apply that entry.
-//!   Without a known leader the engine retries until the timeout.
+//!   Without a known leader the engine retries until the timeout; in a group that has never
+//!   had a leader, the proposing node campaigns at once ([`Raft::campaign_if_fresh`]).
 //! - **Group commit.** Proposals waiting at the leader are appended together, in one durable
 //!   write ([`Raft::propose_batch`]), so many concurrent proposers share each write and each
 //!   round of replication.
@@ -463,6 +464,9 @@ impl<K: KvStore + 'static, M: DecisionMachine> RaftEngine<K, M> {
             } else if let Some(leader) = leader {
                 self.append_at(leader, command.clone(), deadline).await?
             } else {
+                // A group that has never elected a leader elects one now rather than after
+                // an election timeout (this node campaigns; any voter may win).
+                inner.handle.call(|core, now| core.campaign_if_fresh(now));
                 None
             };
             if let Some(appended) = attempt {

@@ -248,6 +248,27 @@ impl GraphState {
         Self::default()
     }
 
+    /// The state root of the state that holds exactly `triples` (a triple given twice counts
+    /// once), computed from the triples' ids alone: no dictionary or index is built, so this
+    /// is the cheap way to check a set of triples against a root someone names.
+    ///
+    /// ```
+    /// use llmkg_federation_core::{GraphState, Term, Triple};
+    ///
+    /// let t = Triple::new(
+    ///     Term::iri("https://example.org/a")?,
+    ///     Term::iri("https://example.org/p")?,
+    ///     Term::string("x")?,
+    /// )?;
+    /// let mut state = GraphState::new();
+    /// state.insert(&t)?;
+    /// assert_eq!(GraphState::root_of([&t, &t]), state.state_root());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn root_of<'a>(triples: impl IntoIterator<Item = &'a Triple>) -> StateRoot {
+        MerkleTree::from_entries(triples.into_iter().map(|t| (t.id(), ()))).root()
+    }
+
     /// Number of triples.
     pub fn len(&self) -> usize {
         self.spo.len()

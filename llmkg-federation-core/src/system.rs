@@ -555,11 +555,7 @@ impl FederatedBranchingSystem {
         if lock(&self.inner.branches).contains_key(&request.branch) {
             return Err(FederationError::AlreadyExists(request.branch.clone()));
         }
-        let mut state = GraphState::new();
-        for t in &source {
-            state.insert(t).map_err(|e| FederationError::Invalid(format!("source triple: {e}")))?;
-        }
-        if state.state_root() != request.source.root() {
+        if GraphState::root_of(&source) != request.source.root() {
             return Err(FederationError::Invalid(
                 "the source triples do not have the state root the request names".into(),
             ));

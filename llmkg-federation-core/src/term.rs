@@ -111,9 +111,16 @@ fn check_len(s: &str) -> Result<(), TermError> {
 /// assert!(Iri::new("http://a.example/a b").is_err());
 /// # Ok::<(), llmkg_federation_core::TermError>(())
 /// ```
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(into = "String", try_from = "String")]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(try_from = "String")]
 pub struct Iri(Box<str>);
+
+/// Written as its text, borrowed (the encoding of a `String`, without copying it into one).
+impl Serialize for Iri {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
 
 /// A code point of Turtle's `PN_CHARS_BASE` that is not an RFC 3987 `ucschar` (nor ASCII):
 /// U+FFF0..=U+FFFD, U+E0000..=U+E0FFF and U+xFFFE, U+xFFFF of planes 1 to 14.
@@ -206,9 +213,16 @@ impl fmt::Debug for Iri {
 /// assert!(BlankNode::new("a.").is_err()); // cannot end with '.'
 /// assert!(BlankNode::new("-a").is_err()); // cannot start with '-'
 /// ```
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(into = "String", try_from = "String")]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(try_from = "String")]
 pub struct BlankNode(Box<str>);
+
+/// Written as its text, borrowed (the encoding of a `String`, without copying it into one).
+impl Serialize for BlankNode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
 
 /// `PN_CHARS_BASE` of the Turtle grammar.
 fn is_pn_chars_base(c: char) -> bool {
@@ -307,9 +321,16 @@ impl fmt::Debug for BlankNode {
 }
 
 /// A BCP 47 language tag, normalized to lower case (RDF compares tags case-insensitively).
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(into = "String", try_from = "String")]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(try_from = "String")]
 pub struct LanguageTag(Box<str>);
+
+/// Written as its text, borrowed (the encoding of a `String`, without copying it into one).
+impl Serialize for LanguageTag {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
 
 impl LanguageTag {
     /// Validates `tag` and normalizes it to lower case.

@@ -675,6 +675,28 @@ impl<K: KvStore, S: StateMachine> Raft<K, S> {
         Ok(())
     }
 
+    /// Starts an election now if this group has never had one: the node is a voting follower
+    /// in term 0 with an empty log and knows no leader. Returns whether it did.
+    ///
+    /// A host calls this when something waits for a leader — a proposal made right after the
+    /// group was founded — so that the first decision does not wait out an election timeout
+    /// (150–300 ms by default). Safety never depends on when an election starts; with
+    /// pre-vote a premature campaign changes no term unless a majority would vote for it.
+    /// Elections after the first keep their randomized timeouts.
+    pub fn campaign_if_fresh(&mut self, now: Time) -> bool {
+        self.now = now;
+        let fresh = !self.halted
+            && self.role == Role::Follower
+            && self.leader.is_none()
+            && self.term() == 0
+            && self.log.last_index() == 0;
+        if fresh && self.is_voter(&self.id) {
+            self.campaign(false);
+            return true;
+        }
+        false
+    }
+
     /// Evidence that entry `index` is decided: a majority of signed acknowledgements of it or
     /// of later entries, with the chain path from it to them. `None` if this node does not
     /// hold such a certificate yet (or no longer holds the entry) or acknowledgements are

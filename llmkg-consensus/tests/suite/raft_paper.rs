@@ -956,6 +956,44 @@ fn a_leader_without_a_quorum_steps_down() {
     }
 }
 
+#[test]
+fn a_fresh_group_campaigns_on_demand_and_only_once() {
+    // Asked before any timeout, a founding voter campaigns at once: a pre-vote by default...
+    let mut n = fresh(1, &[1, 2, 3], RaftConfig::default());
+    assert!(n.poll_timeout().unwrap() >= at(150));
+    assert!(n.campaign_if_fresh(at(1)));
+    assert_eq!((n.role(), n.term(), n.vote()), (Role::PreCandidate, 0, None));
+    let pre_vote = message(1, RaftBody::PreVote { last_index: 0, last_term: 0 });
+    assert_eq!(by_recipient(outbox(&mut n)), to_each(&[2, 3], &pre_vote));
+    // ...and it is not asked to again while that campaign runs.
+    assert!(!n.campaign_if_fresh(at(2)));
+    assert!(outbox(&mut n).is_empty());
+
+    // Without pre-vote it enters term 1 and asks for votes.
+    let mut n = fresh(1, &[1, 2, 3], plain());
+    assert!(n.campaign_if_fresh(at(1)));
+    assert_eq!((n.role(), n.term(), n.vote()), (Role::Candidate, 1, Some(node_id(1))));
+    assert_eq!(by_recipient(outbox(&mut n)), to_each(&[2, 3], &message(1, vote(0, 0))));
+
+    // A group that has had a term or a leader waits for its timeout as before.
+    let (mut n, _) = with_log(1, &[1, 2, 3], plain(), &[], 1, None);
+    assert!(!n.campaign_if_fresh(at(1)));
+    assert!(outbox(&mut n).is_empty());
+    let mut n = fresh(1, &[1, 2, 3], plain());
+    n.handle_message(at(1), node_id(2), message(1, append(0, 0, Vec::new(), 0)));
+    assert_eq!(n.leader(), Some(node_id(2)));
+    outbox(&mut n);
+    assert!(!n.campaign_if_fresh(at(2)));
+    assert!(outbox(&mut n).is_empty());
+    // A learner never campaigns.
+    let kv = Arc::new(MemoryKv::new());
+    let mut learner =
+        open_node(setup(4, Some(configuration(&[1, 2, 3], &[4])), plain()), &kv, Time::ZERO);
+    assert!(!learner.campaign_if_fresh(at(1)));
+    assert_eq!((learner.role(), learner.term()), (Role::Follower, 0));
+    assert!(outbox(&mut learner).is_empty());
+}
+
 // ----- Several nodes -----
 
 /// A tiny deterministic network: every message is delivered at once, in the order sent,

@@ -7,7 +7,8 @@ use std::fmt::Debug;
 
 use llmkg_federation_core::encoding::{self, MAX_ENCODED_LEN};
 use llmkg_federation_core::{
-    BlankNode, BranchName, ChangeSet, Commit, CommitId, CommitVerifyError, DecodeError, Iri,
+    BlankNode, BranchName, ChangeSet, Commit, CommitId, CommitVerifyError, DecodeError, GraphState,
+    Iri,
     Literal, LiteralKind, MAX_PARENTS, NodeId, NodeKeypair, OrgId, RDF_LANG_STRING, SignatureError,
     SignedCommit, StateRoot, Term, Timestamp, Triple, TripleId, XSD_STRING,
 };
@@ -292,6 +293,39 @@ proptest! {
     #[test]
     fn blank_node_round_trips(v in blank()) {
         round_trip(&v)?;
+    }
+
+    /// IRIs, blank nodes and language tags are written as their text, borrowed: exactly the
+    /// bytes of the same text as a `String`, so hashes and signatures do not depend on how.
+    #[test]
+    fn names_encode_as_their_text(i in iri(), b in blank(), tag in language_tag()) {
+        let text = |s: &str| encoding::try_encode(&s.to_string()).unwrap();
+        prop_assert_eq!(encoding::try_encode(&i).unwrap(), text(i.as_str()));
+        prop_assert_eq!(encoding::try_encode(&b).unwrap(), text(b.label()));
+        let literal = Literal::language("x", &tag).unwrap();
+        let LiteralKind::Language(tag) = literal.kind() else { panic!("not tagged") };
+        prop_assert_eq!(encoding::try_encode(tag).unwrap(), text(tag.as_str()));
+    }
+
+    /// The root of a set of triples computed from their ids alone is the root of the state
+    /// holding them, whatever the order and repetitions.
+    #[test]
+    fn root_of_triples_is_the_states_root(
+        triples in vec(triple(), 0..40),
+        repeats in vec(any::<Index>(), 0..10),
+    ) {
+        let mut listed = triples.clone();
+        for r in &repeats {
+            if !triples.is_empty() {
+                listed.push(r.get(&triples).clone());
+            }
+        }
+        listed.reverse();
+        let mut state = GraphState::new();
+        for t in &triples {
+            state.insert(t).unwrap();
+        }
+        prop_assert_eq!(GraphState::root_of(&listed), state.state_root());
     }
 
     #[test]
