@@ -8,9 +8,8 @@ use std::fmt::Debug;
 use llmkg_federation_core::encoding::{self, MAX_ENCODED_LEN};
 use llmkg_federation_core::{
     BlankNode, BranchName, ChangeSet, Commit, CommitId, CommitVerifyError, DecodeError, GraphState,
-    Iri,
-    Literal, LiteralKind, MAX_PARENTS, NodeId, NodeKeypair, OrgId, RDF_LANG_STRING, SignatureError,
-    SignedCommit, StateRoot, Term, Timestamp, Triple, TripleId, XSD_STRING,
+    Iri, Literal, LiteralKind, MAX_PARENTS, NodeId, NodeKeypair, OrgId, RDF_LANG_STRING,
+    SignatureError, SignedCommit, StateRoot, Term, Timestamp, Triple, TripleId, XSD_STRING,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;

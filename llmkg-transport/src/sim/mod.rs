@@ -487,10 +487,10 @@ impl SimBuilder {
             rng: ChaCha8Rng::from_seed(*net_seed.finalize().as_bytes()),
             default_link: self.default_link,
             default_compiled,
-            link_index: if n <= DENSE_LINKS_MAX_NODES {
-                LinkIndex::Dense { n, slots: vec![u32::MAX; n * n] }
+            wires: if n <= DENSE_LINKS_MAX_NODES {
+                Wires::Dense { n, wires: vec![Wire::UNUSED; n * n] }
             } else {
-                LinkIndex::Sparse(HashMap::default())
+                Wires::Sparse(HashMap::default())
             },
             overrides: HashMap::default(),
             links: Vec::new(),
@@ -1288,10 +1288,10 @@ struct World {
     rng: ChaCha8Rng,
     default_link: LinkConfig,
     default_compiled: CompiledLink,
-    link_index: LinkIndex,
+    wires: Wires,
     /// Per-link configurations overriding the default.
     overrides: IdMap<u64, CompiledLink>,
-    links: Vec<WireState>,
+    links: Vec<Link>,
     /// Duplication and drop counters of the links that had any, by link index (kept apart
     /// so the state touched by every message stays small).
     rare: IdMap<u32, RareStats>,
@@ -1363,26 +1363,33 @@ impl NodeMeta {
     }
 }
 
-/// Up to this many nodes, link states are found through a dense `n × n` table (16 MiB at
-/// most) rather than a hash map.
-const DENSE_LINKS_MAX_NODES: usize = 2048;
+/// Up to this many nodes, the wires are a dense `n × n` table (32 MiB at most) rather than a
+/// hash map.
+const DENSE_LINKS_MAX_NODES: usize = 1024;
 
-/// Where the state of link `(from, to)` is in [`World::links`] (`u32::MAX`: not yet used).
-enum LinkIndex {
-    Dense { n: usize, slots: Vec<u32> },
-    Sparse(IdMap<u64, u32>),
+/// The wire of every directed link `(from, to)`, found from its ends in one access.
+enum Wires {
+    /// Row `from`, column `to`, of a table with `n` columns.
+    Dense {
+        n: usize,
+        wires: Vec<Wire>,
+    },
+    Sparse(IdMap<u64, Wire>),
 }
 
-/// The state of one directed link that every message on it touches, kept small (48 bytes):
-/// a large run uses most of its `n²` links, so this is read from memory rather than cache.
+/// The state of one directed link that every message on it touches, kept to 32 bytes and
+/// found from the link's ends in one access: a large run uses most of its `n²` links, so
+/// this is read from memory rather than cache.
 ///
 /// Only what a send needs is here. A link's delivered counters are not kept: every copy ends
 /// delivered, dropped or still in flight, so [`World::link_stats`] derives them from the
 /// others and the copies in flight (and an arrival touches no link state at all). Duplication
-/// and drop counters, which few copies touch, are in [`World::rare`].
-struct WireState {
-    from: u32,
-    to: u32,
+/// and drop counters, which few copies touch, are in [`World::rare`]; the link's ends and
+/// its transmitter in [`World::links`].
+#[derive(Clone, Copy)]
+struct Wire {
+    /// The link's index in [`World::links`]; `u32::MAX` until the link is first used.
+    id: u32,
     /// The receiver incarnation the copies behind `fifo_floor` were sent to. Copies to an
     /// earlier incarnation are never delivered, so a new incarnation starts a fresh floor (a
     /// restarted node gets new connections, not the tail of the old ones).
@@ -1393,14 +1400,30 @@ struct WireState {
     sent: u64,
     /// Their encoded bytes ([`MessageStats::sent_bytes`]).
     sent_bytes: u64,
-    /// The transmitter, once the link has had a bandwidth model (see [`Bandwidth`]).
-    tx: Option<Box<Transmitter>>,
 }
 
-impl WireState {
-    fn new(from: u32, to: u32) -> Self {
-        Self { from, to, floor_incarnation: 0, fifo_floor: 0, sent: 0, sent_bytes: 0, tx: None }
+impl Wire {
+    const UNUSED: Wire =
+        Wire { id: u32::MAX, floor_incarnation: 0, fifo_floor: 0, sent: 0, sent_bytes: 0 };
+
+    /// The instant a FIFO copy sent to `incarnation` no earlier than `at` (microseconds) is
+    /// scheduled at: not before an earlier copy to the same incarnation.
+    fn fifo_at(&mut self, incarnation: u32, at: u64) -> u64 {
+        if self.floor_incarnation != incarnation {
+            self.fifo_floor = 0;
+            self.floor_incarnation = incarnation;
+        }
+        at.max(self.fifo_floor)
     }
+}
+
+/// What a link holds besides its [`Wire`], touched only by rarer paths (statistics, drops,
+/// bandwidth), by the link's index.
+struct Link {
+    from: u32,
+    to: u32,
+    /// The transmitter, once the link has had a bandwidth model (see [`Bandwidth`]).
+    tx: Option<Box<Transmitter>>,
 }
 
 /// The counters of a link that only duplicated and dropped copies touch.
@@ -1619,55 +1642,77 @@ impl World {
         }
     }
 
-    /// Makes room in the link index for `nodes` nodes: a dense table grows by doubling its
-    /// stride (up to [`DENSE_LINKS_MAX_NODES`]), beyond which links move to a hash map.
+    /// Makes room in the wires for `nodes` nodes: a dense table grows by doubling its stride
+    /// (up to [`DENSE_LINKS_MAX_NODES`]), beyond which the wires move to a hash map.
     fn grow_link_index(&mut self, nodes: usize) {
-        let LinkIndex::Dense { n, slots } = &mut self.link_index else { return };
+        let Wires::Dense { n, wires } = &mut self.wires else { return };
         if nodes <= *n {
             return;
         }
         let old = *n;
-        let moved = std::mem::take(slots);
+        let moved = std::mem::take(wires);
+        let used = moved.into_iter().enumerate().filter(|(_, w)| w.id != u32::MAX);
         if nodes <= DENSE_LINKS_MAX_NODES {
             let stride = nodes.max(old.saturating_mul(2)).clamp(4, DENSE_LINKS_MAX_NODES);
-            let mut grown = vec![u32::MAX; stride * stride];
-            for (i, slot) in moved.into_iter().enumerate() {
-                grown[(i / old) * stride + i % old] = slot;
+            let mut grown = vec![Wire::UNUSED; stride * stride];
+            for (i, wire) in used {
+                grown[(i / old) * stride + i % old] = wire;
             }
-            self.link_index = LinkIndex::Dense { n: stride, slots: grown };
+            self.wires = Wires::Dense { n: stride, wires: grown };
         } else {
-            let mut map: IdMap<u64, u32> = HashMap::default();
-            for (i, slot) in moved.into_iter().enumerate() {
-                if slot != u32::MAX {
-                    map.insert(link_key((i / old) as u32, (i % old) as u32), slot);
-                }
+            let mut map: IdMap<u64, Wire> = HashMap::default();
+            for (i, wire) in used {
+                map.insert(link_key((i / old) as u32, (i % old) as u32), wire);
             }
-            self.link_index = LinkIndex::Sparse(map);
+            self.wires = Wires::Sparse(map);
         }
     }
 
-    /// The index of the state of link `from → to`, created on first use.
-    fn link(&mut self, from: u32, to: u32) -> u32 {
-        let next = self.links.len() as u32;
-        let slot = match &mut self.link_index {
-            LinkIndex::Dense { n, slots } => {
-                let i = from as usize * *n + to as usize;
-                match slots.get_mut(i) {
-                    Some(slot) => slot,
-                    // Not reached (both indices are below n); a fresh state keeps it sound.
-                    None => {
-                        self.links.push(WireState::new(from, to));
-                        return next;
-                    }
-                }
+    /// The wire of link `from → to` and its index, both created on first use (`None` only
+    /// for an end beyond the table, which adding nodes grows first: not reached).
+    fn link(&mut self, from: u32, to: u32) -> Option<(u32, &mut Wire)> {
+        let wire = match &mut self.wires {
+            Wires::Dense { n, wires } if (from.max(to) as usize) < *n => {
+                wires.get_mut(from as usize * *n + to as usize)?
             }
-            LinkIndex::Sparse(map) => map.entry(link_key(from, to)).or_insert(u32::MAX),
+            Wires::Dense { .. } => return None,
+            Wires::Sparse(map) => map.entry(link_key(from, to)).or_insert(Wire::UNUSED),
         };
-        if *slot == u32::MAX {
-            *slot = next;
-            self.links.push(WireState::new(from, to));
+        if wire.id == u32::MAX {
+            wire.id = self.links.len() as u32;
+            self.links.push(Link { from, to, tx: None });
         }
-        *slot
+        Some((wire.id, wire))
+    }
+
+    /// The wire of link `from → to`, if it was ever used.
+    fn wire(&self, from: u32, to: u32) -> Option<&Wire> {
+        let wire = match &self.wires {
+            Wires::Dense { n, wires } => wires.get(from as usize * *n + to as usize),
+            Wires::Sparse(map) => map.get(&link_key(from, to)),
+        };
+        wire.filter(|w| w.id != u32::MAX)
+    }
+
+    /// [`wire`](Self::wire), to change.
+    fn wire_mut(&mut self, from: u32, to: u32) -> Option<&mut Wire> {
+        let wire = match &mut self.wires {
+            Wires::Dense { n, wires } => wires.get_mut(from as usize * *n + to as usize),
+            Wires::Sparse(map) => map.get_mut(&link_key(from, to)),
+        };
+        wire.filter(|w| w.id != u32::MAX)
+    }
+
+    /// Counts (and traces) a message node `from` emitted for `to`, which is not a member.
+    fn unroutable(&mut self, from: u32, to: NodeId) {
+        self.unroutable += 1;
+        self.meta[from as usize].unroutable += 1;
+        self.tracer.head(TAG_UNROUTABLE, self.now, from);
+        self.tracer.bytes(to.as_bytes());
+        if self.tracer.recording() {
+            let from = self.ids[from as usize];
+            self.tracer.record(TraceEntry::Unroutable { at: self.now, from, to });
+        }
     }
 
     /// Counts (and traces) a message node `from` emitted for `to` that did not encode.
@@ -1709,23 +1754,14 @@ impl World {
     fn send(&mut self, from: u32, to: NodeId, channel: ChannelId, bytes: Vec<u8>) {
         let dest = match self.index.get(&to) {
             Some(&dest) if !self.meta[dest as usize].removed => dest,
-            _ => {
-                self.unroutable += 1;
-                self.meta[from as usize].unroutable += 1;
-                self.tracer.head(TAG_UNROUTABLE, self.now, from);
-                self.tracer.bytes(to.as_bytes());
-                if self.tracer.recording() {
-                    let from = self.ids[from as usize];
-                    self.tracer.record(TraceEntry::Unroutable { at: self.now, from, to });
-                }
-                return;
-            }
+            _ => return self.unroutable(from, to),
         };
-        let link = self.link(from, dest);
         let len = bytes.len() as u64;
-        let state = &mut self.links[link as usize];
-        state.sent += 1;
-        state.sent_bytes += len;
+        let Some((link, wire)) = self.link(from, dest) else {
+            return self.unroutable(from, to);
+        };
+        wire.sent += 1;
+        wire.sent_bytes += len;
         self.totals.sent += 1;
         self.totals.sent_bytes += len;
         let config = self.config_of(from, dest);
@@ -1740,13 +1776,15 @@ impl World {
             // at the current instant, after what is already scheduled for it.
             self.in_flight += 1;
             let epoch = self.partitions.sent();
-            let state = &mut self.links[link as usize];
-            if state.floor_incarnation != incarnation {
-                state.fifo_floor = 0;
-                state.floor_incarnation = incarnation;
-            }
-            let at = self.now.as_micros().max(state.fifo_floor);
-            state.fifo_floor = at;
+            let now = self.now.as_micros();
+            let at = match self.wire_mut(from, dest) {
+                Some(wire) => {
+                    let at = wire.fifo_at(incarnation, now);
+                    wire.fifo_floor = at;
+                    at
+                }
+                None => now,
+            };
             let deliver = Kind::Deliver { link, from, to: dest, incarnation, epoch, bytes };
             self.push(Time::from_micros(at), deliver);
             return;
@@ -1765,17 +1803,18 @@ impl World {
             rare.duplicated_bytes += len;
             self.totals.duplicated += 1;
             let copy = bytes.clone();
-            self.transmit(link, &config, channel, incarnation, bytes);
-            self.transmit(link, &config, channel, incarnation, copy);
+            self.transmit((link, from, dest), &config, channel, incarnation, bytes);
+            self.transmit((link, from, dest), &config, channel, incarnation, copy);
         } else {
-            self.transmit(link, &config, channel, incarnation, bytes);
+            self.transmit((link, from, dest), &config, channel, incarnation, bytes);
         }
     }
 
-    /// Puts a copy in flight: straight onto the wire, or through the link's transmitter.
+    /// Puts a copy in flight on link `ends` (its index and its ends): straight onto the wire,
+    /// or through the link's transmitter.
     fn transmit(
         &mut self,
-        link: u32,
+        ends: (u32, u32, u32),
         config: &CompiledLink,
         channel: ChannelId,
         incarnation: u32,
@@ -1784,10 +1823,12 @@ impl World {
         let Some(bandwidth) = config.bandwidth else {
             self.in_flight += 1;
             let epoch = self.partitions.sent();
-            self.launch(link, config, self.now.as_micros(), incarnation, epoch, bytes);
+            self.launch(ends, config, self.now.as_micros(), incarnation, epoch, bytes);
             return;
         };
-        let tx = self.links[link as usize].tx.get_or_insert_with(|| {
+        let link = ends.0;
+        let Some(state) = self.links.get_mut(link as usize) else { return };
+        let tx = state.tx.get_or_insert_with(|| {
             Box::new(Transmitter {
                 busy: false,
                 next: 0,
@@ -1814,13 +1855,15 @@ impl World {
     fn start_tx(&mut self, link: u32, config: &CompiledLink, channel: usize, q: Queued) {
         let busy_us = config.bandwidth.map_or(0, |b| b.serialization_us(q.bytes.len()));
         let end = self.now.as_micros().saturating_add(busy_us);
-        if let Some(tx) = self.links[link as usize].tx.as_mut() {
+        let Some(state) = self.links.get_mut(link as usize) else { return };
+        let (from, to) = (state.from, state.to);
+        if let Some(tx) = state.tx.as_mut() {
             tx.busy = true;
             // The channel keeps its turn while its deficit covers its next message.
             tx.next = channel;
         }
         self.push(Time::from_micros(end), Kind::TxDone { link });
-        self.launch(link, config, end, q.incarnation, q.epoch, q.bytes);
+        self.launch((link, from, to), config, end, q.incarnation, q.epoch, q.bytes);
     }
 
     /// The transmitter of `link` is free: it starts the next queued copy, by deficit round
@@ -1858,7 +1901,7 @@ impl World {
     /// Schedules the arrival of a copy that leaves the sender at `base` (microseconds).
     fn launch(
         &mut self,
-        link: u32,
+        (link, from, to): (u32, u32, u32),
         config: &CompiledLink,
         base: u64,
         incarnation: u32,
@@ -1867,37 +1910,25 @@ impl World {
     ) {
         let sampled = base.saturating_add(config.sample_latency(&mut self.rng));
         let held_back = config.sample_reorder(&mut self.rng);
-        let state = &mut self.links[link as usize];
-        let (from, to) = (state.from, state.to);
-        if state.floor_incarnation != incarnation {
-            state.fifo_floor = 0;
-            state.floor_incarnation = incarnation;
-        }
         // Never before an earlier FIFO copy. A held-back copy is then delayed further and does
         // not hold later copies back, so they may overtake it.
-        let fifo_at = sampled.max(state.fifo_floor);
-        let at = match held_back {
-            Some(extra) => fifo_at.saturating_add(extra),
-            None => {
-                state.fifo_floor = fifo_at;
-                fifo_at
+        let at = match self.wire_mut(from, to) {
+            Some(wire) => {
+                let fifo_at = wire.fifo_at(incarnation, sampled);
+                match held_back {
+                    Some(extra) => fifo_at.saturating_add(extra),
+                    None => {
+                        wire.fifo_floor = fifo_at;
+                        fifo_at
+                    }
+                }
             }
+            None => sampled,
         };
         self.push(
             Time::from_micros(at),
             Kind::Deliver { link, from, to, incarnation, epoch, bytes },
         );
-    }
-
-    /// The state of link `from → to`, if it was ever used.
-    fn peek_link(&self, from: u32, to: u32) -> Option<u32> {
-        let slot = match &self.link_index {
-            LinkIndex::Dense { n, slots } => {
-                slots.get(from as usize * *n + to as usize).copied().unwrap_or(u32::MAX)
-            }
-            LinkIndex::Sparse(map) => map.get(&link_key(from, to)).copied().unwrap_or(u32::MAX),
-        };
-        (slot != u32::MAX).then_some(slot)
     }
 
     /// The running nodes other than `node` whose link to it the cores see as up (same
@@ -1916,11 +1947,10 @@ impl World {
     fn notify(&mut self, node: u32, peer: u32, up: bool) {
         let incarnation = self.meta[node as usize].incarnation;
         let mut at = self.now;
-        if let Some(link) = self.peek_link(peer, node) {
-            let state = &self.links[link as usize];
-            if state.floor_incarnation == incarnation {
-                at = at.max(Time::from_micros(state.fifo_floor));
-            }
+        if let Some(wire) = self.wire(peer, node)
+            && wire.floor_incarnation == incarnation
+        {
+            at = at.max(Time::from_micros(wire.fifo_floor));
         }
         self.pending_notices += 1;
         self.push(at, Kind::Notice { node, incarnation, peer, up });
@@ -1977,15 +2007,18 @@ impl World {
     /// sent or made by duplication is delivered, dropped or in flight, so what is neither
     /// dropped nor in flight was delivered.
     fn link_stats(&self, link: u32, in_flight: Option<(u64, u64)>) -> MessageStats {
-        let state = &self.links[link as usize];
+        let (sent, sent_bytes) = match self.links.get(link as usize) {
+            Some(l) => self.wire(l.from, l.to).map_or((0, 0), |w| (w.sent, w.sent_bytes)),
+            None => (0, 0),
+        };
         let rare = self.rare.get(&link).copied().unwrap_or_default();
         let (copies, bytes) = in_flight.unwrap_or((0, 0));
         let mut stats = rare.stats;
-        stats.sent = state.sent;
-        stats.sent_bytes = state.sent_bytes;
-        stats.delivered = (state.sent + stats.duplicated).saturating_sub(stats.dropped() + copies);
+        stats.sent = sent;
+        stats.sent_bytes = sent_bytes;
+        stats.delivered = (sent + stats.duplicated).saturating_sub(stats.dropped() + copies);
         stats.delivered_bytes =
-            (state.sent_bytes + rare.duplicated_bytes).saturating_sub(stats.dropped_bytes + bytes);
+            (sent_bytes + rare.duplicated_bytes).saturating_sub(stats.dropped_bytes + bytes);
         stats
     }
 

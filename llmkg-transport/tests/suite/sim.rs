@@ -1745,3 +1745,38 @@ fn derived_node_seeds_are_pinned() {
     ];
     assert_eq!(seeds, pinned, "node seeds of seed 7");
 }
+
+/// A link keeps its state (FIFO floor, counters) while the link table grows: past its dense
+/// stride, then past the dense limit into a map, with copies in flight on the old links.
+#[test]
+fn link_state_survives_the_table_growing_into_a_map() {
+    let seed = 11;
+    let mut sim = SimBuilder::new(seed)
+        .nodes(3)
+        .default_link(uniform(1, 5).loss(0.05))
+        .build(|ctx| Flood::new(&ctx, FloodConfig::default()))
+        .unwrap();
+    let first = sim.node_ids().to_vec();
+    sim.with_node(first[0], |core, now| core.originate(now, 1)).unwrap();
+    sim.run_for(ms(2));
+    let before = sim.stats();
+    assert!(before.messages.in_flight() > 0, "nothing in flight to carry over");
+    for _ in 0..1100 {
+        sim.add_node().unwrap();
+    }
+    let grown = sim.stats();
+    assert_eq!(grown.links.len(), before.links.len());
+    for (link, s) in &before.links {
+        assert_eq!(grown.links[link].sent, s.sent, "{link:?}");
+        assert_eq!(grown.links[link].sent_bytes, s.sent_bytes, "{link:?}");
+    }
+    check_accounting(seed, &grown);
+    assert!(matches!(sim.run(), RunOutcome::Quiescent { .. }));
+    assert!(first.iter().all(|id| sim.node(*id).is_some_and(|n| n.knows(1))));
+    // The newest node's links live in the map: its rumor reaches its ring successor, node 0.
+    let last = *sim.node_ids().last().unwrap();
+    sim.with_node(last, |core, now| core.originate(now, 2)).unwrap();
+    assert!(matches!(sim.run(), RunOutcome::Quiescent { .. }));
+    assert!(sim.node(first[0]).is_some_and(|n| n.knows(2)));
+    check_accounting(seed, &sim.stats());
+}
