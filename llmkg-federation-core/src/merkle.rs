@@ -331,6 +331,48 @@ impl<V: Copy> Node<V> {
         Node { hash: ZERO, dirty: true, count, kind: Kind::Branch(Box::new(children)) }
     }
 
+    /// Builds the canonical node for `entries` at `depth`, in any order; of entries with the
+    /// same id the first is kept. Each level partitions its entries by their nibble into
+    /// buckets of exact size (a counting pass first), and a leaf sorts its own.
+    fn build_unsorted(mut entries: Vec<(TripleId, V)>, depth: usize) -> Self {
+        if entries.len() <= LEAF_CAPACITY || depth >= 64 {
+            // Stable, so the first of equal ids stays first and is the one kept.
+            entries.sort_by_key(|e| e.0);
+            entries.dedup_by(|a, b| a.0 == b.0);
+            entries.shrink_to_fit();
+            let count = entries.len();
+            return Node { hash: ZERO, dirty: true, count, kind: Kind::Leaf(entries) };
+        }
+        let mut sizes = [0usize; 16];
+        for e in &entries {
+            if let Some(n) = sizes.get_mut(nibble(&e.0, depth)) {
+                *n += 1;
+            }
+        }
+        let mut buckets: [Vec<(TripleId, V)>; 16] = sizes.map(Vec::with_capacity);
+        for e in entries {
+            if let Some(bucket) = buckets.get_mut(nibble(&e.0, depth)) {
+                bucket.push(e);
+            }
+        }
+        let children = buckets.map(|b| {
+            if b.is_empty() { None } else { Some(Box::new(Node::build_unsorted(b, depth + 1))) }
+        });
+        let count = children.iter().flatten().map(|c| c.count).sum();
+        if count <= LEAF_CAPACITY {
+            // Repeated ids made this a small set after all: the canonical node is a leaf of
+            // the children's entries, which are leaves, in nibble order (so sorted).
+            let mut merged = Vec::with_capacity(count);
+            for child in children.into_iter().flatten() {
+                if let Kind::Leaf(entries) = child.kind {
+                    merged.extend(entries);
+                }
+            }
+            return Node { hash: ZERO, dirty: true, count, kind: Kind::Leaf(merged) };
+        }
+        Node { hash: ZERO, dirty: true, count, kind: Kind::Branch(Box::new(children)) }
+    }
+
     fn insert(&mut self, id: TripleId, value: V, depth: usize) -> bool {
         let inserted = match &mut self.kind {
             Kind::Leaf(entries) => match entries.binary_search_by(|e| e.0.cmp(&id)) {
@@ -991,12 +1033,13 @@ impl<V: Copy> MerkleTree<V> {
     }
 
     /// Builds a tree from entries in any order (duplicates keep the first payload).
+    ///
+    /// The entries are not sorted first: they are partitioned by nibble level by level, as
+    /// the trie's shape demands anyway, and only each leaf's few entries are sorted.
     pub fn from_entries(entries: impl IntoIterator<Item = (TripleId, V)>) -> Self {
-        let mut entries: Vec<(TripleId, V)> = entries.into_iter().collect();
-        entries.sort_by_key(|e| e.0);
-        entries.dedup_by(|a, b| a.0 == b.0);
-        let pending = entries.len();
-        MerkleTree { root: Node::build(entries, 0), pending }
+        let root = Node::build_unsorted(entries.into_iter().collect(), 0);
+        let pending = root.count;
+        MerkleTree { root, pending }
     }
 
     /// Number of ids in the tree.

@@ -58,6 +58,26 @@ proptest! {
         prop_assert_eq!(a.root(), c.root());
     }
 
+    /// Built from entries in any order with repeated ids, a tree is the one inserting the
+    /// first entry of each id gives: same entries, payloads and root. Small id ranges make
+    /// lists longer than a leaf whose distinct ids fit in one (the build must fold them back
+    /// into a leaf); large ones make several levels.
+    #[test]
+    fn from_entries_keeps_the_first_of_repeated_ids(
+        range in prop_oneof![Just(40u32), Just(3_000u32)],
+        list in proptest::collection::vec((any::<u32>(), any::<u16>()), 0..4_000),
+    ) {
+        let list: Vec<(u32, u16)> = list.into_iter().map(|(n, p)| (n % range, p)).collect();
+        let mut inserted: MerkleTree<u16> = MerkleTree::new();
+        for (n, p) in &list {
+            inserted.insert(id(*n), *p);
+        }
+        let mut built = MerkleTree::from_entries(list.iter().map(|(n, p)| (id(*n), *p)));
+        prop_assert_eq!(built.len(), inserted.len());
+        prop_assert_eq!(built.entries(), inserted.entries());
+        prop_assert_eq!(built.root(), inserted.root());
+    }
+
     /// Different sets give different roots.
     #[test]
     fn different_sets_differ(
