@@ -381,9 +381,10 @@ fn verdict_records(d: &SecurityDecision) -> Vec<VerdictRecord> {
 
 /// The distinct predicates a change set touches, in order. Collected through a hash set: a
 /// large change set names few predicates many times, and ordering each occurrence in a tree
-/// compared strings again and again.
+/// compared strings again and again. The predicates are a peer's choice, so the hasher is
+/// seeded per process.
 fn predicates(changes: &ChangeSet) -> Vec<String> {
-    let set: std::collections::HashSet<&str, foldhash::fast::FixedState> = changes
+    let set: std::collections::HashSet<&str, foldhash::quality::RandomState> = changes
         .added()
         .iter()
         .chain(changes.removed())
