@@ -1536,6 +1536,13 @@ enum Kind {
     },
 }
 
+/// Where link `from → to` is in a dense table of `n` columns; `None` for an end beyond it
+/// (which would otherwise alias another row's link).
+fn dense_index(n: usize, from: u32, to: u32) -> Option<usize> {
+    let (from, to) = (from as usize, to as usize);
+    (from < n && to < n).then(|| from * n + to)
+}
+
 fn link_key(from: u32, to: u32) -> u64 {
     (u64::from(from) << 32) | u64::from(to)
 }
@@ -1672,10 +1679,7 @@ impl World {
     /// for an end beyond the table, which adding nodes grows first: not reached).
     fn link(&mut self, from: u32, to: u32) -> Option<(u32, &mut Wire)> {
         let wire = match &mut self.wires {
-            Wires::Dense { n, wires } if (from.max(to) as usize) < *n => {
-                wires.get_mut(from as usize * *n + to as usize)?
-            }
-            Wires::Dense { .. } => return None,
+            Wires::Dense { n, wires } => wires.get_mut(dense_index(*n, from, to)?)?,
             Wires::Sparse(map) => map.entry(link_key(from, to)).or_insert(Wire::UNUSED),
         };
         if wire.id == u32::MAX {
@@ -1688,7 +1692,7 @@ impl World {
     /// The wire of link `from → to`, if it was ever used.
     fn wire(&self, from: u32, to: u32) -> Option<&Wire> {
         let wire = match &self.wires {
-            Wires::Dense { n, wires } => wires.get(from as usize * *n + to as usize),
+            Wires::Dense { n, wires } => dense_index(*n, from, to).and_then(|i| wires.get(i)),
             Wires::Sparse(map) => map.get(&link_key(from, to)),
         };
         wire.filter(|w| w.id != u32::MAX)
@@ -1697,7 +1701,7 @@ impl World {
     /// [`wire`](Self::wire), to change.
     fn wire_mut(&mut self, from: u32, to: u32) -> Option<&mut Wire> {
         let wire = match &mut self.wires {
-            Wires::Dense { n, wires } => wires.get_mut(from as usize * *n + to as usize),
+            Wires::Dense { n, wires } => dense_index(*n, from, to).and_then(|i| wires.get_mut(i)),
             Wires::Sparse(map) => map.get_mut(&link_key(from, to)),
         };
         wire.filter(|w| w.id != u32::MAX)
