@@ -58,6 +58,8 @@
 //!   [`Interrupted`](std::io::ErrorKind::Interrupted) are retried.
 //! - **Text.** The input must be UTF-8 (invalid bytes are a positioned syntax error); a
 //!   leading UTF-8 byte order mark is skipped, and lines may end in `\n`, `\r\n` or `\r`.
+//!   In N-Triples and N-Quads an escaped UTF-16 surrogate pair (`\uD83D\uDE00`) reads as the
+//!   character it encodes; a lone surrogate is a syntax error.
 //! - **Progress.** [`ImportOptions::on_progress`] receives [`Progress`] (bytes read,
 //!   statements parsed) each time another 256 KiB have been read, and once at the end.
 //! - **Wrong format.** Feeding one format as another is a positioned syntax error like any

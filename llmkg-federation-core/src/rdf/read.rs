@@ -349,7 +349,9 @@ pub enum ImportError {
         message: String,
     },
     /// A statement is valid RDF but one of its terms is rejected by the core model (for
-    /// example a value longer than [`MAX_TERM_LEN`](crate::MAX_TERM_LEN)). Branch unchanged.
+    /// example a value longer than [`MAX_TERM_LEN`](crate::MAX_TERM_LEN)); or, in N-Triples
+    /// and N-Quads, an IRI or language tag is malformed (those formats check each distinct
+    /// IRI and tag once, after the statement is parsed). Branch unchanged.
     ///
     /// The position is how far the input had been read when the parser returned the
     /// statement: at or after the statement's end, by less than the parser's last read
@@ -567,8 +569,9 @@ struct InputState {
     reader_failed: Cell<bool>,
     /// Length of the UTF-8 byte order mark skipped at the start (0 or 3).
     bom: u64,
-    /// Set once a limit has been crossed; the import then fails with it.
-    limit: Cell<Option<LimitHit>>,
+    /// Set once a limit has been crossed, or the scanner found an error of its own; the
+    /// import then fails with it.
+    limit: Cell<Option<Halt>>,
     /// Bytes charged against [`ImportLimits::max_memory`] so far.
     memory: Cell<u64>,
     max_memory: u64,
@@ -626,6 +629,39 @@ impl LimitHit {
     }
 }
 
+/// Why the scanner stopped the input: a limit, or a syntax error it checks itself (see
+/// [`LINE_END_IN_STRING`]).
+#[derive(Clone, Copy, Debug)]
+enum Halt {
+    Limit(LimitHit),
+    Syntax { at: Position, message: &'static str },
+}
+
+impl Halt {
+    fn error(self) -> ImportError {
+        match self {
+            Halt::Limit(hit) => hit.error(),
+            Halt::Syntax { at, message } => ImportError::Syntax {
+                line: at.line + 1,
+                column: at.column + 1,
+                offset: at.offset,
+                message: message.to_owned(),
+            },
+        }
+    }
+}
+
+impl From<LimitHit> for Halt {
+    fn from(hit: LimitHit) -> Self {
+        Halt::Limit(hit)
+    }
+}
+
+/// The line formats are parsed in oxttl's lenient mode, which lets a string run on over a
+/// line end; the scanner refuses one itself, with the message and position (the opening
+/// quote) the strict parser gives.
+const LINE_END_IN_STRING: &str = "Line jumps are not allowed in string literals, use \\n";
+
 /// A position in the input, all from 0; `offset` includes the byte order mark.
 #[derive(Clone, Copy, Debug, Default)]
 struct Position {
@@ -677,6 +713,8 @@ enum Step {
     Keep,
     Drop,
     Hit(Limit, u64),
+    /// A syntax error the parser would not report (see [`LINE_END_IN_STRING`]).
+    Syntax(&'static str),
 }
 
 /// Scans every byte read before the parser sees it: tracks its position, the lexical state,
@@ -743,7 +781,7 @@ impl Scanner {
         buf: &mut [u8],
         input: &InputState,
         mut text: Option<&mut TextScan>,
-    ) -> (usize, Option<LimitHit>) {
+    ) -> (usize, Option<Halt>) {
         let mut kept = 0;
         let mut i = 0;
         while i < buf.len() {
@@ -755,7 +793,7 @@ impl Scanner {
                         kept += n;
                         continue;
                     }
-                    Err((n, hit)) => return (kept + n, Some(hit)),
+                    Err((n, hit)) => return (kept + n, Some(hit.into())),
                 }
             }
             let Some(&b) = buf.get(i) else { break };
@@ -766,7 +804,12 @@ impl Scanner {
                         Limit::TokenLength => self.token_start.unwrap_or(self.at),
                         _ => self.at,
                     };
-                    return (kept, Some(LimitHit { limit, max, at }));
+                    return (kept, Some(LimitHit { limit, max, at }.into()));
+                }
+                Step::Syntax(message) => {
+                    // At the string's opening quote, where the strict parser puts it.
+                    let at = self.token_start.unwrap_or(self.at);
+                    return (kept, Some(Halt::Syntax { at, message }));
                 }
                 Step::Drop => self.drop_byte(b),
                 Step::Keep => {
@@ -774,7 +817,7 @@ impl Scanner {
                         && let Some(label) = text.byte(b)
                         && let Err(hit) = input.charge(label + ENTRY_OVERHEAD, self.at)
                     {
-                        return (kept, Some(hit));
+                        return (kept, Some(hit.into()));
                     }
                     if let Some(slot) = buf.get_mut(kept) {
                         *slot = b;
@@ -922,6 +965,7 @@ impl Scanner {
     fn step(&mut self, b: u8, input: &InputState) -> Step {
         let mut boundary = false;
         let mut iri_closed = false;
+        let mut empty_string = false;
         self.lex = match self.lex {
             Lex::Code => match self.code(b, &mut boundary) {
                 Ok(lex) => lex,
@@ -946,6 +990,15 @@ impl Scanner {
                 Lex::Code
             }
             Lex::Iri => Lex::Iri,
+            Lex::Quote1(_) | Lex::Short(_) if !self.turtle && (b == b'\n' || b == b'\r') => {
+                return Step::Syntax(LINE_END_IN_STRING);
+            }
+            // The line formats have no long strings: `"""` is an empty string, then a quote
+            // that opens the next token.
+            Lex::Quote1(q) if b == q && !self.turtle => {
+                empty_string = true;
+                Lex::Code
+            }
             Lex::Quote1(q) if b == q => Lex::Quote2(q),
             Lex::Quote1(q) | Lex::Short(q) => Self::short(q, b),
             Lex::Quote2(q) if b == q => Lex::Long(q, 0),
@@ -976,6 +1029,9 @@ impl Scanner {
         let start = *self.token_start.get_or_insert(self.at);
         if self.at.offset - start.offset >= self.max_token {
             return Step::Hit(Limit::TokenLength, self.max_token);
+        }
+        if empty_string {
+            self.token_start = None;
         }
         Step::Keep
     }
@@ -1033,7 +1089,9 @@ impl Scanner {
                 Lex::Comment
             }
             b'<' => Lex::Iri,
-            b'"' | b'\'' => Lex::Quote1(b),
+            b'"' => Lex::Quote1(b),
+            // Only Turtle has single-quoted strings.
+            b'\'' if self.turtle => Lex::Quote1(b),
             b'\\' => Lex::Escape,
             _ => Lex::Code,
         })
@@ -1113,7 +1171,7 @@ impl<R: Read> Read for Tap<'_, R> {
                     && let Err(hit) =
                         self.input.charge(label + ENTRY_OVERHEAD, self.scanner.borrow().at)
                 {
-                    self.input.limit.set(Some(hit));
+                    self.input.limit.set(Some(hit.into()));
                     return Err(limit_crossed());
                 }
                 return Ok(0);
@@ -1406,13 +1464,19 @@ pub(super) fn read_dataset(
         text: turtle.then_some(&text),
         scanner: &scanner,
     };
+    // The line formats are parsed leniently: the strict parser checks every IRI against RFC
+    // 3987 at every occurrence, a quarter of the parse, where the converter checks each
+    // distinct IRI once (and every language tag and datatype) with the same checks. What
+    // else lenient mode lets through is refused by the scanner (a line end in a string) or
+    // documented (an escaped UTF-16 surrogate pair reads as its character).
     let quads: Quads<'_> = match format {
         Format::NTriples => Box::new(
             NTriplesParser::new()
+                .lenient()
                 .for_reader(tap)
                 .map(|r| r.map(|t| t.in_graph(oxrdf::GraphName::DefaultGraph))),
         ),
-        Format::NQuads => Box::new(NQuadsParser::new().for_reader(tap)),
+        Format::NQuads => Box::new(NQuadsParser::new().lenient().for_reader(tap)),
         Format::Turtle => Box::new(
             turtle_parser
                 .for_reader(tap)

@@ -60,10 +60,57 @@ fn assert_syntax_error(doc: &str, format: Format, line: u64, column: u64) {
 
 #[test]
 fn bad_iri_is_a_positioned_error() {
-    let doc = format!("{GOOD}<https://example.org/a> <https://exa mple.org/p> \"x\" .\n");
-    assert_syntax_error(&doc, Format::NTriples, 3, 25);
     let doc = "@prefix ex: <https://example.org/> .\nex:a ex:p <http://[::1>.\n";
     assert_syntax_error(doc, Format::Turtle, 2, 11);
+}
+
+/// The line formats check each distinct IRI and language tag once, after parsing: a malformed
+/// one is a term error naming its statement, and changes nothing.
+#[test]
+fn a_malformed_iri_or_tag_in_a_line_format_names_its_statement() {
+    let cases = [
+        ("<https://example.org/a> <https://exa mple.org/p> \"x\" .\n", Format::NTriples),
+        ("<https://example.org/a> <https://example.org/p> \"x\"@abcdefghijk .\n", Format::NQuads),
+        ("<https://example.org/a> <https://example.org/p> <relative> .\n", Format::NTriples),
+        ("<urn:a> <urn:p> \"x\"^^<https://exa mple.org/t> .\n", Format::NTriples),
+        ("<urn:a> <urn:p> \"x\" <urn:g\\u0020h> .\n", Format::NQuads),
+    ];
+    for (statement, format) in cases {
+        let mut repo = repo();
+        let main = b("main");
+        repo.import(&main, GOOD.as_bytes(), Format::NTriples, ImportOptions::new()).unwrap();
+        let head = repo.head(&main).unwrap();
+        let doc = format!("{GOOD}{statement}{GOOD}");
+        let err = repo.import(&main, doc.as_bytes(), format, ImportOptions::new()).unwrap_err();
+        match &err {
+            ImportError::Term {
+                statement: 3,
+                source: TermError::InvalidIri { .. } | TermError::InvalidLanguageTag { .. },
+                ..
+            } => {}
+            other => panic!("{statement:?} as {format}: expected a term error, got {other:?}"),
+        }
+        assert!(err.to_string().starts_with("statement 3 "), "{err}");
+        assert_eq!(repo.head(&main).unwrap(), head, "branch moved");
+        assert_eq!(repo.state(&main).unwrap().len(), 2);
+    }
+}
+
+/// What the line formats' lenient parse would let through is refused all the same: a line
+/// end inside a string (at its opening quote), a string opened by a single quote, and a
+/// Turtle long string.
+#[test]
+fn the_line_formats_refuse_what_only_turtle_allows() {
+    for format in [Format::NTriples, Format::NQuads] {
+        let doc = format!("{GOOD}<urn:a> <urn:p> \"two\nlines\" .\n");
+        assert_syntax_error(&doc, format, 3, 17);
+        let doc = format!("{GOOD}<urn:a> <urn:p> \"two\r\nlines\" .\n");
+        assert_syntax_error(&doc, format, 3, 17);
+        let doc = format!("{GOOD}<urn:a> <urn:p> 'single' .\n");
+        assert_syntax_error(&doc, format, 3, 17);
+        let doc = format!("{GOOD}<urn:a> <urn:p> \"\"\"long\nstring\"\"\" .\n");
+        assert_syntax_error(&doc, format, 3, 19);
+    }
 }
 
 #[test]
@@ -76,8 +123,9 @@ fn unterminated_literal_is_a_positioned_error() {
 fn bad_escape_is_a_positioned_error() {
     let doc = format!("{GOOD}<https://example.org/a> <https://example.org/p> \"a\\qb\" .\n");
     assert_syntax_error(&doc, Format::NQuads, 3, 51);
+    // At the backslash that starts the escape.
     let doc = "<https://example.org/a> <https://example.org/p\\u00> \"x\" .\n";
-    assert_syntax_error(doc, Format::NTriples, 1, 51);
+    assert_syntax_error(doc, Format::NTriples, 1, 47);
 }
 
 #[test]
@@ -329,4 +377,20 @@ fn relative_iris_resolve_against_the_base() {
     // Without a base, a relative IRI is a syntax error.
     let err = rdf::read("<a> <p> <b> .".as_bytes(), Format::Turtle, ImportOptions::new());
     assert!(matches!(err, Err(ImportError::Syntax { line: 1, column: 1, .. })), "{err:?}");
+}
+
+/// In the line formats an escaped surrogate pair is the character it encodes (as documented);
+/// a lone surrogate is a syntax error.
+#[test]
+fn the_line_formats_read_an_escaped_surrogate_pair_as_its_character() {
+    for format in [Format::NTriples, Format::NQuads] {
+        let doc = "<urn:a> <urn:p> \"\\uD83D\\uDE00\" .\n";
+        let dataset = rdf::read(doc.as_bytes(), format, ImportOptions::new()).unwrap();
+        let triples = dataset.into_triples();
+        let Term::Literal(l) = triples[0].object() else { panic!("not a literal") };
+        assert_eq!(l.value(), "\u{1F600}");
+        let lone = format!("{GOOD}<urn:a> <urn:p> \"\\uD83D\" .\n");
+        let err = rdf::read(lone.as_bytes(), format, ImportOptions::new()).unwrap_err();
+        assert!(matches!(err, ImportError::Syntax { line: 3, .. }), "{err:?}");
+    }
 }
