@@ -1656,7 +1656,8 @@ impl<S: Store> Repository<S> {
         let (bytes_read, statements, skipped) =
             (dataset.bytes_read, dataset.statements, dataset.skipped);
         let message = options.message.take().unwrap_or_else(|| format!("import {format}"));
-        let report = self.import_triples(branch, dataset.into_triples(), options.mode, &message)?;
+        // A dataset's triples are sorted and distinct already.
+        let report = self.import_sorted(branch, dataset.into_triples(), options.mode, &message)?;
         Ok(ImportReport { bytes_read, statements, skipped, ..report })
     }
 
@@ -1671,6 +1672,18 @@ impl<S: Store> Repository<S> {
         message: &str,
     ) -> Result<ImportReport, ImportError> {
         let (add, _) = ChangeSet::adding(triples).into_parts();
+        self.import_sorted(branch, add, mode, message)
+    }
+
+    /// [`import_triples`](Self::import_triples) of triples sorted and distinct.
+    fn import_sorted(
+        &mut self,
+        branch: &BranchName,
+        add: Vec<Triple>,
+        mode: ImportMode,
+        message: &str,
+    ) -> Result<ImportReport, ImportError> {
+        debug_assert!(add.windows(2).all(|w| matches!(w, [a, b] if a < b)));
         let imported = add.len();
         let (add, remove) = match self.head(branch)? {
             None => (add, Vec::new()),
