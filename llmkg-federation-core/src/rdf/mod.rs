@@ -56,6 +56,9 @@
 //!   parser several hundred bytes), and the number of statements kept
 //!   ([`ImportLimits::max_pending_triples`]). Reads that fail with
 //!   [`Interrupted`](std::io::ErrorKind::Interrupted) are retried.
+//! - **Two cores.** N-Triples and N-Quads are scanned on a second thread while the calling
+//!   thread reads, parses and converts, when the machine has two cores or more
+//!   ([`ImportOptions::parallel`]); the outcome is the same as on one thread.
 //! - **Text.** The input must be UTF-8 (invalid bytes are a positioned syntax error); a
 //!   leading UTF-8 byte order mark is skipped, and lines may end in `\n`, `\r\n` or `\r`.
 //!   In N-Triples and N-Quads an escaped UTF-16 surrogate pair (`\uD83D\uDE00`) reads as the

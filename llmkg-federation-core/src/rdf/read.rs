@@ -242,6 +242,7 @@ pub struct ImportOptions<'a> {
     message: Option<String>,
     progress: Option<Box<dyn FnMut(Progress) + 'a>>,
     limits: ImportLimits,
+    parallel: Option<bool>,
 }
 
 impl fmt::Debug for ImportOptions<'_> {
@@ -254,6 +255,7 @@ impl fmt::Debug for ImportOptions<'_> {
             .field("message", &self.message)
             .field("progress", &self.progress.is_some())
             .field("limits", &self.limits)
+            .field("parallel", &self.parallel)
             .finish()
     }
 }
@@ -303,9 +305,24 @@ impl<'a> ImportOptions<'a> {
 
     /// Calls `callback` each time another 256 KiB of input have been read, and once when the
     /// input is exhausted. It runs while parsing, before anything is committed: if it panics,
-    /// the panic propagates and the branch is unchanged.
+    /// the panic propagates and the branch is unchanged. It runs on the calling thread.
     pub fn on_progress(mut self, callback: impl FnMut(Progress) + 'a) -> Self {
         self.progress = Some(Box::new(callback));
+        self
+    }
+
+    /// Whether N-Triples and N-Quads are parsed on a second thread, while the calling thread
+    /// reads and scans the input. The default is to, when the machine has two or more cores.
+    /// Turtle is always parsed on the calling thread.
+    ///
+    /// The outcome is the same either way: the same triples, the same errors at the same
+    /// positions, the same limits. Two things differ on two threads: progress may count
+    /// fewer statements for the bytes read (the parser is behind the reader), and the
+    /// position of an [`ImportError::Term`] or of a limit crossed by a statement (how far the
+    /// input had been read) may lie up to 32 KiB further on. The pieces in flight between
+    /// the threads, at most 256 KiB, are not charged to [`ImportLimits::max_memory`].
+    pub fn parallel(mut self, parallel: bool) -> Self {
+        self.parallel = Some(parallel);
         self
     }
 }
@@ -416,7 +433,13 @@ impl ImportError {
     /// reader (otherwise it is the parser's buffer limit), `scanner` maps the parser's
     /// positions back to the input's (the parser does not see a byte order mark nor the
     /// dropped tails of long comments).
-    fn from_parse(e: TurtleParseError, input: &InputState, scanner: &Scanner) -> Self {
+    /// `token` is where the token being read began when the parser stopped.
+    fn from_parse(
+        e: TurtleParseError,
+        input: &InputState,
+        scanner: &Scanner,
+        token: Position,
+    ) -> Self {
         if let (TurtleParseError::Io(_), Some(hit)) = (&e, input.limit.get()) {
             return hit.error();
         }
@@ -441,12 +464,7 @@ impl ImportError {
             TurtleParseError::Io(e)
                 if e.kind() == std::io::ErrorKind::OutOfMemory && !input.reader_failed.get() =>
             {
-                LimitHit {
-                    limit: Limit::TokenLength,
-                    max: scanner.max_token,
-                    at: scanner.token_start.unwrap_or(scanner.at),
-                }
-                .error()
+                LimitHit { limit: Limit::TokenLength, max: scanner.max_token, at: token }.error()
             }
             TurtleParseError::Io(e) => ImportError::Io(e),
         }
@@ -1311,7 +1329,18 @@ struct Converter<'s> {
     grown: u64,
 }
 
-impl Converter<'_> {
+impl<'s> Converter<'s> {
+    /// A converter with empty caches; `text` holds the labels written in a Turtle text.
+    fn new(text: Option<&'s RefCell<TextScan>>) -> Self {
+        Self {
+            iris: HashSet::default(),
+            tags: HashMap::default(),
+            text,
+            anonymous: HashMap::default(),
+            grown: 0,
+        }
+    }
+
     fn iri(&mut self, iri: String) -> Result<Iri, TermError> {
         if self.iris.contains(iri.as_str()) {
             return Ok(Iri::from_checked(iri));
@@ -1432,78 +1461,55 @@ struct Bucket {
 
 type Quads<'r> = Box<dyn Iterator<Item = Result<oxrdf::Quad, TurtleParseError>> + 'r>;
 
-pub(super) fn read_dataset(
-    mut reader: impl Read,
-    format: Format,
-    options: &mut ImportOptions<'_>,
-) -> Result<Dataset, ImportError> {
-    let mut turtle_parser = TurtleParser::new();
-    if let Some(base) = &options.base_iri {
-        turtle_parser = turtle_parser.with_base_iri(base.as_str()).map_err(|e| {
-            ImportError::BaseIri { iri: base.as_str().to_owned(), reason: e.to_string() }
-        })?;
-    }
-    let (head, head_len) = read_head(&mut reader)?;
-    let bom = head_len - head.len() as u64;
-    // The kept head bytes go through the tap like the rest, so they count from there.
-    let limits = options.limits;
-    let input = InputState {
-        bytes: Cell::new(bom),
-        reader_failed: Cell::new(false),
-        bom,
-        limit: Cell::new(None),
-        memory: Cell::new(0),
-        max_memory: limits.max_memory,
-    };
-    let text = RefCell::new(TextScan::new());
-    let turtle = matches!(format, Format::Turtle);
-    let scanner = RefCell::new(Scanner::new(turtle, bom, &limits));
-    let tap = Tap {
-        inner: std::io::Cursor::new(head).chain(reader),
-        input: &input,
-        text: turtle.then_some(&text),
-        scanner: &scanner,
-    };
-    // The line formats are parsed leniently: the strict parser checks every IRI against RFC
-    // 3987 at every occurrence, a quarter of the parse, where the converter checks each
-    // distinct IRI once (and every language tag and datatype) with the same checks. What
-    // else lenient mode lets through is refused by the scanner (a line end in a string) or
-    // documented (an escaped UTF-16 surrogate pair reads as its character).
-    let quads: Quads<'_> = match format {
-        Format::NTriples => Box::new(
-            NTriplesParser::new()
-                .lenient()
-                .for_reader(tap)
-                .map(|r| r.map(|t| t.in_graph(oxrdf::GraphName::DefaultGraph))),
-        ),
-        Format::NQuads => Box::new(NQuadsParser::new().lenient().for_reader(tap)),
-        Format::Turtle => Box::new(
-            turtle_parser
-                .for_reader(tap)
-                .map(|r| r.map(|t| t.in_graph(oxrdf::GraphName::DefaultGraph))),
-        ),
-    };
+/// What the parse loop keeps of a document.
+struct Collected {
+    buckets: Vec<Bucket>,
+    statements: u64,
+    skipped: u64,
+}
 
-    let document_prefix = match &options.blank_nodes {
-        BlankNodeScope::Named(name) => Some(scope_prefix(name)),
-        BlankNodeScope::Branch | BlankNodeScope::Graph => None,
-    };
-    let mut conv = Converter {
-        iris: HashSet::default(),
-        tags: HashMap::default(),
-        text: turtle.then_some(&text),
-        anonymous: HashMap::default(),
-        grown: 0,
-    };
+/// Why the parse loop stopped early: an import error, or the parser's error (which the caller
+/// positions, knowing what the scanner dropped).
+enum Failure {
+    Import(ImportError),
+    Parse(TurtleParseError),
+}
+
+impl From<ImportError> for Failure {
+    fn from(e: ImportError) -> Self {
+        Failure::Import(e)
+    }
+}
+
+/// What the parse loop applies to every statement: the options that concern the statements.
+struct Selection<'o> {
+    graphs: &'o GraphSelection,
+    blank_nodes: &'o BlankNodeScope,
+    document_prefix: Option<String>,
+    limits: ImportLimits,
+}
+
+/// The parse loop: converts each statement, files it under its graph, charges its memory.
+/// `at` is how far the input had been read (for positions of term errors and limits);
+/// `tick` is told the statements parsed so far after each one.
+fn collect(
+    quads: Quads<'_>,
+    select: &Selection<'_>,
+    conv: &mut Converter<'_>,
+    input: &InputState,
+    at: &dyn Fn() -> Position,
+    tick: &mut dyn FnMut(u64),
+) -> Result<Collected, Failure> {
+    let limits = select.limits;
     let mut buckets: Vec<Bucket> = Vec::new();
     let mut index: HashMap<oxrdf::GraphName, usize, Hasher> = HashMap::default();
     let mut last: Option<(oxrdf::GraphName, usize)> = None;
-    let (mut statements, mut skipped, mut reported) = (0u64, 0u64, 0u64);
+    let (mut statements, mut skipped) = (0u64, 0u64);
     let mut pending = 0u64;
 
     for item in quads {
-        let mut quad = item.map_err(|e| ImportError::from_parse(e, &input, &scanner.borrow()))?;
-        let at = scanner.borrow().at;
+        let mut quad = item.map_err(Failure::Parse)?;
+        let at = at();
         statements += 1;
         let graph = std::mem::take(&mut quad.graph_name);
         let slot = match &last {
@@ -1513,16 +1519,16 @@ pub(super) fn read_dataset(
                     Some(i) => *i,
                     None => {
                         let name = conv
-                            .graph_name(graph.clone(), document_prefix.as_deref())
+                            .graph_name(graph.clone(), select.document_prefix.as_deref())
                             .map_err(|source| ImportError::term(statements, at, source))?;
-                        let selected = match &options.graphs {
+                        let selected = match select.graphs {
                             GraphSelection::All => true,
                             GraphSelection::Only(g) => *g == name,
                         };
-                        let prefix = match (&options.blank_nodes, &name) {
+                        let prefix = match (select.blank_nodes, &name) {
                             (BlankNodeScope::Graph, GraphName::Default) => None,
                             (BlankNodeScope::Graph, g) => Some(scope_prefix(&g.scope_name())),
-                            _ => document_prefix.clone(),
+                            _ => select.document_prefix.clone(),
                         };
                         buckets.push(Bucket {
                             name,
@@ -1543,7 +1549,7 @@ pub(super) fn read_dataset(
             if bucket.selected {
                 if pending >= limits.max_pending_triples {
                     let max = limits.max_pending_triples;
-                    return Err(LimitHit { limit: Limit::PendingTriples, max, at }.error());
+                    return Err(LimitHit { limit: Limit::PendingTriples, max, at }.error().into());
                 }
                 pending += 1;
                 let (triple, anonymous) = conv
@@ -1569,26 +1575,289 @@ pub(super) fn read_dataset(
                 skipped += 1;
             }
         }
-        let read = input.bytes.get();
-        if read >= reported + PROGRESS_EVERY_BYTES
-            && let Some(progress) = options.progress.as_mut()
-        {
-            reported = read;
-            progress(Progress { bytes_read: read, statements });
+        tick(statements);
+    }
+    Ok(Collected { buckets, statements, skipped })
+}
+
+/// Bytes read, scanned and parsed as one piece on two threads.
+const PIECE_BYTES: usize = 32 * 1024;
+
+/// Pieces in flight between the two threads (what they hold beyond the budget of
+/// [`ImportLimits::max_memory`]: at most this many times [`PIECE_BYTES`]).
+const PIECES_IN_FLIGHT: usize = 8;
+
+/// What the scanning thread is sent: the input as read, in order.
+enum Raw {
+    Bytes(Vec<u8>),
+    /// The input ended.
+    End,
+    /// The caller's reader failed.
+    Failed(std::io::Error),
+}
+
+/// What the scanning thread sends back, one for each [`Raw`], in order.
+enum Scanned {
+    /// The bytes for the parser, with the scanner's position and token start after them.
+    Bytes { bytes: Vec<u8>, at: Position, token_start: Option<Position> },
+    /// The input ended.
+    End,
+    /// The scanner stopped the input after the bytes sent last.
+    Halt(Halt),
+    /// The caller's reader failed.
+    Failed(std::io::Error),
+}
+
+/// The parser's reader on two threads: it reads the caller's input in pieces, keeps up to
+/// [`PIECES_IN_FLIGHT`] of them at the scanning thread, and serves the scanned bytes in order.
+/// Like the scanning reader of the one-thread path, it records the scanner's position after
+/// the piece being read, and the scanner's stop.
+struct Relay<'i, R> {
+    inner: R,
+    input: &'i InputState,
+    to_scan: std::sync::mpsc::SyncSender<Raw>,
+    scanned: std::sync::mpsc::Receiver<Scanned>,
+    /// Pieces sent and not yet received back.
+    outstanding: usize,
+    /// Whether the caller's input has been read to its end (or its failure).
+    read_all: bool,
+    piece: Vec<u8>,
+    next: usize,
+    view: &'i Cell<(Position, Option<Position>)>,
+    /// Set once the input ended or stopped: every later read says the same.
+    over: Option<std::io::ErrorKind>,
+}
+
+impl<R: Read> Relay<'_, R> {
+    /// Reads one piece of the caller's input and sends it to be scanned.
+    fn send_piece(&mut self) {
+        let mut piece = vec![0u8; PIECE_BYTES];
+        let n = loop {
+            match self.inner.read(&mut piece) {
+                Ok(n) => break Ok(n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        let raw = match n {
+            Ok(0) => Raw::End,
+            Ok(n) if n <= piece.len() => {
+                self.input.bytes.set(self.input.bytes.get() + n as u64);
+                piece.truncate(n);
+                Raw::Bytes(piece)
+            }
+            Ok(_) => Raw::Failed(too_many_bytes()),
+            Err(e) => Raw::Failed(e),
+        };
+        match raw {
+            Raw::Bytes(_) => {}
+            Raw::Failed(_) => {
+                self.input.reader_failed.set(true);
+                self.read_all = true;
+            }
+            Raw::End => self.read_all = true,
+        }
+        // The scanning thread takes every piece unless it stopped the input (then the
+        // reply already sent says so).
+        if self.to_scan.send(raw).is_ok() {
+            self.outstanding += 1;
         }
     }
+}
+
+impl<R: Read> Read for Relay<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        while self.next >= self.piece.len() {
+            match self.over {
+                Some(std::io::ErrorKind::UnexpectedEof) => return Ok(0),
+                Some(kind) => return Err(std::io::Error::new(kind, "the input stopped")),
+                None => {}
+            }
+            while !self.read_all && self.outstanding < PIECES_IN_FLIGHT {
+                self.send_piece();
+            }
+            let reply = self.scanned.recv();
+            self.outstanding = self.outstanding.saturating_sub(1);
+            match reply {
+                Ok(Scanned::Bytes { bytes, at, token_start }) => {
+                    self.piece = bytes;
+                    self.next = 0;
+                    self.view.set((at, token_start));
+                }
+                Ok(Scanned::End) => self.over = Some(std::io::ErrorKind::UnexpectedEof),
+                Ok(Scanned::Halt(halt)) => {
+                    self.input.limit.set(Some(halt));
+                    self.over = Some(std::io::ErrorKind::Other);
+                    return Err(limit_crossed());
+                }
+                Ok(Scanned::Failed(e)) => {
+                    self.over = Some(std::io::ErrorKind::Other);
+                    return Err(e);
+                }
+                Err(_) => {
+                    self.over = Some(std::io::ErrorKind::Other);
+                    return Err(std::io::Error::other("the scanning thread stopped"));
+                }
+            }
+        }
+        let rest = self.piece.get(self.next..).unwrap_or_default();
+        let n = rest.len().min(buf.len());
+        if let (Some(to), Some(from)) = (buf.get_mut(..n), rest.get(..n)) {
+            to.copy_from_slice(from);
+        }
+        self.next += n;
+        Ok(n)
+    }
+}
+
+/// The scanning thread of [`read_in_two_threads`]: scans each piece in order and sends it
+/// back, until the input ends, fails, or crosses a limit.
+fn scan_pieces(
+    scanner: &mut Scanner,
+    max_memory: u64,
+    raw: std::sync::mpsc::Receiver<Raw>,
+    scanned: std::sync::mpsc::SyncSender<Scanned>,
+) {
+    // The line formats' scan charges nothing (no labels, no prefixes); the budget is the
+    // parsing thread's.
+    let input = InputState {
+        bytes: Cell::new(0),
+        reader_failed: Cell::new(false),
+        bom: 0,
+        limit: Cell::new(None),
+        memory: Cell::new(0),
+        max_memory,
+    };
+    for piece in raw {
+        let reply = match piece {
+            Raw::Bytes(mut bytes) => {
+                let (kept, hit) = scanner.feed(&mut bytes, &input, None);
+                bytes.truncate(kept);
+                let (at, token_start) = (scanner.at, scanner.token_start);
+                // As in the one-thread path: the bytes before the one that stopped the input
+                // (a syntax error there still wins), then the stop.
+                if scanned.send(Scanned::Bytes { bytes, at, token_start }).is_err() {
+                    return;
+                }
+                match hit {
+                    Some(halt) => Scanned::Halt(halt),
+                    None => continue,
+                }
+            }
+            Raw::End => Scanned::End,
+            Raw::Failed(e) => Scanned::Failed(e),
+        };
+        let _ = scanned.send(reply);
+        return;
+    }
+}
+
+/// Whether the line formats are parsed on a second thread by default.
+fn parallel_by_default() -> bool {
+    std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2)
+}
+
+pub(super) fn read_dataset(
+    mut reader: impl Read,
+    format: Format,
+    options: &mut ImportOptions<'_>,
+) -> Result<Dataset, ImportError> {
+    let mut turtle_parser = TurtleParser::new();
+    if let Some(base) = &options.base_iri {
+        turtle_parser = turtle_parser.with_base_iri(base.as_str()).map_err(|e| {
+            ImportError::BaseIri { iri: base.as_str().to_owned(), reason: e.to_string() }
+        })?;
+    }
+    let (head, head_len) = read_head(&mut reader)?;
+    let bom = head_len - head.len() as u64;
+    // The kept head bytes go through the scanner like the rest, so they count from there.
+    let limits = options.limits;
+    let input = InputState {
+        bytes: Cell::new(bom),
+        reader_failed: Cell::new(false),
+        bom,
+        limit: Cell::new(None),
+        memory: Cell::new(0),
+        max_memory: limits.max_memory,
+    };
+    let turtle = matches!(format, Format::Turtle);
+    let scanner = RefCell::new(Scanner::new(turtle, bom, &limits));
+    let select = Selection {
+        graphs: &options.graphs,
+        blank_nodes: &options.blank_nodes,
+        document_prefix: match &options.blank_nodes {
+            BlankNodeScope::Named(name) => Some(scope_prefix(name)),
+            BlankNodeScope::Branch | BlankNodeScope::Graph => None,
+        },
+        limits,
+    };
+    let inner = std::io::Cursor::new(head).chain(reader);
+    let parallel = !turtle && options.parallel.unwrap_or_else(parallel_by_default);
+    let progress = &mut options.progress;
+    let text = RefCell::new(TextScan::new());
+    let (collected, anonymous) = if parallel {
+        let collected = read_in_two_threads(inner, format, &select, &input, &scanner, progress)?;
+        (collected, HashMap::default())
+    } else {
+        let tap = Tap { inner, input: &input, text: turtle.then_some(&text), scanner: &scanner };
+        // The line formats are parsed leniently: the strict parser checks every IRI against
+        // RFC 3987 at every occurrence, a quarter of the parse, where the converter checks
+        // each distinct IRI once (and every language tag and datatype) with the same checks.
+        // What else lenient mode lets through is refused by the scanner (a line end in a
+        // string) or documented (an escaped UTF-16 surrogate pair reads as its character).
+        let quads: Quads<'_> = match format {
+            Format::NTriples => Box::new(
+                NTriplesParser::new()
+                    .lenient()
+                    .for_reader(tap)
+                    .map(|r| r.map(|t| t.in_graph(oxrdf::GraphName::DefaultGraph))),
+            ),
+            Format::NQuads => Box::new(NQuadsParser::new().lenient().for_reader(tap)),
+            Format::Turtle => Box::new(
+                turtle_parser
+                    .for_reader(tap)
+                    .map(|r| r.map(|t| t.in_graph(oxrdf::GraphName::DefaultGraph))),
+            ),
+        };
+        let mut conv = Converter::new(turtle.then_some(&text));
+        let mut reported = 0u64;
+        let mut tick = |statements| {
+            let read = input.bytes.get();
+            if read >= reported + PROGRESS_EVERY_BYTES
+                && let Some(progress) = progress.as_mut()
+            {
+                reported = read;
+                progress(Progress { bytes_read: read, statements });
+            }
+        };
+        let at = || scanner.borrow().at;
+        let collected = collect(quads, &select, &mut conv, &input, &at, &mut tick);
+        let collected = collected.map_err(|failure| match failure {
+            Failure::Import(e) => e,
+            Failure::Parse(e) => {
+                let scanner = scanner.borrow();
+                let token = scanner.token_start.unwrap_or(scanner.at);
+                ImportError::from_parse(e, &input, &scanner, token)
+            }
+        })?;
+        (collected, conv.anonymous)
+    };
     if let Some(hit) = input.limit.get() {
         return Err(hit.error());
     }
+    let Collected { mut buckets, statements, skipped } = collected;
     if let Some(progress) = options.progress.as_mut() {
         progress(Progress { bytes_read: input.bytes.get(), statements });
     }
 
-    if !conv.anonymous.is_empty() {
+    if !anonymous.is_empty() {
         let doc = tag(b"llmkg/rdf/document/v1", text.borrow().hasher.finalize().as_bytes());
         let end = scanner.borrow().at;
         for bucket in &mut buckets {
-            name_anonymous(bucket, &conv.anonymous, &doc, end)?;
+            name_anonymous(bucket, &anonymous, &doc, end)?;
         }
     }
 
@@ -1603,6 +1872,75 @@ pub(super) fn read_dataset(
         .collect();
     graphs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     Ok(Dataset { graphs, bytes_read: input.bytes.get(), statements, skipped })
+}
+
+/// Reads a line-format document on two threads: this one reads the input and parses and
+/// converts it, a second one scans it in pieces in between (the scanner's limits, positions
+/// and dropped comment tails exactly as in the one-thread path). The result and every error
+/// are the ones the one-thread path gives; positions "as far as the input had been read" may
+/// lie up to a piece further on. Every allocation the result keeps is made on this thread.
+fn read_in_two_threads(
+    inner: impl Read,
+    format: Format,
+    select: &Selection<'_>,
+    input: &InputState,
+    scanner: &RefCell<Scanner>,
+    progress: &mut Option<Box<dyn FnMut(Progress) + '_>>,
+) -> Result<Collected, ImportError> {
+    let view = Cell::new((scanner.borrow().at, None));
+    let max_memory = input.max_memory;
+    let outcome = {
+        let mut guard = scanner.borrow_mut();
+        let scanning: &mut Scanner = &mut guard;
+        std::thread::scope(|scope| {
+            let (to_scan, raw) = std::sync::mpsc::sync_channel::<Raw>(PIECES_IN_FLIGHT);
+            let (send_back, scanned) = std::sync::mpsc::sync_channel(PIECES_IN_FLIGHT);
+            scope.spawn(move || scan_pieces(scanning, max_memory, raw, send_back));
+            let relay = Relay {
+                inner,
+                input,
+                to_scan,
+                scanned,
+                outstanding: 0,
+                read_all: false,
+                piece: Vec::new(),
+                next: 0,
+                view: &view,
+                over: None,
+            };
+            let quads: Quads<'_> = match format {
+                Format::NQuads => Box::new(NQuadsParser::new().lenient().for_reader(relay)),
+                Format::NTriples | Format::Turtle => Box::new(
+                    NTriplesParser::new()
+                        .lenient()
+                        .for_reader(relay)
+                        .map(|r| r.map(|t| t.in_graph(oxrdf::GraphName::DefaultGraph))),
+                ),
+            };
+            let mut conv = Converter::new(None);
+            let mut reported = 0u64;
+            let mut tick = |statements| {
+                let read = input.bytes.get();
+                if read >= reported + PROGRESS_EVERY_BYTES
+                    && let Some(progress) = progress.as_mut()
+                {
+                    reported = read;
+                    progress(Progress { bytes_read: read, statements });
+                }
+            };
+            let at = || view.get().0;
+            // The parser (and with it the relay's channels) is dropped when this returns, so
+            // the scanning thread ends with it.
+            collect(quads, select, &mut conv, input, &at, &mut tick)
+        })
+    };
+    outcome.map_err(|failure| match failure {
+        Failure::Import(e) => e,
+        Failure::Parse(e) => {
+            let (at, token_start) = view.get();
+            ImportError::from_parse(e, input, &scanner.borrow(), token_start.unwrap_or(at))
+        }
+    })
 }
 
 /// Replaces the placeholder labels of parser-invented blank nodes by `anon-<doc>-<n>`, scoped.
@@ -1818,5 +2156,103 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Line-format text: whole statements (valid or not), and the bytes that steer the
+    /// scanner and the parser, including a comment long enough to have its tail dropped.
+    fn line_document() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            4 => prop::sample::select(
+                [
+                    "<urn:a> <urn:p> \"x\" .\n",
+                    "<urn:a> <urn:p> <urn:o> <urn:g> .\n",
+                    "_:b1 <urn:p> \"\\u00e9\"@en .\n",
+                    "<urn:b> <urn:p> \"1\"^^<urn:t> .\r\n",
+                    "<urn:c> <urn:p> <bad iri> .\n",
+                    "<urn:c> <urn:p> \"x\"@abcdefghijk .\n",
+                    "<urn:d> <urn:p> \"\"\"x\"\"\" .\n",
+                ]
+                .as_slice()
+            )
+            .prop_map(|s| s.as_bytes().to_vec()),
+            3 => prop::sample::select(
+                [
+                    "<", ">", "\"", "'", "\\", "\n", "\r", "#", "_:", " ", ".", "@", "^^", "é",
+                ]
+                .as_slice()
+            )
+            .prop_map(|s| s.as_bytes().to_vec()),
+            2 => "[a-z:/]{1,12}".prop_map(String::into_bytes),
+            1 => Just(format!("# {}\n", "c".repeat(5000)).into_bytes()),
+        ];
+        prop::collection::vec(piece, 0..60).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        /// On two threads a line-format document reads exactly as on one: the same dataset,
+        /// or the same error at the same position, under the same limits.
+        #[test]
+        fn two_threads_read_like_one(
+            doc in line_document(),
+            nquads in any::<bool>(),
+            max_token in 1u64..64,
+            max_memory in 0u64..6000,
+            max_pending in 0u64..12,
+        ) {
+            let format = if nquads { Format::NQuads } else { Format::NTriples };
+            let limits = ImportLimits::new()
+                .max_token_len(max_token)
+                .max_memory(max_memory)
+                .max_pending_triples(max_pending);
+            let run = |parallel| {
+                let options = ImportOptions::new().limits(limits).parallel(parallel);
+                match read(doc.as_slice(), format, options) {
+                    // Positioned as far as the input had been read (which differs, as
+                    // documented): everything but the position must agree.
+                    Err(ImportError::Term { statement, source, .. }) => {
+                        format!("term error in statement {statement}: {source:?}")
+                    }
+                    Err(ImportError::LimitExceeded {
+                        limit: limit @ (Limit::PendingTriples | Limit::Memory),
+                        max,
+                        ..
+                    }) => format!("{limit:?} above {max}"),
+                    other => format!("{other:?}"),
+                }
+            };
+            prop_assert_eq!(run(true), run(false));
+        }
+    }
+
+    /// A document of many pieces: the same dataset, the same progress reports' count, and a
+    /// syntax error near its end at the same position, on two threads as on one.
+    #[test]
+    fn two_threads_read_a_long_document_like_one() {
+        let mut doc = String::new();
+        for i in 0..20_000 {
+            doc.push_str(&format!("<urn:s{i}> <urn:p{}> \"value {i}\"@en .\n", i % 7));
+            if i % 1000 == 0 {
+                doc.push_str(&format!("# {}\n", "c".repeat(9000)));
+            }
+        }
+        let read_with = |text: &str, parallel: bool| {
+            let mut reports = 0;
+            let options = ImportOptions::new().parallel(parallel).on_progress(|_| reports += 1);
+            let outcome = format!("{:?}", read(text.as_bytes(), Format::NTriples, options));
+            (outcome, reports)
+        };
+        let (one, reports_one) = read_with(&doc, false);
+        let (two, reports_two) = read_with(&doc, true);
+        assert!(one.starts_with("Ok("), "{one:.200}");
+        assert_eq!(one, two);
+        assert_eq!(reports_one, reports_two);
+        assert!(reports_one > 3);
+        doc.push_str("<urn:z> <urn:p> \"open\n");
+        let (one, _) = read_with(&doc, false);
+        let (two, _) = read_with(&doc, true);
+        assert!(one.contains("Syntax"), "{one}");
+        assert_eq!(one, two);
     }
 }
