@@ -311,16 +311,18 @@ impl<'a> ImportOptions<'a> {
         self
     }
 
-    /// Whether N-Triples and N-Quads are parsed on a second thread, while the calling thread
-    /// reads and scans the input. The default is to, when the machine has two or more cores.
-    /// Turtle is always parsed on the calling thread.
+    /// Whether N-Triples and N-Quads are scanned (positions, limits, comments) on a second
+    /// thread, in pieces, while the calling thread reads the input and parses and converts
+    /// the scanned pieces. The default is to, when the machine has two or more cores. Turtle
+    /// is always read on the calling thread alone.
     ///
     /// The outcome is the same either way: the same triples, the same errors at the same
-    /// positions, the same limits. Two things differ on two threads: progress may count
-    /// fewer statements for the bytes read (the parser is behind the reader), and the
-    /// position of an [`ImportError::Term`] or of a limit crossed by a statement (how far the
-    /// input had been read) may lie up to 32 KiB further on. The pieces in flight between
-    /// the threads, at most 256 KiB, are not charged to [`ImportLimits::max_memory`].
+    /// positions, the same limits, the same progress reports. One thing differs: the
+    /// position of an [`ImportError::Term`], or of a limit crossed by a statement (how far
+    /// the input had been read), may lie up to 32 KiB further on. The pieces in flight
+    /// between the threads, at most 256 KiB, are not charged to
+    /// [`ImportLimits::max_memory`]. Everything the import keeps is allocated on the calling
+    /// thread.
     pub fn parallel(mut self, parallel: bool) -> Self {
         self.parallel = Some(parallel);
         self
