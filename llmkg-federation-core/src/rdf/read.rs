@@ -317,9 +317,10 @@ impl<'a> ImportOptions<'a> {
     /// is always read on the calling thread alone.
     ///
     /// The outcome is the same either way: the same triples, the same errors at the same
-    /// positions, the same limits, the same progress reports. One thing differs: the
-    /// position of an [`ImportError::Term`], or of a limit crossed by a statement (how far
-    /// the input had been read), may lie up to 32 KiB further on. The pieces in flight
+    /// positions, the same limits. Two things differ: a progress report may count fewer
+    /// statements for the bytes read (the reading runs up to 256 KiB ahead of the parsing),
+    /// and the position of an [`ImportError::Term`], or of a limit crossed by a statement
+    /// (how far the input had been read), may lie up to 32 KiB further on. The pieces in flight
     /// between the threads, at most 256 KiB, are not charged to
     /// [`ImportLimits::max_memory`]. Everything the import keeps is allocated on the calling
     /// thread.
