@@ -1802,7 +1802,8 @@ pub(super) fn read_dataset(
     let progress = &mut options.progress;
     let text = RefCell::new(TextScan::new());
     let (collected, anonymous) = if parallel {
-        let collected = read_in_two_threads(inner, format, &select, &input, &scanner, progress)?;
+        let nquads = matches!(format, Format::NQuads);
+        let collected = read_in_two_threads(inner, nquads, &select, &input, &scanner, progress)?;
         (collected, HashMap::default())
     } else {
         let tap = Tap { inner, input: &input, text: turtle.then_some(&text), scanner: &scanner };
@@ -1877,14 +1878,15 @@ pub(super) fn read_dataset(
     Ok(Dataset { graphs, bytes_read: input.bytes.get(), statements, skipped })
 }
 
-/// Reads a line-format document on two threads: this one reads the input and parses and
-/// converts it, a second one scans it in pieces in between (the scanner's limits, positions
-/// and dropped comment tails exactly as in the one-thread path). The result and every error
-/// are the ones the one-thread path gives; positions "as far as the input had been read" may
-/// lie up to a piece further on. Every allocation the result keeps is made on this thread.
+/// Reads an N-Quads (`nquads`) or N-Triples document on two threads: this one reads the
+/// input and parses and converts it, a second one scans it in pieces in between (the
+/// scanner's limits, positions and dropped comment tails exactly as in the one-thread path).
+/// The result and every error are the ones the one-thread path gives; positions "as far as
+/// the input had been read" may lie up to a piece further on. Every allocation the result
+/// keeps is made on this thread.
 fn read_in_two_threads(
     inner: impl Read,
-    format: Format,
+    nquads: bool,
     select: &Selection<'_>,
     input: &InputState,
     scanner: &RefCell<Scanner>,
@@ -1911,14 +1913,15 @@ fn read_in_two_threads(
                 view: &view,
                 over: None,
             };
-            let quads: Quads<'_> = match format {
-                Format::NQuads => Box::new(NQuadsParser::new().lenient().for_reader(relay)),
-                Format::NTriples | Format::Turtle => Box::new(
+            let quads: Quads<'_> = if nquads {
+                Box::new(NQuadsParser::new().lenient().for_reader(relay))
+            } else {
+                Box::new(
                     NTriplesParser::new()
                         .lenient()
                         .for_reader(relay)
                         .map(|r| r.map(|t| t.in_graph(oxrdf::GraphName::DefaultGraph))),
-                ),
+                )
             };
             let mut conv = Converter::new(None);
             let mut reported = 0u64;
