@@ -58,7 +58,7 @@ use crate::store::BranchName;
 use crate::sync::{
     FederatedSyncOptions, FederatedSyncResult, FederatedSyncStrategy, SyncError, SyncStrategy,
 };
-use crate::term::{ChangeSet, Triple};
+use crate::term::{ChangeSet, Term, Triple};
 use crate::time::{Clock, Timestamp};
 use crate::transport::{BoxFuture, ChannelId, Incoming, Timer, Transport, TransportError};
 use crate::{CommitId, StateRoot};
@@ -69,8 +69,45 @@ pub const MAX_CONTROL_LEN: usize = 8 << 20;
 /// Domain of the derivation of a merge commit's key.
 const MERGE_KEY_DOMAIN: &[u8] = b"llmkg/federation/merge-commit-key/v1";
 
-/// Triples per commit when a source snapshot is written into a new branch.
-pub const SEED_CHUNK: usize = 20_000;
+/// At most this many bytes of triples go into one commit when a source snapshot is written
+/// into a new branch (less if the transport carries smaller messages: a commit travels as
+/// one message). Few, large commits let each replica load the source in bulk into its empty
+/// state; the 100,000-triple source of `bench-federation` is one commit.
+pub const SEED_COMMIT_BYTES: usize = 16 << 20;
+
+/// A bound on the encoded size of `t`: its text, and for each term a variant tag, a length
+/// and a literal's kind (each at most 5 bytes, written as varints).
+fn encoded_len_bound(t: &Triple) -> usize {
+    fn term(t: &Term) -> usize {
+        16 + match t {
+            Term::Iri(iri) => iri.as_str().len(),
+            Term::Blank(b) => b.label().len(),
+            Term::Literal(l) => {
+                l.value().len() + l.datatype().len() + l.language_tag().map_or(0, str::len)
+            }
+        }
+    }
+    term(t.subject()) + term(t.predicate()) + term(t.object())
+}
+
+/// Splits `triples` into consecutive runs of at most `budget` bytes by
+/// [`encoded_len_bound`], each of at least one triple.
+fn seed_chunks(triples: &[Triple], budget: usize) -> Vec<&[Triple]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut bytes) = (0, 0usize);
+    for (i, t) in triples.iter().enumerate() {
+        let len = encoded_len_bound(t);
+        if i > start && bytes + len > budget {
+            chunks.extend(triples.get(start..i));
+            (start, bytes) = (i, 0);
+        }
+        bytes += len;
+    }
+    if start < triples.len() {
+        chunks.extend(triples.get(start..));
+    }
+    chunks
+}
 
 /// What one federated branch runs on a node, as the system asks a [`BranchBackend`] for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1708,7 +1745,9 @@ impl FederatedBranchingSystem {
                 let _ = self.inner.security.create_security_context(&c.request, now);
                 let seed = hosted.state().seed.take();
                 if let Some(seed) = seed {
-                    for chunk in seed.chunks(SEED_CHUNK) {
+                    let budget =
+                        SEED_COMMIT_BYTES.min(self.inner.transport.max_message_len() / 4).max(1);
+                    for chunk in seed_chunks(&seed, budget) {
                         let changes = ChangeSet::adding(chunk.iter().cloned());
                         match hosted.sync.write(changes, "source snapshot".into()).await {
                             Ok(_) | Err(SyncError::NothingToCommit) => {}
@@ -2066,4 +2105,48 @@ pub fn plan_merge(
     // Sorted and disjoint: additions are absent from the target, removals present in it.
     let changes = ChangeSet::new(add, remove).unwrap_or_default();
     (changes, conflicts)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use crate::term::{Iri, Literal};
+    use proptest::prelude::*;
+
+    fn triple() -> impl Strategy<Value = Triple> {
+        let iri = "https://e\\.org/[a-z\u{e9}\u{20ac}]{0,300}".prop_map(|s| Iri::new(s).unwrap());
+        let object = prop_oneof![
+            iri.clone().prop_map(Term::Iri),
+            "\\PC{0,400}".prop_map(|v| Term::Literal(Literal::string(v).unwrap())),
+            ("\\PC{0,40}", "[a-z]{2,8}")
+                .prop_map(|(v, tag)| Term::Literal(Literal::language(v, &tag).unwrap())),
+            ("[0-9]{0,20}", iri.clone())
+                .prop_map(|(v, d)| Term::Literal(Literal::typed(v, d).unwrap())),
+        ];
+        (iri.clone(), iri, object).prop_map(|(s, p, o)| Triple::new(s, p, o).unwrap())
+    }
+
+    proptest! {
+        /// The bound is a bound, and the seed's commits hold every triple once, in order,
+        /// each within the budget unless it is a single triple.
+        #[test]
+        fn seed_chunks_cover_the_source_within_the_budget(
+            triples in prop::collection::vec(triple(), 0..60),
+            budget in 1usize..4000,
+        ) {
+            for t in &triples {
+                prop_assert!(crate::encoding::encode(t).len() <= encoded_len_bound(t));
+            }
+            let chunks = seed_chunks(&triples, budget);
+            let joined: Vec<Triple> = chunks.iter().flat_map(|c| c.iter().cloned()).collect();
+            prop_assert_eq!(joined, triples.clone());
+            for c in &chunks {
+                prop_assert!(!c.is_empty());
+                let bytes: usize = c.iter().map(encoded_len_bound).sum();
+                prop_assert!(c.len() == 1 || bytes <= budget, "{} triples, {bytes} bytes", c.len());
+            }
+        }
+    }
 }
