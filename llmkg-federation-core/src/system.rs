@@ -71,9 +71,15 @@ const MERGE_KEY_DOMAIN: &[u8] = b"llmkg/federation/merge-commit-key/v1";
 
 /// At most this many bytes of triples go into one commit when a source snapshot is written
 /// into a new branch (less if the transport carries smaller messages: a commit travels as
-/// one message). Few, large commits let each replica load the source in bulk into its empty
-/// state; the 100,000-triple source of `bench-federation` is one commit.
+/// one message). The first commit lands in an empty state on every replica, which loads it
+/// in bulk, so it is as large as this allows (the 100,000-triple source of
+/// `bench-federation` is one commit).
 pub const SEED_COMMIT_BYTES: usize = 16 << 20;
+
+/// At most this many triples go into each commit of a source snapshot after the first: each
+/// replica applies those to the state the first built, one triple at a time, and a batch is
+/// acknowledged only once applied (within the sync stream's timeout).
+pub const SEED_CHUNK: usize = 20_000;
 
 /// A bound on the encoded size of `t`: its text, and for each term a variant tag, a length
 /// and a literal's kind (each at most 5 bytes, written as varints).
@@ -91,13 +97,15 @@ fn encoded_len_bound(t: &Triple) -> usize {
 }
 
 /// Splits `triples` into consecutive runs of at most `budget` bytes by
-/// [`encoded_len_bound`], each of at least one triple.
-fn seed_chunks(triples: &[Triple], budget: usize) -> Vec<&[Triple]> {
+/// [`encoded_len_bound`], each of at least one triple, and each after the first of at most
+/// `later` triples.
+fn seed_chunks(triples: &[Triple], budget: usize, later: usize) -> Vec<&[Triple]> {
     let mut chunks = Vec::new();
     let (mut start, mut bytes) = (0, 0usize);
     for (i, t) in triples.iter().enumerate() {
         let len = encoded_len_bound(t);
-        if i > start && bytes + len > budget {
+        let full = bytes + len > budget || (!chunks.is_empty() && i - start >= later.max(1));
+        if i > start && full {
             chunks.extend(triples.get(start..i));
             (start, bytes) = (i, 0);
         }
@@ -1747,7 +1755,7 @@ impl FederatedBranchingSystem {
                 if let Some(seed) = seed {
                     let budget =
                         SEED_COMMIT_BYTES.min(self.inner.transport.max_message_len() / 4).max(1);
-                    for chunk in seed_chunks(&seed, budget) {
+                    for chunk in seed_chunks(&seed, budget, SEED_CHUNK) {
                         let changes = ChangeSet::adding(chunk.iter().cloned());
                         match hosted.sync.write(changes, "source snapshot".into()).await {
                             Ok(_) | Err(SyncError::NothingToCommit) => {}
@@ -2130,22 +2138,29 @@ mod tests {
 
     proptest! {
         /// The bound is a bound, and the seed's commits hold every triple once, in order,
-        /// each within the budget unless it is a single triple.
+        /// each within the budget unless it is a single triple, each after the first within
+        /// the count, and the first as large as the budget allows.
         #[test]
         fn seed_chunks_cover_the_source_within_the_budget(
             triples in prop::collection::vec(triple(), 0..60),
-            budget in 1usize..4000,
+            budget in 1usize..8000,
+            later in 1usize..8,
         ) {
             for t in &triples {
                 prop_assert!(crate::encoding::encode(t).len() <= encoded_len_bound(t));
             }
-            let chunks = seed_chunks(&triples, budget);
+            let chunks = seed_chunks(&triples, budget, later);
             let joined: Vec<Triple> = chunks.iter().flat_map(|c| c.iter().cloned()).collect();
             prop_assert_eq!(joined, triples.clone());
-            for c in &chunks {
+            for (i, c) in chunks.iter().enumerate() {
                 prop_assert!(!c.is_empty());
                 let bytes: usize = c.iter().map(encoded_len_bound).sum();
                 prop_assert!(c.len() == 1 || bytes <= budget, "{} triples, {bytes} bytes", c.len());
+                prop_assert!(i == 0 || c.len() <= later);
+            }
+            if let (Some(first), Some(second)) = (chunks.first(), chunks.get(1)) {
+                let bytes: usize = first.iter().map(encoded_len_bound).sum();
+                prop_assert!(bytes + encoded_len_bound(&second[0]) > budget);
             }
         }
     }
