@@ -314,7 +314,8 @@ impl<'a> ImportOptions<'a> {
     /// Whether N-Triples and N-Quads are scanned (positions, limits, comments) on a second
     /// thread, in pieces, while the calling thread reads the input and parses and converts
     /// the scanned pieces. The default is to, when the machine has two or more cores. Turtle
-    /// is always read on the calling thread alone.
+    /// is always read on the calling thread alone, and so is any document when the system
+    /// refuses to start a thread.
     ///
     /// The outcome is the same either way: the same triples, the same errors at the same
     /// positions, the same limits. Two things differ: a progress report may count fewer
@@ -1797,14 +1798,17 @@ pub(super) fn read_dataset(
         },
         limits,
     };
-    let inner = std::io::Cursor::new(head).chain(reader);
+    let mut inner = std::io::Cursor::new(head).chain(reader);
     let parallel = !turtle && options.parallel.unwrap_or_else(parallel_by_default);
     let progress = &mut options.progress;
     let text = RefCell::new(TextScan::new());
-    let (collected, anonymous) = if parallel {
-        let nquads = matches!(format, Format::NQuads);
-        let collected = read_in_two_threads(inner, nquads, &select, &input, &scanner, progress)?;
-        (collected, HashMap::default())
+    let nquads = matches!(format, Format::NQuads);
+    // `None` if no second thread could be started (nothing has been read then).
+    let two = parallel
+        .then(|| read_in_two_threads(&mut inner, nquads, &select, &input, &scanner, progress))
+        .flatten();
+    let (collected, anonymous) = if let Some(collected) = two {
+        (collected?, HashMap::default())
     } else {
         let tap = Tap { inner, input: &input, text: turtle.then_some(&text), scanner: &scanner };
         // The line formats are parsed leniently: the strict parser checks every IRI against
@@ -1883,7 +1887,8 @@ pub(super) fn read_dataset(
 /// scanner's limits, positions and dropped comment tails exactly as in the one-thread path).
 /// The result and every error are the ones the one-thread path gives; positions "as far as
 /// the input had been read" may lie up to a piece further on. Every allocation the result
-/// keeps is made on this thread.
+/// keeps is made on this thread. `None` if the second thread could not be started; nothing
+/// has been read then.
 fn read_in_two_threads(
     inner: impl Read,
     nquads: bool,
@@ -1891,7 +1896,7 @@ fn read_in_two_threads(
     input: &InputState,
     scanner: &RefCell<Scanner>,
     progress: &mut Option<Box<dyn FnMut(Progress) + '_>>,
-) -> Result<Collected, ImportError> {
+) -> Option<Result<Collected, ImportError>> {
     let view = Cell::new((scanner.borrow().at, None));
     let max_memory = input.max_memory;
     let outcome = {
@@ -1900,7 +1905,8 @@ fn read_in_two_threads(
         std::thread::scope(|scope| {
             let (to_scan, raw) = std::sync::mpsc::sync_channel::<Raw>(PIECES_IN_FLIGHT);
             let (send_back, scanned) = std::sync::mpsc::sync_channel(PIECES_IN_FLIGHT);
-            scope.spawn(move || scan_pieces(scanning, max_memory, raw, send_back));
+            let scan = move || scan_pieces(scanning, max_memory, raw, send_back);
+            std::thread::Builder::new().name("rdf-scan".into()).spawn_scoped(scope, scan).ok()?;
             let relay = Relay {
                 inner,
                 input,
@@ -1937,16 +1943,16 @@ fn read_in_two_threads(
             let at = || view.get().0;
             // The parser (and with it the relay's channels) is dropped when this returns, so
             // the scanning thread ends with it.
-            collect(quads, select, &mut conv, input, &at, &mut tick)
+            Some(collect(quads, select, &mut conv, input, &at, &mut tick))
         })
-    };
-    outcome.map_err(|failure| match failure {
+    }?;
+    Some(outcome.map_err(|failure| match failure {
         Failure::Import(e) => e,
         Failure::Parse(e) => {
             let (at, token_start) = view.get();
             ImportError::from_parse(e, input, &scanner.borrow(), token_start.unwrap_or(at))
         }
-    })
+    }))
 }
 
 /// Replaces the placeholder labels of parser-invented blank nodes by `anon-<doc>-<n>`, scoped.
