@@ -1495,20 +1495,20 @@ struct Selection<'o> {
 
 /// The parse loop: converts each statement, files it under its graph, charges its memory.
 /// `at` is how far the input had been read (for positions of term errors and limits);
-/// `tick` is told the statements parsed so far after each one.
+/// `progress` is called each time another [`PROGRESS_EVERY_BYTES`] have been read.
 fn collect(
     quads: Quads<'_>,
     select: &Selection<'_>,
     conv: &mut Converter<'_>,
     input: &InputState,
     at: &dyn Fn() -> Position,
-    tick: &mut dyn FnMut(u64),
+    progress: &mut Option<Box<dyn FnMut(Progress) + '_>>,
 ) -> Result<Collected, Failure> {
     let limits = select.limits;
     let mut buckets: Vec<Bucket> = Vec::new();
     let mut index: HashMap<oxrdf::GraphName, usize, Hasher> = HashMap::default();
     let mut last: Option<(oxrdf::GraphName, usize)> = None;
-    let (mut statements, mut skipped) = (0u64, 0u64);
+    let (mut statements, mut skipped, mut reported) = (0u64, 0u64, 0u64);
     let mut pending = 0u64;
 
     for item in quads {
@@ -1579,7 +1579,13 @@ fn collect(
                 skipped += 1;
             }
         }
-        tick(statements);
+        let read = input.bytes.get();
+        if read >= reported + PROGRESS_EVERY_BYTES
+            && let Some(progress) = progress.as_mut()
+        {
+            reported = read;
+            progress(Progress { bytes_read: read, statements });
+        }
     }
     Ok(Collected { buckets, statements, skipped })
 }
@@ -1629,7 +1635,16 @@ struct Relay<'i, R> {
     next: usize,
     view: &'i Cell<(Position, Option<Position>)>,
     /// Set once the input ended or stopped: every later read says the same.
-    over: Option<std::io::ErrorKind>,
+    over: Option<Over>,
+}
+
+/// How the input [`Relay`] serves came to an end.
+#[derive(Clone, Copy)]
+enum Over {
+    /// It ended: reads return 0.
+    Ended,
+    /// It failed or crossed a limit (said once, by the read that saw it): reads fail.
+    Stopped,
 }
 
 impl<R: Read> Relay<'_, R> {
@@ -1676,8 +1691,8 @@ impl<R: Read> Read for Relay<'_, R> {
         }
         while self.next >= self.piece.len() {
             match self.over {
-                Some(std::io::ErrorKind::UnexpectedEof) => return Ok(0),
-                Some(kind) => return Err(std::io::Error::new(kind, "the input stopped")),
+                Some(Over::Ended) => return Ok(0),
+                Some(Over::Stopped) => return Err(std::io::Error::other("the input stopped")),
                 None => {}
             }
             while !self.read_all && self.outstanding < PIECES_IN_FLIGHT {
@@ -1691,18 +1706,18 @@ impl<R: Read> Read for Relay<'_, R> {
                     self.next = 0;
                     self.view.set((at, token_start));
                 }
-                Ok(Scanned::End) => self.over = Some(std::io::ErrorKind::UnexpectedEof),
+                Ok(Scanned::End) => self.over = Some(Over::Ended),
                 Ok(Scanned::Halt(halt)) => {
                     self.input.limit.set(Some(halt));
-                    self.over = Some(std::io::ErrorKind::Other);
+                    self.over = Some(Over::Stopped);
                     return Err(limit_crossed());
                 }
                 Ok(Scanned::Failed(e)) => {
-                    self.over = Some(std::io::ErrorKind::Other);
+                    self.over = Some(Over::Stopped);
                     return Err(e);
                 }
                 Err(_) => {
-                    self.over = Some(std::io::ErrorKind::Other);
+                    self.over = Some(Over::Stopped);
                     return Err(std::io::Error::other("the scanning thread stopped"));
                 }
             }
@@ -1759,7 +1774,27 @@ fn scan_pieces(
     }
 }
 
-/// Whether the line formats are parsed on a second thread by default.
+/// The statements of an N-Quads (`nquads`) or N-Triples document read from `reader`.
+///
+/// The line formats are parsed leniently: the strict parser checks every IRI against RFC 3987
+/// at every occurrence, a quarter of the parse, where the converter checks each distinct IRI
+/// once (and every language tag and datatype) with the same checks. What else lenient mode
+/// lets through is refused by the scanner (a line end in a string) or documented (an escaped
+/// UTF-16 surrogate pair reads as its character).
+fn line_format_quads<'r>(reader: impl Read + 'r, nquads: bool) -> Quads<'r> {
+    if nquads {
+        Box::new(NQuadsParser::new().lenient().for_reader(reader))
+    } else {
+        Box::new(
+            NTriplesParser::new()
+                .lenient()
+                .for_reader(reader)
+                .map(|r| r.map(|t| t.in_graph(oxrdf::GraphName::DefaultGraph))),
+        )
+    }
+}
+
+/// Whether the line formats are scanned on a second thread by default.
 fn parallel_by_default() -> bool {
     std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2)
 }
@@ -1811,38 +1846,18 @@ pub(super) fn read_dataset(
         (collected?, HashMap::default())
     } else {
         let tap = Tap { inner, input: &input, text: turtle.then_some(&text), scanner: &scanner };
-        // The line formats are parsed leniently: the strict parser checks every IRI against
-        // RFC 3987 at every occurrence, a quarter of the parse, where the converter checks
-        // each distinct IRI once (and every language tag and datatype) with the same checks.
-        // What else lenient mode lets through is refused by the scanner (a line end in a
-        // string) or documented (an escaped UTF-16 surrogate pair reads as its character).
-        let quads: Quads<'_> = match format {
-            Format::NTriples => Box::new(
-                NTriplesParser::new()
-                    .lenient()
-                    .for_reader(tap)
-                    .map(|r| r.map(|t| t.in_graph(oxrdf::GraphName::DefaultGraph))),
-            ),
-            Format::NQuads => Box::new(NQuadsParser::new().lenient().for_reader(tap)),
-            Format::Turtle => Box::new(
+        let quads: Quads<'_> = if turtle {
+            Box::new(
                 turtle_parser
                     .for_reader(tap)
                     .map(|r| r.map(|t| t.in_graph(oxrdf::GraphName::DefaultGraph))),
-            ),
+            )
+        } else {
+            line_format_quads(tap, nquads)
         };
         let mut conv = Converter::new(turtle.then_some(&text));
-        let mut reported = 0u64;
-        let mut tick = |statements| {
-            let read = input.bytes.get();
-            if read >= reported + PROGRESS_EVERY_BYTES
-                && let Some(progress) = progress.as_mut()
-            {
-                reported = read;
-                progress(Progress { bytes_read: read, statements });
-            }
-        };
         let at = || scanner.borrow().at;
-        let collected = collect(quads, &select, &mut conv, &input, &at, &mut tick);
+        let collected = collect(quads, &select, &mut conv, &input, &at, progress);
         let collected = collected.map_err(|failure| match failure {
             Failure::Import(e) => e,
             Failure::Parse(e) => {
@@ -1919,31 +1934,12 @@ fn read_in_two_threads(
                 view: &view,
                 over: None,
             };
-            let quads: Quads<'_> = if nquads {
-                Box::new(NQuadsParser::new().lenient().for_reader(relay))
-            } else {
-                Box::new(
-                    NTriplesParser::new()
-                        .lenient()
-                        .for_reader(relay)
-                        .map(|r| r.map(|t| t.in_graph(oxrdf::GraphName::DefaultGraph))),
-                )
-            };
+            let quads = line_format_quads(relay, nquads);
             let mut conv = Converter::new(None);
-            let mut reported = 0u64;
-            let mut tick = |statements| {
-                let read = input.bytes.get();
-                if read >= reported + PROGRESS_EVERY_BYTES
-                    && let Some(progress) = progress.as_mut()
-                {
-                    reported = read;
-                    progress(Progress { bytes_read: read, statements });
-                }
-            };
             let at = || view.get().0;
             // The parser (and with it the relay's channels) is dropped when this returns, so
             // the scanning thread ends with it.
-            Some(collect(quads, select, &mut conv, input, &at, &mut tick))
+            Some(collect(quads, select, &mut conv, input, &at, progress))
         })
     }?;
     Some(outcome.map_err(|failure| match failure {
