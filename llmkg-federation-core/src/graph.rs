@@ -232,6 +232,9 @@ fn update_indexes(
     }
 }
 
+/// The Merkle side of a batch: removals, then additions, each an id with its key.
+type MerkleChanges = (Vec<(TripleId, Key)>, Vec<(TripleId, Key)>);
+
 /// The indexed state of a graph: term dictionary, SPO/POS/OSP indexes and Merkle tree.
 #[derive(Clone, Debug, Default)]
 pub struct GraphState {
@@ -430,31 +433,60 @@ impl GraphState {
     /// (their presence is known), the Merkle tree in one batch each (see
     /// [`MerkleTree::insert_many`]).
     ///
-    /// A large batch on a large state (see [`MerkleTree::root`]) updates the Merkle tree and
-    /// brings its hashes up to date on a second thread while this one updates the indexes:
-    /// the two share nothing, and the result is the same.
+    /// A large batch on a large state (see [`MerkleTree::root`]) updates the Merkle tree on a
+    /// second thread while this one updates the indexes (the two share nothing); the second
+    /// thread then rehashes the stale subtrees, and this one joins it when its indexes are done
+    /// ([`MerkleTree::rehash_queue`]). The result is the same as on one thread.
     fn apply_keys(&mut self, removals: Vec<(TripleId, Key)>, additions: Vec<(TripleId, Key)>) {
         let removed_keys: Vec<Key> = removals.iter().map(|e| e.1).collect();
         let added_keys: Vec<Key> = additions.iter().map(|e| e.1).collect();
-        let update_merkle = |merkle: &mut MerkleTree<Key>, rehash_on: Option<usize>| {
+        let update_merkle = |merkle: &mut MerkleTree<Key>, (removals, additions): MerkleChanges| {
             merkle.remove_many(removals.into_iter().map(|e| e.0).collect());
             merkle.insert_many(additions);
-            if let Some(threads) = rehash_on {
-                merkle.root_on(threads);
-            }
         };
         let pays = self.merkle.threads_pay_for(removed_keys.len() + added_keys.len());
         let threads = if pays { crate::merkle::available_threads() } else { 1 };
-        if threads < 2 {
-            update_merkle(&mut self.merkle, None);
+        let mut job = Some((removals, additions));
+        if threads >= 2 {
+            let Self { spo, pos, osp, merkle, .. } = &mut *self;
+            std::thread::scope(|scope| {
+                let job = &mut job;
+                let (handoff, queue) = std::sync::mpsc::sync_channel(1);
+                let merkle_thread = std::thread::Builder::new().spawn_scoped(scope, move || {
+                    if let Some(changes) = job.take() {
+                        update_merkle(merkle, changes);
+                        let queue = std::sync::Arc::new(merkle.rehash_queue());
+                        // If this thread is alone (no one to receive), it works alone.
+                        let _ = handoff.send(std::sync::Arc::clone(&queue));
+                        // More threads than two: the others join here.
+                        std::thread::scope(|more| {
+                            for _ in 2..threads {
+                                let queue = &queue;
+                                let _ = std::thread::Builder::new()
+                                    .spawn_scoped(more, move || queue.work());
+                            }
+                            queue.work();
+                        });
+                    }
+                });
+                update_indexes(spo, pos, osp, removed_keys, added_keys);
+                if merkle_thread.is_ok()
+                    && let Ok(queue) = queue.recv()
+                {
+                    queue.work();
+                }
+            });
+            // If the system refused the thread, the job is still here: done below.
+        } else {
             update_indexes(&mut self.spo, &mut self.pos, &mut self.osp, removed_keys, added_keys);
-            return;
         }
-        let Self { spo, pos, osp, merkle, .. } = self;
-        std::thread::scope(|scope| {
-            scope.spawn(|| update_merkle(merkle, Some(threads - 1)));
-            update_indexes(spo, pos, osp, removed_keys, added_keys);
-        });
+        if let Some(changes) = job.take() {
+            update_merkle(&mut self.merkle, changes);
+        }
+        if threads >= 2 {
+            // The subtrees are rehashed: only the top levels are left.
+            self.merkle.root_on(1);
+        }
     }
 
     /// Applies the part of `changes` that changes this state — additions not yet present and
@@ -813,6 +845,46 @@ mod tests {
             assert!(state.insert(&extra).unwrap());
             assert!(state.remove(&triples[0]));
             assert!(!state.contains(&triples[0]));
+        }
+    }
+
+    /// Large batches on a large state take the two-thread path (the Merkle tree on a second
+    /// thread, then the rehash shared): the state is the one a bulk load of the same triples
+    /// builds, with the same root, counts and answers, batch after batch.
+    #[test]
+    fn large_batches_on_two_threads_give_the_same_state() {
+        use crate::merkle::{PARALLEL_REHASH_MIN_CHANGES, PARALLEL_REHASH_MIN_LEN};
+        let n = PARALLEL_REHASH_MIN_LEN as u32 + 2_000;
+        let mut live: std::collections::BTreeSet<Triple> =
+            (0..n).map(|i| t(i / 4, i % 4, i)).collect();
+        let mut state = GraphState::new();
+        state.apply(&ChangeSet::adding(live.iter().cloned())).unwrap();
+        let batch = PARALLEL_REHASH_MIN_CHANGES as u32 * 4;
+        for round in 0..3u32 {
+            let base = n + round * batch;
+            let adds: Vec<Triple> = (base..base + batch).map(|i| t(i / 4, i % 4, i)).collect();
+            // Removals spread over the whole state, and one addition already present.
+            let removes: Vec<Triple> = live.iter().step_by(97).take(300).cloned().collect();
+            let mut with_present = adds.clone();
+            with_present.push(live.iter().nth(5).cloned().unwrap());
+            let changes = ChangeSet::new(with_present, removes.clone()).unwrap();
+            let applied = state.apply_effective(changes).unwrap();
+            assert_eq!(applied.added().len(), adds.len());
+            assert_eq!(applied.removed().len(), removes.len());
+            for r in &removes {
+                live.remove(r);
+            }
+            live.extend(adds);
+            let mut expect = GraphState::new();
+            expect.apply(&ChangeSet::adding(live.iter().cloned())).unwrap();
+            assert_eq!(state.len(), live.len());
+            assert_eq!(state.state_root(), expect.state_root());
+            assert_eq!(state.merkle().entries().len(), live.len());
+            for x in live.iter().step_by(501) {
+                assert!(state.contains(x));
+                let p = Pattern::any().with_object(x.object().clone());
+                assert_eq!(state.matching(&p).count(), 1);
+            }
         }
     }
 

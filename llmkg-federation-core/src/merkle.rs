@@ -24,7 +24,7 @@
 //! [`MerkleTree::root`], so applying a change set of `k` ids costs O(k · log n) hashing.
 //! [`MerkleTree::insert_many`] and [`MerkleTree::remove_many`] apply a batch in one descent
 //! (each node on the paths visited once, each leaf merged once), and after a large batch in a
-//! large tree [`MerkleTree::root`] rehashes the root's subtrees on several threads. Neither
+//! large tree [`MerkleTree::root`] rehashes the subtrees two levels down on several threads. Neither
 //! changes the tree or its root: only how fast they are reached.
 //!
 //! ## Comparing
@@ -93,12 +93,26 @@ const MAX_DEPTH: usize = 64;
 
 /// The hash of a leaf holding `ids` (in order).
 fn leaf_hash<'a>(ids: impl IntoIterator<Item = &'a TripleId>) -> [u8; 32] {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(&[0x00]);
-    for id in ids {
-        hasher.update(id.as_bytes());
+    // A leaf of at most `LEAF_CAPACITY` ids is laid out in one buffer and hashed in one call
+    // (feeding the hasher 32 bytes at a time cost a quarter more); only a leaf at the
+    // deepest level can hold more.
+    let mut buf = [0u8; 1 + LEAF_CAPACITY * 32];
+    let mut len = 1;
+    let mut ids = ids.into_iter();
+    for id in ids.by_ref() {
+        let Some(slot) = buf.get_mut(len..len + 32) else {
+            let mut hasher = blake3::Hasher::new();
+            hasher.update(&buf[..len]);
+            hasher.update(id.as_bytes());
+            for id in ids {
+                hasher.update(id.as_bytes());
+            }
+            return *hasher.finalize().as_bytes();
+        };
+        slot.copy_from_slice(id.as_bytes());
+        len += 32;
     }
-    *hasher.finalize().as_bytes()
+    *blake3::hash(&buf[..len]).as_bytes()
 }
 
 /// The hash of a branch with these 16 child hashes (zeros for empty slots).
@@ -289,20 +303,27 @@ pub(crate) fn available_threads() -> usize {
     *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(16)))
 }
 
-/// `old` and `new` (each sorted by id, distinct) merged in id order; an id in both keeps the
-/// entry of `old`.
-fn merge_sorted<V: Copy>(old: Vec<(TripleId, V)>, new: &[(TripleId, V)]) -> Vec<(TripleId, V)> {
-    let mut out = Vec::with_capacity(old.len() + new.len());
-    let mut new = new.iter().peekable();
-    for e in old {
-        while let Some(n) = new.next_if(|n| n.0 < e.0) {
-            out.push(*n);
+/// Merges `new` (sorted by id, distinct) into `old` (likewise) in place, in id order; an id
+/// in both keeps the entry of `old`. Returns how many entries were added.
+///
+/// A leaf takes one or two new entries per batch: each is put in place (a leaf holds at most
+/// [`LEAF_CAPACITY`] entries to shift), and the vector grows to the exact size needed.
+fn merge_sorted<V: Copy>(old: &mut Vec<(TripleId, V)>, new: &[(TripleId, V)]) -> usize {
+    let before = old.len();
+    old.reserve_exact(new.len());
+    // Entries of `old` below `from` are below every entry of `new` still to place.
+    let mut from = 0;
+    for e in new {
+        let rest = old.get(from..).unwrap_or_default();
+        match rest.binary_search_by(|x| x.0.cmp(&e.0)) {
+            Ok(at) => from += at + 1,
+            Err(at) => {
+                old.insert(from + at, *e);
+                from += at + 1;
+            }
         }
-        new.next_if(|n| n.0 == e.0);
-        out.push(e);
     }
-    out.extend(new.copied());
-    out
+    old.len() - before
 }
 
 impl<V: Copy> Node<V> {
@@ -449,14 +470,11 @@ impl<V: Copy> Node<V> {
         }
         let inserted = match &mut self.kind {
             Kind::Leaf(old) => {
-                let before = old.len();
-                let merged = merge_sorted(std::mem::take(old), entries);
-                let inserted = merged.len() - before;
-                if merged.len() > LEAF_CAPACITY && depth < MAX_DEPTH {
-                    *self = Node::build(merged, depth);
+                let inserted = merge_sorted(old, entries);
+                if old.len() > LEAF_CAPACITY && depth < MAX_DEPTH {
+                    *self = Node::build(std::mem::take(old), depth);
                     return inserted;
                 }
-                *old = merged;
                 inserted
             }
             Kind::Branch(children) => {
@@ -571,43 +589,19 @@ impl<V: Copy> Node<V> {
         self.hash
     }
 
-    /// [`Node::rehash`], with the children of this node split among `threads` scoped threads
-    /// (the calling one included). The result is the same hash: each subtree's hash depends
-    /// on that subtree alone.
-    fn rehash_parallel(&mut self, threads: usize) -> [u8; 32]
-    where
-        V: Send,
-    {
-        if !self.dirty || threads < 2 {
-            return self.rehash();
+    /// Collects into `out` the stale nodes `levels` below this one (and stale leaves above
+    /// that level): nodes whose subtrees share nothing, so threads may rehash them apart.
+    fn stale_below<'a>(&'a mut self, levels: usize, out: &mut Vec<&'a mut Node<V>>) {
+        if !self.dirty {
+            return;
         }
-        let Kind::Branch(children) = &mut self.kind else {
-            return self.rehash();
-        };
-        let mut hashes = [ZERO; 16];
-        let mut work: Vec<(&mut Box<Node<V>>, &mut [u8; 32])> = children
-            .iter_mut()
-            .zip(hashes.iter_mut())
-            .filter_map(|(child, h)| child.as_mut().map(|c| (c, h)))
-            .collect();
-        let per_thread = work.len().div_ceil(threads);
-        std::thread::scope(|scope| {
-            let mut groups = work.chunks_mut(per_thread.max(1));
-            let mine = groups.next();
-            for group in groups {
-                scope.spawn(move || {
-                    for (child, h) in group.iter_mut() {
-                        **h = child.rehash();
-                    }
-                });
+        if levels == 0 || matches!(self.kind, Kind::Leaf(_)) {
+            out.push(self);
+        } else if let Kind::Branch(children) = &mut self.kind {
+            for child in children.iter_mut().flatten() {
+                child.stale_below(levels - 1, out);
             }
-            for (child, h) in mine.into_iter().flatten() {
-                **h = child.rehash();
-            }
-        });
-        self.hash = branch_hash(&hashes);
-        self.dirty = false;
-        self.hash
+        }
     }
 
     /// The hash of this node: the cached one if up to date, else recomputed (without caching)
@@ -1010,6 +1004,24 @@ pub(crate) struct FrontierNode<V> {
     pub(crate) entries: Vec<(TripleId, V)>,
 }
 
+/// Stale subtrees of a [`MerkleTree`], handed out one at a time to the threads that rehash
+/// them: a thread takes the next subtree whenever it finishes one, so a thread that joins
+/// late, or that the machine slows, still takes an even share. See
+/// [`MerkleTree::rehash_queue`].
+pub(crate) struct RehashQueue<'a, V>(std::sync::Mutex<Vec<&'a mut Node<V>>>);
+
+impl<V: Copy> RehashQueue<'_, V> {
+    /// Rehashes subtrees until none is left.
+    pub(crate) fn work(&self) {
+        loop {
+            // No code panics while holding the lock; if one did, the list is still whole.
+            let next = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
+            let Some(node) = next else { return };
+            node.rehash();
+        }
+    }
+}
+
 /// A history-independent Merkle tree over a set of [`TripleId`]s, each with an unhashed
 /// payload `V`. See the [module documentation](self).
 #[derive(Clone, Debug)]
@@ -1107,8 +1119,9 @@ impl<V: Copy> MerkleTree<V> {
     /// The root hash, recomputing the hashes of the nodes changed since the last call.
     ///
     /// When many ids changed in a large tree ([`PARALLEL_REHASH_MIN_CHANGES`] and
-    /// [`PARALLEL_REHASH_MIN_LEN`]), the 16 subtrees of the root are rehashed on up to
-    /// [`std::thread::available_parallelism`] scoped threads; the root is the same either way.
+    /// [`PARALLEL_REHASH_MIN_LEN`]), the subtrees two levels below the root are rehashed on
+    /// up to [`std::thread::available_parallelism`] scoped threads, each taking the next
+    /// stale subtree when done with one; the root is the same either way.
     pub fn root(&mut self) -> StateRoot
     where
         V: Send,
@@ -1124,13 +1137,34 @@ impl<V: Copy> MerkleTree<V> {
         changes >= PARALLEL_REHASH_MIN_CHANGES && self.len() >= PARALLEL_REHASH_MIN_LEN
     }
 
-    /// [`MerkleTree::root`] on at most `threads` threads.
+    /// [`MerkleTree::root`] on at most `threads` threads (scoped, the calling one included),
+    /// sharing a [`RehashQueue`].
     pub(crate) fn root_on(&mut self, threads: usize) -> StateRoot
     where
         V: Send,
     {
+        if threads >= 2 && self.root.dirty {
+            let queue = self.rehash_queue();
+            std::thread::scope(|scope| {
+                for _ in 1..threads {
+                    // A thread the system refuses leaves its share to the others.
+                    let _ = std::thread::Builder::new().spawn_scoped(scope, || queue.work());
+                }
+                queue.work();
+            });
+        }
         self.pending = 0;
-        StateRoot::from_bytes(self.root.rehash_parallel(threads))
+        StateRoot::from_bytes(self.root.rehash())
+    }
+
+    /// The stale subtrees two levels below the root (up to 256), as a queue any number of
+    /// threads may rehash together ([`RehashQueue::work`]). Once the queue is worked off and
+    /// dropped, [`MerkleTree::root`] has only the levels above it left to hash: the same root
+    /// as without the queue, since each subtree's hash depends on that subtree alone.
+    pub(crate) fn rehash_queue(&mut self) -> RehashQueue<'_, V> {
+        let mut stale = Vec::with_capacity(256);
+        self.root.stale_below(2, &mut stale);
+        RehashQueue(std::sync::Mutex::new(stale))
     }
 
     /// The root hash without updating the cached hashes: cheap when up to date, else the
