@@ -15,7 +15,7 @@ use indexmap::map::raw_entry_v1::{RawEntryApiV1, RawEntryMut};
 use thiserror::Error;
 
 use crate::encoding::TripleId;
-use crate::merkle::{MerkleTree, StateRoot};
+use crate::merkle::{MerkleTree, RehashQueue, StateRoot};
 use crate::term::{ChangeSet, Term, Triple};
 
 use crate::key_index::{Key, KeyIndex};
@@ -52,15 +52,23 @@ impl Dictionary {
 
     /// The key of `term`, added (cloned) if it is new: one hash and one probe of the table
     /// either way, where a lookup and then an insert take two of each for a new term.
-    fn intern(&mut self, term: &Term) -> Result<usize, ApplyError> {
+    fn intern(&mut self, term: &Term) -> Result<u32, ApplyError> {
+        if self.0.len() >= u32::MAX as usize {
+            return self.get_index_of(term).map(|i| i as u32).ok_or(ApplyError::DictionaryFull);
+        }
+        Ok(self.intern_within(term))
+    }
+
+    /// [`Dictionary::intern`] for a caller that checked there is room for the term (fewer
+    /// than `u32::MAX` terms before it): the key.
+    fn intern_within(&mut self, term: &Term) -> u32 {
         let hash = self.0.hasher().hash_one(term);
-        let len = self.0.len();
         match self.0.raw_entry_mut_v1().from_key_hashed_nocheck(hash, term) {
-            RawEntryMut::Occupied(e) => Ok(e.index()),
-            RawEntryMut::Vacant(_) if len >= u32::MAX as usize => Err(ApplyError::DictionaryFull),
+            RawEntryMut::Occupied(e) => e.index() as u32,
             RawEntryMut::Vacant(e) => {
+                let key = e.index() as u32;
                 e.insert_hashed_nocheck(hash, term.clone(), ());
-                Ok(len)
+                key
             }
         }
     }
@@ -232,6 +240,32 @@ fn update_indexes(
     }
 }
 
+/// On the Merkle thread, once its tree is updated: hands the stale subtrees to the thread
+/// waiting on `handoff` (which joins when its own work is done), starts `threads - 2` more, and
+/// rehashes with them until none is left. The caller finishes with the top levels.
+fn share_rehash<'m>(
+    merkle: &'m mut MerkleTree<Key>,
+    handoff: &std::sync::mpsc::SyncSender<std::sync::Arc<RehashQueue<'m, Key>>>,
+    threads: usize,
+) {
+    let queue = std::sync::Arc::new(merkle.rehash_queue());
+    // If the other thread is gone, this one works without it.
+    let _ = handoff.send(std::sync::Arc::clone(&queue));
+    std::thread::scope(|more| {
+        for _ in 2..threads {
+            let queue = &queue;
+            // A thread the system refuses leaves its share to the others.
+            let _ = std::thread::Builder::new().spawn_scoped(more, move || queue.work());
+        }
+        queue.work();
+    });
+}
+
+/// How many additions the interning thread passes to the Merkle thread at a time
+/// ([`GraphState::add_on_two_threads`]): small enough that the Merkle thread starts early,
+/// large enough that each descent of its tree shares the upper levels.
+const PIPELINE_SLICE: usize = 128;
+
 /// The Merkle side of a batch: removals, then additions, each an id with its key.
 type MerkleChanges = (Vec<(TripleId, Key)>, Vec<(TripleId, Key)>);
 
@@ -296,7 +330,7 @@ impl GraphState {
     }
 
     fn intern(&mut self, term: &Term) -> Result<u32, ApplyError> {
-        Ok(self.dict.intern(term)? as u32)
+        self.dict.intern(term)
     }
 
     /// True if the state holds `triple`.
@@ -436,7 +470,7 @@ impl GraphState {
     /// A large batch on a large state (see [`MerkleTree::root`]) updates the Merkle tree on a
     /// second thread while this one updates the indexes (the two share nothing); the second
     /// thread then rehashes the stale subtrees, and this one joins it when its indexes are done
-    /// ([`MerkleTree::rehash_queue`]). The result is the same as on one thread.
+    /// ([`share_rehash`]). The result is the same as on one thread.
     fn apply_keys(&mut self, removals: Vec<(TripleId, Key)>, additions: Vec<(TripleId, Key)>) {
         let removed_keys: Vec<Key> = removals.iter().map(|e| e.1).collect();
         let added_keys: Vec<Key> = additions.iter().map(|e| e.1).collect();
@@ -444,8 +478,7 @@ impl GraphState {
             merkle.remove_many(removals.into_iter().map(|e| e.0).collect());
             merkle.insert_many(additions);
         };
-        let pays = self.merkle.threads_pay_for(removed_keys.len() + added_keys.len());
-        let threads = if pays { crate::merkle::available_threads() } else { 1 };
+        let threads = self.threads_for(removed_keys.len() + added_keys.len());
         let mut job = Some((removals, additions));
         if threads >= 2 {
             let Self { spo, pos, osp, merkle, .. } = &mut *self;
@@ -455,18 +488,7 @@ impl GraphState {
                 let merkle_thread = std::thread::Builder::new().spawn_scoped(scope, move || {
                     if let Some(changes) = job.take() {
                         update_merkle(merkle, changes);
-                        let queue = std::sync::Arc::new(merkle.rehash_queue());
-                        // If this thread is alone (no one to receive), it works alone.
-                        let _ = handoff.send(std::sync::Arc::clone(&queue));
-                        // More threads than two: the others join here.
-                        std::thread::scope(|more| {
-                            for _ in 2..threads {
-                                let queue = &queue;
-                                let _ = std::thread::Builder::new()
-                                    .spawn_scoped(more, move || queue.work());
-                            }
-                            queue.work();
-                        });
+                        share_rehash(merkle, &handoff, threads);
                     }
                 });
                 update_indexes(spo, pos, osp, removed_keys, added_keys);
@@ -487,6 +509,99 @@ impl GraphState {
             // The subtrees are rehashed: only the top levels are left.
             self.merkle.root_on(1);
         }
+    }
+
+    /// How many threads a batch of `changes` on this state pays for: 1, or all there are
+    /// when [`MerkleTree::root`] would spread its rehash.
+    fn threads_for(&self, changes: usize) -> usize {
+        if self.merkle.threads_pay_for(changes) { crate::merkle::available_threads() } else { 1 }
+    }
+
+    /// The additions of [`apply_effective`](Self::apply_effective) on a large state, with
+    /// `removals` (present, each with its id) taken out first: the effective additions' flags,
+    /// and the ids of those additions in order.
+    ///
+    /// The Merkle tree is updated on a second thread *while* this one interns the terms: the
+    /// second thread hashes the triples' ids, then inserts each slice of
+    /// [`PIPELINE_SLICE`] additions as soon as this thread has their keys. Then this thread
+    /// updates the indexes while the other rehashes, and joins the rehash when done (as in
+    /// [`apply_keys`](Self::apply_keys)). The caller checked that the dictionary has room for
+    /// every term of `add`, so nothing can fail halfway.
+    fn add_on_two_threads(
+        &mut self,
+        add: &[Triple],
+        removals: Vec<(TripleId, Key)>,
+        threads: usize,
+    ) -> (Vec<bool>, Vec<TripleId>) {
+        let removed_keys: Vec<Key> = removals.iter().map(|e| e.1).collect();
+        let mut job = Some(removals.into_iter().map(|e| e.0).collect::<Vec<_>>());
+        let mut effective = Vec::with_capacity(add.len());
+        let mut added_keys = Vec::with_capacity(add.len());
+        // The effective additions (position, key) if the Merkle thread could not start.
+        let mut unsent: Vec<(u32, Key)> = Vec::new();
+        let Self { dict, spo, pos, osp, merkle } = &mut *self;
+        let ids = std::thread::scope(|scope| {
+            let job = &mut job;
+            let (slices, slices_in) = std::sync::mpsc::channel::<Vec<(u32, Key)>>();
+            let (handoff, queue) = std::sync::mpsc::sync_channel(1);
+            let merkle_thread = std::thread::Builder::new().spawn_scoped(scope, move || {
+                let removed = job.take()?;
+                let ids: Vec<TripleId> = add.iter().map(Triple::id).collect();
+                merkle.remove_many(removed);
+                // Ends when the interning thread drops its sender.
+                for slice in slices_in {
+                    let entries =
+                        slice.iter().filter_map(|&(i, k)| Some((*ids.get(i as usize)?, k)));
+                    merkle.insert_many(entries.collect());
+                }
+                share_rehash(merkle, &handoff, threads);
+                Some(ids)
+            });
+            for (n, chunk) in add.chunks(PIPELINE_SLICE).enumerate() {
+                let mut slice = Vec::with_capacity(chunk.len());
+                for (i, t) in chunk.iter().enumerate() {
+                    let k = [t.subject(), t.predicate(), t.object()]
+                        .map(|term| dict.intern_within(term));
+                    let new = !spo.contains(&k);
+                    effective.push(new);
+                    if new {
+                        slice.push(((n * PIPELINE_SLICE + i) as u32, k));
+                        added_keys.push(k);
+                    }
+                }
+                if merkle_thread.is_ok() {
+                    let _ = slices.send(slice);
+                } else {
+                    unsent.extend(slice);
+                }
+            }
+            drop(slices);
+            update_indexes(spo, pos, osp, removed_keys, added_keys);
+            let Ok(merkle_thread) = merkle_thread else { return None };
+            if let Ok(queue) = queue.recv() {
+                queue.work();
+            }
+            // A panic on the Merkle thread leaves the state half-updated: pass it on.
+            merkle_thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        });
+        let ids = match ids {
+            Some(ids) => {
+                // The subtrees are rehashed: only the top levels are left.
+                self.merkle.root_on(1);
+                ids
+            }
+            None => {
+                // The system refused the thread: the Merkle tree is updated here.
+                let ids: Vec<TripleId> = add.iter().map(Triple::id).collect();
+                self.merkle.remove_many(job.take().unwrap_or_default());
+                let entries = unsent.iter().filter_map(|&(i, k)| Some((*ids.get(i as usize)?, k)));
+                self.merkle.insert_many(entries.collect());
+                ids
+            }
+        };
+        let added_ids =
+            ids.into_iter().zip(&effective).filter(|(_, new)| **new).map(|(id, _)| id).collect();
+        (effective, added_ids)
     }
 
     /// Applies the part of `changes` that changes this state — additions not yet present and
@@ -533,6 +648,20 @@ impl GraphState {
             }
             _ => false,
         });
+        let threads = self.threads_for(removals.len() + add.len());
+        // The two-thread path interns as it goes: it is taken only when no term can fail to fit.
+        let room = (u32::MAX as usize).saturating_sub(self.dict.len()) >= 3 * add.len();
+        if threads >= 2 && room {
+            let removed_ids: Vec<TripleId> = removals.iter().map(|e| e.0).collect();
+            let (effective, added_ids) = self.add_on_two_threads(&add, removals, threads);
+            let mut flags = effective.into_iter();
+            // `retain` visits each triple once, in order: the flags are taken in step.
+            add.retain(|_| flags.next().unwrap_or(false));
+            if let Some(ids) = ids {
+                *ids = (added_ids, removed_ids);
+            }
+            return Ok(ChangeSet::from_sorted(add, remove));
+        }
         let mut additions = Vec::with_capacity(add.len());
         let mut failure = None;
         add.retain(|t| {
@@ -848,9 +977,10 @@ mod tests {
         }
     }
 
-    /// Large batches on a large state take the two-thread path (the Merkle tree on a second
-    /// thread, then the rehash shared): the state is the one a bulk load of the same triples
-    /// builds, with the same root, counts and answers, batch after batch.
+    /// Large batches on a large state take the two-thread path (the Merkle tree updated on a
+    /// second thread as the terms are interned, then the rehash shared): the state is the one
+    /// a bulk load of the same triples builds, with the same root, counts and answers, and the
+    /// ids returned are the effective triples', batch after batch.
     #[test]
     fn large_batches_on_two_threads_give_the_same_state() {
         use crate::merkle::{PARALLEL_REHASH_MIN_CHANGES, PARALLEL_REHASH_MIN_LEN};
@@ -868,7 +998,9 @@ mod tests {
             let mut with_present = adds.clone();
             with_present.push(live.iter().nth(5).cloned().unwrap());
             let changes = ChangeSet::new(with_present, removes.clone()).unwrap();
-            let applied = state.apply_effective(changes).unwrap();
+            let (applied, ids) = state.apply_effective_with_ids(changes).unwrap();
+            assert_eq!(ids.0, applied.added().iter().map(Triple::id).collect::<Vec<_>>());
+            assert_eq!(ids.1, applied.removed().iter().map(Triple::id).collect::<Vec<_>>());
             assert_eq!(applied.added().len(), adds.len());
             assert_eq!(applied.removed().len(), removes.len());
             for r in &removes {

@@ -62,6 +62,9 @@ pub type DiffSide<V> = Vec<(TripleId, V)>;
 /// The most ids a leaf holds before it splits into a branch.
 pub const LEAF_CAPACITY: usize = 32;
 
+/// A leaf's entries grow by this many at a time (see `merge_sorted`).
+const LEAF_GROWTH: usize = 4;
+
 /// [`MerkleTree::root`] spreads the rehash over threads only when at least this many ids
 /// changed since the last root: below it, the hashing is shorter than starting a thread.
 pub const PARALLEL_REHASH_MIN_CHANGES: usize = 256;
@@ -307,10 +310,15 @@ pub(crate) fn available_threads() -> usize {
 /// in both keeps the entry of `old`. Returns how many entries were added.
 ///
 /// A leaf takes one or two new entries per batch: each is put in place (a leaf holds at most
-/// [`LEAF_CAPACITY`] entries to shift), and the vector grows to the exact size needed.
+/// [`LEAF_CAPACITY`] entries to shift). The vector grows [`LEAF_GROWTH`] entries at a time:
+/// a reallocation per insert cost more than the descent to the leaf, and doubling would leave
+/// a large tree's leaves a quarter empty on average.
 fn merge_sorted<V: Copy>(old: &mut Vec<(TripleId, V)>, new: &[(TripleId, V)]) -> usize {
     let before = old.len();
-    old.reserve_exact(new.len());
+    let needed = before + new.len();
+    if needed > old.capacity() {
+        old.reserve_exact(needed.next_multiple_of(LEAF_GROWTH) - before);
+    }
     // Entries of `old` below `from` are below every entry of `new` still to place.
     let mut from = 0;
     for e in new {
