@@ -289,7 +289,46 @@ struct Node<V> {
 #[derive(Clone, Debug)]
 enum Kind<V> {
     Leaf(Vec<(TripleId, V)>),
-    Branch(Box<[Option<Box<Node<V>>>; 16]>),
+    Branch(Box<Children<V>>),
+}
+
+/// A branch's 16 child slots, with a copy of each child's hash as of the last rehash and a
+/// bit per child whose copy may be stale.
+///
+/// Rehashing a branch reads the copies of its clean children here, in one place, instead of
+/// one cache miss per child node; only the stale children are visited. Any mutable access to
+/// the slots through `DerefMut` marks every child stale (always correct); the batch paths
+/// mark exactly the children they change ([`Children::parts`]).
+#[derive(Clone, Debug)]
+struct Children<V> {
+    slots: [Option<Box<Node<V>>>; 16],
+    hashes: [[u8; 32]; 16],
+    stale: u16,
+}
+
+impl<V> Children<V> {
+    fn new(slots: [Option<Box<Node<V>>>; 16]) -> Box<Self> {
+        Box::new(Children { slots, hashes: [ZERO; 16], stale: u16::MAX })
+    }
+
+    /// The slots and the stale bits, for a caller that sets the bit of each child it changes.
+    fn parts(&mut self) -> (&mut [Option<Box<Node<V>>>; 16], &mut u16) {
+        (&mut self.slots, &mut self.stale)
+    }
+}
+
+impl<V> std::ops::Deref for Children<V> {
+    type Target = [Option<Box<Node<V>>>; 16];
+    fn deref(&self) -> &Self::Target {
+        &self.slots
+    }
+}
+
+impl<V> std::ops::DerefMut for Children<V> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.stale = u16::MAX;
+        &mut self.slots
+    }
 }
 
 fn nibble(id: &TripleId, depth: usize) -> usize {
@@ -357,7 +396,7 @@ impl<V: Copy> Node<V> {
         }
         let children = buckets
             .map(|b| if b.is_empty() { None } else { Some(Box::new(Node::build(b, depth + 1))) });
-        Node { hash: ZERO, dirty: true, count, kind: Kind::Branch(Box::new(children)) }
+        Node { hash: ZERO, dirty: true, count, kind: Kind::Branch(Children::new(children)) }
     }
 
     /// Builds the canonical node for `entries` at `depth`, in any order; of entries with the
@@ -399,7 +438,7 @@ impl<V: Copy> Node<V> {
             }
             return Node { hash: ZERO, dirty: true, count, kind: Kind::Leaf(merged) };
         }
-        Node { hash: ZERO, dirty: true, count, kind: Kind::Branch(Box::new(children)) }
+        Node { hash: ZERO, dirty: true, count, kind: Kind::Branch(Children::new(children)) }
     }
 
     fn insert(&mut self, id: TripleId, value: V, depth: usize) -> bool {
@@ -488,13 +527,15 @@ impl<V: Copy> Node<V> {
             Kind::Branch(children) => {
                 let mut inserted = 0;
                 let mut rest = entries;
-                for (n, slot) in children.iter_mut().enumerate() {
+                let (slots, stale) = children.parts();
+                for (n, slot) in slots.iter_mut().enumerate() {
                     let split = rest.partition_point(|e| nibble(&e.0, depth) <= n);
                     let (here, after) = rest.split_at(split);
                     rest = after;
                     if here.is_empty() {
                         continue;
                     }
+                    *stale |= 1 << n;
                     match slot {
                         Some(child) => inserted += child.insert_sorted(here, depth + 1),
                         None => {
@@ -532,13 +573,15 @@ impl<V: Copy> Node<V> {
             Kind::Branch(children) => {
                 let mut removed = 0;
                 let mut rest = ids;
-                for (n, slot) in children.iter_mut().enumerate() {
+                let (slots, stale) = children.parts();
+                for (n, slot) in slots.iter_mut().enumerate() {
                     let split = rest.partition_point(|id| nibble(id, depth) <= n);
                     let (here, after) = rest.split_at(split);
                     rest = after;
                     if let Some(child) = slot.as_mut()
                         && !here.is_empty()
                     {
+                        *stale |= 1 << n;
                         removed += child.remove_sorted(here, depth + 1);
                         if child.count == 0 {
                             *slot = None;
@@ -584,13 +627,17 @@ impl<V: Copy> Node<V> {
         self.hash = match &mut self.kind {
             Kind::Leaf(entries) => leaf_hash(entries.iter().map(|e| &e.0)),
             Kind::Branch(children) => {
-                let mut hashes = [ZERO; 16];
-                for (child, h) in children.iter_mut().zip(hashes.iter_mut()) {
-                    if let Some(child) = child {
-                        *h = child.rehash();
+                // Only the stale children are visited; the others' hashes are at hand.
+                let Children { slots, hashes, stale } = &mut **children;
+                let mut bits = std::mem::take(stale);
+                while bits != 0 {
+                    let n = bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    if let (Some(slot), Some(h)) = (slots.get_mut(n), hashes.get_mut(n)) {
+                        *h = slot.as_mut().map_or(ZERO, |child| child.rehash());
                     }
                 }
-                branch_hash(&hashes)
+                branch_hash(hashes.iter())
             }
         };
         self.dirty = false;
@@ -638,7 +685,7 @@ impl<V: Copy> Node<V> {
         match &self.kind {
             Kind::Leaf(entries) => entries.capacity() * std::mem::size_of::<(TripleId, V)>(),
             Kind::Branch(children) => {
-                std::mem::size_of::<[Option<Box<Node<V>>>; 16]>()
+                std::mem::size_of::<Children<V>>()
                     + children
                         .iter()
                         .flatten()
