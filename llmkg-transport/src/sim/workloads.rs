@@ -150,6 +150,33 @@ pub struct Flood {
     gave_up: u64,
 }
 
+/// The peers (indexes into the node list) node `index` of `n` forwards a new rumor to, into
+/// `targets` (cleared first): every other node if there are at most `fanout + 1`, else
+/// `fanout` distinct others drawn with `rng`, plus the ring successor if `ring` is set.
+fn choose_targets(
+    rng: &mut ChaCha8Rng,
+    n: usize,
+    index: usize,
+    config: &FloodConfig,
+    targets: &mut Vec<usize>,
+) {
+    targets.clear();
+    if n <= config.fanout.saturating_add(1) {
+        targets.extend((0..n).filter(|i| *i != index));
+        return;
+    }
+    while targets.len() < config.fanout {
+        let pick = index_below(rng, n);
+        if pick != index && !targets.contains(&pick) {
+            targets.push(pick);
+        }
+    }
+    let next = (index + 1) % n;
+    if config.ring && next != index && !targets.contains(&next) {
+        targets.push(next);
+    }
+}
+
 /// Up to this many slots an acknowledgement scans `Flood::rumors` for its rumor.
 const SCAN_SLOTS: usize = 16;
 
@@ -275,23 +302,8 @@ impl Flood {
             Entry::Vacant(v) => v.insert(hops),
         };
         self.events.push_back(Learned { rumor, hops });
-        let n = self.nodes.len();
         let mut targets = std::mem::take(&mut self.targets);
-        targets.clear();
-        if n <= self.config.fanout.saturating_add(1) {
-            targets.extend((0..n).filter(|i| *i != self.index));
-        } else {
-            while targets.len() < self.config.fanout {
-                let pick = index_below(&mut self.rng, n);
-                if pick != self.index && !targets.contains(&pick) {
-                    targets.push(pick);
-                }
-            }
-            let next = (self.index + 1) % n;
-            if self.config.ring && next != self.index && !targets.contains(&next) {
-                targets.push(next);
-            }
-        }
+        choose_targets(&mut self.rng, self.nodes.len(), self.index, &self.config, &mut targets);
         if !targets.is_empty() {
             let due = now + self.interval();
             let (slot, generation) = self.open_slot(rumor, hops);
@@ -528,22 +540,8 @@ mod tests {
             }
             self.known.insert(rumor, hops);
             self.events.push(Learned { rumor, hops });
-            let n = self.nodes.len();
             let mut targets = Vec::new();
-            if n <= self.config.fanout.saturating_add(1) {
-                targets.extend((0..n).filter(|i| *i != self.index));
-            } else {
-                while targets.len() < self.config.fanout {
-                    let pick = index_below(&mut self.rng, n);
-                    if pick != self.index && !targets.contains(&pick) {
-                        targets.push(pick);
-                    }
-                }
-                let next = (self.index + 1) % n;
-                if self.config.ring && next != self.index && !targets.contains(&next) {
-                    targets.push(next);
-                }
-            }
+            choose_targets(&mut self.rng, self.nodes.len(), self.index, &self.config, &mut targets);
             let due = now + self.interval();
             for t in targets {
                 let peer = self.nodes[t];
