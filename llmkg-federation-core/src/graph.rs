@@ -241,8 +241,8 @@ fn update_indexes(
 }
 
 /// On the Merkle thread, once its tree is updated: hands the stale subtrees to the thread
-/// waiting on `handoff` (which joins when its own work is done), starts `threads - 2` more, and
-/// rehashes with them until none is left. The caller finishes with the top levels.
+/// waiting on `handoff` (which joins when its own work is done) and rehashes them with
+/// `threads - 2` more. The caller finishes with the top levels.
 fn share_rehash<'m>(
     merkle: &'m mut MerkleTree<Key>,
     handoff: &std::sync::mpsc::SyncSender<std::sync::Arc<RehashQueue<'m, Key>>>,
@@ -251,14 +251,7 @@ fn share_rehash<'m>(
     let queue = std::sync::Arc::new(merkle.rehash_queue());
     // If the other thread is gone, this one works without it.
     let _ = handoff.send(std::sync::Arc::clone(&queue));
-    std::thread::scope(|more| {
-        for _ in 2..threads {
-            let queue = &queue;
-            // A thread the system refuses leaves its share to the others.
-            let _ = std::thread::Builder::new().spawn_scoped(more, move || queue.work());
-        }
-        queue.work();
-    });
+    queue.work_on(threads.saturating_sub(1));
 }
 
 /// How many additions the interning thread passes to the Merkle thread at a time

@@ -1065,7 +1065,18 @@ pub(crate) struct FrontierNode<V> {
 /// [`MerkleTree::rehash_queue`].
 pub(crate) struct RehashQueue<'a, V>(std::sync::Mutex<Vec<&'a mut Node<V>>>);
 
-impl<V: Copy> RehashQueue<'_, V> {
+impl<V: Copy + Send> RehashQueue<'_, V> {
+    /// Rehashes subtrees until none is left, on this thread and `threads - 1` more (scoped;
+    /// a thread the system refuses leaves its share to the others).
+    pub(crate) fn work_on(&self, threads: usize) {
+        std::thread::scope(|scope| {
+            for _ in 1..threads {
+                let _ = std::thread::Builder::new().spawn_scoped(scope, || self.work());
+            }
+            self.work();
+        });
+    }
+
     /// Rehashes subtrees until none is left.
     pub(crate) fn work(&self) {
         loop {
@@ -1199,14 +1210,7 @@ impl<V: Copy> MerkleTree<V> {
         V: Send,
     {
         if threads >= 2 && self.root.dirty {
-            let queue = self.rehash_queue();
-            std::thread::scope(|scope| {
-                for _ in 1..threads {
-                    // A thread the system refuses leaves its share to the others.
-                    let _ = std::thread::Builder::new().spawn_scoped(scope, || queue.work());
-                }
-                queue.work();
-            });
+            self.rehash_queue().work_on(threads);
         }
         self.pending = 0;
         StateRoot::from_bytes(self.root.rehash())

@@ -77,8 +77,9 @@ const MERGE_KEY_DOMAIN: &[u8] = b"llmkg/federation/merge-commit-key/v1";
 pub const SEED_COMMIT_BYTES: usize = 16 << 20;
 
 /// At most this many triples go into each commit of a source snapshot after the first: each
-/// replica applies those to the state the first built, one triple at a time, and a batch is
-/// acknowledged only once applied (within the sync stream's timeout).
+/// replica applies those onto the state the first built (term by term, far slower per
+/// triple than the bulk load of the first), and a batch is acknowledged only once applied,
+/// within the sync stream's timeout.
 pub const SEED_CHUNK: usize = 20_000;
 
 /// A bound on the encoded size of `t`: its text, and for each term a variant tag, a length
