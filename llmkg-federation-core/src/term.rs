@@ -9,6 +9,7 @@
 //! non-canonical form, so that one value has exactly one encoding — content ids depend on it.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -91,6 +92,31 @@ fn check_len(s: &str) -> Result<(), TermError> {
     if s.len() > MAX_TERM_LEN { Err(TermError::TooLong { len: s.len() }) } else { Ok(()) }
 }
 
+/// Writes shared text as a `str` (what `Box<str>` writes: the encoding is unchanged).
+fn serialize_text<S: serde::Serializer>(text: &Arc<str>, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(text)
+}
+
+/// The text of a term as decoded: read straight into its shared allocation (from the input
+/// when the format lends it), then checked by the term type's `TryFrom`.
+struct Text(Arc<str>);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Text;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Text, E> {
+                Ok(Text(Arc::from(v)))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
+}
+
 /// An absolute IRI, validated against RFC 3987, with the few letters the Turtle grammar adds.
 ///
 /// Turtle's `PN_CHARS_BASE` lets a prefixed name's local part, and so an IRI, hold a few code
@@ -112,8 +138,8 @@ fn check_len(s: &str) -> Result<(), TermError> {
 /// # Ok::<(), llmkg_federation_core::TermError>(())
 /// ```
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
-#[serde(try_from = "String")]
-pub struct Iri(Box<str>);
+#[serde(try_from = "Text")]
+pub struct Iri(Arc<str>);
 
 /// Written as its text, borrowed (the encoding of a `String`, without copying it into one).
 impl Serialize for Iri {
@@ -135,9 +161,29 @@ impl Iri {
     /// RFC 3987).
     pub fn new(iri: impl Into<String>) -> Result<Self, TermError> {
         let iri: String = iri.into();
-        check_len(&iri)?;
-        let error = match oxiri::Iri::parse(iri.as_str()) {
-            Ok(_) => return Ok(Self(iri.into_boxed_str())),
+        Self::check(&iri)?;
+        Ok(Self(Arc::from(iri)))
+    }
+
+    /// An IRI from text that [`Iri::new`] has already accepted (the RDF importer checks each
+    /// distinct IRI once and reuses the verdict and the text).
+    #[cfg(feature = "rdf")]
+    pub(crate) fn from_checked(iri: Arc<str>) -> Self {
+        debug_assert!(Iri::check(&iri).is_ok());
+        Self(iri)
+    }
+
+    /// The shared text (a clone of the IRI costs a reference count, not a copy).
+    #[cfg(feature = "rdf")]
+    pub(crate) fn shared_text(&self) -> &Arc<str> {
+        &self.0
+    }
+
+    /// Checks `iri` as [`Iri::new`] does.
+    fn check(iri: &str) -> Result<(), TermError> {
+        check_len(iri)?;
+        let error = match oxiri::Iri::parse(iri) {
+            Ok(_) => return Ok(()),
             Err(e) => e,
         };
         // The characters Turtle adds are accepted where RFC 3987 accepts a `ucschar`: the IRI
@@ -149,18 +195,10 @@ impl Iri {
                 .map(|c| if is_turtle_only_iri_char(c) { '\u{C0}' } else { c })
                 .collect();
             if oxiri::Iri::parse(stand_in.as_str()).is_ok() {
-                return Ok(Self(iri.into_boxed_str()));
+                return Ok(());
             }
         }
-        Err(TermError::InvalidIri { iri: truncated(&iri), reason: error.to_string() })
-    }
-
-    /// An IRI from text that [`Iri::new`] has already accepted (the RDF importer checks each
-    /// distinct IRI once and reuses the verdict).
-    #[cfg(feature = "rdf")]
-    pub(crate) fn from_checked(iri: String) -> Self {
-        debug_assert!(Iri::new(iri.as_str()).is_ok());
-        Self(iri.into_boxed_str())
+        Err(TermError::InvalidIri { iri: truncated(iri), reason: error.to_string() })
     }
 
     /// The IRI text.
@@ -176,9 +214,17 @@ impl TryFrom<String> for Iri {
     }
 }
 
+impl TryFrom<Text> for Iri {
+    type Error = TermError;
+    fn try_from(text: Text) -> Result<Self, Self::Error> {
+        Self::check(&text.0)?;
+        Ok(Self(text.0))
+    }
+}
+
 impl From<Iri> for String {
     fn from(value: Iri) -> Self {
-        value.0.into()
+        value.0.as_ref().into()
     }
 }
 
@@ -214,8 +260,8 @@ impl fmt::Debug for Iri {
 /// assert!(BlankNode::new("-a").is_err()); // cannot start with '-'
 /// ```
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
-#[serde(try_from = "String")]
-pub struct BlankNode(Box<str>);
+#[serde(try_from = "Text")]
+pub struct BlankNode(Arc<str>);
 
 /// Written as its text, borrowed (the encoding of a `String`, without copying it into one).
 impl Serialize for BlankNode {
@@ -281,11 +327,17 @@ impl BlankNode {
     /// Validates `label` (without the `_:` prefix) against the label grammar above.
     pub fn new(label: impl Into<String>) -> Result<Self, TermError> {
         let label: String = label.into();
-        check_len(&label)?;
-        if is_blank_node_label(&label) {
-            Ok(Self(label.into_boxed_str()))
+        Self::check(&label)?;
+        Ok(Self(Arc::from(label)))
+    }
+
+    /// Checks `label` as [`BlankNode::new`] does.
+    fn check(label: &str) -> Result<(), TermError> {
+        check_len(label)?;
+        if is_blank_node_label(label) {
+            Ok(())
         } else {
-            Err(TermError::InvalidBlankNode(truncated(&label)))
+            Err(TermError::InvalidBlankNode(truncated(label)))
         }
     }
 
@@ -302,9 +354,17 @@ impl TryFrom<String> for BlankNode {
     }
 }
 
+impl TryFrom<Text> for BlankNode {
+    type Error = TermError;
+    fn try_from(text: Text) -> Result<Self, Self::Error> {
+        Self::check(&text.0)?;
+        Ok(Self(text.0))
+    }
+}
+
 impl From<BlankNode> for String {
     fn from(value: BlankNode) -> Self {
-        value.0.into()
+        value.0.as_ref().into()
     }
 }
 
@@ -322,8 +382,8 @@ impl fmt::Debug for BlankNode {
 
 /// A BCP 47 language tag, normalized to lower case (RDF compares tags case-insensitively).
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
-#[serde(try_from = "String")]
-pub struct LanguageTag(Box<str>);
+#[serde(try_from = "Text")]
+pub struct LanguageTag(Arc<str>);
 
 /// Written as its text, borrowed (the encoding of a `String`, without copying it into one).
 impl Serialize for LanguageTag {
@@ -336,11 +396,17 @@ impl LanguageTag {
     /// Validates `tag` and normalizes it to lower case.
     pub fn new(tag: impl Into<String>) -> Result<Self, TermError> {
         let tag: String = tag.into();
-        check_len(&tag)?;
-        match oxilangtag::LanguageTag::parse(tag.as_str()) {
-            Ok(_) => Ok(Self(tag.to_ascii_lowercase().into_boxed_str())),
+        Self::check(&tag)?;
+        Ok(Self(Arc::from(tag.to_ascii_lowercase())))
+    }
+
+    /// Checks `tag` as [`LanguageTag::new`] does (in any case).
+    fn check(tag: &str) -> Result<(), TermError> {
+        check_len(tag)?;
+        match oxilangtag::LanguageTag::parse(tag) {
+            Ok(_) => Ok(()),
             Err(e) => {
-                Err(TermError::InvalidLanguageTag { tag: truncated(&tag), reason: e.to_string() })
+                Err(TermError::InvalidLanguageTag { tag: truncated(tag), reason: e.to_string() })
             }
         }
     }
@@ -354,16 +420,24 @@ impl LanguageTag {
 impl TryFrom<String> for LanguageTag {
     type Error = TermError;
     fn try_from(value: String) -> Result<Self, Self::Error> {
-        if value.bytes().any(|b| b.is_ascii_uppercase()) {
+        Self::try_from(Text(Arc::from(value)))
+    }
+}
+
+impl TryFrom<Text> for LanguageTag {
+    type Error = TermError;
+    fn try_from(text: Text) -> Result<Self, Self::Error> {
+        if text.0.bytes().any(|b| b.is_ascii_uppercase()) {
             return Err(TermError::NonCanonical("language tags are encoded in lower case"));
         }
-        Self::new(value)
+        Self::check(&text.0)?;
+        Ok(Self(text.0))
     }
 }
 
 impl From<LanguageTag> for String {
     fn from(value: LanguageTag) -> Self {
-        value.0.into()
+        value.0.as_ref().into()
     }
 }
 
@@ -391,20 +465,21 @@ pub enum LiteralKind {
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "RawLiteral")]
 pub struct Literal {
-    value: Box<str>,
+    #[serde(serialize_with = "serialize_text")]
+    value: Arc<str>,
     kind: LiteralKind,
 }
 
 #[derive(Deserialize)]
 struct RawLiteral {
-    value: String,
+    value: Text,
     kind: LiteralKind,
 }
 
 impl TryFrom<RawLiteral> for Literal {
     type Error = TermError;
     fn try_from(raw: RawLiteral) -> Result<Self, Self::Error> {
-        check_len(&raw.value)?;
+        check_len(&raw.value.0)?;
         if let LiteralKind::Typed(dt) = &raw.kind {
             if dt.as_str() == XSD_STRING {
                 return Err(TermError::NonCanonical("xsd:string literals use LiteralKind::String"));
@@ -413,7 +488,7 @@ impl TryFrom<RawLiteral> for Literal {
                 return Err(TermError::LangStringWithoutTag);
             }
         }
-        Ok(Self { value: raw.value.into_boxed_str(), kind: raw.kind })
+        Ok(Self { value: raw.value.0, kind: raw.kind })
     }
 }
 
@@ -422,7 +497,7 @@ impl Literal {
     pub fn string(value: impl Into<String>) -> Result<Self, TermError> {
         let value: String = value.into();
         check_len(&value)?;
-        Ok(Self { value: value.into_boxed_str(), kind: LiteralKind::String })
+        Ok(Self { value: Arc::from(value), kind: LiteralKind::String })
     }
 
     /// A literal with a datatype. `xsd:string` gives the same value as [`Literal::string`];
@@ -435,17 +510,14 @@ impl Literal {
             RDF_LANG_STRING => return Err(TermError::LangStringWithoutTag),
             _ => LiteralKind::Typed(datatype),
         };
-        Ok(Self { value: value.into_boxed_str(), kind })
+        Ok(Self { value: Arc::from(value), kind })
     }
 
     /// A language-tagged string literal. The tag is validated and lower-cased.
     pub fn language(value: impl Into<String>, tag: &str) -> Result<Self, TermError> {
         let value: String = value.into();
         check_len(&value)?;
-        Ok(Self {
-            value: value.into_boxed_str(),
-            kind: LiteralKind::Language(LanguageTag::new(tag)?),
-        })
+        Ok(Self { value: Arc::from(value), kind: LiteralKind::Language(LanguageTag::new(tag)?) })
     }
 
     /// A language-tagged string literal with an already validated tag.
@@ -456,7 +528,7 @@ impl Literal {
     ) -> Result<Self, TermError> {
         let value: String = value.into();
         check_len(&value)?;
-        Ok(Self { value: value.into_boxed_str(), kind: LiteralKind::Language(tag) })
+        Ok(Self { value: Arc::from(value), kind: LiteralKind::Language(tag) })
     }
 
     /// The lexical form.

@@ -24,8 +24,9 @@ use llmkg_examples::bench::{Case, Report, peak_rss_bytes, quantile, round};
 use llmkg_examples::synthetic::{Generator, PREDICATES};
 use llmkg_federation_core::rdf::{self, BlankNodeScope, ExportOptions, Format, ImportOptions};
 use llmkg_federation_core::{
-    BranchName, ChangeSet, GraphState, ManualClock, MemoryStore, NodeKeypair, OrgId, Pattern,
-    RedbStore, Repository, Store, Timestamp, Triple,
+    BlankNode, BranchName, ChangeSet, GraphState, Iri, Literal, LiteralKind, ManualClock,
+    MemoryStore, NodeKeypair, OrgId, Pattern, RedbStore, Repository, Store, Term, Timestamp,
+    Triple,
 };
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -232,6 +233,45 @@ fn receive_onto(path: &Path, sender_path: &Path, generator: &mut Generator, a: &
     assert!(matches!(outcome, llmkg_federation_core::MergeOutcome::FastForward(_)));
     assert!(receiver.state(&main).unwrap().len() > more.len());
     Received { receive_tps: more.len() as f64 / elapsed, sender_tps, triples: more.len() }
+}
+
+/// The live heap bytes of the text of `state`'s distinct terms, each copied from its text
+/// alone (so sharing nothing), counted by the global allocator.
+fn term_text_bytes(state: &GraphState) -> usize {
+    let mut seen: HashSet<*const Term> = HashSet::new();
+    let mut distinct: Vec<&Term> = Vec::new();
+    for t in state.iter() {
+        for term in [t.subject, t.predicate, t.object] {
+            if seen.insert(std::ptr::from_ref(term)) {
+                distinct.push(term);
+            }
+        }
+    }
+    drop(seen);
+    let mut copies: Vec<Term> = Vec::with_capacity(distinct.len());
+    let before = LIVE.load(Ordering::Relaxed);
+    copies.extend(distinct.iter().map(|t| text_copy(t)));
+    let bytes = LIVE.load(Ordering::Relaxed).saturating_sub(before);
+    assert!(copies.iter().zip(&distinct).all(|(c, t)| c == *t));
+    bytes
+}
+
+/// A copy of `term` built from its text: equal, sharing no allocation with it.
+fn text_copy(term: &Term) -> Term {
+    match term {
+        Term::Iri(iri) => Term::Iri(Iri::new(iri.as_str().to_owned()).unwrap()),
+        Term::Blank(b) => Term::Blank(BlankNode::new(b.label().to_owned()).unwrap()),
+        Term::Literal(l) => Term::Literal(
+            match l.kind() {
+                LiteralKind::String => Literal::string(l.value().to_owned()),
+                LiteralKind::Typed(dt) => {
+                    Literal::typed(l.value().to_owned(), Iri::new(dt.as_str().to_owned()).unwrap())
+                }
+                LiteralKind::Language(tag) => Literal::language(l.value().to_owned(), tag.as_str()),
+            }
+            .unwrap(),
+        ),
+    }
 }
 
 fn latencies(state: &GraphState, patterns: &[Pattern]) -> (f64, f64, f64) {
@@ -582,11 +622,14 @@ fn main() {
     progress(a.json, "state-size");
     // Sizes are measured by cloning (a clone allocates exactly its nodes and entries, without
     // spare capacity), counting live heap bytes with the global allocator above; so caches
-    // of the store or the repository do not count.
+    // of the store or the repository do not count. A clone shares its terms' text with the
+    // original, so the text is measured apart: a copy of each distinct term, made from its
+    // text alone (a literal's datatype or tag included, as if no two terms shared one).
     let before = LIVE.load(Ordering::Relaxed);
     let copy = state.clone();
-    let state_bytes = LIVE.load(Ordering::Relaxed).saturating_sub(before);
+    let structure_bytes = LIVE.load(Ordering::Relaxed).saturating_sub(before);
     drop(copy);
+    let state_bytes = structure_bytes + term_text_bytes(&state);
     let before = LIVE.load(Ordering::Relaxed);
     let merkle = state.merkle().clone();
     let merkle_bytes = LIVE.load(Ordering::Relaxed).saturating_sub(before);

@@ -1323,7 +1323,7 @@ fn scoped(prefix: Option<&str>, label: String) -> String {
 
 /// Converts parsed terms, checking each distinct IRI and language tag once.
 struct Converter<'s> {
-    iris: HashSet<Box<str>, Hasher>,
+    iris: HashSet<std::sync::Arc<str>, Hasher>,
     tags: HashMap<String, LanguageTag, Hasher>,
     /// The labels written in the text (Turtle only).
     text: Option<&'s RefCell<TextScan>>,
@@ -1345,14 +1345,16 @@ impl<'s> Converter<'s> {
         }
     }
 
+    /// The IRI of `iri`, sharing the text of an equal IRI seen before: a document names few
+    /// distinct IRIs many times, and each is then held once, by the triples and the state.
     fn iri(&mut self, iri: String) -> Result<Iri, TermError> {
-        if self.iris.contains(iri.as_str()) {
-            return Ok(Iri::from_checked(iri));
+        if let Some(known) = self.iris.get(iri.as_str()) {
+            return Ok(Iri::from_checked(std::sync::Arc::clone(known)));
         }
         let iri = Iri::new(iri)?;
         if self.iris.len() < IRI_CACHE_LIMIT {
             self.grown += iri.as_str().len() as u64 + ENTRY_OVERHEAD;
-            self.iris.insert(iri.as_str().into());
+            self.iris.insert(std::sync::Arc::clone(iri.shared_text()));
         }
         Ok(iri)
     }
@@ -2231,6 +2233,42 @@ mod tests {
                 }
             };
             prop_assert_eq!(run(true), run(false));
+        }
+    }
+
+    /// A document names each IRI once in memory: every triple naming it (as subject, predicate,
+    /// object or datatype) shares one text.
+    #[test]
+    fn repeated_iris_share_one_text() {
+        let doc = "<urn:s> <urn:p> <urn:o> .\n\
+                   <urn:s> <urn:p> \"1\"^^<urn:t> .\n\
+                   <urn:o> <urn:p> \"2\"^^<urn:t> .\n";
+        let triples =
+            read(doc.as_bytes(), Format::NTriples, ImportOptions::new()).unwrap().into_triples();
+        assert_eq!(triples.len(), 3);
+        let texts = |name: &str| -> Vec<std::sync::Arc<str>> {
+            let mut found = Vec::new();
+            for t in &triples {
+                for term in [t.subject(), t.predicate(), t.object()] {
+                    let iri = match term {
+                        Term::Iri(iri) => Some(iri),
+                        Term::Literal(l) => match l.kind() {
+                            crate::LiteralKind::Typed(dt) => Some(dt),
+                            _ => None,
+                        },
+                        Term::Blank(_) => None,
+                    };
+                    if let Some(iri) = iri.filter(|i| i.as_str() == name) {
+                        found.push(std::sync::Arc::clone(iri.shared_text()));
+                    }
+                }
+            }
+            found
+        };
+        for (name, times) in [("urn:s", 2), ("urn:p", 3), ("urn:o", 2), ("urn:t", 2)] {
+            let found = texts(name);
+            assert_eq!(found.len(), times, "{name}");
+            assert!(found.windows(2).all(|w| std::sync::Arc::ptr_eq(&w[0], &w[1])), "{name}");
         }
     }
 
