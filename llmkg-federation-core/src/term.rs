@@ -103,18 +103,71 @@ struct Text(Arc<str>);
 
 impl<'de> Deserialize<'de> for Text {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = Text;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Text, E> {
-                Ok(Text(Arc::from(v)))
-            }
-        }
-        deserializer.deserialize_str(Visitor)
+        deserializer.deserialize_str(TextVisitor { recent: false }).map(Text)
     }
+}
+
+/// The text of a literal's datatype or language tag as decoded: a few of them qualify most
+/// literals, so equal ones decoded on a thread share one text ([`recent_text`]).
+struct QualifierText(Arc<str>);
+
+impl<'de> Deserialize<'de> for QualifierText {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(TextVisitor { recent: true }).map(QualifierText)
+    }
+}
+
+/// Reads a string into a shared allocation; with `recent`, through [`recent_text`].
+struct TextVisitor {
+    recent: bool,
+}
+
+impl serde::de::Visitor<'_> for TextVisitor {
+    type Value = Arc<str>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Arc<str>, E> {
+        Ok(if self.recent { recent_text(v) } else { Arc::from(v) })
+    }
+}
+
+/// How many datatypes and language tags a thread remembers, and the longest it keeps: a
+/// bounded cache whatever a peer sends (at most 16 × 256 bytes per thread).
+const RECENT_SLOTS: usize = 16;
+const RECENT_MAX_LEN: usize = 256;
+
+/// `text` in a shared allocation, the same one as the last equal text this thread decoded
+/// into the same slot (slots are picked by hash): the literals of a decoded change set then
+/// hold their datatypes and language tags once, not once each.
+fn recent_text(text: &str) -> Arc<str> {
+    use std::cell::RefCell;
+    use std::hash::BuildHasher;
+    thread_local! {
+        static RECENT: RefCell<[Option<Arc<str>>; RECENT_SLOTS]> =
+            const { RefCell::new([const { None }; RECENT_SLOTS]) };
+    }
+    if text.len() > RECENT_MAX_LEN {
+        return Arc::from(text);
+    }
+    let slot = foldhash::fast::FixedState::default().hash_one(text) as usize % RECENT_SLOTS;
+    RECENT.with_borrow_mut(|recent| match recent.get_mut(slot) {
+        Some(Some(known)) if **known == *text => Arc::clone(known),
+        Some(entry) => {
+            let fresh: Arc<str> = Arc::from(text);
+            *entry = Some(Arc::clone(&fresh));
+            fresh
+        }
+        None => Arc::from(text),
+    })
+}
+
+/// Decodes a literal's datatype (see [`QualifierText`]).
+fn deserialize_datatype<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Iri, D::Error> {
+    let text = QualifierText::deserialize(deserializer)?;
+    Iri::try_from(Text(text.0)).map_err(serde::de::Error::custom)
 }
 
 /// An absolute IRI, validated against RFC 3987, with the few letters the Turtle grammar adds.
@@ -382,7 +435,7 @@ impl fmt::Debug for BlankNode {
 
 /// A BCP 47 language tag, normalized to lower case (RDF compares tags case-insensitively).
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
-#[serde(try_from = "Text")]
+#[serde(try_from = "QualifierText")]
 pub struct LanguageTag(Arc<str>);
 
 /// Written as its text, borrowed (the encoding of a `String`, without copying it into one).
@@ -420,13 +473,13 @@ impl LanguageTag {
 impl TryFrom<String> for LanguageTag {
     type Error = TermError;
     fn try_from(value: String) -> Result<Self, Self::Error> {
-        Self::try_from(Text(Arc::from(value)))
+        Self::try_from(QualifierText(Arc::from(value)))
     }
 }
 
-impl TryFrom<Text> for LanguageTag {
+impl TryFrom<QualifierText> for LanguageTag {
     type Error = TermError;
-    fn try_from(text: Text) -> Result<Self, Self::Error> {
+    fn try_from(text: QualifierText) -> Result<Self, Self::Error> {
         if text.0.bytes().any(|b| b.is_ascii_uppercase()) {
             return Err(TermError::NonCanonical("language tags are encoded in lower case"));
         }
@@ -453,7 +506,7 @@ pub enum LiteralKind {
     /// A plain string: datatype `xsd:string`.
     String,
     /// A datatype other than `xsd:string` and `rdf:langString`.
-    Typed(Iri),
+    Typed(#[serde(deserialize_with = "deserialize_datatype")] Iri),
     /// A language-tagged string: datatype `rdf:langString`.
     Language(LanguageTag),
 }

@@ -24,9 +24,8 @@ use llmkg_examples::bench::{Case, Report, peak_rss_bytes, quantile, round};
 use llmkg_examples::synthetic::{Generator, PREDICATES};
 use llmkg_federation_core::rdf::{self, BlankNodeScope, ExportOptions, Format, ImportOptions};
 use llmkg_federation_core::{
-    BlankNode, BranchName, ChangeSet, GraphState, Iri, Literal, LiteralKind, ManualClock,
-    MemoryStore, NodeKeypair, OrgId, Pattern, RedbStore, Repository, Store, Term, Timestamp,
-    Triple,
+    BranchName, ChangeSet, GraphState, LiteralKind, ManualClock, MemoryStore, NodeKeypair, OrgId,
+    Pattern, RedbStore, Repository, Store, Term, Timestamp, Triple,
 };
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -235,43 +234,39 @@ fn receive_onto(path: &Path, sender_path: &Path, generator: &mut Generator, a: &
     Received { receive_tps: more.len() as f64 / elapsed, sender_tps, triples: more.len() }
 }
 
-/// The live heap bytes of the text of `state`'s distinct terms, each copied from its text
-/// alone (so sharing nothing), counted by the global allocator.
+/// The live heap bytes of the texts `state`'s terms hold (an IRI, a label, a literal's value
+/// and its datatype or language tag), each allocation once however many terms share it:
+/// copies of them in the same shared form, counted by the global allocator.
 fn term_text_bytes(state: &GraphState) -> usize {
-    let mut seen: HashSet<*const Term> = HashSet::new();
-    let mut distinct: Vec<&Term> = Vec::new();
+    let mut seen: HashSet<*const u8> = HashSet::new();
+    let mut texts: Vec<&str> = Vec::new();
     for t in state.iter() {
         for term in [t.subject, t.predicate, t.object] {
-            if seen.insert(std::ptr::from_ref(term)) {
-                distinct.push(term);
+            let (text, qualifier) = match term {
+                Term::Iri(iri) => (iri.as_str(), None),
+                Term::Blank(b) => (b.label(), None),
+                Term::Literal(l) => (
+                    l.value(),
+                    match l.kind() {
+                        LiteralKind::String => None,
+                        LiteralKind::Typed(dt) => Some(dt.as_str()),
+                        LiteralKind::Language(tag) => Some(tag.as_str()),
+                    },
+                ),
+            };
+            // Texts are told apart by where they live: equal texts held apart count twice.
+            for text in std::iter::once(text).chain(qualifier) {
+                if seen.insert(text.as_ptr()) {
+                    texts.push(text);
+                }
             }
         }
     }
     drop(seen);
-    let mut copies: Vec<Term> = Vec::with_capacity(distinct.len());
+    let mut copies: Vec<std::sync::Arc<str>> = Vec::with_capacity(texts.len());
     let before = LIVE.load(Ordering::Relaxed);
-    copies.extend(distinct.iter().map(|t| text_copy(t)));
-    let bytes = LIVE.load(Ordering::Relaxed).saturating_sub(before);
-    assert!(copies.iter().zip(&distinct).all(|(c, t)| c == *t));
-    bytes
-}
-
-/// A copy of `term` built from its text: equal, sharing no allocation with it.
-fn text_copy(term: &Term) -> Term {
-    match term {
-        Term::Iri(iri) => Term::Iri(Iri::new(iri.as_str().to_owned()).unwrap()),
-        Term::Blank(b) => Term::Blank(BlankNode::new(b.label().to_owned()).unwrap()),
-        Term::Literal(l) => Term::Literal(
-            match l.kind() {
-                LiteralKind::String => Literal::string(l.value().to_owned()),
-                LiteralKind::Typed(dt) => {
-                    Literal::typed(l.value().to_owned(), Iri::new(dt.as_str().to_owned()).unwrap())
-                }
-                LiteralKind::Language(tag) => Literal::language(l.value().to_owned(), tag.as_str()),
-            }
-            .unwrap(),
-        ),
-    }
+    copies.extend(texts.iter().map(|t| std::sync::Arc::from(*t)));
+    LIVE.load(Ordering::Relaxed).saturating_sub(before)
 }
 
 fn latencies(state: &GraphState, patterns: &[Pattern]) -> (f64, f64, f64) {
@@ -623,8 +618,7 @@ fn main() {
     // Sizes are measured by cloning (a clone allocates exactly its nodes and entries, without
     // spare capacity), counting live heap bytes with the global allocator above; so caches
     // of the store or the repository do not count. A clone shares its terms' text with the
-    // original, so the text is measured apart: a copy of each distinct term, made from its
-    // text alone (a literal's datatype or tag included, as if no two terms shared one).
+    // original, so the text is measured apart (`term_text_bytes`).
     let before = LIVE.load(Ordering::Relaxed);
     let copy = state.clone();
     let structure_bytes = LIVE.load(Ordering::Relaxed).saturating_sub(before);

@@ -700,6 +700,39 @@ fn rdf_lang_string_without_tag_is_rejected() {
     assert!(encoding::decode::<Literal>(&enc(&raw)).is_err());
 }
 
+/// The address of a literal's datatype or language tag text.
+fn qualifier_text(l: &Literal) -> Option<*const u8> {
+    match l.kind() {
+        LiteralKind::String => None,
+        LiteralKind::Typed(dt) => Some(dt.as_str().as_ptr()),
+        LiteralKind::Language(tag) => Some(tag.as_str().as_ptr()),
+    }
+}
+
+/// Decoded literals hold each of their few datatypes and language tags once, not once each;
+/// a datatype longer than what is remembered still decodes, to its own copy.
+#[test]
+fn decoded_literals_share_their_datatypes_and_tags() {
+    let integer = iri_of("http://www.w3.org/2001/XMLSchema#integer");
+    let long = iri_of(&format!("https://example.org/{}", "d".repeat(300)));
+    let mut literals = Vec::new();
+    for i in 0..40 {
+        literals.push(Literal::typed(i.to_string(), integer.clone()).unwrap());
+        literals.push(Literal::language(format!("label {i}"), "en").unwrap());
+        literals.push(Literal::typed(i.to_string(), long.clone()).unwrap());
+    }
+    let decoded: Vec<Literal> = encoding::decode(&enc(&literals)).unwrap();
+    assert_eq!(decoded, literals);
+    for (first, step) in [(0, "integer"), (1, "tag")] {
+        let addresses: Vec<_> =
+            decoded.iter().skip(first).step_by(3).map(|l| qualifier_text(l).unwrap()).collect();
+        assert!(addresses.windows(2).all(|w| w[0] == w[1]), "{step} not shared");
+    }
+    let long_addresses: Vec<_> =
+        decoded.iter().skip(2).step_by(3).map(|l| qualifier_text(l).unwrap()).collect();
+    assert!(long_addresses.windows(2).all(|w| w[0] != w[1]), "a long datatype was kept");
+}
+
 #[test]
 fn invalid_language_tag_is_rejected() {
     for tag in ["", "-", "en--gb", "123456789", "en_gb", "é"] {
