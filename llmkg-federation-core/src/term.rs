@@ -103,7 +103,7 @@ struct Text(Arc<str>);
 
 impl<'de> Deserialize<'de> for Text {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_str(TextVisitor { recent: false }).map(Text)
+        deserializer.deserialize_str(TextVisitor(|v| Arc::from(v))).map(Text)
     }
 }
 
@@ -113,14 +113,12 @@ struct QualifierText(Arc<str>);
 
 impl<'de> Deserialize<'de> for QualifierText {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_str(TextVisitor { recent: true }).map(QualifierText)
+        deserializer.deserialize_str(TextVisitor(recent_text)).map(QualifierText)
     }
 }
 
-/// Reads a string into a shared allocation; with `recent`, through [`recent_text`].
-struct TextVisitor {
-    recent: bool,
-}
+/// Reads a string into the shared allocation its function gives.
+struct TextVisitor(fn(&str) -> Arc<str>);
 
 impl serde::de::Visitor<'_> for TextVisitor {
     type Value = Arc<str>;
@@ -128,7 +126,7 @@ impl serde::de::Visitor<'_> for TextVisitor {
         f.write_str("a string")
     }
     fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Arc<str>, E> {
-        Ok(if self.recent { recent_text(v) } else { Arc::from(v) })
+        Ok((self.0)(v))
     }
 }
 
